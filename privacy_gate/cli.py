@@ -1,0 +1,112 @@
+"""Command line: ``privacy-gate score|check|policy``.
+
+Exit codes: 0 pass, 1 gate failed (an under-powered or missing audit included),
+2 error (bad input, bad config, any exception). Errors print one line naming the
+problem; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from privacy_gate._version import __version__
+from privacy_gate.config import default_config, default_policy_text
+from privacy_gate.errors import PrivacyGateError
+from privacy_gate.gate import Decision, Status
+from privacy_gate.pipeline import check, score
+
+__all__ = ["main"]
+
+EXIT_ERROR = Status.ERROR.exit_code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="privacy-gate",
+        description="Patient-level membership-inference audit and release gate.",
+        epilog="Exit codes: 0 pass, 1 gate failed, 2 error.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the verdict")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    score_cmd = commands.add_parser("score", help="audit reference-model signals")
+    score_cmd.add_argument("--signals", required=True, type=Path, help="signals.npz")
+    score_cmd.add_argument("--records", required=True, type=Path, help="records.csv")
+    score_cmd.add_argument("--config", type=Path, help="policy YAML (default: packaged policy)")
+    score_cmd.add_argument("--out", required=True, type=Path, help="output directory")
+    score_cmd.add_argument("--raw-ids", action="store_true",
+                           help="write raw patient/record ids instead of keyed pseudonyms")
+    score_cmd.add_argument("--no-plots", action="store_true",
+                           help="skip report.md/report.html and the plots")
+
+    check_cmd = commands.add_parser("check", help="re-evaluate the gate on a report.json")
+    check_cmd.add_argument("report", type=Path, help="report.json written by score")
+    check_cmd.add_argument("--config", type=Path, help="policy YAML (gate.* rules)")
+
+    commands.add_parser("policy", help="print the packaged default policy and its hash")
+    return parser
+
+
+def _print_decision(decision: Decision, *, quiet: bool) -> None:
+    print(decision.one_line())
+    if quiet:
+        return
+    for violation in decision.violations:
+        print(f"  FAIL {violation.rule.value}: {violation.message}")
+    for warning in decision.warnings:
+        print(f"  warning: {warning}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "policy":
+        print(default_policy_text(), end="")
+        print(f"# policy_sha256: {default_config().sha256()}")
+        return 0
+    if args.command == "score":
+        if args.config is None and not args.quiet:
+            print(f"Using the packaged default policy (policy_sha256 "
+                  f"{default_config().sha256()}); see 'privacy-gate policy'.")
+        result = score(args.signals, args.records, args.out, config_path=args.config,
+                       raw_ids=args.raw_ids, plots=not args.no_plots)
+        decision = result.decision
+        if not args.quiet:
+            summary = result.report["summary"]
+            floor = summary["noise_floor"]
+            print(f"{result.report['audit']['records']} records, "
+                  f"{result.report['audit']['patients']} patients, "
+                  f"{result.report['audit']['reference_models']} reference models: max patient "
+                  f"AUC {summary['patient_auc']['max']:.3f} (noise floor "
+                  f"{floor['max_patient_auc_q95']:.3f}), {summary['patients_at_risk']} "
+                  f"confidently at risk. Report: {args.out / 'report.json'}")
+    else:
+        if args.config is None and not args.quiet:
+            print(f"Using the packaged default gate (policy_sha256 {default_config().sha256()}).")
+        decision = check(args.report, args.config)
+    _print_decision(decision, quiet=args.quiet)
+    return decision.status.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``privacy-gate`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except (PrivacyGateError, OSError, ValueError, KeyError, MemoryError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        kind = "error" if isinstance(exc, PrivacyGateError) else type(exc).__name__
+        print(f"privacy-gate: ERROR ({kind}): {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - the gate fails closed on anything
+        if args.debug:
+            traceback.print_exc()
+        print(f"privacy-gate: ERROR (unexpected {type(exc).__name__}): {exc}. HINT: re-run "
+              "with --debug and report the traceback.", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,299 @@
+"""Audit configuration: the risk definitions and the gate policy, validated from YAML.
+
+A config is frozen, keyword-only dataclasses built with ``yaml.safe_load``. Unknown keys
+are rejected with the list of valid ones, because a misspelt rule that silently does
+nothing would let a leaking model through. A given config is the whole policy; the
+packaged default applies only when no config is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from privacy_gate.errors import ConfigError, invalid_value
+
+__all__ = [
+    "AuditConfig",
+    "GateConfig",
+    "RiskConfig",
+    "default_config",
+    "load_config",
+    "parse_config",
+]
+
+_RULE_KEYS = (
+    "max_patient_auc",
+    "max_patients_at_risk",
+    "max_fraction_at_risk",
+    "max_aggregate_auc",
+    "max_aggregate_tpr_at_fpr",
+    "max_subgroup_relative_change",
+    "min_reference_models",
+    "max_tail_se",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RiskConfig:
+    """How risk is measured. Changing any of these needs a new audit."""
+
+    at_risk_auc: float = 0.9
+    fpr: tuple[float, ...] = (0.001, 0.01)
+    tail_quantile: float = 0.99
+    min_group_size: int = 20
+    null_replicates: int = 100
+    seed: int = 0
+    rmia_offline_a: float = 0.3
+    rmia_gamma: float = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateConfig:
+    """The release policy. ``None`` means the rule is not checked."""
+
+    max_patient_auc: float | None = None
+    max_patients_at_risk: int | None = None
+    max_fraction_at_risk: float | None = None
+    max_aggregate_auc: float | None = None
+    max_aggregate_tpr_at_fpr: tuple[tuple[float, float], ...] | None = None
+    max_subgroup_relative_change: float | None = None
+    subgroup_alpha: float = 0.05
+    min_reference_models: int | None = None
+    max_tail_se: float | None = None
+    fdr: float = 0.05
+
+    def active_rules(self) -> tuple[str, ...]:
+        """Names of the rules this policy checks."""
+        return tuple(name for name in _RULE_KEYS if getattr(self, name) is not None)
+
+    def patient_auc_limits(self, at_risk_auc: float) -> tuple[float, ...]:
+        """The patient-level AUC limits that the noise floor must sit below."""
+        limits: list[float] = []
+        if self.max_patient_auc is not None:
+            limits.append(self.max_patient_auc)
+        if self.max_patients_at_risk is not None or self.max_fraction_at_risk is not None:
+            limits.append(at_risk_auc)
+        return tuple(limits)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """The whole config: subgroup columns, risk definitions and gate policy."""
+
+    subgroups: tuple[str, ...] = ()
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict that `parse_config` turns back into an equal config."""
+        data = asdict(self)
+        data["subgroups"] = list(self.subgroups)
+        data["risk"]["fpr"] = list(self.risk.fpr)
+        tpr_rule = self.gate.max_aggregate_tpr_at_fpr
+        data["gate"]["max_aggregate_tpr_at_fpr"] = (
+            None if tpr_rule is None else {_fpr_key(f): t for f, t in tpr_rule}
+        )
+        return data
+
+    def sha256(self) -> str:
+        """Digest of the normalised config: equal policies have equal digests."""
+        return sha256_of_json(self.to_dict())
+
+
+def sha256_of_json(data: Any) -> str:
+    """SHA-256 of canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _fpr_key(fpr: float) -> str:
+    """The string key of an FPR in reports and configs ("0.001")."""
+    return repr(float(fpr))
+
+
+def _check_keys(section: str, data: Mapping[str, Any], valid: tuple[str, ...]) -> None:
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"Unknown key(s) {unknown} in {section}. Valid keys are: {sorted(valid)}."
+            " HINT: check the spelling; a misspelt rule would silently not be checked."
+        )
+
+
+def _number(section: str, name: str, value: Any, *, lo: float, hi: float,
+            lo_open: bool = False, hi_open: bool = False) -> float:
+    bracket = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
+    expected = f"a number in {bracket}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(invalid_value(name, section, expected, value))
+    number = float(value)
+    below = number <= lo if lo_open else number < lo
+    above = number >= hi if hi_open else number > hi
+    if not math.isfinite(number) or below or above:
+        raise ConfigError(invalid_value(name, section, expected, value))
+    return number
+
+
+def _integer(section: str, name: str, value: Any, *, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(invalid_value(name, section, f"an integer >= {lo}", value))
+    return int(value)
+
+
+def _parse_risk(data: Mapping[str, Any]) -> RiskConfig:
+    names = tuple(f.name for f in fields(RiskConfig))
+    _check_keys("risk", data, names)
+    kwargs: dict[str, Any] = {}
+    if "at_risk_auc" in data:
+        kwargs["at_risk_auc"] = _number("risk", "at_risk_auc", data["at_risk_auc"],
+                                        lo=0.5, hi=1.0, lo_open=True, hi_open=True)
+    if "fpr" in data:
+        raw = data["fpr"]
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(invalid_value("fpr", "risk", "a non-empty list of numbers in "
+                                            "(0, 0.5)", raw, "e.g. fpr: [0.001, 0.01]"))
+        values = [_number("risk", "fpr", v, lo=0.0, hi=0.5, lo_open=True, hi_open=True)
+                  for v in raw]
+        if len(set(values)) != len(values):
+            raise ConfigError(invalid_value("fpr", "risk", "a list without duplicates", raw))
+        kwargs["fpr"] = tuple(sorted(values))
+    if "tail_quantile" in data:
+        kwargs["tail_quantile"] = _number("risk", "tail_quantile", data["tail_quantile"],
+                                          lo=0.5, hi=1.0, hi_open=True)
+    if "min_group_size" in data:
+        kwargs["min_group_size"] = _integer("risk", "min_group_size", data["min_group_size"],
+                                            lo=1)
+    if "null_replicates" in data:
+        kwargs["null_replicates"] = _integer("risk", "null_replicates",
+                                             data["null_replicates"], lo=20)
+    if "seed" in data:
+        kwargs["seed"] = _integer("risk", "seed", data["seed"], lo=0)
+    if "rmia_offline_a" in data:
+        kwargs["rmia_offline_a"] = _number("risk", "rmia_offline_a", data["rmia_offline_a"],
+                                           lo=0.0, hi=1.0)
+    if "rmia_gamma" in data:
+        kwargs["rmia_gamma"] = _number("risk", "rmia_gamma", data["rmia_gamma"],
+                                       lo=1.0, hi=1e6)
+    return RiskConfig(**kwargs)
+
+
+def _parse_tpr_rule(raw: Any, fpr: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
+    expected = "a mapping from an FPR listed in risk.fpr to the largest allowed TPR"
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(invalid_value("max_aggregate_tpr_at_fpr", "gate", expected, raw,
+                                        "e.g. max_aggregate_tpr_at_fpr: {0.001: 0.01}"))
+    pairs: list[tuple[float, float]] = []
+    for key, value in raw.items():
+        try:
+            rate = float(key)
+        except (TypeError, ValueError):
+            raise ConfigError(invalid_value("max_aggregate_tpr_at_fpr", "gate", expected,
+                                            raw)) from None
+        if not any(math.isclose(rate, f, rel_tol=1e-9) for f in fpr):
+            raise ConfigError(invalid_value(
+                "max_aggregate_tpr_at_fpr", "gate", f"keyed by FPRs in risk.fpr {list(fpr)}",
+                key, "add the FPR to risk.fpr or use one already listed"))
+        limit = _number("gate", f"max_aggregate_tpr_at_fpr[{key}]", value, lo=0.0, hi=1.0)
+        pairs.append((next(f for f in fpr if math.isclose(rate, f, rel_tol=1e-9)), limit))
+    return tuple(sorted(pairs))
+
+
+def _parse_gate(data: Mapping[str, Any], risk: RiskConfig) -> GateConfig:
+    names = tuple(f.name for f in fields(GateConfig))
+    _check_keys("gate", data, names)
+    kwargs: dict[str, Any] = {}
+    auc_rules = ("max_patient_auc", "max_aggregate_auc")
+    for name in auc_rules:
+        if data.get(name) is not None:
+            kwargs[name] = _number("gate", name, data[name], lo=0.5, hi=1.0)
+    for name in ("max_fraction_at_risk",):
+        if data.get(name) is not None:
+            kwargs[name] = _number("gate", name, data[name], lo=0.0, hi=1.0)
+    if data.get("max_patients_at_risk") is not None:
+        kwargs["max_patients_at_risk"] = _integer("gate", "max_patients_at_risk",
+                                                  data["max_patients_at_risk"], lo=0)
+    if data.get("min_reference_models") is not None:
+        kwargs["min_reference_models"] = _integer("gate", "min_reference_models",
+                                                  data["min_reference_models"], lo=2)
+    if data.get("max_subgroup_relative_change") is not None:
+        kwargs["max_subgroup_relative_change"] = _number(
+            "gate", "max_subgroup_relative_change", data["max_subgroup_relative_change"],
+            lo=0.0, hi=1e9)
+    if data.get("max_tail_se") is not None:
+        kwargs["max_tail_se"] = _number("gate", "max_tail_se", data["max_tail_se"],
+                                        lo=0.0, hi=0.5, lo_open=True)
+    if data.get("max_aggregate_tpr_at_fpr") is not None:
+        kwargs["max_aggregate_tpr_at_fpr"] = _parse_tpr_rule(data["max_aggregate_tpr_at_fpr"],
+                                                             risk.fpr)
+    if "subgroup_alpha" in data:
+        kwargs["subgroup_alpha"] = _number("gate", "subgroup_alpha", data["subgroup_alpha"],
+                                           lo=0.0, hi=0.5, lo_open=True)
+    if "fdr" in data:
+        kwargs["fdr"] = _number("gate", "fdr", data["fdr"], lo=0.0, hi=0.5, lo_open=True)
+    return GateConfig(**kwargs)
+
+
+def parse_config(data: Any, *, source: str = "config") -> AuditConfig:
+    """Validate a config mapping (as loaded from YAML) into an `AuditConfig`.
+
+    >>> parse_config({"gate": {"max_patient_auc": 0.95}}).gate.active_rules()
+    ('max_patient_auc',)
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"The {source} must be a YAML mapping with keys 'subgroups', 'risk'"
+                          f" and 'gate'. Got {type(data).__name__} instead.")
+    _check_keys(source, data, ("subgroups", "risk", "gate"))
+    subgroups_raw = data.get("subgroups") or []
+    if not isinstance(subgroups_raw, list) or not all(
+        isinstance(s, str) and s for s in subgroups_raw
+    ):
+        raise ConfigError(invalid_value("subgroups", source, "a list of column names",
+                                        subgroups_raw, "e.g. subgroups: [sex, race]"))
+    if len(set(subgroups_raw)) != len(subgroups_raw):
+        raise ConfigError(invalid_value("subgroups", source, "a list without duplicates",
+                                        subgroups_raw))
+    for section in ("risk", "gate"):
+        if data.get(section) is not None and not isinstance(data[section], Mapping):
+            raise ConfigError(invalid_value(section, source, "a mapping", data[section]))
+    risk = _parse_risk(data.get("risk") or {})
+    gate = _parse_gate(data.get("gate") or {}, risk)
+    if not gate.active_rules():
+        raise ConfigError(
+            f"The gate section of {source} defines no rule, so nothing would be checked. "
+            f"Valid rules are: {list(_RULE_KEYS)}. HINT: a given config is the whole "
+            "policy; copy the default policy (privacy-gate policy) and edit it."
+        )
+    return AuditConfig(subgroups=tuple(subgroups_raw), risk=risk, gate=gate)
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the config file {str(path)!r}: {exc.strerror}.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"The config file {str(path)!r} is not valid YAML: {exc}") from None
+    return parse_config(data, source=f"config {path.name}")
+
+
+def default_policy_text() -> str:
+    """The packaged default policy, as shipped (with its comments)."""
+    return resources.files("privacy_gate").joinpath("policies/default.yaml").read_text("utf-8")
+
+
+def default_config() -> AuditConfig:
+    """The packaged default policy (see ``privacy_gate/policies/default.yaml``)."""
+    return parse_config(yaml.safe_load(default_policy_text()), source="default policy")

@@ -1,0 +1,40 @@
+"""Exceptions raised by privacy-gate.
+
+Every error subclasses the builtin it refines (``ValueError`` for bad input), so
+callers that already catch ``ValueError`` keep working. Messages follow one sentence
+shape: "The 'x' parameter of Y must be ... Got ... instead." plus a ``HINT:``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ConfigError", "InputError", "PrivacyGateError", "ReportError", "invalid_value"]
+
+
+class PrivacyGateError(Exception):
+    """Base class of every error privacy-gate raises on purpose."""
+
+
+class InputError(PrivacyGateError, ValueError):
+    """Signals, records or command-line arguments that cannot be audited."""
+
+
+class ConfigError(PrivacyGateError, ValueError):
+    """A policy/config file or value that is not valid."""
+
+
+class ReportError(PrivacyGateError, ValueError):
+    """A report that cannot be evaluated (corrupt, wrong schema, changed risk section)."""
+
+
+def invalid_value(name: str, owner: str, expected: str, got: Any, hint: str | None = None) -> str:
+    """Build the uniform error sentence naming the field, the value and the fix.
+
+    >>> invalid_value("fdr", "gate", "a float in (0, 0.5]", 2.0)
+    "The 'fdr' parameter of gate must be a float in (0, 0.5]. Got 2.0 instead."
+    """
+    message = f"The '{name}' parameter of {owner} must be {expected}. Got {got!r} instead."
+    if hint:
+        message += f" HINT: {hint}"
+    return message

@@ -1,0 +1,68 @@
+"""Keyed pseudonyms for patient and record ids.
+
+Per-patient results are membership evidence, so outputs carry
+``hex(HMAC-SHA256(key, "patient\\0" + id))[:16]`` instead of raw ids. The key comes only
+from the environment (``PRIVACY_GATE_PSEUDONYM_KEY``); without it a random key is used
+and not stored, so the pseudonyms cannot be linked back by anyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+
+__all__ = ["KEY_ENVIRONMENT_VARIABLE", "Pseudonymizer"]
+
+KEY_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_PSEUDONYM_KEY"
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, repr=False)
+class Pseudonymizer:
+    """Turns ids into keyed pseudonyms (or passes them through with ``raw=True``).
+
+    >>> p = Pseudonymizer(key=b"k")
+    >>> p.patient("42") == p.patient("42") != p.record("42")
+    True
+    >>> len(p.patient("42"))
+    16
+    """
+
+    key: bytes
+    raw: bool = False
+    key_is_ephemeral: bool = False
+
+    @classmethod
+    def from_environment(cls, *, raw: bool = False) -> Pseudonymizer:
+        """Key from ``PRIVACY_GATE_PSEUDONYM_KEY``; a random, unstored key when unset."""
+        value = os.environ.get(KEY_ENVIRONMENT_VARIABLE)
+        if value:
+            return cls(key=value.encode("utf-8"), raw=raw)
+        if not raw:
+            _LOG.info("%s is not set: pseudonyms use a random key that is not stored, so "
+                      "they cannot be linked across audits.", KEY_ENVIRONMENT_VARIABLE)
+        return cls(key=secrets.token_bytes(32), raw=raw, key_is_ephemeral=True)
+
+    def _digest(self, kind: str, identifier: str) -> str:
+        message = f"{kind}\0{identifier}".encode()
+        return hmac.new(self.key, message, hashlib.sha256).hexdigest()[:16]
+
+    def patient(self, patient_id: str) -> str:
+        """Pseudonym of a patient id."""
+        return patient_id if self.raw else self._digest("patient", patient_id)
+
+    def record(self, record_id: str) -> str:
+        """Pseudonym of a record id (also the key of a record without a patient id)."""
+        return record_id if self.raw else self._digest("record", record_id)
+
+    def key_of(self, kind: str, identifier: str) -> str:
+        """Pseudonym of a ``(kind, id)`` pair from `RecordTable.patient_index`."""
+        return self.patient(identifier) if kind == "patient" else self.record(identifier)
+
+    @property
+    def scheme(self) -> str:
+        return "raw" if self.raw else "hmac-sha256"

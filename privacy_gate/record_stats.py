@@ -1,0 +1,183 @@
+"""Per-record statistics: record AUC, its standard error, TPR at FPR and GDP mu.
+
+All formulas are the closed forms of DESIGN.md ("Definitions"): binormal record AUC from
+the IN/OUT score moments (population std, ddof=0), Hanley & McNeil (1982) standard error,
+the binormal ROC and the empirical Gaussian-DP parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import special
+
+__all__ = [
+    "AUC_CEILING",
+    "SD_FLOOR",
+    "RecordMoments",
+    "RecordStats",
+    "binormal_auc",
+    "binormal_tpr",
+    "compute_record_stats",
+    "gdp_mu",
+    "hanley_mcneil_se",
+    "record_moments",
+]
+
+SD_FLOOR = 1e-6
+"""Standard deviation given to a record whose IN (or OUT) scores are all exactly equal
+(saturated models). Only exactly-constant score sets get it, so no record with real
+variance moves; it keeps every figure finite, and equal means still give AUC 0.5."""
+
+AUC_CEILING = 1.0 - 1e-10
+"""Record AUCs are clipped to [0.5, AUC_CEILING] so that GDP mu stays finite."""
+
+_CHUNK_ELEMENTS = 1 << 21
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class RecordMoments:
+    """IN/OUT score moments per record; every array is ``(n_records,)``."""
+
+    mu_in: FloatArray
+    sd_in: FloatArray
+    mu_out: FloatArray
+    sd_out: FloatArray
+    n_in: NDArray[np.int64]
+    n_out: NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class RecordStats:
+    """Risk figures per record.
+
+    Attributes:
+        moments: the IN/OUT moments the figures come from.
+        auc: ``(n_records,)`` record AUC in [0.5, 1 - 1e-10].
+        auc_se: ``(n_records,)`` Hanley-McNeil standard error of ``auc``.
+        tpr: ``(n_fpr, n_records)`` binormal TPR at each FPR in ``fpr``.
+        fpr: ``(n_fpr,)`` the false-positive rates of ``tpr``.
+        mu: ``(n_records,)`` empirical Gaussian-DP parameter.
+    """
+
+    moments: RecordMoments
+    auc: FloatArray
+    auc_se: FloatArray
+    tpr: FloatArray
+    fpr: FloatArray
+    mu: FloatArray
+
+
+def _chunks(n_models: int, n_records: int) -> range:
+    width = max(1, _CHUNK_ELEMENTS // max(n_models, 1))
+    return range(0, n_records, width)
+
+
+def record_moments(scores: NDArray[np.floating[Any]], masks: NDArray[np.bool_]) -> RecordMoments:
+    """Mean and population std of each record's IN and OUT scores.
+
+    Works in column chunks so memory stays near the size of the inputs. Score sets that
+    are exactly constant get `SD_FLOOR` instead of 0.
+
+    Args:
+        scores: ``(n_reference_models, n_records)`` membership scores.
+        masks: ``(n_reference_models, n_records)`` True where the record was IN.
+    """
+    n_models, n_records = scores.shape
+    n_in = masks.sum(axis=0, dtype=np.int64)
+    n_out = n_models - n_in
+    mu_in, sd_in = np.empty(n_records), np.empty(n_records)
+    mu_out, sd_out = np.empty(n_records), np.empty(n_records)
+    step = _chunks(n_models, n_records).step
+    for start in _chunks(n_models, n_records):
+        cols = slice(start, start + step)
+        s = scores[:, cols].astype(np.float64)
+        m = masks[:, cols]
+        c_in, c_out = n_in[cols], n_out[cols]
+        sum_in = np.where(m, s, 0.0).sum(axis=0)
+        m_in = sum_in / c_in
+        m_out = (s.sum(axis=0) - sum_in) / c_out
+        centred = s - np.where(m, m_in, m_out)
+        centred *= centred
+        ss_in = np.where(m, centred, 0.0).sum(axis=0)
+        ss_out = centred.sum(axis=0) - ss_in
+        constant_in = np.where(m, s, -np.inf).max(axis=0) == np.where(m, s, np.inf).min(axis=0)
+        constant_out = np.where(m, -np.inf, s).max(axis=0) == np.where(m, np.inf, s).min(axis=0)
+        mu_in[cols], mu_out[cols] = m_in, m_out
+        sd_in[cols] = np.where(constant_in, SD_FLOOR, np.sqrt(np.maximum(ss_in, 0.0) / c_in))
+        sd_out[cols] = np.where(constant_out, SD_FLOOR,
+                                np.sqrt(np.maximum(ss_out, 0.0) / c_out))
+    return RecordMoments(mu_in, sd_in, mu_out, sd_out, n_in, n_out)
+
+
+def binormal_auc(mu_in: FloatArray, sd_in: FloatArray, mu_out: FloatArray,
+                 sd_out: FloatArray) -> FloatArray:
+    """``Phi((mu_in - mu_out) / sqrt(sd_in^2 + sd_out^2))`` clipped to [0.5, 1 - 1e-10].
+
+    >>> float(binormal_auc(np.array([1.0]), np.array([1.0]), np.array([0.0]), np.array([0.0]))[0])
+    0.8413447460685429
+    """
+    z = (mu_in - mu_out) / np.sqrt(sd_in**2 + sd_out**2)
+    return np.clip(special.ndtr(z), 0.5, AUC_CEILING)
+
+
+def hanley_mcneil_se(auc: FloatArray, n_in: NDArray[np.integer[Any]],
+                     n_out: NDArray[np.integer[Any]]) -> FloatArray:
+    """Hanley & McNeil (1982) standard error of an AUC from ``n_in`` positives and
+    ``n_out`` negatives.
+
+    >>> round(float(hanley_mcneil_se(np.array([0.5]), np.array([1]), np.array([1]))[0]), 3)
+    0.5
+    """
+    q0 = auc / (2.0 - auc)
+    q1 = 2.0 * auc**2 / (1.0 + auc)
+    variance = (auc * (1.0 - auc) + (n_in - 1) * (q0 - auc**2) + (n_out - 1) * (q1 - auc**2)) / (
+        n_in * n_out
+    )
+    return np.sqrt(np.maximum(variance, 0.0))
+
+
+def binormal_tpr(mu_in: FloatArray, sd_in: FloatArray, mu_out: FloatArray, sd_out: FloatArray,
+                 fpr: FloatArray) -> FloatArray:
+    """TPR of the record's binormal ROC at each FPR: ``Phi(a + b * Phi^-1(f))`` with
+    ``a = (mu_in - mu_out) / sd_in`` and ``b = sd_out / sd_in``.
+
+    Returns:
+        ``(n_fpr, n_records)``.
+    """
+    a = (mu_in - mu_out) / sd_in
+    b = sd_out / sd_in
+    return special.ndtr(a[None, :] + b[None, :] * special.ndtri(fpr)[:, None])
+
+
+def gdp_mu(auc: FloatArray) -> FloatArray:
+    """Empirical Gaussian-DP parameter ``sqrt(2) * Phi^-1(auc)`` (0 at AUC 0.5)."""
+    return np.sqrt(2.0) * special.ndtri(auc)
+
+
+def compute_record_stats(scores: NDArray[np.floating[Any]], masks: NDArray[np.bool_],
+                         fpr: tuple[float, ...] | FloatArray) -> RecordStats:
+    """All per-record figures from reference-model signals.
+
+    Args:
+        scores: ``(n_reference_models, n_records)``.
+        masks: ``(n_reference_models, n_records)``.
+        fpr: the FPRs at which to report the record's TPR.
+    """
+    moments = record_moments(scores, masks)
+    auc = binormal_auc(moments.mu_in, moments.sd_in, moments.mu_out, moments.sd_out)
+    fpr_array = np.asarray(fpr, dtype=np.float64)
+    return RecordStats(
+        moments=moments,
+        auc=auc,
+        auc_se=hanley_mcneil_se(auc, moments.n_in, moments.n_out),
+        tpr=binormal_tpr(moments.mu_in, moments.sd_in, moments.mu_out, moments.sd_out,
+                         fpr_array),
+        fpr=fpr_array,
+        mu=gdp_mu(auc),
+    )

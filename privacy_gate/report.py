@@ -1,0 +1,114 @@
+"""The report: JSON-safe figures of an audit, and the files written beside it.
+
+``report.json`` holds the figures (never raw ids unless asked for); ``records.csv`` and
+``patients.csv`` hold the per-record and per-patient figures under pseudonyms.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from privacy_gate.errors import ReportError
+
+__all__ = [
+    "REPORT_FILE",
+    "SCHEMA_VERSION",
+    "canonical_json",
+    "file_sha256",
+    "load_report",
+    "write_json",
+    "write_table",
+]
+
+SCHEMA_VERSION = "1.0"
+REPORT_FILE = "report.json"
+_REQUIRED_SECTIONS = ("schema_version", "audit", "summary", "subgroups", "decision")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, streamed."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain Python types for JSON; non-finite floats become None."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_json_safe(v) for v in value.tolist()]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def canonical_json(report: Mapping[str, Any], *, exclude: Sequence[str] = ("signature",)) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: the bytes that are hashed and signed."""
+    body = {k: v for k, v in report.items() if k not in exclude}
+    return json.dumps(_json_safe(body), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def write_json(report: Mapping[str, Any], path: Path) -> None:
+    """Write the report as indented JSON, atomically."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True,
+                                    allow_nan=False) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def write_table(path: Path, header: Sequence[str], columns: Sequence[Sequence[Any]]) -> None:
+    """Write columns (equal lengths) as CSV; floats with 17 significant digits."""
+    def text(column: Sequence[Any]) -> list[str]:
+        array = np.asarray(column)
+        if np.issubdtype(array.dtype, np.floating):
+            return [repr(float(v)) for v in array.tolist()]
+        return [str(v) for v in (array.tolist() if isinstance(column, np.ndarray) else column)]
+
+    rendered = [text(c) for c in columns]
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    with temporary.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(zip(*rendered, strict=True))
+    temporary.replace(path)
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a report.json and check its schema version and sections."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ReportError(f"Cannot read the report {str(path)!r}: {exc.strerror}. HINT: run "
+                          "'privacy-gate score' first; a missing audit never passes.") from None
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"The report {str(path)!r} is not valid JSON: {exc}.") from None
+    if not isinstance(report, dict):
+        raise ReportError(f"The report {str(path)!r} must be a JSON object.")
+    missing = [s for s in _REQUIRED_SECTIONS if s not in report]
+    if missing:
+        raise ReportError(f"The report {str(path)!r} lacks the section(s) {missing}. HINT: it "
+                          "was not written by 'privacy-gate score'; run a new audit.")
+    if str(report["schema_version"]).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise ReportError(f"The report's schema_version {report['schema_version']!r} is not "
+                          f"supported (this version reads {SCHEMA_VERSION}). HINT: re-run the "
+                          "audit with this version of privacy-gate.")
+    return report
