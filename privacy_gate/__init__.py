@@ -7,7 +7,6 @@ report with a gate decision; see DESIGN.md for the definitions.
 from __future__ import annotations
 
 from privacy_gate._version import __version__
-
 from privacy_gate.config import AuditConfig, GateConfig, RiskConfig, default_config, load_config
 from privacy_gate.errors import ConfigError, InputError, PrivacyGateError, ReportError
 from privacy_gate.gate import Decision, Status, Violation, evaluate_gate

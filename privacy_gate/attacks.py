@@ -20,9 +20,9 @@ from scipy import special, stats
 from privacy_gate.record_stats import RecordMoments
 
 __all__ = [
+    "AggregateResult",
     "Attack",
     "AttackResult",
-    "AggregateResult",
     "lira_offline",
     "lira_online",
     "rmia",
@@ -76,10 +76,12 @@ class AggregateResult:
         return max(r.tpr_at_fpr[fpr] for r in self.attacks.values())
 
 
-def lira_online(target: FloatArray, mu_in: FloatArray, sd_in: FloatArray, mu_out: FloatArray,
-                sd_out: FloatArray) -> FloatArray:
+def lira_online(
+    target: FloatArray, mu_in: FloatArray, sd_in: FloatArray, mu_out: FloatArray, sd_out: FloatArray
+) -> FloatArray:
     """Online LiRA: ``log N(s; mu_in, sd_in) - log N(s; mu_out, sd_out)``."""
-    return stats.norm.logpdf(target, mu_in, sd_in) - stats.norm.logpdf(target, mu_out, sd_out)
+    log_in = np.asarray(stats.norm.logpdf(target, mu_in, sd_in), dtype=np.float64)
+    return log_in - np.asarray(stats.norm.logpdf(target, mu_out, sd_out), dtype=np.float64)
 
 
 def lira_offline(target: FloatArray, mu_out: FloatArray, sd_out: FloatArray) -> FloatArray:
@@ -91,9 +93,15 @@ def lira_offline(target: FloatArray, mu_out: FloatArray, sd_out: FloatArray) -> 
     return (target - mu_out) / sd_out
 
 
-def rmia(target: FloatArray, reference_scores: NDArray[np.floating[Any]],
-         reference_masks: BoolArray, population: BoolArray, *, gamma: float,
-         offline_a: float | None) -> FloatArray:
+def rmia(
+    target: FloatArray,
+    reference_scores: NDArray[np.floating[Any]],
+    reference_masks: BoolArray,
+    population: BoolArray,
+    *,
+    gamma: float,
+    offline_a: float | None,
+) -> FloatArray:
     """RMIA (Zarifzadeh et al. 2024) with ``p = sigmoid(score)``.
 
     ``LR(x) = p_target(x) / Pr(x)`` with ``Pr(x)`` the mean of the reference models'
@@ -121,7 +129,7 @@ def rmia(target: FloatArray, reference_scores: NDArray[np.floating[Any]],
     # z counts when LR(z) <= LR(x) / gamma; x itself never satisfies that (gamma > 1).
     dominated = np.searchsorted(ordered, log_ratio - np.log(gamma), side="right")
     size = len(ordered) - population.astype(np.int64)
-    return dominated / np.maximum(size, 1)
+    return np.asarray(dominated / np.maximum(size, 1), dtype=np.float64)
 
 
 def roc_curve(membership_score: FloatArray, is_member: BoolArray) -> tuple[FloatArray, FloatArray]:
@@ -171,10 +179,18 @@ def _result(score: FloatArray, is_member: BoolArray, fprs: tuple[float, ...]) ->
     )
 
 
-def run_attacks(target: FloatArray, is_member: BoolArray, moments: RecordMoments,
-                reference_scores: NDArray[np.floating[Any]], reference_masks: BoolArray, *,
-                fprs: tuple[float, ...], single_label: bool, gamma: float = 2.0,
-                offline_a: float = 0.3) -> AggregateResult:
+def run_attacks(
+    target: FloatArray,
+    is_member: BoolArray,
+    moments: RecordMoments,
+    reference_scores: NDArray[np.floating[Any]],
+    reference_masks: BoolArray,
+    *,
+    fprs: tuple[float, ...],
+    single_label: bool,
+    gamma: float = 2.0,
+    offline_a: float = 0.3,
+) -> AggregateResult:
     """Run every applicable attack on the release candidate.
 
     Args:
@@ -189,17 +205,19 @@ def run_attacks(target: FloatArray, is_member: BoolArray, moments: RecordMoments
     scorers: dict[Attack, Callable[[], FloatArray]] = {
         Attack.LIRA_ONLINE: lambda: lira_online(target, m.mu_in, m.sd_in, m.mu_out, m.sd_out),
         Attack.LIRA_ONLINE_FIXED_VARIANCE: lambda: lira_online(
-            target, m.mu_in, sd_in_fixed, m.mu_out, sd_out_fixed),
+            target, m.mu_in, sd_in_fixed, m.mu_out, sd_out_fixed
+        ),
         Attack.LIRA_OFFLINE: lambda: lira_offline(target, m.mu_out, m.sd_out),
         Attack.LIRA_OFFLINE_FIXED_VARIANCE: lambda: lira_offline(target, m.mu_out, sd_out_fixed),
     }
     if single_label:
         population = ~is_member
         scorers[Attack.RMIA_ONLINE] = lambda: rmia(
-            target, reference_scores, reference_masks, population, gamma=gamma, offline_a=None)
+            target, reference_scores, reference_masks, population, gamma=gamma, offline_a=None
+        )
         scorers[Attack.RMIA_OFFLINE] = lambda: rmia(
-            target, reference_scores, reference_masks, population, gamma=gamma,
-            offline_a=offline_a)
+            target, reference_scores, reference_masks, population, gamma=gamma, offline_a=offline_a
+        )
     return AggregateResult(
         attacks={attack: _result(score(), is_member, fprs) for attack, score in scorers.items()},
         members=int(is_member.sum()),

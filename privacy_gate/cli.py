@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="privacy-gate",
         description="Patient-level membership-inference audit and release gate.",
-        epilog="Exit codes: 0 pass, 1 gate failed, 2 error.")
+        epilog="Exit codes: 0 pass, 1 gate failed, 2 error.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the verdict")
@@ -40,10 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     score_cmd.add_argument("--records", required=True, type=Path, help="records.csv")
     score_cmd.add_argument("--config", type=Path, help="policy YAML (default: packaged policy)")
     score_cmd.add_argument("--out", required=True, type=Path, help="output directory")
-    score_cmd.add_argument("--raw-ids", action="store_true",
-                           help="write raw patient/record ids instead of keyed pseudonyms")
-    score_cmd.add_argument("--no-plots", action="store_true",
-                           help="skip report.md/report.html and the plots")
+    score_cmd.add_argument(
+        "--raw-ids",
+        action="store_true",
+        help="write raw patient/record ids instead of keyed pseudonyms",
+    )
+    score_cmd.add_argument(
+        "--no-plots", action="store_true", help="skip report.md/report.html and the plots"
+    )
 
     check_cmd = commands.add_parser("check", help="re-evaluate the gate on a report.json")
     check_cmd.add_argument("report", type=Path, help="report.json written by score")
@@ -70,20 +75,30 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "score":
         if args.config is None and not args.quiet:
-            print(f"Using the packaged default policy (policy_sha256 "
-                  f"{default_config().sha256()}); see 'privacy-gate policy'.")
-        result = score(args.signals, args.records, args.out, config_path=args.config,
-                       raw_ids=args.raw_ids, plots=not args.no_plots)
+            print(
+                f"Using the packaged default policy (policy_sha256 "
+                f"{default_config().sha256()}); see 'privacy-gate policy'."
+            )
+        result = score(
+            args.signals,
+            args.records,
+            args.out,
+            config_path=args.config,
+            raw_ids=args.raw_ids,
+            plots=not args.no_plots,
+        )
         decision = result.decision
         if not args.quiet:
             summary = result.report["summary"]
             floor = summary["noise_floor"]
-            print(f"{result.report['audit']['records']} records, "
-                  f"{result.report['audit']['patients']} patients, "
-                  f"{result.report['audit']['reference_models']} reference models: max patient "
-                  f"AUC {summary['patient_auc']['max']:.3f} (noise floor "
-                  f"{floor['max_patient_auc_q95']:.3f}), {summary['patients_at_risk']} "
-                  f"confidently at risk. Report: {args.out / 'report.json'}")
+            print(
+                f"{result.report['audit']['records']} records, "
+                f"{result.report['audit']['patients']} patients, "
+                f"{result.report['audit']['reference_models']} reference models: max patient "
+                f"AUC {summary['patient_auc']['max']:.3f} (noise floor "
+                f"{floor['max_patient_auc_q95']:.3f}), {summary['patients_at_risk']} "
+                f"confidently at risk. Report: {args.out / 'report.json'}"
+            )
     else:
         if args.config is None and not args.quiet:
             print(f"Using the packaged default gate (policy_sha256 {default_config().sha256()}).")
@@ -104,9 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "error" if isinstance(exc, PrivacyGateError) else type(exc).__name__
         print(f"privacy-gate: ERROR ({kind}): {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except Exception as exc:  # noqa: BLE001 - the gate fails closed on anything
+    except Exception as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"privacy-gate: ERROR (unexpected {type(exc).__name__}): {exc}. HINT: re-run "
-              "with --debug and report the traceback.", file=sys.stderr)
+        print(
+            f"privacy-gate: ERROR (unexpected {type(exc).__name__}): {exc}. HINT: re-run "
+            "with --debug and report the traceback.",
+            file=sys.stderr,
+        )
         return EXIT_ERROR

@@ -129,8 +129,16 @@ def _check_keys(section: str, data: Mapping[str, Any], valid: tuple[str, ...]) -
         )
 
 
-def _number(section: str, name: str, value: Any, *, lo: float, hi: float,
-            lo_open: bool = False, hi_open: bool = False) -> float:
+def _number(
+    section: str,
+    name: str,
+    value: Any,
+    *,
+    lo: float,
+    hi: float,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
     bracket = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
     expected = f"a number in {bracket}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -154,54 +162,78 @@ def _parse_risk(data: Mapping[str, Any]) -> RiskConfig:
     _check_keys("risk", data, names)
     kwargs: dict[str, Any] = {}
     if "at_risk_auc" in data:
-        kwargs["at_risk_auc"] = _number("risk", "at_risk_auc", data["at_risk_auc"],
-                                        lo=0.5, hi=1.0, lo_open=True, hi_open=True)
+        kwargs["at_risk_auc"] = _number(
+            "risk", "at_risk_auc", data["at_risk_auc"], lo=0.5, hi=1.0, lo_open=True, hi_open=True
+        )
     if "fpr" in data:
         raw = data["fpr"]
         if not isinstance(raw, list) or not raw:
-            raise ConfigError(invalid_value("fpr", "risk", "a non-empty list of numbers in "
-                                            "(0, 0.5)", raw, "e.g. fpr: [0.001, 0.01]"))
-        values = [_number("risk", "fpr", v, lo=0.0, hi=0.5, lo_open=True, hi_open=True)
-                  for v in raw]
+            raise ConfigError(
+                invalid_value(
+                    "fpr",
+                    "risk",
+                    "a non-empty list of numbers in (0, 0.5)",
+                    raw,
+                    "e.g. fpr: [0.001, 0.01]",
+                )
+            )
+        values = [
+            _number("risk", "fpr", v, lo=0.0, hi=0.5, lo_open=True, hi_open=True) for v in raw
+        ]
         if len(set(values)) != len(values):
             raise ConfigError(invalid_value("fpr", "risk", "a list without duplicates", raw))
         kwargs["fpr"] = tuple(sorted(values))
     if "tail_quantile" in data:
-        kwargs["tail_quantile"] = _number("risk", "tail_quantile", data["tail_quantile"],
-                                          lo=0.5, hi=1.0, hi_open=True)
+        kwargs["tail_quantile"] = _number(
+            "risk", "tail_quantile", data["tail_quantile"], lo=0.5, hi=1.0, hi_open=True
+        )
     if "min_group_size" in data:
-        kwargs["min_group_size"] = _integer("risk", "min_group_size", data["min_group_size"],
-                                            lo=1)
+        kwargs["min_group_size"] = _integer("risk", "min_group_size", data["min_group_size"], lo=1)
     if "null_replicates" in data:
-        kwargs["null_replicates"] = _integer("risk", "null_replicates",
-                                             data["null_replicates"], lo=20)
+        kwargs["null_replicates"] = _integer(
+            "risk", "null_replicates", data["null_replicates"], lo=20
+        )
     if "seed" in data:
         kwargs["seed"] = _integer("risk", "seed", data["seed"], lo=0)
     if "rmia_offline_a" in data:
-        kwargs["rmia_offline_a"] = _number("risk", "rmia_offline_a", data["rmia_offline_a"],
-                                           lo=0.0, hi=1.0)
+        kwargs["rmia_offline_a"] = _number(
+            "risk", "rmia_offline_a", data["rmia_offline_a"], lo=0.0, hi=1.0
+        )
     if "rmia_gamma" in data:
-        kwargs["rmia_gamma"] = _number("risk", "rmia_gamma", data["rmia_gamma"],
-                                       lo=1.0, hi=1e6)
+        kwargs["rmia_gamma"] = _number("risk", "rmia_gamma", data["rmia_gamma"], lo=1.0, hi=1e6)
     return RiskConfig(**kwargs)
 
 
 def _parse_tpr_rule(raw: Any, fpr: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
     expected = "a mapping from an FPR listed in risk.fpr to the largest allowed TPR"
     if not isinstance(raw, Mapping) or not raw:
-        raise ConfigError(invalid_value("max_aggregate_tpr_at_fpr", "gate", expected, raw,
-                                        "e.g. max_aggregate_tpr_at_fpr: {0.001: 0.01}"))
+        raise ConfigError(
+            invalid_value(
+                "max_aggregate_tpr_at_fpr",
+                "gate",
+                expected,
+                raw,
+                "e.g. max_aggregate_tpr_at_fpr: {0.001: 0.01}",
+            )
+        )
     pairs: list[tuple[float, float]] = []
     for key, value in raw.items():
         try:
             rate = float(key)
         except (TypeError, ValueError):
-            raise ConfigError(invalid_value("max_aggregate_tpr_at_fpr", "gate", expected,
-                                            raw)) from None
+            raise ConfigError(
+                invalid_value("max_aggregate_tpr_at_fpr", "gate", expected, raw)
+            ) from None
         if not any(math.isclose(rate, f, rel_tol=1e-9) for f in fpr):
-            raise ConfigError(invalid_value(
-                "max_aggregate_tpr_at_fpr", "gate", f"keyed by FPRs in risk.fpr {list(fpr)}",
-                key, "add the FPR to risk.fpr or use one already listed"))
+            raise ConfigError(
+                invalid_value(
+                    "max_aggregate_tpr_at_fpr",
+                    "gate",
+                    f"keyed by FPRs in risk.fpr {list(fpr)}",
+                    key,
+                    "add the FPR to risk.fpr or use one already listed",
+                )
+            )
         limit = _number("gate", f"max_aggregate_tpr_at_fpr[{key}]", value, lo=0.0, hi=1.0)
         pairs.append((next(f for f in fpr if math.isclose(rate, f, rel_tol=1e-9)), limit))
     return tuple(sorted(pairs))
@@ -219,24 +251,33 @@ def _parse_gate(data: Mapping[str, Any], risk: RiskConfig) -> GateConfig:
         if data.get(name) is not None:
             kwargs[name] = _number("gate", name, data[name], lo=0.0, hi=1.0)
     if data.get("max_patients_at_risk") is not None:
-        kwargs["max_patients_at_risk"] = _integer("gate", "max_patients_at_risk",
-                                                  data["max_patients_at_risk"], lo=0)
+        kwargs["max_patients_at_risk"] = _integer(
+            "gate", "max_patients_at_risk", data["max_patients_at_risk"], lo=0
+        )
     if data.get("min_reference_models") is not None:
-        kwargs["min_reference_models"] = _integer("gate", "min_reference_models",
-                                                  data["min_reference_models"], lo=2)
+        kwargs["min_reference_models"] = _integer(
+            "gate", "min_reference_models", data["min_reference_models"], lo=2
+        )
     if data.get("max_subgroup_relative_change") is not None:
         kwargs["max_subgroup_relative_change"] = _number(
-            "gate", "max_subgroup_relative_change", data["max_subgroup_relative_change"],
-            lo=0.0, hi=1e9)
+            "gate",
+            "max_subgroup_relative_change",
+            data["max_subgroup_relative_change"],
+            lo=0.0,
+            hi=1e9,
+        )
     if data.get("max_tail_se") is not None:
-        kwargs["max_tail_se"] = _number("gate", "max_tail_se", data["max_tail_se"],
-                                        lo=0.0, hi=0.5, lo_open=True)
+        kwargs["max_tail_se"] = _number(
+            "gate", "max_tail_se", data["max_tail_se"], lo=0.0, hi=0.5, lo_open=True
+        )
     if data.get("max_aggregate_tpr_at_fpr") is not None:
-        kwargs["max_aggregate_tpr_at_fpr"] = _parse_tpr_rule(data["max_aggregate_tpr_at_fpr"],
-                                                             risk.fpr)
+        kwargs["max_aggregate_tpr_at_fpr"] = _parse_tpr_rule(
+            data["max_aggregate_tpr_at_fpr"], risk.fpr
+        )
     if "subgroup_alpha" in data:
-        kwargs["subgroup_alpha"] = _number("gate", "subgroup_alpha", data["subgroup_alpha"],
-                                           lo=0.0, hi=0.5, lo_open=True)
+        kwargs["subgroup_alpha"] = _number(
+            "gate", "subgroup_alpha", data["subgroup_alpha"], lo=0.0, hi=0.5, lo_open=True
+        )
     if "fdr" in data:
         kwargs["fdr"] = _number("gate", "fdr", data["fdr"], lo=0.0, hi=0.5, lo_open=True)
     return GateConfig(**kwargs)
@@ -249,18 +290,28 @@ def parse_config(data: Any, *, source: str = "config") -> AuditConfig:
     ('max_patient_auc',)
     """
     if not isinstance(data, Mapping):
-        raise ConfigError(f"The {source} must be a YAML mapping with keys 'subgroups', 'risk'"
-                          f" and 'gate'. Got {type(data).__name__} instead.")
+        raise ConfigError(
+            f"The {source} must be a YAML mapping with keys 'subgroups', 'risk'"
+            f" and 'gate'. Got {type(data).__name__} instead."
+        )
     _check_keys(source, data, ("subgroups", "risk", "gate"))
     subgroups_raw = data.get("subgroups") or []
     if not isinstance(subgroups_raw, list) or not all(
         isinstance(s, str) and s for s in subgroups_raw
     ):
-        raise ConfigError(invalid_value("subgroups", source, "a list of column names",
-                                        subgroups_raw, "e.g. subgroups: [sex, race]"))
+        raise ConfigError(
+            invalid_value(
+                "subgroups",
+                source,
+                "a list of column names",
+                subgroups_raw,
+                "e.g. subgroups: [sex, race]",
+            )
+        )
     if len(set(subgroups_raw)) != len(subgroups_raw):
-        raise ConfigError(invalid_value("subgroups", source, "a list without duplicates",
-                                        subgroups_raw))
+        raise ConfigError(
+            invalid_value("subgroups", source, "a list without duplicates", subgroups_raw)
+        )
     for section in ("risk", "gate"):
         if data.get(section) is not None and not isinstance(data[section], Mapping):
             raise ConfigError(invalid_value(section, source, "a mapping", data[section]))

@@ -98,8 +98,9 @@ def _null_cdf(d: float | FloatArray, n_in: FloatArray, n_out: FloatArray) -> Flo
     return np.where((df >= 1.0) & np.isfinite(scale), cdf, 0.0)
 
 
-def analytic_null_max_quantile(n_in: NDArray[np.integer[Any]], n_out: NDArray[np.integer[Any]],
-                               quantile: float = NULL_QUANTILE) -> float:
+def analytic_null_max_quantile(
+    n_in: NDArray[np.integer[Any]], n_out: NDArray[np.integer[Any]], quantile: float = NULL_QUANTILE
+) -> float:
     """The ``quantile`` of the null maximum record AUC (= maximum patient AUC).
 
     Solves ``sum_i log F_i(d) = log(quantile)`` by bisection on ``d``; records with
@@ -117,26 +118,33 @@ def analytic_null_max_quantile(n_in: NDArray[np.integer[Any]], n_out: NDArray[np
     while excess(hi) < 0.0 and hi < 1e6:
         hi *= 2.0
     if excess(hi) < 0.0:
-        return float(binormal_auc(np.array([1.0]), np.array([0.0]), np.array([0.0]),
-                                  np.array([0.0]))[0])
+        return float(
+            binormal_auc(np.array([1.0]), np.array([0.0]), np.array([0.0]), np.array([0.0]))[0]
+        )
     for _ in range(100):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if excess(mid) < 0.0 else (lo, mid)
     return float(np.clip(special.ndtr(hi), 0.5, 1.0 - 1e-10))
 
 
-def _analytic_expected_at_risk(n_in: NDArray[np.integer[Any]], n_out: NDArray[np.integer[Any]],
-                               patient_index: NDArray[np.intp], n_patients: int,
-                               at_risk_auc: float) -> float:
+def _analytic_expected_at_risk(
+    n_in: NDArray[np.integer[Any]],
+    n_out: NDArray[np.integer[Any]],
+    patient_index: NDArray[np.intp],
+    n_patients: int,
+    at_risk_auc: float,
+) -> float:
     d = float(special.ndtri(at_risk_auc))
-    log_cdf = np.log(np.maximum(_null_cdf(d, n_in.astype(np.float64),
-                                          n_out.astype(np.float64)), 1e-300))
+    log_cdf = np.log(
+        np.maximum(_null_cdf(d, n_in.astype(np.float64), n_out.astype(np.float64)), 1e-300)
+    )
     per_patient = np.bincount(patient_index, weights=log_cdf, minlength=n_patients)
     return float(np.sum(-np.expm1(per_patient)))
 
 
-def reference_models_needed(n_records: int, limit: float,
-                            quantile: float = NULL_QUANTILE) -> int | None:
+def reference_models_needed(
+    n_records: int, limit: float, quantile: float = NULL_QUANTILE
+) -> int | None:
     """Smallest even K (each record IN for K/2) whose null-max quantile is below ``limit``.
 
     >>> reference_models_needed(9105, 0.9)
@@ -152,9 +160,15 @@ def reference_models_needed(n_records: int, limit: float,
     return None
 
 
-def _permuted_null(scores: NDArray[np.floating[Any]], masks: NDArray[np.bool_],
-                   patient_index: NDArray[np.intp], n_patients: int, at_risk_auc: float,
-                   replicates: int, seed: int) -> tuple[FloatArray, FloatArray]:
+def _permuted_null(
+    scores: NDArray[np.floating[Any]],
+    masks: NDArray[np.bool_],
+    patient_index: NDArray[np.intp],
+    n_patients: int,
+    at_risk_auc: float,
+    replicates: int,
+    seed: int,
+) -> tuple[FloatArray, FloatArray]:
     """Null maximum patient AUC and at-risk count for each permutation replicate."""
     rng = np.random.default_rng(seed)
     n_models, n_records = masks.shape
@@ -172,10 +186,18 @@ def _permuted_null(scores: NDArray[np.floating[Any]], masks: NDArray[np.bool_],
     return maxima, counts
 
 
-def compute_noise_floor(scores: NDArray[np.floating[Any]], masks: NDArray[np.bool_],
-                        patient_index: NDArray[np.intp], n_patients: int, *,
-                        at_risk_auc: float, limit: float | None, replicates: int, seed: int,
-                        method: NullMethod | None = None) -> NoiseFloor:
+def compute_noise_floor(
+    scores: NDArray[np.floating[Any]],
+    masks: NDArray[np.bool_],
+    patient_index: NDArray[np.intp],
+    n_patients: int,
+    *,
+    at_risk_auc: float,
+    limit: float | None,
+    replicates: int,
+    seed: int,
+    method: NullMethod | None = None,
+) -> NoiseFloor:
     """The noise floor of an audit (permutation when affordable, else analytic).
 
     Args:
@@ -191,20 +213,21 @@ def compute_noise_floor(scores: NDArray[np.floating[Any]], masks: NDArray[np.boo
     n_in = masks.sum(axis=0, dtype=np.int64)
     n_out = n_models - n_in
     if method is NullMethod.PERMUTATION:
-        maxima, counts = _permuted_null(scores, masks, patient_index, n_patients, at_risk_auc,
-                                        replicates, seed)
+        maxima, counts = _permuted_null(
+            scores, masks, patient_index, n_patients, at_risk_auc, replicates, seed
+        )
         q95 = float(np.quantile(maxima, NULL_QUANTILE))
         expected = float(counts.mean())
     else:
         q95 = analytic_null_max_quantile(n_in, n_out)
-        expected = _analytic_expected_at_risk(n_in, n_out, patient_index, n_patients,
-                                              at_risk_auc)
+        expected = _analytic_expected_at_risk(n_in, n_out, patient_index, n_patients, at_risk_auc)
     return NoiseFloor(
         method=method,
         replicates=replicates if method is NullMethod.PERMUTATION else None,
         max_patient_auc_q95=q95,
         expected_at_risk=expected,
-        reference_models_needed=None if limit is None
+        reference_models_needed=None
+        if limit is None
         else reference_models_needed(n_records, limit),
         limit=limit,
     )

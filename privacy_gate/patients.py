@@ -57,8 +57,9 @@ def _group_order(patient_index: IndexArray) -> tuple[IndexArray, IndexArray]:
     return order, starts
 
 
-def aggregate_patients(record_auc: FloatArray, record_se: FloatArray,
-                       patient_index: IndexArray, n_patients: int) -> PatientStats:
+def aggregate_patients(
+    record_auc: FloatArray, record_se: FloatArray, patient_index: IndexArray, n_patients: int
+) -> PatientStats:
     """Aggregate record figures per patient (max and mean of the record AUCs).
 
     Args:
@@ -82,8 +83,13 @@ def aggregate_patients(record_auc: FloatArray, record_se: FloatArray,
     )
 
 
-def at_risk_p_values(record_auc: FloatArray, record_se: FloatArray, patient_index: IndexArray,
-                     n_patients: int, at_risk_auc: float) -> FloatArray:
+def at_risk_p_values(
+    record_auc: FloatArray,
+    record_se: FloatArray,
+    patient_index: IndexArray,
+    n_patients: int,
+    at_risk_auc: float,
+) -> FloatArray:
     """One-sided p-value per patient for "patient AUC > at_risk_auc".
 
     Per record ``p = 1 - Phi((auc - at_risk_auc) / se)``; a patient takes its smallest
@@ -129,8 +135,9 @@ def distribution_summary(values: FloatArray) -> dict[str, float]:
     }
 
 
-def tail_counts(patient_auc: FloatArray, levels: tuple[float, ...] = TAIL_COUNT_LEVELS
-                ) -> dict[str, int]:
+def tail_counts(
+    patient_auc: FloatArray, levels: tuple[float, ...] = TAIL_COUNT_LEVELS
+) -> dict[str, int]:
     """Patients with AUC >= each level, keyed by the level as a string.
 
     >>> tail_counts(np.array([0.55, 0.9, 0.99]), (0.6, 0.9))
@@ -139,9 +146,17 @@ def tail_counts(patient_auc: FloatArray, levels: tuple[float, ...] = TAIL_COUNT_
     return {repr(level): int(np.count_nonzero(patient_auc >= level)) for level in levels}
 
 
-def survival_curve(record_auc: FloatArray, record_se: FloatArray, patient_index: IndexArray,
-                   n_patients: int, grid: FloatArray, *, replicates: int = 100,
-                   seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+def survival_curve(
+    record_auc: FloatArray,
+    record_se: FloatArray,
+    patient_index: IndexArray,
+    n_patients: int,
+    grid: FloatArray,
+    *,
+    replicates: int = 100,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
     """Empirical survival function (share of patients with AUC >= x) with a band.
 
     The band is a parametric bootstrap over the measurement error: record AUCs are
@@ -151,6 +166,7 @@ def survival_curve(record_auc: FloatArray, record_se: FloatArray, patient_index:
     Args:
         grid: ``(n_grid,)`` AUC values at which the curve is evaluated.
     """
+
     def shares(patient_auc: FloatArray) -> FloatArray:
         ordered = np.sort(patient_auc)
         above = n_patients - np.searchsorted(ordered, grid, side="left")

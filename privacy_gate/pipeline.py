@@ -91,23 +91,33 @@ def _subgroup_warnings(result: SubgroupResult, min_group_size: int) -> list[str]
     for column, col in result.columns.items():
         small = [v for v, g in col.groups.items() if g.status.value == "too_small"]
         if small:
-            warnings.append(f"Subgroup column {column!r}: {len(small)} group(s) with fewer than "
-                            f"{min_group_size} records are suppressed and not tested.")
+            warnings.append(
+                f"Subgroup column {column!r}: {len(small)} group(s) with fewer than "
+                f"{min_group_size} records are suppressed and not tested."
+            )
     return warnings
 
 
 def _check_alignment(signals: Signals, records: RecordTable, config: AuditConfig) -> None:
     if records.n_records != signals.n_records:
-        raise InputError(f"The record table has {records.n_records} rows but the signals have "
-                         f"{signals.n_records} records. HINT: records.csv needs one row per "
-                         "signal column, in the same order.")
+        raise InputError(
+            f"The record table has {records.n_records} rows but the signals have "
+            f"{signals.n_records} records. HINT: records.csv needs one row per "
+            "signal column, in the same order."
+        )
     for column in config.subgroups:
         records.subgroup_column(column)  # raises with the available columns
 
 
-def audit(signals: Signals, records: RecordTable, config: AuditConfig | None = None, *,
-          pseudonymizer: Pseudonymizer | None = None, inputs: Mapping[str, str] | None = None,
-          survival_band: bool = True) -> AuditResult:
+def audit(
+    signals: Signals,
+    records: RecordTable,
+    config: AuditConfig | None = None,
+    *,
+    pseudonymizer: Pseudonymizer | None = None,
+    inputs: Mapping[str, str] | None = None,
+    survival_band: bool = True,
+) -> AuditResult:
     """Run the numerical audit and the gate on in-memory signals.
 
     Args:
@@ -126,26 +136,46 @@ def audit(signals: Signals, records: RecordTable, config: AuditConfig | None = N
     patient_index, patient_ids = records.patient_index()
     n_patients = len(patient_ids)
     patients = aggregate_patients(stats.auc, stats.auc_se, patient_index, n_patients)
-    p_values = at_risk_p_values(stats.auc, stats.auc_se, patient_index, n_patients,
-                                risk.at_risk_auc)
+    p_values = at_risk_p_values(
+        stats.auc, stats.auc_se, patient_index, n_patients, risk.at_risk_auc
+    )
     limits = gate.patient_auc_limits(risk.at_risk_auc)
     floor: NoiseFloor = compute_noise_floor(
-        signals.scores, signals.masks, patient_index, n_patients, at_risk_auc=risk.at_risk_auc,
-        limit=min(limits) if limits else None, replicates=risk.null_replicates, seed=risk.seed)
+        signals.scores,
+        signals.masks,
+        patient_index,
+        n_patients,
+        at_risk_auc=risk.at_risk_auc,
+        limit=min(limits) if limits else None,
+        replicates=risk.null_replicates,
+        seed=risk.seed,
+    )
     in_tail, _ = tail_mask(stats.auc, risk.tail_quantile)
-    tail_se_pool = stats.auc_se[in_tail] if in_tail.any() else stats.auc_se[
-        stats.auc >= np.quantile(stats.auc, risk.tail_quantile)]
+    tail_se_pool = (
+        stats.auc_se[in_tail]
+        if in_tail.any()
+        else stats.auc_se[stats.auc >= np.quantile(stats.auc, risk.tail_quantile)]
+    )
     subgroups = analyse_subgroups(
-        stats.auc, patients.auc_max[patient_index],
+        stats.auc,
+        patients.auc_max[patient_index],
         {name: records.subgroup_column(name) for name in config.subgroups},
-        tail_quantile=risk.tail_quantile, min_group_size=risk.min_group_size)
+        tail_quantile=risk.tail_quantile,
+        min_group_size=risk.min_group_size,
+    )
     aggregate = None
     if signals.target_scores is not None and signals.target_members is not None:
         aggregate = run_attacks(
-            np.asarray(signals.target_scores, dtype=np.float64), signals.target_members,
-            stats.moments, signals.scores, signals.masks, fprs=risk.fpr,
-            single_label=signals.task is not Task.MULTILABEL, gamma=risk.rmia_gamma,
-            offline_a=risk.rmia_offline_a)
+            np.asarray(signals.target_scores, dtype=np.float64),
+            signals.target_members,
+            stats.moments,
+            signals.scores,
+            signals.masks,
+            fprs=risk.fpr,
+            single_label=signals.task is not Task.MULTILABEL,
+            gamma=risk.rmia_gamma,
+            offline_a=risk.rmia_offline_a,
+        )
     record_keys = tuple(pseudonymizer.record(r) for r in records.record_ids)
     patient_keys = tuple(pseudonymizer.key_of(kind, ident) for kind, ident in patient_ids)
     confident = benjamini_hochberg_count(p_values, gate.fdr)
@@ -162,16 +192,26 @@ def audit(signals: Signals, records: RecordTable, config: AuditConfig | None = N
         "fraction_at_risk": confident / n_patients,
         "at_risk_p_values": np.sort(p_values[p_values <= _MAX_STORED_P_VALUE]).tolist(),
         "tail_se": float(tail_se_pool.mean()) if tail_se_pool.size else None,
-        "tail": {"quantile": risk.tail_quantile, "threshold": subgroups.tail_threshold,
-                 "records": subgroups.tail_records},
+        "tail": {
+            "quantile": risk.tail_quantile,
+            "threshold": subgroups.tail_threshold,
+            "records": subgroups.tail_records,
+        },
         "noise_floor": floor.to_dict(),
         "histogram": histogram(patients.auc_max),
-        "survival": survival_curve(stats.auc, stats.auc_se, patient_index, n_patients,
-                                   _SURVIVAL_GRID, seed=risk.seed) if survival_band else None,
+        "survival": survival_curve(
+            stats.auc, stats.auc_se, patient_index, n_patients, _SURVIVAL_GRID, seed=risk.seed
+        )
+        if survival_band
+        else None,
         "top_patients": [
-            {"patient_key": patient_keys[p], "n_records": int(patients.n_records[p]),
-             "auc_max": float(patients.auc_max[p]), "auc_mean": float(patients.auc_mean[p]),
-             "auc_se": float(patients.auc_se[p])}
+            {
+                "patient_key": patient_keys[p],
+                "n_records": int(patients.n_records[p]),
+                "auc_max": float(patients.auc_max[p]),
+                "auc_mean": float(patients.auc_mean[p]),
+                "auc_se": float(patients.auc_se[p]),
+            }
             for p in top
         ],
     }
@@ -199,53 +239,82 @@ def audit(signals: Signals, records: RecordTable, config: AuditConfig | None = N
     if floor.expected_at_risk >= 0.5:
         extra_warnings.append(
             f"Noise alone is expected to put {floor.expected_at_risk:.1f} patient(s) above AUC "
-            f"{risk.at_risk_auc} (raw count); rely on the confident count.")
+            f"{risk.at_risk_auc} (raw count); rely on the confident count."
+        )
     decision = replace(decision, warnings=decision.warnings + tuple(extra_warnings))
     report["decision"] = decision.to_dict()
-    return AuditResult(report, decision, stats, patients, record_keys, patient_keys,
-                       patient_index)
+    return AuditResult(report, decision, stats, patients, record_keys, patient_keys, patient_index)
 
 
-def write_outputs(result: AuditResult, out_dir: str | Path, *, plots: bool = True
-                  ) -> dict[str, Path]:
+def write_outputs(
+    result: AuditResult, out_dir: str | Path, *, plots: bool = True
+) -> dict[str, Path]:
     """Write report.json, records.csv, patients.csv and (with plots) report.md/.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats, patients = result.records, result.patients
     fprs = [repr(float(f)) for f in stats.fpr]
-    write_table(out / "records.csv",
-                ["record_id", "patient_key", "auc", "auc_se",
-                 *[f"tpr_at_fpr_{f}" for f in fprs], "mu"],
-                [result.record_keys, [result.patient_keys[p] for p in result.patient_index],
-                 stats.auc, stats.auc_se, *list(stats.tpr), stats.mu])
-    write_table(out / "patients.csv", ["patient_key", "n_records", "auc_max", "auc_mean"],
-                [result.patient_keys, patients.n_records, patients.auc_max, patients.auc_mean])
+    write_table(
+        out / "records.csv",
+        ["record_id", "patient_key", "auc", "auc_se", *[f"tpr_at_fpr_{f}" for f in fprs], "mu"],
+        [
+            result.record_keys,
+            [result.patient_keys[p] for p in result.patient_index],
+            stats.auc,
+            stats.auc_se,
+            *list(stats.tpr),
+            stats.mu,
+        ],
+    )
+    write_table(
+        out / "patients.csv",
+        ["patient_key", "n_records", "auc_max", "auc_mean"],
+        [result.patient_keys, patients.n_records, patients.auc_max, patients.auc_mean],
+    )
     write_json(result.report, out / REPORT_FILE)
-    written = {"report.json": out / REPORT_FILE, "records.csv": out / "records.csv",
-               "patients.csv": out / "patients.csv"}
+    written = {
+        "report.json": out / REPORT_FILE,
+        "records.csv": out / "records.csv",
+        "patients.csv": out / "patients.csv",
+    }
     if plots:
         from privacy_gate.render import render_html, render_markdown, render_plots
 
         images = render_plots(result.report, out)
         (out / "report.md").write_text(
-            render_markdown(result.report, {k: p.name for k, p in images.items()}), "utf-8")
+            render_markdown(result.report, {k: p.name for k, p in images.items()}), "utf-8"
+        )
         (out / "report.html").write_text(render_html(result.report, images), "utf-8")
         written.update({"report.md": out / "report.md", "report.html": out / "report.html"})
         written.update(images)
     return written
 
 
-def score(signals_path: str | Path, records_path: str | Path, out_dir: str | Path, *,
-          config_path: str | Path | None = None, raw_ids: bool = False, plots: bool = True
-          ) -> AuditResult:
+def score(
+    signals_path: str | Path,
+    records_path: str | Path,
+    out_dir: str | Path,
+    *,
+    config_path: str | Path | None = None,
+    raw_ids: bool = False,
+    plots: bool = True,
+) -> AuditResult:
     """`privacy-gate score`: audit signal files and write every output into ``out_dir``."""
     config = default_config() if config_path is None else load_config(config_path)
     signals = load_signals(signals_path)
     records = load_records(records_path)
-    inputs = {"signals_sha256": file_sha256(signals_path),
-              "records_sha256": file_sha256(records_path)}
-    result = audit(signals, records, config, pseudonymizer=Pseudonymizer.from_environment(
-        raw=raw_ids), inputs=inputs, survival_band=plots)
+    inputs = {
+        "signals_sha256": file_sha256(signals_path),
+        "records_sha256": file_sha256(records_path),
+    }
+    result = audit(
+        signals,
+        records,
+        config,
+        pseudonymizer=Pseudonymizer.from_environment(raw=raw_ids),
+        inputs=inputs,
+        survival_band=plots,
+    )
     write_outputs(result, out_dir, plots=plots)
     return result
 
@@ -276,13 +345,17 @@ def policy_for_check(report: Mapping[str, Any], config_path: str | Path | None) 
     merged.setdefault("subgroups", list(audited.subgroups))
     given = parse_config(merged, source=f"config {Path(config_path).name}")
     if given.risk != audited.risk:
-        raise ReportError("The config changes the 'risk' section the audit was run with, so "
-                          "the report's figures do not answer it. HINT: run a new audit "
-                          "('privacy-gate score') with this config; 'check' re-evaluates only "
-                          "gate.* rules.")
+        raise ReportError(
+            "The config changes the 'risk' section the audit was run with, so "
+            "the report's figures do not answer it. HINT: run a new audit "
+            "('privacy-gate score') with this config; 'check' re-evaluates only "
+            "gate.* rules."
+        )
     if set(given.subgroups) != set(audited.subgroups):
-        raise ReportError(f"The config's subgroups {list(given.subgroups)} differ from the "
-                          f"audited ones {list(audited.subgroups)}. HINT: run a new audit.")
+        raise ReportError(
+            f"The config's subgroups {list(given.subgroups)} differ from the "
+            f"audited ones {list(audited.subgroups)}. HINT: run a new audit."
+        )
     return replace(audited, gate=given.gate)
 
 
@@ -294,5 +367,7 @@ def check(report_path: str | Path, config_path: str | Path | None = None) -> Dec
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, (ConfigError, ReportError)):
             raise
-        raise ReportError(f"The report {str(report_path)!r} is missing or has a malformed "
-                          f"field ({exc!r}). HINT: run a new audit.") from None
+        raise ReportError(
+            f"The report {str(report_path)!r} is missing or has a malformed "
+            f"field ({exc!r}). HINT: run a new audit."
+        ) from None

@@ -43,8 +43,11 @@ class Pseudonymizer:
         if value:
             return cls(key=value.encode("utf-8"), raw=raw)
         if not raw:
-            _LOG.info("%s is not set: pseudonyms use a random key that is not stored, so "
-                      "they cannot be linked across audits.", KEY_ENVIRONMENT_VARIABLE)
+            _LOG.info(
+                "%s is not set: pseudonyms use a random key that is not stored, so "
+                "they cannot be linked across audits.",
+                KEY_ENVIRONMENT_VARIABLE,
+            )
         return cls(key=secrets.token_bytes(32), raw=raw, key_is_ephemeral=True)
 
     def _digest(self, kind: str, identifier: str) -> str:

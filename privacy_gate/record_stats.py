@@ -110,24 +110,25 @@ def record_moments(scores: NDArray[np.floating[Any]], masks: NDArray[np.bool_]) 
         constant_out = np.where(m, -np.inf, s).max(axis=0) == np.where(m, np.inf, s).min(axis=0)
         mu_in[cols], mu_out[cols] = m_in, m_out
         sd_in[cols] = np.where(constant_in, SD_FLOOR, np.sqrt(np.maximum(ss_in, 0.0) / c_in))
-        sd_out[cols] = np.where(constant_out, SD_FLOOR,
-                                np.sqrt(np.maximum(ss_out, 0.0) / c_out))
+        sd_out[cols] = np.where(constant_out, SD_FLOOR, np.sqrt(np.maximum(ss_out, 0.0) / c_out))
     return RecordMoments(mu_in, sd_in, mu_out, sd_out, n_in, n_out)
 
 
-def binormal_auc(mu_in: FloatArray, sd_in: FloatArray, mu_out: FloatArray,
-                 sd_out: FloatArray) -> FloatArray:
+def binormal_auc(
+    mu_in: FloatArray, sd_in: FloatArray, mu_out: FloatArray, sd_out: FloatArray
+) -> FloatArray:
     """``Phi((mu_in - mu_out) / sqrt(sd_in^2 + sd_out^2))`` clipped to [0.5, 1 - 1e-10].
 
     >>> float(binormal_auc(np.array([1.0]), np.array([1.0]), np.array([0.0]), np.array([0.0]))[0])
     0.8413447460685429
     """
     z = (mu_in - mu_out) / np.sqrt(sd_in**2 + sd_out**2)
-    return np.clip(special.ndtr(z), 0.5, AUC_CEILING)
+    return np.clip(np.asarray(special.ndtr(z), dtype=np.float64), 0.5, AUC_CEILING)
 
 
-def hanley_mcneil_se(auc: FloatArray, n_in: NDArray[np.integer[Any]],
-                     n_out: NDArray[np.integer[Any]]) -> FloatArray:
+def hanley_mcneil_se(
+    auc: FloatArray, n_in: NDArray[np.integer[Any]], n_out: NDArray[np.integer[Any]]
+) -> FloatArray:
     """Hanley & McNeil (1982) standard error of an AUC from ``n_in`` positives and
     ``n_out`` negatives.
 
@@ -142,8 +143,9 @@ def hanley_mcneil_se(auc: FloatArray, n_in: NDArray[np.integer[Any]],
     return np.sqrt(np.maximum(variance, 0.0))
 
 
-def binormal_tpr(mu_in: FloatArray, sd_in: FloatArray, mu_out: FloatArray, sd_out: FloatArray,
-                 fpr: FloatArray) -> FloatArray:
+def binormal_tpr(
+    mu_in: FloatArray, sd_in: FloatArray, mu_out: FloatArray, sd_out: FloatArray, fpr: FloatArray
+) -> FloatArray:
     """TPR of the record's binormal ROC at each FPR: ``Phi(a + b * Phi^-1(f))`` with
     ``a = (mu_in - mu_out) / sd_in`` and ``b = sd_out / sd_in``.
 
@@ -152,16 +154,18 @@ def binormal_tpr(mu_in: FloatArray, sd_in: FloatArray, mu_out: FloatArray, sd_ou
     """
     a = (mu_in - mu_out) / sd_in
     b = sd_out / sd_in
-    return special.ndtr(a[None, :] + b[None, :] * special.ndtri(fpr)[:, None])
+    z = a[None, :] + b[None, :] * special.ndtri(fpr)[:, None]
+    return np.asarray(special.ndtr(z), dtype=np.float64)
 
 
 def gdp_mu(auc: FloatArray) -> FloatArray:
     """Empirical Gaussian-DP parameter ``sqrt(2) * Phi^-1(auc)`` (0 at AUC 0.5)."""
-    return np.sqrt(2.0) * special.ndtri(auc)
+    return np.asarray(np.sqrt(2.0) * special.ndtri(auc), dtype=np.float64)
 
 
-def compute_record_stats(scores: NDArray[np.floating[Any]], masks: NDArray[np.bool_],
-                         fpr: tuple[float, ...] | FloatArray) -> RecordStats:
+def compute_record_stats(
+    scores: NDArray[np.floating[Any]], masks: NDArray[np.bool_], fpr: tuple[float, ...] | FloatArray
+) -> RecordStats:
     """All per-record figures from reference-model signals.
 
     Args:
@@ -176,8 +180,7 @@ def compute_record_stats(scores: NDArray[np.floating[Any]], masks: NDArray[np.bo
         moments=moments,
         auc=auc,
         auc_se=hanley_mcneil_se(auc, moments.n_in, moments.n_out),
-        tpr=binormal_tpr(moments.mu_in, moments.sd_in, moments.mu_out, moments.sd_out,
-                         fpr_array),
+        tpr=binormal_tpr(moments.mu_in, moments.sd_in, moments.mu_out, moments.sd_out, fpr_array),
         fpr=fpr_array,
         mu=gdp_mu(auc),
     )

@@ -21,8 +21,9 @@ __all__ = ["MISSING", "RecordTable", "is_missing", "load_records"]
 MISSING = "<missing>"
 """The group label of missing or unknown subgroup values (never tested)."""
 
-_MISSING_WORDS = frozenset({"", "na", "n/a", "nan", "none", "null", "missing", "unknown", "?",
-                            "<missing>"})
+_MISSING_WORDS = frozenset(
+    {"", "na", "n/a", "nan", "none", "null", "missing", "unknown", "?", "<missing>"}
+)
 
 
 def is_missing(value: str | None) -> bool:
@@ -55,12 +56,15 @@ class RecordTable:
         seen: dict[str, int] = {}
         for row, record_id in enumerate(self.record_ids):
             if not record_id:
-                raise InputError(f"The 'record_id' of row {row} is empty. HINT: every record "
-                                 "needs a unique id.")
+                raise InputError(
+                    f"The 'record_id' of row {row} is empty. HINT: every record needs a unique id."
+                )
             if record_id in seen:
-                raise InputError(f"The 'record_id' {record_id!r} appears twice (rows "
-                                 f"{seen[record_id]} and {row}). HINT: record ids must be "
-                                 "unique.")
+                raise InputError(
+                    f"The 'record_id' {record_id!r} appears twice (rows "
+                    f"{seen[record_id]} and {row}). HINT: record ids must be "
+                    "unique."
+                )
             seen[record_id] = row
 
     @property
@@ -86,23 +90,31 @@ class RecordTable:
     def subgroup_column(self, name: str) -> tuple[str, ...]:
         """A subgroup column with missing values mapped to `MISSING`."""
         if name not in self.columns:
-            raise InputError(f"The subgroup column {name!r} is not in the record table. "
-                             f"Available columns: {sorted(self.columns)}. HINT: fix "
-                             "'subgroups' in the config or add the column to records.csv.")
+            raise InputError(
+                f"The subgroup column {name!r} is not in the record table. "
+                f"Available columns: {sorted(self.columns)}. HINT: fix "
+                "'subgroups' in the config or add the column to records.csv."
+            )
         return tuple(MISSING if is_missing(v) else v.strip() for v in self.columns[name])
 
 
-def records_from_columns(record_ids: Sequence[str], patient_ids: Sequence[str | None] | None = None,
-                         columns: Mapping[str, Sequence[str]] | None = None) -> RecordTable:
+def records_from_columns(
+    record_ids: Sequence[str],
+    patient_ids: Sequence[str | None] | None = None,
+    columns: Mapping[str, Sequence[str]] | None = None,
+) -> RecordTable:
     """Build a `RecordTable` from Python sequences (missing patient ids: None or "")."""
-    patients = [None] * len(record_ids) if patient_ids is None else [
-        None if p is None or is_missing(str(p)) else str(p) for p in patient_ids
-    ]
+    patients = (
+        [None] * len(record_ids)
+        if patient_ids is None
+        else [None if p is None or is_missing(str(p)) else str(p) for p in patient_ids]
+    )
     return RecordTable(
         record_ids=tuple(str(r) for r in record_ids),
         patient_ids=tuple(patients),
-        columns={k: tuple("" if v is None else str(v) for v in vs)
-                 for k, vs in (columns or {}).items()},
+        columns={
+            k: tuple("" if v is None else str(v) for v in vs) for k, vs in (columns or {}).items()
+        },
     )
 
 
@@ -114,9 +126,11 @@ def load_records(path: str | Path) -> RecordTable:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
             if "record_id" not in header:
-                raise InputError(f"{path.name} has no 'record_id' column. Columns found: "
-                                 f"{header}. HINT: the first row must be a header with "
-                                 "record_id (and optionally patient_id).")
+                raise InputError(
+                    f"{path.name} has no 'record_id' column. Columns found: "
+                    f"{header}. HINT: the first row must be a header with "
+                    "record_id (and optionally patient_id)."
+                )
             if len(set(header)) != len(header):
                 raise InputError(f"{path.name} repeats a column name: {header}.")
             rows = list(reader)
@@ -126,8 +140,10 @@ def load_records(path: str | Path) -> RecordTable:
         raise InputError(f"The records file {str(path)!r} is not a UTF-8 CSV: {exc}.") from None
     for line, row in enumerate(rows, start=2):
         if None in row or any(v is None for v in row.values()):
-            raise InputError(f"Line {line} of {path.name} has a different number of fields "
-                             f"than the header ({len(header)}).")
+            raise InputError(
+                f"Line {line} of {path.name} has a different number of fields "
+                f"than the header ({len(header)})."
+            )
     others = [c for c in header if c not in ("record_id", "patient_id")]
     return records_from_columns(
         [row["record_id"].strip() for row in rows],

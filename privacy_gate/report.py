@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from privacy_gate.errors import ReportError
 
@@ -62,25 +63,31 @@ def _json_safe(value: Any) -> Any:
 def canonical_json(report: Mapping[str, Any], *, exclude: Sequence[str] = ("signature",)) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the bytes that are hashed and signed."""
     body = {k: v for k, v in report.items() if k not in exclude}
-    return json.dumps(_json_safe(body), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return json.dumps(
+        _json_safe(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 def write_json(report: Mapping[str, Any], path: Path) -> None:
     """Write the report as indented JSON, atomically."""
     temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True,
-                                    allow_nan=False) + "\n", encoding="utf-8")
+    temporary.write_text(
+        json.dumps(_json_safe(report), indent=2, sort_keys=True, allow_nan=False) + "\n",
+        encoding="utf-8",
+    )
     temporary.replace(path)
 
 
-def write_table(path: Path, header: Sequence[str], columns: Sequence[Sequence[Any]]) -> None:
+def write_table(
+    path: Path, header: Sequence[str], columns: Sequence[Sequence[Any] | NDArray[Any]]
+) -> None:
     """Write columns (equal lengths) as CSV; floats with 17 significant digits."""
-    def text(column: Sequence[Any]) -> list[str]:
+
+    def text(column: Sequence[Any] | NDArray[Any]) -> list[str]:
         array = np.asarray(column)
         if np.issubdtype(array.dtype, np.floating):
-            return [repr(float(v)) for v in array.tolist()]
-        return [str(v) for v in (array.tolist() if isinstance(column, np.ndarray) else column)]
+            return [repr(v) for v in array.astype(np.float64).tolist()]
+        return [str(v) for v in array.tolist()]
 
     rendered = [text(c) for c in columns]
     temporary = path.with_suffix(path.suffix + ".tmp")
@@ -97,18 +104,24 @@ def load_report(path: str | Path) -> dict[str, Any]:
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ReportError(f"Cannot read the report {str(path)!r}: {exc.strerror}. HINT: run "
-                          "'privacy-gate score' first; a missing audit never passes.") from None
+        raise ReportError(
+            f"Cannot read the report {str(path)!r}: {exc.strerror}. HINT: run "
+            "'privacy-gate score' first; a missing audit never passes."
+        ) from None
     except json.JSONDecodeError as exc:
         raise ReportError(f"The report {str(path)!r} is not valid JSON: {exc}.") from None
     if not isinstance(report, dict):
         raise ReportError(f"The report {str(path)!r} must be a JSON object.")
     missing = [s for s in _REQUIRED_SECTIONS if s not in report]
     if missing:
-        raise ReportError(f"The report {str(path)!r} lacks the section(s) {missing}. HINT: it "
-                          "was not written by 'privacy-gate score'; run a new audit.")
+        raise ReportError(
+            f"The report {str(path)!r} lacks the section(s) {missing}. HINT: it "
+            "was not written by 'privacy-gate score'; run a new audit."
+        )
     if str(report["schema_version"]).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        raise ReportError(f"The report's schema_version {report['schema_version']!r} is not "
-                          f"supported (this version reads {SCHEMA_VERSION}). HINT: re-run the "
-                          "audit with this version of privacy-gate.")
+        raise ReportError(
+            f"The report's schema_version {report['schema_version']!r} is not "
+            f"supported (this version reads {SCHEMA_VERSION}). HINT: re-run the "
+            "audit with this version of privacy-gate."
+        )
     return report

@@ -74,23 +74,32 @@ def validate_signals(signals: Signals) -> None:
     """Raise `InputError` naming the field and the fix for anything the core cannot use."""
     scores, masks = signals.scores, signals.masks
     if not isinstance(scores, np.ndarray) or scores.ndim != 2:
-        raise InputError("The 'scores' array must be 2-D (n_reference_models, n_records). "
-                         f"Got shape {np.shape(scores)} instead.")
+        raise InputError(
+            "The 'scores' array must be 2-D (n_reference_models, n_records). "
+            f"Got shape {np.shape(scores)} instead."
+        )
     if not np.issubdtype(scores.dtype, np.floating):
-        raise InputError(f"The 'scores' array must hold floats. Got dtype {scores.dtype} "
-                         "instead. HINT: scores are logit-scaled confidences.")
+        raise InputError(
+            f"The 'scores' array must hold floats. Got dtype {scores.dtype} "
+            "instead. HINT: scores are logit-scaled confidences."
+        )
     if not isinstance(masks, np.ndarray) or masks.dtype != np.bool_:
         raise InputError(
             f"The 'masks' array must be boolean. Got dtype {getattr(masks, 'dtype', None)} "
             "instead. HINT: store masks.astype(bool) (True = record in the model's training "
-            "data).")
+            "data)."
+        )
     if masks.shape != scores.shape:
-        raise InputError(f"The 'masks' array must have the shape of 'scores' {scores.shape}. "
-                         f"Got {masks.shape} instead.")
+        raise InputError(
+            f"The 'masks' array must have the shape of 'scores' {scores.shape}. "
+            f"Got {masks.shape} instead."
+        )
     n_models, n_records = scores.shape
     if n_models < 2:
-        raise InputError(f"At least 2 reference models are needed. Got {n_models} instead. "
-                         "HINT: 64 is the default; see the noise floor in the README.")
+        raise InputError(
+            f"At least 2 reference models are needed. Got {n_models} instead. "
+            "HINT: 64 is the default; see the noise floor in the README."
+        )
     if n_records < 2:
         raise InputError(f"At least 2 records are needed. Got {n_records} instead.")
     finite = np.isfinite(scores)
@@ -98,7 +107,8 @@ def validate_signals(signals: Signals) -> None:
         raise InputError(
             f"The 'scores' array holds {int((~finite).sum())} NaN or infinite values "
             f"(first at [model, record] = [{_first_bad_index(~finite)}]). HINT: compute "
-            "scores stably from logits (log-softmax) and drop failed models.")
+            "scores stably from logits (log-softmax) and drop failed models."
+        )
     n_in = masks.sum(axis=0)
     never_in = n_in == 0
     never_out = n_in == n_models
@@ -108,33 +118,43 @@ def validate_signals(signals: Signals) -> None:
                 f"{int(bad.sum())} record(s) are never {word} a reference model's training "
                 f"data (first: record {int(np.argmax(bad))}), so their risk cannot be "
                 "estimated. HINT: draw the reference subsets so that every record is IN "
-                "for half of the models.")
+                "for half of the models."
+            )
     _validate_target(signals, n_records)
 
 
 def _validate_target(signals: Signals, n_records: int) -> None:
     target_scores, target_members = signals.target_scores, signals.target_members
     if (target_scores is None) != (target_members is None):
-        raise InputError("'target_scores' and 'target_members' must be given together. "
-                         "HINT: both describe the release candidate.")
+        raise InputError(
+            "'target_scores' and 'target_members' must be given together. "
+            "HINT: both describe the release candidate."
+        )
     if target_scores is None or target_members is None:
         return
-    if target_scores.shape != (n_records,) or not np.issubdtype(target_scores.dtype,
-                                                                  np.floating):
-        raise InputError(f"The 'target_scores' array must be float with shape ({n_records},)."
-                         f" Got {target_scores.dtype} {target_scores.shape} instead.")
+    if target_scores.shape != (n_records,) or not np.issubdtype(target_scores.dtype, np.floating):
+        raise InputError(
+            f"The 'target_scores' array must be float with shape ({n_records},)."
+            f" Got {target_scores.dtype} {target_scores.shape} instead."
+        )
     if not np.isfinite(target_scores).all():
         bad = ~np.isfinite(target_scores)
-        raise InputError(f"The 'target_scores' array holds {int(bad.sum())} NaN or infinite "
-                         f"values (first at record {int(np.argmax(bad))}).")
+        raise InputError(
+            f"The 'target_scores' array holds {int(bad.sum())} NaN or infinite "
+            f"values (first at record {int(np.argmax(bad))})."
+        )
     if target_members.dtype != np.bool_ or target_members.shape != (n_records,):
-        raise InputError(f"The 'target_members' array must be boolean with shape "
-                         f"({n_records},). Got {target_members.dtype} {target_members.shape}"
-                         " instead. HINT: store target_members.astype(bool).")
+        raise InputError(
+            f"The 'target_members' array must be boolean with shape "
+            f"({n_records},). Got {target_members.dtype} {target_members.shape}"
+            " instead. HINT: store target_members.astype(bool)."
+        )
     n_members = int(target_members.sum())
     if n_members == 0 or n_members == n_records:
-        raise InputError("'target_members' must mark both members and non-members of the "
-                         f"release candidate. Got {n_members} members of {n_records}.")
+        raise InputError(
+            "'target_members' must mark both members and non-members of the "
+            f"release candidate. Got {n_members} members of {n_records}."
+        )
 
 
 def _as_readonly(array: NDArray[np.generic]) -> NDArray[np.generic]:
@@ -143,11 +163,14 @@ def _as_readonly(array: NDArray[np.generic]) -> NDArray[np.generic]:
     return view
 
 
-def make_signals(scores: NDArray[np.floating] | list[list[float]],
-                 masks: NDArray[np.bool_] | list[list[bool]], *,
-                 target_scores: NDArray[np.floating] | None = None,
-                 target_members: NDArray[np.bool_] | None = None,
-                 task: Task | str = Task.MULTICLASS) -> Signals:
+def make_signals(
+    scores: NDArray[np.floating] | list[list[float]],
+    masks: NDArray[np.bool_] | list[list[bool]],
+    *,
+    target_scores: NDArray[np.floating] | None = None,
+    target_members: NDArray[np.bool_] | None = None,
+    task: Task | str = Task.MULTICLASS,
+) -> Signals:
     """Build validated `Signals` from arrays (read-only views, no copies).
 
     >>> s = make_signals([[1.0, 2.0], [0.5, 1.0]], np.array([[True, False], [False, True]]))
@@ -159,14 +182,15 @@ def make_signals(scores: NDArray[np.floating] | list[list[float]],
     try:
         task_value = Task(task)
     except ValueError:
-        raise InputError(f"The 'task' of the signals must be one of {[t.value for t in Task]}."
-                         f" Got {task!r} instead.") from None
+        raise InputError(
+            f"The 'task' of the signals must be one of {[t.value for t in Task]}."
+            f" Got {task!r} instead."
+        ) from None
     return Signals(
         scores=_as_readonly(scores_array),  # type: ignore[arg-type]
         masks=_as_readonly(np.asarray(masks)),  # type: ignore[arg-type]
         target_scores=None if target is None else _as_readonly(target),  # type: ignore[arg-type]
-        target_members=None if target_members is None
-        else _as_readonly(np.asarray(target_members)),  # type: ignore[arg-type]
+        target_members=None if target_members is None else _as_readonly(np.asarray(target_members)),  # type: ignore[arg-type]
         task=task_value,
     )
 
@@ -179,21 +203,29 @@ def load_signals(path: str | Path) -> Signals:
         with np.load(path, allow_pickle=False) as npz:
             unknown = sorted(set(npz.files) - set(_NPZ_KEYS))
             if unknown:
-                raise InputError(f"Unknown array(s) {unknown} in {path.name}. Valid keys are: "
-                                 f"{list(_NPZ_KEYS)}. HINT: check the spelling.")
+                raise InputError(
+                    f"Unknown array(s) {unknown} in {path.name}. Valid keys are: "
+                    f"{list(_NPZ_KEYS)}. HINT: check the spelling."
+                )
             missing = [k for k in ("scores", "masks") if k not in npz.files]
             if missing:
-                raise InputError(f"{path.name} lacks the required array(s) {missing}. "
-                                 "HINT: np.savez(path, scores=..., masks=...).")
+                raise InputError(
+                    f"{path.name} lacks the required array(s) {missing}. "
+                    "HINT: np.savez(path, scores=..., masks=...)."
+                )
             arrays = {key: npz[key] for key in npz.files}
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
         if isinstance(exc, InputError):
             raise
-        raise InputError(f"Cannot read the signals file {str(path)!r}: {exc}. HINT: write it "
-                         "with numpy.savez and no object arrays.") from None
+        raise InputError(
+            f"Cannot read the signals file {str(path)!r}: {exc}. HINT: write it "
+            "with numpy.savez and no object arrays."
+        ) from None
     task = arrays.get("task")
     return make_signals(
-        arrays["scores"], arrays["masks"],
-        target_scores=arrays.get("target_scores"), target_members=arrays.get("target_members"),
+        arrays["scores"],
+        arrays["masks"],
+        target_scores=arrays.get("target_scores"),
+        target_members=arrays.get("target_members"),
         task=str(task.item()) if task is not None else Task.MULTICLASS,
     )

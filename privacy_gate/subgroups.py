@@ -56,10 +56,15 @@ class GroupResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "status": self.status.value, "size": self.size, "observed": self.observed,
-            "expected": self.expected, "relative_change": self.relative_change,
-            "pearson_residual": self.pearson_residual, "p_value": self.p_value,
-            "tail_rate": self.tail_rate, "max_patient_auc": self.max_patient_auc,
+            "status": self.status.value,
+            "size": self.size,
+            "observed": self.observed,
+            "expected": self.expected,
+            "relative_change": self.relative_change,
+            "pearson_residual": self.pearson_residual,
+            "p_value": self.p_value,
+            "tail_rate": self.tail_rate,
+            "max_patient_auc": self.max_patient_auc,
         }
 
 
@@ -75,7 +80,9 @@ class ColumnResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "chi_square": self.chi_square, "df": self.df, "p_value": self.p_value,
+            "chi_square": self.chi_square,
+            "df": self.df,
+            "p_value": self.p_value,
             "p_value_bonferroni": self.p_value_bonferroni,
             "groups": {value: group.to_dict() for value, group in self.groups.items()},
         }
@@ -102,15 +109,20 @@ def tail_mask(record_auc: FloatArray, tail_quantile: float) -> tuple[NDArray[np.
     return record_auc > threshold, threshold
 
 
-def _column(values: NDArray[np.str_], in_tail: NDArray[np.bool_], patient_auc: FloatArray,
-            min_group_size: int) -> tuple[dict[str, GroupResult], tuple[float, int, float] | None]:
+def _column(
+    values: NDArray[np.str_],
+    in_tail: NDArray[np.bool_],
+    patient_auc: FloatArray,
+    min_group_size: int,
+) -> tuple[dict[str, GroupResult], tuple[float, int, float] | None]:
     """Per-group results of one column and its (chi-square, df, p) when testable."""
     names, inverse, sizes = np.unique(values, return_inverse=True, return_counts=True)
     observed = np.bincount(inverse, weights=in_tail, minlength=len(names)).astype(np.int64)
     max_auc = np.full(len(names), 0.5)
     np.maximum.at(max_auc, inverse, patient_auc)
-    tested = np.array([n != MISSING and s >= min_group_size for n, s in zip(names, sizes,
-                                                                              strict=True)])
+    tested = np.array(
+        [n != MISSING and s >= min_group_size for n, s in zip(names, sizes, strict=True)]
+    )
     n_tail = int(observed[tested].sum())
     shares = sizes[tested] / sizes[tested].sum() if tested.any() else np.array([])
     expected = np.zeros(len(names))
@@ -119,8 +131,7 @@ def _column(values: NDArray[np.str_], in_tail: NDArray[np.bool_], patient_auc: F
     for g, name in enumerate(names):
         if not tested[g]:
             status = GroupStatus.MISSING if name == MISSING else GroupStatus.TOO_SMALL
-            results[str(name)] = GroupResult(status, None, None, None, None, None, None, None,
-                                             None)
+            results[str(name)] = GroupResult(status, None, None, None, None, None, None, None, None)
             continue
         e = float(expected[g])
         p_group = float(sizes[g] / sizes[tested].sum())
@@ -132,7 +143,8 @@ def _column(values: NDArray[np.str_], in_tail: NDArray[np.bool_], patient_auc: F
             relative_change=(observed[g] - e) / e if e > 0 else None,
             pearson_residual=(observed[g] - e) / np.sqrt(e) if e > 0 else None,
             p_value=float(stats.binomtest(int(observed[g]), n_tail, p_group).pvalue)
-            if n_tail > 0 else None,
+            if n_tail > 0
+            else None,
             tail_rate=float(observed[g] / sizes[g]),
             max_patient_auc=float(max_auc[g]),
         )
@@ -142,9 +154,14 @@ def _column(values: NDArray[np.str_], in_tail: NDArray[np.bool_], patient_auc: F
     return results, (float(chi.statistic), int(tested.sum()) - 1, float(chi.pvalue))
 
 
-def analyse_subgroups(record_auc: FloatArray, patient_auc_of_record: FloatArray,
-                      columns: Mapping[str, Sequence[str]], *, tail_quantile: float,
-                      min_group_size: int) -> SubgroupResult:
+def analyse_subgroups(
+    record_auc: FloatArray,
+    patient_auc_of_record: FloatArray,
+    columns: Mapping[str, Sequence[str]],
+    *,
+    tail_quantile: float,
+    min_group_size: int,
+) -> SubgroupResult:
     """Tail over-representation for every subgroup column.
 
     Args:
@@ -155,8 +172,7 @@ def analyse_subgroups(record_auc: FloatArray, patient_auc_of_record: FloatArray,
     """
     in_tail, threshold = tail_mask(record_auc, tail_quantile)
     per_column = {
-        name: _column(np.asarray(values, dtype=str), in_tail, patient_auc_of_record,
-                      min_group_size)
+        name: _column(np.asarray(values, dtype=str), in_tail, patient_auc_of_record, min_group_size)
         for name, values in columns.items()
     }
     n_tests = sum(test is not None for _, test in per_column.values())

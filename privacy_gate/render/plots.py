@@ -241,7 +241,7 @@ def _subgroups(report: Mapping[str, Any], path: Path) -> Path | None:
         loc="best",
         fontsize="small",
     )
-    axes.set_xlabel("relative change of tail records, (observed − expected) / expected, %")
+    axes.set_xlabel("relative change of tail records, (O − E) / E, in %")
     axes.set_title("Subgroups in the exposed tail")
     axes.grid(True, axis="x", alpha=0.3)
     return _save(figure, path)

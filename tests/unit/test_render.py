@@ -267,6 +267,14 @@ def test_no_subgroup_plot_without_tested_groups(tmp_path: Path) -> None:
     assert not (tmp_path / "subgroups.png").exists()
 
 
+def test_subgroup_plot_labels_are_literal_text(tmp_path: Path) -> None:
+    # "$...$" would be parsed as matplotlib mathtext; a broken formula must not crash.
+    report = _report(aggregate=False)
+    groups = report["subgroups"]["sex"]["groups"]
+    groups["$\\frac{$"] = groups.pop("F")
+    _assert_png(render_plots(report, tmp_path)["subgroups"])
+
+
 def test_error_report_without_summary_renders(tmp_path: Path) -> None:
     report = {
         "schema_version": "1.0",
