@@ -126,10 +126,11 @@ def rmia(
     with np.errstate(divide="ignore"):
         log_ratio = np.log(p_target) - np.log(prior)
     ordered = np.sort(log_ratio[population])
-    # z counts when LR(z) <= LR(x) / gamma; x itself never satisfies that (gamma > 1).
+    # z counts when LR(z) <= LR(x) / gamma; x itself never does (gamma > 1), so "z != x"
+    # holds for every x. All records share one denominator: dividing a non-member's count
+    # by one fewer would rank non-members above members with the same count.
     dominated = np.searchsorted(ordered, log_ratio - np.log(gamma), side="right")
-    size = len(ordered) - population.astype(np.int64)
-    return np.asarray(dominated / np.maximum(size, 1), dtype=np.float64)
+    return np.asarray(dominated / max(len(ordered), 1), dtype=np.float64)
 
 
 def roc_curve(membership_score: FloatArray, is_member: BoolArray) -> tuple[FloatArray, FloatArray]:

@@ -51,12 +51,6 @@ class PatientStats:
     worst_record: IndexArray
 
 
-def _group_order(patient_index: IndexArray) -> tuple[IndexArray, IndexArray]:
-    order = np.argsort(patient_index, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(patient_index[order]) != 0])
-    return order, starts
-
-
 def aggregate_patients(
     record_auc: FloatArray, record_se: FloatArray, patient_index: IndexArray, n_patients: int
 ) -> PatientStats:
@@ -146,46 +140,29 @@ def tail_counts(
     return {repr(level): int(np.count_nonzero(patient_auc >= level)) for level in levels}
 
 
-def survival_curve(
-    record_auc: FloatArray,
-    record_se: FloatArray,
-    patient_index: IndexArray,
-    n_patients: int,
-    grid: FloatArray,
-    *,
-    replicates: int = 100,
-    seed: int = 0,
-    level: float = 0.95,
-) -> dict[str, list[float]]:
+def survival_curve(patient_auc: FloatArray, grid: FloatArray, *, level: float = 0.95
+                   ) -> dict[str, list[float]]:
     """Empirical survival function (share of patients with AUC >= x) with a band.
 
-    The band is a parametric bootstrap over the measurement error: record AUCs are
-    redrawn from ``N(auc, se)``, patients re-aggregated, and the pointwise
-    ``level`` interval of the survival share taken.
+    The band is the exact (Clopper-Pearson) ``level`` interval of each share: how much
+    the share could differ in another cohort of the same size. Measurement noise of the
+    AUCs themselves is reported separately, as the noise floor.
 
     Args:
+        patient_auc: ``(n_patients,)``.
         grid: ``(n_grid,)`` AUC values at which the curve is evaluated.
     """
-
-    def shares(patient_auc: FloatArray) -> FloatArray:
-        ordered = np.sort(patient_auc)
-        above = n_patients - np.searchsorted(ordered, grid, side="left")
-        return above / n_patients
-
-    observed = np.full(n_patients, -np.inf)
-    np.maximum.at(observed, patient_index, record_auc)
-    rng = np.random.default_rng(seed)
-    order, starts = _group_order(patient_index)
-    boot = np.empty((replicates, len(grid)))
-    for r in range(replicates):
-        drawn = record_auc + record_se * rng.standard_normal(len(record_auc))
-        boot[r] = shares(np.maximum.reduceat(drawn[order], starts))
+    n_patients = len(patient_auc)
+    above = n_patients - np.searchsorted(np.sort(patient_auc), grid, side="left")
     alpha = (1.0 - level) / 2.0
+    lower = np.where(above > 0, special.betaincinv(above, n_patients - above + 1, alpha), 0.0)
+    upper = np.where(above < n_patients,
+                     special.betaincinv(above + 1, n_patients - above, 1.0 - alpha), 1.0)
     return {
         "auc": [float(x) for x in grid],
-        "share": [float(x) for x in shares(observed)],
-        "lower": [float(x) for x in np.quantile(boot, alpha, axis=0)],
-        "upper": [float(x) for x in np.quantile(boot, 1.0 - alpha, axis=0)],
+        "share": [float(x) for x in above / n_patients],
+        "lower": [float(x) for x in lower],
+        "upper": [float(x) for x in upper],
     }
 
 

@@ -116,7 +116,6 @@ def audit(
     *,
     pseudonymizer: Pseudonymizer | None = None,
     inputs: Mapping[str, str] | None = None,
-    survival_band: bool = True,
 ) -> AuditResult:
     """Run the numerical audit and the gate on in-memory signals.
 
@@ -126,7 +125,6 @@ def audit(
         config: the policy; the packaged default policy when None.
         pseudonymizer: how ids appear in outputs (default: keyed from the environment).
         inputs: input file digests to record in the report.
-        survival_band: compute the bootstrap band of the survival curve (for plots).
     """
     config = config or default_config()
     pseudonymizer = pseudonymizer or Pseudonymizer.from_environment()
@@ -199,11 +197,7 @@ def audit(
         },
         "noise_floor": floor.to_dict(),
         "histogram": histogram(patients.auc_max),
-        "survival": survival_curve(
-            stats.auc, stats.auc_se, patient_index, n_patients, _SURVIVAL_GRID, seed=risk.seed
-        )
-        if survival_band
-        else None,
+        "survival": survival_curve(patients.auc_max, _SURVIVAL_GRID),
         "top_patients": [
             {
                 "patient_key": patient_keys[p],
@@ -313,7 +307,6 @@ def score(
         config,
         pseudonymizer=Pseudonymizer.from_environment(raw=raw_ids),
         inputs=inputs,
-        survival_band=plots,
     )
     write_outputs(result, out_dir, plots=plots)
     return result

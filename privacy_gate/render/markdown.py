@@ -216,6 +216,11 @@ def fmt_value(value: object) -> str:
         return f"{value:.4g}"
     if isinstance(value, str):
         return value
+    if isinstance(value, Mapping):
+        # Per-FPR rules give {"0.001": 0.05}: read as "at FPR 0.001: 0.0533".
+        return "; ".join(f"at {k}: {fmt_value(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(fmt_value(v) for v in value)
     return json.dumps(value, sort_keys=True, default=str)
 
 

@@ -314,6 +314,20 @@ def test_markdown_starts_with_verdict_and_lists_violations(report: dict[str, Any
     assert "value 0.9731, limit 0.9" in verdict_part
 
 
+def test_markdown_formats_structured_violation_values() -> None:
+    report = _report(aggregate=True)
+    report["decision"]["violations"].append(
+        {
+            "rule": "max_aggregate_tpr_at_fpr",
+            "value": {"0.001": 0.05333333333333334},
+            "limit": {"0.001": 0.01},
+            "message": "The strongest attack is too strong at low FPR.",
+        }
+    )
+    markdown = render_markdown(report)
+    assert "(value at 0.001: 0.05333, limit at 0.001: 0.01; rule" in markdown
+
+
 def test_markdown_pass_verdict() -> None:
     report = _report(aggregate=True)
     report["decision"] = {"status": "pass", "violations": [], "warnings": []}
