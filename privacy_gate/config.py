@@ -143,7 +143,10 @@ def _number(
     expected = f"a number in {bracket}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(invalid_value(name, section, expected, value))
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ConfigError(invalid_value(name, section, expected, value)) from None
     below = number <= lo if lo_open else number < lo
     above = number >= hi if hi_open else number > hi
     if not math.isfinite(number) or below or above:

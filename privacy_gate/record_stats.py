@@ -78,6 +78,24 @@ def _chunks(n_models: int, n_records: int) -> range:
     return range(0, n_records, width)
 
 
+def _masked_moments(
+    scores: FloatArray, selected: NDArray[np.bool_], count: NDArray[np.int64]
+) -> tuple[FloatArray, FloatArray]:
+    """Mean and population std per column over the selected entries.
+
+    A set whose values are all exactly equal gets its exact value as mean (so equal
+    constant sets compare equal) and `SD_FLOOR` as std; so does a variance that
+    underflows to 0.
+    """
+    mean = np.where(selected, scores, 0.0).sum(axis=0) / count
+    largest = np.where(selected, scores, -np.inf).max(axis=0)
+    constant = largest == np.where(selected, scores, np.inf).min(axis=0)
+    mean = np.where(constant, largest, mean)
+    centred = np.where(selected, scores - mean, 0.0)
+    sd = np.sqrt(np.einsum("ij,ij->j", centred, centred) / count)
+    return mean, np.where(constant | (sd == 0.0), SD_FLOOR, sd)
+
+
 def record_moments(scores: NDArray[np.floating[Any]], masks: NDArray[np.bool_]) -> RecordMoments:
     """Mean and population std of each record's IN and OUT scores.
 
@@ -98,19 +116,8 @@ def record_moments(scores: NDArray[np.floating[Any]], masks: NDArray[np.bool_]) 
         cols = slice(start, start + step)
         s = scores[:, cols].astype(np.float64)
         m = masks[:, cols]
-        c_in, c_out = n_in[cols], n_out[cols]
-        sum_in = np.where(m, s, 0.0).sum(axis=0)
-        m_in = sum_in / c_in
-        m_out = (s.sum(axis=0) - sum_in) / c_out
-        centred = s - np.where(m, m_in, m_out)
-        centred *= centred
-        ss_in = np.where(m, centred, 0.0).sum(axis=0)
-        ss_out = centred.sum(axis=0) - ss_in
-        constant_in = np.where(m, s, -np.inf).max(axis=0) == np.where(m, s, np.inf).min(axis=0)
-        constant_out = np.where(m, -np.inf, s).max(axis=0) == np.where(m, np.inf, s).min(axis=0)
-        mu_in[cols], mu_out[cols] = m_in, m_out
-        sd_in[cols] = np.where(constant_in, SD_FLOOR, np.sqrt(np.maximum(ss_in, 0.0) / c_in))
-        sd_out[cols] = np.where(constant_out, SD_FLOOR, np.sqrt(np.maximum(ss_out, 0.0) / c_out))
+        mu_in[cols], sd_in[cols] = _masked_moments(s, m, n_in[cols])
+        mu_out[cols], sd_out[cols] = _masked_moments(s, ~m, n_out[cols])
     return RecordMoments(mu_in, sd_in, mu_out, sd_out, n_in, n_out)
 
 
