@@ -35,6 +35,7 @@ __all__ = [
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 _ROC_POINTS = 200
+_CHUNK_ELEMENTS = 1 << 17  # ~1 MiB of float64 per chunk (RMIA priors)
 
 
 class Attack(str, Enum):
@@ -115,14 +116,56 @@ def rmia(
         reference_masks: ``(n_reference_models, n_records)``.
         population: ``(n_records,)`` records usable as the population z.
     """
+    (prior,) = _rmia_priors(reference_scores, reference_masks, (offline_a,))
+    return _rmia_scores(target, prior, population, gamma)
+
+
+def _rmia_priors(
+    reference_scores: NDArray[np.floating[Any]],
+    reference_masks: BoolArray,
+    offline_as: tuple[float | None, ...],
+) -> list[FloatArray]:
+    """``Pr(x)`` of RMIA for each ``offline_a`` (None: online), in one pass over the scores.
+
+    Column chunks small enough to stay in the CPU cache, so no full-size float64 copy of
+    the scores is made. The numbers are those of ``expit(scores).mean(axis=0)`` and
+    ``np.where(out, expit(scores), 0).sum(axis=0) / out.sum(axis=0)``: the same sums over
+    the rows in the same order (a product with 1.0 or 0.0 is exact for finite values).
+    """
+    n_models, n_records = reference_scores.shape
+    mean_all = np.empty(n_records)
+    mean_out = np.empty(n_records)
+    n_out = n_models - reference_masks.sum(axis=0, dtype=np.int64)
+    need_out = any(a is not None for a in offline_as)
+    width = max(1, _CHUNK_ELEMENTS // max(n_models, 1))
+    size = n_models * min(width, n_records)
+    p_buffer, out_buffer = np.empty(size), np.empty(size)
+    for start in range(0, n_records, width):
+        cols = slice(start, min(start + width, n_records))
+        shape = (n_models, cols.stop - cols.start)
+        p = p_buffer[: shape[0] * shape[1]].reshape(shape)
+        np.copyto(p, reference_scores[:, cols], casting="unsafe")
+        special.expit(p, out=p)
+        mean_all[cols] = p.sum(axis=0) / n_models
+        if need_out:
+            is_out = out_buffer[: shape[0] * shape[1]].reshape(shape)
+            np.logical_not(reference_masks[:, cols], out=is_out, casting="unsafe")
+            is_out *= p
+            sums = is_out.sum(axis=0)
+            bad = np.flatnonzero(np.isnan(sums))
+            if bad.size:  # NaN * 0 is NaN where np.where would give 0: use the definition
+                sums[bad] = np.where(~reference_masks[:, cols][:, bad], p[:, bad], 0.0).sum(axis=0)
+            mean_out[cols] = sums / n_out[cols]
+    return [
+        mean_all if a is None else ((1.0 + a) * mean_out + (1.0 - a)) / 2.0 for a in offline_as
+    ]
+
+
+def _rmia_scores(
+    target: FloatArray, prior: FloatArray, population: BoolArray, gamma: float
+) -> FloatArray:
+    """RMIA's membership score from the prior ``Pr(x)`` (see `rmia`)."""
     p_target = special.expit(target)
-    p_reference = special.expit(np.asarray(reference_scores, dtype=np.float64))
-    if offline_a is None:
-        prior = p_reference.mean(axis=0)
-    else:
-        out = ~reference_masks
-        mean_out = np.where(out, p_reference, 0.0).sum(axis=0) / out.sum(axis=0)
-        prior = ((1.0 + offline_a) * mean_out + (1.0 - offline_a)) / 2.0
     with np.errstate(divide="ignore"):
         log_ratio = np.log(p_target) - np.log(prior)
     ordered = np.sort(log_ratio[population])
@@ -169,11 +212,41 @@ def _thin(fpr: FloatArray, tpr: FloatArray) -> tuple[FloatArray, FloatArray]:
     return fpr[index], tpr[index]
 
 
+def _roc(score: FloatArray, is_member: BoolArray) -> tuple[FloatArray, FloatArray, float]:
+    """`roc_curve` and `roc_auc` from one sort; the same numbers, bit for bit.
+
+    Tied scores form one ROC point and share their average rank, so the order within a tie
+    does not matter and the faster unstable sort is used. Scores with NaN take the
+    definitions.
+    """
+    if np.isnan(score).any():
+        fpr, tpr = roc_curve(score, is_member)
+        return fpr, tpr, roc_auc(score, is_member)
+    n = len(score)
+    order = np.argsort(-score)
+    ordered_scores = score[order]
+    distinct = np.flatnonzero(np.diff(ordered_scores) != 0)
+    ends = np.r_[distinct, n - 1]
+    tp = np.cumsum(is_member[order])[ends]
+    fp = (ends + 1) - tp
+    n_pos = int(is_member.sum())
+    tpr = np.r_[0.0, tp / max(n_pos, 1)]
+    fpr = np.r_[0.0, fp / max(int((~is_member).sum()), 1)]
+    # Ascending 1-based ranks, ties averaged (scipy.stats.rankdata): the tie group at
+    # descending positions [start, end] has the ranks n - end .. n - start.
+    starts = np.r_[0, ends[:-1] + 1]
+    ranks = np.empty(n)
+    ranks[order] = np.repeat(n - (starts + ends) / 2.0, ends - starts + 1)
+    n_neg = n - n_pos
+    auc = float((ranks[is_member].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return fpr, tpr, auc
+
+
 def _result(score: FloatArray, is_member: BoolArray, fprs: tuple[float, ...]) -> AttackResult:
-    fpr, tpr = roc_curve(score, is_member)
+    fpr, tpr, auc = _roc(score, is_member)
     thin_fpr, thin_tpr = _thin(fpr, tpr)
     return AttackResult(
-        auc=roc_auc(score, is_member),
+        auc=auc,
         tpr_at_fpr={level: tpr_at_fpr(fpr, tpr, level) for level in fprs},
         roc_fpr=thin_fpr,
         roc_tpr=thin_tpr,
@@ -212,12 +285,16 @@ def run_attacks(
         Attack.LIRA_OFFLINE_FIXED_VARIANCE: lambda: lira_offline(target, m.mu_out, sd_out_fixed),
     }
     if single_label:
+        # Both RMIA variants share one pass over the reference scores (see `rmia`).
         population = ~is_member
-        scorers[Attack.RMIA_ONLINE] = lambda: rmia(
-            target, reference_scores, reference_masks, population, gamma=gamma, offline_a=None
+        prior_online, prior_offline = _rmia_priors(
+            reference_scores, reference_masks, (None, offline_a)
         )
-        scorers[Attack.RMIA_OFFLINE] = lambda: rmia(
-            target, reference_scores, reference_masks, population, gamma=gamma, offline_a=offline_a
+        scorers[Attack.RMIA_ONLINE] = lambda: _rmia_scores(
+            target, prior_online, population, gamma
+        )
+        scorers[Attack.RMIA_OFFLINE] = lambda: _rmia_scores(
+            target, prior_offline, population, gamma
         )
     return AggregateResult(
         attacks={attack: _result(score(), is_member, fprs) for attack, score in scorers.items()},

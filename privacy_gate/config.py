@@ -28,6 +28,7 @@ __all__ = [
     "default_config",
     "load_config",
     "parse_config",
+    "read_config_yaml",
 ]
 
 _RULE_KEYS = (
@@ -329,18 +330,23 @@ def parse_config(data: Any, *, source: str = "config") -> AuditConfig:
     return AuditConfig(subgroups=tuple(subgroups_raw), risk=risk, gate=gate)
 
 
-def load_config(path: str | Path) -> AuditConfig:
-    """Read and validate a YAML config file."""
+def read_config_yaml(path: str | Path) -> Any:
+    """The parsed YAML of a config file; errors are one line naming the file and place."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"Cannot read the config file {str(path)!r}: {exc.strerror}.") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"The config file {str(path)!r} is not valid YAML: {exc}") from None
-    return parse_config(data, source=f"config {path.name}")
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"The config file {str(path)!r} is not valid YAML: {detail}") from None
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    """Read and validate a YAML config file."""
+    return parse_config(read_config_yaml(path), source=f"config {Path(path).name}")
 
 
 def default_policy_text() -> str:

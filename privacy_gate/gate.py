@@ -179,24 +179,23 @@ def _patients(
 
 
 def _aggregate(gate: GateConfig, aggregate: Mapping[str, Any] | None) -> list[Violation]:
-    wanted = gate.max_aggregate_auc is not None or gate.max_aggregate_tpr_at_fpr is not None
-    if not wanted:
-        return []
+    tpr_rule = gate.max_aggregate_tpr_at_fpr
+    configured: list[tuple[Rule, Any]] = []
+    if gate.max_aggregate_auc is not None:
+        configured.append((Rule.MAX_AGGREGATE_AUC, gate.max_aggregate_auc))
+    if tpr_rule is not None:
+        configured.append((Rule.MAX_AGGREGATE_TPR_AT_FPR, {repr(f): t for f, t in tpr_rule}))
     if aggregate is None:
-        rule = (
-            Rule.MAX_AGGREGATE_AUC
-            if gate.max_aggregate_auc is not None
-            else Rule.MAX_AGGREGATE_TPR_AT_FPR
-        )
         return [
             Violation(
                 rule,
                 None,
-                gate.max_aggregate_auc,
-                "The policy checks the aggregate attack, but the audit has no "
-                "release-candidate signals. HINT: add target_scores and "
-                "target_members, or remove gate.max_aggregate_* from the policy.",
+                limit,
+                f"The policy checks {rule.value}, but the audit has no release-candidate "
+                "signals. HINT: add target_scores and target_members, or remove "
+                "gate.max_aggregate_* from the policy.",
             )
+            for rule, limit in configured
         ]
     attacks = aggregate["attacks"]
     violations = []

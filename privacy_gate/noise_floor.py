@@ -168,14 +168,22 @@ def _permuted_null(
     at_risk_auc: float,
     replicates: int,
     seed: int,
+    record_rank: NDArray[np.intp] | None,
 ) -> tuple[FloatArray, FloatArray]:
-    """Null maximum patient AUC and at-risk count for each permutation replicate."""
+    """Null maximum patient AUC and at-risk count for each permutation replicate.
+
+    Record i draws the random keys of position ``record_rank[i]``, so the same records
+    get the same permutations whatever order they come in.
+    """
     rng = np.random.default_rng(seed)
     n_models, n_records = masks.shape
     columns = np.arange(n_records)[None, :]
     maxima, counts = np.empty(replicates), np.empty(replicates)
     for r in range(replicates):
-        order = np.argsort(rng.random((n_models, n_records)), axis=0)
+        keys = rng.random((n_models, n_records))
+        if record_rank is not None:
+            keys = keys[:, record_rank]
+        order = np.argsort(keys, axis=0)
         permuted = masks[order, columns]
         m = record_moments(scores, permuted)
         auc = binormal_auc(m.mu_in, m.sd_in, m.mu_out, m.sd_out)
@@ -197,6 +205,7 @@ def compute_noise_floor(
     replicates: int,
     seed: int,
     method: NullMethod | None = None,
+    record_rank: NDArray[np.intp] | None = None,
 ) -> NoiseFloor:
     """The noise floor of an audit (permutation when affordable, else analytic).
 
@@ -205,6 +214,8 @@ def compute_noise_floor(
         masks: ``(n_reference_models, n_records)``.
         patient_index: ``(n_records,)``.
         limit: the lowest patient-level AUC limit of the policy (None if it has none).
+        record_rank: ``(n_records,)`` a canonical position per record (e.g. the rank of
+            its id) that makes the permutation null independent of the input order.
     """
     n_models, n_records = scores.shape
     if method is None:
@@ -214,7 +225,7 @@ def compute_noise_floor(
     n_out = n_models - n_in
     if method is NullMethod.PERMUTATION:
         maxima, counts = _permuted_null(
-            scores, masks, patient_index, n_patients, at_risk_auc, replicates, seed
+            scores, masks, patient_index, n_patients, at_risk_auc, replicates, seed, record_rank
         )
         q95 = float(np.quantile(maxima, NULL_QUANTILE))
         expected = float(counts.mean())

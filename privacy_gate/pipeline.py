@@ -15,11 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from privacy_gate._version import __version__
 from privacy_gate.attacks import AggregateResult, run_attacks
-from privacy_gate.config import AuditConfig, default_config, load_config, parse_config
+from privacy_gate.config import (
+    AuditConfig,
+    default_config,
+    load_config,
+    parse_config,
+    read_config_yaml,
+)
 from privacy_gate.errors import ConfigError, InputError, ReportError
 from privacy_gate.gate import Decision, evaluate_gate
 from privacy_gate.noise_floor import NoiseFloor, compute_noise_floor
@@ -147,6 +152,7 @@ def audit(
         limit=min(limits) if limits else None,
         replicates=risk.null_replicates,
         seed=risk.seed,
+        record_rank=records.id_rank(),
     )
     in_tail, _ = tail_mask(stats.auc, risk.tail_quantile)
     tail_se_pool = (
@@ -312,15 +318,6 @@ def score(
     return result
 
 
-def _read_yaml(path: str | Path) -> Any:
-    try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"Cannot read the config file {str(path)!r}: {exc.strerror}.") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"The config file {str(path)!r} is not valid YAML: {exc}") from None
-
-
 def policy_for_check(report: Mapping[str, Any], config_path: str | Path | None) -> AuditConfig:
     """The policy `check` applies: the given gate rules over the audit's risk definitions.
 
@@ -330,7 +327,7 @@ def policy_for_check(report: Mapping[str, Any], config_path: str | Path | None) 
     audited = parse_config(report["audit"]["config"], source="report's audit config")
     if config_path is None:
         return replace(audited, gate=default_config().gate)
-    raw = _read_yaml(config_path)
+    raw = read_config_yaml(config_path)
     if not isinstance(raw, Mapping):
         raise ConfigError(f"The config {str(config_path)!r} must be a YAML mapping.")
     merged = dict(raw)

@@ -53,6 +53,11 @@ class RecordTable:
         n = len(self.record_ids)
         if len(self.patient_ids) != n or any(len(c) != n for c in self.columns.values()):
             raise InputError("Every column of the record table must have one value per record.")
+        try:
+            if all(self.record_ids) and len(set(self.record_ids)) == n:
+                return  # no empty and no repeated id; the loop below names the first one
+        except TypeError:
+            pass
         seen: dict[str, int] = {}
         for row, record_id in enumerate(self.record_ids):
             if not record_id:
@@ -71,6 +76,15 @@ class RecordTable:
     def n_records(self) -> int:
         return len(self.record_ids)
 
+    def id_rank(self) -> NDArray[np.intp]:
+        """``(n_records,)`` the rank of each record id in sorted order: a position that
+        does not depend on the order the records come in."""
+        rank = np.empty(self.n_records, dtype=np.intp)
+        rank[np.argsort(np.asarray(self.record_ids, dtype=str), kind="stable")] = np.arange(
+            self.n_records
+        )
+        return rank
+
     def patient_index(self) -> tuple[NDArray[np.intp], list[tuple[str, str]]]:
         """Map records to patients.
 
@@ -78,14 +92,20 @@ class RecordTable:
             ``(n_records,)`` patient index per record, and per patient a ``(kind, id)``
             pair where kind is "patient" or "record" (a record without a patient id).
         """
-        index = np.empty(self.n_records, dtype=np.intp)
-        keys: dict[tuple[str, str], int] = {}
-        for row, (record_id, patient_id) in enumerate(
-            zip(self.record_ids, self.patient_ids, strict=True)
-        ):
-            key = ("record", record_id) if patient_id is None else ("patient", patient_id)
-            index[row] = keys.setdefault(key, len(keys))
-        return index, list(keys)
+        # Patients are numbered in order of first appearance.
+        if None not in self.patient_ids:
+            number = {p: i for i, p in enumerate(dict.fromkeys(self.patient_ids))}
+            index = np.fromiter(
+                map(number.__getitem__, self.patient_ids), dtype=np.intp, count=self.n_records
+            )
+            return index, [("patient", p) for p in number if p is not None]
+        keys = [
+            ("record", record_id) if patient_id is None else ("patient", patient_id)
+            for record_id, patient_id in zip(self.record_ids, self.patient_ids, strict=True)
+        ]
+        numbered = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+        index = np.fromiter(map(numbered.__getitem__, keys), dtype=np.intp, count=self.n_records)
+        return index, list(numbered)
 
     def subgroup_column(self, name: str) -> tuple[str, ...]:
         """A subgroup column with missing values mapped to `MISSING`."""
@@ -95,7 +115,17 @@ class RecordTable:
                 f"Available columns: {sorted(self.columns)}. HINT: fix "
                 "'subgroups' in the config or add the column to records.csv."
             )
-        return tuple(MISSING if is_missing(v) else v.strip() for v in self.columns[name])
+        values = self.columns[name]
+        if not _all_str(values):
+            return tuple(MISSING if is_missing(v) else v.strip() for v in values)
+        # Few distinct values: map each once.
+        mapped = {v: MISSING if is_missing(v) else v.strip() for v in set(values)}
+        return tuple(map(mapped.__getitem__, values))
+
+
+def _all_str(values: Sequence[object]) -> bool:
+    """True when every value is exactly a `str` (so equal values map alike)."""
+    return set(map(type, values)) <= {str}
 
 
 def records_from_columns(
@@ -104,16 +134,21 @@ def records_from_columns(
     columns: Mapping[str, Sequence[str]] | None = None,
 ) -> RecordTable:
     """Build a `RecordTable` from Python sequences (missing patient ids: None or "")."""
-    patients = (
-        [None] * len(record_ids)
-        if patient_ids is None
-        else [None if p is None or is_missing(str(p)) else str(p) for p in patient_ids]
-    )
+    patients: Sequence[str | None]
+    if patient_ids is None:
+        patients = [None] * len(record_ids)
+    elif _all_str(patient_ids):
+        # Few distinct patients next to the records: normalise each id once.
+        normal = {p: None if is_missing(p) else p for p in set(patient_ids)}
+        patients = list(map(normal.__getitem__, patient_ids))
+    else:
+        patients = [None if p is None or is_missing(str(p)) else str(p) for p in patient_ids]
     return RecordTable(
-        record_ids=tuple(str(r) for r in record_ids),
+        record_ids=tuple(map(str, record_ids)),
         patient_ids=tuple(patients),
         columns={
-            k: tuple("" if v is None else str(v) for v in vs) for k, vs in (columns or {}).items()
+            k: tuple(vs) if _all_str(vs) else tuple("" if v is None else str(v) for v in vs)
+            for k, vs in (columns or {}).items()
         },
     )
 
@@ -123,8 +158,8 @@ def load_records(path: str | Path) -> RecordTable:
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
+            reader = csv.reader(handle)
+            header = next(reader, None) or []
             if "record_id" not in header:
                 raise InputError(
                     f"{path.name} has no 'record_id' column. Columns found: "
@@ -133,20 +168,23 @@ def load_records(path: str | Path) -> RecordTable:
                 )
             if len(set(header)) != len(header):
                 raise InputError(f"{path.name} repeats a column name: {header}.")
-            rows = list(reader)
+            rows = [row for row in reader if row]  # blank lines are skipped
     except OSError as exc:
         raise InputError(f"Cannot read the records file {str(path)!r}: {exc.strerror}.") from None
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"The records file {str(path)!r} is not a UTF-8 CSV: {exc}.") from None
-    for line, row in enumerate(rows, start=2):
-        if None in row or any(v is None for v in row.values()):
-            raise InputError(
-                f"Line {line} of {path.name} has a different number of fields "
-                f"than the header ({len(header)})."
-            )
+    width = len(header)
+    if set(map(len, rows)) - {width}:
+        line = next(i for i, row in enumerate(rows, start=2) if len(row) != width)
+        raise InputError(
+            f"Line {line} of {path.name} has a different number of fields "
+            f"than the header ({width})."
+        )
+    by_name = dict(zip(header, zip(*rows), strict=False)) if rows else {}
+    column = {name: list(by_name.get(name, ())) for name in header}
     others = [c for c in header if c not in ("record_id", "patient_id")]
     return records_from_columns(
-        [row["record_id"].strip() for row in rows],
-        [row["patient_id"] for row in rows] if "patient_id" in header else None,
-        {name: [row[name] for row in rows] for name in others},
+        [v.strip() for v in column["record_id"]],
+        column["patient_id"] if "patient_id" in header else None,
+        {name: column[name] for name in others},
     )

@@ -78,23 +78,42 @@ def write_json(report: Mapping[str, Any], path: Path) -> None:
     temporary.replace(path)
 
 
+_NEEDS_QUOTES = (",", '"', "\r", "\n")
+
+
+def _cells(column: Sequence[Any] | NDArray[Any]) -> list[str]:
+    """The CSV text of one column: floats as ``repr`` (shortest round-trip), else ``str``."""
+    if (
+        isinstance(column, (list, tuple))
+        and set(map(type, column)) <= {str}
+        and not any(v.endswith("\0") for v in column)
+    ):
+        return list(column)  # what np.asarray(column).tolist() gives, without the copy
+    array = np.asarray(column)
+    if np.issubdtype(array.dtype, np.floating):
+        values = array.astype(np.float64).tolist()
+        # repr of a list formats every float with repr, in C; ", " never occurs in one.
+        return repr(values)[1:-1].split(", ") if values else []
+    return [str(v) for v in array.tolist()]
+
+
 def write_table(
     path: Path, header: Sequence[str], columns: Sequence[Sequence[Any] | NDArray[Any]]
 ) -> None:
     """Write columns (equal lengths) as CSV; floats with 17 significant digits."""
-
-    def text(column: Sequence[Any] | NDArray[Any]) -> list[str]:
-        array = np.asarray(column)
-        if np.issubdtype(array.dtype, np.floating):
-            return [repr(v) for v in array.astype(np.float64).tolist()]
-        return [str(v) for v in array.tolist()]
-
-    rendered = [text(c) for c in columns]
+    rendered = [_cells(c) for c in columns]
     temporary = path.with_suffix(path.suffix + ".tmp")
-    with temporary.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(zip(*rendered, strict=True))
+    text = "\x1f".join(["\x1f".join(header), *("\x1f".join(c) for c in rendered)])
+    if len(rendered) > 1 and not any(mark in text for mark in _NEEDS_QUOTES):
+        # No cell needs quoting: the csv module would write exactly these lines.
+        lines = [",".join(header), *map(",".join, zip(*rendered, strict=True))]
+        with temporary.open("w", newline="", encoding="utf-8") as handle:
+            handle.write("\r\n".join(lines) + "\r\n")
+    else:
+        with temporary.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(zip(*rendered, strict=True))
     temporary.replace(path)
 
 

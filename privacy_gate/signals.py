@@ -51,6 +51,10 @@ class Signals:
 
     def __post_init__(self) -> None:
         validate_signals(self)
+        for name in ("scores", "masks", "target_scores", "target_members"):
+            array = getattr(self, name)
+            if array is not None and array.flags.writeable:
+                object.__setattr__(self, name, _as_readonly(array))
 
     @property
     def n_reference_models(self) -> int:
@@ -200,7 +204,13 @@ def load_signals(path: str | Path) -> Signals:
     task) without pickle, and validate it."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise InputError(
+                f"{path.name} holds a single array, not named signals. HINT: write "
+                "np.savez(path, scores=..., masks=...)."
+            )
+        with loaded as npz:
             unknown = sorted(set(npz.files) - set(_NPZ_KEYS))
             if unknown:
                 raise InputError(
