@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special, stats
 
-from privacy_gate.record_stats import RecordMoments
+from privacy_gate.record_stats import RecordMoments, _for_each_chunk
 
 __all__ = [
     "AggregateResult",
@@ -35,7 +35,6 @@ __all__ = [
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 _ROC_POINTS = 200
-_CHUNK_ELEMENTS = 1 << 17  # ~1 MiB of float64 per chunk (RMIA priors)
 
 
 class Attack(str, Enum):
@@ -137,28 +136,28 @@ def _rmia_priors(
     mean_out = np.empty(n_records)
     n_out = n_models - reference_masks.sum(axis=0, dtype=np.int64)
     need_out = any(a is not None for a in offline_as)
-    width = max(1, _CHUNK_ELEMENTS // max(n_models, 1))
-    size = n_models * min(width, n_records)
-    p_buffer, out_buffer = np.empty(size), np.empty(size)
-    for start in range(0, n_records, width):
-        cols = slice(start, min(start + width, n_records))
+
+    def work(cols: slice, buffers: list[FloatArray]) -> None:
         shape = (n_models, cols.stop - cols.start)
-        p = p_buffer[: shape[0] * shape[1]].reshape(shape)
+        p, is_out = (b[: shape[0] * shape[1]].reshape(shape) for b in buffers)
         np.copyto(p, reference_scores[:, cols], casting="unsafe")
         special.expit(p, out=p)
         mean_all[cols] = p.sum(axis=0) / n_models
         if need_out:
-            is_out = out_buffer[: shape[0] * shape[1]].reshape(shape)
             np.logical_not(reference_masks[:, cols], out=is_out, casting="unsafe")
             is_out *= p
             sums = is_out.sum(axis=0)
             bad = np.flatnonzero(np.isnan(sums))
             if bad.size:  # NaN * 0 is NaN where np.where would give 0: use the definition
-                sums[bad] = np.where(~reference_masks[:, cols][:, bad], p[:, bad], 0.0).sum(axis=0)
+                # (on C-ordered copies of at least two columns, summed row by row like the rest)
+                take = np.r_[bad, bad] if len(bad) == 1 < shape[1] else bad
+                chosen = np.ascontiguousarray(~reference_masks[:, cols][:, take])
+                redo = np.where(chosen, np.ascontiguousarray(p[:, take]), 0.0).sum(axis=0)
+                sums[bad] = redo[: len(bad)]
             mean_out[cols] = sums / n_out[cols]
-    return [
-        mean_all if a is None else ((1.0 + a) * mean_out + (1.0 - a)) / 2.0 for a in offline_as
-    ]
+
+    _for_each_chunk(n_models, n_records, 2, work)
+    return [mean_all if a is None else ((1.0 + a) * mean_out + (1.0 - a)) / 2.0 for a in offline_as]
 
 
 def _rmia_scores(
@@ -216,10 +215,10 @@ def _roc(score: FloatArray, is_member: BoolArray) -> tuple[FloatArray, FloatArra
     """`roc_curve` and `roc_auc` from one sort; the same numbers, bit for bit.
 
     Tied scores form one ROC point and share their average rank, so the order within a tie
-    does not matter and the faster unstable sort is used. Scores with NaN take the
+    does not matter and the faster unstable sort is used. Non-finite scores take the
     definitions.
     """
-    if np.isnan(score).any():
+    if not np.isfinite(score).all():  # (np.diff of equal infinities is NaN, not 0)
         fpr, tpr = roc_curve(score, is_member)
         return fpr, tpr, roc_auc(score, is_member)
     n = len(score)
@@ -290,9 +289,7 @@ def run_attacks(
         prior_online, prior_offline = _rmia_priors(
             reference_scores, reference_masks, (None, offline_a)
         )
-        scorers[Attack.RMIA_ONLINE] = lambda: _rmia_scores(
-            target, prior_online, population, gamma
-        )
+        scorers[Attack.RMIA_ONLINE] = lambda: _rmia_scores(target, prior_online, population, gamma)
         scorers[Attack.RMIA_OFFLINE] = lambda: _rmia_scores(
             target, prior_offline, population, gamma
         )

@@ -98,6 +98,30 @@ def _null_cdf(d: float | FloatArray, n_in: FloatArray, n_out: FloatArray) -> Flo
     return np.where((df >= 1.0) & np.isfinite(scale), cdf, 0.0)
 
 
+def _count_pairs(
+    n_in: NDArray[np.integer[Any]], n_out: NDArray[np.integer[Any]]
+) -> tuple[FloatArray, FloatArray, NDArray[np.intp], NDArray[np.intp]]:
+    """The distinct ``(n_in, n_out)`` pairs (as floats, in lexicographic order), each
+    record's pair and each pair's record count: ``np.unique(np.stack([n_in, n_out]),
+    axis=1, ...)``, computed on one integer key per record when the counts allow it."""
+    if (
+        n_in.ndim == n_out.ndim == 1
+        and np.issubdtype(n_in.dtype, np.integer)
+        and np.issubdtype(n_out.dtype, np.integer)
+        and n_in.size
+        and min(int(n_in.min()), int(n_out.min())) >= 0
+        and (int(n_in.max()) + 1) * (int(n_out.max()) + 1) < 2**62
+    ):
+        base = int(n_out.max()) + 1
+        key = n_in.astype(np.int64) * base + n_out.astype(np.int64)
+        keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        return (keys // base).astype(np.float64), (keys % base).astype(np.float64), inverse, counts
+    pairs, inverse, counts = np.unique(
+        np.stack([n_in, n_out]), axis=1, return_inverse=True, return_counts=True
+    )
+    return pairs[0].astype(np.float64), pairs[1].astype(np.float64), inverse, counts
+
+
 def analytic_null_max_quantile(
     n_in: NDArray[np.integer[Any]], n_out: NDArray[np.integer[Any]], quantile: float = NULL_QUANTILE
 ) -> float:
@@ -106,8 +130,7 @@ def analytic_null_max_quantile(
     Solves ``sum_i log F_i(d) = log(quantile)`` by bisection on ``d``; records with
     equal counts are grouped, so the cost is independent of the number of records.
     """
-    pairs, counts = np.unique(np.stack([n_in, n_out]), axis=1, return_counts=True)
-    n_in_u, n_out_u = pairs[0].astype(np.float64), pairs[1].astype(np.float64)
+    n_in_u, n_out_u, _, counts = _count_pairs(n_in, n_out)
     target = math.log(quantile)
 
     def excess(d: float) -> float:
@@ -135,9 +158,9 @@ def _analytic_expected_at_risk(
     at_risk_auc: float,
 ) -> float:
     d = float(special.ndtri(at_risk_auc))
-    log_cdf = np.log(
-        np.maximum(_null_cdf(d, n_in.astype(np.float64), n_out.astype(np.float64)), 1e-300)
-    )
+    # The null CDF depends on the counts only: evaluate it once per distinct pair.
+    n_in_u, n_out_u, inverse, _ = _count_pairs(n_in, n_out)
+    log_cdf = np.log(np.maximum(_null_cdf(d, n_in_u, n_out_u), 1e-300))[inverse]
     per_patient = np.bincount(patient_index, weights=log_cdf, minlength=n_patients)
     return float(np.sum(-np.expm1(per_patient)))
 

@@ -140,8 +140,9 @@ def tail_counts(
     return {repr(level): int(np.count_nonzero(patient_auc >= level)) for level in levels}
 
 
-def survival_curve(patient_auc: FloatArray, grid: FloatArray, *, level: float = 0.95
-                   ) -> dict[str, list[float]]:
+def survival_curve(
+    patient_auc: FloatArray, grid: FloatArray, *, level: float = 0.95
+) -> dict[str, list[float]]:
     """Empirical survival function (share of patients with AUC >= x) with a band.
 
     The band is the exact (Clopper-Pearson) ``level`` interval of each share: how much
@@ -156,8 +157,9 @@ def survival_curve(patient_auc: FloatArray, grid: FloatArray, *, level: float = 
     above = n_patients - np.searchsorted(np.sort(patient_auc), grid, side="left")
     alpha = (1.0 - level) / 2.0
     lower = np.where(above > 0, special.betaincinv(above, n_patients - above + 1, alpha), 0.0)
-    upper = np.where(above < n_patients,
-                     special.betaincinv(above + 1, n_patients - above, 1.0 - alpha), 1.0)
+    upper = np.where(
+        above < n_patients, special.betaincinv(above + 1, n_patients - above, 1.0 - alpha), 1.0
+    )
     return {
         "auc": [float(x) for x in grid],
         "share": [float(x) for x in above / n_patients],

@@ -50,7 +50,7 @@ from privacy_gate.report import (
     write_table,
 )
 from privacy_gate.signals import Signals, Task, load_signals
-from privacy_gate.subgroups import SubgroupResult, analyse_subgroups, tail_mask
+from privacy_gate.subgroups import GroupStatus, SubgroupResult, analyse_subgroups, tail_mask
 
 __all__ = ["AuditResult", "audit", "check", "score", "write_outputs"]
 
@@ -94,7 +94,7 @@ def _aggregate_section(result: AggregateResult | None) -> dict[str, Any] | None:
 def _subgroup_warnings(result: SubgroupResult, min_group_size: int) -> list[str]:
     warnings = []
     for column, col in result.columns.items():
-        small = [v for v, g in col.groups.items() if g.status.value == "too_small"]
+        small = [v for v, g in col.groups.items() if g.status is GroupStatus.TOO_SMALL]
         if small:
             warnings.append(
                 f"Subgroup column {column!r}: {len(small)} group(s) with fewer than "

@@ -13,7 +13,9 @@ import hashlib
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 __all__ = ["KEY_ENVIRONMENT_VARIABLE", "Pseudonymizer"]
 
@@ -24,7 +26,6 @@ _INNER_PAD = bytes(x ^ 0x36 for x in range(256))
 _OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
 
 
-@functools.lru_cache(maxsize=8)
 def _keyed_states(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
     """HMAC-SHA256 (RFC 2104) inner and outer hash states with the padded key absorbed.
 
@@ -66,12 +67,22 @@ class Pseudonymizer:
             )
         return cls(key=secrets.token_bytes(32), raw=raw, key_is_ephemeral=True)
 
+    @functools.cached_property
+    def _new_states(self) -> tuple[Callable[[], hashlib._Hash], Callable[[], hashlib._Hash]]:
+        """Fresh copies of the keyed inner and outer states, derived once per key."""
+        inner, outer = _keyed_states(bytes(self.key))
+        return inner.copy, outer.copy
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the fields only (hash states cannot be pickled; they are re-derived)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
     def _digest(self, kind: str, identifier: str) -> str:
         """``hex(HMAC-SHA256(key, kind + "\\0" + identifier))[:16]``."""
-        inner, outer = _keyed_states(bytes(self.key))
-        state = inner.copy()
+        new_inner, new_outer = self._new_states
+        state = new_inner()
         state.update(f"{kind}\0{identifier}".encode())
-        result = outer.copy()
+        result = new_outer()
         result.update(state.digest())
         return result.hexdigest()[:16]
 

@@ -7,6 +7,10 @@ the binormal ROC and the empirical Gaussian-DP parameter.
 
 from __future__ import annotations
 
+import contextvars
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +40,8 @@ AUC_CEILING = 1.0 - 1e-10
 """Record AUCs are clipped to [0.5, AUC_CEILING] so that GDP mu stays finite."""
 
 _CHUNK_ELEMENTS = 1 << 17  # ~1 MiB of float64: a chunk's passes stay in cache
+_MIN_CHUNKS_PER_THREAD = 8  # smaller inputs run in the calling thread
+_MAX_THREADS = 8
 
 FloatArray = NDArray[np.float64]
 
@@ -78,6 +84,52 @@ def _chunks(n_models: int, n_records: int) -> range:
     return range(0, n_records, width)
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _for_each_chunk(
+    n_models: int,
+    n_records: int,
+    n_buffers: int,
+    work: Callable[[slice, list[FloatArray]], None],
+) -> None:
+    """Call ``work(columns, buffers)`` for every column chunk of a ``(n_models, n_records)``
+    input, with ``n_buffers`` float64 scratch arrays of at least a chunk's size.
+
+    Chunks are independent and each writes its own columns, so large inputs are split
+    over the usable cores (NumPy and SciPy release the GIL in their loops); every
+    number is the same whichever thread computes it.
+    """
+    # NumPy sums a one-column array over axis 0 in another order (pairwise) than a wider
+    # one (row by row), so no chunk is one column wide: the numbers then do not depend
+    # on the chunking at all.
+    width = max(2, _chunks(n_models, n_records).step)
+    starts = list(range(0, n_records, width))
+    if len(starts) > 1 and n_records - starts[-1] == 1:
+        starts.pop()
+    chunks = [slice(a, b) for a, b in zip(starts, [*starts[1:], n_records], strict=True)]
+    size = n_models * min(width + 1, n_records)
+    threads = max(1, min(_usable_cores(), _MAX_THREADS, len(chunks) // _MIN_CHUNKS_PER_THREAD))
+
+    def run(part: list[slice]) -> None:
+        buffers = [np.empty(size) for _ in range(n_buffers)]
+        for columns in part:
+            work(columns, buffers)
+
+    if threads == 1:
+        run(chunks)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        # Each part runs in a copy of the caller's context (NumPy's errstate lives there).
+        parts = [chunks[i::threads] for i in range(threads)]
+        for future in [pool.submit(contextvars.copy_context().run, run, p) for p in parts]:
+            future.result()
+
+
 def _masked_moments_exact(
     scores: FloatArray, selected: NDArray[np.bool_], count: NDArray[np.int64]
 ) -> tuple[FloatArray, FloatArray]:
@@ -116,9 +168,15 @@ def _masked_moments(
         clear = (sd > 1e-9 * np.abs(mean) + 1e-300) & np.isfinite(mean)
     if not clear.all():
         redo = np.flatnonzero(~clear)
-        mean[redo], sd[redo] = _masked_moments_exact(
-            scores[:, redo], selected[:, redo] != 0.0, count[redo]
+        # C order and two columns at least, so that NumPy sums them row by row like the
+        # others (it sums a column in memory order pairwise).
+        cols = np.r_[redo, redo] if len(redo) == 1 < scores.shape[1] else redo
+        redo_mean, redo_sd = _masked_moments_exact(
+            np.ascontiguousarray(scores[:, cols]),
+            np.ascontiguousarray(selected[:, cols] != 0.0),
+            count[cols],
         )
+        mean[redo], sd[redo] = redo_mean[: len(redo)], redo_sd[: len(redo)]
     return mean, sd
 
 
@@ -138,18 +196,17 @@ def record_moments(scores: NDArray[np.floating[Any]], masks: NDArray[np.bool_]) 
     n_out = n_models - n_in
     mu_in, sd_in = np.empty(n_records), np.empty(n_records)
     mu_out, sd_out = np.empty(n_records), np.empty(n_records)
-    step = _chunks(n_models, n_records).step
-    size = n_models * min(step, n_records)
-    buffers = [np.empty(size) for _ in range(4)]
-    for start in _chunks(n_models, n_records):
-        cols = slice(start, start + step)
-        shape = (n_models, len(range(*cols.indices(n_records))))
-        s, is_in, is_out, work = (b[: shape[0] * shape[1]].reshape(shape) for b in buffers)
+
+    def work(cols: slice, buffers: list[FloatArray]) -> None:
+        shape = (n_models, cols.stop - cols.start)
+        s, is_in, is_out, scratch = (b[: shape[0] * shape[1]].reshape(shape) for b in buffers)
         np.copyto(s, scores[:, cols], casting="unsafe")
         np.copyto(is_in, masks[:, cols])
         np.subtract(1.0, is_in, out=is_out)
-        mu_in[cols], sd_in[cols] = _masked_moments(s, is_in, n_in[cols], work)
-        mu_out[cols], sd_out[cols] = _masked_moments(s, is_out, n_out[cols], work)
+        mu_in[cols], sd_in[cols] = _masked_moments(s, is_in, n_in[cols], scratch)
+        mu_out[cols], sd_out[cols] = _masked_moments(s, is_out, n_out[cols], scratch)
+
+    _for_each_chunk(n_models, n_records, 4, work)
     return RecordMoments(mu_in, sd_in, mu_out, sd_out, n_in, n_out)
 
 

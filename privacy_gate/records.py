@@ -7,9 +7,12 @@ record its own patient) and any other columns, usable as subgroups.
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+import gc
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -116,16 +119,26 @@ class RecordTable:
                 "'subgroups' in the config or add the column to records.csv."
             )
         values = self.columns[name]
-        if not _all_str(values):
+        distinct = _distinct_str(values)
+        if distinct is None:
             return tuple(MISSING if is_missing(v) else v.strip() for v in values)
         # Few distinct values: map each once.
-        mapped = {v: MISSING if is_missing(v) else v.strip() for v in set(values)}
+        mapped = {v: MISSING if is_missing(v) else v.strip() for v in distinct}
         return tuple(map(mapped.__getitem__, values))
 
 
-def _all_str(values: Sequence[object]) -> bool:
-    """True when every value is exactly a `str` (so equal values map alike)."""
-    return set(map(type, values)) <= {str}
+def _distinct_str(values: Sequence[Any], *, none: bool = False) -> list[Any] | None:
+    """The distinct values when each is exactly a `str` (or None, with ``none``), else None.
+
+    A value equal to a `str` hashes with it and maps alike, so only the distinct values
+    need their types checked.
+    """
+    try:
+        distinct = list(dict.fromkeys(values))
+    except TypeError:  # unhashable
+        return None
+    allowed = {str, type(None)} if none else {str}
+    return distinct if set(map(type, distinct)) <= allowed else None
 
 
 def records_from_columns(
@@ -137,9 +150,11 @@ def records_from_columns(
     patients: Sequence[str | None]
     if patient_ids is None:
         patients = [None] * len(record_ids)
-    elif _all_str(patient_ids):
+    elif (distinct := _distinct_str(patient_ids, none=True)) is not None:
         # Few distinct patients next to the records: normalise each id once.
-        normal = {p: None if is_missing(p) else p for p in set(patient_ids)}
+        normal: dict[str | None, str | None] = {
+            p: None if p is None or is_missing(p) else p for p in distinct
+        }
         patients = list(map(normal.__getitem__, patient_ids))
     else:
         patients = [None if p is None or is_missing(str(p)) else str(p) for p in patient_ids]
@@ -147,27 +162,51 @@ def records_from_columns(
         record_ids=tuple(map(str, record_ids)),
         patient_ids=tuple(patients),
         columns={
-            k: tuple(vs) if _all_str(vs) else tuple("" if v is None else str(v) for v in vs)
+            k: tuple(map(str, vs))
+            if None not in vs
+            else tuple("" if v is None else str(v) for v in vs)
             for k, vs in (columns or {}).items()
         },
     )
 
 
-def load_records(path: str | Path) -> RecordTable:
-    """Read ``records.csv`` (UTF-8, header row) and validate it."""
-    path = Path(path)
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a large, acyclic table is built (its
+    full collections would scan every row again and again)."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _check_header(header: list[str], path: Path) -> None:
+    if "record_id" not in header:
+        raise InputError(
+            f"{path.name} has no 'record_id' column. Columns found: "
+            f"{header}. HINT: the first row must be a header with "
+            "record_id (and optionally patient_id)."
+        )
+    if len(set(header)) != len(header):
+        raise InputError(f"{path.name} repeats a column name: {header}.")
+
+
+def _ragged_row(path: Path, line: int, width: int) -> InputError:
+    return InputError(
+        f"Line {line} of {path.name} has a different number of fields than the header ({width})."
+    )
+
+
+def _read_columns(path: Path) -> tuple[list[str], list[tuple[str, ...]]]:
+    """The header and the columns (exact strings) of ``records.csv``, validated."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle, _gc_paused():
             reader = csv.reader(handle)
-            header = next(reader, None) or []
-            if "record_id" not in header:
-                raise InputError(
-                    f"{path.name} has no 'record_id' column. Columns found: "
-                    f"{header}. HINT: the first row must be a header with "
-                    "record_id (and optionally patient_id)."
-                )
-            if len(set(header)) != len(header):
-                raise InputError(f"{path.name} repeats a column name: {header}.")
+            header = next(reader, [])
+            _check_header(header, path)
             rows = [row for row in reader if row]  # blank lines are skipped
     except OSError as exc:
         raise InputError(f"Cannot read the records file {str(path)!r}: {exc.strerror}.") from None
@@ -176,15 +215,28 @@ def load_records(path: str | Path) -> RecordTable:
     width = len(header)
     if set(map(len, rows)) - {width}:
         line = next(i for i, row in enumerate(rows, start=2) if len(row) != width)
-        raise InputError(
-            f"Line {line} of {path.name} has a different number of fields "
-            f"than the header ({width})."
+        raise _ragged_row(path, line, width)
+    with _gc_paused():
+        columns: list[tuple[str, ...]] = (
+            list(zip(*rows, strict=True)) if rows else [() for _ in header]
         )
-    by_name = dict(zip(header, zip(*rows), strict=False)) if rows else {}
-    column = {name: list(by_name.get(name, ())) for name in header}
-    others = [c for c in header if c not in ("record_id", "patient_id")]
-    return records_from_columns(
-        [v.strip() for v in column["record_id"]],
-        column["patient_id"] if "patient_id" in header else None,
-        {name: column[name] for name in others},
+    return header, columns
+
+
+def load_records(path: str | Path) -> RecordTable:
+    """Read ``records.csv`` (UTF-8, header row) and validate it."""
+    path = Path(path)
+    header, columns = _read_columns(path)
+    column = dict(zip(header, columns, strict=True))
+    # What records_from_columns does, for columns known to hold exact strings.
+    patients: tuple[str | None, ...]
+    if "patient_id" in header:
+        normal = {p: None if is_missing(p) else p for p in dict.fromkeys(column["patient_id"])}
+        patients = tuple(map(normal.__getitem__, column["patient_id"]))
+    else:
+        patients = (None,) * len(column["record_id"])
+    return RecordTable(
+        record_ids=tuple(v.strip() for v in column["record_id"]),
+        patient_ids=patients,
+        columns={c: column[c] for c in header if c not in ("record_id", "patient_id")},
     )

@@ -79,41 +79,58 @@ def write_json(report: Mapping[str, Any], path: Path) -> None:
 
 
 _NEEDS_QUOTES = (",", '"', "\r", "\n")
+_BLOCK_ROWS = 1 << 14
 
 
-def _cells(column: Sequence[Any] | NDArray[Any]) -> list[str]:
-    """The CSV text of one column: floats as ``repr`` (shortest round-trip), else ``str``."""
+def _column_source(column: Sequence[Any] | NDArray[Any]) -> list[str] | NDArray[Any]:
+    """A column as its list of strings (when it is one already) or as a NumPy array."""
     if (
         isinstance(column, (list, tuple))
         and set(map(type, column)) <= {str}
-        and not any(v.endswith("\0") for v in column)
+        and "\0" not in "".join(column)  # NumPy would drop trailing NULs
     ):
         return list(column)  # what np.asarray(column).tolist() gives, without the copy
-    array = np.asarray(column)
-    if np.issubdtype(array.dtype, np.floating):
-        values = array.astype(np.float64).tolist()
+    return np.asarray(column)
+
+
+def _cells(source: list[str] | NDArray[Any], rows: slice) -> list[str]:
+    """The CSV text of some rows of a column: floats as ``repr``, anything else as ``str``."""
+    if isinstance(source, list):
+        return source[rows]
+    if np.issubdtype(source.dtype, np.floating):
+        values = source[rows].astype(np.float64).tolist()
         # repr of a list formats every float with repr, in C; ", " never occurs in one.
         return repr(values)[1:-1].split(", ") if values else []
-    return [str(v) for v in array.tolist()]
+    return [str(v) for v in source[rows].tolist()]
 
 
 def write_table(
     path: Path, header: Sequence[str], columns: Sequence[Sequence[Any] | NDArray[Any]]
 ) -> None:
     """Write columns (equal lengths) as CSV; floats with 17 significant digits."""
-    rendered = [_cells(c) for c in columns]
+    sources = [_column_source(c) for c in columns]
+    lengths = [len(c) for c in sources]
+    if len(set(lengths)) > 1:
+        list(zip(*map(range, lengths), strict=True))  # the error zip(strict=True) raises
+    n_rows = lengths[0] if lengths else 0
     temporary = path.with_suffix(path.suffix + ".tmp")
-    text = "\x1f".join(["\x1f".join(header), *("\x1f".join(c) for c in rendered)])
-    if len(rendered) > 1 and not any(mark in text for mark in _NEEDS_QUOTES):
-        # No cell needs quoting: the csv module would write exactly these lines.
-        lines = [",".join(header), *map(",".join, zip(*rendered, strict=True))]
-        with temporary.open("w", newline="", encoding="utf-8") as handle:
-            handle.write("\r\n".join(lines) + "\r\n")
-    else:
-        with temporary.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(zip(*rendered, strict=True))
+    with temporary.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        # Row blocks keep memory small; rows are independent, so the text is the same.
+        for start in range(0, n_rows, _BLOCK_ROWS):
+            rows = slice(start, start + _BLOCK_ROWS)
+            cells = [_cells(source, rows) for source in sources]
+            text = "\x1f".join(
+                "\x1f".join(c)
+                for c, source in zip(cells, sources, strict=True)
+                if not isinstance(source, np.ndarray) or source.dtype.kind not in "fiub"
+            )
+            if len(cells) > 1 and not any(mark in text for mark in _NEEDS_QUOTES):
+                # No cell needs quoting: the csv module would write exactly these lines.
+                handle.write("\r\n".join(map(",".join, zip(*cells, strict=True))) + "\r\n")
+            else:
+                writer.writerows(zip(*cells, strict=True))
     temporary.replace(path)
 
 

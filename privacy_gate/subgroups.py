@@ -109,14 +109,40 @@ def tail_mask(record_auc: FloatArray, tail_quantile: float) -> tuple[NDArray[np.
     return record_auc > threshold, threshold
 
 
+def _groups(
+    values: Sequence[str],
+) -> tuple[NDArray[np.str_], NDArray[np.intp], NDArray[np.intp]]:
+    """``np.unique(np.asarray(values, dtype=str), return_inverse=True, return_counts=True)``.
+
+    A column has few distinct values, so they are hashed and only those sorted (NumPy
+    and Python order strings alike, by code point), instead of sorting every record's
+    string. Values NumPy would alter (not strings, or with NULs) take NumPy's path; a
+    value equal to a string hashes with it, so only the distinct values are checked.
+    """
+    try:
+        distinct = dict.fromkeys(values)
+    except TypeError:  # unhashable values
+        distinct = {}
+    plain = bool(distinct) and set(map(type, distinct)) <= {str, np.str_}
+    if not plain or "\0" in "".join(distinct):
+        names, inverse, sizes = np.unique(
+            np.asarray(values, dtype=str), return_inverse=True, return_counts=True
+        )
+        return names, inverse, sizes
+    ordered = sorted(distinct)
+    code = {value: i for i, value in enumerate(ordered)}
+    inverse = np.fromiter(map(code.__getitem__, values), dtype=np.intp, count=len(values))
+    return np.array(ordered, dtype=str), inverse, np.bincount(inverse, minlength=len(ordered))
+
+
 def _column(
-    values: NDArray[np.str_],
+    values: Sequence[str],
     in_tail: NDArray[np.bool_],
     patient_auc: FloatArray,
     min_group_size: int,
 ) -> tuple[dict[str, GroupResult], tuple[float, int, float] | None]:
     """Per-group results of one column and its (chi-square, df, p) when testable."""
-    names, inverse, sizes = np.unique(values, return_inverse=True, return_counts=True)
+    names, inverse, sizes = _groups(values)
     observed = np.bincount(inverse, weights=in_tail, minlength=len(names)).astype(np.int64)
     max_auc = np.full(len(names), 0.5)
     np.maximum.at(max_auc, inverse, patient_auc)
@@ -172,7 +198,7 @@ def analyse_subgroups(
     """
     in_tail, threshold = tail_mask(record_auc, tail_quantile)
     per_column = {
-        name: _column(np.asarray(values, dtype=str), in_tail, patient_auc_of_record, min_group_size)
+        name: _column(values, in_tail, patient_auc_of_record, min_group_size)
         for name, values in columns.items()
     }
     n_tests = sum(test is not None for _, test in per_column.values())

@@ -28,8 +28,9 @@ from privacy_gate.cli import main as privacy_gate_main
 FloatArray = NDArray[np.float64]
 
 
-def load_cohort(n_mislabeled: int, seed: int) -> tuple[FloatArray, NDArray[np.int64],
-                                                       NDArray[np.int64], NDArray[np.int64]]:
+def load_cohort(
+    n_mislabeled: int, seed: int
+) -> tuple[FloatArray, NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
     """Standardised features, (possibly flipped) labels, true labels, flipped indices."""
     from sklearn.datasets import load_breast_cancer
 
@@ -51,26 +52,36 @@ def balanced_plan(n_records: int, n_models: int, rng: np.random.Generator) -> ND
     return ranks < n_models // 2
 
 
-def train_batched_mlp(features: FloatArray, labels: NDArray[np.int64], masks: NDArray[np.bool_],
-                      *, hidden: int, steps: int, learning_rate: float, seed: int) -> FloatArray:
+def train_batched_mlp(
+    features: FloatArray,
+    labels: NDArray[np.int64],
+    masks: NDArray[np.bool_],
+    *,
+    hidden: int,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+) -> FloatArray:
     """Train one MLP per row of ``masks`` (full batch, Adam), all at once; return the
     logits ``(n_models, n_records)`` of every model on every record."""
     rng = np.random.default_rng(seed)
-    n_models, n_records = masks.shape
+    n_models = masks.shape[0]
     dim = features.shape[1]
-    params = [rng.normal(0, 1 / np.sqrt(dim), (n_models, dim, hidden)),
-              np.zeros((n_models, 1, hidden)),
-              rng.normal(0, 1 / np.sqrt(hidden), (n_models, hidden, 1)),
-              np.zeros((n_models, 1, 1))]
+    params = [
+        rng.normal(0, 1 / np.sqrt(dim), (n_models, dim, hidden)),
+        np.zeros((n_models, 1, hidden)),
+        rng.normal(0, 1 / np.sqrt(hidden), (n_models, hidden, 1)),
+        np.zeros((n_models, 1, 1)),
+    ]
     moments = [np.zeros_like(p) for p in params]
     velocities = [np.zeros_like(p) for p in params]
     weights = masks / masks.sum(axis=1, keepdims=True)  # mean loss over each model's IN set
     y = labels[None, :].astype(np.float64)
     for step in range(1, steps + 1):
         w1, b1, w2, b2 = params
-        pre = features[None] @ w1 + b1                        # (K, N, H)
+        pre = features[None] @ w1 + b1  # (K, N, H)
         act = np.maximum(pre, 0.0)
-        logits = (act @ w2 + b2)[..., 0]                      # (K, N)
+        logits = (act @ w2 + b2)[..., 0]  # (K, N)
         grad_logits = (1 / (1 + np.exp(-logits)) - y) * weights
         g_w2 = act.transpose(0, 2, 1) @ grad_logits[..., None]
         g_b2 = grad_logits.sum(axis=1)[:, None, None]
@@ -78,8 +89,7 @@ def train_batched_mlp(features: FloatArray, labels: NDArray[np.int64], masks: ND
         g_pre = g_act * (pre > 0)
         g_w1 = features.T[None] @ g_pre
         g_b1 = g_pre.sum(axis=1, keepdims=True)
-        for p, g, m, v in zip(params, (g_w1, g_b1, g_w2, g_b2), moments, velocities,
-                              strict=True):
+        for p, g, m, v in zip(params, (g_w1, g_b1, g_w2, g_b2), moments, velocities, strict=True):
             m *= 0.9
             m += 0.1 * g
             v *= 0.999
@@ -99,18 +109,25 @@ def build_inputs(out: Path, *, n_models: int, n_mislabeled: int, seed: int) -> l
     features, labels, true_labels, flipped = load_cohort(n_mislabeled, seed)
     rng = np.random.default_rng(seed + 1)
     order = rng.permutation(len(labels))
-    train, holdout = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
+    train, holdout = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
     pool = np.r_[train, holdout]  # DESIGN.md: candidate's training records, then holdout
     x, y = features[pool], labels[pool]
     masks = balanced_plan(len(pool), n_models, rng)
     target_members = np.r_[np.ones(len(train), bool), np.zeros(len(holdout), bool)]
     all_masks = np.vstack([masks, target_members[None]])
-    logits = train_batched_mlp(x, y, all_masks, hidden=32, steps=400, learning_rate=0.02,
-                               seed=seed + 2)
+    logits = train_batched_mlp(
+        x, y, all_masks, hidden=32, steps=400, learning_rate=0.02, seed=seed + 2
+    )
     scores = membership_scores(logits, y)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "signals.npz", scores=scores[:-1], masks=masks, target_scores=scores[-1],
-             target_members=target_members, task=np.array("binary"))
+    np.savez(
+        out / "signals.npz",
+        scores=scores[:-1],
+        masks=masks,
+        target_scores=scores[-1],
+        target_members=target_members,
+        task=np.array("binary"),
+    )
     radius = features[pool, 0]
     bands = np.digitize(radius, np.quantile(radius, [1 / 3, 2 / 3]))
     with (out / "records.csv").open("w", newline="") as handle:
@@ -119,9 +136,14 @@ def build_inputs(out: Path, *, n_models: int, n_mislabeled: int, seed: int) -> l
         for row, original in enumerate(pool):
             split = "train" if row < len(train) else "holdout"
             index = row if row < len(train) else row - len(train)
-            writer.writerow([f"{split}/{index}", f"patient-{original:04d}",
-                             "malignant" if true_labels[original] == 0 else "benign",
-                             ("small", "medium", "large")[bands[row]]])
+            writer.writerow(
+                [
+                    f"{split}/{index}",
+                    f"patient-{original:04d}",
+                    "malignant" if true_labels[original] == 0 else "benign",
+                    ("small", "medium", "large")[bands[row]],
+                ]
+            )
     return [int(np.flatnonzero(pool == f)[0]) for f in flipped]
 
 
@@ -132,16 +154,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mislabeled", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", type=Path, default=Path(__file__).with_name("policy.yaml"))
-    parser.add_argument("--exit-code", action="store_true",
-                        help="exit with the gate's code (0 pass, 1 fail) instead of 0")
+    parser.add_argument(
+        "--exit-code",
+        action="store_true",
+        help="exit with the gate's code (0 pass, 1 fail) instead of 0",
+    )
     args = parser.parse_args(argv)
-    flipped_rows = build_inputs(args.out, n_models=args.reference_models,
-                                n_mislabeled=args.mislabeled, seed=args.seed)
-    print(f"Wrote {args.out}/signals.npz and records.csv ({args.reference_models} reference "
-          f"models); deliberately mislabeled pool rows: {flipped_rows}")
-    code = privacy_gate_main(["score", "--signals", str(args.out / "signals.npz"),
-                              "--records", str(args.out / "records.csv"),
-                              "--config", str(args.config), "--out", str(args.out)])
+    flipped_rows = build_inputs(
+        args.out, n_models=args.reference_models, n_mislabeled=args.mislabeled, seed=args.seed
+    )
+    print(
+        f"Wrote {args.out}/signals.npz and records.csv ({args.reference_models} reference "
+        f"models); deliberately mislabeled pool rows: {flipped_rows}"
+    )
+    code = privacy_gate_main(
+        [
+            "score",
+            "--signals",
+            str(args.out / "signals.npz"),
+            "--records",
+            str(args.out / "records.csv"),
+            "--config",
+            str(args.config),
+            "--out",
+            str(args.out),
+        ]
+    )
     print(f"Open {args.out / 'report.html'} in a browser for the full report.")
     return code if args.exit_code or code == 2 else 0
 

@@ -20,8 +20,9 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "breast_cancer"
 
 
 def _example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("audit_breast_cancer",
-                                                  EXAMPLE / "audit_breast_cancer.py")
+    spec = importlib.util.spec_from_file_location(
+        "audit_breast_cancer", EXAMPLE / "audit_breast_cancer.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -37,9 +38,21 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
 
 def test_mislabeled_records_rank_on_top(audited: tuple[Path, list[int]]) -> None:
     out, flipped = audited
-    code = main(["-q", "score", "--signals", str(out / "signals.npz"), "--records",
-                 str(out / "records.csv"), "--config", str(EXAMPLE / "policy.yaml"),
-                 "--out", str(out / "strict"), "--no-plots"])
+    code = main(
+        [
+            "-q",
+            "score",
+            "--signals",
+            str(out / "signals.npz"),
+            "--records",
+            str(out / "records.csv"),
+            "--config",
+            str(EXAMPLE / "policy.yaml"),
+            "--out",
+            str(out / "strict"),
+            "--no-plots",
+        ]
+    )
     assert code == 1
     with (out / "strict" / "records.csv").open() as handle:
         auc = np.array([float(row["auc"]) for row in csv.DictReader(handle)])
@@ -57,12 +70,34 @@ def test_mislabeled_records_rank_on_top(audited: tuple[Path, list[int]]) -> None
 
 def test_lenient_policy_passes(audited: tuple[Path, list[int]]) -> None:
     out, _ = audited
-    code = main(["-q", "score", "--signals", str(out / "signals.npz"), "--records",
-                 str(out / "records.csv"), "--config", str(EXAMPLE / "lenient.yaml"),
-                 "--out", str(out / "lenient"), "--no-plots"])
+    code = main(
+        [
+            "-q",
+            "score",
+            "--signals",
+            str(out / "signals.npz"),
+            "--records",
+            str(out / "records.csv"),
+            "--config",
+            str(EXAMPLE / "lenient.yaml"),
+            "--out",
+            str(out / "lenient"),
+            "--no-plots",
+        ]
+    )
     report = json.loads((out / "lenient" / "report.json").read_text())
     assert code == 0, report["decision"]
     assert report["decision"]["status"] == "pass"
     # The same figures, judged by another policy: check agrees without recomputing.
-    assert main(["-q", "check", str(out / "lenient" / "report.json"), "--config",
-                 str(EXAMPLE / "policy.yaml")]) == 1
+    assert (
+        main(
+            [
+                "-q",
+                "check",
+                str(out / "lenient" / "report.json"),
+                "--config",
+                str(EXAMPLE / "policy.yaml"),
+            ]
+        )
+        == 1
+    )
