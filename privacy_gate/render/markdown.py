@@ -157,26 +157,25 @@ def fmt_float(x: float | None, digits: int = 3) -> str:
     return _nonfinite(x) or f"{x:.{digits}f}"
 
 
-def fmt_p(x: float | None) -> str:
-    """p-values: scientific notation when small, so tiny values do not read as 0."""
+def _fmt_small(x: float | None, *, below: float, small: str, large: str) -> str:
+    """Scientific notation under ``below`` so tiny values do not read as 0."""
     if x is None:
         return "n/a"
     if not math.isfinite(x):
         return str(x)
     if x == 0.0:
         return "0"
-    return f"{x:.1e}" if x < 1e-3 else f"{x:.3f}"
+    return format(x, small if abs(x) < below else large)
+
+
+def fmt_p(x: float | None) -> str:
+    """p-values: scientific notation when small, so tiny values do not read as 0."""
+    return _fmt_small(x, below=1e-3, small=".1e", large=".3f")
 
 
 def fmt_rate(x: float | None) -> str:
     """Rates such as TPR at low FPR, which are often far below 1%."""
-    if x is None:
-        return "n/a"
-    if not math.isfinite(x):
-        return str(x)
-    if x == 0.0:
-        return "0"
-    return f"{x:.2e}" if abs(x) < 1e-2 else f"{x:.3f}"
+    return _fmt_small(x, below=1e-2, small=".2e", large=".3f")
 
 
 def fmt_int(x: int | None) -> str:

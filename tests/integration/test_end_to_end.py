@@ -9,6 +9,7 @@ import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,25 +37,22 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
     return out, flipped
 
 
-def test_mislabeled_records_rank_on_top(audited: tuple[Path, list[int]]) -> None:
-    out, flipped = audited
+def _score(inputs: Path, policy: str) -> tuple[int, dict[str, Any], Path]:
+    """Run `privacy-gate score` on the example's inputs under one of its policies."""
+    out = inputs / Path(policy).stem
     code = main(
-        [
-            "-q",
-            "score",
-            "--signals",
-            str(out / "signals.npz"),
-            "--records",
-            str(out / "records.csv"),
-            "--config",
-            str(EXAMPLE / "policy.yaml"),
-            "--out",
-            str(out / "strict"),
-            "--no-plots",
-        ]
-    )
+        ["-q", "score", "--signals", str(inputs / "signals.npz"), "--records",
+         str(inputs / "records.csv"), "--config", str(EXAMPLE / policy), "--out", str(out),
+         "--no-plots"]
+    )  # fmt: skip
+    return code, json.loads((out / "report.json").read_text()), out
+
+
+def test_mislabeled_records_rank_on_top(audited: tuple[Path, list[int]]) -> None:
+    inputs, flipped = audited
+    code, report, out = _score(inputs, "policy.yaml")
     assert code == 1
-    with (out / "strict" / "records.csv").open() as handle:
+    with (out / "records.csv").open() as handle:
         auc = np.array([float(row["auc"]) for row in csv.DictReader(handle)])
     rank = np.argsort(np.argsort(-auc, kind="stable"), kind="stable")
     # All 6 planted records are among the 5% most exposed of 569, while the typical
@@ -62,42 +60,15 @@ def test_mislabeled_records_rank_on_top(audited: tuple[Path, list[int]]) -> None
     assert rank[flipped].max() < 0.05 * len(auc), rank[flipped]
     assert auc[flipped].min() > 0.85
     assert np.median(auc) < 0.6
-    report = json.loads((out / "strict" / "report.json").read_text())
     rules = {v["rule"] for v in report["decision"]["violations"]}
     assert {"max_patient_auc", "max_patients_at_risk"} <= rules
     assert report["decision"]["status"] == "fail"
 
 
 def test_lenient_policy_passes(audited: tuple[Path, list[int]]) -> None:
-    out, _ = audited
-    code = main(
-        [
-            "-q",
-            "score",
-            "--signals",
-            str(out / "signals.npz"),
-            "--records",
-            str(out / "records.csv"),
-            "--config",
-            str(EXAMPLE / "lenient.yaml"),
-            "--out",
-            str(out / "lenient"),
-            "--no-plots",
-        ]
-    )
-    report = json.loads((out / "lenient" / "report.json").read_text())
+    code, report, out = _score(audited[0], "lenient.yaml")
     assert code == 0, report["decision"]
     assert report["decision"]["status"] == "pass"
-    # The same figures, judged by another policy: check agrees without recomputing.
-    assert (
-        main(
-            [
-                "-q",
-                "check",
-                str(out / "lenient" / "report.json"),
-                "--config",
-                str(EXAMPLE / "policy.yaml"),
-            ]
-        )
-        == 1
-    )
+    # The same figures, judged by the strict policy: check agrees without recomputing.
+    assert main(["-q", "check", str(out / "report.json"), "--config",
+                 str(EXAMPLE / "policy.yaml")]) == 1  # fmt: skip

@@ -11,6 +11,7 @@ from scipy import stats
 from sklearn import metrics
 
 from privacy_gate.attacks import (
+    AggregateResult,
     Attack,
     lira_offline,
     lira_online,
@@ -69,6 +70,19 @@ def _world(
     z = rng.standard_normal(n_records)
     target = np.where(is_member, mu_in + sd_in * z, mu_out + sd_out * z)
     return World(target, is_member, scores, masks, record_moments(scores, masks))
+
+
+def _run(world: World, *, single_label: bool) -> AggregateResult:
+    """run_attacks on a constructed world at the test FPRs."""
+    return run_attacks(
+        world.target,
+        world.is_member,
+        world.moments,
+        world.scores,
+        world.masks,
+        fprs=FPRS,
+        single_label=single_label,
+    )
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -284,15 +298,7 @@ def test_rmia_ranks_equal_counts_equally() -> None:
 
 def test_run_attacks_matches_independent_computations() -> None:
     world = _world(2000, 16, effect=1.0, seed=50)
-    result = run_attacks(
-        world.target,
-        world.is_member,
-        world.moments,
-        world.scores,
-        world.masks,
-        fprs=FPRS,
-        single_label=True,
-    )
+    result = _run(world, single_label=True)
     assert set(result.attacks) == set(Attack)
     assert result.members == int(world.is_member.sum())
     assert result.non_members == int((~world.is_member).sum())
@@ -314,15 +320,7 @@ def test_run_attacks_matches_independent_computations() -> None:
 
 def test_run_attacks_online_lira_beats_chance_and_offline() -> None:
     world = _world(3000, 32, effect=1.0, seed=51, spread=3.0)
-    result = run_attacks(
-        world.target,
-        world.is_member,
-        world.moments,
-        world.scores,
-        world.masks,
-        fprs=FPRS,
-        single_label=True,
-    )
+    result = _run(world, single_label=True)
     online = result.attacks[Attack.LIRA_ONLINE]
     assert online.auc > 0.7
     assert online.tpr_at_fpr[0.1] > 0.2
@@ -332,15 +330,7 @@ def test_run_attacks_online_lira_beats_chance_and_offline() -> None:
 
 def test_run_attacks_without_membership_effect_is_chance() -> None:
     world = _world(3000, 16, effect=0.0, seed=52)
-    result = run_attacks(
-        world.target,
-        world.is_member,
-        world.moments,
-        world.scores,
-        world.masks,
-        fprs=FPRS,
-        single_label=True,
-    )
+    result = _run(world, single_label=True)
     for attack, got in result.attacks.items():
         assert got.auc == pytest.approx(0.5, abs=0.04), attack
         assert got.tpr_at_fpr[0.1] < 0.2, attack
@@ -348,15 +338,7 @@ def test_run_attacks_without_membership_effect_is_chance() -> None:
 
 def test_strongest_and_max_tpr() -> None:
     world = _world(1500, 16, effect=0.8, seed=53)
-    result = run_attacks(
-        world.target,
-        world.is_member,
-        world.moments,
-        world.scores,
-        world.masks,
-        fprs=FPRS,
-        single_label=True,
-    )
+    result = _run(world, single_label=True)
     aucs = {
         attack: metrics.roc_auc_score(world.is_member, _independent_scores(world, attack))
         for attack in Attack
@@ -382,25 +364,9 @@ def test_strongest_and_max_tpr() -> None:
 
 def test_rmia_is_skipped_for_multi_label_models() -> None:
     world = _world(200, 8, effect=1.0, seed=54)
-    result = run_attacks(
-        world.target,
-        world.is_member,
-        world.moments,
-        world.scores,
-        world.masks,
-        fprs=FPRS,
-        single_label=False,
-    )
+    result = _run(world, single_label=False)
     assert set(result.attacks) == LIRA
-    single = run_attacks(
-        world.target,
-        world.is_member,
-        world.moments,
-        world.scores,
-        world.masks,
-        fprs=FPRS,
-        single_label=True,
-    )
+    single = _run(world, single_label=True)
     for attack in LIRA:
         assert result.attacks[attack].auc == single.attacks[attack].auc
 
@@ -469,13 +435,5 @@ def test_attack_contract(attack: Attack) -> None:
         array.setflags(write=False)
     np.testing.assert_array_equal(SCORERS[attack](world), score)
     # And run_attacks reports the same AUC for it.
-    result = run_attacks(
-        world.target,
-        world.is_member,
-        world.moments,
-        world.scores,
-        world.masks,
-        fprs=FPRS,
-        single_label=True,
-    )
+    result = _run(world, single_label=True)
     assert result.attacks[attack].auc == roc_auc(score, world.is_member)
