@@ -9,7 +9,7 @@ policy's lowest patient-level AUC limit) are violations, never a pass.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -49,6 +49,8 @@ class Rule(str, Enum):
 
 @dataclass(frozen=True)
 class Violation:
+    """One violated rule with the measured value and the policy's limit."""
+
     rule: Rule
     value: Any
     limit: Any
@@ -65,11 +67,13 @@ class Violation:
 
 @dataclass(frozen=True)
 class Decision:
+    """The gate's outcome: status, every violated rule, caveats, and the confident
+    at-risk count recomputed at the policy's FDR."""
+
     status: Status
     violations: tuple[Violation, ...] = ()
     warnings: tuple[str, ...] = ()
     patients_at_risk: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
