@@ -1,0 +1,54 @@
+"""The reference-model plan: which records each reference model trains on.
+
+K subsets of the audit pool, drawn by patient: every patient is IN for exactly K/2
+models, and all records of a patient are IN or OUT together, so a patient's records
+never inform the OUT side of their own estimate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from numpy.typing import NDArray
+
+from privacy_gate.errors import InputError
+
+__all__ = ["draw_plan", "plan_digest"]
+
+
+def draw_plan(patient_index: NDArray[np.intp], n_models: int, *, seed: int) -> NDArray[np.bool_]:
+    """Draw the membership matrix of the reference models.
+
+    Args:
+        patient_index: ``(n_records,)`` patient of each record, in ``[0, n_patients)``.
+        n_models: K, even and at least 2.
+        seed: the plan's seed.
+
+    Returns:
+        ``(n_models, n_records)`` bool: record i is IN reference model k.
+
+    >>> plan = draw_plan(np.array([0, 0, 1, 2]), 4, seed=0)
+    >>> plan.sum(axis=0).tolist(), bool((plan[:, 0] == plan[:, 1]).all())
+    ([2, 2, 2, 2], True)
+    """
+    if isinstance(n_models, bool) or not isinstance(n_models, (int, np.integer)):
+        raise InputError(f"The number of reference models must be an integer. Got {n_models!r}.")
+    if n_models < 2 or n_models % 2:
+        raise InputError(
+            f"The number of reference models must be even and at least 2 (each patient is IN "
+            f"for exactly half of them). Got {n_models} instead. HINT: 64 is the default."
+        )
+    n_patients = int(patient_index.max()) + 1 if len(patient_index) else 0
+    rng = np.random.default_rng(seed)
+    # Per patient, a random half of the models: rank random keys across the models.
+    ranks = rng.random((n_models, n_patients)).argsort(axis=0).argsort(axis=0)
+    patient_in = ranks < n_models // 2
+    return np.ascontiguousarray(patient_in[:, patient_index])
+
+
+def plan_digest(masks: NDArray[np.bool_]) -> str:
+    """SHA-256 of the membership matrix (shape and bits), stored in the report."""
+    digest = hashlib.sha256(f"{masks.shape}".encode())
+    digest.update(np.packbits(np.ascontiguousarray(masks, dtype=bool)).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,107 @@
+"""The training recipe shared by the release candidate and its reference models.
+
+Reference models must be trained exactly like the candidate, or the audit measures
+another model's risk; the recipe is therefore one frozen object, validated up front
+and hashed into the key of every finished reference model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from enum import Enum
+from typing import Any
+
+from privacy_gate.errors import ConfigError, invalid_value
+
+__all__ = ["Loss", "Optimizer", "Recipe", "parse_recipe"]
+
+
+class Optimizer(str, Enum):
+    SGD = "sgd"
+    ADAM = "adam"
+    ADAMW = "adamw"
+
+
+class Loss(str, Enum):
+    CROSS_ENTROPY = "cross_entropy"  # multi-class: integer labels, logits (N, C)
+    BINARY_CROSS_ENTROPY = "binary_cross_entropy"  # binary/multi-label: float 0/1 targets
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """How a model is trained: the same for the candidate and every reference model.
+
+    ``max_grad_norm`` clips each model's gradient (all parameters together) as
+    ``torch.nn.utils.clip_grad_norm_`` does.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: Optimizer = Optimizer.ADAM
+    learning_rate: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_grad_norm: float | None = None
+    loss: Loss = Loss.CROSS_ENTROPY
+
+    def __post_init__(self) -> None:
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        for name in ("learning_rate", "eps"):
+            _positive_float(name, getattr(self, name))
+        for name in ("momentum", "weight_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+                raise ConfigError(invalid_value(name, "recipe", "a number >= 0", value))
+        if self.max_grad_norm is not None:
+            _positive_float("max_grad_norm", self.max_grad_norm)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(invalid_value("betas", "recipe", "two numbers in [0, 1)", self.betas))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["optimizer"] = self.optimizer.value
+        data["loss"] = self.loss.value
+        data["betas"] = list(self.betas)
+        return data
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(invalid_value(name, "recipe", "an integer >= 1", value))
+
+
+def _positive_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(invalid_value(name, "recipe", "a number > 0", value))
+
+
+def parse_recipe(data: Mapping[str, Any] | None) -> Recipe:
+    """Build a `Recipe` from a YAML mapping, rejecting unknown keys.
+
+    >>> parse_recipe({"epochs": 3, "optimizer": "sgd"}).optimizer
+    <Optimizer.SGD: 'sgd'>
+    """
+    data = dict(data or {})
+    valid = [f.name for f in fields(Recipe)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(f"Unknown key(s) {unknown} in recipe. Valid keys are: {valid}.")
+    for name, kind in (("optimizer", Optimizer), ("loss", Loss)):
+        if name in data:
+            try:
+                data[name] = kind(data[name])
+            except ValueError:
+                raise ConfigError(
+                    invalid_value(name, "recipe", f"one of {[k.value for k in kind]}", data[name])
+                ) from None
+    if "betas" in data:
+        betas = data["betas"]
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise ConfigError(invalid_value("betas", "recipe", "two numbers in [0, 1)", betas))
+        data["betas"] = (float(betas[0]), float(betas[1]))
+    return Recipe(**data)

@@ -1,0 +1,109 @@
+"""The reference: train one model at a time with the standard PyTorch loop.
+
+Any ``nn.Module`` works here. The batched ensemble must reproduce exactly this loop
+(same initialisation, data order, loss, clipping and optimizer) for every model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from torch import nn
+
+from privacy_gate.errors import InputError
+from privacy_gate.training.data_order import epoch_batches
+from privacy_gate.training.recipe import Loss, Optimizer, Recipe
+
+__all__ = ["ModelFactory", "TrainingError", "compute_loss", "make_optimizer", "train_one"]
+
+ModelFactory = Callable[[], nn.Module]
+
+
+class TrainingError(InputError):
+    """A model that cannot be trained as asked (NaN loss, empty subset, bad outputs)."""
+
+
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor, loss: Loss) -> torch.Tensor:
+    """Mean loss over the batch."""
+    if loss is Loss.CROSS_ENTROPY:
+        return F.cross_entropy(logits, labels.long())
+    targets = labels.to(logits.dtype).reshape(logits.shape)
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def make_optimizer(parameters: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``parameters`` (single-tensor implementation)."""
+    if recipe.optimizer is Optimizer.SGD:
+        return torch.optim.SGD(
+            parameters,
+            lr=recipe.learning_rate,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            foreach=False,
+        )
+    kind = torch.optim.Adam if recipe.optimizer is Optimizer.ADAM else torch.optim.AdamW
+    return kind(
+        parameters,
+        lr=recipe.learning_rate,
+        betas=recipe.betas,
+        eps=recipe.eps,
+        weight_decay=recipe.weight_decay,
+        foreach=False,
+    )
+
+
+def init_model(factory: ModelFactory, seed: int) -> nn.Module:
+    """A fresh model whose initial weights depend only on ``seed``."""
+    torch.manual_seed(seed)
+    return factory()
+
+
+def train_one(
+    factory: ModelFactory,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    subset: NDArray[np.intp],
+    recipe: Recipe,
+    *,
+    seed: int,
+    model_name: str = "model",
+) -> nn.Module:
+    """Train one model on ``inputs[subset]`` with the recipe.
+
+    Args:
+        factory: builds an untrained model.
+        inputs: ``(n_records, ...)`` features of the whole pool.
+        labels: ``(n_records, ...)`` labels of the whole pool.
+        subset: indices of the records this model trains on.
+        seed: initialisation and data-order seed of this model.
+    """
+    if len(subset) == 0:
+        raise TrainingError(
+            f"{model_name} has an empty training subset. HINT: the audit pool "
+            "needs at least 2 patients."
+        )
+    model = init_model(factory, seed)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if not parameters:
+        raise TrainingError(f"{model_name} has no trainable parameters.")
+    optimizer = make_optimizer(parameters, recipe)
+    model.train()
+    for epoch in range(recipe.epochs):
+        for batch in epoch_batches(subset, epoch=epoch, seed=seed, batch_size=recipe.batch_size):
+            index = torch.from_numpy(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss = compute_loss(model(inputs[index]), labels[index], recipe.loss)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"{model_name}: the loss became {float(loss)} in epoch {epoch}. HINT: lower "
+                    "the learning rate, clip gradients (max_grad_norm) or check the inputs."
+                )
+            loss.backward()  # type: ignore[no-untyped-call]
+            if recipe.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, recipe.max_grad_norm)
+            optimizer.step()
+    return model
