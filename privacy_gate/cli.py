@@ -13,12 +13,13 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from privacy_gate._version import __version__
 from privacy_gate.config import default_config, default_policy_text
-from privacy_gate.errors import PrivacyGateError
+from privacy_gate.errors import InputError, PrivacyGateError
 from privacy_gate.gate import Decision, Status
-from privacy_gate.pipeline import check, score
+from privacy_gate.pipeline import AuditResult, check, score
 
 __all__ = ["main"]
 
@@ -54,6 +55,20 @@ def _parser() -> argparse.ArgumentParser:
     check_cmd.add_argument("report", type=Path, help="report.json written by score")
     check_cmd.add_argument("--config", type=Path, help="policy YAML (gate.* rules)")
 
+    audit_cmd = commands.add_parser(
+        "audit", help="train reference models for a PyTorch model and audit it (needs torch)"
+    )
+    audit_cmd.add_argument("--config", required=True, type=Path, help="audit.yaml")
+    audit_cmd.add_argument("--out", type=Path, help="output directory (overrides 'out')")
+    audit_cmd.add_argument(
+        "--raw-ids",
+        action="store_true",
+        help="write raw patient/record ids instead of keyed pseudonyms",
+    )
+    audit_cmd.add_argument(
+        "--no-plots", action="store_true", help="skip report.md/report.html and the plots"
+    )
+
     commands.add_parser("policy", help="print the packaged default policy and its hash")
     return parser
 
@@ -68,12 +83,42 @@ def _print_decision(decision: Decision, *, quiet: bool) -> None:
         print(f"  warning: {warning}")
 
 
+def _print_summary(report: dict[str, Any], out: Path, *, plots: bool) -> None:
+    summary, audit = report["summary"], report["audit"]
+    print(
+        f"{audit['records']} records, {audit['patients']} patients, "
+        f"{audit['reference_models']} reference models: max patient AUC "
+        f"{summary['patient_auc']['max']:.3f} (noise floor "
+        f"{summary['noise_floor']['max_patient_auc_q95']:.3f}), "
+        f"{summary['patients_at_risk']} confidently at risk. "
+        f"Report: {out / ('report.html' if plots else 'report.json')}"
+    )
+
+
+def _audit(args: argparse.Namespace) -> AuditResult:
+    try:
+        from privacy_gate.training.job import load_job, run_job
+    except ImportError as exc:
+        raise InputError(
+            f"'privacy-gate audit' trains PyTorch models and needs torch ({exc}). "
+            "HINT: pip install 'privacy-gate[torch]'."
+        ) from None
+    job = load_job(args.config)
+    out = args.out or job.out or Path("out/audit")
+    result = run_job(job, out=out, raw_ids=args.raw_ids, plots=not args.no_plots)
+    if not args.quiet:
+        _print_summary(result.report, out, plots=not args.no_plots)
+    return result
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "policy":
         print(default_policy_text(), end="")
         print(f"# policy_sha256: {default_config().sha256()}")
         return 0
-    if args.command == "score":
+    if args.command == "audit":
+        decision = _audit(args).decision
+    elif args.command == "score":
         if args.config is None and not args.quiet:
             print(
                 f"Using the packaged default policy (policy_sha256 "
@@ -89,16 +134,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         decision = result.decision
         if not args.quiet:
-            summary = result.report["summary"]
-            floor = summary["noise_floor"]
-            print(
-                f"{result.report['audit']['records']} records, "
-                f"{result.report['audit']['patients']} patients, "
-                f"{result.report['audit']['reference_models']} reference models: max patient "
-                f"AUC {summary['patient_auc']['max']:.3f} (noise floor "
-                f"{floor['max_patient_auc_q95']:.3f}), {summary['patients_at_risk']} "
-                f"confidently at risk. Report: {args.out / 'report.json'}"
-            )
+            _print_summary(result.report, args.out, plots=not args.no_plots)
     else:
         if args.config is None and not args.quiet:
             print(f"Using the packaged default gate (policy_sha256 {default_config().sha256()}).")

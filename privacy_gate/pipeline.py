@@ -121,6 +121,7 @@ def audit(
     *,
     pseudonymizer: Pseudonymizer | None = None,
     inputs: Mapping[str, str] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Run the numerical audit and the gate on in-memory signals.
 
@@ -130,6 +131,7 @@ def audit(
         config: the policy; the packaged default policy when None.
         pseudonymizer: how ids appear in outputs (default: keyed from the environment).
         inputs: input file digests to record in the report.
+        provenance: where the signals came from (plan, training), kept in ``audit``.
     """
     config = config or default_config()
     pseudonymizer = pseudonymizer or Pseudonymizer.from_environment()
@@ -229,6 +231,7 @@ def audit(
             "pseudonyms": pseudonymizer.scheme,
             "target": aggregate is not None,
             "task": signals.task.value,
+            **(provenance or {}),
         },
         "summary": summary,
         "aggregate": _aggregate_section(aggregate),

@@ -1,0 +1,367 @@
+"""`run_audit`: the end-to-end membership audit of a PyTorch model.
+
+plan (by patient) -> reference models trained with the candidate's recipe (batched
+ensemble or sequential, resumable) -> signals -> the numerical core -> report files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from enum import Enum
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from privacy_gate.config import AuditConfig, default_config
+from privacy_gate.errors import InputError
+from privacy_gate.pipeline import AuditResult, audit, write_outputs
+from privacy_gate.plan import draw_plan, plan_digest
+from privacy_gate.pseudonyms import Pseudonymizer
+from privacy_gate.signals import make_signals
+from privacy_gate.training.data import AuditData
+from privacy_gate.training.progress import Progress
+from privacy_gate.training.recipe import Recipe
+from privacy_gate.training.scoring import score_model
+from privacy_gate.training.sequential import ModelFactory, init_model, train_one
+from privacy_gate.training.store import ScoreStore
+
+__all__ = ["Backend", "TrainingPlan", "run_audit", "train_reference_models"]
+
+_LOG = logging.getLogger("privacy_gate.training")
+DEFAULT_REFERENCE_MODELS = 64
+Augmentation = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Backend(str, Enum):
+    AUTO = "auto"
+    BATCHED = "batched"
+    SEQUENTIAL = "sequential"
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What the reference models train on and with which seeds."""
+
+    masks: NDArray[np.bool_]  # (n_reference_models, n_records)
+    seeds: tuple[int, ...]  # (n_reference_models,)
+    seed: int
+
+    @property
+    def n_models(self) -> int:
+        return int(self.masks.shape[0])
+
+    def subset(self, k: int) -> NDArray[np.intp]:
+        return np.flatnonzero(self.masks[k]).astype(np.intp)
+
+
+def derived_seed(seed: int, index: int) -> int:
+    """An independent 31-bit seed for model ``index`` (-1: the candidate)."""
+    sequence = np.random.SeedSequence([seed, index + 1])
+    return int(sequence.generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 over the tensors' shapes, dtypes and bytes."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def model_identity(factory: ModelFactory) -> dict[str, Any]:
+    """Name and architecture (parameter names and shapes) of the factory's model."""
+    model = init_model(factory, 0)
+    name = getattr(factory, "__qualname__", None) or type(factory).__name__
+    module = getattr(factory, "__module__", "")
+    return {
+        "factory": f"{module}:{name}",
+        "architecture": [[n, list(p.shape)] for n, p in model.state_dict().items()],
+        "modules": str(model),
+    }
+
+
+def _train_and_score(
+    factory: ModelFactory,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    subset: NDArray[np.intp],
+    recipe: Recipe,
+    seed: int,
+    name: str,
+    task: Any,
+    augmentations: Sequence[Augmentation],
+) -> NDArray[np.float64]:
+    model = train_one(factory, inputs, labels, subset, recipe, seed=seed, model_name=name)
+    return score_model(model, inputs, labels, task, augmentations=augmentations)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _sequential(
+    factory: ModelFactory,
+    data: AuditData,
+    plan: TrainingPlan,
+    todo: list[int],
+    recipe: Recipe,
+    store: ScoreStore,
+    progress: Progress,
+    workers: int,
+    augmentations: Sequence[Augmentation],
+) -> None:
+    inputs, labels = data.pool()
+    if workers <= 1:
+        for k in todo:
+            store.save(
+                f"reference_{k:04d}",
+                _train_and_score(
+                    factory,
+                    inputs,
+                    labels,
+                    plan.subset(k),
+                    recipe,
+                    plan.seeds[k],
+                    f"reference model {k}",
+                    data.task,
+                    augmentations,
+                ),
+            )
+            progress.update()
+        return
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_worker_init
+    ) as pool:
+        futures = {
+            pool.submit(
+                _train_and_score,
+                factory,
+                inputs,
+                labels,
+                plan.subset(k),
+                recipe,
+                plan.seeds[k],
+                f"reference model {k}",
+                data.task,
+                augmentations,
+            ): k
+            for k in todo
+        }
+        for future in as_completed(futures):  # each is saved as soon as it finishes
+            store.save(f"reference_{futures[future]:04d}", future.result())
+            progress.update()
+
+
+def _batched(
+    factory: ModelFactory,
+    data: AuditData,
+    plan: TrainingPlan,
+    todo: list[int],
+    recipe: Recipe,
+    store: ScoreStore,
+    progress: Progress,
+    group_size: int,
+    augmentations: Sequence[Augmentation],
+) -> None:
+    from privacy_gate.training.batched import train_batched
+
+    inputs, labels = data.pool()
+    for start in range(0, len(todo), group_size):
+        group = todo[start : start + group_size]
+        models = train_batched(
+            factory,
+            inputs,
+            labels,
+            [plan.subset(k) for k in group],
+            recipe,
+            seeds=[plan.seeds[k] for k in group],
+        )
+        for k, model in zip(group, models, strict=True):
+            store.save(
+                f"reference_{k:04d}",
+                score_model(model, inputs, labels, data.task, augmentations=augmentations),
+            )
+            progress.update()
+
+
+def choose_backend(factory: ModelFactory, backend: Backend) -> tuple[Backend, str | None]:
+    """The backend to use, and why batching was not (None when it was)."""
+    if backend is Backend.SEQUENTIAL:
+        return backend, None
+    from privacy_gate.training.batched import batching_problem
+
+    problem = batching_problem(init_model(factory, 0))
+    if problem is None:
+        return Backend.BATCHED, None
+    if backend is Backend.BATCHED:
+        raise InputError(
+            f"backend 'batched' cannot train this model: {problem}. HINT: use "
+            "backend 'auto' or 'sequential'."
+        )
+    _LOG.warning("Training reference models one at a time: %s", problem)
+    return Backend.SEQUENTIAL, problem
+
+
+def train_reference_models(
+    factory: ModelFactory,
+    data: AuditData,
+    plan: TrainingPlan,
+    recipe: Recipe,
+    store: ScoreStore,
+    *,
+    backend: Backend = Backend.AUTO,
+    workers: int = 1,
+    group_size: int = 64,
+    augmentations: Sequence[Augmentation] = (),
+) -> tuple[NDArray[np.float64], dict[str, Any]]:
+    """Train (or resume) every reference model; return scores ``(K, N)`` and provenance."""
+    names = [f"reference_{k:04d}" for k in range(plan.n_models)]
+    todo = [k for k, name in enumerate(names) if not store.has(name)]
+    used, reason = choose_backend(factory, backend)
+    started = time.perf_counter()
+    with Progress(plan.n_models, initial=plan.n_models - len(todo)) as progress:
+        if todo and used is Backend.BATCHED:
+            from privacy_gate.training.batched import BatchingUnsupported
+
+            try:
+                _batched(
+                    factory, data, plan, todo, recipe, store, progress, group_size, augmentations
+                )
+            except BatchingUnsupported as exc:
+                if backend is Backend.BATCHED:
+                    raise InputError(f"backend 'batched' cannot train this model: {exc}") from None
+                _LOG.warning("Training reference models one at a time: %s", exc)
+                used, reason = Backend.SEQUENTIAL, str(exc)
+                todo = [k for k, name in enumerate(names) if not store.has(name)]
+        if todo and used is Backend.SEQUENTIAL:
+            _sequential(factory, data, plan, todo, recipe, store, progress, workers, augmentations)
+    scores = np.stack([store.load(name) for name in names])  # type: ignore[misc]
+    return scores, {
+        "backend": used.value,
+        "fallback_reason": reason,
+        "trained_now": len(todo),
+        "resumed": plan.n_models - len(todo),
+        "training_seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def run_audit(
+    factory: ModelFactory,
+    data: AuditData,
+    *,
+    recipe: Recipe,
+    config: AuditConfig | None = None,
+    reference_models: int = DEFAULT_REFERENCE_MODELS,
+    backend: Backend | str = Backend.AUTO,
+    seed: int = 0,
+    candidate: nn.Module | None = None,
+    out_dir: str | Path | None = None,
+    workers: int = 1,
+    augmentations: Sequence[Augmentation] = (),
+    raw_ids: bool = False,
+    plots: bool = True,
+) -> AuditResult:
+    """Audit a PyTorch model: train reference models with its recipe, score, decide.
+
+    Args:
+        factory: builds an untrained model (the candidate's architecture).
+        data: the audit pool (the candidate's training records, then held-out records).
+        recipe: how the candidate was trained; every reference model uses it.
+        config: the policy (default: the packaged default policy).
+        reference_models: K, even (64 by default; fewer is reported as under-powered
+            when the noise floor reaches the policy's limits).
+        backend: "auto" (batched when the model allows, else sequential), "batched"
+            or "sequential".
+        seed: seeds the plan, the reference models and (if trained here) the candidate.
+        candidate: the trained release candidate; trained here with ``recipe`` on the
+            training records when None.
+        out_dir: where report files and the resumable reference-model scores go.
+        workers: worker processes for the sequential backend (factory must pickle).
+        augmentations: test-time augmentations; each record's score is the mean.
+    """
+    config = config or default_config()
+    backend = Backend(backend)
+    out = Path(out_dir) if out_dir is not None else None
+    records = data.record_table()
+    patient_index, _ = records.patient_index()
+    masks = draw_plan(patient_index, reference_models, seed=seed)
+    plan = TrainingPlan(masks, tuple(derived_seed(seed, k) for k in range(reference_models)), seed)
+    inputs, labels = data.pool()
+    data_digest = tensor_digest(inputs, labels)
+    identity = model_identity(factory)
+    key = {
+        "recipe": recipe.to_dict(),
+        "model": identity,
+        "data": data_digest,
+        "plan": plan_digest(masks),
+        "seed": seed,
+        "task": data.task.value,
+        "augmentations": len(augmentations),
+    }
+    store_root = (out or Path(".")) / ".privacy_gate_cache"
+    store = ScoreStore(store_root, key, data.n_records)
+    scores, training = train_reference_models(
+        factory,
+        data,
+        plan,
+        recipe,
+        store,
+        backend=backend,
+        workers=workers,
+        augmentations=augmentations,
+    )
+    if candidate is None:
+        if not store.has("candidate"):
+            trained = train_one(
+                factory,
+                inputs,
+                labels,
+                np.flatnonzero(data.is_member()).astype(np.intp),
+                recipe,
+                seed=derived_seed(seed, -1),
+                model_name="release candidate",
+            )
+            store.save(
+                "candidate",
+                score_model(trained, inputs, labels, data.task, augmentations=augmentations),
+            )
+        target = store.load("candidate")
+    else:
+        target = score_model(candidate, inputs, labels, data.task, augmentations=augmentations)
+    signals = make_signals(
+        scores, masks, target_scores=target, target_members=data.is_member(), task=data.task
+    )
+    provenance = {
+        "plan": {"seed": seed, "sha256": plan_digest(masks), "file": "membership.npz"},
+        "training": {
+            **training,
+            "recipe": recipe.to_dict(),
+            "model": identity["factory"],
+            "candidate": "given" if candidate is not None else "trained by audit",
+            "cache_key": store.key,
+        },
+    }
+    result = audit(
+        signals,
+        records,
+        config,
+        pseudonymizer=Pseudonymizer.from_environment(raw=raw_ids),
+        inputs={"data_sha256": data_digest},
+        provenance=provenance,
+    )
+    if out is not None:
+        write_outputs(result, out, plots=plots)
+        np.savez(out / "membership.npz", masks=masks, sha256=np.array(plan_digest(masks)))
+    return result

@@ -1,0 +1,218 @@
+"""``privacy-gate audit --config audit.yaml``: an audit described in YAML.
+
+The YAML names the model factory and the data loader by import path
+(``package.module:callable``), the recipe, K, backend, seed, the policy and the output
+directory. Factory: ``make_model(**model_args) -> torch.nn.Module`` (untrained).
+Loader: ``load_data(**data_args) -> privacy_gate.training.AuditData``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from privacy_gate.config import AuditConfig, default_config, load_config, parse_config
+from privacy_gate.errors import ConfigError, invalid_value
+from privacy_gate.pipeline import AuditResult
+from privacy_gate.training.audit import DEFAULT_REFERENCE_MODELS, Backend, run_audit
+from privacy_gate.training.data import AuditData
+from privacy_gate.training.recipe import Recipe, parse_recipe
+from privacy_gate.training.sequential import ModelFactory
+
+__all__ = ["AuditJob", "load_job", "resolve", "run_job"]
+
+_KEYS = (
+    "model",
+    "model_args",
+    "data",
+    "data_args",
+    "recipe",
+    "reference_models",
+    "backend",
+    "seed",
+    "out",
+    "workers",
+    "policy",
+    "candidate",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditJob:
+    """A validated audit.yaml."""
+
+    model: str
+    data: str
+    recipe: Recipe
+    policy: AuditConfig
+    model_args: Mapping[str, Any] = field(default_factory=dict)
+    data_args: Mapping[str, Any] = field(default_factory=dict)
+    reference_models: int = DEFAULT_REFERENCE_MODELS
+    backend: Backend = Backend.AUTO
+    seed: int = 0
+    out: Path | None = None
+    workers: int = 1
+    candidate: Path | None = None
+
+
+def resolve(import_path: str, field_name: str) -> Callable[..., Any]:
+    """Import ``package.module:attribute`` (the working directory is importable)."""
+    module_name, _, attribute = import_path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(
+            invalid_value(
+                field_name, "audit config", "an import path 'package.module:callable'", import_path
+            )
+        )
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"Cannot import {field_name} {import_path!r}: {exc}. HINT: run from "
+            "the directory that contains the package, or install it."
+        ) from None
+    if not callable(target):
+        raise ConfigError(f"The {field_name} {import_path!r} is not callable.")
+    return target  # type: ignore[no-any-return]
+
+
+def _mapping(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(invalid_value(name, "audit config", "a mapping", value))
+    return dict(value)
+
+
+def _policy(value: Any, base: Path) -> AuditConfig:
+    if value is None:
+        return default_config()
+    if isinstance(value, str):
+        path = Path(value)
+        return load_config(path if path.is_absolute() else base / path)
+    return parse_config(value, source="policy")
+
+
+def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
+    """Validate an audit config mapping; relative paths are resolved against ``base``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"The audit config must be a YAML mapping with keys {list(_KEYS)}.")
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"Unknown key(s) {unknown} in the audit config. Valid keys are: {list(_KEYS)}."
+        )
+    for required in ("model", "data"):
+        if not isinstance(data.get(required), str):
+            raise ConfigError(
+                invalid_value(
+                    required,
+                    "audit config",
+                    "an import path 'package.module:callable'",
+                    data.get(required),
+                )
+            )
+    k = data.get("reference_models", DEFAULT_REFERENCE_MODELS)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2 or k % 2:
+        raise ConfigError(
+            invalid_value(
+                "reference_models", "audit config", "an even integer >= 2", k, "64 is the default"
+            )
+        )
+    try:
+        backend = Backend(data.get("backend", "auto"))
+    except ValueError:
+        raise ConfigError(
+            invalid_value(
+                "backend",
+                "audit config",
+                f"one of {[b.value for b in Backend]}",
+                data.get("backend"),
+            )
+        ) from None
+    for name in ("seed", "workers"):
+        value = data.get(name, 0 if name == "seed" else 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (name == "workers"):
+            raise ConfigError(
+                invalid_value(
+                    name,
+                    "audit config",
+                    "a non-negative integer" if name == "seed" else "an integer >= 1",
+                    value,
+                )
+            )
+    if data.get("recipe") is not None and not isinstance(data["recipe"], Mapping):
+        raise ConfigError(invalid_value("recipe", "audit config", "a mapping", data["recipe"]))
+    out = data.get("out")
+    candidate = data.get("candidate")
+    return AuditJob(
+        model=data["model"],
+        data=data["data"],
+        recipe=parse_recipe(data.get("recipe")),
+        policy=_policy(data.get("policy"), base),
+        model_args=_mapping(data, "model_args"),
+        data_args=_mapping(data, "data_args"),
+        reference_models=k,
+        backend=backend,
+        seed=data.get("seed", 0),
+        out=Path(out) if out is not None else None,
+        workers=data.get("workers", 1),
+        candidate=(base / candidate) if isinstance(candidate, str) else None,
+    )
+
+
+def load_job(path: str | Path) -> AuditJob:
+    """Read and validate an audit.yaml."""
+    from privacy_gate.config import read_config_yaml
+
+    return parse_job(read_config_yaml(path), base=Path(path).parent)
+
+
+def run_job(
+    job: AuditJob, *, out: Path | None = None, raw_ids: bool = False, plots: bool = True
+) -> AuditResult:
+    """Load the data, build the factory, run the audit and write the report."""
+    factory: ModelFactory = functools.partial(resolve(job.model, "model"), **job.model_args)
+    data = resolve(job.data, "data")(**job.data_args)
+    if not isinstance(data, AuditData):
+        raise ConfigError(
+            f"The data loader {job.data!r} must return "
+            f"privacy_gate.training.AuditData. Got {type(data).__name__}."
+        )
+    candidate = None
+    if job.candidate is not None:
+        candidate = factory()
+        try:
+            state = torch.load(job.candidate, map_location="cpu", weights_only=True)
+            candidate.load_state_dict(state)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ConfigError(
+                f"Cannot load the candidate weights {str(job.candidate)!r}: "
+                f"{exc}. HINT: save them with torch.save(model.state_dict(), "
+                "path)."
+            ) from None
+    destination = out or job.out or Path("out/audit")
+    return run_audit(
+        factory,
+        data,
+        recipe=job.recipe,
+        config=job.policy,
+        reference_models=job.reference_models,
+        backend=job.backend,
+        seed=job.seed,
+        candidate=candidate,
+        out_dir=destination,
+        workers=job.workers,
+        raw_ids=raw_ids,
+        plots=plots,
+    )
