@@ -6,6 +6,7 @@ ensemble or sequential, resumable) -> signals -> the numerical core -> report fi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -83,10 +84,16 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
 def model_identity(factory: ModelFactory) -> dict[str, Any]:
     """Name and architecture (parameter names and shapes) of the factory's model."""
     model = init_model(factory, 0)
-    name = getattr(factory, "__qualname__", None) or type(factory).__name__
-    module = getattr(factory, "__module__", "")
+    target: Any = factory
+    keywords: dict[str, Any] = {}
+    while isinstance(target, functools.partial):
+        keywords = {**target.keywords, **keywords}
+        target = target.func
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    module = getattr(target, "__module__", None) or type(target).__module__
     return {
         "factory": f"{module}:{name}",
+        "factory_args": keywords,
         "architecture": [[n, list(p.shape)] for n, p in model.state_dict().items()],
         "modules": str(model),
     }

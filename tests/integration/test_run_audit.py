@@ -1,0 +1,189 @@
+"""run_audit and `privacy-gate audit` on a tiny real PyTorch model: plan, resume,
+stale-model protection, bad input and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from privacy_gate.cli import main
+from privacy_gate.config import parse_config
+from privacy_gate.errors import InputError
+from privacy_gate.plan import draw_plan, plan_digest
+from privacy_gate.training.audit import run_audit
+from privacy_gate.training.data import AuditData
+from privacy_gate.training.recipe import Recipe
+from privacy_gate.training.sequential import TrainingError
+
+from tiny_audit import FlakyFactory, load_data, make_model
+
+RECIPE = Recipe(epochs=2, batch_size=16, learning_rate=0.01)
+POLICY = parse_config({"subgroups": ["site"], "risk": {"min_group_size": 5},
+                       "gate": {"max_patient_auc": 1.0}})  # fmt: skip
+REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _stable_pseudonyms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRIVACY_GATE_PSEUDONYM_KEY", "test-key")
+
+
+def _audit(out: Path, factory: Any = make_model, **options: Any) -> Any:
+    settings: dict[str, Any] = {"recipe": RECIPE, "config": POLICY, "reference_models": 4,
+                                "backend": "sequential", "seed": 1, "out_dir": out,
+                                "plots": False}  # fmt: skip
+    settings.update(options)
+    return run_audit(factory, load_data(), **settings)
+
+
+def _records(out: Path) -> list[dict[str, str]]:
+    with (out / "records.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_audit_writes_report_and_plan(tmp_path: Path) -> None:
+    result = _audit(tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["audit"]["reference_models"] == 4
+    assert report["audit"]["training"]["backend"] == "sequential"
+    assert report["aggregate"] is not None  # the candidate was trained and attacked
+    with np.load(tmp_path / "membership.npz") as plan:
+        masks = plan["masks"]
+        assert str(plan["sha256"]) == plan_digest(masks) == report["audit"]["plan"]["sha256"]
+    # Every patient IN for exactly K/2 models, records of a patient together.
+    assert (masks.sum(axis=0) == 2).all()
+    patient_index, _ = load_data().record_table().patient_index()
+    for p in np.unique(patient_index):
+        columns = masks[:, patient_index == p]
+        assert (columns == columns[:, :1]).all()
+    assert len(_records(tmp_path)) == 160
+    assert result.decision.status.value in {"pass", "fail"}
+
+
+def test_interrupted_audit_resumes_and_gives_the_same_report(tmp_path: Path) -> None:
+    # Factory calls: 1 = model identity, then one per reference model; the 4th call is
+    # the third reference model, so two are finished when the run is interrupted.
+    with pytest.raises(KeyboardInterrupt):
+        _audit(tmp_path / "resumed", FlakyFactory(fail_at=4))
+    cache = next((tmp_path / "resumed" / ".privacy_gate_cache").iterdir())
+    assert sorted(p.name for p in cache.glob("reference_*.npy")) == [
+        "reference_0000.npy", "reference_0001.npy"]  # fmt: skip
+    resumed = _audit(tmp_path / "resumed", FlakyFactory())
+    assert resumed.report["audit"]["training"]["resumed"] == 2
+    assert resumed.report["audit"]["training"]["trained_now"] == 2
+    fresh = _audit(tmp_path / "fresh", FlakyFactory())
+    assert fresh.report["audit"]["training"]["trained_now"] == 4
+    assert _records(tmp_path / "resumed") == _records(tmp_path / "fresh")
+    assert resumed.report["summary"] == fresh.report["summary"]
+    assert resumed.report["decision"] == fresh.report["decision"]
+
+
+def test_changed_recipe_never_reuses_models(tmp_path: Path) -> None:
+    _audit(tmp_path)
+    again = _audit(tmp_path)
+    assert again.report["audit"]["training"]["trained_now"] == 0
+    changed = _audit(tmp_path, recipe=Recipe(epochs=3, batch_size=16, learning_rate=0.01))
+    assert changed.report["audit"]["training"]["trained_now"] == 4
+
+
+@pytest.mark.parametrize("k", [3, 0, 1])
+def test_odd_or_too_small_k_is_an_error(tmp_path: Path, k: int) -> None:
+    with pytest.raises(InputError, match="even and at least 2"):
+        _audit(tmp_path, reference_models=k)
+
+
+def test_nan_loss_is_an_error_and_finished_models_are_kept(tmp_path: Path) -> None:
+    data = load_data()
+    poisoned = data.train_inputs.clone()
+    poisoned[3, 0] = float("inf")
+    bad = AuditData(poisoned, data.train_labels, data.holdout_inputs, data.holdout_labels,
+                    patient_ids=data.patient_ids, columns=data.columns)  # fmt: skip
+    with pytest.raises(TrainingError, match="loss became"):
+        run_audit(make_model, bad, recipe=RECIPE, config=POLICY, reference_models=4,
+                  backend="sequential", seed=1, out_dir=tmp_path, plots=False)  # fmt: skip
+    # Reference models before the first one that trains on the poisoned record are kept.
+    patient_index, _ = bad.record_table().patient_index()
+    masks = draw_plan(patient_index, 4, seed=1)
+    first_bad = int(np.argmax(masks[:, 3]))
+    cache = next((tmp_path / ".privacy_gate_cache").iterdir())
+    assert len(list(cache.glob("reference_*.npy"))) == first_bad
+
+
+def test_metadata_of_another_length_is_an_error() -> None:
+    data = load_data()
+    with pytest.raises(InputError, match="patient_ids has 3 values"):
+        AuditData(data.train_inputs, data.train_labels, data.holdout_inputs,
+                  data.holdout_labels, patient_ids=["a", "b", "c"])  # fmt: skip
+    with pytest.raises(InputError, match="train inputs"):
+        AuditData(data.train_inputs[:5], data.train_labels, data.holdout_inputs,
+                  data.holdout_labels)  # fmt: skip
+
+
+def test_model_that_cannot_train_is_an_error(tmp_path: Path) -> None:
+    def no_parameters() -> torch.nn.Module:
+        return torch.nn.Identity()
+
+    with pytest.raises(InputError):
+        _audit(tmp_path, no_parameters)
+
+
+def _job(tmp_path: Path, **changes: Any) -> Path:
+    job: dict[str, Any] = {
+        "model": "tests.integration.tiny_audit:make_model",
+        "data": "tests.integration.tiny_audit:load_data",
+        "data_args": {"seed": 0},
+        "recipe": {"epochs": 2, "batch_size": 16, "learning_rate": 0.01},
+        "reference_models": 4,
+        "backend": "sequential",
+        "out": str(tmp_path / "out"),
+        "policy": {"subgroups": ["site"], "risk": {"min_group_size": 5},
+                   "gate": {"max_patient_auc": 1.0}},
+    }  # fmt: skip
+    job.update(changes)
+    path = tmp_path / "audit.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def test_cli_audit_runs_and_writes_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    code = main(["-q", "audit", "--config", str(_job(tmp_path)), "--no-plots"])
+    assert code in (0, 1)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["decision"]["status"] == ("pass" if code == 0 else "fail")
+    # --out overrides the file's 'out'.
+    assert main(["-q", "audit", "--config", str(_job(tmp_path)), "--out",
+                 str(tmp_path / "other"), "--no-plots"]) == code  # fmt: skip
+    assert (tmp_path / "other" / "report.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"reference_models": 5}, "reference_models"),
+        ({"backend": "gpu-farm"}, "backend"),
+        ({"epochs": 3}, "Unknown key"),
+        ({"model": "tests.integration.tiny_audit:no_such_factory"}, "Cannot import"),
+        ({"recipe": {"optimizer": "lbfgs"}}, "optimizer"),
+    ],
+)
+def test_cli_audit_bad_config_exits_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    changes: dict[str, Any],
+    message: str,
+) -> None:
+    monkeypatch.chdir(REPO)
+    assert main(["audit", "--config", str(_job(tmp_path, **changes))]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
