@@ -99,8 +99,9 @@ def train_one(
             loss = compute_loss(model(inputs[index]), labels[index], recipe.loss)
             if not torch.isfinite(loss):
                 raise TrainingError(
-                    f"{model_name}: the loss became {float(loss.detach())} in epoch {epoch}. HINT: lower "
-                    "the learning rate, clip gradients (max_grad_norm) or check the inputs."
+                    f"{model_name}: the loss became {float(loss.detach())} in epoch {epoch}. "
+                    "HINT: lower the learning rate, clip gradients (max_grad_norm) or check "
+                    "the inputs."
                 )
             loss.backward()  # type: ignore[no-untyped-call]
             if recipe.max_grad_norm is not None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_audit import FlakyFactory, load_data, make_model
 
 from privacy_gate.cli import main
 from privacy_gate.config import parse_config
@@ -21,8 +22,6 @@ from privacy_gate.training.audit import run_audit
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.sequential import TrainingError
-
-from tiny_audit import FlakyFactory, load_data, make_model
 
 RECIPE = Recipe(epochs=2, batch_size=16, learning_rate=0.01)
 POLICY = parse_config({"subgroups": ["site"], "risk": {"min_group_size": 5},
