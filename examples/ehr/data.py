@@ -27,11 +27,12 @@ factor) is fixed by the cohort's schema, so the input size does not depend on th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 import torch
 from numpy.typing import NDArray
 
@@ -132,7 +133,9 @@ def load_frame() -> pd.DataFrame:
         raise ImportError(
             "The SUPPORT2 example needs the SurvSet package. HINT: pip install SurvSet"
         ) from error
-    frame, _reference = SurvLoader().load_dataset(ds_name="support2").values()
+    with warnings.catch_warnings():  # SurvSet's pickles name numpy.core (NumPy 2 warns)
+        warnings.filterwarnings("ignore", message=r"numpy\.core", category=DeprecationWarning)
+        frame, _reference = SurvLoader().load_dataset(ds_name="support2").values()
     absent = [c for c in _REQUIRED if c not in frame.columns]
     if absent:
         raise ValueError(f"SurvSet's support2 lacks the column(s) {absent}.")
