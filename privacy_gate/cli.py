@@ -103,6 +103,8 @@ def _audit(args: argparse.Namespace) -> AuditResult:
             f"'privacy-gate audit' trains PyTorch models and needs torch ({exc}). "
             "HINT: pip install 'privacy-gate[torch]'."
         ) from None
+    if not args.quiet:  # progress lines with ETA when no terminal shows a bar
+        logging.getLogger("privacy_gate.training").setLevel(logging.INFO)
     job = load_job(args.config)
     out = args.out or job.out or Path("out/audit")
     result = run_job(job, out=out, raw_ids=args.raw_ids, plots=not args.no_plots)
