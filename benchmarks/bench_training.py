@@ -1,0 +1,166 @@
+"""Benchmark of reference-model training: K models one after another vs one batched ensemble.
+
+The audit trains K reference models with the candidate's recipe. This script times
+
+1. ``sequential``: the straightforward loop, ``train_one`` per model (what tools do today);
+2. ``batched``: ``train_batched``, all K models as one vmapped computation;
+
+on the EHR example's shape: the SUPPORT2 pool (9,105 records, 78 features, via
+``examples.ehr``) when SurvSet is installed, else synthetic data of that shape; the
+example's MLP (``-> 128 -> 64 -> 2``, ReLU, Dropout 0.1); each model trains on half the
+pool (a plan drawn by patient); 20 epochs, batch 128, Adam lr 1e-3.
+
+Each mode runs in its own subprocess, so its peak RSS (``ru_maxrss``) is its own; the
+table shows the peak and the growth during training over the process's state after the
+data were loaded. Data loading and imports are excluded from the wall time.
+
+    .venv/bin/python benchmarks/bench_training.py                 # K=16
+    .venv/bin/python benchmarks/bench_training.py --models 64 --threads 2
+    .venv/bin/python benchmarks/bench_training.py --data synthetic --epochs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from privacy_gate.plan import draw_plan  # noqa: E402
+from privacy_gate.training.batched import train_batched  # noqa: E402
+from privacy_gate.training.recipe import Optimizer, Recipe  # noqa: E402
+from privacy_gate.training.sequential import train_one  # noqa: E402
+
+N_RECORDS = 9105
+N_FEATURES = 78
+MODES = ("sequential", "batched")
+
+
+def load_pool(kind: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Inputs and labels of the pool: the SUPPORT2 example's, or synthetic of its shape."""
+    if kind in ("auto", "ehr"):
+        try:
+            from examples.ehr.data import load_support2
+
+            data = load_support2(seed=0)
+            inputs, labels = data.pool()
+            return inputs, labels, "SUPPORT2 (examples.ehr)"
+        except ImportError:
+            if kind == "ehr":
+                raise
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(N_RECORDS, N_FEATURES, generator=generator)
+    weights = torch.randn(N_FEATURES, generator=generator)
+    labels = (inputs @ weights + torch.randn(N_RECORDS, generator=generator) > 0).long()
+    return inputs, labels, "synthetic"
+
+
+def make_factory(n_features: int, dropout: float) -> Any:
+    from examples.ehr.model import make_model
+
+    return lambda: make_model(n_features=n_features, hidden=(128, 64), dropout=dropout)
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def run_child(args: argparse.Namespace) -> dict[str, Any]:
+    """Train in this process with one mode; report wall time and RSS."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    inputs, labels, source = load_pool(args.data)
+    plan = draw_plan(np.arange(len(inputs)), args.models, seed=0)
+    subsets = [np.flatnonzero(row) for row in plan]
+    seeds = list(range(args.models))
+    recipe = Recipe(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=Optimizer.ADAM,
+        learning_rate=args.lr,
+    )
+    factory = make_factory(inputs.shape[1], args.dropout)
+    rss_before = peak_rss_bytes()
+    start = time.perf_counter()
+    if args.child == "sequential":
+        models = [
+            train_one(factory, inputs, labels, subsets[k], recipe, seed=seeds[k])
+            for k in range(args.models)
+        ]
+    else:
+        models = train_batched(factory, inputs, labels, subsets, recipe, seeds=seeds)
+    wall = time.perf_counter() - start
+    with torch.no_grad():
+        accuracy = float(
+            np.mean([(m.eval()(inputs).argmax(1) == labels).float().mean() for m in models])
+        )
+    return {
+        "mode": args.child,
+        "wall_s": wall,
+        "rss_before": rss_before,
+        "rss_peak": peak_rss_bytes(),
+        "threads": torch.get_num_threads(),
+        "source": source,
+        "records": len(inputs),
+        "features": int(inputs.shape[1]),
+        "mean_subset": float(np.mean([len(s) for s in subsets])),
+        "accuracy": accuracy,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=16, help="K reference models")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--data", choices=("auto", "ehr", "synthetic"), default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_child(args)))
+        return
+    results: dict[str, dict[str, Any]] = {}
+    for mode in args.modes:
+        command = [sys.executable, __file__, "--child", mode, *sys.argv[1:]]
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    first = next(iter(results.values()))
+    print(
+        f"data: {first['source']}, {first['records']} records x {first['features']} features; "
+        f"K={args.models}, ~{first['mean_subset']:.0f} records per model; {args.epochs} epochs, "
+        f"batch {args.batch_size}, Adam lr {args.lr}, dropout {args.dropout}; "
+        f"torch {torch.__version__}, {first['threads']} thread(s)"
+    )
+    mib = 1024**2
+    print(
+        f"{'mode':<12}{'wall s':>10}{'s/model':>10}{'peak RSS MiB':>14}{'RSS growth MiB':>16}"
+        f"{'pool acc':>10}"
+    )
+    for mode, r in results.items():
+        print(
+            f"{mode:<12}{r['wall_s']:>10.2f}{r['wall_s'] / args.models:>10.3f}"
+            f"{r['rss_peak'] / mib:>14.0f}{(r['rss_peak'] - r['rss_before']) / mib:>16.1f}"
+            f"{r['accuracy']:>10.3f}"
+        )
+    if len(results) == 2:
+        ratio = results["sequential"]["wall_s"] / results["batched"]["wall_s"]
+        print(f"speed-up (sequential / batched wall time): {ratio:.1f}x (goal >= 10x)")
+
+
+if __name__ == "__main__":
+    main()
