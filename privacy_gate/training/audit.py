@@ -182,11 +182,20 @@ def _batched(
     group_size: int,
     augmentations: Sequence[Augmentation],
 ) -> None:
+    """Train fixed groups of models (0..g-1, g..2g-1, ...) as batched ensembles.
+
+    Groups are fixed whatever is already done, and a group with any missing model is
+    retrained whole, so a resumed audit trains exactly the groups an uninterrupted one
+    would, with the same random streams (dropout masks come from the group's seeds).
+    """
     from privacy_gate.training.batched import train_batched
 
     inputs, labels = data.pool()
-    for start in range(0, len(todo), group_size):
-        group = todo[start : start + group_size]
+    missing = set(todo)
+    for start in range(0, plan.n_models, group_size):
+        group = list(range(start, min(start + group_size, plan.n_models)))
+        if not missing.intersection(group):
+            continue
         models = train_batched(
             factory,
             inputs,
@@ -200,7 +209,7 @@ def _batched(
                 f"reference_{k:04d}",
                 score_model(model, inputs, labels, data.task, augmentations=augmentations),
             )
-            progress.update()
+        progress.update(len(missing.intersection(group)))
 
 
 def choose_backend(factory: ModelFactory, backend: Backend) -> tuple[Backend, str | None]:

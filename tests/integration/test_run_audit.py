@@ -186,3 +186,23 @@ def test_cli_audit_bad_config_exits_2(
     assert main(["audit", "--config", str(_job(tmp_path, **changes))]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_batched_resume_retrains_only_missing_groups_and_matches(tmp_path: Path) -> None:
+    """Batched backend with dropout: an audit that lost its last group of reference
+    models (an interruption) retrains only that group and gives the same report."""
+
+    def dropout_model() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(),
+                                   torch.nn.Dropout(0.2), torch.nn.Linear(16, 2))  # fmt: skip
+
+    fresh = _audit(tmp_path / "fresh", dropout_model, backend="batched", reference_models=6)
+    assert fresh.report["audit"]["training"]["backend"] == "batched"
+    resumed_dir = tmp_path / "resumed"
+    _audit(resumed_dir, dropout_model, backend="batched", reference_models=6)
+    cache = next((resumed_dir / ".privacy_gate_cache").iterdir())
+    (cache / "reference_0005.npy").unlink()  # lost with the interruption
+    resumed = _audit(resumed_dir, dropout_model, backend="batched", reference_models=6)
+    assert resumed.report["audit"]["training"]["trained_now"] == 1
+    assert _records(resumed_dir) == _records(tmp_path / "fresh")
+    assert resumed.report["summary"] == fresh.report["summary"]
