@@ -206,3 +206,11 @@ def test_batched_resume_retrains_only_missing_groups_and_matches(tmp_path: Path)
     assert resumed.report["audit"]["training"]["trained_now"] == 1
     assert _records(resumed_dir) == _records(tmp_path / "fresh")
     assert resumed.report["summary"] == fresh.report["summary"]
+
+
+def test_sequential_worker_processes_give_the_same_scores(tmp_path: Path) -> None:
+    one = _audit(tmp_path / "one")
+    two = _audit(tmp_path / "two", workers=2)
+    assert two.report["audit"]["training"]["trained_now"] == 4
+    assert _records(tmp_path / "one") == _records(tmp_path / "two")
+    assert one.report["summary"] == two.report["summary"]
