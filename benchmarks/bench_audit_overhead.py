@@ -52,18 +52,33 @@ def main() -> None:
     policy = parse_config(job.policy.to_dict())
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        result = run_audit(make_model, data, recipe=job.recipe, config=policy,
-                           reference_models=args.models, backend=args.backend, seed=0,
-                           candidate=candidate, out_dir=out, plots=True)
+        result = run_audit(
+            make_model,
+            data,
+            recipe=job.recipe,
+            config=policy,
+            reference_models=args.models,
+            backend=args.backend,
+            seed=0,
+            candidate=candidate,
+            out_dir=out,
+            plots=True,
+        )
         audit_seconds = time.perf_counter() - start
     training = result.report["audit"]["training"]
-    print(f"EHR example (support2): {data.n_records} records, recipe {job.recipe.epochs} epochs, "
-          f"batch {job.recipe.batch_size}; K = {args.models}, backend {training['backend']}")
-    print(f"  candidate training once:     {candidate_seconds:7.1f} s   "
-          f"(peak RSS {candidate_peak:.0f} MiB)")
-    print(f"  whole audit (train K, score, report + plots): {audit_seconds:7.1f} s   "
-          f"(peak RSS {_peak_mib():.0f} MiB), of which reference training "
-          f"{training['training_seconds']:.1f} s")
+    print(
+        f"EHR example (support2): {data.n_records} records, recipe {job.recipe.epochs} epochs, "
+        f"batch {job.recipe.batch_size}; K = {args.models}, backend {training['backend']}"
+    )
+    print(
+        f"  candidate training once:     {candidate_seconds:7.1f} s   "
+        f"(peak RSS {candidate_peak:.0f} MiB)"
+    )
+    print(
+        f"  whole audit (train K, score, report + plots): {audit_seconds:7.1f} s   "
+        f"(peak RSS {_peak_mib():.0f} MiB), of which reference training "
+        f"{training['training_seconds']:.1f} s"
+    )
     print(f"  overhead = audit / candidate = {audit_seconds / candidate_seconds:.2f}  (goal <= 4)")
 
 

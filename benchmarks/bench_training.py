@@ -77,8 +77,14 @@ def make_factory(n_features: int, dropout: float) -> Any:
     return lambda: make_model(n_features=n_features, hidden=(128, 64), dropout=dropout)
 
 
-def dataloader_fit(factory: Any, inputs: torch.Tensor, labels: torch.Tensor,
-                   subset: np.ndarray, recipe: Recipe, seed: int) -> torch.nn.Module:
+def dataloader_fit(
+    factory: Any,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    subset: np.ndarray,
+    recipe: Recipe,
+    seed: int,
+) -> torch.nn.Module:
     """The textbook loop: DataLoader over the subset, shuffled, Adam."""
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -97,8 +103,14 @@ def dataloader_fit(factory: Any, inputs: torch.Tensor, labels: torch.Tensor,
     return model
 
 
-def lightning_fit(factory: Any, inputs: torch.Tensor, labels: torch.Tensor,
-                  subset: np.ndarray, recipe: Recipe, seed: int) -> torch.nn.Module:
+def lightning_fit(
+    factory: Any,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    subset: np.ndarray,
+    recipe: Recipe,
+    seed: int,
+) -> torch.nn.Module:
     """One Trainer.fit per model, as Lightning-based tools train reference models."""
     import logging
 
