@@ -36,11 +36,14 @@ from privacy_gate.training.scoring import score_model
 from privacy_gate.training.sequential import ModelFactory, init_model, train_one
 from privacy_gate.training.store import ScoreStore
 
-__all__ = ["Backend", "TrainingPlan", "run_audit", "train_reference_models"]
+__all__ = ["Backend", "TrainFunction", "TrainingPlan", "run_audit", "train_reference_models"]
 
 _LOG = logging.getLogger("privacy_gate.training")
 DEFAULT_REFERENCE_MODELS = 64
 Augmentation = Callable[[torch.Tensor], torch.Tensor]
+TrainFunction = Callable[[NDArray[np.intp], int], nn.Module]
+"""``train_fn(subset, seed) -> trained model``: trains one model on the pool records
+``subset`` (e.g. with a Lightning Trainer), initialised from ``seed``."""
 
 
 class Backend(str, Enum):
@@ -128,44 +131,29 @@ def _sequential(
     progress: Progress,
     workers: int,
     augmentations: Sequence[Augmentation],
+    train_fn: TrainFunction | None,
 ) -> None:
     inputs, labels = data.pool()
-    if workers <= 1:
+    if train_fn is not None or workers <= 1:
         for k in todo:
-            store.save(
-                f"reference_{k:04d}",
-                _train_and_score(
-                    factory,
-                    inputs,
-                    labels,
-                    plan.subset(k),
-                    recipe,
-                    plan.seeds[k],
-                    f"reference model {k}",
-                    data.task,
-                    augmentations,
-                ),
-            )
+            if train_fn is not None:
+                model = train_fn(plan.subset(k), plan.seeds[k])
+                scores = score_model(model, inputs, labels, data.task, augmentations=augmentations)
+            else:
+                scores = _train_and_score(factory, inputs, labels, plan.subset(k), recipe,
+                                          plan.seeds[k], f"reference model {k}", data.task,
+                                          augmentations)  # fmt: skip
+            store.save(f"reference_{k:04d}", scores)
             progress.update()
         return
     with ProcessPoolExecutor(
         workers, mp_context=get_context("spawn"), initializer=_worker_init
     ) as pool:
         futures = {
-            pool.submit(
-                _train_and_score,
-                factory,
-                inputs,
-                labels,
-                plan.subset(k),
-                recipe,
-                plan.seeds[k],
-                f"reference model {k}",
-                data.task,
-                augmentations,
-            ): k
+            pool.submit(_train_and_score, factory, inputs, labels, plan.subset(k), recipe,
+                        plan.seeds[k], f"reference model {k}", data.task, augmentations): k
             for k in todo
-        }
+        }  # fmt: skip
         for future in as_completed(futures):  # each is saved as soon as it finishes
             store.save(f"reference_{futures[future]:04d}", future.result())
             progress.update()
@@ -239,10 +227,15 @@ def train_reference_models(
     *,
     backend: Backend = Backend.AUTO,
     workers: int = 1,
-    group_size: int = 64,
+    group_size: int = 16,
     augmentations: Sequence[Augmentation] = (),
+    train_fn: TrainFunction | None = None,
 ) -> tuple[NDArray[np.float64], dict[str, Any]]:
-    """Train (or resume) every reference model; return scores ``(K, N)`` and provenance."""
+    """Train (or resume) every reference model; return scores ``(K, N)`` and provenance.
+
+    The batched backend trains ``factory`` models with ``recipe``; the sequential one
+    uses ``train_fn`` when given (e.g. a Lightning Trainer per model), else the recipe.
+    """
     names = [f"reference_{k:04d}" for k in range(plan.n_models)]
     todo = [k for k, name in enumerate(names) if not store.has(name)]
     used, reason = choose_backend(factory, backend)
@@ -262,7 +255,9 @@ def train_reference_models(
                 used, reason = Backend.SEQUENTIAL, str(exc)
                 todo = [k for k, name in enumerate(names) if not store.has(name)]
         if todo and used is Backend.SEQUENTIAL:
-            _sequential(factory, data, plan, todo, recipe, store, progress, workers, augmentations)
+            _sequential(
+                factory, data, plan, todo, recipe, store, progress, workers, augmentations, train_fn
+            )
     scores = np.stack([store.load(name) for name in names])  # type: ignore[misc]
     return scores, {
         "backend": used.value,
@@ -288,6 +283,7 @@ def run_audit(
     augmentations: Sequence[Augmentation] = (),
     raw_ids: bool = False,
     plots: bool = True,
+    train_fn: TrainFunction | None = None,
 ) -> AuditResult:
     """Audit a PyTorch model: train reference models with its recipe, score, decide.
 
@@ -306,6 +302,8 @@ def run_audit(
         out_dir: where report files and the resumable reference-model scores go.
         workers: worker processes for the sequential backend (factory must pickle).
         augmentations: test-time augmentations; each record's score is the mean.
+        train_fn: how the sequential backend trains one reference model (default: the
+            recipe's standard loop); the batched backend always uses the recipe.
     """
     config = config or default_config()
     backend = Backend(backend)
@@ -337,6 +335,7 @@ def run_audit(
         backend=backend,
         workers=workers,
         augmentations=augmentations,
+        train_fn=train_fn,
     )
     if candidate is None:
         if not store.has("candidate"):
