@@ -214,3 +214,13 @@ def test_sequential_worker_processes_give_the_same_scores(tmp_path: Path) -> Non
     assert two.report["audit"]["training"]["trained_now"] == 4
     assert _records(tmp_path / "one") == _records(tmp_path / "two")
     assert one.report["summary"] == two.report["summary"]
+
+
+def test_empty_subset_is_an_error(tmp_path: Path) -> None:
+    """One patient in the whole pool: half of the reference models get no record."""
+    data = load_data(n_records=8)
+    single = AuditData(data.train_inputs, data.train_labels, data.holdout_inputs,
+                       data.holdout_labels, patient_ids=["same"] * 8)  # fmt: skip
+    with pytest.raises(TrainingError, match="empty training subset"):
+        run_audit(make_model, single, recipe=RECIPE, config=POLICY, reference_models=2,
+                  backend="sequential", out_dir=tmp_path, plots=False)  # fmt: skip
