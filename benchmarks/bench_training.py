@@ -77,6 +77,18 @@ def make_factory(n_features: int, dropout: float) -> Any:
     return lambda: make_model(n_features=n_features, hidden=(128, 64), dropout=dropout)
 
 
+def subset_loader(
+    inputs: torch.Tensor, labels: torch.Tensor, subset: np.ndarray, batch_size: int
+) -> Any:
+    """A shuffled DataLoader over the model's subset, as the textbook loops use."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    index = torch.from_numpy(subset)
+    return DataLoader(
+        TensorDataset(inputs[index], labels[index]), batch_size=batch_size, shuffle=True
+    )
+
+
 def dataloader_fit(
     factory: Any,
     inputs: torch.Tensor,
@@ -86,13 +98,9 @@ def dataloader_fit(
     seed: int,
 ) -> torch.nn.Module:
     """The textbook loop: DataLoader over the subset, shuffled, Adam."""
-    from torch.utils.data import DataLoader, TensorDataset
-
     torch.manual_seed(seed)
     model = factory()
-    index = torch.from_numpy(subset)
-    loader = DataLoader(TensorDataset(inputs[index], labels[index]),
-                        batch_size=recipe.batch_size, shuffle=True)  # fmt: skip
+    loader = subset_loader(inputs, labels, subset, recipe.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
     model.train()
     for _ in range(recipe.epochs):
@@ -115,7 +123,6 @@ def lightning_fit(
     import logging
 
     import pytorch_lightning as pl
-    from torch.utils.data import DataLoader, TensorDataset
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -134,9 +141,7 @@ def lightning_fit(
 
     torch.manual_seed(seed)
     module = Module()
-    index = torch.from_numpy(subset)
-    loader = DataLoader(TensorDataset(inputs[index], labels[index]),
-                        batch_size=recipe.batch_size, shuffle=True)  # fmt: skip
+    loader = subset_loader(inputs, labels, subset, recipe.batch_size)
     trainer = pl.Trainer(max_epochs=recipe.epochs, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          accelerator="cpu", devices=1)  # fmt: skip

@@ -26,6 +26,17 @@ __all__ = ["main"]
 EXIT_ERROR = Status.ERROR.exit_code
 
 
+def _add_output_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--raw-ids",
+        action="store_true",
+        help="write raw patient/record ids instead of keyed pseudonyms",
+    )
+    command.add_argument(
+        "--no-plots", action="store_true", help="skip report.md/report.html and the plots"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="privacy-gate",
@@ -42,14 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     score_cmd.add_argument("--records", required=True, type=Path, help="records.csv")
     score_cmd.add_argument("--config", type=Path, help="policy YAML (default: packaged policy)")
     score_cmd.add_argument("--out", required=True, type=Path, help="output directory")
-    score_cmd.add_argument(
-        "--raw-ids",
-        action="store_true",
-        help="write raw patient/record ids instead of keyed pseudonyms",
-    )
-    score_cmd.add_argument(
-        "--no-plots", action="store_true", help="skip report.md/report.html and the plots"
-    )
+    _add_output_options(score_cmd)
 
     check_cmd = commands.add_parser("check", help="re-evaluate the gate on a report.json")
     check_cmd.add_argument("report", type=Path, help="report.json written by score")
@@ -60,14 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit_cmd.add_argument("--config", required=True, type=Path, help="audit.yaml")
     audit_cmd.add_argument("--out", type=Path, help="output directory (overrides 'out')")
-    audit_cmd.add_argument(
-        "--raw-ids",
-        action="store_true",
-        help="write raw patient/record ids instead of keyed pseudonyms",
-    )
-    audit_cmd.add_argument(
-        "--no-plots", action="store_true", help="skip report.md/report.html and the plots"
-    )
+    _add_output_options(audit_cmd)
 
     commands.add_parser("policy", help="print the packaged default policy and its hash")
     return parser

@@ -112,8 +112,13 @@ def _train_and_score(
     name: str,
     task: Any,
     augmentations: Sequence[Augmentation],
+    train_fn: TrainFunction | None = None,
 ) -> NDArray[np.float64]:
-    model = train_one(factory, inputs, labels, subset, recipe, seed=seed, model_name=name)
+    """Train one reference model (``train_fn`` or the recipe's loop) and score the pool."""
+    if train_fn is not None:
+        model = train_fn(subset, seed)
+    else:
+        model = train_one(factory, inputs, labels, subset, recipe, seed=seed, model_name=name)
     return score_model(model, inputs, labels, task, augmentations=augmentations)
 
 
@@ -134,26 +139,19 @@ def _sequential(
     train_fn: TrainFunction | None,
 ) -> None:
     inputs, labels = data.pool()
+    jobs = {
+        k: (factory, inputs, labels, plan.subset(k), recipe, plan.seeds[k],
+            f"reference model {k}", data.task, augmentations)
+        for k in todo
+    }  # fmt: skip
     if train_fn is not None or workers <= 1:
-        for k in todo:
-            if train_fn is not None:
-                model = train_fn(plan.subset(k), plan.seeds[k])
-                scores = score_model(model, inputs, labels, data.task, augmentations=augmentations)
-            else:
-                scores = _train_and_score(factory, inputs, labels, plan.subset(k), recipe,
-                                          plan.seeds[k], f"reference model {k}", data.task,
-                                          augmentations)  # fmt: skip
-            store.save(f"reference_{k:04d}", scores)
+        for k, job in jobs.items():
+            store.save(f"reference_{k:04d}", _train_and_score(*job, train_fn=train_fn))
             progress.update()
         return
-    with ProcessPoolExecutor(
-        workers, mp_context=get_context("spawn"), initializer=_worker_init
-    ) as pool:
-        futures = {
-            pool.submit(_train_and_score, factory, inputs, labels, plan.subset(k), recipe,
-                        plan.seeds[k], f"reference model {k}", data.task, augmentations): k
-            for k in todo
-        }  # fmt: skip
+    context = get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+        futures = {pool.submit(_train_and_score, *job): k for k, job in jobs.items()}
         for future in as_completed(futures):  # each is saved as soon as it finishes
             store.save(f"reference_{futures[future]:04d}", future.result())
             progress.update()
