@@ -10,7 +10,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from enum import Enum
@@ -282,6 +282,8 @@ def run_audit(
     raw_ids: bool = False,
     plots: bool = True,
     train_fn: TrainFunction | None = None,
+    cache_key: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Audit a PyTorch model: train reference models with its recipe, score, decide.
 
@@ -302,6 +304,10 @@ def run_audit(
         augmentations: test-time augmentations; each record's score is the mean.
         train_fn: how the sequential backend trains one reference model (default: the
             recipe's standard loop); the batched backend always uses the recipe.
+        cache_key: training settings outside the recipe that change the reference models
+            (e.g. a Trainer's precision); part of the key of the stored models.
+        provenance: entries for the report's ``audit.training`` (kept where the engine
+            records nothing itself, e.g. why the caller chose the sequential backend).
     """
     config = config or default_config()
     backend = Backend(backend)
@@ -321,6 +327,7 @@ def run_audit(
         "seed": seed,
         "task": data.task.value,
         "augmentations": len(augmentations),
+        "settings": dict(cache_key or {}),
     }
     store_root = (out or Path(".")) / ".privacy_gate_cache"
     store = ScoreStore(store_root, key, data.n_records)
@@ -356,7 +363,10 @@ def run_audit(
     signals = make_signals(
         scores, masks, target_scores=target, target_members=data.is_member(), task=data.task
     )
-    provenance = {
+    for name, value in (provenance or {}).items():
+        if training.get(name) is None:
+            training[name] = value
+    audit_provenance = {
         "plan": {"seed": seed, "sha256": plan_digest(masks), "file": "membership.npz"},
         "training": {
             **training,
@@ -372,7 +382,7 @@ def run_audit(
         config,
         pseudonymizer=Pseudonymizer.from_environment(raw=raw_ids),
         inputs={"data_sha256": data_digest},
-        provenance=provenance,
+        provenance=audit_provenance,
     )
     if out is not None:
         write_outputs(result, out, plots=plots)

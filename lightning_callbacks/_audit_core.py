@@ -1,0 +1,207 @@
+"""The audit of a finished Lightning fit, independent of the Lightning namespace.
+
+``fit`` trained the release candidate; here the audit pool, the recipe and a reference
+model trainer are read from the Trainer and the module, `run_audit` trains the reference
+models (batched when the recipe allows, else one Lightning Trainer per model), and the
+gate's decision becomes an `Outcome`: figures for ``trainer.callback_metrics``, a summary
+line and what to do about it (`decide_action`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from lightning_callbacks._data import build_audit_data, train_loader
+from lightning_callbacks._recipe import TrainerSettings, extract_recipe, module_factory
+from lightning_callbacks._reference import make_train_fn
+from lightning_callbacks._settings import OWNER, AuditSettings, OnFail
+from privacy_gate.errors import ConfigError
+from privacy_gate.gate import Status
+from privacy_gate.pipeline import AuditResult
+from privacy_gate.report import REPORT_FILE
+from privacy_gate.training.audit import Backend, run_audit
+
+__all__ = [
+    "Action",
+    "Outcome",
+    "PrivacyGateFailed",
+    "check_fit",
+    "decide_action",
+    "run_fit_audit",
+]
+
+_LOG = logging.getLogger("lightning_callbacks")
+METRIC_PREFIX = "privacy_gate/"
+
+
+class PrivacyGateFailed(RuntimeError):
+    """The audited model failed the privacy gate (``on_fail="raise"``), or the gate could
+    not decide. ``violations`` names every violated rule; ``report`` is the report path."""
+
+    def __init__(
+        self, message: str, *, status: str, violations: tuple[str, ...], report: str | None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.violations = violations
+        self.report = report
+
+
+class Action(str, Enum):
+    """What the callback does with a decision."""
+
+    NONE = "none"  # passed
+    RAISE = "raise"
+    WARN = "warn"
+    TAG = "tag"  # MLflow tag once the MLflow adapter exists; a warning until then
+
+
+def decide_action(status: str, on_fail: OnFail) -> Action:
+    """Pure: the action for a gate status under the ``on_fail`` policy; an undecidable
+    audit (``error``) always raises.
+
+    >>> decide_action("fail", OnFail.WARN)
+    <Action.WARN: 'warn'>
+    >>> decide_action("error", OnFail.WARN)
+    <Action.RAISE: 'raise'>
+    """
+    if status == Status.PASS.value:
+        return Action.NONE
+    if status != Status.FAIL.value:
+        return Action.RAISE
+    return Action(on_fail.value)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What rank zero found, in a form that broadcasts (plain, picklable values)."""
+
+    status: str
+    metrics: dict[str, float]
+    summary: str
+    violations: tuple[str, ...] = ()
+    messages: tuple[str, ...] = ()
+    report: str | None = None
+    report_sha256: str | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    def failure(self) -> PrivacyGateFailed:
+        rules = "; ".join(
+            f"{rule}: {message}"
+            for rule, message in zip(self.violations, self.messages, strict=True)
+        )
+        rules = rules or "not stored in this checkpoint, see the report"
+        return PrivacyGateFailed(
+            f"The model failed the privacy gate ({self.status}). Violated rules: {rules}."
+            f" Report: {self.report}. HINT: retrain with DP-SGD as the report recommends, or "
+            "pass on_fail='warn' to keep training pipelines running while you investigate.",
+            status=self.status,
+            violations=self.violations,
+            report=self.report,
+        )
+
+
+def check_fit(trainer: Any, module: Any, settings: AuditSettings) -> None:
+    """Checks that need the Trainer, run before training starts."""
+    if trainer.world_size > 1:
+        raise ConfigError(
+            f"{OWNER} runs in single-process training only (world size "
+            f"{trainer.world_size}). HINT: under multi-process training, audit after fit(): "
+            "train without the callback, then run privacy_gate.training.run_audit (or a "
+            "single-device Trainer with this callback) in one process."
+        )
+    module_factory(module, settings.model_factory)
+
+
+def _metrics(report: dict[str, Any]) -> dict[str, float]:
+    summary = report["summary"]
+    metrics = {
+        "patient_auc/max": float(summary["patient_auc"]["max"]),
+        "patients_at_risk": float(summary["patients_at_risk"]),
+        "noise_floor": float(summary["noise_floor"]["max_patient_auc_q95"]),
+        "passed": 1.0 if report["decision"]["status"] == Status.PASS.value else 0.0,
+    }
+    aggregate = report.get("aggregate")
+    if aggregate:
+        metrics["aggregate_auc"] = float(aggregate["attacks"][aggregate["strongest"]]["auc"])
+    return {METRIC_PREFIX + k: v for k, v in metrics.items()}
+
+
+def _summary(result: AuditResult, metrics: dict[str, float], report: Path) -> str:
+    figures = [
+        f"worst patient AUC {metrics[METRIC_PREFIX + 'patient_auc/max']:.3f}",
+        f"patients at risk {int(metrics[METRIC_PREFIX + 'patients_at_risk'])}",
+        f"noise floor {metrics[METRIC_PREFIX + 'noise_floor']:.3f}",
+    ]
+    if METRIC_PREFIX + "aggregate_auc" in metrics:
+        figures.append(f"aggregate attack AUC {metrics[METRIC_PREFIX + 'aggregate_auc']:.3f}")
+    return f"{result.decision.one_line()}: {', '.join(figures)}. Report: {report}"
+
+
+def run_fit_audit(
+    trainer: Any, module: Any, settings: AuditSettings, trainer_class: Any
+) -> Outcome:
+    """Audit the module ``fit`` just trained (its final weights). Rank zero only."""
+    out = settings.output_dir or Path(trainer.default_root_dir) / "privacy_audit"
+    data = build_audit_data(trainer, settings)
+    factory = module_factory(module, settings.model_factory)
+    trainer_settings = TrainerSettings.of(trainer)
+    loader = train_loader(trainer)
+    recipe, reason = extract_recipe(trainer_settings, loader, factory(), settings.task)
+    backend = settings.backend
+    if reason is not None and backend is not Backend.SEQUENTIAL:
+        if backend is Backend.BATCHED:
+            raise ConfigError(
+                f"The 'backend' parameter of {OWNER} is 'batched' but this fit cannot be "
+                f"trained as a batched ensemble: {reason}. HINT: use backend='auto'."
+            )
+        _LOG.info("Training reference models with Lightning, one at a time: %s.", reason)
+        backend = Backend.SEQUENTIAL
+    train_fn = make_train_fn(
+        trainer_class,
+        trainer_settings,
+        factory,
+        data.pool(),
+        batch_size=recipe.batch_size,
+        root_dir=out,
+    )
+    _LOG.info(
+        "Auditing %s: %d reference models on %d records (backend %s); report in %s.",
+        type(module).__name__, settings.reference_models, data.n_records, backend.value, out,
+    )  # fmt: skip
+    result = run_audit(
+        factory,
+        data,
+        recipe=recipe,
+        config=settings.config,
+        reference_models=settings.reference_models,
+        backend=backend,
+        seed=settings.seed,
+        candidate=module,
+        out_dir=out,
+        train_fn=train_fn,
+        plots=settings.plots,
+        cache_key={"trainer": dataclasses.asdict(trainer_settings)},
+        provenance={
+            "fallback_reason": reason,  # why the fast path was not taken
+            "trainer": {"class": f"{trainer_class.__module__}.{trainer_class.__qualname__}"},
+        },
+    )
+    metrics = _metrics(result.report)
+    decision = result.decision
+    return Outcome(
+        status=decision.status.value,
+        metrics=metrics,
+        summary=_summary(result, metrics, out / REPORT_FILE),
+        violations=tuple(v.rule.value for v in decision.violations),
+        messages=tuple(v.message for v in decision.violations),
+        report=str(out / REPORT_FILE),
+        report_sha256=hashlib.sha256((out / REPORT_FILE).read_bytes()).hexdigest(),
+        warnings=decision.warnings,
+    )

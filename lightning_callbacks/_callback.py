@@ -1,0 +1,161 @@
+"""`PrivacyAuditCallback`'s behaviour, shared by the two Lightning namespaces.
+
+``pytorch_lightning.Trainer`` and ``lightning.pytorch.Trainer`` each accept only callbacks
+of their own class hierarchy, so the public classes (`lightning_callbacks.pytorch_lightning`
+and `lightning_callbacks.lightning`) are this mixin plus the namespace's ``Callback``; they
+differ only in their base class and the Trainer class that trains reference models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from lightning_callbacks._audit_core import (
+    Action,
+    Outcome,
+    check_fit,
+    decide_action,
+    run_fit_audit,
+)
+from lightning_callbacks._settings import AuditSettings, Metadata, validate_settings
+
+__all__ = ["PrivacyAuditBehaviour"]
+
+_LOG = logging.getLogger("lightning_callbacks")
+
+
+class PrivacyAuditBehaviour:
+    """Audits the model that ``Trainer.fit`` just trained; see the public classes."""
+
+    #: The Trainer class of this namespace (reference models train with it).
+    trainer_class: ClassVar[Callable[..., Any]]
+
+    def __init__(
+        self,
+        *,
+        config: Any = None,
+        holdout: Any = None,
+        patient_ids: Metadata | None = None,
+        subgroups: Mapping[str, Metadata] | None = None,
+        reference_models: int = 64,
+        backend: str = "auto",
+        seed: int = 0,
+        on_fail: str = "raise",
+        output_dir: str | os.PathLike[str] | None = None,
+        model_factory: Callable[[], nn.Module] | None = None,
+        task: str = "multiclass",
+        plots: bool = True,
+    ) -> None:
+        super().__init__()
+        self.settings: AuditSettings = validate_settings(
+            config=config,
+            holdout=holdout,
+            patient_ids=patient_ids,
+            subgroups=subgroups,
+            reference_models=reference_models,
+            backend=backend,
+            seed=seed,
+            on_fail=on_fail,
+            output_dir=output_dir,
+            model_factory=model_factory,
+            task=task,
+            plots=plots,
+        )
+        self.audited_ = False
+        self.status_: str | None = None
+        self.report_sha256_: str | None = None
+        self.outcome_: Outcome | None = None
+
+    # Hooks: one guard, one call.
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            check_fit(trainer, pl_module, self.settings)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """After the last optimizer step: the audit sees the final weights, and a
+        checkpoint saved after ``fit`` (``trainer.save_checkpoint``) holds its state."""
+        if not trainer.fast_dev_run:
+            self._audit_once(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "audited": self.audited_,
+            "status": self.status_,
+            "report_sha256": self.report_sha256_,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Tolerant of older checkpoints: missing keys mean "not audited"."""
+        self.audited_ = bool(state_dict.get("audited", False))
+        self.status_ = state_dict.get("status")
+        self.report_sha256_ = state_dict.get("report_sha256")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without what the Trainer attached (``log``/``log_dict``, bound methods of
+        the LightningModule): the callback keeps no reference to the trainer or module."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("log", "log_dict")}
+
+    def _audit_once(self, trainer: Any, pl_module: Any) -> None:
+        if self.audited_:
+            if trainer.is_global_zero:
+                _LOG.info(
+                    "privacy-gate: this fit was already audited (status %s, report sha256 %s); "
+                    "not auditing again.",
+                    self.status_, self.report_sha256_,
+                )  # fmt: skip
+            if self.status_ is not None:
+                self._act(decide_action(self.status_, self.settings.on_fail), None)
+            return
+        outcome: Outcome | None = None
+        error: Exception | None = None
+        if trainer.is_global_zero:  # heavy work on global rank zero only
+            try:
+                outcome = run_fit_audit(trainer, pl_module, self.settings, self.trainer_class)
+            except Exception as exc:
+                error = exc
+        shared = trainer.strategy.broadcast(
+            outcome if error is None else f"{type(error).__name__}: {error}", src=0
+        )
+        if error is not None:
+            raise error  # an audit that cannot finish always raises
+        if not isinstance(shared, Outcome):
+            raise RuntimeError(f"The privacy audit failed on global rank zero: {shared}")
+        self.audited_, self.status_ = True, shared.status
+        self.report_sha256_, self.outcome_ = shared.report_sha256, shared
+        for name, value in shared.metrics.items():
+            trainer.callback_metrics[name] = torch.tensor(value)
+        if trainer.is_global_zero:
+            _LOG.info("%s", shared.summary)
+            for caveat in shared.warnings:
+                _LOG.warning("privacy-gate: %s", caveat)
+        self._act(decide_action(shared.status, self.settings.on_fail), shared)
+
+    def _act(self, action: Action, outcome: Outcome | None) -> None:
+        if action is Action.NONE:
+            return
+        if outcome is None:  # a stored decision of an earlier run of this fit
+            earlier = f"an earlier audit of this fit (report sha256 {self.report_sha256_})"
+            outcome = Outcome(
+                status=self.status_ or "error",
+                metrics={},
+                summary=f"privacy-gate: {self.status_}, from {earlier}",
+                report=earlier,
+            )
+        if action is Action.RAISE:
+            raise outcome.failure()
+        if action is Action.TAG:
+            warnings.warn(
+                f"{outcome.summary}. on_fail='tag' tags the MLflow run once "
+                "privacy-gate's MLflow adapter exists; it does not yet, so this is a warning.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        warnings.warn(outcome.summary, UserWarning, stacklevel=3)

@@ -1,0 +1,200 @@
+"""The validated arguments of `PrivacyAuditCallback` (shared by both Lightning namespaces).
+
+Every keyword argument is checked here, in the callback's ``__init__``, so that a
+misconfiguration fails before hours of training rather than after them. Errors use one
+sentence: "The 'x' parameter of PrivacyAuditCallback must be ... Got ... instead." plus
+a ``HINT:``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from privacy_gate.config import AuditConfig, default_config, load_config
+from privacy_gate.errors import ConfigError, PrivacyGateError, invalid_value
+from privacy_gate.signals import Task
+from privacy_gate.training.audit import DEFAULT_REFERENCE_MODELS, Backend
+
+__all__ = ["AuditSettings", "Metadata", "OnFail", "validate_settings"]
+
+OWNER = "PrivacyAuditCallback"
+
+#: Metadata aligned with the pool (members, then holdout), or a callable
+#: ``(split, index) -> value`` with ``split`` in {"train", "holdout"}.
+Metadata = Sequence[Any] | np.ndarray[Any, Any] | torch.Tensor | Callable[[str, int], Any]
+
+
+class OnFail(str, Enum):
+    """What a failing gate does after the audit."""
+
+    RAISE = "raise"
+    WARN = "warn"
+    TAG = "tag"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditSettings:
+    """The callback's validated arguments (see `PrivacyAuditCallback` for each)."""
+
+    config: AuditConfig
+    holdout: Dataset[Any] | DataLoader[Any] | None
+    patient_ids: Metadata | None
+    subgroups: Mapping[str, Metadata]
+    reference_models: int
+    backend: Backend
+    seed: int
+    on_fail: OnFail
+    output_dir: Path | None
+    model_factory: Callable[[], nn.Module] | None
+    task: Task
+    plots: bool
+
+
+def _error(name: str, expected: str, got: Any, hint: str | None = None) -> ConfigError:
+    return ConfigError(invalid_value(name, OWNER, expected, got, hint))
+
+
+def _choice(name: str, kind: type[Enum], value: Any) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        options = [member.value for member in kind]
+        raise _error(name, f"one of {options}", value) from None
+
+
+def _config(value: Any, subgroups: Mapping[str, Any]) -> AuditConfig:
+    if value is None:  # the packaged default policy, analysing the given subgroup columns
+        return dataclasses.replace(default_config(), subgroups=tuple(subgroups))
+    if isinstance(value, AuditConfig):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        try:
+            return load_config(os.fspath(value))
+        except PrivacyGateError as exc:
+            raise _error(
+                "config",
+                "an AuditConfig or the path of a valid YAML policy",
+                os.fspath(value),
+                str(exc),
+            ) from None
+    raise _error(
+        "config",
+        "an AuditConfig, the path of a YAML policy, or None (the packaged default policy)",
+        value,
+    )
+
+
+def _metadata(name: str, value: Any) -> Metadata:
+    if callable(value) or isinstance(value, torch.Tensor | np.ndarray):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return value
+    raise _error(
+        name,
+        "a sequence aligned with the audit pool (train records, then holdout records) or a "
+        "callable (split, index) -> value",
+        value,
+        "split is 'train' or 'holdout' and index the record's position in that split.",
+    )
+
+
+def validate_settings(
+    *,
+    config: Any,
+    holdout: Any,
+    patient_ids: Any,
+    subgroups: Any,
+    reference_models: Any,
+    backend: Any,
+    seed: Any,
+    on_fail: Any,
+    output_dir: Any,
+    model_factory: Any,
+    task: Any,
+    plots: Any,
+) -> AuditSettings:
+    """Check every argument; return them normalised (enums, paths, a parsed policy)."""
+    if holdout is not None and not isinstance(holdout, Dataset | DataLoader):
+        raise _error(
+            "holdout",
+            "a torch Dataset or DataLoader of (input, label) records, or None",
+            holdout,
+            "None takes the datamodule's test set (or its validation set, with a warning).",
+        )
+    if patient_ids is not None:
+        patient_ids = _metadata("patient_ids", patient_ids)
+    if subgroups is None:
+        subgroups = {}
+    if not isinstance(subgroups, Mapping) or not all(isinstance(k, str) and k for k in subgroups):
+        raise _error(
+            "subgroups",
+            "a mapping from column name to a sequence or callable",
+            subgroups,
+            "e.g. subgroups={'sex': sexes, 'site': lambda split, i: ...}.",
+        )
+    subgroups = {k: _metadata(f"subgroups[{k!r}]", v) for k, v in subgroups.items()}
+    if (
+        isinstance(reference_models, bool)
+        or not isinstance(reference_models, int)
+        or reference_models < 2
+        or reference_models % 2
+    ):
+        raise _error(
+            "reference_models",
+            "an even integer >= 2",
+            reference_models,
+            f"each patient is IN for exactly half of the reference models; "
+            f"{DEFAULT_REFERENCE_MODELS} is the default, 32 the policy's usual minimum.",
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise _error("seed", "an integer >= 0", seed)
+    if output_dir is not None and not isinstance(output_dir, str | os.PathLike):
+        raise _error(
+            "output_dir",
+            "a path or None (<trainer.default_root_dir>/privacy_audit)",
+            output_dir,
+        )
+    if model_factory is not None and not callable(model_factory):
+        raise _error(
+            "model_factory",
+            "a callable returning an untrained LightningModule, or None",
+            model_factory,
+            "None rebuilds the module as type(module)(**module.hparams); call "
+            "self.save_hyperparameters() in its __init__.",
+        )
+    if not isinstance(plots, bool):
+        raise _error("plots", "a bool", plots)
+    parsed = _config(config, subgroups)
+    missing = [column for column in parsed.subgroups if column not in subgroups]
+    if missing:
+        raise _error(
+            "subgroups",
+            f"a mapping with the policy's subgroup columns {list(parsed.subgroups)}",
+            sorted(subgroups),
+            f"add the column(s) {missing}, or remove them from the policy's 'subgroups'.",
+        )
+    return AuditSettings(
+        config=parsed,
+        holdout=holdout,
+        patient_ids=patient_ids,
+        subgroups=subgroups,
+        reference_models=reference_models,
+        backend=_choice("backend", Backend, backend),
+        seed=seed,
+        on_fail=_choice("on_fail", OnFail, on_fail),
+        output_dir=None if output_dir is None else Path(output_dir),
+        model_factory=model_factory,
+        task=_choice("task", Task, task),
+        plots=plots,
+    )
