@@ -90,7 +90,7 @@ class Decision:
         """A one-line verdict for terminals and CI logs."""
         if self.status is Status.PASS:
             return "privacy-gate: PASS"
-        rules = ", ".join(v.rule.value for v in self.violations)
+        rules = ", ".join(dict.fromkeys(v.rule.value for v in self.violations))
         return f"privacy-gate: {self.status.value.upper()} ({rules})"
 
 

@@ -23,7 +23,7 @@ from lightning_callbacks.lightning import PrivacyAuditCallback
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="out/lightning", help="Trainer root directory")
-    parser.add_argument("--reference-models", type=int, default=32)
+    parser.add_argument("--reference-models", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=20)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
