@@ -35,6 +35,7 @@ from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.scoring import score_model
 from privacy_gate.training.sequential import ModelFactory, init_model, train_one
 from privacy_gate.training.store import ScoreStore
+from privacy_gate.training.weights import weights_sha256
 
 __all__ = ["Backend", "TrainFunction", "TrainingPlan", "run_audit", "train_reference_models"]
 
@@ -343,7 +344,7 @@ def run_audit(
         train_fn=train_fn,
     )
     if candidate is None:
-        if not store.has("candidate"):
+        if not store.has("candidate") or store.load_text("candidate_sha256") is None:
             trained = train_one(
                 factory,
                 inputs,
@@ -357,9 +358,12 @@ def run_audit(
                 "candidate",
                 score_model(trained, inputs, labels, data.task, augmentations=augmentations),
             )
+            store.save_text("candidate_sha256", weights_sha256(trained))
         target = store.load("candidate")
+        model_sha256 = store.load_text("candidate_sha256")
     else:
         target = score_model(candidate, inputs, labels, data.task, augmentations=augmentations)
+        model_sha256 = weights_sha256(candidate)
     signals = make_signals(
         scores, masks, target_scores=target, target_members=data.is_member(), task=data.task
     )
@@ -367,6 +371,7 @@ def run_audit(
         if training.get(name) is None:
             training[name] = value
     audit_provenance = {
+        "model_sha256": model_sha256,
         "plan": {"seed": seed, "sha256": plan_digest(masks), "file": "membership.npz"},
         "training": {
             **training,

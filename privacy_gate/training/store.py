@@ -67,8 +67,17 @@ class ScoreStore:
             os.fsync(handle.fileno())
         temporary.replace(self._file(name))
 
+    def save_text(self, name: str, text: str) -> None:
+        """Store a short text (e.g. a weights digest) beside the scores."""
+        _atomic_write(self.path / f"{name}.txt", text.encode("utf-8"))
+
+    def load_text(self, name: str) -> str | None:
+        file = self.path / f"{name}.txt"
+        return file.read_text(encoding="utf-8") if file.exists() else None
+
 
 def _atomic_write(path: Path, content: bytes) -> None:
+    """Write a file so that a crash leaves the old state or the complete file."""
     temporary = path.with_suffix(path.suffix + ".tmp")
     temporary.write_bytes(content)
     temporary.replace(path)

@@ -224,3 +224,21 @@ def test_empty_subset_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="empty training subset"):
         run_audit(make_model, single, recipe=RECIPE, config=POLICY, reference_models=2,
                   backend="sequential", out_dir=tmp_path, plots=False)  # fmt: skip
+
+
+def test_report_names_the_audited_weights(tmp_path: Path) -> None:
+    from privacy_gate.training.sequential import train_one
+    from privacy_gate.training.weights import weights_sha256
+
+    data = load_data()
+    inputs, labels = data.pool()
+    candidate = train_one(make_model, inputs, labels, np.arange(80), RECIPE, seed=5)
+    given = _audit(tmp_path / "given", candidate=candidate)
+    assert given.report["audit"]["model_sha256"] == weights_sha256(candidate)
+    with torch.no_grad():
+        candidate[0].weight[0, 0] += 1e-3  # the weights changed after the audit
+    assert given.report["audit"]["model_sha256"] != weights_sha256(candidate)
+    trained = _audit(tmp_path / "trained")
+    digest = trained.report["audit"]["model_sha256"]
+    assert isinstance(digest, str) and len(digest) == 64
+    assert _audit(tmp_path / "trained").report["audit"]["model_sha256"] == digest  # resumed
