@@ -1,0 +1,32 @@
+"""The MLflow adapter: the one package where privacy-gate talks to MLflow (STYLE.md 9).
+
+`log_report` writes an audit into a run; `privacy_gate.mlflow.keys` turns arbitrary
+subgroup names into MLflow-safe metric keys and back. MLflow itself is imported only
+when a function needs it (``pip install 'privacy-gate[mlflow]'``).
+"""
+
+from __future__ import annotations
+
+from privacy_gate.mlflow.keys import escape_segment, metric_key, unescape_segment
+from privacy_gate.mlflow.logging import (
+    ARTIFACT_PATH,
+    KEYS_MAP_FILE,
+    log_report,
+    report_metrics,
+    report_params,
+    report_sha256,
+    report_tags,
+)
+
+__all__ = [
+    "ARTIFACT_PATH",
+    "KEYS_MAP_FILE",
+    "escape_segment",
+    "log_report",
+    "metric_key",
+    "report_metrics",
+    "report_params",
+    "report_sha256",
+    "report_tags",
+    "unescape_segment",
+]

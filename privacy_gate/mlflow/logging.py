@@ -1,0 +1,294 @@
+"""Log an audit report into an MLflow run: metrics, params, tags and artifacts.
+
+The one place besides the rest of `privacy_gate.mlflow` where MLflow is used (STYLE.md
+point 9). MLflow is imported lazily, so the package imports without it.
+
+Metric keys (all under ``privacy_gate/``; ``<column>`` and ``<value>`` escaped by
+`privacy_gate.mlflow.keys.escape_segment`):
+
+- ``patient_auc/<stat>``, ``patient_auc_mean/<stat>``, ``record_auc/<stat>`` (max, mean,
+  median, q90, q99), ``patients_at_risk``, ``patients_at_risk_raw``,
+  ``fraction_at_risk``, ``tail_se``, ``tail_count/<auc>``;
+- ``noise_floor/max_patient_auc_q95``, ``noise_floor/expected_at_risk``,
+  ``noise_floor/reference_models_needed``;
+- ``aggregate/auc`` (the strongest attack), ``aggregate/tpr_at_fpr/<fpr>`` (the highest
+  over the attacks, as the gate reads it), ``attack/<name>/auc``,
+  ``attack/<name>/tpr_at_fpr/<fpr>``;
+- ``subgroup/<column>/<value>/<statistic>`` for tested groups (``relative_change``,
+  ``pearson_residual``, ``p_value``, ``observed``, ``expected``, ``tail_rate``, ``size``)
+  and ``subgroup_column/<column>/<statistic>`` (``chi_square``, ``p_value``,
+  ``p_value_bonferroni``).
+
+Figures that are None (not finite in the audit) are not logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from privacy_gate._version import __version__
+from privacy_gate.errors import ReportError
+from privacy_gate.mlflow.keys import escape_segment, join_key, shorten_key
+from privacy_gate.report import REPORT_FILE, canonical_json
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "ARTIFACT_PATH",
+    "KEYS_MAP_FILE",
+    "log_report",
+    "report_metrics",
+    "report_params",
+    "report_sha256",
+    "report_tags",
+]
+
+ARTIFACT_PATH = "privacy_gate"
+"""The run's artifact folder that holds the audit files."""
+KEYS_MAP_FILE = "metric_keys_map.json"
+"""Artifact mapping each shortened metric key to its full key (only when one was)."""
+
+_DISTRIBUTIONS = ("patient_auc", "patient_auc_mean", "record_auc")
+_SCALARS = ("patients_at_risk", "patients_at_risk_raw", "fraction_at_risk", "tail_se")
+_NOISE_FLOOR = ("max_patient_auc_q95", "expected_at_risk", "reference_models_needed")
+_GROUP_STATISTICS = (
+    "relative_change",
+    "pearson_residual",
+    "p_value",
+    "observed",
+    "expected",
+    "tail_rate",
+    "size",
+)
+_COLUMN_STATISTICS = ("chi_square", "p_value", "p_value_bonferroni")
+_ARTIFACT_FILES = (REPORT_FILE, "report.md", "report.html", "patients.csv")
+_VIOLATIONS_TAG_LENGTH = 500
+_INSTALL_HINT = "HINT: pip install 'privacy-gate[mlflow]'."
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for None, non-numbers, booleans and non-finite values."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _section(report: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    section = report.get(name)
+    return section if isinstance(section, Mapping) else {}
+
+
+def _report_metrics(report: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(segments, value) of every figure; values still unchecked."""
+    summary = _section(report, "summary")
+    for name in _DISTRIBUTIONS:
+        for stat, value in _section(summary, name).items():
+            yield (name, str(stat)), value
+    for name in _SCALARS:
+        yield (name,), summary.get(name)
+    for auc, count in _section(summary, "tail_counts").items():
+        yield ("tail_count", str(auc)), count
+    floor = _section(summary, "noise_floor")
+    for name in _NOISE_FLOOR:
+        yield ("noise_floor", name), floor.get(name)
+
+    aggregate = _section(report, "aggregate")
+    attacks = _section(aggregate, "attacks")
+    strongest = _section(attacks, str(aggregate.get("strongest")))
+    if strongest:
+        yield ("aggregate", "auc"), strongest.get("auc")
+    best_tpr: dict[str, float] = {}
+    for attack, result in attacks.items():
+        if not isinstance(result, Mapping):
+            continue
+        yield ("attack", str(attack), "auc"), result.get("auc")
+        for fpr, tpr in _section(result, "tpr_at_fpr").items():
+            yield ("attack", str(attack), "tpr_at_fpr", str(fpr)), tpr
+            number = _number(tpr)
+            if number is not None:
+                best_tpr[str(fpr)] = max(best_tpr.get(str(fpr), -math.inf), number)
+    for fpr, tpr in best_tpr.items():
+        yield ("aggregate", "tpr_at_fpr", fpr), tpr
+
+    for column, result in _section(report, "subgroups").items():
+        if not isinstance(result, Mapping):
+            continue
+        escaped = escape_segment(str(column))
+        for stat in _COLUMN_STATISTICS:
+            yield ("subgroup_column", escaped, stat), result.get(stat)
+        for value, group in _section(result, "groups").items():
+            if not isinstance(group, Mapping) or group.get("status") != "tested":
+                continue
+            group_segment = escape_segment(str(value))
+            for stat in _GROUP_STATISTICS:
+                yield ("subgroup", escaped, group_segment, stat), group.get(stat)
+
+
+def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """The report's figures by full metric key (before `shorten_key`); None skipped.
+
+    >>> report_metrics({"summary": {"tail_counts": {"0.9": 3}, "tail_se": None}})
+    {'privacy_gate/tail_count/0.9': 3.0}
+    """
+    metrics: dict[str, float] = {}
+    for segments, value in _report_metrics(report):
+        number = _number(value)
+        if number is not None:
+            metrics[join_key(*segments)] = number
+    return metrics
+
+
+def report_sha256(report: Mapping[str, Any]) -> str:
+    """SHA-256 of the report's canonical JSON (`privacy_gate.report.canonical_json`)."""
+    return hashlib.sha256(canonical_json(report)).hexdigest()
+
+
+def report_params(report: Mapping[str, Any]) -> dict[str, str]:
+    """The audit's settings as MLflow params (those present in the report)."""
+    audit = _section(report, "audit")
+    params = {
+        "privacy_gate.reference_models": audit.get("reference_models"),
+        "privacy_gate.backend": _section(audit, "training").get("backend"),
+        "privacy_gate.policy_sha256": audit.get("policy_sha256"),
+        "privacy_gate.records": audit.get("records"),
+        "privacy_gate.patients": audit.get("patients"),
+    }
+    return {key: str(value) for key, value in params.items() if value is not None}
+
+
+def report_tags(report: Mapping[str, Any]) -> dict[str, str]:
+    """The verdict as MLflow tags: status, digests, version and the violated rules."""
+    audit = _section(report, "audit")
+    decision = _section(report, "decision")
+    rules = [
+        str(v.get("rule"))
+        for v in decision.get("violations") or ()
+        if isinstance(v, Mapping) and v.get("rule") is not None
+    ]
+    violations = ",".join(dict.fromkeys(rules))
+    if len(violations) > _VIOLATIONS_TAG_LENGTH:
+        violations = violations[: _VIOLATIONS_TAG_LENGTH - 3] + "..."
+    tags = {
+        "privacy_gate.status": decision.get("status"),
+        "privacy_gate.report_sha256": report_sha256(report),
+        "privacy_gate.policy_sha256": audit.get("policy_sha256"),
+        "privacy_gate.version": audit.get("package_version") or __version__,
+        "privacy_gate.violations": violations,
+    }
+    return {key: str(value) for key, value in tags.items() if value is not None}
+
+
+def _client(client: MlflowClient | None) -> MlflowClient:
+    if client is not None:
+        return client
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError as exc:
+        raise ImportError(f"Logging to MLflow needs the mlflow package. {_INSTALL_HINT}") from exc
+    return MlflowClient()
+
+
+def _active_run_id() -> str:
+    try:
+        import mlflow
+    except ImportError as exc:
+        raise ImportError(f"Logging to MLflow needs the mlflow package. {_INSTALL_HINT}") from exc
+
+    run = mlflow.active_run()
+    if run is None:
+        raise ValueError(
+            "The 'run_id' parameter of log_report must name an MLflow run when no run is "
+            "active. Got None instead. HINT: pass run_id=... or call it inside "
+            "'with mlflow.start_run():'."
+        )
+    return str(run.info.run_id)
+
+
+def _artifact_files(out_dir: Path, *, include_records: bool) -> list[Path]:
+    names = list(_ARTIFACT_FILES) + (["records.csv"] if include_records else [])
+    files = [out_dir / name for name in names if (out_dir / name).is_file()]
+    files += sorted(p for p in out_dir.glob("*.png") if p.is_file())
+    return files
+
+
+def _check_report_file(report: Mapping[str, Any], out_dir: Path) -> None:
+    """The out_dir's report.json must be this report (artifacts of another audit mislead)."""
+    path = out_dir / REPORT_FILE
+    if not path.is_file():
+        raise ReportError(
+            f"The 'out_dir' parameter of log_report must hold the audit's {REPORT_FILE}. "
+            f"Got {str(out_dir)!r} instead. HINT: pass the directory written by "
+            "privacy_gate.write_outputs or 'privacy-gate score'."
+        )
+    on_disk = json.loads(path.read_text(encoding="utf-8"))
+    if canonical_json(on_disk) != canonical_json(report):
+        raise ReportError(
+            f"The 'out_dir' parameter of log_report must hold this report, but "
+            f"{str(path)!r} is another audit (SHA-256 of its canonical JSON differs). "
+            "HINT: pass the directory this report was written to."
+        )
+
+
+def log_report(
+    report: Mapping[str, Any],
+    *,
+    run_id: str | None = None,
+    out_dir: str | Path | None = None,
+    client: MlflowClient | None = None,
+    include_records: bool = False,
+) -> None:
+    """Log an audit report into an existing MLflow run.
+
+    Metrics, params and tags go in batches (`MlflowClient.log_batch`); files of
+    ``out_dir`` go under the artifact folder ``privacy_gate``: ``report.json``,
+    ``report.md``, ``report.html``, the plots and ``patients.csv`` (``records.csv`` only
+    with ``include_records``). Params are immutable in MLflow: logging a second report
+    with other settings into the same run fails.
+
+    Args:
+        report: the report (``AuditResult.report`` or `privacy_gate.report.load_report`).
+        run_id: the run to log into; the active run when None.
+        out_dir: the directory the audit was written to; no artifacts when None.
+        client: the client to use (its tracking URI); ``MlflowClient()`` when None.
+        include_records: also log ``records.csv`` (per-record figures under pseudonyms).
+
+    Raises:
+        ReportError: ``out_dir`` does not hold this report's ``report.json``.
+        ValueError: no ``run_id`` and no active run.
+    """
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        _check_report_file(report, out)
+    run = run_id if run_id is not None else _active_run_id()
+    mlflow_client = _client(client)
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    timestamp = int(time.time() * 1000)
+    full_keys = report_metrics(report)
+    shortened = {shorten_key(k): k for k in full_keys if shorten_key(k) != k}
+    metrics = [
+        Metric(key=shorten_key(k), value=v, timestamp=timestamp, step=0)
+        for k, v in full_keys.items()
+    ]
+    params = [Param(key=k, value=v) for k, v in report_params(report).items()]
+    tags = [RunTag(key=k, value=v) for k, v in report_tags(report).items()]
+    mlflow_client.log_batch(run, metrics=metrics, params=params, tags=tags)
+
+    files = _artifact_files(out, include_records=include_records) if out is not None else []
+    for path in files:
+        mlflow_client.log_artifact(run, str(path), artifact_path=ARTIFACT_PATH)
+    if shortened:
+        with tempfile.TemporaryDirectory() as tmp:
+            mapping = Path(tmp) / KEYS_MAP_FILE
+            mapping.write_text(json.dumps(shortened, indent=2, sort_keys=True), "utf-8")
+            mlflow_client.log_artifact(run, str(mapping), artifact_path=ARTIFACT_PATH)
