@@ -1,0 +1,68 @@
+"""Is this report a genuine, passing audit of exactly this model version?
+
+Pure checks (no MLflow import) shared by `privacy-gate promote` and the registry-store
+plugin, so both refuse for the same reasons. Every reason is collected, then returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from privacy_gate.errors import ReportError
+from privacy_gate.signing import verify_report
+
+__all__ = ["audit_refusals"]
+
+
+def audit_refusals(
+    report: Mapping[str, Any] | None,
+    *,
+    public_key: Any,
+    run_id: str | None,
+    model_sha256: str | None,
+    policy_sha256: str | None = None,
+) -> list[str]:
+    """Reasons to refuse promotion; an empty list means the audit allows it.
+
+    Args:
+        report: the audit report found for the version (None: no audit).
+        public_key: the verifiers' Ed25519 public key.
+        run_id: the run that produced the model version.
+        model_sha256: the digest recomputed from the version's model files (None when
+            it could not be computed: that alone refuses).
+        policy_sha256: the policy required for promotion (None: any policy).
+    """
+    if report is None:
+        return ["no privacy audit was found for this model version (run privacy-gate first)"]
+    reasons: list[str] = []
+    try:
+        verify_report(report, public_key)
+    except ReportError as exc:
+        reasons.append(f"the audit signature is not valid: {exc}")
+        return reasons  # nothing else in an unverified report can be trusted
+    audit = report.get("audit", {})
+    status = report.get("decision", {}).get("status")
+    if status != "pass":
+        rules = ", ".join(
+            str(v.get("rule")) for v in report.get("decision", {}).get("violations", [])
+        )
+        reasons.append(f"the audit did not pass (status {status!r}; violated: {rules or '-'})")
+    if run_id is not None and audit.get("run_id") != run_id:
+        reasons.append(
+            f"the audit belongs to run {audit.get('run_id')!r}, not to this version's run "
+            f"{run_id!r}"
+        )
+    if model_sha256 is None:
+        reasons.append("the weights of this model version could not be digested")
+    elif audit.get("model_sha256") != model_sha256:
+        reasons.append(
+            "the model's weights changed after the audit (audited "
+            f"{str(audit.get('model_sha256'))[:12]}..., registered {model_sha256[:12]}...)"
+        )
+    if policy_sha256 is not None and audit.get("policy_sha256") != policy_sha256:
+        reasons.append(
+            f"the audit used policy {str(audit.get('policy_sha256'))[:12]}..., promotion "
+            f"requires {policy_sha256[:12]}..."
+        )
+    return reasons
