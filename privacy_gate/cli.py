@@ -1,8 +1,9 @@
-"""Command line: ``privacy-gate score|check|audit|policy|keys``.
+"""Command line: ``privacy-gate score|check|audit|policy|keys|promote``.
 
 Exit codes: 0 pass, 1 gate failed (an under-powered or missing audit included),
-2 error (bad input, bad config, any exception). Errors print one line naming the
-problem; ``--debug`` adds the traceback.
+2 error (bad input, bad config, any exception). ``promote``: 0 promoted, 1 refused, 2 error
+(server unreachable, model or version not found, bad key). Errors print one line naming
+the problem; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -71,7 +73,35 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("policy", help="print the packaged default policy and its hash")
     _add_keys_commands(commands)
+    _add_promote_command(commands)
     return parser
+
+
+def _add_promote_command(commands: Any) -> None:
+    promote_cmd = commands.add_parser(
+        "promote",
+        help="set a registered model version's alias if its signed audit passes "
+        "(exit 0 promoted, 1 refused, 2 error)",
+        description=(
+            "Verify the version's signed audit (signature, status, this version's run, "
+            "these weights, the policy) and only then set the alias. Needs the mlflow "
+            "package."
+        ),
+    )
+    promote_cmd.add_argument("--model", required=True, help="registered model name")
+    promote_cmd.add_argument("--version", required=True, help="model version")
+    promote_cmd.add_argument("--alias", required=True, help="alias to set, e.g. champion")
+    promote_cmd.add_argument(
+        "--public-key",
+        type=Path,
+        help=f"public key PEM (default: ${signing.PUBLIC_KEY_ENVIRONMENT_VARIABLE})",
+    )
+    promote_cmd.add_argument(
+        "--policy-sha256", help="require the audit to have used this policy digest"
+    )
+    promote_cmd.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)"
+    )
 
 
 def _add_keys_commands(commands: Any) -> None:
@@ -241,9 +271,53 @@ def _audit(args: argparse.Namespace) -> AuditResult:
     return result
 
 
+def _promote(args: argparse.Namespace) -> int:
+    """``privacy-gate promote``: 0 promoted, 1 refused, 2 error (raised)."""
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        raise InputError(
+            "The '--tracking-uri' option of promote must name the MLflow server or store. "
+            "Got nothing, and MLFLOW_TRACKING_URI is unset. HINT: pass --tracking-uri "
+            "http://host:5000 (or sqlite:///mlflow.db)."
+        )
+    public_key = signing.load_public_key(args.public_key) if args.public_key else None
+    # a dead server should fail in seconds, not after MLflow's default minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    from privacy_gate.mlflow.promote import client_for, promote  # imports mlflow lazily
+
+    try:
+        client = client_for(tracking_uri)
+    except ImportError:
+        raise InputError(
+            "'privacy-gate promote' needs the mlflow package. "
+            "HINT: pip install 'privacy-gate[mlflow]'."
+        ) from None
+    result = promote(
+        args.model,
+        args.version,
+        args.alias,
+        public_key=public_key,
+        policy_sha256=args.policy_sha256,
+        client=client,
+    )
+    where = f"{args.model!r} version {args.version}"
+    if result.allowed:
+        print(f"privacy-gate: PROMOTED {where} to alias {args.alias!r}.")
+        return 0
+    print(f"privacy-gate: REFUSED to promote {where} to alias {args.alias!r}:")
+    for reason in result.reasons:
+        print(f"  - {reason}")
+    for violation in result.violations:
+        print(f"  FAIL {violation.get('rule')}: {violation.get('message', '')}")
+    print("  DP-SGD recommendation: not available yet (issue 6).")
+    return 1
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "keys":
         return _keys(args)
+    if args.command == "promote":
+        return _promote(args)
     if args.command == "policy":
         print(default_policy_text(), end="")
         print(f"# policy_sha256: {default_config().sha256()}")

@@ -20,6 +20,12 @@ Metric keys (all under ``privacy_gate/``; ``<column>`` and ``<value>`` escaped b
   ``p_value_bonferroni``).
 
 Figures that are None (not finite in the audit) are not logged.
+
+Signed audits (DESIGN.md, "Signed audits"): with a signing key (the ``signing_key``
+argument, else ``PRIVACY_GATE_SIGNING_KEY``) the report is signed with ``audit.run_id`` set
+to the run it is logged to and ``audit.model_sha256`` to the audited weights' digest, and
+that signed report is the ``privacy_gate/report.json`` artifact `privacy_gate.mlflow.promote`
+and the registry plugin verify. The tag ``privacy_gate.signed`` says whether it was signed.
 """
 
 from __future__ import annotations
@@ -36,14 +42,18 @@ from typing import TYPE_CHECKING, Any
 from privacy_gate._version import __version__
 from privacy_gate.errors import ReportError
 from privacy_gate.mlflow.keys import escape_segment, join_key, shorten_key
-from privacy_gate.report import REPORT_FILE, canonical_json
+from privacy_gate.report import REPORT_FILE, canonical_json, write_json
+from privacy_gate.signing import sign_report, signing_key_from_environment
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from mlflow.tracking import MlflowClient
 
 __all__ = [
     "ARTIFACT_PATH",
     "KEYS_MAP_FILE",
+    "REPORT_ARTIFACT",
+    "SIGNED_TAG",
     "log_report",
     "report_metrics",
     "report_params",
@@ -53,6 +63,10 @@ __all__ = [
 
 ARTIFACT_PATH = "privacy_gate"
 """The run's artifact folder that holds the audit files."""
+REPORT_ARTIFACT = f"{ARTIFACT_PATH}/{REPORT_FILE}"
+"""The run-relative path of the (signed) report that promotion verifies."""
+SIGNED_TAG = "privacy_gate.signed"
+"""Run tag: ``true`` when the logged report.json carries a signature."""
 KEYS_MAP_FILE = "metric_keys_map.json"
 """Artifact mapping each shortened metric key to its full key (only when one was)."""
 
@@ -245,7 +259,9 @@ def log_report(
     out_dir: str | Path | None = None,
     client: MlflowClient | None = None,
     include_records: bool = False,
-) -> None:
+    signing_key: Ed25519PrivateKey | None = None,
+    model_sha256: str | None = None,
+) -> dict[str, Any]:
     """Log an audit report into an existing MLflow run.
 
     Metrics, params and tags go in batches (`MlflowClient.log_batch`); files of
@@ -260,15 +276,33 @@ def log_report(
         out_dir: the directory the audit was written to; no artifacts when None.
         client: the client to use (its tracking URI); ``MlflowClient()`` when None.
         include_records: also log ``records.csv`` (per-record figures under pseudonyms).
+        signing_key: the auditing side's Ed25519 private key; ``PRIVACY_GATE_SIGNING_KEY``
+            when None (unsigned when that is unset too). The report is signed with
+            ``audit.run_id`` = the run it is logged to and ``audit.model_sha256``, and the
+            signed report is uploaded as ``privacy_gate/report.json`` (also without
+            ``out_dir``).
+        model_sha256: digest of the audited weights
+            (`privacy_gate.training.weights.weights_sha256`); the report's
+            ``audit.model_sha256`` when None.
+
+    Returns:
+        The report as logged: the signed copy when signed, else ``report`` itself.
 
     Raises:
         ReportError: ``out_dir`` does not hold this report's ``report.json``.
+        InputError: the signing key in the environment cannot be loaded, or
+            ``model_sha256`` is not a SHA-256.
         ValueError: no ``run_id`` and no active run.
     """
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        _check_report_file(report, out)
+        _check_report_file(report, out)  # before signing: that sets run_id and model_sha256
     run = run_id if run_id is not None else _active_run_id()
+    key = signing_key if signing_key is not None else signing_key_from_environment()
+    logged: Mapping[str, Any] = report
+    if key is not None:
+        logged = sign_report(report, key, run_id=run, model_sha256=model_sha256)
+    report = logged
     mlflow_client = _client(client)
 
     from mlflow.entities import Metric, Param, RunTag
@@ -282,13 +316,21 @@ def log_report(
     ]
     params = [Param(key=k, value=v) for k, v in report_params(report).items()]
     tags = [RunTag(key=k, value=v) for k, v in report_tags(report).items()]
+    tags.append(RunTag(key=SIGNED_TAG, value="true" if key is not None else "false"))
     mlflow_client.log_batch(run, metrics=metrics, params=params, tags=tags)
 
     files = _artifact_files(out, include_records=include_records) if out is not None else []
+    if key is not None:  # the signed report replaces the out_dir's unsigned one
+        files = [path for path in files if path.name != REPORT_FILE]
     for path in files:
         mlflow_client.log_artifact(run, str(path), artifact_path=ARTIFACT_PATH)
-    if shortened:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        if key is not None:
+            signed_path = Path(tmp) / REPORT_FILE
+            write_json(report, signed_path)
+            mlflow_client.log_artifact(run, str(signed_path), artifact_path=ARTIFACT_PATH)
+        if shortened:
             mapping = Path(tmp) / KEYS_MAP_FILE
             mapping.write_text(json.dumps(shortened, indent=2, sort_keys=True), "utf-8")
             mlflow_client.log_artifact(run, str(mapping), artifact_path=ARTIFACT_PATH)
+    return dict(report)

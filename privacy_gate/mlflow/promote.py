@@ -1,0 +1,254 @@
+"""Promote a registered model version only when it has a genuine, passing audit.
+
+`promote` (and ``privacy-gate promote``) finds the version's run, downloads the signed
+``privacy_gate/report.json`` logged there by `privacy_gate.mlflow.log_report`, recomputes
+the weights digest from the registered model's own files, and asks
+`privacy_gate.mlflow.verification.audit_refusals` whether the audit allows promotion: a
+valid signature by the configured public key, status ``pass``, this version's run, exactly
+these weights and (optionally) the required policy. Only then is the alias set. A tag
+typed by hand (``privacy_gate.status=pass``) is never read as a verdict.
+
+Version tags written: ``privacy_gate.status`` (``pass`` or ``refused``) and, on success,
+``privacy_gate.report_sha256`` and ``privacy_gate.promoted_alias``; on refusal
+``privacy_gate.refusal`` (the reasons, at most 5000 characters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from privacy_gate.errors import InputError, PrivacyGateError
+from privacy_gate.mlflow.logging import REPORT_ARTIFACT, report_sha256
+from privacy_gate.mlflow.verification import audit_refusals
+from privacy_gate.signing import (
+    PUBLIC_KEY_ENVIRONMENT_VARIABLE,
+    load_public_key,
+    public_key_from_environment,
+)
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "PROMOTED_ALIAS_TAG",
+    "REFUSAL_TAG",
+    "REFUSAL_TAG_LENGTH",
+    "REPORT_SHA256_TAG",
+    "STATUS_TAG",
+    "PromotionError",
+    "PromotionResult",
+    "client_for",
+    "promote",
+]
+
+STATUS_TAG = "privacy_gate.status"
+REPORT_SHA256_TAG = "privacy_gate.report_sha256"
+PROMOTED_ALIAS_TAG = "privacy_gate.promoted_alias"
+REFUSAL_TAG = "privacy_gate.refusal"
+REFUSAL_TAG_LENGTH = 5000
+_INSTALL_HINT = "HINT: pip install 'privacy-gate[mlflow]'."
+_log = logging.getLogger(__name__)
+
+
+class PromotionError(PrivacyGateError, RuntimeError):
+    """The registry could not be asked: server unreachable, model or version not found."""
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """The outcome of `promote`.
+
+    Attributes:
+        allowed: True when the alias was set.
+        reasons: why promotion was refused (empty when allowed).
+        report: the audit report found for the version (None when there was none).
+    """
+
+    allowed: bool
+    reasons: list[str] = field(default_factory=list)
+    report: dict[str, Any] | None = None
+
+    @property
+    def violations(self) -> list[dict[str, Any]]:
+        """The gate rules the audit violated (from the report; empty without one)."""
+        decision = (self.report or {}).get("decision")
+        if not isinstance(decision, Mapping):
+            return []
+        return [v for v in decision.get("violations") or () if isinstance(v, dict)]
+
+
+def client_for(tracking_uri: str | None = None) -> MlflowClient:
+    """An ``MlflowClient`` for ``tracking_uri`` (MLflow's default when None)."""
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError as exc:
+        raise ImportError(f"Promotion needs the mlflow package. {_INSTALL_HINT}") from exc
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _client(client: MlflowClient | None) -> MlflowClient:
+    return client if client is not None else client_for()
+
+
+def _public_key(public_key: Ed25519PublicKey | str | Path | bytes | None) -> Ed25519PublicKey:
+    if public_key is None:
+        key = public_key_from_environment()
+        if key is None:
+            raise InputError(
+                "The 'public_key' parameter of promote must be the auditing side's Ed25519 "
+                f"public key. Got None instead, and {PUBLIC_KEY_ENVIRONMENT_VARIABLE} is "
+                "unset. HINT: pass --public-key PATH or set "
+                f"{PUBLIC_KEY_ENVIRONMENT_VARIABLE}."
+            )
+        return key
+    if isinstance(public_key, (str, Path, bytes)):
+        return load_public_key(public_key)
+    return public_key
+
+
+def _download_report(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
+    """The run's ``privacy_gate/report.json``; None when absent or not a JSON object."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, REPORT_ARTIFACT, tmp)
+        except Exception as exc:  # MLflow raises several types for a missing artifact
+            _log.info("No audit report in run %s: %s", run_id, exc)
+            return None
+        try:
+            report = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            _log.warning("The audit report of run %s is unreadable: %s", run_id, exc)
+            return None
+    return report if isinstance(report, dict) else None
+
+
+@contextlib.contextmanager
+def _uris_of(client: MlflowClient) -> Iterator[None]:
+    """Point MLflow's global tracking and registry URIs at the client's for a while."""
+    import mlflow
+
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(str(getattr(client, "tracking_uri", tracking)))
+    mlflow.set_registry_uri(str(getattr(client, "_registry_uri", None) or registry))
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(registry)
+
+
+def _registered_weights_sha256(client: MlflowClient, name: str, version: str) -> str | None:
+    """Digest of the registered model's weights, loaded from its files; None on failure."""
+    try:
+        import mlflow.pytorch
+
+        from privacy_gate.training.weights import weights_sha256
+
+        with _uris_of(client):
+            model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
+        return weights_sha256(model)
+    except Exception as exc:  # any failure refuses: an undigestable model is not audited
+        _log.warning("Cannot digest the weights of %s version %s: %s", name, version, exc)
+        return None
+
+
+@contextlib.contextmanager
+def _registry_errors(name: str, version: str) -> Iterator[None]:
+    """MLflow's errors (long, multi-line) as one-line `PromotionError`s."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        message = lines[0] if len(lines[0]) <= 300 else lines[0][:297] + "..."
+        raise PromotionError(
+            f"Cannot promote {name!r} version {version}: {message} HINT: check the tracking "
+            "URI (--tracking-uri or MLFLOW_TRACKING_URI), the model name and the version."
+        ) from exc
+
+
+def _refusal_text(reasons: list[str]) -> str:
+    text = "; ".join(reasons)
+    if len(text) > REFUSAL_TAG_LENGTH:
+        text = text[: REFUSAL_TAG_LENGTH - 3] + "..."
+    return text
+
+
+def promote(
+    name: str,
+    version: str | int,
+    alias: str,
+    *,
+    public_key: Ed25519PublicKey | str | Path | bytes | None = None,
+    policy_sha256: str | None = None,
+    client: MlflowClient | None = None,
+) -> PromotionResult:
+    """Set ``alias`` on a registered model version if, and only if, its audit allows it.
+
+    Args:
+        name: the registered model's name.
+        version: the model version to promote.
+        alias: the alias to set (e.g. ``champion``).
+        public_key: the auditing side's public key (a key, or a PEM path or bytes);
+            ``PRIVACY_GATE_PUBLIC_KEY`` when None.
+        policy_sha256: the policy the audit must have used (None: any policy).
+        client: the client to use (its tracking and registry URIs); ``MlflowClient()``
+            when None. The weights are loaded through the global MLflow URIs.
+
+    Returns:
+        A `PromotionResult`; when refused, the version is tagged with the reasons and the
+        alias is left as it was.
+
+    Raises:
+        InputError: no public key, or one that cannot be loaded.
+        PromotionError: the version does not exist, or the server cannot be reached.
+    """
+    key = _public_key(public_key)
+    mlflow_client = _client(client)
+    version = str(version)
+    with _registry_errors(name, version):
+        return _promote(mlflow_client, name, version, alias, key, policy_sha256)
+
+
+def _promote(
+    mlflow_client: MlflowClient,
+    name: str,
+    version: str,
+    alias: str,
+    key: Ed25519PublicKey,
+    policy_sha256: str | None,
+) -> PromotionResult:
+    model_version = mlflow_client.get_model_version(name, version)
+    run_id = model_version.run_id or None
+    report = _download_report(mlflow_client, run_id) if run_id else None
+    digest = (
+        _registered_weights_sha256(mlflow_client, name, version) if report is not None else None
+    )
+    if run_id is None:
+        reasons = ["the model version names no run, so it has no audit"]
+    else:
+        reasons = audit_refusals(
+            report,
+            public_key=key,
+            run_id=run_id,
+            model_sha256=digest,
+            policy_sha256=policy_sha256,
+        )
+    if report is not None and not reasons:
+        mlflow_client.set_registered_model_alias(name, alias, version)
+        mlflow_client.set_model_version_tag(name, version, STATUS_TAG, "pass")
+        mlflow_client.set_model_version_tag(name, version, REPORT_SHA256_TAG, report_sha256(report))
+        mlflow_client.set_model_version_tag(name, version, PROMOTED_ALIAS_TAG, alias)
+        return PromotionResult(allowed=True, reasons=[], report=report)
+    mlflow_client.set_model_version_tag(name, version, STATUS_TAG, "refused")
+    mlflow_client.set_model_version_tag(name, version, REFUSAL_TAG, _refusal_text(reasons))
+    return PromotionResult(allowed=False, reasons=reasons, report=report)
