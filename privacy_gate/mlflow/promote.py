@@ -183,6 +183,29 @@ def _refusal_text(reasons: list[str]) -> str:
     return text
 
 
+def _denied(action: Any) -> str | None:
+    """Run a registry write; the message if a gated registry denies it, else None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        action()
+    except MlflowException as exc:
+        if exc.error_code != "PERMISSION_DENIED":
+            raise
+        return str(exc.message)
+    return None
+
+
+def _write_tags(client: Any, name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Write verdict tags; a gated registry (the registry-store plugin) refuses client
+    writes of ``privacy_gate.*`` tags and records its own verdict instead."""
+    for key, value in tags.items():
+        denied = _denied(lambda k=key, v=value: client.set_model_version_tag(name, version, k, v))
+        if denied is not None:
+            _log.info("The registry keeps its own verdict tags (%s); not writing %s.", denied, key)
+            return
+
+
 def promote(
     name: str,
     version: str | int,
@@ -244,11 +267,21 @@ def _promote(
             policy_sha256=policy_sha256,
         )
     if report is not None and not reasons:
-        mlflow_client.set_registered_model_alias(name, alias, version)
-        mlflow_client.set_model_version_tag(name, version, STATUS_TAG, "pass")
-        mlflow_client.set_model_version_tag(name, version, REPORT_SHA256_TAG, report_sha256(report))
-        mlflow_client.set_model_version_tag(name, version, PROMOTED_ALIAS_TAG, alias)
-        return PromotionResult(allowed=True, reasons=[], report=report)
-    mlflow_client.set_model_version_tag(name, version, STATUS_TAG, "refused")
-    mlflow_client.set_model_version_tag(name, version, REFUSAL_TAG, _refusal_text(reasons))
+        denied = _denied(lambda: mlflow_client.set_registered_model_alias(name, alias, version))
+        if denied is None:
+            _write_tags(
+                mlflow_client,
+                name,
+                version,
+                {STATUS_TAG: "pass", REPORT_SHA256_TAG: report_sha256(report),
+                 PROMOTED_ALIAS_TAG: alias},
+            )  # fmt: skip
+            return PromotionResult(allowed=True, reasons=[], report=report)
+        reasons = [f"the registry refused the alias: {denied}"]
+    _write_tags(
+        mlflow_client,
+        name,
+        version,
+        {STATUS_TAG: "refused", REFUSAL_TAG: _refusal_text(reasons)},
+    )
     return PromotionResult(allowed=False, reasons=reasons, report=report)

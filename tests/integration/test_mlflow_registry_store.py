@@ -1,0 +1,275 @@
+"""The privacy-gate registry store against a real ``mlflow server`` (no mocks).
+
+The server runs with ``--registry-store-uri privacygate+sqlite:///...`` and the audit
+public key; tiny torch models are logged, registered and promoted through the Python
+client and raw REST calls. Signed reports are uploaded as the run's
+``privacy_gate/report.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mlflow")
+pytest.importorskip("torch")
+
+import mlflow
+import mlflow.pytorch
+import requests
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow_server import MlflowServer, start_mlflow_server
+
+from privacy_gate.signing import load_private_key, sign_report, write_keypair
+from privacy_gate.training.weights import weights_sha256
+
+MODEL = "gated-model"
+
+
+@dataclass(frozen=True)
+class Gated:
+    server: MlflowServer
+    client: MlflowClient
+    private: Any
+    other_private: Any
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gated]:
+    tmp = tmp_path_factory.mktemp("gated_registry")
+    write_keypair(tmp / "audit.pem", tmp / "audit.pub.pem")
+    write_keypair(tmp / "other.pem", tmp / "other.pub.pem")
+    server_dir = tmp / "server"
+    with start_mlflow_server(
+        server_dir,
+        extra_args=["--registry-store-uri", f"privacygate+sqlite:///{server_dir / 'mlflow.db'}"],
+        env={
+            "PRIVACY_GATE_PUBLIC_KEY": str(tmp / "audit.pub.pem"),
+            "PRIVACY_GATE_PROTECTED_ALIASES": "champion, production",
+        },
+    ) as server:
+        client = MlflowClient(tracking_uri=server.tracking_uri, registry_uri=server.tracking_uri)
+        client.create_registered_model(MODEL)
+        yield Gated(
+            server,
+            client,
+            load_private_key(tmp / "audit.pem"),
+            load_private_key(tmp / "other.pem"),
+        )
+
+
+def _report(status: str = "pass") -> dict[str, Any]:
+    violations = [] if status == "pass" else [{"rule": "max_patient_auc"}]
+    return {
+        "audit": {"policy_sha256": "0" * 64, "reference_models": 4},
+        "decision": {"status": status, "violations": violations},
+    }
+
+
+def _register(
+    gated: Gated,
+    *,
+    status: str | None = "pass",
+    key: Any = None,
+    report_run: str | None = None,
+    tamper: bool = False,
+) -> str:
+    """Log a tiny model (and optionally a signed report) into a new run; register it."""
+    mlflow.set_tracking_uri(gated.server.tracking_uri)
+    mlflow.set_registry_uri(gated.server.tracking_uri)
+    model = torch.nn.Linear(3, 1)
+    digest = weights_sha256(model)
+    with mlflow.start_run() as run:
+        if tamper:  # weights changed after the audit
+            with torch.no_grad():
+                model.weight.add_(1.0)
+        info = mlflow.pytorch.log_model(  # pt2 (MLflow 3's default): loads without pickle
+            model,
+            name="model",
+            input_example=np.zeros((1, 3), dtype=np.float32),
+            pip_requirements=["torch"],  # skips the slow requirements inference
+        )
+        if status is not None:
+            signed = sign_report(
+                _report(status),
+                key if key is not None else gated.private,
+                run_id=report_run or run.info.run_id,
+                model_sha256=digest,
+            )
+            gated.client.log_text(run.info.run_id, json.dumps(signed), "privacy_gate/report.json")
+    version = gated.client.create_model_version(
+        MODEL, info.model_uri, run_id=run.info.run_id, model_id=info.model_id
+    )
+    return str(version.version)
+
+
+def _rest_alias(gated: Gated, version: str, alias: str = "champion") -> requests.Response:
+    return requests.post(
+        f"{gated.server.tracking_uri}/api/2.0/mlflow/registered-models/alias",
+        json={"name": MODEL, "alias": alias, "version": version},
+        timeout=60,
+    )
+
+
+def _assert_refused(gated: Gated, version: str, reason: str) -> None:
+    with pytest.raises(MlflowException) as caught:
+        gated.client.set_registered_model_alias(MODEL, "champion", version)
+    assert caught.value.error_code == "PERMISSION_DENIED"
+    assert reason in caught.value.message
+    response = _rest_alias(gated, version)
+    assert response.status_code == 403
+    body = response.json()
+    assert body["error_code"] == "PERMISSION_DENIED"
+    assert reason in body["message"]
+    aliases = gated.client.get_model_version(MODEL, version).aliases
+    assert "champion" not in aliases
+
+
+def test_passing_signed_audit_is_promoted(gated: Gated) -> None:
+    version = _register(gated)
+    gated.client.set_registered_model_alias(MODEL, "champion", version)
+    assert gated.client.get_model_version_by_alias(MODEL, "champion").version == version
+    tags = gated.client.get_model_version(MODEL, version).tags
+    assert tags["privacy_gate.status"] == "pass"
+    assert tags["privacy_gate.verified_by"] == "registry-store"
+    assert tags["privacy_gate.promoted_alias"] == "champion"
+    # Raw REST promotion of the same audited version also passes.
+    assert _rest_alias(gated, version, "production").status_code == 200
+
+
+def test_unaudited_version_is_refused(gated: Gated) -> None:
+    _assert_refused(gated, _register(gated, status=None), "no privacy audit was found")
+
+
+def test_failing_audit_is_refused(gated: Gated) -> None:
+    _assert_refused(gated, _register(gated, status="fail"), "the audit did not pass")
+
+
+def test_report_signed_by_another_key_is_refused(gated: Gated) -> None:
+    version = _register(gated, key=gated.other_private)
+    _assert_refused(gated, version, "the audit signature is not valid")
+
+
+def test_report_of_another_run_is_refused(gated: Gated) -> None:
+    version = _register(gated, report_run="0" * 32)
+    _assert_refused(gated, version, "the audit belongs to run")
+
+
+def test_changed_weights_are_refused(gated: Gated) -> None:
+    _assert_refused(gated, _register(gated, tamper=True), "weights changed after the audit")
+
+
+def test_forged_verdict_tag_is_refused(gated: Gated) -> None:
+    version = _register(gated, status=None)
+    with pytest.raises(MlflowException) as caught:
+        gated.client.set_model_version_tag(MODEL, version, "privacy_gate.status", "pass")
+    assert caught.value.error_code == "PERMISSION_DENIED"
+    assert "privacy_gate.status" in caught.value.message
+    # Tags given at registration are refused the same way.
+    run_id = gated.client.get_model_version(MODEL, version).run_id
+    with pytest.raises(MlflowException) as at_create:
+        gated.client.create_model_version(
+            MODEL, f"runs:/{run_id}/model", run_id=run_id, tags={"privacy_gate.status": "pass"}
+        )
+    assert at_create.value.error_code == "PERMISSION_DENIED"
+    assert "privacy_gate.status" not in gated.client.get_model_version(MODEL, version).tags
+    _assert_refused(gated, version, "no privacy audit was found")
+    # Ordinary tags still work.
+    gated.client.set_model_version_tag(MODEL, version, "team", "ehr")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # stages are deprecated, still served
+def test_stage_transition_is_gated(gated: Gated) -> None:
+    version = _register(gated, status="fail")
+    with pytest.raises(MlflowException) as caught:
+        gated.client.transition_model_version_stage(MODEL, version, "Production")
+    assert caught.value.error_code == "PERMISSION_DENIED"
+    assert "the audit did not pass" in caught.value.message
+    assert gated.client.get_model_version(MODEL, version).current_stage == "None"
+    gated.client.transition_model_version_stage(MODEL, version, "Archived")  # not protected
+    passing = _register(gated)
+    gated.client.transition_model_version_stage(MODEL, passing, "Staging")
+    assert gated.client.get_model_version(MODEL, passing).current_stage == "Staging"
+
+
+def test_unprotected_alias_needs_no_audit(gated: Gated) -> None:
+    version = _register(gated, status=None)
+    gated.client.set_registered_model_alias(MODEL, "candidate", version)
+    assert gated.client.get_model_version_by_alias(MODEL, "candidate").version == version
+
+
+def test_server_runs_the_gated_registry(gated: Gated) -> None:
+    log = gated.server.log_text()
+    assert "Model registry functionality is unavailable" not in log
+    assert "Failure attempting to register store" not in log
+    assert "privacy-gate registry store failed to import" not in log
+
+
+# ------------------------------------------------------------------ loud failures
+
+
+def test_unknown_inner_scheme_is_loud(caplog: pytest.LogCaptureFixture) -> None:
+    from privacy_gate.mlflow.registry_store import PrivacyGateRegistryStore
+
+    with caplog.at_level(logging.ERROR), pytest.raises(MlflowException) as caught:
+        PrivacyGateRegistryStore("privacygate+nosuchdb://x/y")
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "unsupported inner registry URI" in caught.value.message
+    assert any(r.levelno == logging.ERROR for r in caplog.records)
+    with pytest.raises(MlflowException, match="must not be a privacy-gate URI"):
+        PrivacyGateRegistryStore("privacygate+privacygate+sqlite:///x.db")
+
+
+def test_inner_uri_forms(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from privacy_gate.mlflow.registry_store import PrivacyGateRegistryStore, inner_uri
+
+    assert inner_uri("privacygate+postgresql://u@h/db") == "postgresql://u@h/db"
+    monkeypatch.setenv("PRIVACY_GATE_REGISTRY_INNER_URI", f"sqlite:///{tmp_path}/r.db")
+    assert inner_uri("privacygate:") == f"sqlite:///{tmp_path}/r.db"
+    monkeypatch.delenv("PRIVACY_GATE_REGISTRY_INNER_URI")
+    with pytest.raises(MlflowException, match="PRIVACY_GATE_REGISTRY_INNER_URI"):
+        PrivacyGateRegistryStore("privacygate:")
+
+
+def test_import_failure_is_loud(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = "privacy_gate.mlflow.registry_store"
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "privacy_gate.mlflow.verification", None)
+    with caplog.at_level(logging.ERROR), pytest.raises(ImportError):
+        importlib.import_module(name)
+    assert any(
+        r.levelno == logging.ERROR and "WITHOUT a model registry" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_promote_against_the_gated_registry(gated: Gated) -> None:
+    """`promote` works with the server-side gate: the alias is set once both agree, and
+    the registry keeps its own verdict tags (client writes of them are denied)."""
+    from privacy_gate.mlflow.promote import promote
+
+    public = gated.private.public_key()
+    passing = _register(gated)
+    result = promote(MODEL, passing, "production", public_key=public, client=gated.client)
+    assert result.allowed, result.reasons
+    assert gated.client.get_model_version_by_alias(MODEL, "production").version == passing
+    assert gated.client.get_model_version(MODEL, passing).tags["privacy_gate.verified_by"] == (
+        "registry-store"
+    )
+    failing = _register(gated, status="fail")
+    refused = promote(MODEL, failing, "production", public_key=public, client=gated.client)
+    assert not refused.allowed and "the audit did not pass" in refused.reasons[0]
+    assert "privacy_gate.status" not in gated.client.get_model_version(MODEL, failing).tags
