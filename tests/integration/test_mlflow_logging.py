@@ -216,6 +216,8 @@ def test_active_run_and_long_keys(
     long_name = "a very long column " * 20
     report["subgroups"] = {long_name: report["subgroups"][INCOME]}
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.tracking_uri)
+    mlflow.set_tracking_uri(mlflow_server.tracking_uri)  # over any other module's choice
+    mlflow.set_experiment("privacy-gate-logging")  # not another server's active experiment
     with mlflow.start_run() as run:
         log_report(report)  # no out_dir: no artifacts besides the key map
     client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)

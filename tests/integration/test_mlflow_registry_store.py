@@ -88,6 +88,7 @@ def _register(
     """Log a tiny model (and optionally a signed report) into a new run; register it."""
     mlflow.set_tracking_uri(gated.server.tracking_uri)
     mlflow.set_registry_uri(gated.server.tracking_uri)
+    mlflow.set_experiment("gated-registry")  # not another module's active experiment
     model = torch.nn.Linear(3, 1)
     digest = weights_sha256(model)
     with mlflow.start_run() as run:
