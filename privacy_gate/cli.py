@@ -268,6 +268,26 @@ def _audit(args: argparse.Namespace) -> AuditResult:
     result = run_job(job, out=out, raw_ids=args.raw_ids, plots=not args.no_plots)
     if not args.quiet:
         _print_summary(result.report, out, plots=not args.no_plots)
+    if job.mlflow is not None:
+        try:
+            from privacy_gate.mlflow.logging import log_audit_run
+        except ImportError:
+            raise InputError(
+                "The audit config has an 'mlflow' section but mlflow is not installed. "
+                "HINT: pip install 'privacy-gate[mlflow]'."
+            ) from None
+        run_id = log_audit_run(
+            result.report,
+            tracking_uri=job.mlflow.tracking_uri,
+            experiment=job.mlflow.experiment,
+            run_name=job.mlflow.run_name,
+            out_dir=out,
+        )
+        if not args.quiet:
+            print(
+                f"Logged to MLflow run {run_id} (experiment {job.mlflow.experiment!r}). "
+                f"Open the UI: mlflow ui --backend-store-uri {job.mlflow.tracking_uri}"
+            )
     return result
 
 

@@ -334,3 +334,38 @@ def log_report(
             mapping.write_text(json.dumps(shortened, indent=2, sort_keys=True), "utf-8")
             mlflow_client.log_artifact(run, str(mapping), artifact_path=ARTIFACT_PATH)
     return dict(report)
+
+
+def log_audit_run(
+    report: Mapping[str, Any],
+    *,
+    tracking_uri: str,
+    experiment: str = "privacy-gate",
+    run_name: str | None = None,
+    out_dir: str | Path | None = None,
+    model_sha256: str | None = None,
+) -> str:
+    """Log an audit as a new run of ``experiment`` (created if missing); return its id.
+
+    For pipelines without a run of their own (``privacy-gate audit`` with an ``mlflow``
+    section). Signed when ``PRIVACY_GATE_SIGNING_KEY`` is set, as `log_report`.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=run_name)
+    try:
+        log_report(
+            report,
+            run_id=run.info.run_id,
+            out_dir=out_dir,
+            client=client,
+            model_sha256=model_sha256,
+        )
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id)
+    return str(run.info.run_id)

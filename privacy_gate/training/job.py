@@ -26,7 +26,7 @@ from privacy_gate.training.data import AuditData
 from privacy_gate.training.recipe import Recipe, parse_recipe
 from privacy_gate.training.sequential import ModelFactory
 
-__all__ = ["AuditJob", "load_job", "resolve", "run_job"]
+__all__ = ["AuditJob", "MlflowTarget", "load_job", "resolve", "run_job"]
 
 _KEYS = (
     "model",
@@ -41,7 +41,47 @@ _KEYS = (
     "workers",
     "policy",
     "candidate",
+    "mlflow",
 )
+_MLFLOW_KEYS = ("tracking_uri", "experiment", "run_name")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MlflowTarget:
+    """Where ``privacy-gate audit`` logs the audit as an MLflow run."""
+
+    tracking_uri: str
+    experiment: str = "privacy-gate"
+    run_name: str | None = None
+
+
+def _parse_mlflow(value: Any) -> MlflowTarget | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError(invalid_value("mlflow", "audit config", "a mapping", value))
+    unknown = sorted(set(value) - set(_MLFLOW_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"Unknown key(s) {unknown} in mlflow. Valid keys are: {list(_MLFLOW_KEYS)}."
+        )
+    uri = value.get("tracking_uri")
+    schemes = ("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql", "databricks")
+    if not isinstance(uri, str) or not uri.startswith(schemes):
+        raise ConfigError(
+            invalid_value(
+                "tracking_uri",
+                "mlflow",
+                f"a tracking URI starting with one of {list(schemes)}",
+                uri,
+                "e.g. sqlite:///out/mlflow.db (a plain directory store errors in MLflow 3)",
+            )
+        )
+    for name in ("experiment", "run_name"):
+        if value.get(name) is not None and not isinstance(value[name], str):
+            raise ConfigError(invalid_value(name, "mlflow", "a string", value[name]))
+    return MlflowTarget(tracking_uri=uri, experiment=value.get("experiment") or "privacy-gate",
+                        run_name=value.get("run_name"))  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +100,7 @@ class AuditJob:
     out: Path | None = None
     workers: int = 1
     candidate: Path | None = None
+    mlflow: MlflowTarget | None = None
 
 
 def resolve(import_path: str, field_name: str) -> Callable[..., Any]:
@@ -168,6 +209,7 @@ def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
         out=Path(out) if out is not None else None,
         workers=data.get("workers", 1),
         candidate=(base / candidate) if isinstance(candidate, str) else None,
+        mlflow=_parse_mlflow(data.get("mlflow")),
     )
 
 

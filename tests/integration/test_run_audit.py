@@ -242,3 +242,27 @@ def test_report_names_the_audited_weights(tmp_path: Path) -> None:
     digest = trained.report["audit"]["model_sha256"]
     assert isinstance(digest, str) and len(digest) == 64
     assert _audit(tmp_path / "trained").report["audit"]["model_sha256"] == digest  # resumed
+
+
+def test_cli_audit_logs_to_a_sqlite_mlflow_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(REPO)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = _job(tmp_path, mlflow={"tracking_uri": uri, "experiment": "ehr-audits"})
+    code = main(["audit", "--config", str(job), "--no-plots"])
+    assert code in (0, 1)
+    out = capsys.readouterr().out
+    assert f"mlflow ui --backend-store-uri {uri}" in out
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("ehr-audits")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert run.data.tags["privacy_gate.status"] == report["decision"]["status"]
+    assert run.data.metrics["privacy_gate/patient_auc/max"] == pytest.approx(
+        report["summary"]["patient_auc"]["max"]
+    )
+    assert main(["audit", "--config", str(_job(tmp_path, mlflow={"tracking_uri": "mlruns"}))]) == 2
