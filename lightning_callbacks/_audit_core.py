@@ -59,7 +59,7 @@ class Action(str, Enum):
     NONE = "none"  # passed
     RAISE = "raise"
     WARN = "warn"
-    TAG = "tag"  # MLflow tag once the MLflow adapter exists; a warning until then
+    TAG = "tag"  # privacy_gate.status on the MLFlowLogger run; a warning without one
 
 
 def decide_action(status: str, on_fail: OnFail) -> Action:
@@ -90,6 +90,7 @@ class Outcome:
     report: str | None = None
     report_sha256: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    mlflow_run: str | None = None
 
     def failure(self) -> PrivacyGateFailed:
         rules = "; ".join(
@@ -195,6 +196,7 @@ def run_fit_audit(
     )
     metrics = _metrics(result.report)
     decision = result.decision
+    mlflow_run = _log_to_mlflow(trainer, result.report, out)
     return Outcome(
         status=decision.status.value,
         metrics=metrics,
@@ -204,4 +206,32 @@ def run_fit_audit(
         report=str(out / REPORT_FILE),
         report_sha256=hashlib.sha256((out / REPORT_FILE).read_bytes()).hexdigest(),
         warnings=decision.warnings,
+        mlflow_run=mlflow_run,
     )
+
+
+def _mlflow_logger(trainer: Any) -> Any:
+    """The Trainer's MLFlowLogger (either namespace), or None."""
+    for logger in getattr(trainer, "loggers", None) or []:
+        if type(logger).__name__ == "MLFlowLogger" and hasattr(logger, "run_id"):
+            return logger
+    return None
+
+
+def _log_to_mlflow(trainer: Any, report: dict[str, Any], out: Path) -> str | None:
+    """Log the audit into the Trainer's MLflow run (signed when the environment holds
+    the signing key); the run's id, or None without an MLFlowLogger."""
+    logger = _mlflow_logger(trainer)
+    if logger is None:
+        return None
+    from privacy_gate.mlflow.logging import log_report
+
+    log_report(
+        report,
+        run_id=logger.run_id,
+        client=logger.experiment,
+        out_dir=out,
+        model_sha256=report["audit"].get("model_sha256"),
+    )
+    _LOG.info("privacy-gate: the audit is logged into MLflow run %s.", logger.run_id)
+    return str(logger.run_id)

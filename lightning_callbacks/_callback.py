@@ -51,8 +51,9 @@ Args:
     backend: "auto" (batched when the recipe allows, else one Lightning Trainer per
         reference model), "batched" or "sequential".
     seed: seeds the plan and the reference models.
-    on_fail: "raise" (`PrivacyGateFailed`), "warn", or "tag" (an MLflow tag once the
-        MLflow adapter exists; a warning until then). An audit error always raises.
+    on_fail: "raise" (`PrivacyGateFailed`), "warn", or "tag" (``privacy_gate.status``
+        on the Trainer's MLFlowLogger run, which gets the whole audit in any case; a
+        warning without one). An audit error always raises.
     output_dir: report directory (default ``<default_root_dir>/privacy_audit``).
     model_factory: builds an untrained module (default
         ``type(module)(**module.hparams)``).
@@ -187,9 +188,13 @@ class PrivacyAuditBehaviour:
         if action is Action.RAISE:
             raise outcome.failure()
         if action is Action.TAG:
+            if outcome.mlflow_run is not None:  # privacy_gate.status is tagged on the run
+                _LOG.warning("%s (tagged on MLflow run %s)", outcome.summary, outcome.mlflow_run)
+                return
             warnings.warn(
-                f"{outcome.summary}. on_fail='tag' tags the MLflow run once "
-                "privacy-gate's MLflow adapter exists; it does not yet, so this is a warning.",
+                f"{outcome.summary}. on_fail='tag' found no MLFlowLogger run to tag, so this "
+                "is a warning. HINT: add an MLFlowLogger (sqlite:/// tracking URI) to the "
+                "Trainer.",
                 UserWarning,
                 stacklevel=3,
             )

@@ -192,7 +192,7 @@ def test_warn_and_tag_warn(tmp_path: Path, write_config: Any, on_fail: str) -> N
     with pytest.warns(UserWarning, match="max_patient_auc") as caught:
         trainer.fit(classes["module"](), datamodule=classes["data"]())
     if on_fail == "tag":
-        assert any("MLflow" in str(w.message) for w in caught)
+        assert any("no MLFlowLogger" in str(w.message) for w in caught)
     assert float(trainer.callback_metrics["privacy_gate/passed"]) == 0.0
 
 
@@ -369,3 +369,32 @@ def test_stored_failing_audit_still_raises_on_resume(tmp_path: Path) -> None:
     with pytest.raises(PrivacyGateFailed, match="earlier audit of this fit"):
         trainer.fit(classes["module"](), datamodule=classes["data"]())
     assert not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_audit_goes_into_the_mlflow_logger_run_and_tag_does_not_raise(
+    tmp_path: Path, write_config: Any, namespace: str
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    classes = namespace_classes(namespace)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    loggers = importlib.import_module(f"{classes['pl'].__name__}.loggers")
+    logger = loggers.MLFlowLogger(experiment_name="audits", tracking_uri=uri)
+    callback = callback_class(namespace)(
+        reference_models=K, output_dir=tmp_path / "audit", plots=False,
+        config=write_config(STRICT_POLICY), on_fail="tag",
+    )  # fmt: skip
+    trainer = classes["pl"].Trainer(
+        max_epochs=1, callbacks=[callback], logger=logger, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*privacy-gate.*")  # tag: no warning
+        trainer.fit(classes["module"](), datamodule=classes["data"]())
+    run = MlflowClient(tracking_uri=uri).get_run(logger.run_id)
+    assert run.data.tags["privacy_gate.status"] == "fail"
+    assert "max_patient_auc" in run.data.tags["privacy_gate.violations"]
+    assert run.data.metrics["privacy_gate/patient_auc/max"] == pytest.approx(
+        float(trainer.callback_metrics["privacy_gate/patient_auc/max"]), abs=1e-4
+    )
