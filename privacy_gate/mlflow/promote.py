@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from privacy_gate.errors import InputError, PrivacyGateError
 from privacy_gate.mlflow.logging import REPORT_ARTIFACT, report_sha256
+from privacy_gate.mlflow.model_digest import logged_model_sha256
 from privacy_gate.mlflow.verification import audit_refusals
 from privacy_gate.signing import (
     PUBLIC_KEY_ENVIRONMENT_VARIABLE,
@@ -148,13 +149,8 @@ def _uris_of(client: MlflowClient) -> Iterator[None]:
 def _registered_weights_sha256(client: MlflowClient, name: str, version: str) -> str | None:
     """Digest of the registered model's weights, loaded from its files; None on failure."""
     try:
-        import mlflow.pytorch
-
-        from privacy_gate.training.weights import weights_sha256
-
         with _uris_of(client):
-            model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
-        return weights_sha256(model)
+            return logged_model_sha256(f"models:/{name}/{version}")
     except Exception as exc:  # any failure refuses: an undigestable model is not audited
         _log.warning("Cannot digest the weights of %s version %s: %s", name, version, exc)
         return None

@@ -78,6 +78,7 @@ try:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED
 
+    from privacy_gate.mlflow.model_digest import logged_model_sha256
     from privacy_gate.mlflow.verification import audit_refusals
     from privacy_gate.report import canonical_json
     from privacy_gate.signing import PUBLIC_KEY_ENVIRONMENT_VARIABLE, public_key_from_environment
@@ -347,15 +348,9 @@ class PrivacyGateRegistryStore:
 
     def _model_digest(self, name: str, version: Any) -> str | None:
         try:
-            import mlflow.pytorch
-
-            from privacy_gate.training.weights import weights_sha256
-
             uri = self._inner.get_model_version_download_uri(name=name, version=version)
             with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-                local = _download(uri, tmp)
-                model = mlflow.pytorch.load_model(local, map_location="cpu")
-                return weights_sha256(model)
+                return logged_model_sha256(_download(uri, tmp))
         except Exception as exc:
             _LOG.error("cannot digest the weights of %r version %s: %s", name, version, exc)
             return None
