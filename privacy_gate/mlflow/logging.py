@@ -336,6 +336,15 @@ def log_report(
     return dict(report)
 
 
+def _artifacts_beside(tracking_uri: str) -> str | None:
+    """For a SQLite store, artifacts in ``mlartifacts/`` beside the database file (MLflow's
+    default, ``./mlruns`` in the working directory, scatters them wherever a job runs)."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    return (Path(tracking_uri[len(prefix) :]).resolve().parent / "mlartifacts").as_uri()
+
+
 def log_audit_run(
     report: Mapping[str, Any],
     *,
@@ -354,7 +363,11 @@ def log_audit_run(
 
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    experiment_id = (
+        found.experiment_id
+        if found
+        else client.create_experiment(experiment, artifact_location=_artifacts_beside(tracking_uri))
+    )
     run = client.create_run(experiment_id, run_name=run_name)
     try:
         log_report(

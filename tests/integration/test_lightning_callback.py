@@ -380,7 +380,11 @@ def test_audit_goes_into_the_mlflow_logger_run_and_tag_does_not_raise(
     classes = namespace_classes(namespace)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     loggers = importlib.import_module(f"{classes['pl'].__name__}.loggers")
-    logger = loggers.MLFlowLogger(experiment_name="audits", tracking_uri=uri)
+    logger = loggers.MLFlowLogger(
+        experiment_name="audits",
+        tracking_uri=uri,
+        artifact_location=(tmp_path / "artifacts").as_uri(),
+    )
     callback = callback_class(namespace)(
         reference_models=K, output_dir=tmp_path / "audit", plots=False,
         config=write_config(STRICT_POLICY), on_fail="tag",

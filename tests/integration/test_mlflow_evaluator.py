@@ -29,6 +29,7 @@ def _restore_tracking_uri() -> Iterator[None]:
 def test_evaluate_with_the_privacy_gate_evaluator(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("privacy-gate-evaluator", (tmp_path / "artifacts").as_uri())
     mlflow.set_experiment("privacy-gate-evaluator")
     data = load_data()
     inputs, labels = data.pool()

@@ -260,6 +260,8 @@ def test_cli_audit_logs_to_a_sqlite_mlflow_store(
     experiment = client.get_experiment_by_name("ehr-audits")
     assert experiment is not None
     (run,) = client.search_runs([experiment.experiment_id])
+    assert experiment.artifact_location.startswith((tmp_path / "mlartifacts").as_uri())
+    assert not (REPO / "mlruns").exists()  # nothing scattered into the working directory
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert run.data.tags["privacy_gate.status"] == report["decision"]["status"]
     assert run.data.metrics["privacy_gate/patient_auc/max"] == pytest.approx(
