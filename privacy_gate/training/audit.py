@@ -123,6 +123,12 @@ def _train_and_score(
     return score_model(model, inputs, labels, task, augmentations=augmentations)
 
 
+def reference_name(k: int) -> str:
+    """The store name of reference model ``k``'s scores (one place, so every backend and
+    a resumed audit agree on it)."""
+    return f"reference_{k:04d}"
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)
 
@@ -147,14 +153,14 @@ def _sequential(
     }  # fmt: skip
     if train_fn is not None or workers <= 1:
         for k, job in jobs.items():
-            store.save(f"reference_{k:04d}", _train_and_score(*job, train_fn=train_fn))
+            store.save(reference_name(k), _train_and_score(*job, train_fn=train_fn))
             progress.update()
         return
     context = get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
         futures = {pool.submit(_train_and_score, *job): k for k, job in jobs.items()}
         for future in as_completed(futures):  # each is saved as soon as it finishes
-            store.save(f"reference_{futures[future]:04d}", future.result())
+            store.save(reference_name(futures[future]), future.result())
             progress.update()
 
 
@@ -193,7 +199,7 @@ def _batched(
         )
         for k, model in zip(group, models, strict=True):
             store.save(
-                f"reference_{k:04d}",
+                reference_name(k),
                 score_model(model, inputs, labels, data.task, augmentations=augmentations),
             )
         progress.update(len(missing.intersection(group)))
@@ -235,7 +241,7 @@ def train_reference_models(
     The batched backend trains ``factory`` models with ``recipe``; the sequential one
     uses ``train_fn`` when given (e.g. a Lightning Trainer per model), else the recipe.
     """
-    names = [f"reference_{k:04d}" for k in range(plan.n_models)]
+    names = [reference_name(k) for k in range(plan.n_models)]
     todo = [k for k, name in enumerate(names) if not store.has(name)]
     used, reason = choose_backend(factory, backend)
     started = time.perf_counter()
