@@ -15,7 +15,7 @@ from typing import Any
 
 from privacy_gate.errors import ConfigError, invalid_value
 
-__all__ = ["Loss", "Optimizer", "Recipe", "parse_recipe"]
+__all__ = ["DPSettings", "Loss", "Optimizer", "Recipe", "parse_recipe"]
 
 
 class Optimizer(str, Enum):
@@ -27,6 +27,26 @@ class Optimizer(str, Enum):
 class Loss(str, Enum):
     CROSS_ENTROPY = "cross_entropy"  # multi-class: integer labels, logits (N, C)
     BINARY_CROSS_ENTROPY = "binary_cross_entropy"  # binary/multi-label: float 0/1 targets
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPSettings:
+    """DP-SGD (Opacus): per-sample clipping to ``max_grad_norm``, Gaussian noise of
+    ``noise_multiplier * max_grad_norm`` per step, Poisson sampling of each batch with
+    rate ``1 / ceil(N / batch_size)``."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+
+    def __post_init__(self) -> None:
+        for name in ("noise_multiplier", "max_grad_norm"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (0 < value < math.inf)
+            ):
+                raise ConfigError(invalid_value(name, "recipe.dp", "a number > 0", value))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +67,7 @@ class Recipe:
     eps: float = 1e-8
     max_grad_norm: float | None = None
     loss: Loss = Loss.CROSS_ENTROPY
+    dp: DPSettings | None = None
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
@@ -61,12 +82,20 @@ class Recipe:
             _positive_float("max_grad_norm", self.max_grad_norm)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(invalid_value("betas", "recipe", "two numbers in [0, 1)", self.betas))
+        if self.dp is not None and self.max_grad_norm is not None:
+            raise ConfigError(
+                "The recipe sets both 'max_grad_norm' (clipping the batch gradient) and 'dp' "
+                "(DP-SGD clips each record's gradient). HINT: drop 'max_grad_norm' and set "
+                "'dp.max_grad_norm'."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["optimizer"] = self.optimizer.value
         data["loss"] = self.loss.value
         data["betas"] = list(self.betas)
+        if self.dp is None:
+            del data["dp"]  # recipes without DP keep the cache keys they always had
         return data
 
 
@@ -104,4 +133,25 @@ def parse_recipe(data: Mapping[str, Any] | None) -> Recipe:
         if not isinstance(betas, (list, tuple)) or len(betas) != 2:
             raise ConfigError(invalid_value("betas", "recipe", "two numbers in [0, 1)", betas))
         data["betas"] = (float(betas[0]), float(betas[1]))
+    if data.get("dp") is not None:
+        data["dp"] = parse_dp_settings(data["dp"])
     return Recipe(**data)
+
+
+def parse_dp_settings(data: Any) -> DPSettings:
+    """``recipe.dp`` from YAML: ``{noise_multiplier: 1.1, max_grad_norm: 1.0}``.
+
+    >>> parse_dp_settings({"noise_multiplier": 1.1, "max_grad_norm": 1}).max_grad_norm
+    1
+    """
+    valid = [f.name for f in fields(DPSettings)]
+    if not isinstance(data, Mapping):
+        raise ConfigError(invalid_value("dp", "recipe", f"a mapping with keys {valid}", data))
+    unknown = sorted(set(data) - set(valid))
+    missing = sorted(set(valid) - set(data))
+    if unknown or missing:
+        raise ConfigError(
+            f"The 'dp' section of the recipe has unknown key(s) {unknown} and lacks {missing}. "
+            f"Valid keys are: {valid}. HINT: privacy-gate's DP-SGD recommendation prints both."
+        )
+    return DPSettings(**data)

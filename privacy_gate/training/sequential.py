@@ -90,6 +90,10 @@ def train_one(
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise TrainingError(f"{model_name} has no trainable parameters.")
+    if recipe.dp is not None:
+        from privacy_gate.training.dp_sgd import train_one_dp
+
+        return train_one_dp(model, inputs, labels, subset, recipe, seed=seed, model_name=model_name)
     optimizer = make_optimizer(parameters, recipe)
     model.train()
     for epoch in range(recipe.epochs):

@@ -1,0 +1,181 @@
+"""The DP-SGD retraining recommendation: settings computed from the gate's own limit.
+
+From the policy's patient-AUC limit T, the per-record target is ``mu* = sqrt(2) Phi^-1(T)``
+divided by the largest number of records per patient (group privacy, DESIGN.md
+"Recommendation"). For the pipeline's own dataset size, batch size and epochs, the
+smallest noise multiplier whose PRV AUC ceiling and mu-GDP cross-check both stay within
+the target is found by bisection; epsilon is reported at delta = 1/N. The result is the
+``report["dp_recommendation"]`` section read by :mod:`privacy_gate.render.recommendation`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from privacy_gate.dp import accounting
+from privacy_gate.dp_ceiling import auc_for_mu, gdp_auc_ceiling, gdp_mu, group_auc, target_mu
+from privacy_gate.errors import InputError
+
+__all__ = ["dp_schedule", "noise_for_target", "recommend_dp_sgd", "unavailable"]
+
+_LOG = logging.getLogger("privacy_gate.dp")
+RELATIVE_TOLERANCE = 0.005
+"""Bisection stops when the noise multiplier is known to 0.5%; the upper end is returned."""
+MAX_NOISE_MULTIPLIER = 1e3
+
+
+def unavailable(reason: str) -> dict[str, Any]:
+    """A ``dp_recommendation`` section that says why no settings were computed."""
+    return {"status": "unavailable", "reason": reason}
+
+
+def dp_schedule(dataset_size: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """Sample rate and number of steps of Opacus' Poisson sampling for this recipe.
+
+    Opacus' ``DPDataLoader`` keeps the number of batches per epoch of the original loader,
+    ``ceil(N / batch_size)``, and samples each record with rate ``1 / that``.
+
+    >>> dp_schedule(4552, 128, 20)
+    (0.027777777777777776, 720)
+    """
+    for name, value in (
+        ("dataset_size", dataset_size),
+        ("batch_size", batch_size),
+        ("epochs", epochs),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(
+                f"The '{name}' of a DP-SGD recommendation must be an integer >= 1. "
+                f"Got {value!r} instead."
+            )
+    batches = math.ceil(dataset_size / batch_size)
+    return 1.0 / batches, epochs * batches
+
+
+def noise_for_target(
+    target_record_auc: float,
+    target_record_mu: float,
+    sample_rate: float,
+    steps: int,
+    *,
+    ceiling: Callable[[float, float, int], float] = accounting.auc_ceiling,
+) -> float:
+    """Smallest noise multiplier (to 0.5%) whose PRV ceiling is <= ``target_record_auc``
+    and whose mu-GDP is <= ``target_record_mu``; both fall as the noise grows."""
+
+    def reaches(sigma: float) -> bool:
+        if gdp_mu(sigma, sample_rate, steps) > target_record_mu:
+            return False
+        return ceiling(sigma, sample_rate, steps) <= target_record_auc
+
+    low, high = 0.0, 0.5
+    while not reaches(high):
+        low, high = high, 2.0 * high
+        if high > MAX_NOISE_MULTIPLIER:
+            raise InputError(
+                f"No noise multiplier up to {MAX_NOISE_MULTIPLIER:g} keeps the record AUC at "
+                f"{target_record_auc:.4f}. HINT: raise the policy's patient-AUC limit or train "
+                "on more records per batch."
+            )
+    while high - low > RELATIVE_TOLERANCE * high:
+        middle = 0.5 * (low + high)
+        if reaches(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def recommend_dp_sgd(
+    *,
+    auc_limit: float,
+    auc_limit_source: str,
+    max_records_per_patient: int,
+    dataset_size: int,
+    batch_size: int,
+    epochs: int,
+    max_grad_norm: float,
+    max_grad_norm_source: str,
+    reason: str,
+) -> dict[str, Any]:
+    """The recommendation section for a pipeline that trains on ``dataset_size`` records.
+
+    Args:
+        auc_limit: the gate's patient-AUC limit T (see ``policy_auc_limit``).
+        max_records_per_patient: the most records one training patient has.
+        max_grad_norm: the suggested per-sample clipping norm.
+        max_grad_norm_source: how that norm was chosen (one sentence).
+        reason: why the recommendation is given (e.g. the gate's verdict).
+    """
+    if not 0.5 < auc_limit < 1.0:
+        raise InputError(
+            f"The patient-AUC limit of a DP-SGD recommendation must lie in (0.5, 1). "
+            f"Got {auc_limit!r} instead."
+        )
+    sample_rate, steps = dp_schedule(dataset_size, batch_size, epochs)
+    mu = target_mu(auc_limit, max_records_per_patient)
+    record_auc = auc_for_mu(mu)
+    _LOG.info("Searching the DP-SGD noise multiplier for a record AUC ceiling of %.4f", record_auc)
+    sigma = round_up(noise_for_target(record_auc, mu, sample_rate, steps))
+    ceiling = accounting.auc_ceiling(sigma, sample_rate, steps)
+    delta = 1.0 / dataset_size
+    eps = accounting.epsilon(sigma, sample_rate, steps, delta=delta)
+    clip = float(f"{max_grad_norm:.3g}")
+    return {
+        "status": "recommended",
+        "reason": reason,
+        "auc_limit": auc_limit,
+        "auc_limit_source": auc_limit_source,
+        "max_records_per_patient": max_records_per_patient,
+        "target_mu": mu,
+        "target_record_auc": record_auc,
+        "noise_multiplier": sigma,
+        "max_grad_norm": clip,
+        "max_grad_norm_source": max_grad_norm_source,
+        "epsilon": eps,
+        "delta": delta,
+        "sample_rate": sample_rate,
+        "batch_size": batch_size,
+        "dataset_size": dataset_size,
+        "epochs": epochs,
+        "steps": steps,
+        "accountant": "prv",
+        "auc_ceiling": ceiling,
+        "auc_ceiling_gdp": gdp_auc_ceiling(sigma, sample_rate, steps),
+        "patient_auc_ceiling": group_auc(ceiling, max_records_per_patient),
+        "apply": apply_snippets(sigma, clip),
+    }
+
+
+def round_up(value: float, digits: int = 4) -> float:
+    """``value`` rounded up to ``digits`` significant digits (more noise is never less private).
+
+    >>> round_up(0.720612)
+    0.7207
+    """
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.ceil(value * scale - 1e-9) / scale
+
+
+def apply_snippets(noise_multiplier: float, max_grad_norm: float) -> dict[str, str]:
+    """The code or config change that applies the settings, per integration."""
+    return {
+        "audit_yaml": (
+            "recipe:\n"
+            f"  dp: {{noise_multiplier: {noise_multiplier}, max_grad_norm: {max_grad_norm}}}"
+        ),
+        "lightning": (
+            "from lightning_callbacks import DPSGD, PrivacyAuditCallback\n"
+            f"dp = DPSGD(noise_multiplier={noise_multiplier}, max_grad_norm={max_grad_norm})\n"
+            "trainer = Trainer(..., callbacks=[dp, PrivacyAuditCallback(...)])"
+        ),
+        "opacus": (
+            "model, optimizer, loader = PrivacyEngine(accountant='prv').make_private(\n"
+            "    module=model, optimizer=optimizer, data_loader=loader,\n"
+            f"    noise_multiplier={noise_multiplier}, max_grad_norm={max_grad_norm},\n"
+            "    poisson_sampling=True)"
+        ),
+    }

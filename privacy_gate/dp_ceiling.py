@@ -1,0 +1,184 @@
+"""What differential privacy guarantees about an attack's AUC, and what the gate asks of it.
+
+DESIGN.md, "DP ceiling" and "Recommendation". A DP-SGD run with privacy profile
+``delta(eps)`` admits a trade-off curve ``f`` (Dong, Roth and Su 2019): no test between
+"record in" and "record out" has a type-II error below ``f(type-I error)``, so no
+membership attack (and no record AUC measured by the audit) can exceed the AUC ceiling
+``1 - integral_0^1 f``. The privacy profile itself comes from an accountant (Opacus' PRV
+accountant, at the edge in :mod:`privacy_gate.dp`); this module holds the accountant-free
+math: the trade-off envelope, the mu-GDP cross-check, group privacy for patients with
+several records, and the target the gate's own limit implies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import special
+
+from privacy_gate.config import AuditConfig
+from privacy_gate.errors import InputError
+
+__all__ = [
+    "auc_for_mu",
+    "gdp_auc_ceiling",
+    "gdp_mu",
+    "group_auc",
+    "mu_for_auc",
+    "policy_auc_limit",
+    "records_above_ceiling",
+    "target_mu",
+    "tradeoff_auc_ceiling",
+]
+
+FloatArray = NDArray[np.float64]
+
+ALPHA_GRID_POINTS = 4097
+"""Type-I error grid of the trade-off integral; the right Riemann sum over it bounds
+``integral f`` from below (``f`` is non-increasing), so the ceiling errs on the safe side
+by at most ``1 / (ALPHA_GRID_POINTS - 1)``."""
+
+
+def mu_for_auc(auc: float) -> float:
+    """Gaussian-DP parameter whose trade-off curve has this AUC: ``sqrt(2) Phi^-1(auc)``.
+
+    >>> round(mu_for_auc(0.5), 12)
+    0.0
+    """
+    if not 0.5 <= auc < 1.0:
+        raise InputError(f"An AUC ceiling must lie in [0.5, 1). Got {auc!r} instead.")
+    return float(math.sqrt(2.0) * special.ndtri(auc))
+
+
+def auc_for_mu(mu: float) -> float:
+    """AUC of the mu-GDP trade-off curve, ``Phi(mu / sqrt(2))``.
+
+    >>> round(auc_for_mu(mu_for_auc(0.9)), 12)
+    0.9
+    """
+    return float(special.ndtr(mu / math.sqrt(2.0)))
+
+
+def gdp_mu(noise_multiplier: float, sample_rate: float, steps: int) -> float:
+    """The CLT mu-GDP approximation of Poisson-subsampled DP-SGD (Bu et al. 2020),
+    ``q sqrt(T) sqrt(exp(1/sigma^2) - 1)``; a quick check only (it can under-estimate).
+
+    >>> round(gdp_mu(1.0, 0.01, 10_000), 4)
+    1.3108
+    """
+    if noise_multiplier <= 0:
+        return math.inf
+    return float(sample_rate * math.sqrt(steps) * math.sqrt(math.expm1(noise_multiplier**-2)))
+
+
+def gdp_auc_ceiling(noise_multiplier: float, sample_rate: float, steps: int) -> float:
+    """Record AUC ceiling under the mu-GDP approximation, ``Phi(mu / sqrt(2))``."""
+    return auc_for_mu(gdp_mu(noise_multiplier, sample_rate, steps))
+
+
+def group_auc(record_auc: float, records: int) -> float:
+    """AUC ceiling for a patient whose ``records`` records enter or leave together.
+
+    Group privacy of mu-GDP: ``k`` records give ``k * mu``. For a ceiling from another
+    accountant, ``mu`` is the GDP parameter with the same AUC (exact when the trade-off
+    curve is Gaussian, which the CLT makes it for many DP-SGD steps).
+
+    >>> round(group_auc(0.76, 1), 12)
+    0.76
+    """
+    if records < 1:
+        raise InputError(f"A patient has at least one record. Got {records!r} instead.")
+    return auc_for_mu(records * mu_for_auc(record_auc))
+
+
+def target_mu(auc_limit: float, max_records_per_patient: int) -> float:
+    """Per-record mu that keeps the patient with the most records at ``auc_limit``.
+
+    ``mu* = sqrt(2) Phi^-1(T)`` divided by the largest number of records per patient.
+
+    >>> round(target_mu(0.9, 2), 4)
+    0.9062
+    """
+    if max_records_per_patient < 1:
+        raise InputError(
+            f"max_records_per_patient must be >= 1. Got {max_records_per_patient!r} instead."
+        )
+    return mu_for_auc(auc_limit) / max_records_per_patient
+
+
+def tradeoff_auc_ceiling(epsilons: ArrayLike, deltas: ArrayLike) -> float:
+    """AUC ceiling of the trade-off curve implied by a privacy profile.
+
+    ``f(a) = max_i max(0, 1 - delta_i - e^eps_i a, e^-eps_i (1 - delta_i - a))`` over
+    the given ``(eps_i, delta_i)`` points (each a valid (eps, delta)-DP guarantee, eps
+    >= 0); fewer points give a smaller ``f``, hence a higher, still valid, ceiling.
+
+    Args:
+        epsilons: ``(n,)`` epsilons >= 0.
+        deltas: ``(n,)`` the delta of each epsilon, in [0, 1].
+
+    Returns:
+        ``1 - integral_0^1 f``, in [0.5, 1].
+
+    >>> round(tradeoff_auc_ceiling([0.0], [0.0]), 3)  # perfect privacy: f(a) = 1 - a
+    0.5
+    """
+    eps = np.asarray(epsilons, dtype=np.float64).ravel()
+    delta = np.asarray(deltas, dtype=np.float64).ravel()
+    if eps.shape != delta.shape or eps.size == 0:
+        raise InputError(
+            f"A privacy profile needs as many deltas as epsilons, at least one. Got "
+            f"{eps.size} epsilons and {delta.size} deltas instead."
+        )
+    if not (np.all(eps >= 0) and np.all((delta >= 0) & (delta <= 1))):
+        raise InputError("A privacy profile needs epsilons >= 0 and deltas in [0, 1].")
+    alpha = np.linspace(0.0, 1.0, ALPHA_GRID_POINTS)
+    f = np.zeros_like(alpha)
+    for start in range(0, eps.size, 256):  # bounded memory for long profiles
+        e = np.minimum(eps[start : start + 256, None], 700.0)
+        d = delta[start : start + 256, None]
+        first = 1.0 - d - np.exp(e) * alpha[None, :]
+        second = np.exp(-e) * (1.0 - d - alpha[None, :])
+        f = np.maximum(f, np.maximum(first, second).max(axis=0))
+    f = np.clip(f, 0.0, 1.0)
+    integral_lower = float(f[1:].sum() / (ALPHA_GRID_POINTS - 1))  # right Riemann sum
+    return float(min(1.0, max(0.5, 1.0 - integral_lower)))
+
+
+def policy_auc_limit(config: AuditConfig) -> tuple[float, str] | None:
+    """The lowest patient-AUC limit the policy enforces, and the key it comes from.
+
+    A policy with ``max_patients_at_risk`` or ``max_fraction_at_risk`` limits patients
+    to ``risk.at_risk_auc``; ``max_patient_auc`` limits the worst patient. None when the
+    policy has no patient-level AUC rule.
+    """
+    candidates: list[tuple[float, str]] = []
+    gate = config.gate
+    if gate.max_patient_auc is not None:
+        candidates.append((gate.max_patient_auc, "gate.max_patient_auc"))
+    if gate.max_patients_at_risk is not None or gate.max_fraction_at_risk is not None:
+        candidates.append((config.risk.at_risk_auc, "risk.at_risk_auc"))
+    return min(candidates) if candidates else None
+
+
+def records_above_ceiling(
+    auc: ArrayLike, auc_se: ArrayLike, ceiling: float, *, z: float = 1.959963984540054
+) -> NDArray[np.intp]:
+    """Indices of records whose AUC lower confidence bound ``auc - z * se`` exceeds the
+    DP ceiling: with correct DP training and accounting there should be none beyond the
+    confidence level's share of chance exceedances (``z`` = 1.96: a 2.5% one-sided rate
+    for a record exactly at the ceiling, far less below it)."""
+    lower = np.asarray(auc, dtype=np.float64) - z * np.asarray(auc_se, dtype=np.float64)
+    return np.flatnonzero(lower > ceiling).astype(np.intp)
+
+
+def describe_ceiling(auc_ceiling: float, records: int) -> dict[str, Any]:
+    """Record and patient ceilings as report entries."""
+    return {
+        "auc_ceiling": auc_ceiling,
+        "patient_auc_ceiling": group_auc(auc_ceiling, records),
+        "max_records_per_patient": records,
+    }
