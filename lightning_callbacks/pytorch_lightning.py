@@ -9,11 +9,16 @@ import pytorch_lightning
 
 from lightning_callbacks._audit_core import PrivacyGateFailed
 from lightning_callbacks._callback import CALLBACK_DOC, PrivacyAuditBehaviour
+from lightning_callbacks._dp import DPSGD_DOC, DPSGDBehaviour
 
-__all__ = ["PrivacyAuditCallback", "PrivacyGateFailed"]
+__all__ = ["DPSGD", "PrivacyAuditCallback", "PrivacyGateFailed"]
 
 
 class PrivacyAuditCallback(PrivacyAuditBehaviour, pytorch_lightning.Callback):
     __doc__ = CALLBACK_DOC
 
     trainer_class: ClassVar[Any] = pytorch_lightning.Trainer
+
+
+class DPSGD(DPSGDBehaviour, pytorch_lightning.Callback):
+    __doc__ = DPSGD_DOC

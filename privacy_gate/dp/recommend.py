@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from privacy_gate.dp import accounting
-from privacy_gate.dp_ceiling import auc_for_mu, gdp_auc_ceiling, gdp_mu, group_auc, target_mu
+from privacy_gate.dp_ceiling import auc_for_mu, gdp_auc_ceiling, group_auc, target_mu
 from privacy_gate.errors import InputError
 
-__all__ = ["dp_schedule", "noise_for_target", "recommend_dp_sgd", "unavailable"]
+__all__ = ["dp_schedule", "gdp_noise", "noise_for_target", "recommend_dp_sgd", "unavailable"]
 
 _LOG = logging.getLogger("privacy_gate.dp")
 RELATIVE_TOLERANCE = 0.005
@@ -55,6 +55,16 @@ def dp_schedule(dataset_size: int, batch_size: int, epochs: int) -> tuple[float,
     return 1.0 / batches, epochs * batches
 
 
+def gdp_noise(target_record_mu: float, sample_rate: float, steps: int) -> float:
+    """The noise multiplier whose mu-GDP equals ``target_record_mu`` (closed form).
+
+    >>> round(gdp_noise(1.3108, 0.01, 10_000), 3)
+    1.0
+    """
+    ratio = target_record_mu / (sample_rate * math.sqrt(steps))
+    return 1.0 / math.sqrt(math.log1p(ratio * ratio))
+
+
 def noise_for_target(
     target_record_auc: float,
     target_record_mu: float,
@@ -64,15 +74,16 @@ def noise_for_target(
     ceiling: Callable[[float, float, int], float] = accounting.auc_ceiling,
 ) -> float:
     """Smallest noise multiplier (to 0.5%) whose PRV ceiling is <= ``target_record_auc``
-    and whose mu-GDP is <= ``target_record_mu``; both fall as the noise grows."""
+    and whose mu-GDP is <= ``target_record_mu``; both fall as the noise grows.
 
-    def reaches(sigma: float) -> bool:
-        if gdp_mu(sigma, sample_rate, steps) > target_record_mu:
-            return False
-        return ceiling(sigma, sample_rate, steps) <= target_record_auc
-
-    low, high = 0.0, 0.5
-    while not reaches(high):
+    The mu-GDP condition has a closed form, so the search starts there: usually one PRV
+    composition settles it.
+    """
+    low = gdp_noise(target_record_mu, sample_rate, steps)
+    if ceiling(low, sample_rate, steps) <= target_record_auc:
+        return low
+    high = 2.0 * low
+    while ceiling(high, sample_rate, steps) > target_record_auc:
         low, high = high, 2.0 * high
         if high > MAX_NOISE_MULTIPLIER:
             raise InputError(
@@ -82,7 +93,7 @@ def noise_for_target(
             )
     while high - low > RELATIVE_TOLERANCE * high:
         middle = 0.5 * (low + high)
-        if reaches(middle):
+        if ceiling(middle, sample_rate, steps) <= target_record_auc:
             high = middle
         else:
             low = middle
