@@ -52,7 +52,7 @@ from privacy_gate.report import (
 from privacy_gate.signals import Signals, Task, load_signals
 from privacy_gate.subgroups import GroupStatus, SubgroupResult, analyse_subgroups, tail_mask
 
-__all__ = ["AuditResult", "audit", "check", "score", "write_outputs"]
+__all__ = ["AuditResult", "audit", "check", "check_report", "score", "write_outputs"]
 
 _LOG = logging.getLogger(__name__)
 _MAX_STORED_P_VALUE = 0.5  # gate.fdr is at most 0.5, so larger p-values never matter
@@ -354,13 +354,26 @@ def policy_for_check(report: Mapping[str, Any], config_path: str | Path | None) 
 
 def check(report_path: str | Path, config_path: str | Path | None = None) -> Decision:
     """`privacy-gate check`: re-evaluate the gate on an existing report."""
-    report = load_report(report_path)
+    return check_report(
+        load_report(report_path), config_path, source=f"The report {str(report_path)!r}"
+    )
+
+
+def check_report(
+    report: Mapping[str, Any],
+    config_path: str | Path | None = None,
+    *,
+    source: str = "The report",
+) -> Decision:
+    """Re-evaluate the gate on a report already in memory (e.g. fetched from MLflow).
+
+    ``source`` names the report in errors ("The report 'out/report.json'").
+    """
     try:
         return evaluate_gate(report, policy_for_check(report, config_path))
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, (ConfigError, ReportError)):
             raise
         raise ReportError(
-            f"The report {str(report_path)!r} is missing or has a malformed "
-            f"field ({exc!r}). HINT: run a new audit."
+            f"{source} is missing or has a malformed field ({exc!r}). HINT: run a new audit."
         ) from None

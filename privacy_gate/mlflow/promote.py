@@ -157,8 +157,10 @@ def _registered_weights_sha256(client: MlflowClient, name: str, version: str) ->
 
 
 @contextlib.contextmanager
-def _registry_errors(name: str, version: str) -> Iterator[None]:
-    """MLflow's errors (long, multi-line) as one-line `PromotionError`s."""
+def registry_errors(
+    doing: str, *, hint: str, error: type[PrivacyGateError] = PrivacyGateError
+) -> Iterator[None]:
+    """MLflow's errors (long, multi-line) as one-line ``error``s: "Cannot <doing>: ..."."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -166,10 +168,7 @@ def _registry_errors(name: str, version: str) -> Iterator[None]:
     except (MlflowException, OSError) as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         message = lines[0] if len(lines[0]) <= 300 else lines[0][:297] + "..."
-        raise PromotionError(
-            f"Cannot promote {name!r} version {version}: {message} HINT: check the tracking "
-            "URI (--tracking-uri or MLFLOW_TRACKING_URI), the model name and the version."
-        ) from exc
+        raise error(f"Cannot {doing}: {message} HINT: {hint}") from exc
 
 
 def _refusal_text(reasons: list[str]) -> str:
@@ -234,7 +233,12 @@ def promote(
     key = _public_key(public_key)
     mlflow_client = _client(client)
     version = str(version)
-    with _registry_errors(name, version):
+    with registry_errors(
+        f"promote {name!r} version {version}",
+        hint="check the tracking URI (--tracking-uri or MLFLOW_TRACKING_URI), the model name "
+        "and the version.",
+        error=PromotionError,
+    ):
         return _promote(mlflow_client, name, version, alias, key, policy_sha256)
 
 

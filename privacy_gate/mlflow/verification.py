@@ -22,6 +22,10 @@ def audit_refusals(
     run_id: str | None,
     model_sha256: str | None,
     policy_sha256: str | None = None,
+    require_pass: bool = True,
+    check_weights: bool = True,
+    subject: str = "this model version",
+    run_name: str = "this version's run",
 ) -> list[str]:
     """Reasons to refuse promotion; an empty list means the audit allows it.
 
@@ -32,9 +36,15 @@ def audit_refusals(
         model_sha256: the digest recomputed from the version's model files (None when
             it could not be computed: that alone refuses).
         policy_sha256: the policy required for promotion (None: any policy).
+        require_pass: refuse an audit whose recorded status is not ``pass`` (False for
+            ``privacy-gate check``, which re-evaluates the gate itself).
+        check_weights: compare ``model_sha256`` with the audited weights (False when the
+            caller has no model to digest, e.g. a check of a run: the run id still binds).
+        subject: what the audit is looked up for, in refusals ("this model version").
+        run_name: the run the audit must belong to, in refusals ("this version's run").
     """
     if report is None:
-        return ["no privacy audit was found for this model version (run privacy-gate first)"]
+        return [f"no privacy audit was found for {subject} (run privacy-gate first)"]
     reasons: list[str] = []
     try:
         verify_report(report, public_key)
@@ -43,17 +53,18 @@ def audit_refusals(
         return reasons  # nothing else in an unverified report can be trusted
     audit = report.get("audit", {})
     status = report.get("decision", {}).get("status")
-    if status != "pass":
+    if require_pass and status != "pass":
         rules = ", ".join(
             str(v.get("rule")) for v in report.get("decision", {}).get("violations", [])
         )
         reasons.append(f"the audit did not pass (status {status!r}; violated: {rules or '-'})")
     if run_id is not None and audit.get("run_id") != run_id:
         reasons.append(
-            f"the audit belongs to run {audit.get('run_id')!r}, not to this version's run "
-            f"{run_id!r}"
+            f"the audit belongs to run {audit.get('run_id')!r}, not to {run_name} {run_id!r}"
         )
-    if model_sha256 is None:
+    if not check_weights:
+        pass
+    elif model_sha256 is None:
         reasons.append("the weights of this model version could not be digested")
     elif audit.get("model_sha256") != model_sha256:
         reasons.append(

@@ -41,6 +41,7 @@ from privacy_gate.mlflow import (
     report_sha256,
 )
 from privacy_gate.mlflow.promote import PromotionError
+from privacy_gate.render.recommendation import recommendation_lines
 from privacy_gate.report import write_json
 from privacy_gate.signing import (
     PUBLIC_KEY_ENVIRONMENT_VARIABLE,
@@ -56,6 +57,23 @@ mlflow_server = mlflow_server_fixture()
 LENIENT = parse_config({"gate": {"max_patient_auc": 1.0}})
 STRICT = parse_config({"gate": {"max_patient_auc": 0.6}})
 N, K = 120, 8
+# A DP-SGD recommendation section as the audit's edge module writes it (schema in
+# privacy_gate.render.recommendation), for audits made here by the core alone.
+DP_RECOMMENDATION = {
+    "status": "recommended",
+    "auc_limit": 0.6,
+    "auc_limit_source": "gate.max_patient_auc",
+    "max_records_per_patient": 2,
+    "noise_multiplier": 1.1,
+    "max_grad_norm": 1.0,
+    "batch_size": 12,
+    "epochs": 5,
+    "epsilon": 3.2,
+    "delta": 1 / N,
+    "auc_ceiling": 0.58,
+    "patient_auc_ceiling": 0.6,
+    "apply": {"opacus": "engine.make_private(\n    noise_multiplier=1.1, max_grad_norm=1.0)"},
+}
 
 
 def _report(policy: Any) -> dict[str, Any]:
@@ -104,6 +122,7 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
     private = load_private_key(keys / "audit.pem")
     other_private = load_private_key(keys / "other.pem")
     passing, failing = _report(LENIENT), _report(STRICT)
+    failing.setdefault("dp_recommendation", DP_RECOMMENDATION)
     assert passing["decision"]["status"] == "pass"
     assert failing["decision"]["status"] == "fail"
 
@@ -231,7 +250,12 @@ def test_failing_audit_is_refused_with_its_violations(
     assert code == 1
     assert "REFUSED" in out
     assert "FAIL max_patient_auc" in out
-    assert "DP-SGD recommendation: not available yet (issue 6)" in out
+    assert result.report is not None
+    recommendation = recommendation_lines(result.report)  # the report's own remedy
+    assert recommendation[0].startswith("DP-SGD recommendation: retrain with DP-SGD")
+    assert len(recommendation) > 1  # the apply snippet, line by line
+    for line in recommendation:
+        assert f"  {line}\n" in out
 
 
 @pytest.mark.parametrize(
