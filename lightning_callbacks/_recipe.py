@@ -221,13 +221,18 @@ def extract_recipe(
     loader: DataLoader[Any],
     fresh: nn.Module,
     task: Task,
+    *,
+    batch_size: int | None = None,
 ) -> tuple[Recipe, str | None]:
     """The candidate's `Recipe` and why the batched fast path cannot use it (None: it can).
 
     The recipe is returned either way: it keys the cache of finished reference models.
+    ``batch_size`` overrides the loader's (DP-SGD replaced the loader by a Poisson-sampled
+    one whose expected batch size is the original loader's).
     """
     problems = _trainer_problems(settings)
-    batch_size = loader.batch_size
+    if batch_size is None:
+        batch_size = loader.batch_size
     if batch_size is None:
         batch_size = getattr(loader.batch_sampler, "batch_size", None)
         problems.append("the train DataLoader uses a custom batch sampler")

@@ -2,8 +2,8 @@
 
 The Trainer is of the user's own class hierarchy (``pytorch_lightning`` or
 ``lightning.pytorch``) and copies the fit's settings, but has no loggers, no checkpoints,
-no callbacks, no progress bar and no model summary: a reference model must not write
-into the user's experiment.
+no callbacks but those of the recipe (`DPSGD`), no progress bar and no model summary: a
+reference model must not write into the user's experiment.
 """
 
 from __future__ import annotations
@@ -62,8 +62,13 @@ def make_train_fn(
     *,
     batch_size: int,
     root_dir: Path,
+    callbacks: Callable[[int], list[Any]] | None = None,
 ) -> TrainFunction:
-    """``train_fn(subset, seed)``: a fresh module trained on the pool records ``subset``."""
+    """``train_fn(subset, seed)``: a fresh module trained on the pool records ``subset``.
+
+    ``callbacks(seed)`` gives the callbacks that are part of the recipe (e.g. `DPSGD`),
+    fresh for each reference model; the user's other callbacks are never copied.
+    """
     inputs, labels = pool
 
     def train(subset: NDArray[np.intp], seed: int) -> nn.Module:
@@ -81,7 +86,7 @@ def make_train_fn(
                 **settings.trainer_kwargs(),
                 logger=False,
                 enable_checkpointing=False,
-                callbacks=[],
+                callbacks=[] if callbacks is None else callbacks(seed),
                 enable_progress_bar=False,
                 enable_model_summary=False,
                 limit_val_batches=0,

@@ -13,7 +13,6 @@ several records, and the target the gate's own limit implies.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -21,6 +20,7 @@ from scipy import special
 
 from privacy_gate.config import AuditConfig
 from privacy_gate.errors import InputError
+from privacy_gate.record_stats import hanley_mcneil_se
 
 __all__ = [
     "auc_for_mu",
@@ -165,20 +165,36 @@ def policy_auc_limit(config: AuditConfig) -> tuple[float, str] | None:
 
 
 def records_above_ceiling(
-    auc: ArrayLike, auc_se: ArrayLike, ceiling: float, *, z: float = 1.959963984540054
+    auc: ArrayLike,
+    n_in: ArrayLike,
+    n_out: ArrayLike,
+    ceiling: float,
+    *,
+    alpha: float = 0.05,
 ) -> NDArray[np.intp]:
-    """Indices of records whose AUC lower confidence bound ``auc - z * se`` exceeds the
-    DP ceiling: with correct DP training and accounting there should be none beyond the
-    confidence level's share of chance exceedances (``z`` = 1.96: a 2.5% one-sided rate
-    for a record exactly at the ceiling, far less below it)."""
-    lower = np.asarray(auc, dtype=np.float64) - z * np.asarray(auc_se, dtype=np.float64)
-    return np.flatnonzero(lower > ceiling).astype(np.intp)
+    """Indices of records whose AUC is confidently above the DP ceiling.
 
+    One-sided score test per record of "true AUC <= ceiling": ``(auc - ceiling) / se0 >
+    Phi^-1(1 - alpha / n)``, with ``se0`` the Hanley-McNeil standard error at the ceiling
+    (the null value: the SE at the estimate collapses to 0 when a few IN and OUT scores
+    happen to separate perfectly, which the test must not take as certainty) and a
+    Bonferroni correction over the ``n`` records, so that with correct DP training and
+    accounting the chance that any record is listed is about ``alpha``. A listed record
+    means broken accounting or a broken training loop.
 
-def describe_ceiling(auc_ceiling: float, records: int) -> dict[str, Any]:
-    """Record and patient ceilings as report entries."""
-    return {
-        "auc_ceiling": auc_ceiling,
-        "patient_auc_ceiling": group_auc(auc_ceiling, records),
-        "max_records_per_patient": records,
-    }
+    Args:
+        auc: ``(n_records,)`` record AUCs.
+        n_in, n_out: ``(n_records,)`` IN and OUT reference models of each record.
+
+    >>> records_above_ceiling([0.999, 0.7], [32, 32], [32, 32], 0.8).tolist()
+    [0]
+    """
+    values = np.asarray(auc, dtype=np.float64)
+    if values.size == 0:
+        return np.zeros(0, dtype=np.intp)
+    z = float(special.ndtri(1.0 - alpha / values.size))
+    at_ceiling = np.full(values.shape, ceiling)
+    se0 = hanley_mcneil_se(at_ceiling, np.asarray(n_in), np.asarray(n_out))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        statistic = np.where(se0 > 0, (values - ceiling) / se0, np.inf * (values > ceiling))
+    return np.flatnonzero(statistic > z).astype(np.intp)

@@ -18,6 +18,7 @@ from privacy_gate.render.markdown import (
     Block,
     Bullets,
     Code,
+    CodeBlock,
     Heading,
     Image,
     Paragraph,
@@ -112,6 +113,8 @@ def _block(block: Block) -> str:
         return _verdict(block)
     if isinstance(block, Image):
         return _image(block)
+    if isinstance(block, CodeBlock):
+        return f"<pre><code>{escape(block.text)}</code></pre>"
     return _table(block)
 
 

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from privacy_gate.render.recommendation import recommendation, recommendation_rows
+
 __all__ = ["render_markdown"]
 
 CITATION = 'Knolle et al., "Disparate privacy risks from medical AI", Nature 656 (2026).'
@@ -296,7 +298,15 @@ class Heading:
     level: int
 
 
-Block = Paragraph | Bullets | Table | Image | Verdict | Heading
+@dataclass(frozen=True)
+class CodeBlock:
+    """Verbatim lines (a config or code change to apply)."""
+
+    text: str
+    language: str = ""
+
+
+Block = Paragraph | Bullets | Table | Image | Verdict | Heading | CodeBlock
 
 
 @dataclass(frozen=True)
@@ -320,6 +330,8 @@ def build_document(report: Mapping[str, Any], figures: Mapping[str, str]) -> Doc
     blocks += _tail(report)
     blocks += _subgroups(report)
     blocks += _top_patients(report)
+    blocks += _dp_training(report)
+    blocks += _dp_recommendation(report)
     blocks += _caveats(report)
     blocks += _provenance(report)
     blocks += [Heading("Reference", 2), Paragraph((CITATION,))]
@@ -679,6 +691,75 @@ def _caveats(report: Mapping[str, Any]) -> list[Block]:
     return [Heading("Caveats", 2), Bullets(tuple(items))]
 
 
+def _dp_training(report: Mapping[str, Any]) -> list[Block]:
+    dp = as_mapping(report.get("dp_training"))
+    if not dp:
+        return []
+    above = as_int(dp.get("records_above_ceiling"))
+    checked = as_int(dp.get("records_checked"))
+    rows: tuple[tuple[Span, ...], ...] = (
+        ("noise_multiplier", fmt_float(as_float(dp.get("noise_multiplier")))),
+        ("max_grad_norm", fmt_float(as_float(dp.get("max_grad_norm")))),
+        ("epsilon (PRV)", fmt_float(as_float(dp.get("epsilon")), 2)),
+        ("delta", fmt_p(as_float(dp.get("delta")))),
+        ("record AUC ceiling (PRV)", fmt_auc(as_float(dp.get("auc_ceiling")))),
+        ("patient AUC ceiling", fmt_auc(as_float(dp.get("patient_auc_ceiling")))),
+        (
+            "records confidently above the ceiling (one-sided, Bonferroni 5%)",
+            f"{fmt_int(above)} of {fmt_int(checked)}",
+        ),
+    )
+    verdict = (
+        "No record's AUC is confidently above what the DP-SGD recipe allows."
+        if above == 0
+        else "Some records' AUCs are confidently above the DP ceiling: with correct "
+        "training and accounting this should not happen (check the training loop, the "
+        "sampling and the recipe)."
+    )
+    return [
+        Heading("Differential privacy of the audited recipe", 2),
+        Paragraph(
+            (
+                "The model was trained with DP-SGD; its guarantee bounds every membership "
+                "attack's AUC. ",
+                verdict,
+            )
+        ),
+        Table(("Figure", "Value"), rows, (False, True)),
+    ]
+
+
+def _dp_recommendation(report: Mapping[str, Any]) -> list[Block]:
+    rec = recommendation(report)
+    status = rec.get("status")
+    if status in (None, "not_needed"):
+        return []
+    heading = Heading("Remedy: retrain with DP-SGD", 2)
+    if status != "recommended":
+        reason = as_str(rec.get("reason"), "no reason given")
+        return [heading, Paragraph((f"No DP-SGD recommendation could be computed: {reason}.",))]
+    blocks: list[Block] = [
+        heading,
+        Paragraph(
+            (
+                "Settings computed from this policy's patient-AUC limit for this pipeline's "
+                "dataset size, batch size and epochs (Opacus PRV accountant; the AUC ceilings "
+                "bound every membership attack on a model trained this way). Re-audit after "
+                "retraining.",
+            )
+        ),
+        Table(("Setting", "Value"), tuple(recommendation_rows(report)), (False, True)),
+    ]
+    apply = as_mapping(rec.get("apply"))
+    for target, change in apply.items():
+        if isinstance(change, str) and change.strip():
+            blocks.append(Paragraph((f"Apply ({target}):",)))
+            blocks.append(
+                CodeBlock(change.strip(), "yaml" if target.endswith("yaml") else "python")
+            )
+    return blocks
+
+
 def _provenance(report: Mapping[str, Any]) -> list[Block]:
     audit = as_mapping(report.get("audit"))
     inputs = as_mapping(audit.get("inputs"))
@@ -758,6 +839,10 @@ def _md_block(block: Block) -> str:
             lines.append("")
             lines += [f"- {_md_text(item)}" for item in block.items]
         return "\n".join(lines)
+    if isinstance(block, CodeBlock):
+        longest = max((len(run) for run in re.findall(r"`+", block.text)), default=0)
+        fence = "`" * max(3, longest + 1)
+        return f"{fence}{block.language}\n{block.text}\n{fence}"
     if isinstance(block, Image):
         alt = escape_markdown(block.name.replace("_", " "))
         return f"![{alt}]({_md_link_target(block.source)})\n\n*{escape_markdown(block.caption)}*"

@@ -104,10 +104,11 @@ def dp_training(result: AuditResult, data: AuditData, recipe: Recipe) -> dict[st
     sigma = recipe.dp.noise_multiplier
     ceiling = accounting.auc_ceiling(sigma, sample_rate, steps)
     k = max_records_per_patient(result, members)
-    above = records_above_ceiling(result.records.auc, result.records.auc_se, ceiling)
+    moments = result.records.moments
+    above = records_above_ceiling(result.records.auc, moments.n_in, moments.n_out, ceiling)
     if above.size:
         _LOG.warning(
-            "%d record(s) have an AUC lower confidence bound above the DP ceiling %.4f",
+            "%d record(s) are confidently above the DP ceiling %.4f (simultaneous 95%% bounds)",
             above.size,
             ceiling,
         )
@@ -126,5 +127,8 @@ def dp_training(result: AuditResult, data: AuditData, recipe: Recipe) -> dict[st
         "patient_auc_ceiling": group_auc(ceiling, k),
         "records_checked": int(result.records.auc.size),
         "records_above_ceiling": int(above.size),
-        "ceiling_test": "record AUC - 1.96 * Hanley-McNeil SE > record AUC ceiling",
+        "ceiling_test": (
+            "(record AUC - ceiling) / Hanley-McNeil SE at the ceiling > Phi^-1(1 - 0.05 / "
+            "records): one-sided, Bonferroni over records"
+        ),
     }
