@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from privacy_gate.training.sequential import ModelFactory, init_model, train_one
 from privacy_gate.training.store import ScoreStore
 from privacy_gate.training.weights import weights_sha256
 
+if TYPE_CHECKING:
+    from privacy_gate.training.ray_backend import RayOptions
+
 __all__ = ["Backend", "TrainFunction", "TrainingPlan", "run_audit", "train_reference_models"]
 
 _LOG = logging.getLogger("privacy_gate.training")
@@ -51,6 +54,7 @@ class Backend(str, Enum):
     AUTO = "auto"
     BATCHED = "batched"
     SEQUENTIAL = "sequential"
+    RAY = "ray"  # Ray tasks on a cluster (privacy_gate.training.ray_backend)
 
 
 @dataclass(frozen=True)
@@ -235,12 +239,25 @@ def train_reference_models(
     group_size: int = 16,
     augmentations: Sequence[Augmentation] = (),
     train_fn: TrainFunction | None = None,
+    ray: RayOptions | None = None,
 ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     """Train (or resume) every reference model; return scores ``(K, N)`` and provenance.
 
     The batched backend trains ``factory`` models with ``recipe``; the sequential one
     uses ``train_fn`` when given (e.g. a Lightning Trainer per model), else the recipe.
+    The ray backend (``ray`` options) runs the same work as Ray tasks.
     """
+    if ray is not None and backend is not Backend.RAY:
+        raise InputError(
+            f"Ray options were given but the backend is {backend.value!r}. HINT: use "
+            "backend 'ray', or drop the Ray options."
+        )
+    if backend is Backend.RAY:
+        from privacy_gate.training.ray_backend import train_on_ray
+
+        return train_on_ray(factory, data, plan, recipe, store, options=ray,
+                            group_size=group_size, augmentations=augmentations,
+                            train_fn=train_fn)  # fmt: skip
     names = [reference_name(k) for k in range(plan.n_models)]
     todo = [k for k, name in enumerate(names) if not store.has(name)]
     used, reason = choose_backend(factory, backend)
@@ -291,6 +308,7 @@ def run_audit(
     train_fn: TrainFunction | None = None,
     cache_key: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    ray: RayOptions | None = None,
 ) -> AuditResult:
     """Audit a PyTorch model: train reference models with its recipe, score, decide.
 
@@ -301,8 +319,8 @@ def run_audit(
         config: the policy (default: the packaged default policy).
         reference_models: K, even (64 by default; fewer is reported as under-powered
             when the noise floor reaches the policy's limits).
-        backend: "auto" (batched when the model allows, else sequential), "batched"
-            or "sequential".
+        backend: "auto" (batched when the model allows, else sequential), "batched",
+            "sequential" or "ray" (Ray tasks on a cluster, see ``ray``).
         seed: seeds the plan, the reference models and (if trained here) the candidate.
         candidate: the trained release candidate; trained here with ``recipe`` on the
             training records when None.
@@ -315,6 +333,9 @@ def run_audit(
             (e.g. a Trainer's precision); part of the key of the stored models.
         provenance: entries for the report's ``audit.training`` (kept where the engine
             records nothing itself, e.g. why the caller chose the sequential backend).
+        ray: `privacy_gate.training.ray_backend.RayOptions` of the ray backend (cluster
+            address, resources per task, models per task, retries); default options
+            when None.
     """
     config = config or default_config()
     backend = Backend(backend)
@@ -348,6 +369,7 @@ def run_audit(
         workers=workers,
         augmentations=augmentations,
         train_fn=train_fn,
+        ray=ray,
     )
     if candidate is None:
         if not store.has("candidate") or store.load_text("candidate_sha256") is None:

@@ -2,7 +2,9 @@
 
 The YAML names the model factory and the data loader by import path
 (``package.module:callable``), the recipe, K, backend, seed, the policy and the output
-directory. Factory: ``make_model(**model_args) -> torch.nn.Module`` (untrained).
+directory; ``backend: ray`` takes its cluster and per-task resources from a ``ray:``
+section (`privacy_gate.training.ray_backend.RayOptions`).
+Factory: ``make_model(**model_args) -> torch.nn.Module`` (untrained).
 Loader: ``load_data(**data_args) -> privacy_gate.training.AuditData``.
 """
 
@@ -23,6 +25,7 @@ from privacy_gate.errors import ConfigError, invalid_value
 from privacy_gate.pipeline import AuditResult
 from privacy_gate.training.audit import DEFAULT_REFERENCE_MODELS, Backend, run_audit
 from privacy_gate.training.data import AuditData
+from privacy_gate.training.ray_backend import RayOptions, parse_ray_options
 from privacy_gate.training.recipe import Recipe, parse_recipe
 from privacy_gate.training.sequential import ModelFactory
 
@@ -42,6 +45,7 @@ _KEYS = (
     "policy",
     "candidate",
     "mlflow",
+    "ray",
 )
 _MLFLOW_KEYS = ("tracking_uri", "experiment", "run_name")
 
@@ -101,6 +105,7 @@ class AuditJob:
     workers: int = 1
     candidate: Path | None = None
     mlflow: MlflowTarget | None = None
+    ray: RayOptions | None = None
 
 
 def resolve(import_path: str, field_name: str) -> Callable[..., Any]:
@@ -192,6 +197,16 @@ def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
                     value,
                 )
             )
+    if data.get("ray") is not None and backend is not Backend.RAY:
+        raise ConfigError(
+            invalid_value(
+                "backend",
+                "audit config",
+                "'ray' when the config has a 'ray' section",
+                backend.value,
+                "set backend: ray, or remove the ray section",
+            )
+        )
     if data.get("recipe") is not None and not isinstance(data["recipe"], Mapping):
         raise ConfigError(invalid_value("recipe", "audit config", "a mapping", data["recipe"]))
     out = data.get("out")
@@ -210,6 +225,7 @@ def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
         workers=data.get("workers", 1),
         candidate=(base / candidate) if isinstance(candidate, str) else None,
         mlflow=_parse_mlflow(data.get("mlflow")),
+        ray=parse_ray_options(data.get("ray")) if backend is Backend.RAY else None,
     )
 
 
@@ -257,4 +273,5 @@ def run_job(
         workers=job.workers,
         raw_ids=raw_ids,
         plots=plots,
+        ray=job.ray,
     )
