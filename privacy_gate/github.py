@@ -547,7 +547,7 @@ def summary_markdown(outcome: Outcome) -> str:
 # ---------------------------------------------------------------------------- writer
 def _append(path: str | None, text: str, variable: str, what: str) -> None:
     if not path:
-        _log.warning("GitHub mode: $%s is not set, so no %s was written.", variable, what)
+        _log.warning("GitHub mode: $%s is not set; skipping the %s.", variable, what)
         return
     with Path(path).open("a", encoding="utf-8", newline="") as handle:
         handle.write(text)

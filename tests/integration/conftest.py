@@ -9,6 +9,7 @@ for leaks.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,17 @@ def write_dataset(
             sex = "unknown" if i % 17 == 0 else ("F" if i % 3 else "M")
             writer.writerow([record_id, patient_id or "", sex])
     return Dataset(signals_path, records_path, record_ids, patient_ids, k)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _not_on_a_github_runner() -> Iterator[None]:
+    """Tests run as outside GitHub Actions, also when CI runs them there: the CLI's GitHub
+    mode (on when GITHUB_ACTIONS=true) would write into the real job summary and print
+    annotations. Tests of that mode set these variables themselves."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT"):
+            patch.delenv(name, raising=False)
+        yield
 
 
 @pytest.fixture(scope="session")
