@@ -117,7 +117,11 @@ def check_fit(trainer: Any, module: Any, settings: AuditSettings) -> None:
             "train without the callback, then run privacy_gate.training.run_audit (or a "
             "single-device Trainer with this callback) in one process."
         )
-    module_factory(module, settings.model_factory)
+    factory = module_factory(module, settings.model_factory)
+    if settings.backend is Backend.RAY:  # fail before training, not after it
+        from privacy_gate.training.ray_backend import check_picklable
+
+        check_picklable(f"{OWNER}'s model factory ({type(module).__name__})", factory)
 
 
 def _metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -156,7 +160,7 @@ def run_fit_audit(
     loader = train_loader(trainer)
     recipe, reason = extract_recipe(trainer_settings, loader, factory(), settings.task)
     backend = settings.backend
-    if reason is not None and backend is not Backend.SEQUENTIAL:
+    if reason is not None and backend not in (Backend.SEQUENTIAL, Backend.RAY):
         if backend is Backend.BATCHED:
             raise ConfigError(
                 f"The 'backend' parameter of {OWNER} is 'batched' but this fit cannot be "
@@ -164,6 +168,8 @@ def run_fit_audit(
             )
         _LOG.info("Training reference models with Lightning, one at a time: %s.", reason)
         backend = Backend.SEQUENTIAL
+    # On Ray, the recipe's batched groups when it allows, else one Trainer per task.
+    lightning_fit = backend is not Backend.RAY or reason is not None
     train_fn = make_train_fn(
         trainer_class,
         trainer_settings,
@@ -171,7 +177,7 @@ def run_fit_audit(
         data.pool(),
         batch_size=recipe.batch_size,
         root_dir=out,
-    )
+    ) if lightning_fit else None  # fmt: skip
     _LOG.info(
         "Auditing %s: %d reference models on %d records (backend %s); report in %s.",
         type(module).__name__, settings.reference_models, data.n_records, backend.value, out,
@@ -188,6 +194,7 @@ def run_fit_audit(
         out_dir=out,
         train_fn=train_fn,
         plots=settings.plots,
+        ray=settings.ray,
         cache_key={"trainer": dataclasses.asdict(trainer_settings)},
         provenance={
             "fallback_reason": reason,  # why the fast path was not taken

@@ -49,7 +49,8 @@ Args:
     subgroups: column name -> values aligned with the pool, or such a callable.
     reference_models: K, even (default 64).
     backend: "auto" (batched when the recipe allows, else one Lightning Trainer per
-        reference model), "batched" or "sequential".
+        reference model), "batched", "sequential" or "ray" (the same work as Ray
+        tasks; the module's class must be importable or picklable on the workers).
     seed: seeds the plan and the reference models.
     on_fail: "raise" (`PrivacyGateFailed`), "warn", or "tag" (``privacy_gate.status``
         on the Trainer's MLFlowLogger run, which gets the whole audit in any case; a
@@ -59,6 +60,9 @@ Args:
         ``type(module)(**module.hparams)``).
     task: "multiclass" (default), "binary" or "multilabel"; forward returns logits.
     plots: also write report.md / report.html with plots.
+    ray: options of the ray backend, a ``RayOptions`` or a mapping of its fields
+        (address, num_cpus, num_gpus, memory, models_per_task, max_retries,
+        runtime_env); None: the defaults.
 
 Example:
     >>> callback = PrivacyAuditCallback(reference_models=32, on_fail="warn")
@@ -89,6 +93,7 @@ class PrivacyAuditBehaviour:
         model_factory: Callable[[], nn.Module] | None = None,
         task: str = "multiclass",
         plots: bool = True,
+        ray: Any = None,
     ) -> None:
         super().__init__()
         self.settings: AuditSettings = validate_settings(
@@ -104,6 +109,7 @@ class PrivacyAuditBehaviour:
             model_factory=model_factory,
             task=task,
             plots=plots,
+            ray=ray,
         )
         self.audited_ = False
         self.status_: str | None = None

@@ -9,6 +9,7 @@ a ``HINT:``.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from privacy_gate.config import AuditConfig, default_config, load_config
 from privacy_gate.errors import ConfigError, PrivacyGateError, invalid_value
 from privacy_gate.signals import Task
 from privacy_gate.training.audit import DEFAULT_REFERENCE_MODELS, Backend
+from privacy_gate.training.ray_backend import RayOptions, parse_ray_options
 
 __all__ = ["AuditSettings", "Metadata", "OnFail", "validate_settings"]
 
@@ -59,6 +61,7 @@ class AuditSettings:
     model_factory: Callable[[], nn.Module] | None
     task: Task
     plots: bool
+    ray: RayOptions | None = None
 
 
 def _error(name: str, expected: str, got: Any, hint: str | None = None) -> ConfigError:
@@ -109,6 +112,25 @@ def _metadata(name: str, value: Any) -> Metadata:
     )
 
 
+def _ray_options(value: Any, backend: Backend) -> RayOptions | None:
+    if backend is Backend.RAY and importlib.util.find_spec("ray") is None:
+        raise _error("backend", "a backend whose packages are installed", backend.value,
+                     "pip install 'privacy-gate[ray]'.")  # fmt: skip
+    if value is None:
+        return RayOptions() if backend is Backend.RAY else None
+    if backend is not Backend.RAY:
+        raise _error("ray", "None unless backend='ray'", value, "pass backend='ray'.")
+    if isinstance(value, RayOptions):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return parse_ray_options(value)
+        except ConfigError as exc:
+            raise _error("ray", "RayOptions or a mapping of its fields", dict(value),
+                         str(exc)) from None  # fmt: skip
+    raise _error("ray", "a RayOptions, a mapping of its fields, or None", value)
+
+
 def validate_settings(
     *,
     config: Any,
@@ -123,6 +145,7 @@ def validate_settings(
     model_factory: Any,
     task: Any,
     plots: Any,
+    ray: Any = None,
 ) -> AuditSettings:
     """Check every argument; return them normalised (enums, paths, a parsed policy)."""
     if holdout is not None and not isinstance(holdout, Dataset | DataLoader):
@@ -184,17 +207,19 @@ def validate_settings(
             sorted(subgroups),
             f"add the column(s) {missing}, or remove them from the policy's 'subgroups'.",
         )
+    chosen = _choice("backend", Backend, backend)
     return AuditSettings(
         config=parsed,
         holdout=holdout,
         patient_ids=patient_ids,
         subgroups=subgroups,
         reference_models=reference_models,
-        backend=_choice("backend", Backend, backend),
+        backend=chosen,
         seed=seed,
         on_fail=_choice("on_fail", OnFail, on_fail),
         output_dir=None if output_dir is None else Path(output_dir),
         model_factory=model_factory,
         task=_choice("task", Task, task),
         plots=plots,
+        ray=_ray_options(ray, chosen),
     )

@@ -437,6 +437,7 @@ def _train_group(
     (and why batching was given up, when it was). Pure in its arguments: a re-run
     returns the same scores."""
     torch.set_num_threads(threads)
+    subsets = [np.array(subset) for subset in subsets]  # writable (Ray's are read-only)
     if shared.train_fn is not None:
         return [
             _train_and_score(

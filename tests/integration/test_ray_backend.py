@@ -325,3 +325,62 @@ def test_resume_skips_the_cluster_when_everything_is_stored(tmp_path: Path) -> N
     training = again.report["audit"]["training"]
     assert training["resumed"] == 4 and training["trained_now"] == 0
     assert training["ray"]["tasks"] == 0
+
+
+# The Lightning callback.
+
+
+@pytest.fixture
+def lightning_fit() -> Any:
+    pytest.importorskip("pytorch_lightning")
+    from test_lightning_callback import fit
+
+    return fit
+
+
+def test_lightning_callback_with_ray_equals_the_local_audit(
+    local_ray: Any, tmp_path: Path, write_config: Any, lightning_fit: Any
+) -> None:
+    lenient = write_config("gate:\n  max_patient_auc: 1.0\n")
+    with one_thread():
+        lightning_fit(tmp_path / "local", config=lenient, backend="auto")
+        lightning_fit(tmp_path / "ray", config=lenient, backend="ray")
+    local, on_ray = (json.loads((tmp_path / name / "audit" / "report.json").read_text())
+                     for name in ("local", "ray"))  # fmt: skip
+    training = on_ray["audit"]["training"]
+    assert training["backend"] == "ray" and training["trained_now"] == 4
+    assert training["ray"]["tasks"] == 1  # the recipe's batched group
+    for section in ("summary", "aggregate", "decision"):
+        _assert_close(local[section], on_ray[section], section)
+
+
+def test_lightning_trainer_per_task_when_the_recipe_cannot_be_batched(
+    local_ray: Any, tmp_path: Path, write_config: Any, lightning_fit: Any
+) -> None:
+    """BatchNorm: each task fits the user's LightningModule (a class local to a test
+    function, sent by value) with a fresh Trainer on the worker."""
+    lenient = write_config("gate:\n  max_patient_auc: 1.0\n")
+    lightning_fit(tmp_path, config=lenient, backend="ray", module_kwargs={"batchnorm": True},
+                  ray={"max_retries": 1})  # fmt: skip
+    training = json.loads((tmp_path / "audit" / "report.json").read_text())["audit"]["training"]
+    assert training["backend"] == "ray" and training["trained_now"] == 4
+    assert "BatchNorm" in training["fallback_reason"] and training["ray"]["tasks"] == 4
+
+
+def test_lightning_callback_refuses_what_ray_cannot_run(tmp_path: Path, lightning_fit: Any) -> None:
+    with pytest.raises(ConfigError, match="'ray' parameter of PrivacyAuditCallback"):
+        lightning_fit(tmp_path, backend="auto", ray={"num_cpus": 1})
+    with pytest.raises(ConfigError, match=r"Unknown key\(s\) \['cpus'\] in ray"):
+        lightning_fit(tmp_path, backend="ray", ray={"cpus": 1})
+    from test_lightning_callback import namespace_classes
+
+    module_class = namespace_classes("pytorch_lightning")["module"]
+    lock = threading.Lock()
+
+    def factory() -> Any:  # builds modules here, but the lock cannot be pickled
+        with lock:
+            return module_class()
+
+    with pytest.raises(ConfigError, match=r"model factory.*cannot be sent to Ray workers"):
+        lightning_fit(tmp_path, backend="ray", model_factory=factory)
+    assert not (tmp_path / "audit").exists()  # refused before training and auditing
