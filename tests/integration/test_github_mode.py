@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import PATIENT_MARKER, RECORD_MARKER
+from github_outputs import parse_outputs
 
 from privacy_gate.cli import main
 from privacy_gate.pseudonyms import KEY_ENVIRONMENT_VARIABLE
@@ -46,27 +47,6 @@ class Run:
     @property
     def annotations(self) -> list[str]:
         return [line for line in self.stdout.splitlines() if line.startswith("::")]
-
-
-def parse_outputs(text: str) -> dict[str, str]:
-    """Read a $GITHUB_OUTPUT file as the runner does: name=value lines and heredocs."""
-    values: dict[str, str] = {}
-    lines = iter(text.split("\n"))
-    for line in lines:
-        if not line:
-            continue
-        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
-            name, delimiter = line.split("<<", 1)
-            body = []
-            for item in lines:
-                if item == delimiter:
-                    break
-                body.append(item)
-            values[name] = "\n".join(body)
-        else:
-            name, value = line.split("=", 1)
-            values[name] = value
-    return values
 
 
 def _environment(tmp_path: Path, *, actions: bool = True) -> dict[str, str]:
