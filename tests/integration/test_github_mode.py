@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import PATIENT_MARKER, RECORD_MARKER
 from github_outputs import parse_outputs
 
@@ -282,6 +283,29 @@ def test_action_script_public_key_as_pem_text(failing_report: Path, tmp_path: Pa
     assert run.code == 1
     assert "The report is unsigned" in run.annotations[0]  # the key was used: fail closed
     assert list(tmp_path.glob("privacy-gate-public-key.*"))
+
+
+def test_action_script_runs_an_audit(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    job = {
+        "model": "tests.integration.tiny_audit:make_model",
+        "data": "tests.integration.tiny_audit:load_data",
+        "recipe": {"epochs": 1, "batch_size": 16, "learning_rate": 0.01},
+        "reference_models": 4,
+        "backend": "sequential",
+        "policy": {"gate": {"max_patient_auc": 1.0, "min_reference_models": 2}},
+    }
+    (tmp_path / "audit.yaml").write_text(yaml.safe_dump(job), encoding="utf-8")
+    inputs = {"PG_AUDIT_CONFIG": "audit.yaml", "PG_OUT": "out", "PG_ARGS": "--no-plots"}
+    run = run_action({**inputs, "PYTHONPATH": str(REPO)}, tmp_path)
+    assert run.code in (0, 1), run.stdout + run.stderr
+    assert "privacy-gate --github audit --config audit.yaml --out out --no-plots" in run.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text("utf-8"))
+    assert run.outputs["status"] == report["decision"]["status"]
+    assert run.code == (0 if report["decision"]["status"] == "pass" else 1)
+    assert run.outputs["report_path"] == "out/report.json"
+    assert float(run.outputs["patient_auc_max"]) == report["summary"]["patient_auc"]["max"]
+    assert run.summary.startswith(f"## privacy-gate: {'✅' if run.code == 0 else '❌'}")
 
 
 @pytest.mark.parametrize(
