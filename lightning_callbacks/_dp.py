@@ -13,7 +13,6 @@ and trains every reference model with the same DP recipe.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from typing import Any
 
@@ -46,6 +45,8 @@ Args:
     secure_mode: Opacus' cryptographically secure noise (use it for the release model;
         the audit's reference models use seeded noise so that a resumed audit repeats).
     seed: seeds the Poisson sampling and the noise (None: fresh randomness).
+    log_epsilon: compute epsilon (one PRV composition) at every epoch's end and at the
+        end of training.
 
 Example:
     >>> dp = DPSGD(noise_multiplier=1.1, max_grad_norm=1.0)
@@ -99,6 +100,7 @@ class DPSGDBehaviour:
         delta: float | None = None,
         secure_mode: bool = False,
         seed: int | None = None,
+        log_epsilon: bool = True,
     ) -> None:
         super().__init__()
         try:
@@ -111,6 +113,8 @@ class DPSGDBehaviour:
             isinstance(delta, float) and 0.0 < delta < 1.0 and not isinstance(delta, bool)
         ):
             raise ConfigError(invalid_value("delta", OWNER, "a float in (0, 1) or None", delta))
+        if not isinstance(log_epsilon, bool):
+            raise ConfigError(invalid_value("log_epsilon", OWNER, "True or False", log_epsilon))
         if not isinstance(secure_mode, bool):
             raise ConfigError(invalid_value("secure_mode", OWNER, "True or False", secure_mode))
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -123,6 +127,7 @@ class DPSGDBehaviour:
         self.delta = delta
         self.secure_mode = secure_mode
         self.seed = seed
+        self.log_epsilon = log_epsilon
         self.history_: list[tuple[float, float, int]] = []
         self.epsilon_: float | None = None
         self.batch_size_: int | None = None
@@ -140,6 +145,7 @@ class DPSGDBehaviour:
             max_grad_norm=self.settings.max_grad_norm,
             delta=self.delta,
             seed=seed,
+            log_epsilon=False,  # the audit recomputes the recipe's guarantee once
         )
 
     # ------------------------------------------------------------------ hooks
@@ -157,6 +163,8 @@ class DPSGDBehaviour:
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self.log_epsilon:
+            return
         self.epsilon_ = self._epsilon()
         if self.epsilon_ is not None:
             pl_module.log(EPSILON_METRIC, self.epsilon_, prog_bar=True)
@@ -165,7 +173,8 @@ class DPSGDBehaviour:
         if self._filters is not None:
             warnings.filters[:] = self._filters  # type: ignore[index]
             self._filters = None
-        self.epsilon_ = self._epsilon()
+        if self.log_epsilon:
+            self.epsilon_ = self._epsilon()
         if self.epsilon_ is not None:
             trainer.callback_metrics[EPSILON_METRIC] = torch.tensor(self.epsilon_)
             _LOG.info("DP-SGD: epsilon %.3f at delta %.3g", self.epsilon_, self._delta())
@@ -325,9 +334,6 @@ class DPSGDBehaviour:
     def _epsilon(self) -> float | None:
         if not self.history_:
             return None
-        from opacus.accountants import PRVAccountant
+        from privacy_gate.dp.accounting import history_epsilon
 
-        accountant = PRVAccountant()
-        accountant.history = list(self.history_)
-        value = float(accountant.get_epsilon(delta=self._delta()))
-        return value if math.isfinite(value) else None
+        return history_epsilon(self.history_, delta=self._delta())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from numpy.typing import NDArray
 from privacy_gate.dp_ceiling import tradeoff_auc_ceiling
 from privacy_gate.errors import InputError
 
-__all__ = ["PrivacyProfile", "auc_ceiling", "epsilon", "privacy_profile"]
+__all__ = ["PrivacyProfile", "auc_ceiling", "epsilon", "history_epsilon", "privacy_profile"]
 
 EPS_ERROR = 0.01
 """Accountant's epsilon discretisation error (Opacus' default)."""
@@ -79,7 +80,7 @@ def privacy_profile(
     _check(noise_multiplier, sample_rate, steps)
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         # Opacus evaluates log(0) at the domain's edge and notes RDP orders it does not need
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        warnings.filterwarnings("ignore", message="Optimal order is the")
         return _privacy_profile(noise_multiplier, sample_rate, steps, eps_error, delta_error)
 
 
@@ -125,13 +126,31 @@ def auc_ceiling(noise_multiplier: float, sample_rate: float, steps: int) -> floa
 def epsilon(noise_multiplier: float, sample_rate: float, steps: int, *, delta: float) -> float:
     """Epsilon at ``delta`` from Opacus' own ``PRVAccountant`` (its upper estimate)."""
     _check(noise_multiplier, sample_rate, steps)
+    return history_epsilon([(noise_multiplier, sample_rate, steps)], delta=delta)
+
+
+def history_epsilon(history: Sequence[tuple[float, float, int]], *, delta: float) -> float:
+    """Epsilon at ``delta`` of a training history ``[(noise, sample_rate, steps), ...]``.
+
+    Opacus' PRV accountant first; where its discretisation cannot cope (e.g. almost no
+    noise), the looser RDP accountant; ``inf`` when neither can bound it.
+    """
     if not 0 < delta < 1:
         raise InputError(f"The 'delta' of DP-SGD must be in (0, 1). Got {delta!r} instead.")
+    if not history:
+        return 0.0
     _import_prv()
-    from opacus.accountants import PRVAccountant
+    from opacus.accountants import PRVAccountant, RDPAccountant
 
-    accountant = PRVAccountant()
-    accountant.history = [(noise_multiplier, sample_rate, steps)]
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return float(accountant.get_epsilon(delta=delta))
+    for kind in (PRVAccountant, RDPAccountant):
+        accountant = kind()
+        accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the")
+            try:
+                value = float(accountant.get_epsilon(delta=delta))
+            except (ValueError, RuntimeError, OverflowError, MemoryError):
+                continue
+        if math.isfinite(value):
+            return value
+    return math.inf
