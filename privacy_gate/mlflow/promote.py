@@ -131,26 +131,25 @@ def _download_report(client: MlflowClient, run_id: str) -> dict[str, Any] | None
     return report if isinstance(report, dict) else None
 
 
-@contextlib.contextmanager
-def _uris_of(client: MlflowClient) -> Iterator[None]:
-    """Point MLflow's global tracking and registry URIs at the client's for a while."""
-    import mlflow
-
-    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(str(getattr(client, "tracking_uri", tracking)))
-    mlflow.set_registry_uri(str(getattr(client, "_registry_uri", None) or registry))
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(tracking)
-        mlflow.set_registry_uri(registry)
-
-
 def _registered_weights_sha256(client: MlflowClient, name: str, version: str) -> str | None:
-    """Digest of the registered model's weights, loaded from its files; None on failure."""
+    """Digest of the registered model's weights, loaded from its files; None on failure.
+
+    The files are fetched through the client's own URIs (``mlflow.artifacts`` with an
+    explicit tracking and registry URI), never by changing MLflow's global URIs: those
+    would outlive the call in the caller's process (and pin a test's server).
+    """
+    from mlflow.artifacts import download_artifacts
+
     try:
-        with _uris_of(client):
-            return logged_model_sha256(f"models:/{name}/{version}")
+        uri = client.get_model_version_download_uri(name, version)
+        with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
+            local = download_artifacts(
+                artifact_uri=uri,
+                dst_path=tmp,
+                tracking_uri=str(client.tracking_uri),
+                registry_uri=getattr(client, "_registry_uri", None),
+            )
+            return logged_model_sha256(local)
     except Exception as exc:  # any failure refuses: an undigestable model is not audited
         _log.warning("Cannot digest the weights of %s version %s: %s", name, version, exc)
         return None
@@ -220,7 +219,7 @@ def promote(
             ``PRIVACY_GATE_PUBLIC_KEY`` when None.
         policy_sha256: the policy the audit must have used (None: any policy).
         client: the client to use (its tracking and registry URIs); ``MlflowClient()``
-            when None. The weights are loaded through the global MLflow URIs.
+            when None; the weights are downloaded through its URIs too.
 
     Returns:
         A `PromotionResult`; when refused, the version is tagged with the reasons and the
