@@ -6,7 +6,7 @@
 # and non-zero only when the audit itself could not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh torch,examples,mlflow
+bash scripts/setup.sh torch,examples,mlflow,opacus
 status=0
 .venv/bin/privacy-gate audit --config examples/ehr/audit.yaml "$@" || status=$?
 if [ "$status" -gt 1 ]; then
