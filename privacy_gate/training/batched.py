@@ -27,6 +27,7 @@ This is why layers that mix the rows of a batch (BatchNorm) cannot be batched he
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,9 @@ from privacy_gate.training.data_order import epoch_batches
 from privacy_gate.training.recipe import Loss, Optimizer, Recipe
 from privacy_gate.training.sequential import ModelFactory, TrainingError, init_model
 
-__all__ = ["BatchingUnsupported", "batching_problem", "train_batched"]
+__all__ = ["BatchingUnsupported", "batching_problem", "mlp_fast_path_problem", "train_batched"]
+
+_LOG = logging.getLogger("privacy_gate.training")
 
 # Layers whose output for one record depends on the other rows of the batch or whose
 # forward writes to buffers: padding ragged batches would change what they compute.
@@ -194,56 +197,81 @@ def _functional_template(model: nn.Module) -> nn.Module:
     return template
 
 
-class _FunctionalOptimizer:
-    """The recipe's optimizer over the flat ``(K, P)`` parameters with per-model step
-    counts; the arithmetic mirrors torch's single-tensor (``foreach=False``) code."""
+class _StackedOptimizer:
+    """The recipe's optimizer over K models at once, with per-model step counts.
 
-    def __init__(self, flat: torch.Tensor, recipe: Recipe) -> None:
+    ``params[k]`` are model ``k``'s tensors (views into the stacked state); one call of
+    torch's fused Adam/AdamW/SGD kernel updates every model, each with its own step count
+    (Adam's bias corrections). A model without a batch at this step is left out of the
+    call, so its parameters, moments and step count stay as they are, just as a model
+    whose epoch is over takes no step in `train_one`. The fused kernels compute what the
+    single-tensor (``foreach=False``) optimizers of `make_optimizer` compute, up to float
+    rounding.
+    """
+
+    def __init__(self, params: list[list[torch.Tensor]], recipe: Recipe) -> None:
+        device = params[0][0].device
+        if device.type not in ("cpu", "cuda"):
+            raise BatchingUnsupported(f"no fused optimizer kernels on {device.type}")
         self.recipe = recipe
-        k = flat.shape[0]
-        self.steps = torch.zeros(k, dtype=torch.float64, device=flat.device)
-        self.buffers: list[torch.Tensor] = []
-        if recipe.optimizer is Optimizer.SGD:
-            if recipe.momentum != 0:
-                # torch starts the buffer as a copy of the first gradient; 0 * m + g == g.
-                self.buffers = [torch.zeros_like(flat)]
+        self.params = params
+        self.steps = torch.zeros(len(params), dtype=torch.float32, device=device)
+        self.step_views = [self.steps[k] for k in range(len(params))]
+        sgd = recipe.optimizer is Optimizer.SGD
+        states = (1 if recipe.momentum != 0 else 0) if sgd else 2
+        # SGD: torch starts momentum as a copy of the first gradient; 0 * m + g == g.
+        self.states = [[[torch.zeros_like(p) for p in row] for row in params]
+                       for _ in range(states)]  # fmt: skip
+
+    def step(self, grads: list[list[torch.Tensor]], active: torch.Tensor, all_active: bool) -> None:
+        """Update the models marked in ``active`` ``(K,)`` with ``grads[k]``."""
+        if all_active:
+            models: Sequence[int] = range(len(self.params))
+            self.steps += 1
         else:
-            self.buffers = [torch.zeros_like(flat), torch.zeros_like(flat)]
-
-    def state(self) -> list[torch.Tensor]:
-        return self.buffers
-
-    @torch.no_grad()
-    def step(self, param: torch.Tensor, grad: torch.Tensor, active: torch.Tensor) -> None:
-        """Update every row of ``param``; the caller restores rows of idle models."""
+            models = active.nonzero().flatten().tolist()
+            self.steps += active.to(self.steps.dtype)
+        params = [p for k in models for p in self.params[k]]
+        chosen = [p for k in models for p in grads[k]]
+        states = [[s for k in models for s in state[k]] for state in self.states]
         r = self.recipe
-        self.steps += active.to(torch.float64)
         if r.optimizer is Optimizer.SGD:
-            if r.weight_decay != 0:
-                grad = grad.add(param, alpha=r.weight_decay)
-            if r.momentum != 0:
-                (buf,) = self.buffers
-                buf.mul_(r.momentum).add_(grad)
-                grad = buf
-            param.add_(grad, alpha=-r.learning_rate)
+            torch._fused_sgd_(
+                params, chosen, states[0] if states else [], weight_decay=r.weight_decay,
+                momentum=r.momentum, lr=r.learning_rate, dampening=0.0, nesterov=False,
+                maximize=False, is_first_step=False,
+            )  # fmt: skip
             return
-        exp_avg, exp_avg_sq = self.buffers
-        beta1, beta2 = r.betas
-        if r.weight_decay != 0:
-            if r.optimizer is Optimizer.ADAMW:
-                param.mul_(1 - r.learning_rate * r.weight_decay)
-            else:
-                grad = grad.add(param, alpha=r.weight_decay)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        # Per-model bias corrections in float64, as torch computes them in Python floats.
-        steps = self.steps.clamp(min=1.0)
-        bias_correction1 = 1 - beta1**steps
-        bias_correction2 = 1 - beta2**steps
-        neg_step_size = (-r.learning_rate / bias_correction1).to(param.dtype).unsqueeze(1)
-        bias_correction2_sqrt = (bias_correction2**0.5).to(param.dtype).unsqueeze(1)
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(r.eps)
-        param.addcdiv_(exp_avg * neg_step_size, denom)
+        steps = [self.step_views[k] for k in models for _ in self.params[k]]
+        fused = torch._fused_adamw_ if r.optimizer is Optimizer.ADAMW else torch._fused_adam_
+        fused(
+            params, chosen, states[0], states[1], [], steps, lr=r.learning_rate,
+            beta1=r.betas[0], beta2=r.betas[1], weight_decay=r.weight_decay, eps=r.eps,
+            amsgrad=False, maximize=False,
+        )  # fmt: skip
+
+
+def _clip_per_model(grads: list[torch.Tensor], max_norm: float) -> None:
+    """``clip_grad_norm_`` for each model: ``grads`` are stacked ``(K, ...)`` gradients;
+    row ``k`` of all of them together is model ``k``'s gradient."""
+    norms = [torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads]
+    total = torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)
+    coefficient = (max_norm / (total + 1e-6)).clamp_(max=1.0)
+    for g in grads:
+        g.mul_(coefficient.view(-1, *([1] * (g.dim() - 1))))
+
+
+def _raise_if_nonfinite(losses: torch.Tensor, active: torch.Tensor, epoch: int) -> None:
+    """`train_one`'s error for the first model with a non-finite loss on a real batch
+    (idle models' losses are ignored: they take no step)."""
+    bad = (~torch.isfinite(losses) & active).nonzero().flatten().tolist()
+    if bad:
+        k = bad[0]
+        value = float(losses[k].detach())
+        raise TrainingError(
+            f"model {k}: the loss became {value} in epoch {epoch}. HINT: lower the "
+            "learning rate, clip gradients (max_grad_norm) or check the inputs."
+        )
 
 
 def _loss_terms(logits: torch.Tensor, labels: torch.Tensor, loss: Loss) -> torch.Tensor:
@@ -285,13 +313,16 @@ def train_batched(
     *,
     seeds: Sequence[int],
     on_model_done: Callable[[int], None] | None = None,
+    fast_path: bool = True,
 ) -> list[nn.Module]:
-    """Train ``len(subsets)`` models as one vmapped ensemble.
+    """Train ``len(subsets)`` models as one batched ensemble.
 
     Model ``k`` equals ``train_one(factory, inputs, labels, subsets[k], recipe,
-    seed=seeds[k])`` up to float rounding (dropout masks aside). Dropout masks come from
-    torch's global generator, which the seeded initialisations leave in a fixed state, so
-    a run is reproducible.
+    seed=seeds[k])`` up to float rounding (dropout masks aside). Plain MLPs (see
+    `mlp_fast_path_problem`) take the fast path, whose dropout masks come from a numpy
+    stream seeded by ``seeds``; other models are vmapped, their masks come from torch's
+    global generator, which the seeded initialisations leave in a fixed state. Either
+    way a run is reproducible.
 
     Args:
         factory: builds an untrained model (all K share its architecture).
@@ -302,6 +333,8 @@ def train_batched(
         seeds: per model, its initialisation and data-order seed.
         on_model_done: called with ``k`` as soon as model ``k`` has finished its last
             epoch (models with smaller subsets finish earlier).
+        fast_path: False trains even a plain MLP with the general vmap path (for
+            comparisons).
 
     Returns:
         K ordinary modules in eval mode holding the trained weights.
@@ -319,8 +352,20 @@ def train_batched(
     if problem is not None:
         raise BatchingUnsupported(problem)
     models = [first, *(init_model(factory, seed) for seed in seeds[1:])]
+    reason = (
+        mlp_fast_path_problem(first, inputs, labels, recipe.loss)
+        if fast_path
+        else "the caller asked for it"
+    )
+    trainer: _Ensemble | _MLPEnsemble
     try:
-        trainer = _Ensemble(models, inputs, labels, recipe)
+        if reason is None:
+            trainer = _MLPEnsemble(models, inputs, labels, recipe, seeds)
+        else:
+            _LOG.info("Batched training takes the general vmap path: %s.", reason)
+            trainer = _Ensemble(models, inputs, labels, recipe)
+    except BatchingUnsupported:
+        raise
     except Exception as error:  # e.g. a factory whose models differ in shape
         raise BatchingUnsupported(
             f"the models cannot be stacked: {type(error).__name__}: {error}"
@@ -367,7 +412,7 @@ class _Ensemble:
         self.constants: dict[str, torch.Tensor] = {
             n: t.detach() for n, t in {**params, **buffers}.items() if n not in names
         }
-        self.optimizer = _FunctionalOptimizer(self.flat, recipe)
+        self.optimizer = _StackedOptimizer([[row] for row in self.flat.detach()], recipe)
         self.base = _functional_template(models[0])
         self.forward = vmap(self._model_loss, randomness="different")
         self.first_step = True
@@ -397,20 +442,9 @@ class _Ensemble:
         grad = self.flat.grad
         assert grad is not None
         if self.recipe.max_grad_norm is not None:
-            # clip_grad_norm_ per model: the 2-norm over all its parameters.
-            norm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
-            grad.mul_((self.recipe.max_grad_norm / (norm + 1e-6)).clamp_(max=1.0))
-        param, active = self.flat.detach(), plan.active[t]
-        if plan.all_active[t]:
-            self.optimizer.step(param, grad, active)
-            return
-        # Models whose epoch is over take no step: put their rows back afterwards.
-        tensors = (param, *self.optimizer.state())
-        idle = ~active
-        saved = [tensor[idle] for tensor in tensors]
-        self.optimizer.step(param, grad, active)
-        for tensor, old in zip(tensors, saved, strict=True):
-            tensor[idle] = old
+            _clip_per_model([grad], self.recipe.max_grad_norm)
+        rows = [[row] for row in grad]
+        self.optimizer.step(rows, plan.active[t], plan.all_active[t])
 
     def _gradients(self, plan: _EpochPlan, t: int, epoch: int, *, first: bool = False) -> None:
         """Forward and backward of all models at step ``t``; gradients in ``flat.grad``."""
@@ -422,7 +456,7 @@ class _Ensemble:
         params = self.layout.views(self.flat)
         losses = self.forward(params, self.constants, x, y, plan.weight[t], plan.count[t])
         if not bool(torch.isfinite(losses).all()):
-            self._raise_if_nonfinite(losses, plan.active[t], epoch)
+            _raise_if_nonfinite(losses, plan.active[t], epoch)
         if first:
             self._refuse_unused(losses, params)
         # Per-model losses depend only on their own rows of flat: one backward serves all.
@@ -462,18 +496,6 @@ class _Ensemble:
                 f"parameter(s) {', '.join(unused)} get no gradient in the forward pass."
             )
 
-    def _raise_if_nonfinite(self, losses: torch.Tensor, active: torch.Tensor, epoch: int) -> None:
-        """`train_one`'s error for the first model with a non-finite loss on a real batch
-        (idle models' losses are ignored: they take no step)."""
-        bad = (~torch.isfinite(losses) & active).nonzero().flatten().tolist()
-        if bad:
-            k = bad[0]
-            value = float(losses[k].detach())
-            raise TrainingError(
-                f"model {k}: the loss became {value} in epoch {epoch}. HINT: lower the "
-                "learning rate, clip gradients (max_grad_norm) or check the inputs."
-            )
-
     @torch.no_grad()
     def export(self, k: int) -> None:
         """Copy model ``k``'s trained weights into its ordinary module."""
@@ -481,3 +503,454 @@ class _Ensemble:
         params = dict(self.models[k].named_parameters())
         for name, value in row.items():
             params[name].copy_(value)
+
+
+# ---------------------------------------------------------------------------------------
+# The MLP fast path: stacked Linear weights, forward with baddbmm, backward by hand.
+
+
+_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU
+)  # fmt: skip
+_DROPOUT_TAG = 0x64726F706F7574  # "dropout": keeps the mask stream apart from data orders
+
+
+def _sequential_leaves(model: nn.Module) -> list[nn.Module] | str:
+    """The layers of a (nested) plain ``nn.Sequential``, or why ``model`` is not one."""
+    if type(model) is not nn.Sequential:
+        return f"the model is a {type(model).__name__}, not a plain nn.Sequential"
+    leaves: list[nn.Module] = []
+    for child in model:
+        if type(child) is nn.Sequential:
+            inner = _sequential_leaves(child)
+            if isinstance(inner, str):
+                return inner
+            leaves += inner
+        else:
+            leaves.append(child)
+    return leaves
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return any(
+        getattr(module, name, None)
+        for name in (
+            "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"
+        )
+    )  # fmt: skip
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as module_globals
+
+    return any(
+        getattr(module_globals, name, None)
+        for name in (
+            "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+            "_global_backward_pre_hooks",
+        )
+    )  # fmt: skip
+
+
+def mlp_fast_path_problem(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss: Loss
+) -> str | None:
+    """Why `train_batched` trains ``model`` with the general ``vmap`` path rather than
+    the MLP fast path, or None when the fast path applies.
+
+    The fast path takes a plain ``nn.Sequential`` (nesting allowed) of ``Linear``,
+    ``ReLU``, ``LeakyReLU``, ``GELU``, ``Tanh``, ``Sigmoid``, ``SiLU``, ``Dropout``,
+    ``Identity`` and ``Flatten`` layers (exactly these classes, no hooks), all
+    parameters trainable, on CPU, whose output is one vector of logits per record.
+    """
+    leaves = _sequential_leaves(model)
+    if isinstance(leaves, str):
+        return leaves
+    if _global_hooks():
+        return "global module hooks are registered"
+    params = list(model.parameters())
+    if not params or not all(p.requires_grad for p in params):
+        return "it has frozen parameters"
+    dtype = params[0].dtype
+    if any(p.device.type != "cpu" for p in params) or inputs.device.type != "cpu":
+        return "the fast path runs on CPU only"
+    if inputs.dtype != dtype or not dtype.is_floating_point:
+        return f"the inputs ({inputs.dtype}) and parameters ({dtype}) differ in dtype"
+    if len(inputs) == 0:
+        return "there are no inputs"
+    shape = tuple(inputs.shape[1:])
+    linears = 0
+    for index, layer in enumerate(leaves):
+        label = f"layer {index} ({type(layer).__name__})"
+        if _has_hooks(layer):
+            return f"{label} has hooks"
+        if isinstance(layer, nn.Linear) and type(layer) is nn.Linear:
+            if len(shape) != 1 or shape[0] != layer.in_features:
+                return f"{label} gets records of shape {shape}"
+            shape = (layer.out_features,)
+            linears += 1
+        elif type(layer) is nn.Flatten:
+            if layer.start_dim != 1 or layer.end_dim != -1:
+                return f"{label} flattens dims {layer.start_dim}..{layer.end_dim}"
+            shape = (math.prod(shape),)
+        elif type(layer) is nn.Dropout:
+            if layer.p >= 1.0:
+                return f"{label} drops everything (p = 1)"
+        elif type(layer) is nn.GELU:
+            if layer.approximate not in ("none", "tanh"):
+                return f"{label} uses approximation {layer.approximate!r}"
+        elif type(layer) not in (*_ACTIVATIONS, nn.Identity):
+            return f"{label} is not one of the fast path's layers"
+    if not linears or len(shape) != 1:
+        return f"the output per record has shape {shape}, not one vector of logits"
+    outputs = shape[0]
+    if loss is Loss.CROSS_ENTROPY:
+        if labels.dim() != 1:
+            return f"cross-entropy labels of shape {tuple(labels.shape)} are not one per record"
+        if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+            return "cross-entropy labels are not whole numbers"
+        if len(labels) and not (int(labels.min()) >= 0 and int(labels.max()) < outputs):
+            return f"cross-entropy labels fall outside 0..{outputs - 1}"
+    elif math.prod(labels.shape[1:]) != outputs:
+        return f"labels of shape {tuple(labels.shape[1:])} per record do not match {outputs} logits"
+    return None
+
+
+class _Op:
+    """One layer of the fast path: forward on ``(K, W, features)`` activations and the
+    matching backward (gradient with respect to its input)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def backward(self, grad: torch.Tensor) -> torch.Tensor | None:
+        raise NotImplementedError
+
+
+class _LinearOp(_Op):
+    """``y = alpha * x W^T + b`` for all K models with one ``baddbmm``; ``alpha`` is a
+    preceding dropout's ``1 / (1 - p)``, folded into the matrix product.
+
+    Weights are stored ``(K, out, in)``, or transposed ``(K, in, out)`` when the layer
+    widens (``out > in``): then the weight gradient is ``x^T dy``, which BLAS computes
+    faster than ``dy^T x`` for such shapes.
+    """
+
+    def __init__(self, layers: list[nn.Linear], alpha: float, needs_input_grad: bool) -> None:
+        self.transposed = layers[0].out_features > layers[0].in_features
+        weight = torch.stack([layer.weight.detach() for layer in layers])
+        self.weight = weight.transpose(1, 2).contiguous() if self.transposed else weight
+        biases: list[torch.Tensor | None] = [layer.bias for layer in layers]
+        self.bias: torch.Tensor | None = None
+        if all(b is not None for b in biases):
+            self.bias = torch.stack([b.detach() for b in biases if b is not None])
+        self.grad_weight = torch.zeros_like(self.weight)
+        self.grad_bias = None if self.bias is None else torch.zeros_like(self.bias)
+        self.alpha = alpha
+        self.needs_input_grad = needs_input_grad
+        self.saved: torch.Tensor | None = None
+        self.out: torch.Tensor | None = None
+        self.grad_in: torch.Tensor | None = None
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def gradients(self) -> list[torch.Tensor]:
+        return [self.grad_weight] if self.grad_bias is None else [self.grad_weight, self.grad_bias]
+
+    def export(self, layer: nn.Linear, k: int) -> None:
+        layer.weight.copy_(self.weight[k].T if self.transposed else self.weight[k])
+        if self.bias is not None:
+            layer.bias.copy_(self.bias[k])
+
+    def _matrix(self) -> torch.Tensor:
+        """The right factor of ``x @ W^T``, ``(K, in, out)``."""
+        return self.weight if self.transposed else self.weight.transpose(1, 2)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        k, w = h.shape[:2]
+        if self.out is None or self.out.shape[:2] != (k, w):
+            self.out = torch.empty(k, w, self.weight.shape[2 if self.transposed else 1],
+                                   dtype=h.dtype)  # fmt: skip
+        self.saved = h
+        if self.bias is not None:
+            return torch.baddbmm(self.bias.unsqueeze(1), h, self._matrix(), alpha=self.alpha,
+                                 out=self.out)  # fmt: skip
+        return self.out.baddbmm_(h, self._matrix(), beta=0.0, alpha=self.alpha)
+
+    def backward(self, grad: torch.Tensor) -> torch.Tensor | None:
+        h, alpha = self.saved, self.alpha
+        assert h is not None
+        if self.transposed:  # dW^T = alpha * x^T dy
+            self.grad_weight.baddbmm_(h.transpose(1, 2), grad, beta=0.0, alpha=alpha)
+        else:  # dW = alpha * dy^T x
+            self.grad_weight.baddbmm_(grad.transpose(1, 2), h, beta=0.0, alpha=alpha)
+        if self.grad_bias is not None:
+            torch.sum(grad, dim=1, out=self.grad_bias)
+        self.saved = None
+        if not self.needs_input_grad:
+            return None
+        if self.grad_in is None or self.grad_in.shape != h.shape:
+            self.grad_in = torch.empty_like(h)
+        weight = self.weight.transpose(1, 2) if self.transposed else self.weight
+        return self.grad_in.baddbmm_(grad, weight, beta=0.0, alpha=alpha)
+
+
+class _ReLUOp(_Op):
+    """ReLU in place on a Linear's fresh output (else into its own buffer); its backward
+    reads the output, which any dropout fused behind it has masked, so one
+    ``threshold_backward`` is the gradient of both."""
+
+    def __init__(self, in_place: bool) -> None:
+        self.in_place = in_place
+        self.out: torch.Tensor | None = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.in_place:
+            self.out = h.clamp_min_(0.0)
+        else:
+            self.out = torch.clamp_min(h, 0.0)
+        return self.out
+
+    def backward(self, grad: torch.Tensor) -> torch.Tensor:
+        assert self.out is not None
+        result: torch.Tensor = torch.ops.aten.threshold_backward.grad_input(
+            grad, self.out, 0.0, grad_input=grad
+        )
+        return result
+
+
+class _ActivationOp(_Op):
+    """The other activations, out of place, with aten's own backward formulas."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.layer = layer
+        self.saved: torch.Tensor | None = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        if isinstance(layer, nn.Tanh):
+            self.saved = torch.tanh(h)
+        elif isinstance(layer, nn.Sigmoid):
+            self.saved = torch.sigmoid(h)
+        else:
+            self.saved = h
+            if isinstance(layer, nn.GELU):
+                return F.gelu(h, approximate=layer.approximate)
+            if isinstance(layer, nn.SiLU):
+                return F.silu(h)
+            assert isinstance(layer, nn.LeakyReLU)
+            return F.leaky_relu(h, layer.negative_slope)
+        return self.saved
+
+    def backward(self, grad: torch.Tensor) -> torch.Tensor:
+        layer, saved = self.layer, self.saved
+        aten = torch.ops.aten
+        result: torch.Tensor
+        if isinstance(layer, nn.Tanh):
+            result = aten.tanh_backward(grad, saved)
+        elif isinstance(layer, nn.Sigmoid):
+            result = aten.sigmoid_backward(grad, saved)
+        elif isinstance(layer, nn.GELU):
+            result = aten.gelu_backward(grad, saved, approximate=layer.approximate)
+        elif isinstance(layer, nn.SiLU):
+            result = aten.silu_backward(grad, saved)
+        else:
+            assert isinstance(layer, nn.LeakyReLU)
+            result = aten.leaky_relu_backward(grad, saved, layer.negative_slope, False)
+        return result
+
+
+class _ScaleOp(_Op):
+    """Multiplies by a dropout's pending ``1 / (1 - p)`` where it cannot be folded into
+    the next Linear (before a non-homogeneous activation, or at the output)."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.scale
+
+    def backward(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad.mul_(self.scale)
+
+
+class _DropoutOp(_Op):
+    """Zeroes each element with probability ``p``; the ``1 / (1 - p)`` rescaling is a
+    separate scale (folded into the next Linear where possible).
+
+    The mask of an element is one 16-bit lane of a 64-bit word from a numpy ``PCG64``
+    stream (four elements per random word, instead of one 32-bit draw per element as
+    ``torch.rand`` makes): an element is dropped when its lane is below
+    ``round(p * 65536)``, so ``p`` is quantised to a multiple of ``2**-16`` (an
+    absolute error below ``7.7e-6``). Where that would shift ``p`` or ``1 - p`` by more
+    than 0.1 % of itself (``p`` below about 0.0076 or above 0.9924), 32-bit lanes are
+    used instead (error below ``1.2e-10``).
+    """
+
+    def __init__(self, p: float, generator: np.random.PCG64, fused: bool) -> None:
+        self.generator = generator
+        self.fused = fused
+        self.narrow = 0.5 / (65536 * min(p, 1 - p)) <= 1e-3
+        lanes = 65536 if self.narrow else 2**32
+        # Lanes are read as signed integers, uniform on [-lanes/2, lanes/2).
+        self.threshold = -(lanes // 2) + round(p * lanes)
+        self.mask: torch.Tensor | None = None
+        self.wide: torch.Tensor | None = None
+
+    def _draw(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """A 0/1 keep mask of ``shape``: ``clamp(lane - threshold + 1, 0, 1)``, exact in
+        floating point for integer lanes."""
+        n = math.prod(shape)
+        per_word = 4 if self.narrow else 2
+        words = self.generator.random_raw(-(-n // per_word))
+        lanes = torch.from_numpy(words.view(np.int16 if self.narrow else np.int32))
+        lanes = lanes[:n].view(shape)
+        if self.mask is None or self.mask.shape != shape:
+            self.mask = torch.empty(shape, dtype=dtype)
+            self.wide = None if self.narrow else torch.empty(shape, dtype=torch.float64)
+        if self.narrow:  # int16 -> float32 is exact
+            return self.mask.copy_(lanes).sub_(self.threshold - 1).clamp_(0.0, 1.0)
+        assert self.wide is not None  # int32 needs float64 to stay exact
+        self.wide.copy_(lanes).sub_(self.threshold - 1).clamp_(0.0, 1.0)
+        return self.mask.copy_(self.wide)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        mask = self._draw(h.shape, h.dtype)
+        return h.mul_(mask) if self.fused else h * mask
+
+    def backward(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.fused:  # the ReLU before it masks the gradient
+            return grad
+        assert self.mask is not None
+        return grad.mul_(self.mask)
+
+
+def _compile_ops(
+    layer_lists: list[list[nn.Module]], generator: np.random.PCG64
+) -> tuple[list[_Op], list[tuple[_LinearOp, list[nn.Linear]]]]:
+    """The fast path's ops for K models with identical layer lists, and each Linear op
+    with the K modules it exports to."""
+    ops: list[_Op] = []
+    linears: list[tuple[_LinearOp, list[nn.Linear]]] = []
+    pending = 1.0  # a dropout's 1 / (1 - p) not applied yet
+    for position, first in enumerate(layer_lists[0]):
+        same = [layers[position] for layers in layer_lists]
+        previous = ops[-1] if ops else None
+        if isinstance(first, nn.Linear):
+            modules = [m for m in same if isinstance(m, nn.Linear)]
+            op = _LinearOp(modules, alpha=pending, needs_input_grad=bool(linears))
+            ops.append(op)
+            linears.append((op, modules))
+            pending = 1.0
+        elif type(first) is nn.ReLU:
+            ops.append(_ReLUOp(in_place=isinstance(previous, _LinearOp)))
+        elif type(first) is nn.Dropout:
+            if first.p == 0.0:
+                continue
+            fused = isinstance(previous, _ReLUOp) or (
+                isinstance(previous, _DropoutOp) and previous.fused
+            )
+            ops.append(_DropoutOp(first.p, generator, fused=fused))
+            pending /= 1.0 - first.p
+        elif isinstance(first, _ACTIVATIONS):
+            if pending != 1.0 and type(first) is not nn.LeakyReLU:  # ReLU-like: scale commutes
+                ops.append(_ScaleOp(pending))
+                pending = 1.0
+            ops.append(_ActivationOp(first))
+        # Identity and Flatten: the inputs are flattened to (K, W, features) up front.
+    if pending != 1.0:
+        ops.append(_ScaleOp(pending))
+    return ops, linears
+
+
+class _MLPEnsemble:
+    """K plain MLPs trained with stacked weights and a hand-written backward: no
+    autograd graph, no vmap, preallocated activations; see `mlp_fast_path_problem`."""
+
+    def __init__(
+        self,
+        models: list[nn.Module],
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        recipe: Recipe,
+        seeds: Sequence[int],
+    ) -> None:
+        self.models = models
+        self.recipe = recipe
+        self.device = torch.device("cpu")
+        self.inputs = inputs.reshape(len(inputs), -1).contiguous()
+        if recipe.loss is Loss.CROSS_ENTROPY:
+            self.labels = labels.long()
+        else:
+            self.labels = labels.reshape(len(labels), -1).to(inputs.dtype).contiguous()
+        layer_lists = [_sequential_leaves(m) for m in models]
+        lists = [layers for layers in layer_lists if not isinstance(layers, str)]
+        shapes = {tuple((type(layer), *(tuple(p.shape) for p in layer.parameters()))
+                        for layer in layers) for layers in lists}  # fmt: skip
+        if len(lists) != len(models) or len(shapes) != 1:
+            raise ValueError("the factory's models differ in their layers")
+        entropy = [_DROPOUT_TAG, *(seed & 0xFFFFFFFFFFFFFFFF for seed in seeds)]
+        self.generator = np.random.PCG64(np.random.SeedSequence(entropy))
+        self.ops, self.linears = _compile_ops(lists, self.generator)
+        params = [p for op, _ in self.linears for p in op.parameters()]
+        grads = [g for op, _ in self.linears for g in op.gradients()]
+        self.grads = grads
+        self.model_grads = [[g[k] for g in grads] for k in range(len(models))]
+        self.optimizer = _StackedOptimizer([[p[k] for p in params] for k in range(len(models))],
+                                           recipe)  # fmt: skip
+        self.x: torch.Tensor | None = None
+
+    def step(self, plan: _EpochPlan, t: int, epoch: int) -> None:
+        """One optimizer step of every model that has a batch at step ``t``."""
+        self.gradients(plan, t, epoch)
+        if self.recipe.max_grad_norm is not None:
+            _clip_per_model(self.grads, self.recipe.max_grad_norm)
+        self.optimizer.step(self.model_grads, plan.active[t], plan.all_active[t])
+
+    def gradients(self, plan: _EpochPlan, t: int, epoch: int) -> None:
+        """Forward and backward of all models at step ``t``, into the ops' gradients."""
+        index = plan.index[t]
+        k, w = index.shape
+        if self.x is None or self.x.shape[:2] != (k, w):
+            self.x = torch.empty(k, w, self.inputs.shape[1], dtype=self.inputs.dtype)
+        flat_index = index.reshape(-1)
+        torch.index_select(self.inputs, 0, flat_index, out=self.x.view(k * w, -1))
+        h = self.x
+        for op in self.ops:
+            h = op.forward(h)
+        losses, grad = self._loss(h, flat_index, plan.weight[t], plan.count[t])
+        if not bool(torch.isfinite(losses).all()):
+            _raise_if_nonfinite(losses, plan.active[t], epoch)
+        for op in reversed(self.ops):
+            next_grad = op.backward(grad)
+            if next_grad is None:
+                break
+            grad = next_grad
+
+    def _loss(
+        self, logits: torch.Tensor, flat_index: torch.Tensor, weight: torch.Tensor,
+        count: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Per-model mean losses ``(K,)`` and their gradient with respect to the logits."""
+        k, w, classes = logits.shape
+        if self.recipe.loss is Loss.CROSS_ENTROPY:
+            coefficient = (weight / count.unsqueeze(1)).unsqueeze(2)  # (K, W, 1)
+            y = self.labels.index_select(0, flat_index).view(k, w, 1)
+            log_p = torch.log_softmax(logits, dim=2)
+            losses = -(log_p.gather(2, y) * coefficient).sum(dim=(1, 2))
+            grad = log_p.exp_().mul_(coefficient)
+            grad.scatter_add_(2, y, -coefficient)
+            return losses, grad
+        coefficient = (weight / (count * classes).unsqueeze(1)).unsqueeze(2)
+        targets = self.labels.index_select(0, flat_index).view(k, w, classes)
+        terms = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        losses = (terms * coefficient).sum(dim=(1, 2))
+        grad = torch.sigmoid(logits).sub_(targets).mul_(coefficient)
+        return losses, grad
+
+    @torch.no_grad()
+    def export(self, k: int) -> None:
+        """Copy model ``k``'s trained weights into its ordinary module."""
+        for op, modules in self.linears:
+            op.export(modules[k], k)

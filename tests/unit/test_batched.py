@@ -17,8 +17,13 @@ from torch import nn
 
 from privacy_gate.training.batched import (
     BatchingUnsupported,
+    _DropoutOp,
+    _MLPEnsemble,
+    _plan_epoch,
+    _ScaleOp,
     _UniformDropout,
     batching_problem,
+    mlp_fast_path_problem,
     train_batched,
 )
 from privacy_gate.training.recipe import Loss, Optimizer, Recipe
@@ -33,6 +38,25 @@ SEEDS = (11, 12, 13, 14)
 def _mlp(outputs: int, dropout: float = 0.0) -> Callable[[], nn.Module]:
     return lambda: nn.Sequential(
         nn.Linear(N_FEATURES, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, outputs)
+    )
+
+
+def _mixed_mlp(outputs: int) -> Callable[[], nn.Module]:
+    """Every layer kind of the MLP fast path: nesting, Flatten and Identity, a Linear
+    without bias, widening and narrowing Linears, each activation."""
+    return lambda: nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(N_FEATURES, 12),
+        nn.GELU(),
+        nn.Linear(12, 10, bias=False),
+        nn.Tanh(),
+        nn.Identity(),
+        nn.Sequential(nn.Linear(10, 8), nn.Sigmoid(), nn.Linear(8, 8), nn.SiLU()),
+        nn.Linear(8, 6),
+        nn.LeakyReLU(0.1),
+        nn.Linear(6, 6),
+        nn.GELU(approximate="tanh"),
+        nn.Linear(6, outputs),
     )
 
 
@@ -72,6 +96,8 @@ RECIPES = {
 MODELS = {
     "mlp-multiclass-ce": (Loss.CROSS_ENTROPY, lambda: _mlp(N_CLASSES), N_CLASSES),
     "mlp-binary-bce": (Loss.BINARY_CROSS_ENTROPY, lambda: _mlp(1), 1),
+    "mlp-multilabel-bce": (Loss.BINARY_CROSS_ENTROPY, lambda: _mlp(N_LABELS), N_LABELS),
+    "mlp-activations-ce": (Loss.CROSS_ENTROPY, lambda: _mixed_mlp(N_CLASSES), N_CLASSES),
     "conv1d-multilabel-bce": (Loss.BINARY_CROSS_ENTROPY, lambda: lambda: _Conv(N_LABELS), N_LABELS),
     "conv1d-multiclass-ce": (Loss.CROSS_ENTROPY, lambda: lambda: _Conv(N_CLASSES), N_CLASSES),
 }
@@ -90,19 +116,28 @@ def test_final_parameters_match_train_one(
     )
     inputs, labels = _data(loss, outputs)
     subsets = _subsets()
-    batched = train_batched(factory, inputs, labels, subsets, recipe, seeds=SEEDS)
-    assert len(batched) == len(SEEDS)
-    for k, seed in enumerate(SEEDS):
-        sequential = train_one(factory, inputs, labels, subsets[k], recipe, seed=seed)
-        initial = init_model(factory, seed)
-        assert type(batched[k]) is type(sequential) and not batched[k].training
-        got, want = batched[k].state_dict(), sequential.state_dict()
-        assert got.keys() == want.keys()
-        moved = 0.0
-        for name in want:
-            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)
-            moved = max(moved, float((want[name] - initial.state_dict()[name]).abs().max()))
-        assert moved > 1e-3  # the models really trained, so agreeing means something
+    fast = mlp_fast_path_problem(factory(), inputs, labels, loss) is None
+    assert fast == model_name.startswith("mlp")  # the MLPs really take the fast path
+    paths = {"default": train_batched(factory, inputs, labels, subsets, recipe, seeds=SEEDS)}
+    if fast:  # ... and the general vmap path agrees with train_one on them too
+        paths["vmap"] = train_batched(
+            factory, inputs, labels, subsets, recipe, seeds=SEEDS, fast_path=False
+        )
+    for path, batched in paths.items():
+        assert len(batched) == len(SEEDS)
+        for k, seed in enumerate(SEEDS):
+            sequential = train_one(factory, inputs, labels, subsets[k], recipe, seed=seed)
+            initial = init_model(factory, seed)
+            assert type(batched[k]) is type(sequential) and not batched[k].training
+            got, want = batched[k].state_dict(), sequential.state_dict()
+            assert got.keys() == want.keys()
+            moved = 0.0
+            for name in want:
+                torch.testing.assert_close(
+                    got[name], want[name], rtol=1e-4, atol=1e-5, msg=f"{path}: {name}"
+                )
+                moved = max(moved, float((want[name] - initial.state_dict()[name]).abs().max()))
+            assert moved > 1e-3  # the models really trained, so agreeing means something
 
 
 def test_idle_models_keep_their_optimizer_state() -> None:
@@ -259,3 +294,113 @@ def test_input_checks() -> None:
         train_batched(factory, inputs, labels, [np.arange(3), np.arange(0)], recipe, seeds=[1, 2])
     with pytest.raises(ValueError, match="2 subsets but 1 seeds"):
         train_batched(factory, inputs, labels, _subsets()[:2], recipe, seeds=[1])
+
+
+def _dropout_mlp() -> nn.Module:
+    """Dropout fused behind a ReLU, after a Tanh (scale folded into the next Linear),
+    before a GELU (scale applied first) and on the logits (scale at the output)."""
+    return nn.Sequential(
+        nn.Linear(N_FEATURES, 16), nn.ReLU(), nn.Dropout(0.3),
+        nn.Linear(16, 8), nn.Tanh(), nn.Dropout(0.2),
+        nn.Linear(8, 8), nn.Dropout(0.25), nn.GELU(),
+        nn.Linear(8, N_CLASSES), nn.Dropout(0.1),
+    )  # fmt: skip
+
+
+def test_fast_path_gradients_with_dropout_match_autograd() -> None:
+    """The hand-written backward against autograd through each model's own modules,
+    with the masks the fast path drew, on a step where a model's batch is padded."""
+    inputs, labels = _data(Loss.CROSS_ENTROPY, N_CLASSES)
+    subsets = _subsets()
+    models = [init_model(_dropout_mlp, seed) for seed in SEEDS]
+    assert mlp_fast_path_problem(models[0], inputs, labels, Loss.CROSS_ENTROPY) is None
+    ensemble = _MLPEnsemble(models, inputs, labels, Recipe(batch_size=8), SEEDS)
+    dropouts = [op for op in ensemble.ops if isinstance(op, _DropoutOp)]
+    assert [op.fused for op in dropouts] == [True, False, False, False]
+    assert sum(isinstance(op, _ScaleOp) for op in ensemble.ops) == 2
+    plan = _plan_epoch(subsets, SEEDS, 0, 8, torch.device("cpu"))
+    assert float(plan.weight[0].sum(dim=1).min()) < 8  # model 2 has 5 records: padded
+    ensemble.gradients(plan, 0, 0)
+    for k, model in enumerate(models):
+        rows = plan.index[0][k]
+        weight, count = plan.weight[0][k], plan.count[0][k]
+        h, masks = inputs[rows], iter(dropouts)
+        for layer in model:
+            if isinstance(layer, nn.Dropout):
+                mask = next(masks).mask
+                assert mask is not None
+                h = h * mask[k] / (1 - layer.p)
+            else:
+                h = layer(h)
+        terms = torch.nn.functional.cross_entropy(h, labels[rows], reduction="none")
+        model.zero_grad()
+        ((terms * weight).sum() / count).backward()
+        for op, modules in ensemble.linears:
+            layer = modules[k]
+            want = layer.weight.grad
+            assert want is not None and layer.bias is not None
+            got = op.grad_weight[k].T if op.transposed else op.grad_weight[k]
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            assert op.grad_bias is not None
+            torch.testing.assert_close(op.grad_bias[k], layer.bias.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.001, 0.999])
+def test_fast_path_dropout_masks_keep_one_minus_p(p: float) -> None:
+    op = _DropoutOp(p, np.random.PCG64(0), fused=False)
+    lanes = 2**16 if op.narrow else 2**32
+    assert op.narrow == (0.01 < p < 0.99)
+    effective = (op.threshold + lanes // 2) / lanes  # P(lane < threshold)
+    assert abs(effective - p) <= 0.5 / lanes  # the documented quantisation of p
+    out = op.forward(torch.ones(8, 256, 256))
+    assert set(out.unique().tolist()) <= {0.0, 1.0}  # 1 / (1 - p) is applied elsewhere
+    kept = float(out.mean())
+    assert kept == pytest.approx(1 - p, abs=5 * (p * (1 - p) / out.numel()) ** 0.5)
+    again = _DropoutOp(p, np.random.PCG64(0), fused=False).forward(torch.ones(8, 256, 256))
+    assert torch.equal(out, again)
+
+
+class _LinearSubclass(nn.Linear):
+    pass
+
+
+def test_fast_path_problem_names_what_takes_the_vmap_path() -> None:
+    inputs, labels = _data(Loss.CROSS_ENTROPY, N_CLASSES)
+    ce = Loss.CROSS_ENTROPY
+
+    def problem(model: nn.Module, loss: Loss = ce, y: torch.Tensor = labels) -> str:
+        reason = mlp_fast_path_problem(model, inputs, y, loss)
+        assert reason is not None
+        return reason
+
+    assert "not a plain nn.Sequential" in problem(_Conv(N_CLASSES))
+    assert "not one of the fast path's layers" in problem(
+        nn.Sequential(nn.Linear(N_FEATURES, 4), nn.LayerNorm(4), nn.Linear(4, N_CLASSES))
+    )
+    assert "not one of the fast path's layers" in problem(
+        nn.Sequential(_LinearSubclass(N_FEATURES, N_CLASSES))
+    )
+    hooked = _mlp(N_CLASSES)()
+    hooked[1].register_forward_hook(lambda *_: None)
+    assert "hooks" in problem(hooked)
+    frozen = _mlp(N_CLASSES)()
+    frozen[0].bias.requires_grad_(False)
+    assert "frozen" in problem(frozen)
+    assert "records of shape" in problem(nn.Sequential(nn.Linear(N_FEATURES + 1, N_CLASSES)))
+    assert "dtype" in problem(_mlp(N_CLASSES)().double())
+    assert "outside 0..1" in problem(_mlp(2)())
+    bce_labels = torch.zeros(N_RECORDS, 2)
+    assert "do not match" in problem(_mlp(3)(), Loss.BINARY_CROSS_ENTROPY, bce_labels)
+    assert "p = 1" in problem(nn.Sequential(nn.Linear(N_FEATURES, 3), nn.Dropout(1.0)))
+
+
+def test_models_off_the_fast_path_are_logged_and_still_batched(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inputs, labels = _data(Loss.CROSS_ENTROPY, N_CLASSES)
+    with caplog.at_level("INFO", logger="privacy_gate.training"):
+        models = train_batched(
+            lambda: _Conv(N_CLASSES), inputs, labels, _subsets(), Recipe(epochs=1), seeds=SEEDS
+        )
+    assert len(models) == len(SEEDS)
+    assert "general vmap path: the model is a _Conv" in caplog.text
