@@ -511,6 +511,16 @@ def _check(args: argparse.Namespace) -> github.Outcome:
         print(f"Using the packaged default gate (policy_sha256 {default_config().sha256()}).")
     if source == "report":
         public_key = _public_key(args, "check", required=False) if args.public_key else None
+        if not Path(args.report).exists():  # a missing audit is a failed gate, never an error
+            return _refused(
+                [
+                    f"no audit report at {str(args.report)!r}. HINT: run 'privacy-gate audit' "
+                    "or 'privacy-gate score' first, or check the path."
+                ],
+                quiet=args.quiet,
+                report_path=None,
+                source=f"report {args.report}",
+            )
         report = load_report(args.report)
         signature = None
         if public_key is not None:

@@ -473,9 +473,14 @@ def test_check_bad_config_exit_2(
     _assert_one_line_error(capsys.readouterr().err, "max_patinet_auc")
 
 
-def test_check_missing_report_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", str(tmp_path / "report.json")]) == 2
-    _assert_one_line_error(capsys.readouterr().err, "report.json")
+def test_check_missing_report_fails_the_gate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing audit is never a pass and not an input error either: exit 1 (DESIGN.md)."""
+    assert main(["check", str(tmp_path / "report.json")]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL (audit not accepted)" in out
+    assert "no audit report at" in out and "report.json" in out
 
 
 @pytest.mark.parametrize(
