@@ -24,13 +24,14 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special, stats
 
-from privacy_gate.record_stats import binormal_auc, record_moments
+from privacy_gate.record_stats import binormal_auc, hanley_mcneil_se, record_moments
 
 __all__ = [
     "NoiseFloor",
     "NullMethod",
     "analytic_null_max_quantile",
     "compute_noise_floor",
+    "reference_models_for_tail_se",
     "reference_models_needed",
 ]
 
@@ -179,6 +180,23 @@ def reference_models_needed(
         half = k / 2.0
         scale = float(_scale(np.array([half]), np.array([half]))[0])
         if scale * float(stats.t.isf(target, k - 2)) < d_limit:
+            return k
+    return None
+
+
+def reference_models_for_tail_se(max_tail_se: float) -> int | None:
+    """Smallest even K whose record AUC standard error is within ``max_tail_se`` whatever the
+    record's AUC (the Hanley-McNeil SE is largest at AUC 0.5, the AUC of a record that a
+    well-protected model does not leak), each record IN for K/2 models.
+
+    The ``max_tail_se`` rule then cannot fail a model just for being private.
+
+    >>> reference_models_for_tail_se(0.05)
+    136
+    """
+    for k in range(4, MAX_REFERENCE_MODELS_SEARCHED + 1, 2):
+        half = np.array([k // 2])
+        if float(hanley_mcneil_se(np.array([0.5]), half, half)[0]) <= max_tail_se:
             return k
     return None
 

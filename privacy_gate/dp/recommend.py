@@ -111,6 +111,7 @@ def recommend_dp_sgd(
     max_grad_norm: float,
     max_grad_norm_source: str,
     reason: str,
+    reference_models: int | None = None,
 ) -> dict[str, Any]:
     """The recommendation section for a pipeline that trains on ``dataset_size`` records.
 
@@ -120,6 +121,8 @@ def recommend_dp_sgd(
         max_grad_norm: the suggested per-sample clipping norm.
         max_grad_norm_source: how that norm was chosen (one sentence).
         reason: why the recommendation is given (e.g. the gate's verdict).
+        reference_models: K for the re-audit (a private model's records sit near AUC 0.5,
+            where each record's AUC is least precise), None to leave K as it is.
     """
     if not 0.5 < auc_limit < 1.0:
         raise InputError(
@@ -157,7 +160,8 @@ def recommend_dp_sgd(
         "auc_ceiling": ceiling,
         "auc_ceiling_gdp": gdp_auc_ceiling(sigma, sample_rate, steps),
         "patient_auc_ceiling": group_auc(ceiling, max_records_per_patient),
-        "apply": apply_snippets(sigma, clip),
+        "reference_models": reference_models,
+        "apply": apply_snippets(sigma, clip, reference_models),
     }
 
 
@@ -171,17 +175,22 @@ def round_up(value: float, digits: int = 4) -> float:
     return math.ceil(value * scale - 1e-9) / scale
 
 
-def apply_snippets(noise_multiplier: float, max_grad_norm: float) -> dict[str, str]:
+def apply_snippets(
+    noise_multiplier: float, max_grad_norm: float, reference_models: int | None = None
+) -> dict[str, str]:
     """The code or config change that applies the settings, per integration."""
+    k_yaml = "" if reference_models is None else f"\nreference_models: {reference_models}"
+    k_callback = "..." if reference_models is None else f"reference_models={reference_models}"
     return {
         "audit_yaml": (
             "recipe:\n"
             f"  dp: {{noise_multiplier: {noise_multiplier}, max_grad_norm: {max_grad_norm}}}"
+            + k_yaml
         ),
         "lightning": (
             "from lightning_callbacks import DPSGD, PrivacyAuditCallback\n"
             f"dp = DPSGD(noise_multiplier={noise_multiplier}, max_grad_norm={max_grad_norm})\n"
-            "trainer = Trainer(..., callbacks=[dp, PrivacyAuditCallback(...)])"
+            f"trainer = Trainer(..., callbacks=[dp, PrivacyAuditCallback({k_callback})])"
         ),
         "opacus": (
             "model, optimizer, loader = PrivacyEngine(accountant='prv').make_private(\n"

@@ -17,6 +17,7 @@ Schema of ``report["dp_recommendation"]`` (all keys optional except ``status``):
   ``batch_size``, ``dataset_size``, ``epochs``, ``steps``, ``accountant``;
 - ``auc_ceiling`` (PRV trade-off curve, per record), ``auc_ceiling_gdp`` (mu-GDP
   cross-check), ``patient_auc_ceiling`` (for the patient with the most records);
+- ``reference_models``: K for the re-audit of the retrained model;
 - ``apply``: mapping of a target (``lightning``, ``audit_yaml``, ``opacus``) to the code
   or config change that applies the settings.
 """
@@ -69,6 +70,7 @@ def recommendation_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("record AUC ceiling (mu-GDP check)", _number(rec.get("auc_ceiling_gdp"), 4)),
         ("patient AUC ceiling", _number(rec.get("patient_auc_ceiling"), 4)),
         ("target patient AUC limit", _number(rec.get("auc_limit"), 3)),
+        ("reference models for the re-audit", _number(rec.get("reference_models"), 0)),
     ]
     return rows
 
