@@ -63,27 +63,22 @@ _LOG = logging.getLogger("privacy_gate.training")
 INSTALL_HINT = "HINT: pip install 'privacy-gate[ray]'."
 #: Memory of a Ray worker process with torch imported, before any data (CPU tasks).
 WORKER_BASE_BYTES = 768 * 2**20
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
+_UNITS = {"": 1, "b": 1, **{f"{p}{b}": scale**power
+                         for power, p in enumerate("kmgt", start=1)
+                         for b, scale in (("", 1000), ("b", 1000), ("ib", 1024))}}  # fmt: skip
 
 
 class RayTrainingFailed(PrivacyGateError, RuntimeError):
     """Ray tasks that failed for good (after their retries); the reference models that
     finished are kept in the store, so a rerun trains only the missing ones."""
+
+
+def _invalid(name: str, expected: str, got: Any, hint: str | None = None) -> ConfigError:
+    return ConfigError(invalid_value(name, "ray", expected, got, hint))
+
+
+def _is_count(value: Any, *, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,65 +115,29 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         if self.address is not None and (not isinstance(self.address, str) or not self.address):
-            raise ConfigError(
-                invalid_value(
-                    "address",
-                    "ray",
-                    "a Ray address or null",
-                    self.address,
-                    "e.g. ray://head:10001, head:6379 or auto",
-                )
-            )
-        for name, least in (("num_cpus", 0.0), ("num_gpus", 0.0)):
+            raise _invalid("address", "a Ray address or null", self.address,
+                           "e.g. ray://head:10001, head:6379 or auto")  # fmt: skip
+        for name in ("num_cpus", "num_gpus"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(invalid_value(name, "ray", "a number >= 0", value))
-            if not least <= value < math.inf:
-                raise ConfigError(invalid_value(name, "ray", "a number >= 0", value))
-        if self.num_cpus <= 0 and self.num_gpus <= 0:
-            raise ConfigError(
-                invalid_value("num_cpus", "ray", "a number > 0 when num_gpus is 0", self.num_cpus)
-            )
-        if self.memory is not None and (
-            isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1
-        ):
-            raise ConfigError(
-                invalid_value("memory", "ray", "a number of bytes >= 1 or null", self.memory)
-            )
-        per_task = self.models_per_task
-        if per_task != "auto" and (
-            isinstance(per_task, bool) or not isinstance(per_task, int) or per_task < 1
-        ):
-            raise ConfigError(
-                invalid_value("models_per_task", "ray", "an integer >= 1 or 'auto'", per_task)
-            )
-        if (
-            isinstance(self.max_retries, bool)
-            or not isinstance(self.max_retries, int)
-            or self.max_retries < 0
-        ):
-            raise ConfigError(
-                invalid_value("max_retries", "ray", "an integer >= 0", self.max_retries)
-            )
-        if not all(
-            isinstance(kind, type) and issubclass(kind, BaseException)
-            for kind in self.retry_exceptions
-        ):
-            raise ConfigError(
-                invalid_value(
-                    "retry_exceptions", "ray", "a tuple of exception classes", self.retry_exceptions
-                )
-            )
+                raise _invalid(name, "a number >= 0", value)
+            if not 0 <= value < math.inf:
+                raise _invalid(name, "a number >= 0", value)
+        if self.num_cpus == 0 and self.num_gpus == 0:
+            raise _invalid("num_cpus", "a number > 0 when num_gpus is 0", self.num_cpus)
+        if self.memory is not None and not _is_count(self.memory, least=1):
+            raise _invalid("memory", "a number of bytes >= 1 or null", self.memory)
+        if self.models_per_task != "auto" and not _is_count(self.models_per_task, least=1):
+            raise _invalid("models_per_task", "an integer >= 1 or 'auto'", self.models_per_task)
+        if not _is_count(self.max_retries, least=0):
+            raise _invalid("max_retries", "an integer >= 0", self.max_retries)
+        if not all(isinstance(k, type) and issubclass(k, BaseException)
+                   for k in self.retry_exceptions):  # fmt: skip
+            raise _invalid("retry_exceptions", "a tuple of exception classes",
+                           self.retry_exceptions)  # fmt: skip
         if self.runtime_env is not None and not isinstance(self.runtime_env, Mapping):
-            raise ConfigError(
-                invalid_value(
-                    "runtime_env",
-                    "ray",
-                    "a mapping or null",
-                    self.runtime_env,
-                    "e.g. {working_dir: .}",
-                )
-            )
+            raise _invalid("runtime_env", "a mapping or null", self.runtime_env,
+                           "e.g. {working_dir: .}")  # fmt: skip
 
     def task_options(self) -> dict[str, Any]:
         """Keyword arguments of ``ray.remote(...).options`` for a training task."""
@@ -220,15 +179,8 @@ def parse_memory(value: Any, name: str = "memory") -> int | None:
         return value
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
     if not isinstance(value, str) or match is None or match.group(2).lower() not in _UNITS:
-        raise ConfigError(
-            invalid_value(
-                name,
-                "ray",
-                "bytes as an integer or a string like '8GiB'",
-                value,
-                "units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB",
-            )
-        )
+        raise _invalid(name, "bytes as an integer or a string like '8GiB'", value,
+                       "units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB")  # fmt: skip
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
@@ -291,13 +243,14 @@ def training_bytes_per_model(factory: ModelFactory, inputs: torch.Tensor, recipe
     the step) plus the optimizer's state (Adam: two moments, SGD with momentum: one),
     frozen parameters and buffers twice, the activations of one batch three times (the
     forward's saved tensors, their gradients and vmap's intermediates) and the batch.
+    The activations are measured on two records and scaled to the batch size.
     """
     model = init_model(factory, 0)
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
     frozen += sum(b.numel() * b.element_size() for b in model.buffers())
     states = (1 if recipe.momentum else 0) if recipe.optimizer is Optimizer.SGD else 2
-    batch = inputs[: recipe.batch_size]
+    rows = min(2, recipe.batch_size, len(inputs))
     activations = 0
 
     def count(module: nn.Module, args: Any, output: Any) -> None:
@@ -312,12 +265,13 @@ def training_bytes_per_model(factory: ModelFactory, inputs: torch.Tensor, recipe
     try:
         with torch.no_grad():
             model.train()
-            model(batch.to(next(model.parameters()).device))
+            model(inputs[:rows].to(next(model.parameters()).device))
     finally:
         for handle in handles:
             handle.remove()
-    batch_bytes = batch.numel() * batch.element_size()
-    return int(trainable * (4 + states) + 2 * frozen + 3 * activations + batch_bytes)
+    scale = recipe.batch_size / rows
+    batch = inputs[:1].numel() * inputs.element_size() * recipe.batch_size
+    return int(trainable * (4 + states) + 2 * frozen + 3 * activations * scale + batch)
 
 
 def auto_models_per_task(*, budget: int, fixed: int, per_model: int, cap: int) -> int:
@@ -413,10 +367,7 @@ def _probe(shared: _Shared, num_gpus: float) -> dict[str, Any]:
 
     device = _device(num_gpus)
     init_model(shared.factory, 0)
-    gpu_free = None
-    if device == "cuda":
-        pool = shared.inputs.numel() * shared.inputs.element_size()
-        gpu_free = max(int(torch.cuda.mem_get_info()[0]) - pool, 0)
+    gpu_free = int(torch.cuda.mem_get_info()[0]) if device == "cuda" else None
     return {
         "torch": torch.__version__,
         "privacy_gate": privacy_gate.__version__,
@@ -668,7 +619,8 @@ def _run_tasks(
         size = 1
         if batched and options.models_per_task == "auto":
             budget, source = _task_budget(ray, options, probe)
-            fixed = 2 * (inputs.numel() * inputs.element_size())
+            # the task's copy of the pool (on its device), and on CPU the worker itself
+            fixed = inputs.numel() * inputs.element_size()
             fixed += WORKER_BASE_BYTES if options.num_gpus <= 0 else 0
             per_model = training_bytes_per_model(factory, inputs, recipe)
             size = auto_models_per_task(
