@@ -12,14 +12,30 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from privacy_gate.config import AuditConfig
 from privacy_gate.dp import accounting
-from privacy_gate.dp_ceiling import auc_for_mu, gdp_auc_ceiling, group_auc, target_mu
+from privacy_gate.dp_ceiling import (
+    auc_for_mu,
+    gdp_auc_ceiling,
+    group_auc,
+    policy_auc_limit,
+    target_mu,
+)
 from privacy_gate.errors import InputError
+from privacy_gate.noise_floor import reference_models_for_tail_se
 
-__all__ = ["dp_schedule", "gdp_noise", "noise_for_target", "recommend_dp_sgd", "unavailable"]
+__all__ = [
+    "dp_schedule",
+    "gdp_noise",
+    "noise_for_target",
+    "reaudit_reference_models",
+    "recommend_dp_sgd",
+    "recommend_for_report",
+    "unavailable",
+]
 
 _LOG = logging.getLogger("privacy_gate.dp")
 RELATIVE_TOLERANCE = 0.005
@@ -163,6 +179,55 @@ def recommend_dp_sgd(
         "reference_models": reference_models,
         "apply": apply_snippets(sigma, clip, reference_models),
     }
+
+
+def reaudit_reference_models(report: Mapping[str, Any], config: AuditConfig) -> int:
+    """K for auditing the DP-retrained model: at least the report's K, the policy's minimum
+    and the noise floor's need, and enough for ``max_tail_se`` at AUC 0.5 (where a private
+    model's records sit and their AUCs are least precise)."""
+    needs = [int(report["audit"]["reference_models"])]
+    if config.gate.min_reference_models is not None:
+        needs.append(config.gate.min_reference_models)
+    floor_need = report["summary"]["noise_floor"].get("reference_models_needed")
+    if isinstance(floor_need, int):
+        needs.append(floor_need)
+    if config.gate.max_tail_se is not None:
+        tail_need = reference_models_for_tail_se(config.gate.max_tail_se)
+        if tail_need is not None:
+            needs.append(tail_need)
+    return max(needs)
+
+
+def recommend_for_report(
+    report: Mapping[str, Any],
+    config: AuditConfig,
+    *,
+    dataset_size: int,
+    batch_size: int,
+    epochs: int,
+    max_records_per_patient: int,
+    max_grad_norm: float | None = None,
+) -> dict[str, Any]:
+    """The recommendation for an existing report (e.g. from ``privacy-gate score``, which
+    knows nothing of the training recipe): the pipeline's schedule comes from the caller."""
+    limit = policy_auc_limit(config)
+    if limit is None:
+        return unavailable("the policy has no patient-AUC rule to derive a target from")
+    verdict = report.get("decision", {}).get("status", "unknown")
+    return recommend_dp_sgd(
+        auc_limit=limit[0],
+        auc_limit_source=limit[1],
+        max_records_per_patient=max_records_per_patient,
+        dataset_size=dataset_size,
+        batch_size=batch_size,
+        epochs=epochs,
+        max_grad_norm=1.0 if max_grad_norm is None else max_grad_norm,
+        max_grad_norm_source=(
+            "given" if max_grad_norm is not None else "default 1.0 (no model to measure: tune it)"
+        ),
+        reason=f"the report's verdict is {verdict}",
+        reference_models=reaudit_reference_models(report, config),
+    )
 
 
 def round_up(value: float, digits: int = 4) -> float:

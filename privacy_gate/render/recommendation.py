@@ -58,7 +58,7 @@ def recommendation_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     if rec.get("status") != "recommended":
         return []
     rows = [
-        ("noise_multiplier", _number(rec.get("noise_multiplier"), 3)),
+        ("noise_multiplier", _number(rec.get("noise_multiplier"), 4)),
         ("max_grad_norm", _number(rec.get("max_grad_norm"), 3)),
         ("batch_size (expected, Poisson sampling)", _number(rec.get("batch_size"), 0)),
         ("epochs", _number(rec.get("epochs"), 0)),
@@ -93,7 +93,7 @@ def recommendation_lines(report: Mapping[str, Any]) -> list[str]:
     k = rec.get("max_records_per_patient")
     lines = [
         "DP-SGD recommendation: retrain with DP-SGD (Opacus, Poisson sampling) at "
-        f"noise_multiplier={_number(rec.get('noise_multiplier'), 3)}, "
+        f"noise_multiplier={_number(rec.get('noise_multiplier'), 4)}, "
         f"max_grad_norm={_number(rec.get('max_grad_norm'), 3)}, "
         f"batch_size={_number(rec.get('batch_size'), 0)}, "
         f"epochs={_number(rec.get('epochs'), 0)}: "
@@ -103,7 +103,12 @@ def recommendation_lines(report: Mapping[str, Any]) -> list[str]:
         f"{_number(rec.get('auc_limit'), 3)}"
         + (f" from {source}" if isinstance(source, str) else "")
         + (f"; up to {k} records per patient" if isinstance(k, int) else "")
-        + ")."
+        + ")"
+        + (
+            f"; re-audit with {rec['reference_models']} reference models."
+            if isinstance(rec.get("reference_models"), int)
+            else "."
+        )
     ]
     apply = rec.get("apply")
     if isinstance(apply, Mapping):

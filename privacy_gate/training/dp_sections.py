@@ -25,7 +25,6 @@ from privacy_gate.dp_ceiling import (
 )
 from privacy_gate.errors import InputError
 from privacy_gate.gate import Status
-from privacy_gate.noise_floor import reference_models_for_tail_se
 from privacy_gate.pipeline import AuditResult
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.recipe import Recipe
@@ -42,23 +41,6 @@ def max_records_per_patient(result: AuditResult, members: np.ndarray[Any, Any]) 
     return int(counts.max()) if counts.size else 1
 
 
-def reaudit_reference_models(result: AuditResult, config: AuditConfig) -> int:
-    """K for auditing the DP-retrained model: at least this audit's K, the policy's minimum
-    and the noise floor's need, and enough for ``max_tail_se`` at AUC 0.5 (where a private
-    model's records sit and their AUCs are least precise)."""
-    needs = [int(result.report["audit"]["reference_models"])]
-    if config.gate.min_reference_models is not None:
-        needs.append(config.gate.min_reference_models)
-    floor_need = result.report["summary"]["noise_floor"].get("reference_models_needed")
-    if isinstance(floor_need, int):
-        needs.append(floor_need)
-    if config.gate.max_tail_se is not None:
-        tail_need = reference_models_for_tail_se(config.gate.max_tail_se)
-        if tail_need is not None:
-            needs.append(tail_need)
-    return max(needs)
-
-
 def dp_recommendation(
     result: AuditResult,
     data: AuditData,
@@ -68,7 +50,7 @@ def dp_recommendation(
 ) -> dict[str, Any]:
     """``report["dp_recommendation"]`` for a model trained with ``recipe`` on ``data``'s
     members; ``initial_model`` is the untrained model that sets the clipping suggestion."""
-    from privacy_gate.dp.recommend import recommend_dp_sgd, unavailable
+    from privacy_gate.dp.recommend import reaudit_reference_models, recommend_dp_sgd, unavailable
 
     if result.decision.status is Status.PASS:
         return {"status": "not_needed", "reason": "the gate passed"}
@@ -102,7 +84,7 @@ def dp_recommendation(
             max_grad_norm=clip,
             max_grad_norm_source=clip_source,
             reason=f"the gate's verdict is {result.decision.status.value}",
-            reference_models=reaudit_reference_models(result, config),
+            reference_models=reaudit_reference_models(result.report, config),
         )
     except InputError as exc:  # e.g. Opacus missing: the audit stands, the remedy says why
         _LOG.warning("No DP-SGD recommendation: %s", exc)
