@@ -49,6 +49,14 @@ def _number(value: object, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def _setting(value: object) -> str:
+    """A recommended setting as it should be typed: 4 significant digits (the noise
+    multiplier is rounded up to exactly that), no padding zeros."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.4g}"
+
+
 def recommendation_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(label, value) rows of the recommended settings and what they guarantee.
 
@@ -58,8 +66,8 @@ def recommendation_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     if rec.get("status") != "recommended":
         return []
     rows = [
-        ("noise_multiplier", _number(rec.get("noise_multiplier"), 4)),
-        ("max_grad_norm", _number(rec.get("max_grad_norm"), 3)),
+        ("noise_multiplier", _setting(rec.get("noise_multiplier"))),
+        ("max_grad_norm", _setting(rec.get("max_grad_norm"))),
         ("batch_size (expected, Poisson sampling)", _number(rec.get("batch_size"), 0)),
         ("epochs", _number(rec.get("epochs"), 0)),
         ("sample_rate", _number(rec.get("sample_rate"), 5)),
@@ -93,8 +101,8 @@ def recommendation_lines(report: Mapping[str, Any]) -> list[str]:
     k = rec.get("max_records_per_patient")
     lines = [
         "DP-SGD recommendation: retrain with DP-SGD (Opacus, Poisson sampling) at "
-        f"noise_multiplier={_number(rec.get('noise_multiplier'), 4)}, "
-        f"max_grad_norm={_number(rec.get('max_grad_norm'), 3)}, "
+        f"noise_multiplier={_setting(rec.get('noise_multiplier'))}, "
+        f"max_grad_norm={_setting(rec.get('max_grad_norm'))}, "
         f"batch_size={_number(rec.get('batch_size'), 0)}, "
         f"epochs={_number(rec.get('epochs'), 0)}: "
         f"epsilon={_number(rec.get('epsilon'), 2)} at delta={_number(rec.get('delta'), 3)}, "
