@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_callbacks._data import build_audit_data, train_loader
+from lightning_callbacks._dp import find_dpsgd
 from lightning_callbacks._recipe import TrainerSettings, extract_recipe, module_factory
 from lightning_callbacks._reference import make_train_fn
 from lightning_callbacks._settings import OWNER, AuditSettings, OnFail
@@ -158,7 +159,16 @@ def run_fit_audit(
     factory = module_factory(module, settings.model_factory)
     trainer_settings = TrainerSettings.of(trainer)
     loader = train_loader(trainer)
-    recipe, reason = extract_recipe(trainer_settings, loader, factory(), settings.task)
+    dp = find_dpsgd(trainer)
+    recipe, reason = extract_recipe(
+        trainer_settings,
+        loader,
+        factory(),
+        settings.task,
+        batch_size=None if dp is None else dp.batch_size_,
+    )
+    if dp is not None:  # reference models train with the same DP-SGD recipe
+        recipe = dataclasses.replace(recipe, dp=dp.settings)
     backend = settings.backend
     if reason is not None and backend not in (Backend.SEQUENTIAL, Backend.RAY):
         if backend is Backend.BATCHED:
@@ -177,6 +187,7 @@ def run_fit_audit(
         data.pool(),
         batch_size=recipe.batch_size,
         root_dir=out,
+        callbacks=None if dp is None else (lambda seed: [dp.reference_copy(seed)]),
     ) if lightning_fit else None  # fmt: skip
     _LOG.info(
         "Auditing %s: %d reference models on %d records (backend %s); report in %s.",

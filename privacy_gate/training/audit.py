@@ -30,6 +30,7 @@ from privacy_gate.plan import draw_plan, plan_digest
 from privacy_gate.pseudonyms import Pseudonymizer
 from privacy_gate.signals import make_signals
 from privacy_gate.training.data import AuditData
+from privacy_gate.training.dp_sections import dp_recommendation, dp_training
 from privacy_gate.training.progress import Progress
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.scoring import score_model
@@ -209,10 +210,24 @@ def _batched(
         progress.update(len(missing.intersection(group)))
 
 
-def choose_backend(factory: ModelFactory, backend: Backend) -> tuple[Backend, str | None]:
+DP_REASON = (
+    "the recipe trains with DP-SGD, and Opacus hooks one module at a time, not a vmapped ensemble"
+)
+
+
+def choose_backend(
+    factory: ModelFactory, backend: Backend, recipe: Recipe | None = None
+) -> tuple[Backend, str | None]:
     """The backend to use, and why batching was not (None when it was)."""
     if backend is Backend.SEQUENTIAL:
         return backend, None
+    if recipe is not None and recipe.dp is not None:
+        if backend is Backend.BATCHED:
+            raise InputError(
+                f"backend 'batched' cannot train this recipe: {DP_REASON}. HINT: use "
+                "backend 'auto' or 'sequential'."
+            )
+        return Backend.SEQUENTIAL, DP_REASON
     from privacy_gate.training.batched import batching_problem
 
     problem = batching_problem(init_model(factory, 0))
@@ -260,7 +275,7 @@ def train_reference_models(
                             train_fn=train_fn)  # fmt: skip
     names = [reference_name(k) for k in range(plan.n_models)]
     todo = [k for k, name in enumerate(names) if not store.has(name)]
-    used, reason = choose_backend(factory, backend)
+    used, reason = choose_backend(factory, backend, recipe)
     started = time.perf_counter()
     with Progress(plan.n_models, initial=plan.n_models - len(todo)) as progress:
         if todo and used is Backend.BATCHED:
@@ -416,6 +431,10 @@ def run_audit(
         pseudonymizer=Pseudonymizer.from_environment(raw=raw_ids),
         inputs={"data_sha256": data_digest},
         provenance=audit_provenance,
+    )
+    result.report["dp_training"] = dp_training(result, data, recipe)
+    result.report["dp_recommendation"] = dp_recommendation(
+        result, data, recipe, config, init_model(factory, derived_seed(seed, -1))
     )
     if out is not None:
         write_outputs(result, out, plots=plots)
