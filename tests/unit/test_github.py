@@ -11,6 +11,7 @@ import copy
 import io
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
+from github_outputs import parse_outputs
 
 from privacy_gate import Pseudonymizer, Status, audit, make_signals, records_from_columns
 from privacy_gate.config import parse_config
@@ -142,35 +146,12 @@ def test_workflow_command_form() -> None:
 # --- outputs ---------------------------------------------------------------------------------
 
 
-def _parse_outputs(text: str) -> dict[str, str]:
-    """Read a $GITHUB_OUTPUT file the way the runner does (name=value and heredocs)."""
-    values: dict[str, str] = {}
-    lines = iter(text.split("\n"))
-    for line in lines:
-        if not line:
-            continue
-        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
-            name, delimiter = line.split("<<", 1)
-            body: list[str] = []
-            for item in lines:
-                if item == delimiter:
-                    break
-                body.append(item)
-            else:
-                raise AssertionError(f"unterminated heredoc {delimiter!r}")
-            values[name] = "\n".join(body)
-        else:
-            name, value = line.split("=", 1)
-            values[name] = value
-    return values
-
-
 def test_format_outputs_single_and_multi_line() -> None:
     values = {"status": "fail", "report_path": "dir with = sign/\nreport.json", "empty": ""}
     text = format_outputs(values)
     assert text.startswith("status=fail\nreport_path<<ghadelimiter_")
     assert "empty=\n" in text
-    assert _parse_outputs(text) == values
+    assert parse_outputs(text) == values
 
 
 def test_format_outputs_rejects_bad_names() -> None:
@@ -415,7 +396,7 @@ def test_write_github_appends(failing: dict[str, Any], tmp_path: Path) -> None:
     text = summary.read_text(encoding="utf-8")
     assert text.startswith("# earlier step\n## privacy-gate: ❌ FAIL")
     assert text.count("## privacy-gate: ❌ FAIL") == 2
-    values = _parse_outputs(output.read_text(encoding="utf-8"))
+    values = parse_outputs(output.read_text(encoding="utf-8"))
     assert values["earlier"] == "1"
     assert values["status"] == "fail"
     assert stream.getvalue().splitlines() == annotation_lines(outcome)
