@@ -101,6 +101,17 @@ def _section(report: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return section if isinstance(section, Mapping) else {}
 
 
+_DP_FIGURES = (
+    "noise_multiplier",
+    "max_grad_norm",
+    "epsilon",
+    "delta",
+    "auc_ceiling",
+    "patient_auc_ceiling",
+)
+"""DP-SGD figures logged as metrics, for the audited recipe and for the recommendation."""
+
+
 def _report_metrics(report: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...], Any]]:
     """(segments, value) of every figure; values still unchecked."""
     summary = _section(report, "summary")
@@ -132,6 +143,15 @@ def _report_metrics(report: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...]
                 best_tpr[str(fpr)] = max(best_tpr.get(str(fpr), -math.inf), number)
     for fpr, tpr in best_tpr.items():
         yield ("aggregate", "tpr_at_fpr", fpr), tpr
+
+    dp_training = _section(report, "dp_training")  # the audited recipe's DP guarantee
+    for name in _DP_FIGURES:
+        yield ("dp", name), dp_training.get(name)
+    yield ("dp", "records_above_ceiling"), dp_training.get("records_above_ceiling")
+    recommendation = _section(report, "dp_recommendation")  # the remedy, when refused
+    if recommendation.get("status") == "recommended":
+        for name in _DP_FIGURES:
+            yield ("dp_recommendation", name), recommendation.get(name)
 
     for column, result in _section(report, "subgroups").items():
         if not isinstance(result, Mapping):

@@ -247,3 +247,20 @@ def test_out_dir_of_another_audit_is_refused(audited: Audit, tmp_path: Path) -> 
     (tmp_path / "report.json").write_text(json.dumps(other), encoding="utf-8")
     with pytest.raises(ValueError, match="another audit"):
         log_report(audited.report, run_id="x", out_dir=tmp_path)
+
+
+def test_dp_figures_become_metrics() -> None:
+    """The audited recipe's DP guarantee and a refusal's recommendation, as metrics."""
+    report = {
+        "dp_training": {"epsilon": 3.5, "auc_ceiling": 0.71, "records_above_ceiling": 0},
+        "dp_recommendation": {"status": "recommended", "noise_multiplier": 0.72, "epsilon": 8.1},
+    }
+    assert report_metrics(report) == {
+        "privacy_gate/dp/epsilon": 3.5,
+        "privacy_gate/dp/auc_ceiling": 0.71,
+        "privacy_gate/dp/records_above_ceiling": 0.0,
+        "privacy_gate/dp_recommendation/noise_multiplier": 0.72,
+        "privacy_gate/dp_recommendation/epsilon": 8.1,
+    }
+    unavailable = {"dp_recommendation": {"status": "unavailable", "epsilon": 1.0}}
+    assert report_metrics(unavailable) == {}
