@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from privacy_gate.training.data_order import epoch_batches
+from privacy_gate.training.data_order import epoch_batches, steps_per_epoch
 from privacy_gate.training.recipe import Loss, Optimizer, Recipe
 from privacy_gate.training.sequential import ModelFactory, TrainingError, init_model
 
@@ -198,57 +198,78 @@ def _functional_template(model: nn.Module) -> nn.Module:
 
 
 class _StackedOptimizer:
-    """The recipe's optimizer over K models at once, with per-model step counts.
+    """The recipe's optimizer over K stacked models, with per-model step counts.
 
-    ``params[k]`` are model ``k``'s tensors (views into the stacked state); one call of
-    torch's fused Adam/AdamW/SGD kernel updates every model, each with its own step count
-    (Adam's bias corrections). A model without a batch at this step is left out of the
-    call, so its parameters, moments and step count stay as they are, just as a model
-    whose epoch is over takes no step in `train_one`. The fused kernels compute what the
-    single-tensor (``foreach=False``) optimizers of `make_optimizer` compute, up to float
-    rounding.
+    The models come sorted by steps per epoch, so ``groups`` (``[start, stop)`` ranges of
+    models with equal steps per epoch) are contiguous: the models of a group take their
+    steps together, always have equal step counts (hence equal Adam bias corrections),
+    and their rows of every stacked ``(K, ...)`` tensor form one contiguous block. One
+    call of torch's fused Adam/AdamW/SGD kernel then updates every model with a few
+    large tensors (one per parameter and group; a kernel call per model and parameter
+    would pay a parallel region for each small tensor). A group without a batch at this
+    step is left out of the call, so its parameters, moments and step count stay as they
+    are, just as a model whose epoch is over takes no step in `train_one`. The fused
+    kernels compute what the single-tensor (``foreach=False``) optimizers of
+    `make_optimizer` compute, up to float rounding.
     """
 
-    def __init__(self, params: list[list[torch.Tensor]], recipe: Recipe) -> None:
-        device = params[0][0].device
+    def __init__(
+        self, params: list[torch.Tensor], groups: list[tuple[int, int]], recipe: Recipe
+    ) -> None:
+        device = params[0].device
         if device.type not in ("cpu", "cuda"):
             raise BatchingUnsupported(f"no fused optimizer kernels on {device.type}")
         self.recipe = recipe
-        self.params = params
-        self.steps = torch.zeros(len(params), dtype=torch.float32, device=device)
-        self.step_views = [self.steps[k] for k in range(len(params))]
+        self.groups = groups
+        self.params = [[p[a:b] for p in params] for a, b in groups]
+        self.steps = torch.zeros(len(groups), dtype=torch.float32, device=device)
+        self.step_views = [self.steps[g] for g in range(len(groups))]
         sgd = recipe.optimizer is Optimizer.SGD
         states = (1 if recipe.momentum != 0 else 0) if sgd else 2
         # SGD: torch starts momentum as a copy of the first gradient; 0 * m + g == g.
-        self.states = [[[torch.zeros_like(p) for p in row] for row in params]
-                       for _ in range(states)]  # fmt: skip
+        stacked = [[torch.zeros_like(p) for p in params] for _ in range(states)]
+        self.states = [[[s[a:b] for s in state] for a, b in groups] for state in stacked]
+        self.first = [a for a, _ in groups]
+
+    def group_views(self, grads: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """``grads`` (stacked like the parameters) split by group."""
+        return [[g[a:b] for g in grads] for a, b in self.groups]
 
     def step(self, grads: list[list[torch.Tensor]], active: torch.Tensor, all_active: bool) -> None:
-        """Update the models marked in ``active`` ``(K,)`` with ``grads[k]``."""
+        """Update the models marked in ``active`` ``(K,)``; ``grads`` from `group_views`."""
         if all_active:
-            models: Sequence[int] = range(len(self.params))
+            chosen: Sequence[int] = range(len(self.groups))
             self.steps += 1
         else:
-            models = active.nonzero().flatten().tolist()
-            self.steps += active.to(self.steps.dtype)
-        params = [p for k in models for p in self.params[k]]
-        chosen = [p for k in models for p in grads[k]]
-        states = [[s for k in models for s in state[k]] for state in self.states]
+            chosen = active[self.first].nonzero().flatten().tolist()
+            if not chosen:
+                return
+            self.steps[chosen] += 1
+        params = [p for g in chosen for p in self.params[g]]
+        grad_list = [p for g in chosen for p in grads[g]]
+        states = [[s for g in chosen for s in state[g]] for state in self.states]
         r = self.recipe
         if r.optimizer is Optimizer.SGD:
             torch._fused_sgd_(
-                params, chosen, states[0] if states else [], weight_decay=r.weight_decay,
+                params, grad_list, states[0] if states else [], weight_decay=r.weight_decay,
                 momentum=r.momentum, lr=r.learning_rate, dampening=0.0, nesterov=False,
                 maximize=False, is_first_step=False,
             )  # fmt: skip
             return
-        steps = [self.step_views[k] for k in models for _ in self.params[k]]
+        steps = [self.step_views[g] for g in chosen for _ in self.params[g]]
         fused = torch._fused_adamw_ if r.optimizer is Optimizer.ADAMW else torch._fused_adam_
         fused(
-            params, chosen, states[0], states[1], [], steps, lr=r.learning_rate,
+            params, grad_list, states[0], states[1], [], steps, lr=r.learning_rate,
             beta1=r.betas[0], beta2=r.betas[1], weight_decay=r.weight_decay, eps=r.eps,
             amsgrad=False, maximize=False,
         )  # fmt: skip
+
+
+def _step_groups(subsets: Sequence[NDArray[np.intp]], batch_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of models with equal steps per epoch (sorted subsets)."""
+    steps = [steps_per_epoch(len(s), batch_size) for s in subsets]
+    starts = [k for k in range(len(steps)) if k == 0 or steps[k] != steps[k - 1]]
+    return list(zip(starts, [*starts[1:], len(steps)], strict=True))
 
 
 def _clip_per_model(grads: list[torch.Tensor], max_norm: float) -> None:
@@ -261,15 +282,18 @@ def _clip_per_model(grads: list[torch.Tensor], max_norm: float) -> None:
         g.mul_(coefficient.view(-1, *([1] * (g.dim() - 1))))
 
 
-def _raise_if_nonfinite(losses: torch.Tensor, active: torch.Tensor, epoch: int) -> None:
-    """`train_one`'s error for the first model with a non-finite loss on a real batch
-    (idle models' losses are ignored: they take no step)."""
+def _raise_if_nonfinite(
+    losses: torch.Tensor, active: torch.Tensor, epoch: int, ids: list[int]
+) -> None:
+    """`train_one`'s error for the first model (caller's index, ``ids``) with a
+    non-finite loss on a real batch (idle models' losses are ignored: they take no
+    step)."""
     bad = (~torch.isfinite(losses) & active).nonzero().flatten().tolist()
     if bad:
-        k = bad[0]
-        value = float(losses[k].detach())
+        j = min(bad, key=lambda b: ids[b])
+        value = float(losses[j].detach())
         raise TrainingError(
-            f"model {k}: the loss became {value} in epoch {epoch}. HINT: lower the "
+            f"model {ids[j]}: the loss became {value} in epoch {epoch}. HINT: lower the "
             "learning rate, clip gradients (max_grad_norm) or check the inputs."
         )
 
@@ -357,13 +381,21 @@ def train_batched(
         if fast_path
         else "the caller asked for it"
     )
+    # Inside the ensemble the models are sorted by steps per epoch (most first), so
+    # models that step together are contiguous (see `_StackedOptimizer`); ``ids[j]`` is
+    # the caller's index of the model at position j.
+    per_epoch = [steps_per_epoch(len(s), recipe.batch_size) for s in subsets]
+    ids = sorted(range(len(subsets)), key=lambda k: -per_epoch[k])
+    order = _Order(ids, _step_groups([subsets[k] for k in ids], recipe.batch_size))
+    sorted_models = [models[k] for k in ids]
+    sorted_subsets, sorted_seeds = [subsets[k] for k in ids], [seeds[k] for k in ids]
     trainer: _Ensemble | _MLPEnsemble
     try:
         if reason is None:
-            trainer = _MLPEnsemble(models, inputs, labels, recipe, seeds)
+            trainer = _MLPEnsemble(sorted_models, inputs, labels, recipe, sorted_seeds, order)
         else:
             _LOG.info("Batched training takes the general vmap path: %s.", reason)
-            trainer = _Ensemble(models, inputs, labels, recipe)
+            trainer = _Ensemble(sorted_models, inputs, labels, recipe, order)
     except BatchingUnsupported:
         raise
     except Exception as error:  # e.g. a factory whose models differ in shape
@@ -371,29 +403,44 @@ def train_batched(
             f"the models cannot be stacked: {type(error).__name__}: {error}"
         ) from error
     for epoch in range(recipe.epochs):
-        plan = _plan_epoch(subsets, seeds, epoch, recipe.batch_size, trainer.device)
+        plan = _plan_epoch(sorted_subsets, sorted_seeds, epoch, recipe.batch_size, trainer.device)
         done_at: dict[int, list[int]] = {}
         if epoch == recipe.epochs - 1:
-            for k, step in enumerate(plan.last_step.tolist()):
-                done_at.setdefault(step, []).append(k)
+            for j, step in enumerate(plan.last_step.tolist()):
+                done_at.setdefault(step, []).append(j)
         for t in range(len(plan.all_active)):
             trainer.step(plan, t, epoch)
-            for k in done_at.get(t, ()):
-                trainer.export(k)
+            for j in done_at.get(t, ()):
+                trainer.export(j)
                 if on_model_done is not None:
-                    on_model_done(k)
+                    on_model_done(ids[j])
     for model in models:
         model.eval()
     return models
+
+
+@dataclass(frozen=True)
+class _Order:
+    """How the ensemble sorted the caller's models: position ``j`` holds the caller's
+    model ``ids[j]``; ``groups`` are the `_StackedOptimizer`'s step groups."""
+
+    ids: list[int]
+    groups: list[tuple[int, int]]
 
 
 class _Ensemble:
     """The stacked state of K models and one training step over all of them."""
 
     def __init__(
-        self, models: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor, recipe: Recipe
+        self,
+        models: list[nn.Module],
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        recipe: Recipe,
+        order: _Order,
     ) -> None:
         self.models = models
+        self.order = order
         self.recipe = recipe
         self.inputs = inputs
         self.labels = labels.long() if recipe.loss is Loss.CROSS_ENTROPY else labels
@@ -412,7 +459,7 @@ class _Ensemble:
         self.constants: dict[str, torch.Tensor] = {
             n: t.detach() for n, t in {**params, **buffers}.items() if n not in names
         }
-        self.optimizer = _StackedOptimizer([[row] for row in self.flat.detach()], recipe)
+        self.optimizer = _StackedOptimizer([self.flat.detach()], order.groups, recipe)
         self.base = _functional_template(models[0])
         self.forward = vmap(self._model_loss, randomness="different")
         self.first_step = True
@@ -443,8 +490,8 @@ class _Ensemble:
         assert grad is not None
         if self.recipe.max_grad_norm is not None:
             _clip_per_model([grad], self.recipe.max_grad_norm)
-        rows = [[row] for row in grad]
-        self.optimizer.step(rows, plan.active[t], plan.all_active[t])
+        grads = self.optimizer.group_views([grad])
+        self.optimizer.step(grads, plan.active[t], plan.all_active[t])
 
     def _gradients(self, plan: _EpochPlan, t: int, epoch: int, *, first: bool = False) -> None:
         """Forward and backward of all models at step ``t``; gradients in ``flat.grad``."""
@@ -456,7 +503,7 @@ class _Ensemble:
         params = self.layout.views(self.flat)
         losses = self.forward(params, self.constants, x, y, plan.weight[t], plan.count[t])
         if not bool(torch.isfinite(losses).all()):
-            _raise_if_nonfinite(losses, plan.active[t], epoch)
+            _raise_if_nonfinite(losses, plan.active[t], epoch, self.order.ids)
         if first:
             self._refuse_unused(losses, params)
         # Per-model losses depend only on their own rows of flat: one backward serves all.
@@ -875,8 +922,10 @@ class _MLPEnsemble:
         labels: torch.Tensor,
         recipe: Recipe,
         seeds: Sequence[int],
+        order: _Order,
     ) -> None:
         self.models = models
+        self.order = order
         self.recipe = recipe
         self.device = torch.device("cpu")
         self.inputs = inputs.reshape(len(inputs), -1).contiguous()
@@ -896,9 +945,8 @@ class _MLPEnsemble:
         params = [p for op, _ in self.linears for p in op.parameters()]
         grads = [g for op, _ in self.linears for g in op.gradients()]
         self.grads = grads
-        self.model_grads = [[g[k] for g in grads] for k in range(len(models))]
-        self.optimizer = _StackedOptimizer([[p[k] for p in params] for k in range(len(models))],
-                                           recipe)  # fmt: skip
+        self.optimizer = _StackedOptimizer(params, order.groups, recipe)
+        self.group_grads = self.optimizer.group_views(grads)
         self.x: torch.Tensor | None = None
 
     def step(self, plan: _EpochPlan, t: int, epoch: int) -> None:
@@ -906,7 +954,7 @@ class _MLPEnsemble:
         self.gradients(plan, t, epoch)
         if self.recipe.max_grad_norm is not None:
             _clip_per_model(self.grads, self.recipe.max_grad_norm)
-        self.optimizer.step(self.model_grads, plan.active[t], plan.all_active[t])
+        self.optimizer.step(self.group_grads, plan.active[t], plan.all_active[t])
 
     def gradients(self, plan: _EpochPlan, t: int, epoch: int) -> None:
         """Forward and backward of all models at step ``t``, into the ops' gradients."""
@@ -921,7 +969,7 @@ class _MLPEnsemble:
             h = op.forward(h)
         losses, grad = self._loss(h, flat_index, plan.weight[t], plan.count[t])
         if not bool(torch.isfinite(losses).all()):
-            _raise_if_nonfinite(losses, plan.active[t], epoch)
+            _raise_if_nonfinite(losses, plan.active[t], epoch, self.order.ids)
         for op in reversed(self.ops):
             next_grad = op.backward(grad)
             if next_grad is None:

@@ -19,6 +19,7 @@ from privacy_gate.training.batched import (
     BatchingUnsupported,
     _DropoutOp,
     _MLPEnsemble,
+    _Order,
     _plan_epoch,
     _ScaleOp,
     _UniformDropout,
@@ -30,8 +31,9 @@ from privacy_gate.training.recipe import Loss, Optimizer, Recipe
 from privacy_gate.training.sequential import TrainingError, init_model, train_one
 
 N_RECORDS, N_FEATURES, N_CLASSES, N_LABELS = 120, 6, 3, 3
-# Batch 8: 5 records -> one short step; 17 -> 3 steps, last of 1; 40 -> 5 full steps.
-SUBSET_SIZES = (17, 40, 5, 29)
+# Batch 8: 5 records -> one short step; 17 -> 3 steps, last of 1; 40 -> 5 full steps;
+# 23 -> 3 steps, last of 7 (17 and 23 step together: one optimizer step group of two).
+SUBSET_SIZES = (17, 40, 5, 23)
 SEEDS = (11, 12, 13, 14)
 
 
@@ -314,7 +316,8 @@ def test_fast_path_gradients_with_dropout_match_autograd() -> None:
     subsets = _subsets()
     models = [init_model(_dropout_mlp, seed) for seed in SEEDS]
     assert mlp_fast_path_problem(models[0], inputs, labels, Loss.CROSS_ENTROPY) is None
-    ensemble = _MLPEnsemble(models, inputs, labels, Recipe(batch_size=8), SEEDS)
+    order = _Order(list(range(len(SEEDS))), [(k, k + 1) for k in range(len(SEEDS))])
+    ensemble = _MLPEnsemble(models, inputs, labels, Recipe(batch_size=8), SEEDS, order)
     dropouts = [op for op in ensemble.ops if isinstance(op, _DropoutOp)]
     assert [op.fused for op in dropouts] == [True, False, False, False]
     assert sum(isinstance(op, _ScaleOp) for op in ensemble.ops) == 2
