@@ -839,28 +839,21 @@ class _DropoutOp(_Op):
         self.generator = generator
         self.fused = fused
         self.narrow = 0.5 / (65536 * min(p, 1 - p)) <= 1e-3
-        lanes = 65536 if self.narrow else 2**32
-        # Lanes are read as signed integers, uniform on [-lanes/2, lanes/2).
-        self.threshold = -(lanes // 2) + round(p * lanes)
+        lanes = 2**16 if self.narrow else 2**32
+        # Lanes are read as signed integers, uniform on [-lanes/2, lanes/2): an element is
+        # kept when its lane is at least the threshold.
+        self.threshold = min(-(lanes // 2) + round(p * lanes), lanes // 2 - 1)
         self.mask: torch.Tensor | None = None
-        self.wide: torch.Tensor | None = None
 
     def _draw(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-        """A 0/1 keep mask of ``shape``: ``clamp(lane - threshold + 1, 0, 1)``, exact in
-        floating point for integer lanes."""
+        """A 0/1 keep mask of ``shape`` (one integer comparison per element)."""
         n = math.prod(shape)
         per_word = 4 if self.narrow else 2
         words = self.generator.random_raw(-(-n // per_word))
         lanes = torch.from_numpy(words.view(np.int16 if self.narrow else np.int32))
-        lanes = lanes[:n].view(shape)
         if self.mask is None or self.mask.shape != shape:
             self.mask = torch.empty(shape, dtype=dtype)
-            self.wide = None if self.narrow else torch.empty(shape, dtype=torch.float64)
-        if self.narrow:  # int16 -> float32 is exact
-            return self.mask.copy_(lanes).sub_(self.threshold - 1).clamp_(0.0, 1.0)
-        assert self.wide is not None  # int32 needs float64 to stay exact
-        self.wide.copy_(lanes).sub_(self.threshold - 1).clamp_(0.0, 1.0)
-        return self.mask.copy_(self.wide)
+        return torch.ge(lanes[:n].view(shape), self.threshold, out=self.mask)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         mask = self._draw(h.shape, h.dtype)
@@ -948,6 +941,8 @@ class _MLPEnsemble:
         self.optimizer = _StackedOptimizer(params, order.groups, recipe)
         self.group_grads = self.optimizer.group_views(grads)
         self.x: torch.Tensor | None = None
+        self.plan: _EpochPlan | None = None
+        self.plan_labels = self.labels[:0]
 
     def step(self, plan: _EpochPlan, t: int, epoch: int) -> None:
         """One optimizer step of every model that has a batch at step ``t``."""
@@ -964,10 +959,12 @@ class _MLPEnsemble:
             self.x = torch.empty(k, w, self.inputs.shape[1], dtype=self.inputs.dtype)
         flat_index = index.reshape(-1)
         torch.index_select(self.inputs, 0, flat_index, out=self.x.view(k * w, -1))
+        if self.plan is not plan:  # the epoch's labels, gathered once
+            self.plan, self.plan_labels = plan, self.labels[plan.index]
         h = self.x
         for op in self.ops:
             h = op.forward(h)
-        losses, grad = self._loss(h, flat_index, plan.weight[t], plan.count[t])
+        losses, grad = self._loss(h, self.plan_labels[t], plan.weight[t], plan.count[t])
         if not bool(torch.isfinite(losses).all()):
             _raise_if_nonfinite(losses, plan.active[t], epoch, self.order.ids)
         for op in reversed(self.ops):
@@ -977,21 +974,21 @@ class _MLPEnsemble:
             grad = next_grad
 
     def _loss(
-        self, logits: torch.Tensor, flat_index: torch.Tensor, weight: torch.Tensor,
+        self, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
         count: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Per-model mean losses ``(K,)`` and their gradient with respect to the logits."""
         k, w, classes = logits.shape
         if self.recipe.loss is Loss.CROSS_ENTROPY:
             coefficient = (weight / count.unsqueeze(1)).unsqueeze(2)  # (K, W, 1)
-            y = self.labels.index_select(0, flat_index).view(k, w, 1)
+            y = labels.view(k, w, 1)
             log_p = torch.log_softmax(logits, dim=2)
             losses = -(log_p.gather(2, y) * coefficient).sum(dim=(1, 2))
             grad = log_p.exp_().mul_(coefficient)
             grad.scatter_add_(2, y, -coefficient)
             return losses, grad
         coefficient = (weight / (count * classes).unsqueeze(1)).unsqueeze(2)
-        targets = self.labels.index_select(0, flat_index).view(k, w, classes)
+        targets = labels.view(k, w, classes)
         terms = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         losses = (terms * coefficient).sum(dim=(1, 2))
         grad = torch.sigmoid(logits).sub_(targets).mul_(coefficient)
