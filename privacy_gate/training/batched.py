@@ -921,11 +921,11 @@ class _MLPEnsemble:
         self.order = order
         self.recipe = recipe
         self.device = torch.device("cpu")
-        self.inputs = inputs.reshape(len(inputs), -1).contiguous()
+        self.inputs = inputs.detach().reshape(len(inputs), -1).contiguous()
         if recipe.loss is Loss.CROSS_ENTROPY:
-            self.labels = labels.long()
+            self.labels = labels.detach().long()
         else:
-            self.labels = labels.reshape(len(labels), -1).to(inputs.dtype).contiguous()
+            self.labels = labels.detach().reshape(len(labels), -1).to(inputs.dtype).contiguous()
         layer_lists = [_sequential_leaves(m) for m in models]
         lists = [layers for layers in layer_lists if not isinstance(layers, str)]
         shapes = {tuple((type(layer), *(tuple(p.shape) for p in layer.parameters()))
@@ -944,6 +944,7 @@ class _MLPEnsemble:
         self.plan: _EpochPlan | None = None
         self.plan_labels = self.labels[:0]
 
+    @torch.no_grad()
     def step(self, plan: _EpochPlan, t: int, epoch: int) -> None:
         """One optimizer step of every model that has a batch at step ``t``."""
         self.gradients(plan, t, epoch)
@@ -951,6 +952,7 @@ class _MLPEnsemble:
             _clip_per_model(self.grads, self.recipe.max_grad_norm)
         self.optimizer.step(self.group_grads, plan.active[t], plan.all_active[t])
 
+    @torch.no_grad()
     def gradients(self, plan: _EpochPlan, t: int, epoch: int) -> None:
         """Forward and backward of all models at step ``t``, into the ops' gradients."""
         index = plan.index[t]
