@@ -47,43 +47,21 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from ehr_pool import load_ehr_pool  # noqa: E402  (benchmarks/, the script's own folder)
+
 from privacy_gate.plan import draw_plan  # noqa: E402
-from privacy_gate.signals import Task  # noqa: E402
 from privacy_gate.training.audit import (  # noqa: E402
     Backend,
     TrainingPlan,
     derived_seed,
     train_reference_models,
 )
-from privacy_gate.training.data import AuditData  # noqa: E402
 from privacy_gate.training.ray_backend import RayOptions  # noqa: E402
 from privacy_gate.training.recipe import Optimizer, Recipe  # noqa: E402
 from privacy_gate.training.store import ScoreStore  # noqa: E402
 
-N_RECORDS = 9105
-N_FEATURES = 78
 MODES = ("local-1t", "local-2t", "ray-1w", "ray-2w", "ray-2w-single")
 BASELINE = "local-1t"
-
-
-def load_data(kind: str) -> tuple[AuditData, str]:
-    """The SUPPORT2 audit pool of the EHR example, or synthetic data of its shape."""
-    if kind in ("auto", "ehr"):
-        try:
-            from examples.ehr.data import load_support2
-
-            return load_support2(seed=0), "SUPPORT2 (examples.ehr)"
-        except ImportError:
-            if kind == "ehr":
-                raise
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(N_RECORDS, N_FEATURES, generator=generator)
-    weights = torch.randn(N_FEATURES, generator=generator)
-    labels = (inputs @ weights + torch.randn(N_RECORDS, generator=generator) > 0).long()
-    half = N_RECORDS // 2
-    data = AuditData(inputs[:half], labels[:half], inputs[half:], labels[half:],
-                     task=Task.MULTICLASS)  # fmt: skip
-    return data, "synthetic"
 
 
 def run_child(args: argparse.Namespace, scores_file: Path) -> dict[str, Any]:
@@ -93,7 +71,7 @@ def run_child(args: argparse.Namespace, scores_file: Path) -> dict[str, Any]:
     from examples.ehr.model import make_model
 
     mode = args.child
-    data, source = load_data(args.data)
+    data, source = load_ehr_pool(args.data)
     patient_index, _ = data.record_table().patient_index()
     masks = draw_plan(patient_index, args.models, seed=0)
     plan = TrainingPlan(masks, tuple(derived_seed(0, k) for k in range(args.models)), 0)

@@ -48,33 +48,21 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from ehr_pool import load_ehr_pool  # noqa: E402  (benchmarks/, the script's own folder)
+
 from privacy_gate.plan import draw_plan  # noqa: E402
 from privacy_gate.training.batched import train_batched  # noqa: E402
 from privacy_gate.training.recipe import Optimizer, Recipe  # noqa: E402
 from privacy_gate.training.sequential import train_one  # noqa: E402
 
-N_RECORDS = 9105
-N_FEATURES = 78
 MODES = ("lightning", "dataloader", "sequential", "batched", "batched-vmap")
 
 
 def load_pool(kind: str) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Inputs and labels of the pool: the SUPPORT2 example's, or synthetic of its shape."""
-    if kind in ("auto", "ehr"):
-        try:
-            from examples.ehr.data import load_support2
-
-            data = load_support2(seed=0)
-            inputs, labels = data.pool()
-            return inputs, labels, "SUPPORT2 (examples.ehr)"
-        except ImportError:
-            if kind == "ehr":
-                raise
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(N_RECORDS, N_FEATURES, generator=generator)
-    weights = torch.randn(N_FEATURES, generator=generator)
-    labels = (inputs @ weights + torch.randn(N_RECORDS, generator=generator) > 0).long()
-    return inputs, labels, "synthetic"
+    data, source = load_ehr_pool(kind)
+    inputs, labels = data.pool()
+    return inputs, labels, source
 
 
 def make_factory(n_features: int, dropout: float) -> Any:
