@@ -137,15 +137,15 @@ def _lightning_module(namespace: str) -> Any:
 
 
 def _trainer(pl: Any, callbacks: list[Any], **kwargs: Any) -> Any:
-    return pl.Trainer(
-        max_epochs=1,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    options = {
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
         **kwargs,
-    )
+    }
+    return pl.Trainer(callbacks=callbacks, **options)
 
 
 @pytest.mark.parametrize("namespace", list(NAMESPACES))
@@ -290,3 +290,29 @@ def test_recipe_dp_validation() -> None:
     with pytest.raises(ConfigError, match=r"both 'max_grad_norm'"):
         parse_recipe({"max_grad_norm": 1.0, "dp": {"noise_multiplier": 1, "max_grad_norm": 1}})
     assert "dp" not in parse_recipe({}).to_dict()  # old cache keys stay valid
+
+
+def test_dpsgd_with_the_modules_own_loader_and_its_state(tmp_path: Path) -> None:
+    """The train DataLoader from ``LightningModule.train_dataloader``; the spent privacy
+    survives a checkpoint (state_dict) and pickling keeps no live Opacus objects."""
+    import pickle
+
+    pl, module_class = _lightning_module("lightning.pytorch")
+    from lightning_callbacks.lightning import DPSGD
+
+    inputs, labels = _data()
+
+    class WithLoader(module_class):  # type: ignore[misc,valid-type]
+        def train_dataloader(self) -> DataLoader[Any]:
+            return DataLoader(TensorDataset(inputs, labels), batch_size=16)
+
+    dp = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, seed=3)
+    trainer = _trainer(pl, [dp], max_epochs=2)
+    trainer.fit(WithLoader())
+    assert dp.batch_size_ == 16 and dp.dataset_size_ == N
+    assert dp.history_ == [(1.0, 0.25, 8)]  # q = 1/ceil(64/16), 2 epochs of 4 steps
+    restored = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0)
+    restored.load_state_dict(dp.state_dict())
+    assert restored.history_ == dp.history_ and restored.epsilon_ == dp.epsilon_
+    clone = pickle.loads(pickle.dumps(dp))
+    assert clone._module is None and clone.history_ == dp.history_
