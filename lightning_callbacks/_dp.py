@@ -35,7 +35,7 @@ Poisson sampling, and epsilon logged every epoch as ``dp/epsilon``.
 Add it to the Trainer's callbacks; the module's own ``configure_optimizers`` optimizer and
 the Trainer's train DataLoader are made private (``batch_size`` becomes the expected batch
 size of Poisson sampling, ``1 / len(loader)`` per record). Layers Opacus cannot train
-privately (BatchNorm) are replaced via ``ModuleValidator.fix`` with a warning. Together
+privately (BatchNorm) are replaced by Opacus' fixers, in place, with a warning. Together
 with `PrivacyAuditCallback` every reference model is trained with the same DP recipe.
 
 Args:
@@ -70,23 +70,6 @@ def find_dpsgd(trainer: Any) -> DPSGDBehaviour | None:
     if len(found) > 1:
         raise ConfigError(f"The Trainer has {len(found)} {OWNER} callbacks. HINT: keep one.")
     return found[0] if found else None
-
-
-def _fix_in_place(module: nn.Module) -> list[str]:
-    """Replace the submodules Opacus cannot train privately (BatchNorm -> GroupNorm, ...)
-    inside ``module`` itself: the Trainer holds this very module, so it cannot be copied."""
-    from opacus.validators import ModuleValidator
-
-    replaced: list[str] = []
-    for name, child in list(module.named_modules()):
-        fixer = ModuleValidator.FIXERS.get(type(child))
-        if fixer is None or not name:
-            continue
-        parent_name, _, attribute = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, attribute, fixer(child))
-        replaced.append(f"{name} ({type(child).__name__})")
-    return replaced
 
 
 class DPSGDBehaviour:
@@ -226,22 +209,9 @@ class DPSGDBehaviour:
             )
 
     def _make_compatible(self, pl_module: nn.Module) -> None:
-        replaced = _fix_in_place(pl_module)
-        if replaced:
-            warnings.warn(
-                f"{OWNER}: replaced layers Opacus cannot train privately with Opacus' "
-                f"ModuleValidator.fix: {', '.join(replaced)}.",
-                UserWarning,
-                stacklevel=2,
-            )
-        from opacus.validators import ModuleValidator
+        from privacy_gate.training.dp_sgd import make_dp_compatible
 
-        errors = ModuleValidator.validate(pl_module, strict=False)
-        if errors:
-            raise InputError(
-                f"{type(pl_module).__name__} cannot be trained with DP-SGD: {errors[0]}. "
-                "HINT: replace the layer in the module."
-            )
+        make_dp_compatible(pl_module, f"{OWNER} ({type(pl_module).__name__})")
 
     def _make_loader_private(self, trainer: Any) -> None:
         """Make Lightning's request for the train DataLoader return a Poisson-sampled one."""

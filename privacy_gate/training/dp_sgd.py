@@ -36,7 +36,11 @@ def _opacus() -> None:
 
 
 def make_dp_compatible(model: nn.Module, name: str) -> nn.Module:
-    """``model``, or a copy with Opacus' fixes (BatchNorm -> GroupNorm, ...) and a warning.
+    """``model`` with the layers Opacus cannot train privately (BatchNorm -> GroupNorm, ...)
+    replaced by Opacus' own fixers, with a warning.
+
+    Submodules are replaced in place, since a Lightning Trainer holds this very module;
+    a model that is itself such a layer is returned fixed.
 
     Raises:
         InputError: a layer Opacus can neither train privately nor replace.
@@ -44,24 +48,35 @@ def make_dp_compatible(model: nn.Module, name: str) -> nn.Module:
     _opacus()
     from opacus.validators import ModuleValidator
 
-    errors = ModuleValidator.validate(model, strict=False)
-    if not errors:
-        return model
-    fixed: nn.Module = ModuleValidator.fix(model)
-    remaining = ModuleValidator.validate(fixed, strict=False)
+    replaced: list[str] = []
+    for path, child in list(model.named_modules()):
+        fixer = ModuleValidator.FIXERS.get(type(child))
+        if fixer is None:
+            continue
+        fixed: nn.Module = fixer(child)
+        parameter = next(child.parameters(), None)
+        if parameter is not None:
+            fixed.to(parameter.device)
+        replaced.append(f"{path or 'the model'} ({type(child).__name__})")
+        if not path:
+            model = fixed
+            break
+        parent_path, _, attribute = path.rpartition(".")
+        setattr(model.get_submodule(parent_path), attribute, fixed)
+    if replaced:
+        message = (
+            f"{name}: replaced layers Opacus cannot train privately with Opacus' fixers: "
+            f"{', '.join(replaced)}; the model now differs from its factory's."
+        )
+        warnings.warn(message, UserWarning, stacklevel=3)
+        _LOG.warning(message)
+    remaining = ModuleValidator.validate(model, strict=False)
     if remaining:
         raise InputError(
             f"{name} cannot be trained with DP-SGD: {remaining[0]}. HINT: replace the layer "
-            "(e.g. BatchNorm with GroupNorm) in the model factory."
+            "(e.g. BatchNorm with GroupNorm) in the model."
         )
-    message = (
-        f"{name}: replaced layers Opacus cannot train privately ({errors[0]}"
-        + (f" and {len(errors) - 1} more" if len(errors) > 1 else "")
-        + ") with Opacus' ModuleValidator.fix; the model now differs from the factory's."
-    )
-    warnings.warn(message, UserWarning, stacklevel=3)
-    _LOG.warning(message)
-    return fixed
+    return model
 
 
 def train_one_dp(

@@ -316,3 +316,27 @@ def test_dpsgd_with_the_modules_own_loader_and_its_state(tmp_path: Path) -> None
     assert restored.history_ == dp.history_ and restored.epsilon_ == dp.epsilon_
     clone = pickle.loads(pickle.dumps(dp))
     assert clone._module is None and clone.history_ == dp.history_
+
+
+def test_batchnorm_is_replaced_for_dp_sgd_with_a_warning() -> None:
+    """The same in-place fix for `train_one` and the `DPSGD` callback."""
+    inputs, labels = _data()
+
+    def with_batchnorm() -> nn.Module:
+        return nn.Sequential(nn.Linear(FEATURES, 8), nn.BatchNorm1d(8), nn.Linear(8, CLASSES))
+
+    dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
+    recipe = parse_recipe({"epochs": 1, "batch_size": 16, "dp": dp})
+    with pytest.warns(UserWarning, match=r"1 \(BatchNorm1d\)"):
+        model = train_one(with_batchnorm, inputs, labels, np.arange(N), recipe, seed=0)
+    assert isinstance(model[1], nn.GroupNorm)
+
+    pl, module_class = _lightning_module("pytorch_lightning")
+    from lightning_callbacks import DPSGD
+
+    module = module_class()
+    module.net = with_batchnorm()
+    trainer = _trainer(pl, [DPSGD(noise_multiplier=1.0, max_grad_norm=1.0)])
+    with pytest.warns(UserWarning, match=r"DPSGD \(LinearModule\).*net\.1 \(BatchNorm1d\)"):
+        trainer.fit(module, DataLoader(TensorDataset(inputs, labels), batch_size=16))
+    assert isinstance(module.net[1], nn.GroupNorm)
