@@ -13,6 +13,7 @@ and ``audit`` also write a job summary, annotations and step outputs
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -132,11 +133,9 @@ def _max_records_per_patient(args: argparse.Namespace) -> int:
         return int(args.max_records_per_patient)
     patients = Path(args.report).with_name("patients.csv")
     try:
-        with patients.open(encoding="utf-8") as handle:
-            header = handle.readline().strip().split(",")
-            column = header.index("n_records")
-            return max(int(line.split(",")[column]) for line in handle if line.strip())
-    except (OSError, ValueError) as exc:
+        with patients.open(newline="", encoding="utf-8") as handle:  # raw ids may be quoted
+            return max(int(row["n_records"]) for row in csv.DictReader(handle))
+    except (OSError, ValueError, KeyError, csv.Error) as exc:
         raise InputError(
             f"recommend needs the largest number of records per patient and cannot read it "
             f"from {str(patients)!r} ({exc}). HINT: pass --max-records-per-patient."

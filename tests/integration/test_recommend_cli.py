@@ -63,3 +63,17 @@ def test_recommend_without_patients_csv_asks_for_the_count(
     args = ["recommend", str(alone), "--dataset-size", "100", "--batch-size", "10"]
     assert main([*args, "--epochs", "5"]) == 2
     assert "HINT: pass --max-records-per-patient" in capsys.readouterr().err
+
+
+def test_recommend_reads_quoted_raw_ids(
+    scored: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """patients.csv written with --raw-ids quotes ids holding commas."""
+    copy = tmp_path / "report.json"
+    copy.write_text(scored.read_text("utf-8"), "utf-8")
+    (tmp_path / "patients.csv").write_text(
+        'patient_key,n_records,auc_max,auc_mean\r\n"Doe, J",3,0.9,0.8\r\np2,1,0.5,0.5\r\n', "utf-8"
+    )
+    args = ["recommend", str(copy), "--dataset-size", "100", "--batch-size", "10"]
+    assert main([*args, "--epochs", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_records_per_patient"] == 3
