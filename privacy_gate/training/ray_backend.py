@@ -389,12 +389,15 @@ def _train_group(
     returns the same scores."""
     torch.set_num_threads(threads)
     subsets = [np.array(subset) for subset in subsets]  # writable (Ray's are read-only)
-    if shared.train_fn is not None:
+
+    def one_at_a_time(
+        factory: Any, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> list[NDArray[np.float64]]:
         return [
             _train_and_score(
-                shared.factory,
-                shared.inputs,
-                shared.labels,
+                factory,
+                inputs,
+                labels,
                 subset,
                 shared.recipe,
                 seed,
@@ -404,7 +407,10 @@ def _train_group(
                 train_fn=shared.train_fn,
             )
             for k, subset, seed in zip(models, subsets, seeds, strict=True)
-        ], None
+        ]
+
+    if shared.train_fn is not None:  # the caller's loop places the model itself
+        return one_at_a_time(shared.factory, shared.inputs, shared.labels), None
     device = _device(num_gpus)
     factory = shared.factory if device == "cpu" else _OnDevice(shared.factory, device)
     inputs, labels = shared.inputs.to(device), shared.labels.to(device)
@@ -420,20 +426,7 @@ def _train_group(
             ], None
         except BatchingUnsupported as exc:  # as the local backend: one at a time instead
             reason = exc.reason
-    return [
-        _train_and_score(
-            factory,
-            inputs,
-            labels,
-            subset,
-            shared.recipe,
-            seed,
-            f"reference model {k}",
-            shared.task,
-            shared.augmentations,
-        )
-        for k, subset, seed in zip(models, subsets, seeds, strict=True)
-    ], reason
+    return one_at_a_time(factory, inputs, labels), reason
 
 
 # The driver.
