@@ -434,7 +434,7 @@ def run_audit(
     )
     result.report["dp_training"] = dp_training(result, data, recipe)
     result.report["dp_recommendation"] = dp_recommendation(
-        result, data, recipe, config, init_model(factory, derived_seed(seed, -1))
+        result, data, recipe, config, functools.partial(init_model, factory, derived_seed(seed, -1))
     )
     if out is not None:
         write_outputs(result, out, plots=plots)

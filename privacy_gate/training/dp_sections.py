@@ -11,6 +11,7 @@ none: one would mean broken accounting or a broken training loop).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,10 +47,11 @@ def dp_recommendation(
     data: AuditData,
     recipe: Recipe,
     config: AuditConfig,
-    initial_model: nn.Module,
+    initial_model: Callable[[], nn.Module],
 ) -> dict[str, Any]:
     """``report["dp_recommendation"]`` for a model trained with ``recipe`` on ``data``'s
-    members; ``initial_model`` is the untrained model that sets the clipping suggestion."""
+    members; ``initial_model()`` builds the untrained model that sets the clipping
+    suggestion (only when one is needed: a passing audit builds none)."""
     from privacy_gate.dp.recommend import reaudit_reference_models, recommend_dp_sgd, unavailable
 
     if result.decision.status is Status.PASS:
@@ -66,7 +68,7 @@ def dp_recommendation(
 
         inputs, labels = data.pool()
         clip = median_grad_norm(
-            initial_model,
+            initial_model(),
             inputs,
             labels,
             np.flatnonzero(members).astype(np.intp),

@@ -36,6 +36,7 @@ from torch import nn
 from privacy_gate.errors import ConfigError, InputError, PrivacyGateError, invalid_value
 from privacy_gate.signals import Task
 from privacy_gate.training.audit import (
+    DP_REASON,
     Augmentation,
     TrainFunction,
     TrainingPlan,
@@ -531,7 +532,7 @@ def train_on_ray(
 
         reason = batching_problem(init_model(factory, 0))
         if recipe.dp is not None:
-            reason = "the recipe trains with DP-SGD (Opacus trains one model at a time)"
+            reason = DP_REASON
         if reason is not None:
             _LOG.warning("Training reference models one per Ray task: %s", reason)
             batched = False
