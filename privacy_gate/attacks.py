@@ -30,11 +30,16 @@ __all__ = [
     "roc_curve",
     "run_attacks",
     "tpr_at_fpr",
+    "tune_rmia_offline_a",
 ]
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 _ROC_POINTS = 200
+RMIA_OFFLINE_A_GRID = tuple(round(0.05 * i, 2) for i in range(21))
+"""Values of RMIA's offline ``a`` tried when it is tuned."""
+RMIA_OFFLINE_A_FALLBACK = 0.3
+"""The paper's value, used when fewer than three reference models leave none to tune on."""
 
 
 class Attack(str, Enum):
@@ -58,11 +63,17 @@ class AttackResult:
 
 @dataclass(frozen=True)
 class AggregateResult:
-    """All attacks on the release candidate and the strongest one."""
+    """All attacks on the release candidate and the strongest one.
+
+    ``rmia_offline_a`` is the offline RMIA ``a`` used (None without RMIA) and
+    ``rmia_offline_a_source`` how it was chosen ("tuned", "given" or "fallback").
+    """
 
     attacks: Mapping[Attack, AttackResult]
     members: int
     non_members: int
+    rmia_offline_a: float | None = None
+    rmia_offline_a_source: str | None = None
 
     @property
     def strongest(self) -> Attack:
@@ -104,10 +115,13 @@ def rmia(
 ) -> FloatArray:
     """RMIA (Zarifzadeh et al. 2024) with ``p = sigmoid(score)``.
 
-    ``LR(x) = p_target(x) / Pr(x)`` with ``Pr(x)`` the mean of the reference models'
-    ``p`` (online: all models; offline: ``((1 + a) * mean_out + (1 - a)) / 2``). The
-    membership score is the share of population records ``z`` (``population``, x itself
-    excluded) with ``LR(x) / LR(z) >= gamma``.
+    ``LR(x) = p_target(x) / Pr(x)``. Online, ``Pr(x)`` is the balanced mixture
+    ``(mean_in + mean_out) / 2`` of the reference models' ``p`` (the paper's average
+    over models of which half hold x; with unbalanced masks a plain mean would lean
+    towards the larger side); a record IN or OUT for every model takes the mean of all.
+    Offline, ``Pr(x) = ((1 + a) * mean_out + (1 - a)) / 2``. The membership score is the
+    share of population records ``z`` (``population``, x itself excluded) with
+    ``LR(x) / LR(z) >= gamma``.
 
     Args:
         target: ``(n_records,)`` scores under the release candidate.
@@ -127,37 +141,79 @@ def _rmia_priors(
     """``Pr(x)`` of RMIA for each ``offline_a`` (None: online), in one pass over the scores.
 
     Column chunks small enough to stay in the CPU cache, so no full-size float64 copy of
-    the scores is made. The numbers are those of ``expit(scores).mean(axis=0)`` and
-    ``np.where(out, expit(scores), 0).sum(axis=0) / out.sum(axis=0)``: the same sums over
-    the rows in the same order (a product with 1.0 or 0.0 is exact for finite values).
+    the scores is made. The sums are those of ``np.where(mask, expit(scores), 0).sum(axis=0)``
+    over the rows in the same order (a product with 1.0 or 0.0 is exact for finite values;
+    non-finite columns take the definition).
     """
     n_models, n_records = reference_scores.shape
-    mean_all = np.empty(n_records)
-    mean_out = np.empty(n_records)
+    sum_all = np.empty(n_records)
+    sum_out = np.empty(n_records)
     n_out = n_models - reference_masks.sum(axis=0, dtype=np.int64)
-    need_out = any(a is not None for a in offline_as)
+    n_in = n_models - n_out
 
     def work(cols: slice, buffers: list[FloatArray]) -> None:
         shape = (n_models, cols.stop - cols.start)
         p, is_out = (b[: shape[0] * shape[1]].reshape(shape) for b in buffers)
         np.copyto(p, reference_scores[:, cols], casting="unsafe")
         special.expit(p, out=p)
-        mean_all[cols] = p.sum(axis=0) / n_models
-        if need_out:
-            np.logical_not(reference_masks[:, cols], out=is_out, casting="unsafe")
-            is_out *= p
-            sums = is_out.sum(axis=0)
-            bad = np.flatnonzero(np.isnan(sums))
-            if bad.size:  # NaN * 0 is NaN where np.where would give 0: use the definition
-                # (on C-ordered copies of at least two columns, summed row by row like the rest)
-                take = np.r_[bad, bad] if len(bad) == 1 < shape[1] else bad
-                chosen = np.ascontiguousarray(~reference_masks[:, cols][:, take])
-                redo = np.where(chosen, np.ascontiguousarray(p[:, take]), 0.0).sum(axis=0)
-                sums[bad] = redo[: len(bad)]
-            mean_out[cols] = sums / n_out[cols]
+        sum_all[cols] = p.sum(axis=0)
+        np.logical_not(reference_masks[:, cols], out=is_out, casting="unsafe")
+        is_out *= p
+        sums = is_out.sum(axis=0)
+        bad = np.flatnonzero(np.isnan(sums))
+        if bad.size:  # NaN * 0 is NaN where np.where would give 0: use the definition
+            # (on C-ordered copies of at least two columns, summed row by row like the rest)
+            take = np.r_[bad, bad] if len(bad) == 1 < shape[1] else bad
+            chosen = np.ascontiguousarray(~reference_masks[:, cols][:, take])
+            redo = np.where(chosen, np.ascontiguousarray(p[:, take]), 0.0).sum(axis=0)
+            sums[bad] = redo[: len(bad)]
+        sum_out[cols] = sums
 
     _for_each_chunk(n_models, n_records, 2, work)
-    return [mean_all if a is None else ((1.0 + a) * mean_out + (1.0 - a)) / 2.0 for a in offline_as]
+    mean_all = sum_all / n_models
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_out = sum_out / n_out
+        mixture = 0.5 * ((sum_all - sum_out) / n_in + mean_out)
+    online = np.where((n_in > 0) & (n_out > 0), mixture, mean_all)
+    return [online if a is None else ((1.0 + a) * mean_out + (1.0 - a)) / 2.0 for a in offline_as]
+
+
+def tune_rmia_offline_a(
+    reference_scores: NDArray[np.floating[Any]],
+    reference_masks: BoolArray,
+    *,
+    gamma: float,
+    grid: tuple[float, ...] = RMIA_OFFLINE_A_GRID,
+) -> float | None:
+    """RMIA's offline ``a``, tuned on one reference model as in Zarifzadeh et al. (2024).
+
+    Reference model 0 plays the release candidate: its IN records are the members, its
+    OUT records the population, and the other models' OUT scores give the prior. The
+    ``a`` of the grid with the highest attack AUC wins (the smallest on ties). None when
+    fewer than three models or no member and non-member of model 0 leave nothing to
+    tune on.
+
+    Args:
+        reference_scores: ``(n_reference_models, n_records)``.
+        reference_masks: ``(n_reference_models, n_records)``.
+    """
+    n_models = reference_scores.shape[0]
+    members = np.asarray(reference_masks[0], dtype=bool)
+    if n_models < 3 or members.all() or not members.any():
+        return None
+    (mean_out,) = _rmia_priors(reference_scores[1:], reference_masks[1:], (1.0,))
+    usable = np.isfinite(mean_out)
+    if not usable.any() or members[usable].all() or not members[usable].any():
+        return None
+    target = np.asarray(reference_scores[0], dtype=np.float64)[usable]
+    is_member, mean_out = members[usable], mean_out[usable]
+    best: tuple[float, float] | None = None
+    for a in grid:
+        prior = ((1.0 + a) * mean_out + (1.0 - a)) / 2.0
+        _, _, auc = _roc(_rmia_scores(target, prior, ~is_member, gamma), is_member)
+        if best is None or auc > best[1]:
+            best = (a, auc)
+    return None if best is None else best[0]
 
 
 def _rmia_scores(
@@ -262,7 +318,7 @@ def run_attacks(
     fprs: tuple[float, ...],
     single_label: bool,
     gamma: float = 2.0,
-    offline_a: float = 0.3,
+    offline_a: float | None = None,
 ) -> AggregateResult:
     """Run every applicable attack on the release candidate.
 
@@ -271,6 +327,7 @@ def run_attacks(
         is_member: ``(n_records,)`` True for the candidate's training records.
         moments: reference-model moments per record.
         single_label: run RMIA (it assumes one true label per record).
+        offline_a: RMIA's offline ``a``; None tunes it (`tune_rmia_offline_a`).
     """
     m = moments
     sd_in_fixed = np.full_like(m.sd_in, m.sd_in.mean())
@@ -283,11 +340,18 @@ def run_attacks(
         Attack.LIRA_OFFLINE: lambda: lira_offline(target, m.mu_out, m.sd_out),
         Attack.LIRA_OFFLINE_FIXED_VARIANCE: lambda: lira_offline(target, m.mu_out, sd_out_fixed),
     }
+    a_used, a_source = None, None
     if single_label:
+        a_used, a_source = offline_a, "given"
+        if a_used is None:
+            a_used = tune_rmia_offline_a(reference_scores, reference_masks, gamma=gamma)
+            a_source = "tuned"
+        if a_used is None:
+            a_used, a_source = RMIA_OFFLINE_A_FALLBACK, "fallback"
         # Both RMIA variants share one pass over the reference scores (see `rmia`).
         population = ~is_member
         prior_online, prior_offline = _rmia_priors(
-            reference_scores, reference_masks, (None, offline_a)
+            reference_scores, reference_masks, (None, a_used)
         )
         scorers[Attack.RMIA_ONLINE] = lambda: _rmia_scores(target, prior_online, population, gamma)
         scorers[Attack.RMIA_OFFLINE] = lambda: _rmia_scores(
@@ -297,4 +361,6 @@ def run_attacks(
         attacks={attack: _result(score(), is_member, fprs) for attack, score in scorers.items()},
         members=int(is_member.sum()),
         non_members=int((~is_member).sum()),
+        rmia_offline_a=a_used,
+        rmia_offline_a_source=a_source,
     )

@@ -27,7 +27,7 @@ from typing import Any
 from privacy_gate import github, signing
 from privacy_gate._version import __version__
 from privacy_gate.config import default_config, default_policy_text
-from privacy_gate.errors import InputError, PrivacyGateError
+from privacy_gate.errors import InputError, OutdatedReportError, PrivacyGateError
 from privacy_gate.gate import Decision, Status
 from privacy_gate.pipeline import AuditResult, check_report, score
 from privacy_gate.render.recommendation import recommendation_lines
@@ -587,7 +587,13 @@ def _check(args: argparse.Namespace) -> github.Outcome:
                 report_path=None,
                 source=f"report {args.report}",
             )
-        report = load_report(args.report)
+        try:
+            report = load_report(args.report)
+        except OutdatedReportError as exc:  # a stale audit fails the gate, as a missing one
+            return _refused(
+                [str(exc)], quiet=args.quiet, report_path=str(args.report),
+                source=f"report {args.report}",
+            )
         signature = None
         if public_key is not None:
             try:

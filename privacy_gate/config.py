@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from privacy_gate.errors import ConfigError, invalid_value
 __all__ = [
     "AuditConfig",
     "GateConfig",
+    "NullChoice",
     "RiskConfig",
+    "VarianceEstimator",
     "default_config",
     "load_config",
     "parse_config",
@@ -39,8 +42,33 @@ _RULE_KEYS = (
     "max_aggregate_tpr_at_fpr",
     "max_subgroup_relative_change",
     "min_reference_models",
-    "max_tail_se",
+    "max_detectable_auc",
 )
+
+_REMOVED_KEYS = {
+    "max_tail_se": (
+        "it averaged the SE of the tail's record AUCs, which is largest where nothing leaks "
+        "(AUC 0.5), so it failed private models and passed leaky ones. HINT: use "
+        "max_detectable_auc (the smallest AUC the at-risk test detects with 80% power)"
+    ),
+}
+"""Keys of older policies, each with why it went and what replaces it."""
+
+
+class NullChoice(str, Enum):
+    """How the noise floor's null distribution is computed (``risk.null``)."""
+
+    AUTO = "auto"
+    PERMUTATION = "permutation"
+    ANALYTIC = "analytic"
+
+
+class VarianceEstimator(str, Enum):
+    """Per-record IN/OUT variances (``risk.variance``): the plain sample variances, or
+    empirical-Bayes shrinkage towards a prior fitted across records (limma's fitFDist)."""
+
+    PLAIN = "plain"
+    SHRUNK = "shrunk"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,9 +79,13 @@ class RiskConfig:
     fpr: tuple[float, ...] = (0.001, 0.01)
     tail_quantile: float = 0.99
     min_group_size: int = 20
+    null: NullChoice = NullChoice.AUTO
     null_replicates: int = 100
+    null_time_budget_s: float = 120.0
+    variance: VarianceEstimator = VarianceEstimator.PLAIN
     seed: int = 0
-    rmia_offline_a: float = 0.3
+    rmia_offline_a: float | None = None
+    """None: tuned on one reference model (written ``auto``)."""
     rmia_gamma: float = 2.0
 
 
@@ -69,7 +101,8 @@ class GateConfig:
     max_subgroup_relative_change: float | None = None
     subgroup_alpha: float = 0.05
     min_reference_models: int | None = None
-    max_tail_se: float | None = None
+    max_detectable_auc: float | None = None
+    detection_power: float = 0.8
     fdr: float = 0.05
 
     def active_rules(self) -> tuple[str, ...]:
@@ -99,6 +132,10 @@ class AuditConfig:
         data = asdict(self)
         data["subgroups"] = list(self.subgroups)
         data["risk"]["fpr"] = list(self.risk.fpr)
+        data["risk"]["null"] = self.risk.null.value
+        data["risk"]["variance"] = self.risk.variance.value
+        if self.risk.rmia_offline_a is None:
+            data["risk"]["rmia_offline_a"] = "auto"
         tpr_rule = self.gate.max_aggregate_tpr_at_fpr
         data["gate"]["max_aggregate_tpr_at_fpr"] = (
             None if tpr_rule is None else {_fpr_key(f): t for f, t in tpr_rule}
@@ -122,6 +159,12 @@ def _fpr_key(fpr: float) -> str:
 
 
 def _check_keys(section: str, data: Mapping[str, Any], valid: tuple[str, ...]) -> None:
+    removed = sorted(set(data) & set(_REMOVED_KEYS) - set(valid))
+    if removed:
+        key = removed[0]
+        raise ConfigError(
+            f"The key {key!r} in {section} is no longer supported: {_REMOVED_KEYS[key]}."
+        )
     unknown = sorted(set(data) - set(valid))
     if unknown:
         raise ConfigError(
@@ -139,20 +182,29 @@ def _number(
     hi: float,
     lo_open: bool = False,
     hi_open: bool = False,
+    expected: str | None = None,
+    hint: str | None = None,
 ) -> float:
     bracket = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
-    expected = f"a number in {bracket}"
+    expected = expected or f"a number in {bracket}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(invalid_value(name, section, expected, value))
+        raise ConfigError(invalid_value(name, section, expected, value, hint))
     try:
         number = float(value)
     except OverflowError:
-        raise ConfigError(invalid_value(name, section, expected, value)) from None
+        raise ConfigError(invalid_value(name, section, expected, value, hint)) from None
     below = number <= lo if lo_open else number < lo
     above = number >= hi if hi_open else number > hi
     if not math.isfinite(number) or below or above:
-        raise ConfigError(invalid_value(name, section, expected, value))
+        raise ConfigError(invalid_value(name, section, expected, value, hint))
     return number
+
+
+def _choice(section: str, name: str, value: Any, choices: type[Enum]) -> Any:
+    valid = [c.value for c in choices]  # type: ignore[attr-defined]
+    if not isinstance(value, str) or value not in valid:
+        raise ConfigError(invalid_value(name, section, f"one of {valid}", value))
+    return choices(value)
 
 
 def _integer(section: str, name: str, value: Any, *, lo: int) -> int:
@@ -193,18 +245,40 @@ def _parse_risk(data: Mapping[str, Any]) -> RiskConfig:
         )
     if "min_group_size" in data:
         kwargs["min_group_size"] = _integer("risk", "min_group_size", data["min_group_size"], lo=1)
+    if "null" in data:
+        kwargs["null"] = _choice("risk", "null", data["null"], NullChoice)
+    if "variance" in data:
+        kwargs["variance"] = _choice("risk", "variance", data["variance"], VarianceEstimator)
     if "null_replicates" in data:
         kwargs["null_replicates"] = _integer(
             "risk", "null_replicates", data["null_replicates"], lo=20
         )
+    if "null_time_budget_s" in data:
+        kwargs["null_time_budget_s"] = _number(
+            "risk", "null_time_budget_s", data["null_time_budget_s"], lo=0.0, hi=1e7, lo_open=True
+        )
     if "seed" in data:
         kwargs["seed"] = _integer("risk", "seed", data["seed"], lo=0)
-    if "rmia_offline_a" in data:
+    if data.get("rmia_offline_a", "auto") != "auto":
         kwargs["rmia_offline_a"] = _number(
-            "risk", "rmia_offline_a", data["rmia_offline_a"], lo=0.0, hi=1.0
+            "risk",
+            "rmia_offline_a",
+            data["rmia_offline_a"],
+            lo=0.0,
+            hi=1.0,
+            expected="'auto' or a number in [0.0, 1.0]",
         )
     if "rmia_gamma" in data:
-        kwargs["rmia_gamma"] = _number("risk", "rmia_gamma", data["rmia_gamma"], lo=1.0, hi=1e6)
+        kwargs["rmia_gamma"] = _number(
+            "risk",
+            "rmia_gamma",
+            data["rmia_gamma"],
+            lo=1.0,
+            hi=1e6,
+            lo_open=True,
+            hint="RMIA counts the population records z with LR(x) / LR(z) >= gamma, and x "
+            "itself must never count, so gamma > 1 (the paper uses 2)",
+        )
     return RiskConfig(**kwargs)
 
 
@@ -270,9 +344,19 @@ def _parse_gate(data: Mapping[str, Any], risk: RiskConfig) -> GateConfig:
             lo=0.0,
             hi=1e9,
         )
-    if data.get("max_tail_se") is not None:
-        kwargs["max_tail_se"] = _number(
-            "gate", "max_tail_se", data["max_tail_se"], lo=0.0, hi=0.5, lo_open=True
+    if data.get("max_detectable_auc") is not None:
+        kwargs["max_detectable_auc"] = _number(
+            "gate",
+            "max_detectable_auc",
+            data["max_detectable_auc"],
+            lo=risk.at_risk_auc,
+            hi=1.0,
+            lo_open=True,
+            hint="the smallest AUC the at-risk test must detect lies above risk.at_risk_auc",
+        )
+    if "detection_power" in data:
+        kwargs["detection_power"] = _number(
+            "gate", "detection_power", data["detection_power"], lo=0.5, hi=1.0, hi_open=True
         )
     if data.get("max_aggregate_tpr_at_fpr") is not None:
         kwargs["max_aggregate_tpr_at_fpr"] = _parse_tpr_rule(

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ConfigError", "InputError", "PrivacyGateError", "ReportError", "invalid_value"]
+__all__ = [
+    "ConfigError",
+    "InputError",
+    "OutdatedReportError",
+    "PrivacyGateError",
+    "ReportError",
+    "invalid_value",
+]
 
 
 class PrivacyGateError(Exception):
@@ -26,6 +33,10 @@ class ConfigError(PrivacyGateError, ValueError):
 
 class ReportError(PrivacyGateError, ValueError):
     """A report that cannot be evaluated (corrupt, wrong schema, changed risk section)."""
+
+
+class OutdatedReportError(ReportError):
+    """A report of an older schema: a stale audit, which fails the gate (exit 1)."""
 
 
 def invalid_value(name: str, owner: str, expected: str, got: Any, hint: str | None = None) -> str:

@@ -1,9 +1,10 @@
 """The gate decision: a pure function of a report's figures and a policy.
 
 It collects every violated rule, then decides. It fails closed: evidence a rule needs
-but the report lacks (no attack on the release candidate, no subgroup test) and an
-under-powered audit (too few reference models, or a noise floor at or above the
-policy's lowest patient-level AUC limit) are violations, never a pass.
+but the report lacks (no attack on the release candidate, no testable subgroup tail)
+and an under-powered audit (a noise floor at or above the policy's lowest patient-level
+AUC limit, a detectable AUC above ``max_detectable_auc``, fewer reference models than
+``min_reference_models``) are violations, never a pass.
 """
 
 from __future__ import annotations
@@ -14,14 +15,21 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
+from privacy_gate.at_risk import AuditPower, audit_power, detectable_auc
 from privacy_gate.config import AuditConfig, GateConfig
-from privacy_gate.noise_floor import reference_models_needed
+from privacy_gate.noise_floor import MAX_REFERENCE_MODELS_SEARCHED, reference_models_needed
 from privacy_gate.patients import benjamini_hochberg_count
 
-__all__ = ["Decision", "Rule", "Status", "Violation", "evaluate_gate"]
-
-RECOMMENDED_REFERENCE_MODELS = 64
+__all__ = [
+    "Decision",
+    "Rule",
+    "Status",
+    "Violation",
+    "evaluate_gate",
+    "reference_models_for_policy",
+]
 
 
 class Status(str, Enum):
@@ -44,7 +52,7 @@ class Rule(str, Enum):
     MAX_AGGREGATE_AUC = "max_aggregate_auc"
     MAX_AGGREGATE_TPR_AT_FPR = "max_aggregate_tpr_at_fpr"
     MAX_SUBGROUP_RELATIVE_CHANGE = "max_subgroup_relative_change"
-    MAX_TAIL_SE = "max_tail_se"
+    MAX_DETECTABLE_AUC = "max_detectable_auc"
 
 
 @dataclass(frozen=True)
@@ -94,14 +102,54 @@ class Decision:
         return f"privacy-gate: {self.status.value.upper()} ({rules})"
 
 
+def _detectable_need(
+    gate: GateConfig, limit: float, at_risk_auc: float, n_patients: int
+) -> int | None:
+    """Smallest even K whose balanced at-risk test detects ``limit`` (None: beyond 4096)."""
+    alpha = gate.fdr / max(n_patients, 1)
+
+    def ok(k: int) -> bool:
+        return detectable_auc(at_risk_auc, k // 2, k // 2, alpha, gate.detection_power) <= limit
+
+    lo, hi = 4, MAX_REFERENCE_MODELS_SEARCHED
+    if not ok(hi):
+        return None
+    while hi - lo > 2:  # detectable AUC falls with K: bisect over even K
+        mid = (lo + hi) // 4 * 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return lo if ok(lo) else hi
+
+
+def reference_models_for_policy(
+    gate: GateConfig, at_risk_auc: float, n_records: int, n_patients: int
+) -> int | None:
+    """The K an audit of this pool needs under this policy (balanced plan): the noise
+    floor below the lowest patient-level limit, the detectable AUC within
+    ``max_detectable_auc``, and at least ``min_reference_models``. None when no K up to
+    4096 reaches them; 0 when the policy has no power rule."""
+    needs = [gate.min_reference_models or 0]
+    limits = gate.patient_auc_limits(at_risk_auc)
+    if limits:
+        needs.append(reference_models_needed(n_records, min(limits)) or -1)
+    if gate.max_detectable_auc is not None:
+        needs.append(_detectable_need(gate, gate.max_detectable_auc, at_risk_auc, n_patients) or -1)
+    return None if -1 in needs else max(needs)
+
+
 def _power(
-    gate: GateConfig, at_risk_auc: float, summary: Mapping[str, Any], n_models: int, n_records: int
-) -> list[Violation]:
+    gate: GateConfig,
+    at_risk_auc: float,
+    report: Mapping[str, Any],
+    n_models: int,
+    n_records: int,
+    n_patients: int,
+) -> tuple[list[Violation], int | None]:
     violations = []
     limits = gate.patient_auc_limits(at_risk_auc)
-    needed = reference_models_needed(n_records, min(limits)) if limits else None
+    needed = reference_models_for_policy(gate, at_risk_auc, n_records, n_patients)
     need_text = (
-        f" HINT: this audit pool ({n_records} records) needs at least {needed} reference models."
+        f" HINT: with this policy an audit of {n_records} records ({n_patients} patients) "
+        f"needs at least {needed} reference models."
         if needed
         else ""
     )
@@ -115,7 +163,7 @@ def _power(
                 f"{gate.min_reference_models}.{need_text}",
             )
         )
-    floor = summary["noise_floor"]["max_patient_auc_q95"]
+    floor = report["summary"]["noise_floor"]["max_patient_auc_q95"]
     if limits and floor >= min(limits):
         violations.append(
             Violation(
@@ -127,7 +175,38 @@ def _power(
                 f"limit {min(limits):.3f}.{need_text}",
             )
         )
-    return violations
+    if gate.max_detectable_auc is not None:
+        power = _audit_power(gate, at_risk_auc, report, n_patients)
+        if power is None or power.detectable_auc > gate.max_detectable_auc:
+            value = None if power is None else power.detectable_auc
+            detail = (
+                "the report does not state its IN/OUT counts"
+                if power is None
+                else f"the at-risk test finds a one-record patient with {power.power:.0%} "
+                f"power only from a true AUC of {power.detectable_auc:.4f} (level "
+                f"{power.alpha:.2g}, {power.n_in} IN / {power.n_out} OUT models)"
+            )
+            violations.append(
+                Violation(
+                    Rule.MAX_DETECTABLE_AUC,
+                    value,
+                    gate.max_detectable_auc,
+                    f"Under-powered audit: {detail}, above the policy's "
+                    f"{gate.max_detectable_auc}.{need_text}",
+                )
+            )
+    return violations, needed
+
+
+def _audit_power(
+    gate: GateConfig, at_risk_auc: float, report: Mapping[str, Any], n_patients: int
+) -> AuditPower | None:
+    pairs = report["summary"].get("power", {}).get("count_pairs")
+    if not pairs:
+        return None
+    return audit_power(
+        pairs, n_patients, at_risk_auc=at_risk_auc, fdr=gate.fdr, power=gate.detection_power
+    )
 
 
 def _patients(
@@ -166,17 +245,6 @@ def _patients(
                 gate.max_fraction_at_risk,
                 f"{fraction:.4%} of patients are confidently at risk (AUC > {at_risk_auc}) > "
                 f"{gate.max_fraction_at_risk:.4%} allowed.",
-            )
-        )
-    se = summary.get("tail_se")
-    if gate.max_tail_se is not None and (se is None or se > gate.max_tail_se):
-        violations.append(
-            Violation(
-                Rule.MAX_TAIL_SE,
-                se,
-                gate.max_tail_se,
-                f"The tail's record AUCs are too imprecise (mean SE {se} > {gate.max_tail_se})."
-                " HINT: train more reference models.",
             )
         )
     return violations, confident
@@ -244,39 +312,95 @@ def _aggregate(gate: GateConfig, aggregate: Mapping[str, Any] | None) -> list[Vi
     return violations
 
 
-def _subgroups(gate: GateConfig, subgroups: Mapping[str, Any]) -> tuple[list[Violation], list[str]]:
+def _untestable_reason(
+    column: str, result: Mapping[str, Any], gate: GateConfig, n_tests: int, min_size: Any
+) -> str | None:
+    """Why a column cannot show a violation at all, or None when it can.
+
+    The rule needs evidence, never its absence: a column must have two tested groups and
+    a tail whose most extreme outcome (every tail patient in one group) would be flagged,
+    for every group that the relative-change limit allows to be flagged at all.
+    """
+    limit = gate.max_subgroup_relative_change
+    assert limit is not None
+    tested = {v: g for v, g in result["groups"].items() if g["status"] == "tested"}
+    small = f" of at least {min_size} patients" if min_size is not None else ""
+    if len(tested) < 2:
+        return (
+            f"column {column!r} has {len(tested)} tested group(s){small}; a test needs two. "
+            "HINT: lower risk.min_group_size, merge small groups, or remove the column"
+        )
+    n_tail = int(result.get("tail_patients") or 0)
+    if n_tail == 0:
+        return f"the exposed tail holds no patient of a tested group of column {column!r}"
+    total = sum(int(g["size"]) for g in tested.values())
+    for value, group in tested.items():
+        share = int(group["size"]) / total
+        if 1.0 / share - 1.0 <= limit:
+            continue  # even the whole tail in this group stays within the limit
+        extreme = float(stats.binomtest(n_tail, n_tail, share).pvalue) * n_tests
+        if extreme >= gate.subgroup_alpha:
+            return (
+                f"the exposed tail of column {column!r} holds {n_tail} patient(s): even all of "
+                f"them in group {value!r} would not be significant (Bonferroni p "
+                f"{min(extreme, 1.0):.2g} >= {gate.subgroup_alpha}). HINT: lower "
+                "risk.tail_quantile so the tail holds more patients"
+            )
+    return None
+
+
+def _subgroups(
+    gate: GateConfig, subgroups: Mapping[str, Any], min_size: Any
+) -> list[Violation]:
     if gate.max_subgroup_relative_change is None:
-        return [], []
-    tested = [
-        (column, value, group)
-        for column, result in subgroups.items()
-        for value, group in result["groups"].items()
-        if group["status"] == "tested"
-    ]
-    if not tested:
-        return [], [
-            "Rule max_subgroup_relative_change not evaluated: no subgroup with at least "
-            "min_group_size records was audited (set 'subgroups' in the config)."
+        return []
+    limit = gate.max_subgroup_relative_change
+    if not subgroups:
+        return [
+            Violation(
+                Rule.MAX_SUBGROUP_RELATIVE_CHANGE,
+                None,
+                limit,
+                "The policy checks max_subgroup_relative_change, but the audit analysed no "
+                "subgroup column, so over-representation cannot be ruled out. HINT: name the "
+                "columns in 'subgroups' (e.g. subgroups: [sex, race]) or remove the rule.",
+            )
         ]
+    n_tests = sum(
+        g["status"] == "tested" for result in subgroups.values() for g in result["groups"].values()
+    )
     violations = []
-    for column, value, group in tested:
-        change, p = group["relative_change"], group["p_value"]
-        if change is None or p is None:
-            continue
-        p_adjusted = min(1.0, p * len(tested))
-        if change > gate.max_subgroup_relative_change and p_adjusted < gate.subgroup_alpha:
+    for column, result in subgroups.items():
+        reason = _untestable_reason(column, result, gate, n_tests, min_size)
+        if reason is not None:
             violations.append(
                 Violation(
                     Rule.MAX_SUBGROUP_RELATIVE_CHANGE,
-                    change,
-                    gate.max_subgroup_relative_change,
-                    f"Subgroup {column}={value!r} is over-represented in the exposed tail by "
-                    f"{change:+.0%} (observed {group['observed']}, expected "
-                    f"{group['expected']:.1f}, Bonferroni p = {p_adjusted:.2g} < "
-                    f"{gate.subgroup_alpha}).",
+                    None,
+                    limit,
+                    f"Subgroup over-representation cannot be tested: {reason}.",
                 )
             )
-    return violations, []
+            continue
+        for value, group in result["groups"].items():
+            if group["status"] != "tested":
+                continue
+            change, p_adjusted = group["relative_change"], group["p_value_adjusted"]
+            if change is None or p_adjusted is None:
+                continue
+            if change > limit and p_adjusted < gate.subgroup_alpha:
+                violations.append(
+                    Violation(
+                        Rule.MAX_SUBGROUP_RELATIVE_CHANGE,
+                        change,
+                        limit,
+                        f"Subgroup {column}={value!r} is over-represented among the exposed "
+                        f"tail's patients by {change:+.0%} (observed {group['observed']}, "
+                        f"expected {group['expected']:.1f}, Bonferroni p = {p_adjusted:.2g} "
+                        f"< {gate.subgroup_alpha}).",
+                    )
+                )
+    return violations
 
 
 def evaluate_gate(report: Mapping[str, Any], config: AuditConfig) -> Decision:
@@ -286,17 +410,18 @@ def evaluate_gate(report: Mapping[str, Any], config: AuditConfig) -> Decision:
     gate, at_risk = config.gate, config.risk.at_risk_auc
     audit, summary = report["audit"], report["summary"]
     n_models, n_records = int(audit["reference_models"]), int(audit["records"])
-    violations = _power(gate, at_risk, summary, n_models, n_records)
-    patient_violations, confident = _patients(gate, at_risk, summary, int(audit["patients"]))
+    n_patients = int(audit["patients"])
+    violations, needed = _power(gate, at_risk, report, n_models, n_records, n_patients)
+    patient_violations, confident = _patients(gate, at_risk, summary, n_patients)
     violations += patient_violations
     violations += _aggregate(gate, report.get("aggregate"))
-    subgroup_violations, warnings = _subgroups(gate, report.get("subgroups") or {})
-    violations += subgroup_violations
-    if n_models < RECOMMENDED_REFERENCE_MODELS:
+    violations += _subgroups(gate, report.get("subgroups") or {}, config.risk.min_group_size)
+    warnings = []
+    if needed and n_models < needed and not violations:
         warnings.append(
-            f"Only {n_models} reference models: patient-level figures are noisy "
-            f"(see the noise floor); {RECOMMENDED_REFERENCE_MODELS} or more are "
-            "recommended."
+            f"Only {n_models} reference models, fewer than the {needed} this pool needs "
+            "under the policy's power rules: patient-level figures are noisy (see the noise "
+            "floor)."
         )
     return Decision(
         status=Status.FAIL if violations else Status.PASS,

@@ -4,18 +4,24 @@ With few reference models a record that does not leak at all still gets a high r
 AUC by chance, and the maximum over thousands of patients is far from 0.5. The null
 distribution keeps every record's IN/OUT counts and removes any membership effect:
 
-- ``permutation`` (the definition): permute each record's IN/OUT labels across the
-  reference models and recompute, ``replicates`` times;
-- ``analytic`` (for large audits): under a Gaussian null with equal variances the
-  binormal statistic ``d = (mu_in - mu_out) / sqrt(sd_in^2 + sd_out^2)`` (ddof=0) is
-  a scaled Student t: ``d = t * c``, ``t ~ t(n_in + n_out - 2)``,
+- ``permutation`` (the definition, distribution-free): permute each record's IN/OUT
+  labels across the reference models and recompute, ``replicates`` times, within a time
+  budget that the report states;
+- ``analytic``: under a Gaussian null with equal variances and BALANCED counts
+  (``n_in == n_out`` for every record) the binormal statistic
+  ``d = (mu_in - mu_out) / sqrt(sd_in^2 + sd_out^2)`` (ddof=0) is exactly a scaled
+  Student t: ``d = t * c``, ``t ~ t(n_in + n_out - 2)``,
   ``c = sqrt((1/n_in + 1/n_out) / ((n_in - 1)/n_in + (n_out - 1)/n_out))``; records are
-  independent, so the null maximum has CDF ``prod_i F_i``.
+  independent, so the null maximum has CDF ``prod_i F_i``. With unbalanced counts the
+  denominator is not a pooled variance and the t law is only approximate, so the
+  analytic null is never used there.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -24,20 +30,22 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special, stats
 
-from privacy_gate.record_stats import binormal_auc, hanley_mcneil_se, record_moments
+from privacy_gate.config import NullChoice
+from privacy_gate.errors import InputError
+from privacy_gate.record_stats import SD_FLOOR, RecordMoments, binormal_auc
 
 __all__ = [
+    "MIN_REPLICATES",
     "NoiseFloor",
     "NullMethod",
     "analytic_null_max_quantile",
     "compute_noise_floor",
-    "reference_models_for_tail_se",
     "reference_models_needed",
 ]
 
-PERMUTATION_BUDGET = 50_000_000
-"""Largest ``replicates * n_models * n_records`` done by permutation; above it the
-analytic null is used (same answer for Gaussian scores, see the tests)."""
+MIN_REPLICATES = 20
+"""The fewest permutation replicates an audit runs, whatever its time budget: a 95th
+percentile needs at least this many draws to mean anything."""
 
 MAX_REFERENCE_MODELS_SEARCHED = 4096
 NULL_QUANTILE = 0.95
@@ -56,7 +64,12 @@ class NoiseFloor:
 
     Attributes:
         method: how the null was computed.
-        replicates: permutation replicates (None for the analytic null).
+        reason: why that method (the configured choice, the budget, the counts).
+        balanced: every record has ``n_in == n_out`` (where the analytic null is exact).
+        replicates: permutation replicates run (None for the analytic null).
+        replicates_requested: ``risk.null_replicates``.
+        time_budget_s: ``risk.null_time_budget_s``.
+        seconds: time the null took.
         max_patient_auc_q95: 95th percentile of the null maximum patient AUC.
         expected_at_risk: null expected number of patients with AUC > ``at_risk_auc``.
         reference_models_needed: smallest even K whose floor is below ``limit`` for this
@@ -65,7 +78,12 @@ class NoiseFloor:
     """
 
     method: NullMethod
+    reason: str
+    balanced: bool
     replicates: int | None
+    replicates_requested: int
+    time_budget_s: float
+    seconds: float
     max_patient_auc_q95: float
     expected_at_risk: float
     reference_models_needed: int | None
@@ -74,7 +92,12 @@ class NoiseFloor:
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method.value,
+            "reason": self.reason,
+            "balanced": self.balanced,
             "replicates": self.replicates,
+            "replicates_requested": self.replicates_requested,
+            "time_budget_s": self.time_budget_s,
+            "seconds": self.seconds,
             "max_patient_auc_q95": self.max_patient_auc_q95,
             "expected_at_risk": self.expected_at_risk,
             "reference_models_needed": self.reference_models_needed,
@@ -184,55 +207,102 @@ def reference_models_needed(
     return None
 
 
-def reference_models_for_tail_se(max_tail_se: float) -> int | None:
-    """Smallest even K whose record AUC standard error is within ``max_tail_se`` whatever the
-    record's AUC (the Hanley-McNeil SE is largest at AUC 0.5, the AUC of a record that a
-    well-protected model does not leak), each record IN for K/2 models.
 
-    The ``max_tail_se`` rule then cannot fail a model just for being private.
 
-    >>> reference_models_for_tail_se(0.05)
-    136
+AucOfMoments = Callable[[RecordMoments], FloatArray]
+"""The record-AUC estimator the audit uses, applied to null moments alike."""
+
+
+def _plain_auc(m: RecordMoments) -> FloatArray:
+    return binormal_auc(m.mu_in, m.sd_in, m.mu_out, m.sd_out)
+
+
+def _patient_max(auc: FloatArray, order: NDArray[np.intp] | None, starts: NDArray[np.intp]) -> FloatArray:
+    """Per-patient maximum of record AUCs (records sorted by patient once, by the caller)."""
+    if order is None:
+        return auc
+    return np.asarray(np.maximum.reduceat(auc[order], starts), dtype=np.float64)
+
+
+class _Permuter:
+    """Permutation replicates of the null, vectorised over records.
+
+    Record i draws the random keys of position ``record_rank[i]``, so the same records get
+    the same permutations whatever order they come in. The IN/OUT moments of a replicate
+    come from sums over the permuted IN set of the centred scores and their squares (the
+    OUT sums are the totals minus the IN sums): two multiply-adds per score instead of a
+    fresh two-pass moment computation.
     """
-    for k in range(4, MAX_REFERENCE_MODELS_SEARCHED + 1, 2):
-        half = np.array([k // 2])
-        if float(hanley_mcneil_se(np.array([0.5]), half, half)[0]) <= max_tail_se:
-            return k
-    return None
+
+    def __init__(
+        self,
+        scores: NDArray[np.floating[Any]],
+        masks: NDArray[np.bool_],
+        patient_index: NDArray[np.intp],
+        n_patients: int,
+        seed: int,
+        record_rank: NDArray[np.intp] | None,
+        auc_of: AucOfMoments,
+    ) -> None:
+        self.masks = masks
+        self.n_models, self.n_records = masks.shape
+        scores64 = np.asarray(scores, dtype=np.float64)
+        self.centre = scores64.mean(axis=0)
+        self.centred = scores64 - self.centre
+        self.squared = self.centred * self.centred
+        self.total = self.centred.sum(axis=0)
+        self.total_sq = self.squared.sum(axis=0)
+        self.n_in = masks.sum(axis=0, dtype=np.int64)
+        self.n_out = self.n_models - self.n_in
+        self.rng = np.random.default_rng(seed)
+        self.record_rank = record_rank
+        self.columns = np.arange(self.n_records)[None, :]
+        self.auc_of = auc_of
+        if n_patients == self.n_records and np.array_equal(
+            patient_index, np.arange(self.n_records)
+        ):
+            self.order: NDArray[np.intp] | None = None
+            self.starts = np.zeros(0, dtype=np.intp)
+        else:
+            self.order = np.argsort(patient_index, kind="stable")
+            self.starts = np.flatnonzero(np.r_[True, np.diff(patient_index[self.order]) != 0])
+
+    def _moments(self, is_in: FloatArray) -> RecordMoments:
+        s_in = np.einsum("ij,ij->j", is_in, self.centred)
+        q_in = np.einsum("ij,ij->j", is_in, self.squared)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mu_in = s_in / self.n_in
+            mu_out = (self.total - s_in) / self.n_out
+            var_in = np.maximum(q_in / self.n_in - mu_in**2, 0.0)
+            var_out = np.maximum((self.total_sq - q_in) / self.n_out - mu_out**2, 0.0)
+        sd_in, sd_out = np.sqrt(var_in), np.sqrt(var_out)
+        # As record_moments: a set whose spread is rounding noise is constant (SD_FLOOR).
+        sd_in = np.where(sd_in > 1e-9 * np.abs(mu_in + self.centre) + 1e-300, sd_in, SD_FLOOR)
+        sd_out = np.where(sd_out > 1e-9 * np.abs(mu_out + self.centre) + 1e-300, sd_out, SD_FLOOR)
+        return RecordMoments(mu_in, sd_in, mu_out, sd_out, self.n_in, self.n_out)
+
+    def replicate(self, at_risk_auc: float) -> tuple[float, int]:
+        """One replicate: the null maximum patient AUC and the null at-risk count."""
+        keys = self.rng.random((self.n_models, self.n_records))
+        if self.record_rank is not None:
+            keys = keys[:, self.record_rank]
+        order = np.argsort(keys, axis=0)
+        is_in = self.masks[order, self.columns].astype(np.float64)
+        patient_auc = _patient_max(self.auc_of(self._moments(is_in)), self.order, self.starts)
+        return float(patient_auc.max()), int(np.count_nonzero(patient_auc > at_risk_auc))
 
 
-def _permuted_null(
-    scores: NDArray[np.floating[Any]],
-    masks: NDArray[np.bool_],
+def _analytic(
+    n_in: NDArray[np.int64],
+    n_out: NDArray[np.int64],
     patient_index: NDArray[np.intp],
     n_patients: int,
     at_risk_auc: float,
-    replicates: int,
-    seed: int,
-    record_rank: NDArray[np.intp] | None,
-) -> tuple[FloatArray, FloatArray]:
-    """Null maximum patient AUC and at-risk count for each permutation replicate.
-
-    Record i draws the random keys of position ``record_rank[i]``, so the same records
-    get the same permutations whatever order they come in.
-    """
-    rng = np.random.default_rng(seed)
-    n_models, n_records = masks.shape
-    columns = np.arange(n_records)[None, :]
-    maxima, counts = np.empty(replicates), np.empty(replicates)
-    for r in range(replicates):
-        keys = rng.random((n_models, n_records))
-        if record_rank is not None:
-            keys = keys[:, record_rank]
-        order = np.argsort(keys, axis=0)
-        permuted = masks[order, columns]
-        m = record_moments(scores, permuted)
-        auc = binormal_auc(m.mu_in, m.sd_in, m.mu_out, m.sd_out)
-        patient_auc = np.full(n_patients, 0.5)
-        np.maximum.at(patient_auc, patient_index, auc)
-        maxima[r] = patient_auc.max()
-        counts[r] = np.count_nonzero(patient_auc > at_risk_auc)
-    return maxima, counts
+) -> tuple[float, float]:
+    return (
+        analytic_null_max_quantile(n_in, n_out),
+        _analytic_expected_at_risk(n_in, n_out, patient_index, n_patients, at_risk_auc),
+    )
 
 
 def compute_noise_floor(
@@ -245,10 +315,22 @@ def compute_noise_floor(
     limit: float | None,
     replicates: int,
     seed: int,
-    method: NullMethod | None = None,
+    choice: NullChoice = NullChoice.AUTO,
+    time_budget_s: float = 120.0,
     record_rank: NDArray[np.intp] | None = None,
+    auc_of: AucOfMoments = _plain_auc,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> NoiseFloor:
-    """The noise floor of an audit (permutation when affordable, else analytic).
+    """The noise floor of an audit.
+
+    ``choice`` (``risk.null``):
+
+    - ``permutation``: ``replicates`` replicates, stopping early when ``time_budget_s``
+      runs out (never below `MIN_REPLICATES`); the report states how many ran;
+    - ``analytic``: only for balanced counts, else an `InputError`;
+    - ``auto``: permutation; if the first replicates show it would overrun the budget,
+      the analytic null where the counts are balanced, else permutation within the
+      budget. The reason is stated in the report.
 
     Args:
         scores: ``(n_reference_models, n_records)``.
@@ -257,25 +339,68 @@ def compute_noise_floor(
         limit: the lowest patient-level AUC limit of the policy (None if it has none).
         record_rank: ``(n_records,)`` a canonical position per record (e.g. the rank of
             its id) that makes the permutation null independent of the input order.
+        auc_of: the record-AUC estimator of the audit (`risk.variance`).
+        clock: seconds, for the time budget.
     """
-    n_models, n_records = scores.shape
-    if method is None:
-        affordable = replicates * n_models * n_records <= PERMUTATION_BUDGET
-        method = NullMethod.PERMUTATION if affordable else NullMethod.ANALYTIC
+    started = clock()
+    n_models, n_records = masks.shape
     n_in = masks.sum(axis=0, dtype=np.int64)
     n_out = n_models - n_in
-    if method is NullMethod.PERMUTATION:
-        maxima, counts = _permuted_null(
-            scores, masks, patient_index, n_patients, at_risk_auc, replicates, seed, record_rank
-        )
-        q95 = float(np.quantile(maxima, NULL_QUANTILE))
-        expected = float(counts.mean())
+    balanced = bool(np.array_equal(n_in, n_out))
+    method, reason, done = NullMethod.PERMUTATION, "", 0
+    maxima: list[float] = []
+    counts: list[int] = []
+    if choice is NullChoice.ANALYTIC:
+        if not balanced:
+            unbalanced = int(np.count_nonzero(n_in != n_out))
+            raise InputError(
+                f"The 'null' parameter of risk is 'analytic', but {unbalanced} of {n_records} "
+                "records are IN for a different number of reference models than OUT, where "
+                "the analytic (Student-t) null is not exact. HINT: set risk.null to 'auto' "
+                "or 'permutation'."
+            )
+        method, reason = NullMethod.ANALYTIC, "risk.null is 'analytic' (exact: balanced counts)"
     else:
-        q95 = analytic_null_max_quantile(n_in, n_out)
-        expected = _analytic_expected_at_risk(n_in, n_out, patient_index, n_patients, at_risk_auc)
+        permuter = _Permuter(
+            scores, masks, patient_index, n_patients, seed, record_rank, auc_of
+        )
+        while done < replicates:
+            maximum, count = permuter.replicate(at_risk_auc)
+            maxima.append(maximum)
+            counts.append(count)
+            done += 1
+            spent = clock() - started
+            projected = spent / done * replicates
+            if choice is NullChoice.AUTO and balanced and projected > time_budget_s:
+                method = NullMethod.ANALYTIC
+                reason = (
+                    f"permutation would take about {projected:.0f} s for {replicates} "
+                    f"replicates, over the time budget of {time_budget_s:g} s "
+                    "(risk.null_time_budget_s); the analytic null is exact for these balanced "
+                    "counts"
+                )
+                break
+            if spent > time_budget_s and done >= MIN_REPLICATES and done < replicates:
+                reason = (
+                    f"the time budget of {time_budget_s:g} s (risk.null_time_budget_s) ran "
+                    f"out after {done} of {replicates} replicates"
+                )
+                break
+        if method is NullMethod.PERMUTATION and not reason:
+            reason = f"{done} replicates within the time budget of {time_budget_s:g} s"
+    if method is NullMethod.ANALYTIC:
+        q95, expected = _analytic(n_in, n_out, patient_index, n_patients, at_risk_auc)
+    else:
+        q95 = float(np.quantile(np.asarray(maxima), NULL_QUANTILE))
+        expected = float(np.mean(counts))
     return NoiseFloor(
         method=method,
-        replicates=replicates if method is NullMethod.PERMUTATION else None,
+        reason=reason,
+        balanced=balanced,
+        replicates=done if method is NullMethod.PERMUTATION else None,
+        replicates_requested=replicates,
+        time_budget_s=float(time_budget_s),
+        seconds=float(clock() - started),
         max_patient_auc_q95=q95,
         expected_at_risk=expected,
         reference_models_needed=None

@@ -1,9 +1,8 @@
 """Patient aggregation and the patient-level summary.
 
 A patient's AUC is the maximum of its records' AUCs (the mean is reported too). A
-patient is "confidently at risk" when a one-sided test on the record standard errors
-says its AUC exceeds ``at_risk_auc`` (any record, Bonferroni within the patient), with
-Benjamini-Hochberg across patients.
+patient is "confidently at risk" when the at-risk test (`privacy_gate.at_risk`) says its
+AUC exceeds ``at_risk_auc``, with Benjamini-Hochberg across patients (here).
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ __all__ = [
     "TAIL_COUNT_LEVELS",
     "PatientStats",
     "aggregate_patients",
-    "at_risk_p_values",
     "benjamini_hochberg_count",
     "distribution_summary",
+    "histogram",
     "survival_curve",
     "tail_counts",
 ]
@@ -75,31 +74,6 @@ def aggregate_patients(
         auc_se=record_se[worst],
         worst_record=worst,
     )
-
-
-def at_risk_p_values(
-    record_auc: FloatArray,
-    record_se: FloatArray,
-    patient_index: IndexArray,
-    n_patients: int,
-    at_risk_auc: float,
-) -> FloatArray:
-    """One-sided p-value per patient for "patient AUC > at_risk_auc".
-
-    Per record ``p = 1 - Phi((auc - at_risk_auc) / se)``; a patient takes its smallest
-    record p-value times its record count (Bonferroni), capped at 1.
-
-    Returns:
-        ``(n_patients,)`` p-values.
-    """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = (record_auc - at_risk_auc) / record_se
-    z = np.where(record_se > 0, z, np.where(record_auc > at_risk_auc, np.inf, -np.inf))
-    record_p = special.ndtr(-z)
-    smallest = np.full(n_patients, np.inf)
-    np.minimum.at(smallest, patient_index, record_p)
-    counts = np.bincount(patient_index, minlength=n_patients)
-    return np.minimum(smallest * counts, 1.0)
 
 
 def benjamini_hochberg_count(p_values: FloatArray, fdr: float, n_tests: int | None = None) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from privacy_gate._version import __version__
+from privacy_gate.at_risk import audit_power, count_pairs, patient_p_values, record_p_values
 from privacy_gate.attacks import AggregateResult, run_attacks
 from privacy_gate.config import (
     AuditConfig,
@@ -26,12 +27,11 @@ from privacy_gate.config import (
     read_config_yaml,
 )
 from privacy_gate.errors import ConfigError, InputError, ReportError
-from privacy_gate.gate import Decision, evaluate_gate
+from privacy_gate.gate import Decision, evaluate_gate, reference_models_for_policy
 from privacy_gate.noise_floor import NoiseFloor, compute_noise_floor
 from privacy_gate.patients import (
     PatientStats,
     aggregate_patients,
-    at_risk_p_values,
     benjamini_hochberg_count,
     distribution_summary,
     histogram,
@@ -50,7 +50,7 @@ from privacy_gate.report import (
     write_table,
 )
 from privacy_gate.signals import Signals, Task, load_signals
-from privacy_gate.subgroups import GroupStatus, SubgroupResult, analyse_subgroups, tail_mask
+from privacy_gate.subgroups import GroupStatus, SubgroupResult, analyse_subgroups, patient_values
 
 __all__ = ["AuditResult", "audit", "check", "check_report", "score", "write_outputs"]
 
@@ -80,6 +80,8 @@ def _aggregate_section(result: AggregateResult | None) -> dict[str, Any] | None:
         "members": result.members,
         "non_members": result.non_members,
         "strongest": result.strongest.value,
+        "rmia_offline_a": result.rmia_offline_a,
+        "rmia_offline_a_source": result.rmia_offline_a_source,
         "attacks": {
             attack.value: {
                 "auc": r.auc,
@@ -98,7 +100,12 @@ def _subgroup_warnings(result: SubgroupResult, min_group_size: int) -> list[str]
         if small:
             warnings.append(
                 f"Subgroup column {column!r}: {len(small)} group(s) with fewer than "
-                f"{min_group_size} records are suppressed and not tested."
+                f"{min_group_size} patients are suppressed and not tested."
+            )
+        if col.several_values:
+            warnings.append(
+                f"Subgroup column {column!r}: {col.several_values} patient(s) whose records "
+                "carry different values are excluded from its tests."
             )
     return warnings
 
@@ -141,8 +148,8 @@ def audit(
     patient_index, patient_ids = records.patient_index()
     n_patients = len(patient_ids)
     patients = aggregate_patients(stats.auc, stats.auc_se, patient_index, n_patients)
-    p_values = at_risk_p_values(
-        stats.auc, stats.auc_se, patient_index, n_patients, risk.at_risk_auc
+    p_values = patient_p_values(
+        record_p_values(stats.moments, risk.at_risk_auc), patient_index, n_patients
     )
     limits = gate.patient_auc_limits(risk.at_risk_auc)
     floor: NoiseFloor = compute_noise_floor(
@@ -154,18 +161,24 @@ def audit(
         limit=min(limits) if limits else None,
         replicates=risk.null_replicates,
         seed=risk.seed,
+        choice=risk.null,
+        time_budget_s=risk.null_time_budget_s,
         record_rank=records.id_rank(),
     )
-    in_tail, _ = tail_mask(stats.auc, risk.tail_quantile)
-    tail_se_pool = (
-        stats.auc_se[in_tail]
-        if in_tail.any()
-        else stats.auc_se[stats.auc >= np.quantile(stats.auc, risk.tail_quantile)]
+    pairs = count_pairs(stats.moments.n_in, stats.moments.n_out)
+    power = audit_power(
+        pairs,
+        n_patients,
+        at_risk_auc=risk.at_risk_auc,
+        fdr=gate.fdr,
+        power=gate.detection_power,
     )
     subgroups = analyse_subgroups(
-        stats.auc,
-        patients.auc_max[patient_index],
-        {name: records.subgroup_column(name) for name in config.subgroups},
+        patients.auc_max,
+        {
+            name: patient_values(records.subgroup_column(name), patient_index, n_patients)
+            for name in config.subgroups
+        },
         tail_quantile=risk.tail_quantile,
         min_group_size=risk.min_group_size,
     )
@@ -196,14 +209,17 @@ def audit(
         "patients_at_risk": confident,
         "patients_at_risk_raw": int(np.count_nonzero(patients.auc_max > risk.at_risk_auc)),
         "fraction_at_risk": confident / n_patients,
+        "at_risk_test": "noncentral_t",
         "at_risk_p_values": np.sort(p_values[p_values <= _MAX_STORED_P_VALUE]).tolist(),
-        "tail_se": float(tail_se_pool.mean()) if tail_se_pool.size else None,
-        "tail": {
-            "quantile": risk.tail_quantile,
-            "threshold": subgroups.tail_threshold,
-            "records": subgroups.tail_records,
-        },
+        "tail": subgroups.tail_dict(),
         "noise_floor": floor.to_dict(),
+        "power": {
+            **power.to_dict(),
+            "count_pairs": pairs,
+            "reference_models_needed": reference_models_for_policy(
+                gate, risk.at_risk_auc, signals.n_records, n_patients
+            ),
+        },
         "histogram": histogram(patients.auc_max),
         "survival": survival_curve(patients.auc_max, _SURVIVAL_GRID),
         "top_patients": [
@@ -243,6 +259,11 @@ def audit(
         extra_warnings.append(
             f"Noise alone is expected to put {floor.expected_at_risk:.1f} patient(s) above AUC "
             f"{risk.at_risk_auc} (raw count); rely on the confident count."
+        )
+    if floor.replicates is not None and floor.replicates < floor.replicates_requested:
+        extra_warnings.append(
+            f"Noise floor: {floor.reason}; its 95th percentile rests on fewer replicates "
+            "than asked for (raise risk.null_time_budget_s to run them all)."
         )
     decision = replace(decision, warnings=decision.warnings + tuple(extra_warnings))
     report["decision"] = decision.to_dict()

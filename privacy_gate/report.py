@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from privacy_gate.errors import ReportError
+from privacy_gate.errors import OutdatedReportError, ReportError
 
 __all__ = [
     "REPORT_FILE",
@@ -25,13 +25,39 @@ __all__ = [
     "canonical_json",
     "file_sha256",
     "load_report",
+    "outdated_schema_reason",
     "write_json",
     "write_table",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
 REPORT_FILE = "report.json"
 _REQUIRED_SECTIONS = ("schema_version", "audit", "summary", "subgroups", "decision")
+
+
+def outdated_schema_reason(report: Mapping[str, Any]) -> str | None:
+    """Why a report's figures cannot be re-checked by this version, or None.
+
+    Schema 1 reports tested "at risk" with the SE at the estimate (anti-conservative near
+    AUC 1), took the subgroup tail over records and carried the ``max_tail_se`` rule:
+    their figures do not answer the current rules, so they need a new audit (a stale
+    audit fails the gate; it is never re-read as if it meant the same).
+    """
+    version = str(report.get("schema_version", ""))
+    major = version.split(".")[0]
+    if major == SCHEMA_VERSION.split(".")[0]:
+        return None
+    if major == "1":
+        return (
+            f"the audit was written with report schema {version} by an older privacy-gate, "
+            "whose at-risk test (SE at the estimate), record-level subgroup tail and "
+            "max_tail_se rule this version replaced, so its figures cannot be re-checked. "
+            "HINT: run a new audit with this version"
+        )
+    return (
+        f"the report's schema_version {version!r} is not supported (this version reads "
+        f"{SCHEMA_VERSION}). HINT: run a new audit with this version of privacy-gate"
+    )
 
 
 def file_sha256(path: str | Path) -> str:
@@ -154,10 +180,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
             f"The report {str(path)!r} lacks the section(s) {missing}. HINT: it "
             "was not written by 'privacy-gate score'; run a new audit."
         )
-    if str(report["schema_version"]).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        raise ReportError(
-            f"The report's schema_version {report['schema_version']!r} is not "
-            f"supported (this version reads {SCHEMA_VERSION}). HINT: re-run the "
-            "audit with this version of privacy-gate."
-        )
+    outdated = outdated_schema_reason(report)
+    if outdated is not None:
+        raise OutdatedReportError(f"The report {str(path)!r}: {outdated}.")
     return report

@@ -25,7 +25,7 @@ from privacy_gate.dp_ceiling import (
     target_mu,
 )
 from privacy_gate.errors import InputError
-from privacy_gate.noise_floor import reference_models_for_tail_se
+from privacy_gate.gate import reference_models_for_policy
 
 __all__ = [
     "dp_schedule",
@@ -182,20 +182,17 @@ def recommend_dp_sgd(
 
 
 def reaudit_reference_models(report: Mapping[str, Any], config: AuditConfig) -> int:
-    """K for auditing the DP-retrained model: at least the report's K, the policy's minimum
-    and the noise floor's need, and enough for ``max_tail_se`` at AUC 0.5 (where a private
-    model's records sit and their AUCs are least precise)."""
-    needs = [int(report["audit"]["reference_models"])]
-    if config.gate.min_reference_models is not None:
-        needs.append(config.gate.min_reference_models)
-    floor_need = report["summary"]["noise_floor"].get("reference_models_needed")
-    if isinstance(floor_need, int):
-        needs.append(floor_need)
-    if config.gate.max_tail_se is not None:
-        tail_need = reference_models_for_tail_se(config.gate.max_tail_se)
-        if tail_need is not None:
-            needs.append(tail_need)
-    return max(needs)
+    """K for auditing the DP-retrained model: at least the report's K, and what the
+    policy's power rules need for this pool (noise floor below the lowest patient-level
+    limit, detectable AUC within ``max_detectable_auc``, ``min_reference_models``)."""
+    audit = report["audit"]
+    needed = reference_models_for_policy(
+        config.gate,
+        config.risk.at_risk_auc,
+        int(audit["records"]),
+        int(audit["patients"]),
+    )
+    return max(int(audit["reference_models"]), needed or 0)
 
 
 def recommend_for_report(

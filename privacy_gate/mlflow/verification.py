@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from privacy_gate.errors import ReportError
+from privacy_gate.report import outdated_schema_reason
 from privacy_gate.signing import verify_report
 
 __all__ = ["audit_refusals"]
@@ -51,6 +52,10 @@ def audit_refusals(
     except ReportError as exc:
         reasons.append(f"the audit signature is not valid: {exc}")
         return reasons  # nothing else in an unverified report can be trusted
+    outdated = outdated_schema_reason(report)
+    if outdated is not None:
+        reasons.append(outdated)
+        return reasons  # its figures and decision answer rules that no longer exist
     audit = report.get("audit", {})
     status = report.get("decision", {}).get("status")
     if require_pass and status != "pass":
