@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from privacy_gate.config import (
     AuditConfig,
     GateConfig,
+    NullChoice,
     RiskConfig,
+    VarianceEstimator,
     default_config,
     default_policy_text,
     load_config,
@@ -31,7 +33,10 @@ RISK_KEYS = sorted(
         "fpr",
         "tail_quantile",
         "min_group_size",
+        "null",
         "null_replicates",
+        "null_time_budget_s",
+        "variance",
         "seed",
         "rmia_offline_a",
         "rmia_gamma",
@@ -47,7 +52,8 @@ GATE_KEYS = sorted(
         "max_subgroup_relative_change",
         "subgroup_alpha",
         "min_reference_models",
-        "max_tail_se",
+        "max_detectable_auc",
+        "detection_power",
         "fdr",
     ]
 )
@@ -68,10 +74,14 @@ def test_dataclass_defaults() -> None:
     assert risk.fpr == (0.001, 0.01)
     assert risk.tail_quantile == 0.99
     assert risk.min_group_size == 20
+    assert risk.null is NullChoice.AUTO
+    assert risk.variance is VarianceEstimator.PLAIN
+    assert risk.rmia_offline_a is None  # tuned
     gate = GateConfig()
     assert gate.active_rules() == ()
     assert gate.fdr == 0.05
     assert gate.subgroup_alpha == 0.05
+    assert gate.detection_power == 0.8
 
 
 def test_default_policy_has_documented_values() -> None:
@@ -79,24 +89,25 @@ def test_default_policy_has_documented_values() -> None:
     assert config.subgroups == ()
     assert config.risk == RiskConfig()
     gate = config.gate
-    assert gate.min_reference_models == 32
+    assert gate.min_reference_models is None  # the power rules derive K from the pool
+    assert gate.max_detectable_auc == 0.999
+    assert gate.detection_power == 0.8
     assert gate.max_patient_auc == 0.95
     assert gate.max_patients_at_risk == 0
     assert gate.fdr == 0.05
     assert gate.max_aggregate_auc == 0.6
     assert gate.max_aggregate_tpr_at_fpr == ((0.001, 0.01),)
-    assert gate.max_subgroup_relative_change == 1.0
+    # No subgroup rule: the default names no subgroup columns, and the rule fails closed
+    # without them.
+    assert gate.max_subgroup_relative_change is None
     assert gate.subgroup_alpha == 0.05
-    assert gate.max_tail_se == 0.05
     assert gate.max_fraction_at_risk is None
     assert set(gate.active_rules()) == {
-        "min_reference_models",
+        "max_detectable_auc",
         "max_patient_auc",
         "max_patients_at_risk",
         "max_aggregate_auc",
         "max_aggregate_tpr_at_fpr",
-        "max_subgroup_relative_change",
-        "max_tail_se",
     }
 
 
@@ -194,8 +205,15 @@ BAD_RISK = [
     ("seed", "0"),
     ("rmia_offline_a", 1.5),
     ("rmia_offline_a", -0.1),
+    ("rmia_offline_a", "tuned"),
     ("rmia_gamma", 0.5),
+    ("rmia_gamma", 1.0),
     ("rmia_gamma", None),
+    ("null", "exact"),
+    ("null", True),
+    ("null_time_budget_s", 0),
+    ("null_time_budget_s", "60"),
+    ("variance", "moderated"),
 ]
 
 
@@ -233,9 +251,11 @@ BAD_GATE = [
     ("min_reference_models", 1),
     ("min_reference_models", 32.0),
     ("min_reference_models", False),
-    ("max_tail_se", 0),
-    ("max_tail_se", 0.6),
-    ("max_tail_se", True),
+    ("max_detectable_auc", 0.9),  # at risk.at_risk_auc: nothing to detect above it
+    ("max_detectable_auc", 1.01),
+    ("max_detectable_auc", True),
+    ("detection_power", 0.4),
+    ("detection_power", 1.0),
     ("subgroup_alpha", 0),
     ("subgroup_alpha", 0.6),
     ("subgroup_alpha", True),
@@ -259,6 +279,35 @@ def test_bad_gate_value_names_field_and_value(name: str, value: Any) -> None:
     assert repr(name) in message
     assert "gate" in message
     assert repr(value) in message
+
+
+def test_rmia_gamma_one_names_the_valid_range() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"risk": {"rmia_gamma": 1.0}, "gate": ONE_RULE})
+    message = str(info.value)
+    assert "(1.0, 1000000.0]" in message and "gamma > 1" in message
+
+
+def test_removed_max_tail_se_says_why_and_what_replaces_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"gate": {"max_patient_auc": 0.95, "max_tail_se": 0.05}})
+    message = str(info.value)
+    assert "'max_tail_se'" in message and "no longer supported" in message
+    assert "max_detectable_auc" in message
+
+
+def test_enum_and_auto_values_parse() -> None:
+    config = parse_config(
+        {
+            "risk": {"null": "analytic", "variance": "shrunk", "rmia_offline_a": "auto"},
+            "gate": ONE_RULE,
+        }
+    )
+    assert config.risk.null is NullChoice.ANALYTIC
+    assert config.risk.variance is VarianceEstimator.SHRUNK
+    assert config.risk.rmia_offline_a is None
+    assert config.to_dict()["risk"]["rmia_offline_a"] == "auto"
+    assert parse_config({"risk": {"rmia_offline_a": 0.3}, "gate": ONE_RULE}).risk.rmia_offline_a == 0.3
 
 
 def test_tpr_rule_keyed_by_an_fpr_not_in_risk_fpr() -> None:
@@ -340,7 +389,10 @@ def _full_config() -> AuditConfig:
                 "fpr": [0.05, 0.001, 0.01],
                 "tail_quantile": 0.95,
                 "min_group_size": 5,
+                "null": "permutation",
                 "null_replicates": 40,
+                "null_time_budget_s": 30,
+                "variance": "shrunk",
                 "seed": 7,
                 "rmia_offline_a": 0.5,
                 "rmia_gamma": 3.0,
@@ -354,7 +406,8 @@ def _full_config() -> AuditConfig:
                 "max_subgroup_relative_change": 2.5,
                 "subgroup_alpha": 0.01,
                 "min_reference_models": 16,
-                "max_tail_se": 0.04,
+                "max_detectable_auc": 0.99,
+                "detection_power": 0.9,
                 "fdr": 0.1,
             },
         }
@@ -394,7 +447,7 @@ def _config_dicts(draw: st.DrawFn) -> dict[str, Any]:
         "max_fraction_at_risk": draw(st.none() | st.floats(0.0, 1.0)),
         "max_aggregate_auc": draw(st.none() | st.floats(0.5, 1.0)),
         "min_reference_models": draw(st.none() | st.integers(2, 512)),
-        "max_tail_se": draw(st.none() | st.floats(1e-6, 0.5)),
+        "detection_power": draw(st.floats(0.5, 0.99)),
         "max_subgroup_relative_change": draw(st.none() | st.floats(0.0, 100.0)),
         "fdr": draw(st.floats(1e-4, 0.5)),
         "subgroup_alpha": draw(st.floats(1e-4, 0.5)),
@@ -403,10 +456,16 @@ def _config_dicts(draw: st.DrawFn) -> dict[str, Any]:
         ),
     }
     gate["min_reference_models"] = gate["min_reference_models"] or 8  # at least one rule
+    at_risk_auc = draw(st.floats(0.501, 0.999))
+    if draw(st.booleans()):
+        gate["max_detectable_auc"] = draw(st.floats(at_risk_auc, 1.0, exclude_min=True))
     return {
         "subgroups": draw(st.lists(st.sampled_from(["a", "b", "c"]), unique=True)),
         "risk": {
-            "at_risk_auc": draw(st.floats(0.501, 0.999)),
+            "at_risk_auc": at_risk_auc,
+            "null": draw(st.sampled_from(["auto", "permutation", "analytic"])),
+            "variance": draw(st.sampled_from(["plain", "shrunk"])),
+            "rmia_offline_a": draw(st.sampled_from(["auto", 0.0, 0.3, 1.0])),
             "fpr": fpr,
             "tail_quantile": draw(st.floats(0.5, 0.999)),
             "min_group_size": draw(st.integers(1, 100)),

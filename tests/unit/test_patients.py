@@ -11,7 +11,6 @@ from scipy import stats
 from privacy_gate.patients import (
     TAIL_COUNT_LEVELS,
     aggregate_patients,
-    at_risk_p_values,
     benjamini_hochberg_count,
     distribution_summary,
     survival_curve,
@@ -115,40 +114,7 @@ def test_patient_max_is_at_least_mean(case: tuple[np.ndarray, np.ndarray, int]) 
     np.testing.assert_array_equal(patient_index, index_copy)
 
 
-# --------------------------------------------------------------------------- at risk
-
-
-def test_at_risk_p_values_by_hand() -> None:
-    auc, se, patient_index = _pool(40, 120, seed=4)
-    threshold = 0.6
-    p = at_risk_p_values(auc, se, patient_index, 40, threshold)
-    groups = _by_patient(auc, patient_index)
-    for patient in range(40):
-        records = groups[patient]
-        smallest = min(stats.norm.sf((auc[i] - threshold) / se[i]) for i in records)
-        assert p[patient] == pytest.approx(min(1.0, smallest * len(records)), rel=1e-9, abs=1e-300)
-
-
-def test_at_risk_p_values_hand_numbers() -> None:
-    # Patient 0: records at z = 2 and z = 1 -> min p = sf(2) = 0.02275, two records -> 0.0455.
-    # Patient 1: one record at z = -1 -> sf(-1) = 0.8413.
-    # Patient 2: three records at z = 0 -> 0.5 * 3 capped at 1.
-    auc = np.array([0.9, 0.8, 0.6, 0.7, 0.7, 0.7])
-    se = np.array([0.1, 0.1, 0.1, 0.05, 0.02, 0.3])
-    patient_index = np.array([0, 0, 1, 2, 2, 2], dtype=np.intp)
-    p = at_risk_p_values(auc, se, patient_index, 3, 0.7)
-    assert p[0] == pytest.approx(2 * 0.022750131948179195, rel=1e-9)
-    assert p[1] == pytest.approx(0.8413447460685429, rel=1e-9)
-    assert p[2] == 1.0
-    # One-sided: a patient far below the threshold has p near 1, not near 0.
-    assert at_risk_p_values(np.array([0.5]), np.array([0.01]), np.array([0]), 1, 0.9)[0] > 0.99
-
-
-def test_at_risk_p_values_with_zero_se() -> None:
-    auc = np.array([0.95, 0.6])
-    se = np.array([0.0, 0.0])
-    p = at_risk_p_values(auc, se, np.array([0, 1], dtype=np.intp), 2, 0.8)
-    np.testing.assert_array_equal(p, [0.0, 1.0])
+# --------------------------------------------------------------------------- BH
 
 
 @pytest.mark.parametrize("seed", range(6))
