@@ -64,7 +64,11 @@ def _unbiased(sd: FloatArray, n: FloatArray) -> FloatArray:
 
 
 def _p_values(
-    diff: FloatArray, v_in: FloatArray, v_out: FloatArray, n_in: FloatArray, n_out: FloatArray,
+    diff: FloatArray,
+    v_in: FloatArray,
+    v_out: FloatArray,
+    n_in: FloatArray,
+    n_out: FloatArray,
     d0: float,
 ) -> FloatArray:
     """``max(pooled, Welch)`` noncentral-t p-values (all arrays broadcast together)."""

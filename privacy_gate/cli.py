@@ -591,7 +591,9 @@ def _check(args: argparse.Namespace) -> github.Outcome:
             report = load_report(args.report)
         except OutdatedReportError as exc:  # a stale audit fails the gate, as a missing one
             return _refused(
-                [str(exc)], quiet=args.quiet, report_path=str(args.report),
+                [str(exc)],
+                quiet=args.quiet,
+                report_path=str(args.report),
                 source=f"report {args.report}",
             )
         signature = None

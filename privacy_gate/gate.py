@@ -349,9 +349,7 @@ def _untestable_reason(
     return None
 
 
-def _subgroups(
-    gate: GateConfig, subgroups: Mapping[str, Any], min_size: Any
-) -> list[Violation]:
+def _subgroups(gate: GateConfig, subgroups: Mapping[str, Any], min_size: Any) -> list[Violation]:
     if gate.max_subgroup_relative_change is None:
         return []
     limit = gate.max_subgroup_relative_change

@@ -49,6 +49,7 @@ from privacy_gate.render.markdown import (
     is_significant,
     is_suppressed,
     min_group_size,
+    subgroup_alpha,
     subgroup_rows,
 )
 from privacy_gate.render.markdown import (
@@ -394,8 +395,9 @@ def _subgroups(report: Mapping[str, Any]) -> list[str]:
         return ["### Subgroups", "No subgroup columns were analysed."]
     minimum = min_group_size(report)
     n_tests = len(_tested_rows(report))
+    alpha = subgroup_alpha(report)
     suppressed = (
-        f"suppressed (< {minimum} records)" if minimum is not None else "suppressed (too small)"
+        f"suppressed (< {minimum} patients)" if minimum is not None else "suppressed (too small)"
     )
     cells: list[tuple[str, ...]] = []
     for r in rows:
@@ -404,9 +406,11 @@ def _subgroups(report: Mapping[str, Any]) -> list[str]:
             cells.append((*name, "—", "—", "—", "—", "—", "—", suppressed))
             continue
         if r.status == "tested":
-            status = "**significant**" if is_significant(r, n_tests) else "tested"
+            status = "**significant**" if is_significant(r, n_tests, alpha) else "tested"
         elif r.status == "missing":
             status = "missing values (not tested)"
+        elif r.status == "several_values":
+            status = "patients with several values (not tested)"
         else:
             status = escape_markdown(r.status)
         cells.append(
@@ -424,7 +428,7 @@ def _subgroups(report: Mapping[str, Any]) -> list[str]:
     header = (
         "Column",
         "Value",
-        "Records",
+        "Patients",
         "In tail",
         "Expected",
         "Relative change",
@@ -433,9 +437,10 @@ def _subgroups(report: Mapping[str, Any]) -> list[str]:
         "Status",
     )
     note = (
-        "Records of each group in the exposed tail against the number expected from its "
-        f"share of the pool; significant: p × {n_tests} tested groups below 0.05 "
-        "(Bonferroni). Small groups are suppressed: their counts can single out patients."
+        "Patients of each group in the exposed patient tail against the number expected from "
+        f"its share of the tested patients; significant: p × {n_tests} tested groups below the "
+        f"policy's subgroup_alpha {alpha:g} (Bonferroni). Small groups are suppressed: their "
+        "counts can single out patients."
     )
     numeric = (False, False, True, True, True, True, True, True, False)
     return ["### Subgroups", note, _table(header, cells, numeric)]

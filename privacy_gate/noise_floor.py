@@ -207,8 +207,6 @@ def reference_models_needed(
     return None
 
 
-
-
 AucOfMoments = Callable[[RecordMoments], FloatArray]
 """The record-AUC estimator the audit uses, applied to null moments alike."""
 
@@ -217,7 +215,9 @@ def _plain_auc(m: RecordMoments) -> FloatArray:
     return binormal_auc(m.mu_in, m.sd_in, m.mu_out, m.sd_out)
 
 
-def _patient_max(auc: FloatArray, order: NDArray[np.intp] | None, starts: NDArray[np.intp]) -> FloatArray:
+def _patient_max(
+    auc: FloatArray, order: NDArray[np.intp] | None, starts: NDArray[np.intp]
+) -> FloatArray:
     """Per-patient maximum of record AUCs (records sorted by patient once, by the caller)."""
     if order is None:
         return auc
@@ -361,9 +361,7 @@ def compute_noise_floor(
             )
         method, reason = NullMethod.ANALYTIC, "risk.null is 'analytic' (exact: balanced counts)"
     else:
-        permuter = _Permuter(
-            scores, masks, patient_index, n_patients, seed, record_rank, auc_of
-        )
+        permuter = _Permuter(scores, masks, patient_index, n_patients, seed, record_rank, auc_of)
         while done < replicates:
             maximum, count = permuter.replicate(at_risk_auc)
             maxima.append(maximum)

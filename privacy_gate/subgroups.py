@@ -221,7 +221,10 @@ def _count(
     max_auc = np.full(len(names), 0.5)
     np.maximum.at(max_auc, inverse, patient_auc)
     tested = np.array(
-        [str(n) not in _NOT_TESTED and s >= min_group_size for n, s in zip(names, sizes, strict=True)],
+        [
+            str(n) not in _NOT_TESTED and s >= min_group_size
+            for n, s in zip(names, sizes, strict=True)
+        ],
         dtype=bool,
     )
     return _Column(names, sizes, observed, max_auc, tested)

@@ -8,9 +8,14 @@ Metric keys (all under ``privacy_gate/``; ``<column>`` and ``<value>`` escaped b
 
 - ``patient_auc/<stat>``, ``patient_auc_mean/<stat>``, ``record_auc/<stat>`` (max, mean,
   median, q90, q99), ``patients_at_risk``, ``patients_at_risk_raw``,
-  ``fraction_at_risk``, ``tail_se``, ``tail_count/<auc>``;
+  ``fraction_at_risk``, ``tail_count/<auc>``;
 - ``noise_floor/max_patient_auc_q95``, ``noise_floor/expected_at_risk``,
   ``noise_floor/reference_models_needed``;
+- ``power/detectable_auc`` (the smallest record AUC the at-risk test finds with the
+  policy's power at this K), ``power/reference_models_needed`` (what the policy's power
+  rules need);
+- ``subgroup_tail/patients``, ``subgroup_tail/threshold`` (the patient tail the subgroup
+  tests use);
 - ``aggregate/auc`` (the strongest attack), ``aggregate/tpr_at_fpr/<fpr>`` (the highest
   over the attacks, as the gate reads it), ``attack/<name>/auc``,
   ``attack/<name>/tpr_at_fpr/<fpr>``;
@@ -71,8 +76,10 @@ KEYS_MAP_FILE = "metric_keys_map.json"
 """Artifact mapping each shortened metric key to its full key (only when one was)."""
 
 _DISTRIBUTIONS = ("patient_auc", "patient_auc_mean", "record_auc")
-_SCALARS = ("patients_at_risk", "patients_at_risk_raw", "fraction_at_risk", "tail_se")
+_SCALARS = ("patients_at_risk", "patients_at_risk_raw", "fraction_at_risk")
 _NOISE_FLOOR = ("max_patient_auc_q95", "expected_at_risk", "reference_models_needed")
+_POWER = ("detectable_auc", "reference_models_needed")
+_TAIL = ("patients", "threshold")
 _GROUP_STATISTICS = (
     "relative_change",
     "pearson_residual",
@@ -125,6 +132,12 @@ def _report_metrics(report: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...]
     floor = _section(summary, "noise_floor")
     for name in _NOISE_FLOOR:
         yield ("noise_floor", name), floor.get(name)
+    power = _section(summary, "power")
+    for name in _POWER:
+        yield ("power", name), power.get(name)
+    tail = _section(summary, "tail")
+    for name in _TAIL:
+        yield ("subgroup_tail", name), tail.get(name)
 
     aggregate = _section(report, "aggregate")
     attacks = _section(aggregate, "attacks")
@@ -170,7 +183,7 @@ def _report_metrics(report: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...]
 def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
     """The report's figures by full metric key (before `shorten_key`); None skipped.
 
-    >>> report_metrics({"summary": {"tail_counts": {"0.9": 3}, "tail_se": None}})
+    >>> report_metrics({"summary": {"tail_counts": {"0.9": 3}, "power": {"detectable_auc": None}}})
     {'privacy_gate/tail_count/0.9': 3.0}
     """
     metrics: dict[str, float] = {}

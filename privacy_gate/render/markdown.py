@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from privacy_gate.config import GateConfig
 from privacy_gate.render.recommendation import recommendation, recommendation_rows
 
 __all__ = ["render_markdown"]
@@ -22,8 +23,6 @@ __all__ = ["render_markdown"]
 CITATION = 'Knolle et al., "Disparate privacy risks from medical AI", Nature 656 (2026).'
 """The study whose method the audit follows; cited in every rendering."""
 
-SIGNIFICANCE_LEVEL = 0.05
-"""Family-wise level for the per-group subgroup tests (Bonferroni over tested groups)."""
 
 FIGURE_ORDER = ("patient_auc_survival", "patient_auc_histogram", "attack_roc", "subgroups")
 """Names :func:`~privacy_gate.render.render_plots` writes, in reading order."""
@@ -84,8 +83,20 @@ class GroupRow:
     expected: float | None
     relative_change: float | None
     p_value: float | None
+    p_value_adjusted: float | None
     tail_rate: float | None
     max_patient_auc: float | None
+
+
+def subgroup_alpha(report: Mapping[str, Any]) -> float:
+    """The gate's family-wise level for subgroup tests, as the audit's policy set it.
+
+    Reports without a policy (error reports) fall back to the policy default, so a
+    rendering never calls a group significant at a level the gate did not use.
+    """
+    gate = as_mapping(as_mapping(as_mapping(report.get("audit")).get("config")).get("gate"))
+    alpha = as_float(gate.get("subgroup_alpha"))
+    return GateConfig().subgroup_alpha if alpha is None else alpha
 
 
 def min_group_size(report: Mapping[str, Any]) -> int | None:
@@ -110,6 +121,7 @@ def subgroup_rows(report: Mapping[str, Any]) -> list[GroupRow]:
                     expected=as_float(g.get("expected")),
                     relative_change=as_float(g.get("relative_change")),
                     p_value=as_float(g.get("p_value")),
+                    p_value_adjusted=as_float(g.get("p_value_adjusted")),
                     tail_rate=as_float(g.get("tail_rate")),
                     max_patient_auc=as_float(g.get("max_patient_auc")),
                 )
@@ -135,9 +147,14 @@ def tested_rows(report: Mapping[str, Any]) -> list[GroupRow]:
     ]
 
 
-def is_significant(row: GroupRow, n_tests: int) -> bool:
-    """Bonferroni over all tested groups of all columns: ``p * n_tests < 0.05``."""
-    return row.p_value is not None and row.p_value * max(n_tests, 1) < SIGNIFICANCE_LEVEL
+def is_significant(row: GroupRow, n_tests: int, alpha: float) -> bool:
+    """Bonferroni over all tested groups of all columns: ``p * n_tests < alpha``.
+
+    The adjusted p-value the audit stored is used when present (the gate decides on it).
+    """
+    if row.p_value_adjusted is not None:
+        return row.p_value_adjusted < alpha
+    return row.p_value is not None and row.p_value * max(n_tests, 1) < alpha
 
 
 # ------------------------------------------------------------------------ formatting
@@ -379,6 +396,9 @@ def _key_figures(report: Mapping[str, Any]) -> list[Block]:
     method = as_str(floor.get("method"), "n/a")
     replicates = as_int(floor.get("replicates"))
     method_note = f"{method}, {replicates:,} replicates" if replicates is not None else method
+    reason = as_str(floor.get("reason"))
+    if reason:
+        method_note = f"{method_note}; {reason}"
     rows: list[tuple[Span, ...]] = [
         ("Reference models (K)", fmt_int(as_int(audit.get("reference_models")))),
         ("Records", fmt_int(as_int(audit.get("records")))),
@@ -413,8 +433,22 @@ def _key_figures(report: Mapping[str, Any]) -> list[Block]:
             fmt_int(as_int(floor.get("reference_models_needed"))),
         ),
     ]
-    if as_float(summary.get("tail_se")) is not None:
-        rows.append(("Standard error in the tail", fmt_float(as_float(summary.get("tail_se")))))
+    power = as_mapping(summary.get("power"))
+    if power:
+        level = as_float(power.get("power"))
+        rows.append(
+            (
+                f"Smallest record AUC the at-risk test finds with "
+                f"{fmt_percent(level, digits=0)} power at this K",
+                fmt_auc(as_float(power.get("detectable_auc"))),
+            )
+        )
+        rows.append(
+            (
+                "Reference models the policy's power rules need",
+                fmt_int(as_int(power.get("reference_models_needed"))),
+            )
+        )
     aggregate = as_mapping(report.get("aggregate"))
     strongest = as_str(aggregate.get("strongest"))
     attack = as_mapping(as_mapping(aggregate.get("attacks")).get(strongest))
@@ -505,19 +539,21 @@ def _tail(report: Mapping[str, Any]) -> list[Block]:
         blocks.append(
             Paragraph(
                 (
-                    f"Record tail for the subgroup analysis: the "
-                    f"{fmt_records(as_int(tail.get('records')))} with record AUC above "
-                    f"{fmt_auc(as_float(tail.get('threshold')))} (the "
-                    f"{fmt_percent(as_float(tail.get('quantile')), digits=1)} quantile).",
+                    "Patient tail for the subgroup analysis: the "
+                    f"{fmt_patients(as_int(tail.get('patients')))} with patient AUC at least "
+                    f"{fmt_auc(as_float(tail.get('threshold')))} (top "
+                    f"{fmt_int(as_int(tail.get('target')))} above the "
+                    f"{fmt_percent(as_float(tail.get('quantile')), digits=1)} quantile, "
+                    "ties at the boundary included).",
                 )
             )
         )
     return blocks
 
 
-def fmt_records(n: int | None) -> str:
-    """``"1 record"``, ``"12 records"``."""
-    return f"{fmt_int(n)} record{'' if n == 1 else 's'}"
+def fmt_patients(n: int | None) -> str:
+    """``"1 patient"``, ``"12 patients"``."""
+    return f"{fmt_int(n)} patient{'' if n == 1 else 's'}"
 
 
 def _subgroups(report: Mapping[str, Any]) -> list[Block]:
@@ -527,18 +563,20 @@ def _subgroups(report: Mapping[str, Any]) -> list[Block]:
     minimum = min_group_size(report)
     rows_all = subgroup_rows(report)
     n_tests = len(tested_rows(report))
+    alpha = subgroup_alpha(report)
     suppressed_text = (
-        f"suppressed (< {minimum} records)" if minimum is not None else "suppressed (too small)"
+        f"suppressed (< {minimum} patients)" if minimum is not None else "suppressed (too small)"
     )
     blocks: list[Block] = [
         Heading("Subgroups", 2),
         Paragraph(
             (
-                "Observed against expected records of each group in the exposed record tail. "
-                f"A group is significant when its p-value × {n_tests} tested groups is below "
-                f"{SIGNIFICANCE_LEVEL:g} (Bonferroni). Groups below the minimum size are not "
-                "tested and their figures are suppressed, since small counts can single out "
-                "patients.",
+                "Observed against expected patients of each group in the exposed patient "
+                "tail; each patient counts once. A group is significant when its p-value × "
+                f"{n_tests} tested groups is below the policy's subgroup_alpha {alpha:g} "
+                "(Bonferroni). Groups with fewer patients than the minimum are not tested and "
+                "their figures are suppressed, since small counts can single out patients. "
+                "Patients whose records disagree on the value are left out of the column.",
             )
         ),
     ]
@@ -573,9 +611,12 @@ def _subgroups(report: Mapping[str, Any]) -> list[Block]:
                 rows.append((r.value, "—", "—", "—", "—", "—", "—", suppressed_text))
                 continue
             if r.status == "tested":
-                status = "tested, significant" if is_significant(r, n_tests) else "tested"
+                significant = is_significant(r, n_tests, alpha)
+                status = "tested, significant" if significant else "tested"
             elif r.status == "missing":
                 status = "missing values (not tested)"
+            elif r.status == "several_values":
+                status = "patients with several values (not tested)"
             else:
                 status = r.status
             rows.append(
@@ -667,7 +708,7 @@ def _caveats(report: Mapping[str, Any]) -> list[Block]:
     minimum = min_group_size(report)
     suppressed = [r for r in subgroup_rows(report) if is_suppressed(r, minimum)]
     small = (
-        f"Small groups: groups with fewer than {fmt_records(minimum)} are not tested and "
+        f"Small groups: groups with fewer than {fmt_patients(minimum)} are not tested and "
         "their figures are suppressed. "
         if minimum is not None
         else "Small groups are not tested and their figures are suppressed. "

@@ -23,6 +23,7 @@ from privacy_gate.render.markdown import (
     as_mapping,
     as_str,
     is_significant,
+    subgroup_alpha,
     tested_rows,
 )
 
@@ -225,7 +226,8 @@ def _subgroups(report: Mapping[str, Any], path: Path) -> Path | None:
         return None
     labels = [_plain(_short(f"{r.column} = {r.value}")) for r in rows]
     values = np.array([r.relative_change for r in rows], dtype=np.float64) * 100.0
-    significant = [is_significant(r, n_tests) for r in rows]
+    alpha = subgroup_alpha(report)
+    significant = [is_significant(r, n_tests, alpha) for r in rows]
     colors = [_SIGNIFICANT_COLOR if s else _OTHER_COLOR for s in significant]
     figure = _new_figure(7.0, 1.8 + 0.32 * len(rows))
     axes = figure.add_subplot()
@@ -235,13 +237,13 @@ def _subgroups(report: Mapping[str, Any], path: Path) -> Path | None:
     axes.axvline(0.0, color="black", linewidth=0.8)
     axes.legend(
         handles=[
-            Patch(color=_SIGNIFICANT_COLOR, label=f"significant (p × {n_tests} < 0.05)"),
+            Patch(color=_SIGNIFICANT_COLOR, label=f"significant (p × {n_tests} < {alpha:g})"),
             Patch(color=_OTHER_COLOR, label="not significant"),
         ],
         loc="best",
         fontsize="small",
     )
-    axes.set_xlabel("relative change of tail records, (O − E) / E, in %")
+    axes.set_xlabel("relative change of tail patients, (O − E) / E, in %")
     axes.set_title("Subgroups in the exposed tail")
     axes.grid(True, axis="x", alpha=0.3)
     return _save(figure, path)

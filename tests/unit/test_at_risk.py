@@ -177,12 +177,16 @@ def test_power_formula_against_the_one_dimensional_form_at_balanced_counts() -> 
     def integrand(b: float) -> float:
         df = (h - 1) / (b**2 + (1 - b) ** 2)
         crit = stats.nct.isf(alpha, df, lam0)
-        return float(stats.nct.sf(crit, 2 * h - 2, lam) * stats.beta.pdf(b, (h - 1) / 2, (h - 1) / 2))
+        return float(
+            stats.nct.sf(crit, 2 * h - 2, lam) * stats.beta.pdf(b, (h - 1) / 2, (h - 1) / 2)
+        )
 
     from scipy import integrate
 
     expected = integrate.quad(integrand, 0.0, 1.0, limit=200)[0]
-    assert float(detection_power(true_auc, at_risk, h, h, alpha)) == pytest.approx(expected, abs=2e-4)
+    assert float(detection_power(true_auc, at_risk, h, h, alpha)) == pytest.approx(
+        expected, abs=2e-4
+    )
 
 
 def test_detectable_auc_is_where_the_power_curve_crosses() -> None:

@@ -20,6 +20,7 @@ from privacy_gate.attacks import (
     roc_curve,
     run_attacks,
     tpr_at_fpr,
+    tune_rmia_offline_a,
 )
 from privacy_gate.record_stats import RecordMoments, record_moments
 
@@ -82,6 +83,7 @@ def _run(world: World, *, single_label: bool) -> AggregateResult:
         world.masks,
         fprs=FPRS,
         single_label=single_label,
+        offline_a=0.3,
     )
 
 
@@ -102,8 +104,13 @@ def _rmia_brute_force(
     prior = []
     for j in range(n_records):
         p = [float(_sigmoid(np.array(scores[k, j]))) for k in range(n_models)]
-        if offline_a is None:
-            prior.append(sum(p) / len(p))
+        if offline_a is None:  # balanced mixture of the IN and OUT means (DESIGN.md)
+            p_in = [p[k] for k in range(n_models) if masks[k, j]]
+            p_out = [p[k] for k in range(n_models) if not masks[k, j]]
+            if p_in and p_out:
+                prior.append((sum(p_in) / len(p_in) + sum(p_out) / len(p_out)) / 2)
+            else:
+                prior.append(sum(p) / len(p))
         else:
             out = [p[k] for k in range(n_models) if not masks[k, j]]
             mean_out = sum(out) / len(out)
@@ -437,3 +444,62 @@ def test_attack_contract(attack: Attack) -> None:
     # And run_attacks reports the same AUC for it.
     result = _run(world, single_label=True)
     assert result.attacks[attack].auc == roc_auc(score, world.is_member)
+
+
+# --------------------------------------------------------------------------- RMIA's a
+
+
+def _tuned_a_brute_force(scores: np.ndarray, masks: np.ndarray, gamma: float) -> float:
+    """DESIGN.md's tuning, written out: model 0 is the target, models 1.. give the prior,
+    the grid's a with the highest sklearn AUC wins, the smallest on ties."""
+    target, members = scores[0], masks[0]
+    best_a, best_auc = None, -1.0
+    for a in np.round(np.arange(0.0, 1.0001, 0.05), 10):
+        score = _rmia_brute_force(target, scores[1:], masks[1:], ~members, gamma, float(a))
+        auc = metrics.roc_auc_score(members, score)
+        if auc > best_auc + 1e-12:
+            best_a, best_auc = float(a), auc
+    assert best_a is not None
+    return best_a
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_offline_a_is_tuned_on_reference_model_zero(seed: int) -> None:
+    world = _world(120, 8, effect=1.5, seed=seed)
+    tuned = tune_rmia_offline_a(world.scores, world.masks, gamma=2.0)
+    assert tuned == pytest.approx(_tuned_a_brute_force(world.scores, world.masks, 2.0))
+
+
+def test_run_attacks_reports_the_tuned_a_and_uses_it() -> None:
+    world = _world(400, 8, effect=1.0, seed=7)
+    tuned = run_attacks(
+        world.target,
+        world.is_member,
+        world.moments,
+        world.scores,
+        world.masks,
+        fprs=FPRS,
+        single_label=True,
+    )
+    a = tune_rmia_offline_a(world.scores, world.masks, gamma=2.0)
+    assert (tuned.rmia_offline_a, tuned.rmia_offline_a_source) == (a, "tuned")
+    given = run_attacks(
+        world.target,
+        world.is_member,
+        world.moments,
+        world.scores,
+        world.masks,
+        fprs=FPRS,
+        single_label=True,
+        offline_a=a,
+    )
+    assert given.rmia_offline_a_source == "given"
+    assert tuned.attacks[Attack.RMIA_OFFLINE].auc == given.attacks[Attack.RMIA_OFFLINE].auc
+
+
+def test_offline_a_tuning_needs_three_models_and_both_labels() -> None:
+    world = _world(50, 8, effect=1.0, seed=1)
+    assert tune_rmia_offline_a(world.scores[:2], world.masks[:2], gamma=2.0) is None
+    masks = world.masks.copy()
+    masks[0] = True
+    assert tune_rmia_offline_a(world.scores, masks, gamma=2.0) is None

@@ -307,7 +307,9 @@ def test_enum_and_auto_values_parse() -> None:
     assert config.risk.variance is VarianceEstimator.SHRUNK
     assert config.risk.rmia_offline_a is None
     assert config.to_dict()["risk"]["rmia_offline_a"] == "auto"
-    assert parse_config({"risk": {"rmia_offline_a": 0.3}, "gate": ONE_RULE}).risk.rmia_offline_a == 0.3
+    assert (
+        parse_config({"risk": {"rmia_offline_a": 0.3}, "gate": ONE_RULE}).risk.rmia_offline_a == 0.3
+    )
 
 
 def test_tpr_rule_keyed_by_an_fpr_not_in_risk_fpr() -> None:
