@@ -80,8 +80,8 @@ def _audit(policy: dict[str, Any], *, raw: bool = False) -> dict[str, Any]:
         target_members=members,
         task="binary",
     )
-    site = ["A" if i % 3 else "B" for i in range(N)]
-    site[-5:] = ["RARE"] * 5  # below min_group_size: suppressed
+    site = ["A" if (i // 2) % 3 else "B" for i in range(N)]  # one value per patient
+    site[-6:] = ["RARE"] * 6  # three patients, below min_group_size: suppressed
     records = records_from_columns(
         [f"rec-{i}" for i in range(N)],
         [f"{PATIENT_PREFIX}-{i // 2}" for i in range(N)],
@@ -277,7 +277,7 @@ def test_summary_subgroup_table(failing: dict[str, Any]) -> None:
         assert cells[4] == f"{group['expected']:.1f}"
         assert cells[7] == f"{group['max_patient_auc']:.3f}"
     rare = _row(md, "site | RARE")
-    assert "suppressed (< 20 records)" in rare
+    assert "suppressed (< 20 patients)" in rare
     assert re.search(r"\d", rare.split("|", 3)[3].replace("20", "")) is None  # no counts
 
 

@@ -55,7 +55,7 @@ def _report(*, aggregate: bool) -> dict[str, Any]:
     counts = np.maximum(0, (400 * np.exp(-10 * (edges[:-1] - 0.5))).astype(int))
     counts[-3:] = [1, 0, 0]
     report: dict[str, Any] = {
-        "schema_version": "1.0",
+        "schema_version": "2.0",
         "audit": {
             "package_version": "0.1.0",
             "created_at": "2026-03-01T12:00:00+00:00",
@@ -71,7 +71,11 @@ def _report(*, aggregate: bool) -> dict[str, Any]:
                     "tail_quantile": 0.99,
                     "min_group_size": 20,
                 },
-                "gate": {"max_patient_auc": 0.9, "max_aggregate_auc": None},
+                "gate": {
+                    "max_patient_auc": 0.9,
+                    "max_aggregate_auc": None,
+                    "subgroup_alpha": 0.05,
+                },
             },
             "policy_sha256": "ef" * 32,
             "pseudonyms": "hmac-sha256",
@@ -92,10 +96,19 @@ def _report(*, aggregate: bool) -> dict[str, Any]:
             "fraction_at_risk": 1 / 900,
             "at_risk_auc": 0.9,
             "fdr": 0.05,
-            "tail_se": 0.041,
-            "tail": {"quantile": 0.99, "threshold": 0.851, "records": 20},
+            "tail": {"quantile": 0.99, "target": 9, "patients": 11, "threshold": 0.851},
+            "power": {
+                "alpha": 5.6e-5,
+                "power": 0.8,
+                "detectable_auc": 0.9912,
+                "n_in": 8,
+                "n_out": 8,
+                "count_pairs": [[8, 8, 2000]],
+                "reference_models_needed": 52,
+            },
             "noise_floor": {
                 "method": "permutation",
+                "reason": "200 replicates within the time budget of 120 s",
                 "replicates": 200,
                 "max_patient_auc_q95": 0.947,
                 "expected_at_risk": 2.3,
@@ -376,9 +389,39 @@ def test_markdown_marks_significant_groups() -> None:
     assert "significant" not in sex_f
 
 
+def test_significance_follows_the_policys_subgroup_alpha() -> None:
+    # p = 2.1e-5 over 5 tested groups: Bonferroni 1.05e-4, significant at 0.05, not at 1e-5.
+    strict = _report(aggregate=False)
+    strict["audit"]["config"]["gate"]["subgroup_alpha"] = 1e-5
+    for text in (render_markdown(strict), render_html(strict)):
+        rare = next(
+            line
+            for line in text.splitlines()
+            if "rare | sub-type" in line
+            or "rare \\| sub-type" in line
+            or "rare &#124; sub-type" in line
+        )
+        assert "significant" not in rare
+    assert "subgroup\\_alpha 1e-05" in render_markdown(strict)
+    # The adjusted p-value the audit stored decides when present (the gate uses it).
+    stored = _report(aggregate=False)
+    stored["subgroups"]["diagnosis"]["groups"]["rare | sub-type"]["p_value_adjusted"] = 0.2
+    rare = next(line for line in render_markdown(stored).splitlines() if line.startswith("| rare"))
+    assert "significant" not in rare
+
+
+def test_key_figures_state_power_and_the_null_used() -> None:
+    markdown = render_markdown(_report(aggregate=False))
+    assert "finds with 80% power at this K | 0.991 |" in markdown
+    assert "power rules need | 52 |" in markdown
+    assert "permutation, 200 replicates; 200 replicates within the time budget of 120 s" in markdown
+    assert "Standard error in the tail" not in markdown
+    assert "11 patients with patient AUC at least 0.851" in markdown
+
+
 def test_too_small_groups_are_suppressed(report: dict[str, Any]) -> None:
     for text in (render_markdown(report), render_html(report)):
-        assert "suppressed (&lt; 20 records)" in text or "suppressed (\\< 20 records)" in text
+        assert "suppressed (&lt; 20 patients)" in text or "suppressed (\\< 20 patients)" in text
         row = next(line for line in text.splitlines() if "ultra-rare" in line)
         for number in ("13", "7", "0.4321", "0.432", "0.988", "0.9876", "53.8", "1520"):
             assert number not in row.split("ultra-rare", 1)[1].split("suppressed")[0], number

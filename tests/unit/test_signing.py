@@ -150,7 +150,9 @@ def _set(path: tuple[Any, ...], value: Any) -> Any:
 
 TAMPERING = {
     "status": _set(("decision", "status"), "pass"),
-    "a number": _set(("summary", "patients_at_risk"), 0),
+    "a number": lambda r: r["summary"].update(
+        patients_at_risk=r["summary"]["patients_at_risk"] + 1
+    ),
     "a float by one ulp": lambda r: r["summary"]["patient_auc"].update(
         max=float(np.nextafter(r["summary"]["patient_auc"]["max"], 0.0))
     ),
