@@ -14,7 +14,8 @@ distribution keeps every record's IN/OUT counts and removes any membership effec
   ``c = sqrt((1/n_in + 1/n_out) / ((n_in - 1)/n_in + (n_out - 1)/n_out))``; records are
   independent, so the null maximum has CDF ``prod_i F_i``. With unbalanced counts the
   denominator is not a pooled variance and the t law is only approximate, so the
-  analytic null is never used there.
+  analytic null is never used there, nor with ``risk.variance: shrunk`` (the t law is
+  that of the plain estimator).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from scipy import special, stats
 
 from privacy_gate.config import NullChoice
 from privacy_gate.errors import InputError
-from privacy_gate.record_stats import SD_FLOOR, RecordMoments, binormal_auc
+from privacy_gate.record_stats import SD_FLOOR, RecordMoments, binormal_auc, plain_auc
 
 __all__ = [
     "MIN_REPLICATES",
@@ -211,10 +212,6 @@ AucOfMoments = Callable[[RecordMoments], FloatArray]
 """The record-AUC estimator the audit uses, applied to null moments alike."""
 
 
-def _plain_auc(m: RecordMoments) -> FloatArray:
-    return binormal_auc(m.mu_in, m.sd_in, m.mu_out, m.sd_out)
-
-
 def _patient_max(
     auc: FloatArray, order: NDArray[np.intp] | None, starts: NDArray[np.intp]
 ) -> FloatArray:
@@ -318,7 +315,7 @@ def compute_noise_floor(
     choice: NullChoice = NullChoice.AUTO,
     time_budget_s: float = 120.0,
     record_rank: NDArray[np.intp] | None = None,
-    auc_of: AucOfMoments = _plain_auc,
+    auc_of: AucOfMoments = plain_auc,
     clock: Callable[[], float] = time.perf_counter,
 ) -> NoiseFloor:
     """The noise floor of an audit.
@@ -347,10 +344,18 @@ def compute_noise_floor(
     n_in = masks.sum(axis=0, dtype=np.int64)
     n_out = n_models - n_in
     balanced = bool(np.array_equal(n_in, n_out))
+    # The Student-t law is that of the plain estimator; shrunk variances have no closed form.
+    exact = balanced and auc_of is plain_auc
     method, reason, done = NullMethod.PERMUTATION, "", 0
     maxima: list[float] = []
     counts: list[int] = []
     if choice is NullChoice.ANALYTIC:
+        if auc_of is not plain_auc:
+            raise InputError(
+                "The 'null' parameter of risk is 'analytic', but risk.variance is 'shrunk': "
+                "the analytic (Student-t) null is the law of the plain estimator only. "
+                "HINT: set risk.null to 'auto' or 'permutation', or risk.variance to 'plain'."
+            )
         if not balanced:
             unbalanced = int(np.count_nonzero(n_in != n_out))
             raise InputError(
@@ -369,7 +374,7 @@ def compute_noise_floor(
             done += 1
             spent = clock() - started
             projected = spent / done * replicates
-            if choice is NullChoice.AUTO and balanced and projected > time_budget_s:
+            if choice is NullChoice.AUTO and exact and projected > time_budget_s:
                 method = NullMethod.ANALYTIC
                 reason = (
                     f"permutation would take about {projected:.0f} s for {replicates} "

@@ -21,6 +21,7 @@ from privacy_gate.at_risk import audit_power, count_pairs, patient_p_values, rec
 from privacy_gate.attacks import AggregateResult, run_attacks
 from privacy_gate.config import (
     AuditConfig,
+    VarianceEstimator,
     default_config,
     load_config,
     parse_config,
@@ -51,6 +52,7 @@ from privacy_gate.report import (
 )
 from privacy_gate.signals import Signals, Task, load_signals
 from privacy_gate.subgroups import GroupStatus, SubgroupResult, analyse_subgroups, patient_values
+from privacy_gate.variance import auc_estimator, shrink_moments
 
 __all__ = ["AuditResult", "audit", "check", "check_report", "score", "write_outputs"]
 
@@ -144,7 +146,10 @@ def audit(
     pseudonymizer = pseudonymizer or Pseudonymizer.from_environment()
     _check_alignment(signals, records, config)
     risk, gate = config.risk, config.gate
-    stats = compute_record_stats(signals.scores, signals.masks, risk.fpr)
+    shrunk = risk.variance is VarianceEstimator.SHRUNK
+    stats = compute_record_stats(
+        signals.scores, signals.masks, risk.fpr, estimate=shrink_moments if shrunk else None
+    )
     patient_index, patient_ids = records.patient_index()
     n_patients = len(patient_ids)
     patients = aggregate_patients(stats.auc, stats.auc_se, patient_index, n_patients)
@@ -164,6 +169,7 @@ def audit(
         choice=risk.null,
         time_budget_s=risk.null_time_budget_s,
         record_rank=records.id_rank(),
+        auc_of=auc_estimator(shrunk),
     )
     pairs = count_pairs(stats.moments.n_in, stats.moments.n_out)
     power = audit_power(

@@ -28,6 +28,7 @@ __all__ = [
     "compute_record_stats",
     "gdp_mu",
     "hanley_mcneil_se",
+    "plain_auc",
     "record_moments",
 ]
 
@@ -259,8 +260,17 @@ def gdp_mu(auc: FloatArray) -> FloatArray:
     return np.asarray(np.sqrt(2.0) * special.ndtri(auc), dtype=np.float64)
 
 
+def plain_auc(m: RecordMoments) -> FloatArray:
+    """The record AUC from the plain sample moments."""
+    return binormal_auc(m.mu_in, m.sd_in, m.mu_out, m.sd_out)
+
+
 def compute_record_stats(
-    scores: NDArray[np.floating[Any]], masks: NDArray[np.bool_], fpr: tuple[float, ...] | FloatArray
+    scores: NDArray[np.floating[Any]],
+    masks: NDArray[np.bool_],
+    fpr: tuple[float, ...] | FloatArray,
+    *,
+    estimate: Callable[[RecordMoments], RecordMoments] | None = None,
 ) -> RecordStats:
     """All per-record figures from reference-model signals.
 
@@ -268,15 +278,18 @@ def compute_record_stats(
         scores: ``(n_reference_models, n_records)``.
         masks: ``(n_reference_models, n_records)``.
         fpr: the FPRs at which to report the record's TPR.
+        estimate: the moments the AUC and TPR are computed from (e.g. shrunk variances,
+            `privacy_gate.variance`); ``moments`` keeps the plain ones either way.
     """
     moments = record_moments(scores, masks)
-    auc = binormal_auc(moments.mu_in, moments.sd_in, moments.mu_out, moments.sd_out)
+    used = moments if estimate is None else estimate(moments)
+    auc = plain_auc(used)
     fpr_array = np.asarray(fpr, dtype=np.float64)
     return RecordStats(
         moments=moments,
         auc=auc,
         auc_se=hanley_mcneil_se(auc, moments.n_in, moments.n_out),
-        tpr=binormal_tpr(moments.mu_in, moments.sd_in, moments.mu_out, moments.sd_out, fpr_array),
+        tpr=binormal_tpr(used.mu_in, used.sd_in, used.mu_out, used.sd_out, fpr_array),
         fpr=fpr_array,
         mu=gdp_mu(auc),
     )
