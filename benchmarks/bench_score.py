@@ -192,7 +192,6 @@ risk:
   tail_quantile: 0.99
   min_group_size: 20
 gate:
-  min_reference_models: 32
   max_patient_auc: 0.95
   max_patients_at_risk: 0
   fdr: 0.05
@@ -201,7 +200,7 @@ gate:
     0.001: 0.01
   max_subgroup_relative_change: 1.0
   subgroup_alpha: 0.05
-  max_tail_se: 0.05
+  max_detectable_auc: 0.999
 """,
         encoding="utf-8",
     )
@@ -335,11 +334,13 @@ def time_stages(workdir: Path) -> tuple[dict[str, float], float]:
         (RecordTable, "patient_index", "patient index"),
         (RecordTable, "id_rank", "record id ranks"),
         (pipeline, "aggregate_patients", "patients: aggregate"),
-        (pipeline, "at_risk_p_values", "patients: at-risk p-values"),
+        (pipeline, "record_p_values", "patients: at-risk p-values (records)"),
+        (pipeline, "patient_p_values", "patients: at-risk p-values (patients)"),
         (pipeline, "compute_noise_floor", "noise floor"),
         (RecordTable, "subgroup_column", "subgroups: columns"),
-        (pipeline, "tail_mask", "subgroups: tail"),
-        (pipeline, "analyse_subgroups", "subgroups: tests"),
+        (pipeline, "patient_values", "subgroups: values per patient"),
+        (pipeline, "analyse_subgroups", "subgroups: tail and tests"),
+        (pipeline, "audit_power", "power"),
         (pipeline, "run_attacks", "attacks (LiRA, RMIA)"),
         (pipeline, "evaluate_gate", "gate"),
         (pipeline, "write_outputs", "write outputs"),

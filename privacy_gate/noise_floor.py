@@ -63,6 +63,9 @@ class NullMethod(str, Enum):
 class NoiseFloor:
     """Null figures reported beside every patient-level figure.
 
+    No wall time is kept: a rerun's report must equal the first, so the budget and the
+    replicates run are stated instead.
+
     Attributes:
         method: how the null was computed.
         reason: why that method (the configured choice, the budget, the counts).
@@ -70,7 +73,6 @@ class NoiseFloor:
         replicates: permutation replicates run (None for the analytic null).
         replicates_requested: ``risk.null_replicates``.
         time_budget_s: ``risk.null_time_budget_s``.
-        seconds: time the null took.
         max_patient_auc_q95: 95th percentile of the null maximum patient AUC.
         expected_at_risk: null expected number of patients with AUC > ``at_risk_auc``.
         reference_models_needed: smallest even K whose floor is below ``limit`` for this
@@ -84,7 +86,6 @@ class NoiseFloor:
     replicates: int | None
     replicates_requested: int
     time_budget_s: float
-    seconds: float
     max_patient_auc_q95: float
     expected_at_risk: float
     reference_models_needed: int | None
@@ -98,7 +99,6 @@ class NoiseFloor:
             "replicates": self.replicates,
             "replicates_requested": self.replicates_requested,
             "time_budget_s": self.time_budget_s,
-            "seconds": self.seconds,
             "max_patient_auc_q95": self.max_patient_auc_q95,
             "expected_at_risk": self.expected_at_risk,
             "reference_models_needed": self.reference_models_needed,
@@ -377,10 +377,9 @@ def compute_noise_floor(
             if choice is NullChoice.AUTO and exact and projected > time_budget_s:
                 method = NullMethod.ANALYTIC
                 reason = (
-                    f"permutation would take about {projected:.0f} s for {replicates} "
-                    f"replicates, over the time budget of {time_budget_s:g} s "
-                    "(risk.null_time_budget_s); the analytic null is exact for these balanced "
-                    "counts"
+                    f"{replicates} permutation replicates would overrun the time budget of "
+                    f"{time_budget_s:g} s (risk.null_time_budget_s); the analytic null is "
+                    "exact for these balanced counts"
                 )
                 break
             if spent > time_budget_s and done >= MIN_REPLICATES and done < replicates:
@@ -403,7 +402,6 @@ def compute_noise_floor(
         replicates=done if method is NullMethod.PERMUTATION else None,
         replicates_requested=replicates,
         time_budget_s=float(time_budget_s),
-        seconds=float(clock() - started),
         max_patient_auc_q95=q95,
         expected_at_risk=expected,
         reference_models_needed=None

@@ -182,5 +182,9 @@ def load_report(path: str | Path) -> dict[str, Any]:
         )
     outdated = outdated_schema_reason(report)
     if outdated is not None:
-        raise OutdatedReportError(f"The report {str(path)!r}: {outdated}.")
+        older = str(report.get("schema_version", "")).split(".")[0] == "1"
+        # An older audit is stale (the gate fails, exit 1); an unknown schema is an error.
+        raise (OutdatedReportError if older else ReportError)(
+            f"The report {str(path)!r}: {outdated}."
+        )
     return report

@@ -165,7 +165,7 @@ def test_genuine_passing_audit_of_a_run(world: World, capsys: pytest.CaptureFixt
     assert _check(world, *_run(world, "pass")) == 1  # the default gate: K=8 is too few
     out = capsys.readouterr().out
     assert f"Verified the signed audit of MLflow run {world.runs['pass']}" in out
-    assert "FAIL min_reference_models" in out
+    assert "FAIL max_detectable_auc" in out
     lenient = ("--config", str(world.keys / "lenient.yaml"))
     (world.keys / "lenient.yaml").write_text("gate:\n  max_patient_auc: 1.0\n", "utf-8")
     assert _check(world, *_run(world, "pass"), extra=lenient) == 0

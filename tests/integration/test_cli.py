@@ -21,6 +21,7 @@ import yaml
 from privacy_gate.cli import main
 from privacy_gate.config import default_config, default_policy_text, parse_config
 from privacy_gate.pseudonyms import KEY_ENVIRONMENT_VARIABLE
+from privacy_gate.report import SCHEMA_VERSION
 
 Dataset = Any  # tests/integration/conftest.py: Dataset (paths and the raw ids written)
 
@@ -116,7 +117,7 @@ def test_module_default_policy_fails_and_prints_its_hash(dataset: Dataset, tmp_p
     assert result.returncode == 1, result.stdout + result.stderr
     assert default_config().sha256() in result.stdout
     assert "privacy-gate: FAIL" in result.stdout
-    assert "min_reference_models" in result.stdout  # K=16 < 32
+    assert "max_detectable_auc" in result.stdout  # K=16: under-powered
     report = json.loads((tmp_path / "out" / "report.json").read_text("utf-8"))
     assert report["decision"]["status"] == "fail"
     assert report["audit"]["policy_sha256"] == default_config().sha256()
@@ -143,7 +144,7 @@ def test_in_process_exit_codes_and_messages(
     assert main(_score_args(dataset, tmp_path / "b", "--no-plots")) == 1
     captured = capsys.readouterr()
     assert f"policy_sha256 {default_config().sha256()}" in captured.out
-    assert "FAIL min_reference_models" in captured.out
+    assert "FAIL max_detectable_auc" in captured.out
     assert captured.err == ""
 
 
@@ -293,7 +294,7 @@ def scored(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_report_json_sections(scored: Path, dataset: Dataset) -> None:
     report = json.loads((scored / "report.json").read_text("utf-8"))
     assert set(report) == REPORT_KEYS
-    assert report["schema_version"] == "1.0"
+    assert report["schema_version"] == SCHEMA_VERSION
     audit = report["audit"]
     assert audit["reference_models"] == dataset.n_reference_models
     assert audit["records"] == dataset.n_records
@@ -305,7 +306,7 @@ def test_report_json_sections(scored: Path, dataset: Dataset) -> None:
     assert audit["inputs"]["signals_sha256"] == digest
     assert set(report["aggregate"]["attacks"]["lira_online"]["tpr_at_fpr"]) == {"0.001", "0.01"}
     assert report["decision"]["status"] == "fail"
-    assert {v["rule"] for v in report["decision"]["violations"]} >= {"min_reference_models"}
+    assert {v["rule"] for v in report["decision"]["violations"]} >= {"max_detectable_auc"}
 
 
 def test_records_csv_rows_in_input_order(scored: Path, dataset: Dataset) -> None:
@@ -416,7 +417,7 @@ def test_check_without_config_applies_the_default_gate(
 ) -> None:
     assert main(["check", str(scored / "report.json")]) == 1
     out = capsys.readouterr().out
-    assert "min_reference_models" in out
+    assert "max_detectable_auc" in out
 
 
 def test_check_subprocess_exit_codes(scored: Path, write_config: Any) -> None:
@@ -426,9 +427,19 @@ def test_check_subprocess_exit_codes(scored: Path, write_config: Any) -> None:
 
 
 def test_check_fdr_change_recounts(
-    scored: Path, write_config: Any, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    write_config: Any,
+    capsys: pytest.CaptureFixture[str],
+    keyed: None,
+    make_dataset: Any,
 ) -> None:
-    report_path = scored / "report.json"
+    # Planted records at true AUC Phi(6 / sqrt(2)) = 0.99999 and K = 32: the calibrated
+    # at-risk test confirms them (at K = 16 it cannot; see the power figures).
+    data = make_dataset(tmp_path / "data", seed=4, k=32, effect=6.0)
+    out = tmp_path / "out"
+    assert main(_score_args(data, out, "--no-plots")) == 1
+    capsys.readouterr()
+    report_path = out / "report.json"
     audited = json.loads(report_path.read_text("utf-8"))["summary"]["patients_at_risk"]
     assert audited > 0  # the planted records are confidently at risk
     counts = []
@@ -440,12 +451,14 @@ def test_check_fdr_change_recounts(
         counts.append(int(found.group(1)))
     assert counts == sorted(counts)  # a larger FDR never confirms fewer patients
     assert counts[1] == audited  # same FDR as the audit: same count
-    # At the audited count the rule holds; K=16 still leaves the audit under-powered.
-    config = write_config(f"gate:\n  max_patients_at_risk: {audited}\n")
+    # At the audited count the rule holds; a power rule can still fail the audit.
+    config = write_config(
+        f"gate:\n  max_patients_at_risk: {audited}\n  max_detectable_auc: 0.99\n"
+    )
     assert main(["check", str(report_path), "--config", str(config)]) == 1
-    out = capsys.readouterr().out
-    assert "FAIL noise_floor" in out
-    assert "FAIL max_patients_at_risk" not in out
+    printed = capsys.readouterr().out
+    assert "FAIL max_detectable_auc" in printed
+    assert "FAIL max_patients_at_risk" not in printed
 
 
 @pytest.mark.parametrize(
@@ -486,7 +499,7 @@ def test_check_missing_report_fails_the_gate(
 @pytest.mark.parametrize(
     "content",
     ["{not json", "[1, 2]", '{"schema_version": "1.0"}', "__drop_summary__", "__bad_schema__"],
-    ids=["invalid-json", "not-an-object", "no-sections", "no-summary-figures", "schema-2"],
+    ids=["invalid-json", "not-an-object", "no-sections", "no-summary-figures", "future-schema"],
 )
 def test_check_corrupt_report_exit_2(
     scored: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
@@ -497,11 +510,30 @@ def test_check_corrupt_report_exit_2(
         if content == "__drop_summary__":
             report["summary"] = {"patient_auc": {}}
         else:
-            report["schema_version"] = "2.0"
+            report["schema_version"] = "3.0"  # written by a newer privacy-gate
         content = json.dumps(report)
     path.write_text(content, "utf-8")
     assert main(["check", str(path)]) == 2
     _assert_one_line_error(capsys.readouterr().err, "report")
+
+
+def test_check_on_a_schema_1_report_fails_as_stale(
+    scored: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], write_config: Any
+) -> None:
+    """A report from before the calibrated at-risk test (schema 1.0, with max_tail_se)
+    cannot be re-checked: it is a stale audit, a gate failure (exit 1), whatever policy."""
+    report = json.loads((scored / "report.json").read_text("utf-8"))
+    report["schema_version"] = "1.0"
+    report["audit"]["config"]["gate"]["max_tail_se"] = 0.05
+    report["summary"]["tail_se"] = 0.03
+    report["decision"] = {"status": "pass", "violations": [], "warnings": []}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report), "utf-8")
+    for args in ([], ["--config", str(write_config(LENIENT))]):
+        assert main(["check", str(path), *args]) == 1
+        out = capsys.readouterr().out
+        assert "FAIL (audit not accepted)" in out
+        assert "report schema 1.0" in out and "run a new audit" in out
 
 
 def test_check_corrupt_report_subprocess(tmp_path: Path) -> None:
@@ -562,5 +594,5 @@ def test_second_dataset_with_other_seed_scores(
     assert report["aggregate"] is None
     rules = {v["rule"] for v in report["decision"]["violations"]}
     assert "max_aggregate_auc" in rules
-    assert "min_reference_models" not in rules
+    assert not rules & {"noise_floor", "max_detectable_auc"}  # K = 32 is enough here
     capsys.readouterr()

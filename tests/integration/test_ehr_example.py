@@ -187,4 +187,7 @@ def test_audit_config_uses_the_default_rules() -> None:
     policy = parse_config(config["policy"]).to_dict()
     default = default_config().to_dict()
     assert policy["subgroups"] == ["race", "sex", "age_band", "income"]
-    assert policy["risk"] == default["risk"] and policy["gate"] == default["gate"]
+    assert policy["risk"] == default["risk"]
+    # The default rules plus the subgroup rule, which needs the example's columns.
+    subgroup_rule = {"max_subgroup_relative_change": 1.0, "subgroup_alpha": 0.05}
+    assert policy["gate"] == {**default["gate"], **subgroup_rule}

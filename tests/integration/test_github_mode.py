@@ -164,7 +164,7 @@ def test_failing_check(failing_report: Path, tmp_path: Path) -> None:
     assert run.code == 1, run.stdout + run.stderr
     report = json.loads(failing_report.read_text("utf-8"))
     rules = [v["rule"] for v in report["decision"]["violations"]]
-    assert "min_reference_models" in rules
+    assert "max_detectable_auc" in rules
     errors = [a for a in run.annotations if a.startswith("::error")]
     assert [e.split("::")[1] for e in errors] == [
         f"error title=privacy-gate%3A {rule}" for rule in rules

@@ -72,13 +72,15 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Audit:
         target_members=members,
         task="binary",
     )
-    income = [RICH if i < EXPOSED or i % 3 == 0 else "<=50k" for i in range(N)]
-    for i in range(EXPOSED, N, 11):
-        income[i] = ""  # missing: the group "<missing>", never tested
+    patient = [i // 2 for i in range(N)]  # two records per patient, one value per patient
+    income = [RICH if i < EXPOSED or p % 3 == 0 else "<=50k" for i, p in enumerate(patient)]
+    for i, p in enumerate(patient):
+        if i >= EXPOSED and p % 11 == 5:
+            income[i] = ""  # missing: the group "<missing>", never tested
     records = records_from_columns(
         [f"r{i}" for i in range(N)],
-        [f"p{i // 2}" for i in range(N)],
-        {INCOME: income, "site_a.b": ["x_y" if i % 2 else "Zürich" for i in range(N)]},
+        [f"p{p}" for p in patient],
+        {INCOME: income, "site_a.b": ["x_y" if p % 2 else "Zürich" for p in patient]},
     )
     config = dataclasses.replace(default_config(), subgroups=(INCOME, "site_a.b"))
     result = audit(signals, records, config, pseudonymizer=Pseudonymizer(key=b"test-key"))

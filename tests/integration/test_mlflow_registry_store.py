@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer, start_mlflow_server
 
+from privacy_gate.report import SCHEMA_VERSION
 from privacy_gate.signing import load_private_key, sign_report, write_keypair
 from privacy_gate.training.weights import weights_sha256
 
@@ -69,9 +70,10 @@ def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gated]:
         )
 
 
-def _report(status: str = "pass") -> dict[str, Any]:
+def _report(status: str = "pass", schema: str = SCHEMA_VERSION) -> dict[str, Any]:
     violations = [] if status == "pass" else [{"rule": "max_patient_auc"}]
     return {
+        "schema_version": schema,
         "audit": {"policy_sha256": "0" * 64, "reference_models": 4},
         "decision": {"status": status, "violations": violations},
     }
@@ -84,6 +86,7 @@ def _register(
     key: Any = None,
     report_run: str | None = None,
     tamper: bool = False,
+    schema: str = SCHEMA_VERSION,
 ) -> str:
     """Log a tiny model (and optionally a signed report) into a new run; register it."""
     mlflow.set_tracking_uri(gated.server.tracking_uri)
@@ -103,7 +106,7 @@ def _register(
         )
         if status is not None:
             signed = sign_report(
-                _report(status),
+                _report(status, schema),
                 key if key is not None else gated.private,
                 run_id=report_run or run.info.run_id,
                 model_sha256=digest,
@@ -155,6 +158,12 @@ def test_unaudited_version_is_refused(gated: Gated) -> None:
 
 def test_failing_audit_is_refused(gated: Gated) -> None:
     _assert_refused(gated, _register(gated, status="fail"), "the audit did not pass")
+
+
+def test_signed_pass_of_an_outdated_schema_is_refused(gated: Gated) -> None:
+    # A schema-1 audit answered rules (max_tail_se, the SE-at-estimate test) that no
+    # longer exist: even signed and passing, it is stale.
+    _assert_refused(gated, _register(gated, schema="1.0"), "report schema 1.0")
 
 
 def test_report_signed_by_another_key_is_refused(gated: Gated) -> None:

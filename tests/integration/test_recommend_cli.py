@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from privacy_gate.cli import main
+from privacy_gate.config import default_config
+from privacy_gate.gate import reference_models_for_policy
 
 pytest.importorskip("opacus")
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
@@ -32,12 +34,14 @@ def test_recommend_reads_the_policy_and_patients_beside_the_report(
     assert section["auc_limit"] == 0.9 and section["auc_limit_source"] == "risk.at_risk_auc"
     assert section["steps"] == 50 and section["sample_rate"] == pytest.approx(0.1)
     assert section["patient_auc_ceiling"] <= 0.9 + 1e-9
-    assert section["reference_models"] == 136  # default policy's max_tail_se at AUC 0.5
+    # The default policy's power rules for 200 records of 100 patients (K = 16 audited).
+    needed = reference_models_for_policy(default_config().gate, 0.9, 200, 100)
+    assert section["reference_models"] == needed == 32
     assert section["max_grad_norm_source"].startswith("default 1.0")
     assert main([*args, "--epochs", "5", "--max-records-per-patient", "1"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("DP-SGD recommendation: retrain with DP-SGD")
-    assert "re-audit with 136 reference models" in text
+    assert "re-audit with 32 reference models" in text
 
 
 @pytest.mark.parametrize(
