@@ -95,7 +95,7 @@ def train_truth(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def evaluate(auc: np.ndarray, truth: np.ndarray, n_in: np.ndarray, n_out: np.ndarray) -> dict:
-    n_top = max(1, int(round(TOP * len(truth))))
+    n_top = max(1, round(TOP * len(truth)))
     true_top = np.argsort(-truth, kind="stable")[:n_top]
     est_top = np.argsort(-auc, kind="stable")[:n_top]
     se = hanley_mcneil_se(auc, n_in, n_out)

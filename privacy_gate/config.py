@@ -201,7 +201,7 @@ def _number(
 
 
 def _choice(section: str, name: str, value: Any, choices: type[Enum]) -> Any:
-    valid = [c.value for c in choices]  # type: ignore[attr-defined]
+    valid = [c.value for c in choices]
     if not isinstance(value, str) or value not in valid:
         raise ConfigError(invalid_value(name, section, f"one of {valid}", value))
     return choices(value)

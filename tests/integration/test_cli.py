@@ -452,9 +452,7 @@ def test_check_fdr_change_recounts(
     assert counts == sorted(counts)  # a larger FDR never confirms fewer patients
     assert counts[1] == audited  # same FDR as the audit: same count
     # At the audited count the rule holds; a power rule can still fail the audit.
-    config = write_config(
-        f"gate:\n  max_patients_at_risk: {audited}\n  max_detectable_auc: 0.99\n"
-    )
+    config = write_config(f"gate:\n  max_patients_at_risk: {audited}\n  max_detectable_auc: 0.99\n")
     assert main(["check", str(report_path), "--config", str(config)]) == 1
     printed = capsys.readouterr().out
     assert "FAIL max_detectable_auc" in printed

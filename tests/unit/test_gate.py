@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from scipy import special
 from scipy import stats as sp_stats
 
-from privacy_gate.config import AuditConfig, GateConfig, RiskConfig, default_config, parse_config
 from privacy_gate.at_risk import detectable_auc
+from privacy_gate.config import AuditConfig, GateConfig, RiskConfig, default_config, parse_config
 from privacy_gate.gate import Decision, Rule, Status, evaluate_gate, reference_models_for_policy
 from privacy_gate.noise_floor import reference_models_needed
 from privacy_gate.pipeline import AuditResult, audit
