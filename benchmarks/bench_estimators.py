@@ -112,13 +112,15 @@ def evaluate(auc: np.ndarray, truth: np.ndarray, n_in: np.ndarray, n_out: np.nda
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20, help="the EHR example's recipe: 20")
     parser.add_argument("--chunk", type=int, default=50, help="models trained per batch")
     parser.add_argument("--k", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--data", choices=("auto", "ehr", "synthetic"), default="auto")
-    parser.add_argument("--cache", default="out/bench_estimators/truth.npz")
+    parser.add_argument("--cache", default=None, help="default: out/bench_estimators/...")
     args = parser.parse_args()
+    if args.cache is None:
+        args.cache = f"out/bench_estimators/truth-{args.data}-{args.models}-{args.epochs}.npz"
     scores, masks, source = train_truth(args)
     truth = plain_auc(record_moments(scores, masks))
     print(f"truth: {masks.shape[0]} models, {masks.shape[1]} records, {source}")
@@ -143,11 +145,21 @@ def main() -> None:
                 f"{k:>4} {name:>9} {mean['recall']:>7.3f} {mean['spearman']:>8.3f} "
                 f"{mean['dauc']:>7.4f} {mean['dauc_top']:>10.4f} {mean['coverage']:>8.3f}"
             )
-        gain = np.mean([s["recall"] - p["recall"] for s, p in zip(*results.values(), strict=True)])
+        pairs = zip(results["shrunk"], results["plain"], strict=True)
+        gain = np.mean([s["recall"] - p["recall"] for s, p in pairs])
         ratio = np.mean([s["dauc"] for s in results["shrunk"]]) / np.mean(
             [p["dauc"] for p in results["plain"]]
         )
-        print(f"{k:>4} shrunk - plain: recall {gain * 100:+.1f} points, |dAUC| ratio {ratio:.3f}")
+        coverage = np.mean(
+            [
+                s["coverage"] - p["coverage"]
+                for s, p in zip(results["shrunk"], results["plain"], strict=True)
+            ]
+        )
+        print(
+            f"{k:>4} shrunk - plain: recall {gain * 100:+.1f} points, coverage "
+            f"{coverage * 100:+.1f} points, |dAUC| ratio shrunk/plain {ratio:.3f}"
+        )
 
 
 if __name__ == "__main__":
