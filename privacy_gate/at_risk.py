@@ -27,7 +27,7 @@ quantiles): it is the test's own power, not an approximation of another test.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -233,13 +233,7 @@ class AuditPower:
     n_out: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "power": self.power,
-            "detectable_auc": self.detectable_auc,
-            "n_in": self.n_in,
-            "n_out": self.n_out,
-        }
+        return asdict(self)
 
 
 def audit_power(

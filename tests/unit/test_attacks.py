@@ -73,8 +73,8 @@ def _world(
     return World(target, is_member, scores, masks, record_moments(scores, masks))
 
 
-def _run(world: World, *, single_label: bool) -> AggregateResult:
-    """run_attacks on a constructed world at the test FPRs."""
+def _run(world: World, *, single_label: bool, offline_a: float | None = 0.3) -> AggregateResult:
+    """run_attacks on a constructed world at the test FPRs (offline_a None: tuned)."""
     return run_attacks(
         world.target,
         world.is_member,
@@ -83,7 +83,7 @@ def _run(world: World, *, single_label: bool) -> AggregateResult:
         world.masks,
         fprs=FPRS,
         single_label=single_label,
-        offline_a=0.3,
+        offline_a=offline_a,
     )
 
 
@@ -472,27 +472,10 @@ def test_offline_a_is_tuned_on_reference_model_zero(seed: int) -> None:
 
 def test_run_attacks_reports_the_tuned_a_and_uses_it() -> None:
     world = _world(400, 8, effect=1.0, seed=7)
-    tuned = run_attacks(
-        world.target,
-        world.is_member,
-        world.moments,
-        world.scores,
-        world.masks,
-        fprs=FPRS,
-        single_label=True,
-    )
+    tuned = _run(world, single_label=True, offline_a=None)
     a = tune_rmia_offline_a(world.scores, world.masks, gamma=2.0)
     assert (tuned.rmia_offline_a, tuned.rmia_offline_a_source) == (a, "tuned")
-    given = run_attacks(
-        world.target,
-        world.is_member,
-        world.moments,
-        world.scores,
-        world.masks,
-        fprs=FPRS,
-        single_label=True,
-        offline_a=a,
-    )
+    given = _run(world, single_label=True, offline_a=a)
     assert given.rmia_offline_a_source == "given"
     assert tuned.attacks[Attack.RMIA_OFFLINE].auc == given.attacks[Attack.RMIA_OFFLINE].auc
 
