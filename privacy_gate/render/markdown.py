@@ -33,7 +33,7 @@ _CAPTIONS = {
     "patient_auc_histogram": "Distribution of patient AUC (log counts).",
     "attack_roc": "ROC of each attack on the release candidate (log-log); the diagonal is chance.",
     "subgroups": "Over-representation of each tested subgroup in the exposed tail "
-    "(relative change of observed over expected tail records).",
+    "(relative change of observed over expected tail patients).",
 }
 
 

@@ -1149,3 +1149,28 @@ def test_null_subgroup_violations_stay_within_alpha_with_correlated_records() ->
         assert column["tested_patients"] == 179
         false_alarms += Rule.MAX_SUBGROUP_RELATIVE_CHANGE in _rules(result.decision)
     assert false_alarms / n_audits <= 0.05
+
+
+def test_fully_leaking_records_tied_at_auc_1_in_one_group_fail_the_subgroup_rule() -> None:
+    """The issue's case: more than 1% of patients clipped at AUC 1 - 1e-10, all in a group
+    of 5% of the pool. A strict "above the 99th percentile" tail would be empty and pass;
+    the patient tail keeps the ties, so the rule sees them and fails."""
+    rng = np.random.default_rng(21)
+    n, k, n_leaky = 3000, 32, 60
+    masks = np.argsort(rng.random((k, n)), axis=0) < k // 2
+    scores = rng.standard_normal((k, n))
+    scores[:, :n_leaky] = np.where(masks[:, :n_leaky], 50.0, -50.0)  # exactly separated
+    site = ["rare" if i < 150 else "common" for i in range(n)]
+    records = records_from_columns(
+        [f"r{i}" for i in range(n)], [f"p{i}" for i in range(n)], {"site": site}
+    )
+    config = parse_config({"subgroups": ["site"], "gate": {"max_subgroup_relative_change": 1.0}})
+    result = audit(make_signals(scores, masks), records, config, pseudonymizer=PSEUDONYMS)
+    tail = result.report["summary"]["tail"]
+    assert tail["target"] == 30 and tail["patients"] == n_leaky  # every tie is in
+    assert tail["threshold"] == pytest.approx(1.0, abs=1e-9)
+    (violation,) = result.decision.violations
+    assert violation.rule is Rule.MAX_SUBGROUP_RELATIVE_CHANGE
+    assert "site='rare'" in violation.message
+    rare = result.report["subgroups"]["site"]["groups"]["rare"]
+    assert rare["observed"] == n_leaky and rare["expected"] == pytest.approx(n_leaky * 0.05)
