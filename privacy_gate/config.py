@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from privacy_gate.errors import ConfigError, invalid_value
+from privacy_gate.errors import ConfigError, coerce_choice, invalid_value
 
 __all__ = [
     "AuditConfig",
@@ -201,10 +201,7 @@ def _number(
 
 
 def _choice(section: str, name: str, value: Any, choices: type[Enum]) -> Any:
-    valid = [c.value for c in choices]
-    if not isinstance(value, str) or value not in valid:
-        raise ConfigError(invalid_value(name, section, f"one of {valid}", value))
-    return choices(value)
+    return coerce_choice(choices, value, name, section)
 
 
 def _integer(section: str, name: str, value: Any, *, lo: int) -> int:

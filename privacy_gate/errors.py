@@ -7,7 +7,8 @@ shape: "The 'x' parameter of Y must be ... Got ... instead." plus a ``HINT:``.
 
 from __future__ import annotations
 
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
 
 __all__ = [
     "ConfigError",
@@ -15,8 +16,11 @@ __all__ = [
     "OutdatedReportError",
     "PrivacyGateError",
     "ReportError",
+    "coerce_choice",
     "invalid_value",
 ]
+
+E = TypeVar("E", bound=Enum)
 
 
 class PrivacyGateError(Exception):
@@ -49,3 +53,19 @@ def invalid_value(name: str, owner: str, expected: str, got: Any, hint: str | No
     if hint:
         message += f" HINT: {hint}"
     return message
+
+
+def coerce_choice(
+    choices: type[E], value: Any, name: str, owner: str, error: type[Exception] = ConfigError
+) -> E:
+    """``value`` as a member of ``choices``: a member, or its string as written in YAML.
+
+    The Python API takes the same strings as the YAML (``Recipe(optimizer="adam")``);
+    anything else is refused here, with the valid values, not later in the audit.
+    """
+    if isinstance(value, choices):
+        return value
+    valid = [c.value for c in choices]
+    if isinstance(value, str) and value in valid:
+        return choices(value)
+    raise error(invalid_value(name, owner, f"one of {valid}", value))

@@ -42,10 +42,17 @@ What is protected (each refusal is an ``MlflowException`` with error code
   deletions of version tags whose key starts with ``privacy_gate.`` (they would fake a
   verdict).
 
+The store fails closed: it forwards only the methods of MLflow's registry
+``AbstractStore`` it has classified (`FORWARDED`: reads and unprotected writes); the
+protected ones are implemented here (`GATED`, including the prompt methods whose MLflow
+defaults would set an alias or a version tag on the inner store, ungated). Any other
+method (one a newer MLflow adds) is refused with ``PERMISSION_DENIED`` until it is
+classified.
+
 What is NOT protected: anyone who writes to the registry database (or the artifact store)
 directly bypasses any server; other aliases (e.g. ``candidate``) and other registry
-operations (deleting aliases or versions, registered-model tags, copying versions) pass
-through unchecked. Recomputing the weights digest loads the version's model with
+operations (deleting aliases or versions, registered-model tags) pass through unchecked;
+a copied version keeps everything but the ``privacy_gate.`` tags. Recomputing the weights digest loads the version's model with
 ``mlflow.pytorch.load_model`` (torch needed on the server); that unpickles client-uploaded
 files, so it is done only after the signature, status and run of the audit were verified,
 and a model that cannot be loaded is refused.
@@ -92,6 +99,8 @@ except ImportError as _exc:  # pragma: no cover - exercised in a test through sy
     raise
 
 __all__ = [
+    "FORWARDED",
+    "GATED",
     "INNER_URI_ENVIRONMENT_VARIABLE",
     "PROTECTED_ALIASES_ENVIRONMENT_VARIABLE",
     "PROTECTED_STAGES",
@@ -109,6 +118,67 @@ DEFAULT_PROTECTED_ALIASES = ("champion", "production")
 PROTECTED_STAGES = ("staging", "production")
 PROTECTED_TAG_PREFIX = "privacy_gate."
 REPORT_ARTIFACT = "privacy_gate/report.json"
+
+FORWARDED = frozenset(
+    {
+        # reads
+        "get_latest_versions",
+        "get_model_version",
+        "get_model_version_by_alias",
+        "get_model_version_download_uri",
+        "get_prompt",
+        "get_prompt_version",
+        "get_prompt_version_by_alias",
+        "get_registered_model",
+        "get_webhook",
+        "list_webhooks",
+        "list_webhooks_by_event",
+        "search_model_versions",
+        "search_prompt_versions",
+        "search_prompts",
+        "search_registered_models",
+        # writes that cannot promote a model or forge a verdict
+        "create_prompt",
+        "create_registered_model",
+        "create_webhook",
+        "delete_model_version",
+        "delete_prompt",
+        "delete_prompt_alias",
+        "delete_prompt_tag",
+        "delete_prompt_version",
+        "delete_registered_model",
+        "delete_registered_model_alias",
+        "delete_registered_model_tag",
+        "delete_webhook",
+        "link_prompt_version_to_model",
+        "link_prompt_version_to_run",
+        "link_prompts_to_trace",
+        "rename_registered_model",
+        "set_prompt_tag",
+        "set_registered_model_tag",
+        "test_webhook",
+        "update_model_version",
+        "update_registered_model",
+        "update_webhook",
+    }
+)
+"""Registry-store methods passed to the inner store unchanged."""
+
+GATED = frozenset(
+    {
+        "copy_model_version",
+        "create_model_version",
+        "create_prompt_version",
+        "delete_model_version_tag",
+        "delete_prompt_version_tag",
+        "set_model_version_tag",
+        "set_prompt_alias",
+        "set_prompt_version_tag",
+        "set_registered_model_alias",
+        "transition_model_version_stage",
+    }
+)
+"""Registry-store methods this store implements itself, with its checks."""
 
 
 def protected_aliases(environ: Mapping[str, str] | None = None) -> frozenset[str]:
@@ -195,9 +265,25 @@ class PrivacyGateRegistryStore:
     # ---------------------------------------------------------------- delegation
 
     def __getattr__(self, name: str) -> Any:
-        if name == "_inner":  # not yet set (e.g. during unpickling): no recursion
+        if name.startswith("__") or name in ("_inner", "_local"):  # e.g. during unpickling
             raise AttributeError(name)
-        return getattr(self._inner, name)
+        if name in FORWARDED:
+            return getattr(self._inner, name)
+        attribute = getattr(self._inner, name)  # AttributeError where the inner has none
+        if not callable(attribute):
+            raise AttributeError(
+                f"The privacy-gate registry store does not expose {name!r} of the inner store."
+            )
+
+        def refused(*_: Any, **__: Any) -> Any:
+            raise _denied(
+                f"The privacy-gate registry store does not forward {name!r}: it is not one of "
+                "the registry methods it has classified as safe or gates itself (a newer "
+                "MLflow may have added it). HINT: upgrade privacy-gate, or classify it in "
+                "privacy_gate.mlflow.registry_store.FORWARDED or GATED."
+            )
+
+        return refused
 
     @property
     def inner(self) -> Any:
@@ -250,6 +336,37 @@ class PrivacyGateRegistryStore:
             tags = args[3]
         self._refuse_protected_tags([t.key for t in tags or ()])
         return self._inner.create_model_version(*args, **kwargs)
+
+    # MLflow's defaults of these call the INNER store's alias and tag methods, ungated: they
+    # are routed through the checks above instead.
+
+    def set_prompt_alias(self, name: str, alias: str, version: Any) -> None:
+        return self.set_registered_model_alias(name, alias, version)
+
+    def set_prompt_version_tag(self, name: str, version: Any, key: str, value: str) -> Any:
+        self._refuse_protected_tags([key])
+        return self._inner.set_prompt_version_tag(name, version, key, value)
+
+    def delete_prompt_version_tag(self, name: str, version: Any, key: str) -> Any:
+        self._refuse_protected_tags([key])
+        return self._inner.delete_prompt_version_tag(name, version, key)
+
+    def create_prompt_version(self, *args: Any, **kwargs: Any) -> Any:
+        tags = kwargs.get("tags")
+        if tags is None and len(args) > 3:  # (name, template, description, tags, ...)
+            tags = args[3]
+        self._refuse_protected_tags(list(tags or {}))
+        return self._inner.create_prompt_version(*args, **kwargs)
+
+    def copy_model_version(self, src_mv: Any, dst_name: str) -> Any:
+        """The copy is a new version: the source's verdict tags do not carry over."""
+        copy = self._inner.copy_model_version(src_mv=src_mv, dst_name=dst_name)
+        protected = [k for k in copy.tags if k.strip().lower().startswith(PROTECTED_TAG_PREFIX)]
+        for key in protected:
+            self._inner.delete_model_version_tag(name=copy.name, version=copy.version, key=key)
+        if protected:
+            copy = self._inner.get_model_version(name=copy.name, version=copy.version)
+        return copy
 
     # ---------------------------------------------------------------- checks
 

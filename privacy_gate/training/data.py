@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from privacy_gate.errors import InputError
+from privacy_gate.errors import InputError, coerce_choice
 from privacy_gate.records import RecordTable, records_from_columns
 from privacy_gate.signals import Task
 
@@ -48,6 +48,9 @@ class AuditData:
     record_ids: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "task", coerce_choice(Task, self.task, "task", "AuditData", InputError)
+        )
         for name in ("train_inputs", "train_labels", "holdout_inputs", "holdout_labels"):
             if not isinstance(getattr(self, name), torch.Tensor):
                 raise InputError(

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from typing import Any
 
-from privacy_gate.errors import ConfigError, invalid_value
+from privacy_gate.errors import ConfigError, coerce_choice, invalid_value
 
 __all__ = ["DPSettings", "Loss", "Optimizer", "Recipe", "parse_recipe"]
 
@@ -70,6 +70,13 @@ class Recipe:
     dp: DPSettings | None = None
 
     def __post_init__(self) -> None:
+        # The Python API takes YAML's strings too: Recipe(optimizer="adam", loss="...").
+        object.__setattr__(
+            self, "optimizer", coerce_choice(Optimizer, self.optimizer, "optimizer", "recipe")
+        )
+        object.__setattr__(self, "loss", coerce_choice(Loss, self.loss, "loss", "recipe"))
+        if isinstance(self.betas, list):
+            object.__setattr__(self, "betas", tuple(self.betas))
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         for name in ("learning_rate", "eps"):

@@ -283,3 +283,80 @@ def test_promote_against_the_gated_registry(gated: Gated) -> None:
     refused = promote(MODEL, failing, "production", public_key=public, client=gated.client)
     assert not refused.allowed and "the audit did not pass" in refused.reasons[0]
     assert "privacy_gate.status" not in gated.client.get_model_version(MODEL, failing).tags
+
+
+# ------------------------------------------------------------------ fails closed
+
+
+def _abstract_store_methods() -> set[str]:
+    from mlflow.store.model_registry.abstract_store import AbstractStore
+
+    return {
+        n
+        for n in dir(AbstractStore)
+        if not n.startswith("_") and callable(getattr(AbstractStore, n))
+    }
+
+
+def test_every_registry_method_is_classified() -> None:
+    """A method a new MLflow adds fails here until someone decides: forward, gate or refuse."""
+    from privacy_gate.mlflow.registry_store import FORWARDED, GATED, PrivacyGateRegistryStore
+
+    assert not FORWARDED & GATED
+    assert _abstract_store_methods() == FORWARDED | GATED
+    for name in GATED:  # implemented by the gate itself, never by forwarding
+        assert name in vars(PrivacyGateRegistryStore), name
+
+
+@pytest.fixture
+def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The gated store in-process on a fresh SQLite registry, without an audit key."""
+    from privacy_gate.mlflow.registry_store import PrivacyGateRegistryStore
+
+    monkeypatch.delenv("PRIVACY_GATE_PUBLIC_KEY", raising=False)
+    store = PrivacyGateRegistryStore(f"privacygate+sqlite:///{tmp_path}/registry.db")
+    store.create_registered_model("m")
+    store.create_model_version("m", source=str(tmp_path), run_id=None)
+    return store
+
+
+def test_an_unclassified_method_is_refused(
+    local_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner = type(local_store.inner)
+    monkeypatch.setattr(inner, "promote_everything", lambda self: "promoted", raising=False)
+    with pytest.raises(MlflowException) as caught:
+        local_store.promote_everything()
+    assert caught.value.error_code == "PERMISSION_DENIED"
+    assert "'promote_everything'" in caught.value.message and "classified" in caught.value.message
+    assert local_store.get_registered_model("m").name == "m"  # a forwarded read still works
+
+
+def test_prompt_methods_cannot_bypass_the_gate(local_store: Any) -> None:
+    # MLflow's default set_prompt_alias calls the store's own set_registered_model_alias,
+    # and set_prompt_version_tag its set_model_version_tag: on the inner store, ungated.
+    with pytest.raises(MlflowException) as caught:
+        local_store.set_prompt_alias("m", "champion", 1)
+    assert caught.value.error_code == "PERMISSION_DENIED"
+    assert "champion" not in local_store.get_registered_model("m").aliases
+    with pytest.raises(MlflowException, match="cannot be set or deleted by clients"):
+        local_store.set_prompt_version_tag("m", 1, "privacy_gate.status", "pass")
+    with pytest.raises(MlflowException, match="cannot be set or deleted by clients"):
+        local_store.delete_prompt_version_tag("m", 1, "privacy_gate.status")
+    assert "privacy_gate.status" not in local_store.get_model_version("m", 1).tags
+    local_store.set_prompt_alias("m", "candidate", 1)  # unprotected aliases pass
+    assert local_store.get_registered_model("m").aliases == {"candidate": 1}
+
+
+def test_a_copied_version_does_not_inherit_the_verdict(local_store: Any) -> None:
+    from mlflow.entities.model_registry import ModelVersionTag
+
+    with local_store._internal():  # as after a verified promotion
+        local_store.inner.set_model_version_tag(
+            "m", 1, ModelVersionTag("privacy_gate.status", "pass")
+        )
+    local_store.set_model_version_tag("m", 1, ModelVersionTag("team", "cardiology"))
+    source = local_store.get_model_version("m", 1)
+    copy = local_store.copy_model_version(source, "m-copy")
+    assert copy.tags == {"team": "cardiology"}
+    assert local_store.get_model_version("m-copy", copy.version).tags == {"team": "cardiology"}

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from privacy_gate.errors import InputError
+from privacy_gate.errors import ConfigError, InputError
 from privacy_gate.signals import Task
-from privacy_gate.training.recipe import Recipe, parse_recipe
+from privacy_gate.training.data import AuditData
+from privacy_gate.training.recipe import Loss, Optimizer, Recipe, parse_recipe
 from privacy_gate.training.scoring import membership_scores, score_model
 
 
@@ -52,7 +53,12 @@ def test_score_model_eval_mode_and_augmentations() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2))
     x, y = torch.randn(30, 3), torch.randint(0, 2, (30,))
     first = score_model(model, x, y, Task.MULTICLASS, batch_size=7)
-    assert np.array_equal(first, score_model(model, x, y, Task.MULTICLASS))  # eval: no dropout
+    # Eval mode: no dropout, so the same computation repeats exactly...
+    assert np.array_equal(first, score_model(model, x, y, Task.MULTICLASS, batch_size=7))
+    # ...and another batch size agrees up to kernel rounding (AVX-512 differs ~1e-7).
+    np.testing.assert_allclose(
+        first, score_model(model, x, y, Task.MULTICLASS), rtol=1e-5, atol=1e-6
+    )
     assert model.training  # restored
     flipped = score_model(model, x, y, Task.MULTICLASS, augmentations=[lambda t: -t])
     model.eval()
@@ -69,3 +75,18 @@ def test_recipe_validation() -> None:
                 {"optimizer": "lbfgs"}, {"betas": [0.9]}, {"max_grad_norm": 0}):  # fmt: skip
         with pytest.raises(ValueError):
             parse_recipe(bad)
+
+
+def test_python_api_takes_the_yaml_strings_and_refuses_others() -> None:
+    """Recipe(optimizer="adam") and AuditData(task="multiclass") are what a user writes;
+    they are coerced at construction, and a wrong string fails there, naming the values."""
+    recipe = Recipe(optimizer="sgd", loss="binary_cross_entropy", betas=[0.8, 0.9])  # type: ignore[arg-type]
+    assert recipe.optimizer is Optimizer.SGD and recipe.loss is Loss.BINARY_CROSS_ENTROPY
+    assert recipe.betas == (0.8, 0.9) and recipe == parse_recipe(recipe.to_dict())
+    with pytest.raises(ConfigError, match=r"'optimizer' parameter of recipe must be one of"):
+        Recipe(optimizer="lbfgs")  # type: ignore[arg-type]
+    x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
+    data = AuditData(x, y, x, y, task="binary")  # type: ignore[arg-type]
+    assert data.task is Task.BINARY
+    with pytest.raises(InputError, match=r"'task' parameter of AuditData must be one of"):
+        AuditData(x, y, x, y, task="regression")  # type: ignore[arg-type]
