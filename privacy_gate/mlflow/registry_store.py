@@ -52,7 +52,8 @@ classified.
 What is NOT protected: anyone who writes to the registry database (or the artifact store)
 directly bypasses any server; other aliases (e.g. ``candidate``) and other registry
 operations (deleting aliases or versions, registered-model tags) pass through unchecked;
-a copied version keeps everything but the ``privacy_gate.`` tags. Recomputing the weights digest loads the version's model with
+a copied version keeps everything but the ``privacy_gate.`` tags. Recomputing the weights
+digest loads the version's model with
 ``mlflow.pytorch.load_model`` (torch needed on the server); that unpickles client-uploaded
 files, so it is done only after the signature, status and run of the audit were verified,
 and a model that cannot be loaded is refused.

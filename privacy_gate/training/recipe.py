@@ -75,8 +75,9 @@ class Recipe:
             self, "optimizer", coerce_choice(Optimizer, self.optimizer, "optimizer", "recipe")
         )
         object.__setattr__(self, "loss", coerce_choice(Loss, self.loss, "loss", "recipe"))
-        if isinstance(self.betas, list):
-            object.__setattr__(self, "betas", tuple(self.betas))
+        betas: Any = self.betas
+        if isinstance(betas, list):  # users (and YAML) write lists
+            object.__setattr__(self, "betas", tuple(betas))
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         for name in ("learning_rate", "eps"):
