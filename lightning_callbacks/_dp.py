@@ -20,12 +20,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lightning_callbacks._compat import release_grad_sample_module, train_data_source
 from privacy_gate.errors import ConfigError, InputError, invalid_value
 from privacy_gate.training.recipe import DPSettings
 
 __all__ = ["DPSGD_DOC", "DPSGDBehaviour", "find_dpsgd"]
 
 _LOG = logging.getLogger("lightning_callbacks")
+_CLASS_ATTRIBUTE = object()  # the patched name was the class's method, not an instance's
 OWNER = "DPSGD"
 EPSILON_METRIC = "dp/epsilon"
 
@@ -118,7 +120,8 @@ class DPSGDBehaviour:
         self._loader: Any = None
         self._module: Any = None
         self._accountant: Any = None
-        self._filters: list[Any] | None = None
+        self._warnings: Any = None  # the warnings.catch_warnings() entered for training
+        self._patched: tuple[Any, Any] | None = None  # (data source, its own dataloader)
 
     def reference_copy(self, seed: int) -> Any:
         """A fresh callback of this namespace with the same DP recipe and seeded noise,
@@ -141,8 +144,10 @@ class DPSGDBehaviour:
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._make_optimizer_private(trainer, pl_module)
         # Opacus' hooks on a first layer whose inputs need no gradient make torch warn
-        # once per step; the message is expected and harmless here
-        self._filters = list(warnings.filters)
+        # once per step; the message is expected and harmless here. The filter lives in a
+        # catch_warnings() context, left at the end of training or on any exception.
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -153,17 +158,43 @@ class DPSGDBehaviour:
             pl_module.log(EPSILON_METRIC, self.epsilon_, prog_bar=True)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self._filters is not None:
-            warnings.filters[:] = self._filters  # type: ignore[index]
-            self._filters = None
+        self._leave_warnings()
         if self.log_epsilon:
             self.epsilon_ = self._epsilon()
         if self.epsilon_ is not None:
             trainer.callback_metrics[EPSILON_METRIC] = torch.tensor(self.epsilon_)
             _LOG.info("DP-SGD: epsilon %.3f at delta %.3g", self.epsilon_, self._delta())
+        self._release_module()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """A failed fit leaves the user's process as it found it."""
+        self._leave_warnings()
+        self._release_module()
+        self._restore_loader()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._leave_warnings()
+        self._restore_loader()
+
+    def _leave_warnings(self) -> None:
+        if self._warnings is not None:
+            self._warnings.__exit__(None, None, None)
+            self._warnings = None
+
+    def _release_module(self) -> None:
         if self._module is not None:  # hooks and per-sample gradients off the trained module
-            self._module._close()
+            release_grad_sample_module(self._module)
             self._module = None
+
+    def _restore_loader(self) -> None:
+        """Lightning's data source gets its own ``dataloader`` back (it was patched)."""
+        if self._patched is not None:
+            source, original = self._patched
+            if original is _CLASS_ATTRIBUTE:
+                vars(source).pop("dataloader", None)  # the class's method shows again
+            else:
+                source.dataloader = original
+            self._patched = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [list(step) for step in self.history_], "epsilon": self.epsilon_}
@@ -175,7 +206,7 @@ class DPSGDBehaviour:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the settings and the spent privacy, not the live Opacus objects."""
-        live = ("_loader", "_module", "_accountant", "_filters")
+        live = ("_loader", "_module", "_accountant", "_warnings", "_patched")
         state = {k: v for k, v in self.__dict__.items() if k not in ("log", "log_dict")}
         return {**state, **dict.fromkeys(live)}
 
@@ -215,12 +246,8 @@ class DPSGDBehaviour:
 
     def _make_loader_private(self, trainer: Any) -> None:
         """Make Lightning's request for the train DataLoader return a Poisson-sampled one."""
-        source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
-        if source is None or not callable(getattr(source, "dataloader", None)):
-            raise InputError(
-                f"{OWNER} cannot reach the train DataLoader of this Lightning version. HINT: "
-                "train with Opacus' PrivacyEngine directly, or pin lightning 2.x."
-            )
+        source = train_data_source(trainer, OWNER)
+        self._restore_loader()  # a second fit of the same Trainer: patch the original once
         original = source.dataloader
         behaviour = self
 
@@ -248,6 +275,7 @@ class DPSGDBehaviour:
             behaviour._loader = DPDataLoader.from_data_loader(loader, generator=generator)
             return behaviour._loader
 
+        self._patched = (source, source.__dict__.get("dataloader", _CLASS_ATTRIBUTE))
         source.dataloader = private_loader
 
     def _make_optimizer_private(self, trainer: Any, pl_module: nn.Module) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from privacy_gate.errors import InputError, PrivacyGateError
+from privacy_gate.mlflow._compat import client_registry_uri
 from privacy_gate.mlflow.logging import REPORT_ARTIFACT, report_sha256
 from privacy_gate.mlflow.model_digest import logged_model_sha256
 from privacy_gate.mlflow.verification import audit_refusals
@@ -147,7 +148,7 @@ def _registered_weights_sha256(client: MlflowClient, name: str, version: str) ->
                 artifact_uri=uri,
                 dst_path=tmp,
                 tracking_uri=str(client.tracking_uri),
-                registry_uri=getattr(client, "_registry_uri", None),
+                registry_uri=client_registry_uri(client),
             )
             return logged_model_sha256(local)
     except Exception as exc:  # any failure refuses: an undigestable model is not audited

@@ -86,6 +86,7 @@ try:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED
 
+    from privacy_gate.mlflow._compat import registry_store_builder, server_artifact_destination
     from privacy_gate.mlflow.model_digest import logged_model_sha256
     from privacy_gate.mlflow.verification import audit_refusals
     from privacy_gate.report import canonical_json
@@ -229,11 +230,10 @@ def _denied(message: str) -> MlflowException:
 
 def _build_inner_store(uri: str, tracking_uri: str | None) -> Any:
     """The store MLflow itself would build for ``uri`` (same registry of schemes)."""
-    from mlflow.tracking._model_registry.utils import _get_store_registry
     from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
     try:
-        builder = _get_store_registry().get_store_builder(uri)  # type: ignore[no-untyped-call]
+        builder = registry_store_builder(uri)
     except UnsupportedModelRegistryStoreURIException as exc:
         # Not re-raised as such: MLflow's server would swallow it and run without registry.
         raise _invalid(f"unsupported inner registry URI {uri!r}: {exc.message}") from None
@@ -483,7 +483,7 @@ def _download(artifact_uri: str, dst: str) -> str:
     from mlflow.artifacts import download_artifacts
 
     parsed = urllib.parse.urlparse(artifact_uri)
-    destination = os.environ.get("_MLFLOW_SERVER_ARTIFACT_DESTINATION")
+    destination = server_artifact_destination()
     if parsed.scheme == "mlflow-artifacts" and destination:
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -41,10 +42,21 @@ from privacy_gate.training.weights import weights_sha256
 if TYPE_CHECKING:
     from privacy_gate.training.ray_backend import RayOptions
 
-__all__ = ["Backend", "TrainFunction", "TrainingPlan", "run_audit", "train_reference_models"]
+__all__ = [
+    "CACHE_DIR_ENVIRONMENT_VARIABLE",
+    "Backend",
+    "TrainFunction",
+    "TrainingPlan",
+    "default_cache_root",
+    "run_audit",
+    "train_reference_models",
+]
 
 _LOG = logging.getLogger("privacy_gate.training")
 DEFAULT_REFERENCE_MODELS = 64
+CACHE_DIR_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_CACHE_DIR"
+P = ParamSpec("P")
+R = TypeVar("R")
 Augmentation = Callable[[torch.Tensor], torch.Tensor]
 TrainFunction = Callable[[NDArray[np.intp], int], nn.Module]
 """``train_fn(subset, seed) -> trained model``: trains one model on the pool records
@@ -305,6 +317,33 @@ def train_reference_models(
     }
 
 
+def keeps_user_rng(function: Callable[P, R]) -> Callable[P, R]:
+    """Run ``function`` inside ``torch.random.fork_rng``: reference models seed torch's
+    global generator per model, and the caller's RNG state must be unchanged afterwards
+    (a Lightning user's next ``fit`` must not depend on whether an audit ran)."""
+
+    @functools.wraps(function)
+    def kept(*args: P.args, **kwargs: P.kwargs) -> R:
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+        devices = list(range(torch.cuda.device_count())) if cuda else []
+        with torch.random.fork_rng(devices=devices):
+            return function(*args, **kwargs)
+
+    return kept
+
+
+def default_cache_root() -> Path:
+    """Where an audit without ``out_dir`` keeps finished reference models, so a rerun
+    resumes: ``$PRIVACY_GATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/privacy-gate``, else
+    ``~/.cache/privacy-gate``; never the working directory."""
+    explicit = os.environ.get(CACHE_DIR_ENVIRONMENT_VARIABLE)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "privacy-gate"
+
+
+@keeps_user_rng
 def run_audit(
     factory: ModelFactory,
     data: AuditData,
@@ -372,7 +411,7 @@ def run_audit(
         "augmentations": len(augmentations),
         "settings": dict(cache_key or {}),
     }
-    store_root = (out or Path(".")) / ".privacy_gate_cache"
+    store_root = out / ".privacy_gate_cache" if out is not None else default_cache_root()
     store = ScoreStore(store_root, key, data.n_records)
     scores, training = train_reference_models(
         factory,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -340,3 +341,32 @@ def test_batchnorm_is_replaced_for_dp_sgd_with_a_warning() -> None:
     with pytest.warns(UserWarning, match=r"DPSGD \(LinearModule\).*net\.1 \(BatchNorm1d\)"):
         trainer.fit(module, DataLoader(TensorDataset(inputs, labels), batch_size=16))
     assert isinstance(module.net[1], nn.GroupNorm)
+
+
+@pytest.mark.parametrize("namespace", list(NAMESPACES))
+@pytest.mark.parametrize("fails", [False, True], ids=["fit", "exception"])
+def test_dpsgd_leaves_lightning_and_warnings_as_it_found_them(namespace: str, fails: bool) -> None:
+    """The patched train-loader hook and the warning filter are undone after the fit, and
+    after a fit that raises; the GradSampleModule's hooks are removed either way."""
+    pl, module_class = _lightning_module(namespace)
+    dpsgd = importlib.import_module(NAMESPACES[namespace]).DPSGD
+    inputs, labels = _data()
+    loader = DataLoader(TensorDataset(inputs, labels), batch_size=N)
+
+    class Failing(module_class):  # type: ignore[misc,valid-type]
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            raise RuntimeError("step failed")
+
+    module = Failing() if fails else module_class()
+    trainer = _trainer(pl, [dpsgd(noise_multiplier=1.0, max_grad_norm=CLIP, seed=0)])
+    source = trainer.fit_loop._data_source
+    filters = list(warnings.filters)
+    if fails:
+        with pytest.raises(RuntimeError, match="step failed"):
+            trainer.fit(module, loader)
+    else:
+        trainer.fit(module, loader)
+    assert warnings.filters == filters
+    assert trainer.fit_loop._data_source is source
+    assert "dataloader" not in vars(source)  # Lightning's own method again
+    assert not any(hasattr(p, "grad_sample") for p in module.parameters())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,12 +63,16 @@ def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gated]:
     ) as server:
         client = MlflowClient(tracking_uri=server.tracking_uri, registry_uri=server.tracking_uri)
         client.create_registered_model(MODEL)
-        yield Gated(
-            server,
-            client,
-            load_private_key(tmp / "audit.pem"),
-            load_private_key(tmp / "other.pem"),
-        )
+        try:
+            yield Gated(
+                server,
+                client,
+                load_private_key(tmp / "audit.pem"),
+                load_private_key(tmp / "other.pem"),
+            )
+        finally:  # _register sets the global registry URI (and its environment variable)
+            mlflow.set_registry_uri("")
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 def _report(status: str = "pass", schema: str = SCHEMA_VERSION) -> dict[str, Any]:

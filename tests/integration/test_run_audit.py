@@ -268,3 +268,24 @@ def test_cli_audit_logs_to_a_sqlite_mlflow_store(
         report["summary"]["patient_auc"]["max"]
     )
     assert main(["audit", "--config", str(_job(tmp_path, mlflow={"tracking_uri": "mlruns"}))]) == 2
+
+
+def test_audit_leaves_the_callers_rng_and_working_directory_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reference models seed torch's global generator per model: the caller's state is
+    restored afterwards. Without an out_dir the resumable cache goes to the user cache
+    directory (PRIVACY_GATE_CACHE_DIR here), never the working directory."""
+    work, cache = tmp_path / "work", tmp_path / "cache"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("PRIVACY_GATE_CACHE_DIR", str(cache))
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    expected_next = torch.rand(3)
+    torch.set_rng_state(before)
+    _audit(None)  # type: ignore[arg-type]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert list(work.iterdir()) == []
+    assert len(list(cache.iterdir())) == 1  # one keyed store of finished models

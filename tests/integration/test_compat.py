@@ -1,0 +1,76 @@
+"""Each private or version-bound access of privacy-gate to Lightning, Opacus and MLflow
+(`lightning_callbacks._compat`, `privacy_gate.mlflow._compat`), checked against the
+installed versions: an upgrade that removes one fails here, by name."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("namespace", ["pytorch_lightning", "lightning.pytorch"])
+def test_lightning_train_data_source(namespace: str) -> None:
+    from lightning_callbacks._compat import train_data_source
+
+    pl = importlib.import_module(namespace)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    source = train_data_source(trainer, "test")
+    assert callable(source.dataloader)
+
+
+def test_lightning_train_data_source_fails_loudly_when_gone() -> None:
+    from lightning_callbacks._compat import train_data_source
+    from privacy_gate.errors import InputError
+
+    class NoLoop:
+        fit_loop = object()
+
+    with pytest.raises(InputError, match=r"fit_loop\._data_source\.dataloader"):
+        train_data_source(NoLoop(), "DPSGD")
+
+
+def test_opacus_grad_sample_module_release() -> None:
+    pytest.importorskip("opacus")
+    from opacus import GradSampleModule
+
+    from lightning_callbacks._compat import release_grad_sample_module
+
+    module = GradSampleModule(torch.nn.Linear(3, 2))
+    assert callable(getattr(module, "cleanup", None))  # Opacus >= 1.5
+    module(torch.randn(4, 3)).sum().backward()
+    assert all(p.grad_sample is not None for p in module.parameters())
+    release_grad_sample_module(module)
+    assert all(getattr(p, "grad_sample", None) is None for p in module.parameters())
+    module(torch.randn(4, 3)).sum().backward()  # hooks gone: no new per-sample gradients
+    assert all(getattr(p, "grad_sample", None) is None for p in module.parameters())
+
+
+def test_mlflow_registry_store_builder(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    from privacy_gate.mlflow._compat import registry_store_builder
+
+    builder = registry_store_builder(f"sqlite:///{tmp_path}/r.db")
+    assert callable(builder)
+
+
+def test_mlflow_server_artifact_destination_variable() -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.server.constants import ARTIFACTS_DESTINATION_ENV_VAR
+
+    from privacy_gate.mlflow._compat import SERVER_ARTIFACT_DESTINATION
+
+    assert ARTIFACTS_DESTINATION_ENV_VAR == SERVER_ARTIFACT_DESTINATION
+
+
+def test_mlflow_client_registry_uri(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from privacy_gate.mlflow._compat import client_registry_uri
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    assert client_registry_uri(MlflowClient(tracking_uri=uri, registry_uri=uri)) == uri
