@@ -25,6 +25,7 @@ from lightning_callbacks._audit_core import (
     run_fit_audit,
 )
 from lightning_callbacks._settings import AuditSettings, Metadata, validate_settings
+from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
 
 __all__ = ["CALLBACK_DOC", "PrivacyAuditBehaviour"]
 
@@ -85,7 +86,7 @@ class PrivacyAuditBehaviour:
         holdout: Any = None,
         patient_ids: Metadata | None = None,
         subgroups: Mapping[str, Metadata] | None = None,
-        reference_models: int = 64,
+        reference_models: int = DEFAULT_REFERENCE_MODELS,
         backend: str = "auto",
         seed: int = 0,
         on_fail: str = "raise",

@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from privacy_gate.config import AuditConfig, default_config, load_config
 from privacy_gate.errors import ConfigError, PrivacyGateError, invalid_value
+from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
 from privacy_gate.signals import Task
-from privacy_gate.training.audit import DEFAULT_REFERENCE_MODELS, Backend
+from privacy_gate.training.audit import Backend
 from privacy_gate.training.ray_backend import RayOptions, parse_ray_options
 
 __all__ = ["AuditSettings", "Metadata", "OnFail", "validate_settings"]

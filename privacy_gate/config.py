@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from privacy_gate.errors import ConfigError, coerce_choice, invalid_value
+from privacy_gate.errors import ConfigError, check_known_keys, coerce_choice, invalid_value
 
 __all__ = [
     "AuditConfig",
@@ -165,12 +165,12 @@ def _check_keys(section: str, data: Mapping[str, Any], valid: tuple[str, ...]) -
         raise ConfigError(
             f"The key {key!r} in {section} is no longer supported: {_REMOVED_KEYS[key]}."
         )
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"Unknown key(s) {unknown} in {section}. Valid keys are: {sorted(valid)}."
-            " HINT: check the spelling; a misspelt rule would silently not be checked."
-        )
+    check_known_keys(
+        data,
+        sorted(valid),
+        section,
+        hint="check the spelling; a misspelt rule would silently not be checked.",
+    )
 
 
 def _number(

@@ -7,6 +7,7 @@ shape: "The 'x' parameter of Y must be ... Got ... instead." plus a ``HINT:``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ __all__ = [
     "OutdatedReportError",
     "PrivacyGateError",
     "ReportError",
+    "check_known_keys",
     "coerce_choice",
     "invalid_value",
 ]
@@ -53,6 +55,29 @@ def invalid_value(name: str, owner: str, expected: str, got: Any, hint: str | No
     if hint:
         message += f" HINT: {hint}"
     return message
+
+
+def check_known_keys(
+    keys: Iterable[Any],
+    valid: Iterable[str],
+    owner: str,
+    *,
+    hint: str | None = None,
+    error: type[Exception] = ConfigError,
+    what: str = "key",
+) -> None:
+    """Refuse keys that are not ``valid``: a misspelt key would silently do nothing.
+
+    >>> check_known_keys({"epochs": 1, "lr": 0.1}, ["epochs", "learning_rate"], "recipe")
+    Traceback (most recent call last):
+    ...
+    privacy_gate.errors.ConfigError: Unknown key(s) ['lr'] in recipe. Valid keys are: [...].
+    """
+    known = list(valid)
+    unknown = sorted(set(map(str, keys)) - set(known))
+    if unknown:
+        message = f"Unknown {what}(s) {unknown} in {owner}. Valid keys are: {known}."
+        raise error(f"{message} HINT: {hint}" if hint else message)
 
 
 def coerce_choice(

@@ -14,7 +14,12 @@ from numpy.typing import NDArray
 
 from privacy_gate.errors import InputError
 
-__all__ = ["draw_plan", "plan_digest"]
+__all__ = ["DEFAULT_REFERENCE_MODELS", "draw_plan", "plan_digest"]
+
+DEFAULT_REFERENCE_MODELS = 64
+"""K when none is given (run_audit, audit.yaml, the Lightning callback, the evaluator):
+enough for the default policy's power rules up to about 100,000 patients (they need 50
+for 9,105 patients and 60 for 100,000)."""
 
 
 def draw_plan(patient_index: NDArray[np.intp], n_models: int, *, seed: int) -> NDArray[np.bool_]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from privacy_gate.errors import InputError
+from privacy_gate.errors import InputError, check_known_keys
 from privacy_gate.npz import read_stored_npz
 
 __all__ = ["Signals", "Task", "load_signals"]
@@ -202,12 +202,9 @@ def make_signals(
 
 
 def _check_npz_keys(files: list[str], path: Path) -> None:
-    unknown = sorted(set(files) - set(_NPZ_KEYS))
-    if unknown:
-        raise InputError(
-            f"Unknown array(s) {unknown} in {path.name}. Valid keys are: "
-            f"{list(_NPZ_KEYS)}. HINT: check the spelling."
-        )
+    check_known_keys(
+        files, _NPZ_KEYS, path.name, hint="check the spelling.", error=InputError, what="array"
+    )
     missing = [k for k in ("scores", "masks") if k not in files]
     if missing:
         raise InputError(

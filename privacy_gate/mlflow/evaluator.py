@@ -27,8 +27,9 @@ import torch
 from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
 
 from privacy_gate.config import AuditConfig, default_config, load_config, parse_config
-from privacy_gate.errors import ConfigError
+from privacy_gate.errors import ConfigError, check_known_keys
 from privacy_gate.mlflow.logging import log_report, report_metrics
+from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
 from privacy_gate.signals import Task
 from privacy_gate.training.audit import run_audit
 from privacy_gate.training.data import AuditData
@@ -72,10 +73,7 @@ class PrivacyGateEvaluator(ModelEvaluator):
         **kwargs: Any,
     ) -> EvaluationResult:
         config = dict(evaluator_config or {})
-        unknown = sorted(set(config) - set(_CONFIG_KEYS))
-        if unknown:
-            raise ConfigError(f"Unknown key(s) {unknown} in evaluator_config for privacy_gate. "
-                              f"Valid keys are: {list(_CONFIG_KEYS)}.")  # fmt: skip
+        check_known_keys(config, _CONFIG_KEYS, "evaluator_config for privacy_gate")
         for required in ("model_factory", "holdout"):
             if config.get(required) is None:
                 raise ConfigError(
@@ -109,7 +107,7 @@ class PrivacyGateEvaluator(ModelEvaluator):
                 data,
                 recipe=parse_recipe(config.get("recipe")),
                 config=_policy(config.get("policy")),
-                reference_models=int(config.get("reference_models", 64)),
+                reference_models=int(config.get("reference_models", DEFAULT_REFERENCE_MODELS)),
                 backend=config.get("backend", "auto"),
                 seed=int(config.get("seed", 0)),
                 candidate=candidate,

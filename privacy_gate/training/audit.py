@@ -27,7 +27,7 @@ from torch import nn
 from privacy_gate.config import AuditConfig, default_config
 from privacy_gate.errors import InputError
 from privacy_gate.pipeline import AuditResult, audit, write_outputs
-from privacy_gate.plan import draw_plan, plan_digest
+from privacy_gate.plan import DEFAULT_REFERENCE_MODELS, draw_plan, plan_digest
 from privacy_gate.pseudonyms import Pseudonymizer
 from privacy_gate.signals import make_signals
 from privacy_gate.training.data import AuditData
@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger("privacy_gate.training")
-DEFAULT_REFERENCE_MODELS = 64
 CACHE_DIR_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_CACHE_DIR"
 P = ParamSpec("P")
 R = TypeVar("R")

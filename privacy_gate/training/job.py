@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from privacy_gate.config import AuditConfig, default_config, load_config, parse_config
-from privacy_gate.errors import ConfigError, invalid_value
+from privacy_gate.errors import ConfigError, check_known_keys, invalid_value
 from privacy_gate.pipeline import AuditResult
-from privacy_gate.training.audit import DEFAULT_REFERENCE_MODELS, Backend, run_audit
+from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
+from privacy_gate.training.audit import Backend, run_audit
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.ray_backend import RayOptions, parse_ray_options
 from privacy_gate.training.recipe import Recipe, parse_recipe
@@ -64,11 +65,7 @@ def _parse_mlflow(value: Any) -> MlflowTarget | None:
         return None
     if not isinstance(value, Mapping):
         raise ConfigError(invalid_value("mlflow", "audit config", "a mapping", value))
-    unknown = sorted(set(value) - set(_MLFLOW_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"Unknown key(s) {unknown} in mlflow. Valid keys are: {list(_MLFLOW_KEYS)}."
-        )
+    check_known_keys(value, _MLFLOW_KEYS, "mlflow")
     uri = value.get("tracking_uri")
     schemes = ("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql", "databricks")
     if not isinstance(uri, str) or not uri.startswith(schemes):
@@ -153,11 +150,7 @@ def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
     """Validate an audit config mapping; relative paths are resolved against ``base``."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"The audit config must be a YAML mapping with keys {list(_KEYS)}.")
-    unknown = sorted(set(data) - set(_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"Unknown key(s) {unknown} in the audit config. Valid keys are: {list(_KEYS)}."
-        )
+    check_known_keys(data, _KEYS, "the audit config")
     for required in ("model", "data"):
         if not isinstance(data.get(required), str):
             raise ConfigError(

@@ -33,7 +33,13 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from privacy_gate.errors import ConfigError, InputError, PrivacyGateError, invalid_value
+from privacy_gate.errors import (
+    ConfigError,
+    InputError,
+    PrivacyGateError,
+    check_known_keys,
+    invalid_value,
+)
 from privacy_gate.signals import Task
 from privacy_gate.training.audit import (
     DP_REASON,
@@ -195,9 +201,7 @@ def parse_ray_options(data: Mapping[str, Any] | None) -> RayOptions:
         return RayOptions()
     if not isinstance(data, Mapping):
         raise ConfigError(invalid_value("ray", "audit config", "a mapping", data))
-    unknown = sorted(set(data) - set(_YAML_KEYS))
-    if unknown:
-        raise ConfigError(f"Unknown key(s) {unknown} in ray. Valid keys are: {list(_YAML_KEYS)}.")
+    check_known_keys(data, _YAML_KEYS, "ray")
     values = dict(data)
     if "memory" in values:
         values["memory"] = parse_memory(values["memory"])

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from typing import Any
 
-from privacy_gate.errors import ConfigError, coerce_choice, invalid_value
+from privacy_gate.errors import ConfigError, check_known_keys, coerce_choice, invalid_value
 
 __all__ = ["DPSettings", "Loss", "Optimizer", "Recipe", "parse_recipe"]
 
@@ -124,10 +124,7 @@ def parse_recipe(data: Mapping[str, Any] | None) -> Recipe:
     <Optimizer.SGD: 'sgd'>
     """
     data = dict(data or {})
-    valid = [f.name for f in fields(Recipe)]
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ConfigError(f"Unknown key(s) {unknown} in recipe. Valid keys are: {valid}.")
+    check_known_keys(data, [f.name for f in fields(Recipe)], "recipe")
     for name, kind in (("optimizer", Optimizer), ("loss", Loss)):
         if name in data:
             try:
