@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
-import importlib.util
 import json
 import os
 import re
@@ -375,8 +374,6 @@ def test_without_a_key_pseudonyms_differ_between_runs(dataset: Dataset, tmp_path
 
 
 def test_score_with_plots(dataset: Dataset, tmp_path: Path, keyed: None) -> None:
-    if importlib.util.find_spec("privacy_gate.render") is None:
-        pytest.skip("privacy_gate.render is not available")
     out = tmp_path / "out"
     assert main(_score_args(dataset, out, "--config", str(_lenient(tmp_path)))) == 0
     for name in ("report.json", "records.csv", "patients.csv", "report.md", "report.html"):

@@ -298,7 +298,7 @@ def test_action_script_runs_an_audit(tmp_path: Path) -> None:
     (tmp_path / "audit.yaml").write_text(yaml.safe_dump(job), encoding="utf-8")
     inputs = {"PG_AUDIT_CONFIG": "audit.yaml", "PG_OUT": "out", "PG_ARGS": "--no-plots"}
     run = run_action({**inputs, "PYTHONPATH": str(REPO)}, tmp_path)
-    assert run.code in (0, 1), run.stdout + run.stderr
+    assert run.code == 0, run.stdout + run.stderr  # its rules cannot fail at K = 4
     assert "privacy-gate --github audit --config audit.yaml --out out --no-plots" in run.stdout
     report = json.loads((tmp_path / "out" / "report.json").read_text("utf-8"))
     assert run.outputs["status"] == report["decision"]["status"]

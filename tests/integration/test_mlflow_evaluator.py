@@ -58,7 +58,8 @@ def test_evaluate_with_the_privacy_gate_evaluator(tmp_path: Path) -> None:
         )  # fmt: skip
     assert "privacy_gate/patient_auc/max" in result.metrics
     logged = MlflowClient(tracking_uri=uri).get_run(run.info.run_id)
-    assert logged.data.tags["privacy_gate.status"] in {"pass", "fail"}
+    # The only rule, max_patient_auc 1.0, cannot be exceeded, nor its noise floor reach it.
+    assert logged.data.tags["privacy_gate.status"] == "pass"
     assert logged.data.metrics["privacy_gate/patient_auc/max"] == pytest.approx(
         result.metrics["privacy_gate/patient_auc/max"]
     )

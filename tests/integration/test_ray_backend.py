@@ -273,7 +273,7 @@ def test_cli_task_that_fails_for_good_exits_2_and_a_rerun_trains_only_the_missin
     assert _stored(tmp_path / "out") == ["reference_0000.npy", "reference_0001.npy"]
 
     calls.write_text("")
-    assert main(["-q", "audit", "--config", str(config), "--no-plots"]) in (0, 1)
+    assert main(["-q", "audit", "--config", str(config), "--no-plots"]) == 0  # cannot fail
     trained = {int(line) for line in calls.read_text().split()} - {0}  # 0: the setup probe
     assert trained == {derived_seed(SEED, 2), derived_seed(SEED, 3)}
     report = json.loads((tmp_path / "out" / "report.json").read_text())

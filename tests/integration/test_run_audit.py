@@ -63,7 +63,7 @@ def test_audit_writes_report_and_plan(tmp_path: Path) -> None:
         columns = masks[:, patient_index == p]
         assert (columns == columns[:, :1]).all()
     assert len(_records(tmp_path)) == 160
-    assert result.decision.status.value in {"pass", "fail"}
+    assert result.decision.status.value == "pass"  # max_patient_auc 1.0 cannot fail
 
 
 def test_interrupted_audit_resumes_and_gives_the_same_report(tmp_path: Path) -> None:
@@ -156,9 +156,9 @@ def test_cli_audit_runs_and_writes_the_report(
 ) -> None:
     monkeypatch.chdir(REPO)
     code = main(["-q", "audit", "--config", str(_job(tmp_path)), "--no-plots"])
-    assert code in (0, 1)
+    assert code == 0  # the job's only rule, max_patient_auc 1.0, cannot fail
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["decision"]["status"] == ("pass" if code == 0 else "fail")
+    assert report["decision"]["status"] == "pass"
     # --out overrides the file's 'out'.
     assert main(["-q", "audit", "--config", str(_job(tmp_path)), "--out",
                  str(tmp_path / "other"), "--no-plots"]) == code  # fmt: skip
@@ -253,7 +253,7 @@ def test_cli_audit_logs_to_a_sqlite_mlflow_store(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = _job(tmp_path, mlflow={"tracking_uri": uri, "experiment": "ehr-audits"})
     code = main(["audit", "--config", str(job), "--no-plots"])
-    assert code in (0, 1)
+    assert code == 0
     out = capsys.readouterr().out
     assert f"mlflow ui --backend-store-uri {uri}" in out
     client = MlflowClient(tracking_uri=uri)

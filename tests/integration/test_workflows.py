@@ -183,10 +183,46 @@ def test_every_script_variable_is_mapped_by_the_action() -> None:
     assert used == mapped
 
 
-def test_the_report_mode_installs_no_torch() -> None:
-    script = ACTION_SCRIPT.read_text(encoding="utf-8")
-    assert re.search(r'report\) extras="" ;;', script)
-    assert re.search(r'mlflow-run\) extras="mlflow-skinny" ;;', script)
+@pytest.mark.parametrize(
+    ("inputs", "requirements"),
+    [
+        ({"PG_REPORT": "report.json"}, ["SPEC"]),  # the base package: no torch
+        ({"PG_MLFLOW_RUN": "abc"}, ["SPEC", "privacy-gate[mlflow-skinny]"]),
+        ({"PG_MODEL": "m", "PG_MODEL_VERSION": "3"}, ["SPEC", "privacy-gate[mlflow,torch]"]),
+        ({"PG_AUDIT_CONFIG": "audit.yaml"}, ["SPEC", "privacy-gate[torch]"]),
+    ],
+    ids=["report", "mlflow-run", "model", "audit"],
+)
+def test_install_step_installs_what_each_mode_needs(
+    tmp_path: Path, inputs: dict[str, str], requirements: list[str]
+) -> None:
+    """The action's install step, run for real with a stub ``python`` that records the pip
+    command it is given (no network): the report mode installs no torch."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "pip.log"
+    stub = bin_dir / "python"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {log}\n', encoding="utf-8")
+    stub.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PG_PACKAGE": "SPEC",
+        "PG_TORCH_INDEX_URL": "https://index.invalid/cpu",
+        **inputs,
+    }
+    done = subprocess.run(
+        ["bash", str(ACTION_SCRIPT), "install"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = log.read_text(encoding="utf-8").splitlines()
+    pip = "-m pip install --disable-pip-version-check --quiet"
+    torch_first = [f"{pip} --index-url https://index.invalid/cpu torch"]
+    needs_torch = "torch" in requirements[-1]
+    assert calls == (torch_first if needs_torch else []) + [f"{pip} {' '.join(requirements)}"]
 
 
 def test_the_reusable_workflow_wraps_the_action() -> None:
