@@ -50,14 +50,10 @@ if str(ROOT) not in sys.path:
 from ehr_pool import load_ehr_pool  # noqa: E402  (benchmarks/, the script's own folder)
 
 from privacy_gate.plan import draw_plan  # noqa: E402
-from privacy_gate.training.audit import (  # noqa: E402
-    Backend,
-    TrainingPlan,
-    derived_seed,
-    train_reference_models,
-)
+from privacy_gate.training.audit import Backend, train_reference_models  # noqa: E402
 from privacy_gate.training.ray_backend import RayOptions  # noqa: E402
 from privacy_gate.training.recipe import Optimizer, Recipe  # noqa: E402
+from privacy_gate.training.reference import TrainingPlan, derived_seed  # noqa: E402
 from privacy_gate.training.store import ScoreStore  # noqa: E402
 
 MODES = ("local-1t", "local-2t", "ray-1w", "ray-2w", "ray-2w-single")

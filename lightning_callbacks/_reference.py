@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_callbacks._recipe import TrainerSettings
-from privacy_gate.training.audit import TrainFunction
+from privacy_gate.training.reference import TrainFunction
 
 __all__ = ["make_train_fn"]
 

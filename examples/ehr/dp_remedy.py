@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from privacy_gate.training.audit import derived_seed, run_audit
+from privacy_gate.training.audit import run_audit
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.job import load_job, resolve
 from privacy_gate.training.recipe import DPSettings, Recipe
+from privacy_gate.training.reference import derived_seed
 from privacy_gate.training.sequential import train_one
 
 CONFIG = Path(__file__).with_name("audit.yaml")

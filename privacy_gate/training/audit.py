@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from enum import Enum
 from multiprocessing import get_context
 from pathlib import Path
@@ -34,6 +33,15 @@ from privacy_gate.training.data import AuditData
 from privacy_gate.training.dp_sections import dp_recommendation, dp_training
 from privacy_gate.training.progress import Progress
 from privacy_gate.training.recipe import Recipe
+from privacy_gate.training.reference import (
+    Augmentation,
+    Fallback,
+    TrainFunction,
+    TrainingPlan,
+    derived_seed,
+    reference_name,
+    train_and_score,
+)
 from privacy_gate.training.scoring import score_model
 from privacy_gate.training.sequential import ModelFactory, init_model, train_one
 from privacy_gate.training.store import ScoreStore
@@ -56,10 +64,6 @@ _LOG = logging.getLogger("privacy_gate.training")
 CACHE_DIR_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_CACHE_DIR"
 P = ParamSpec("P")
 R = TypeVar("R")
-Augmentation = Callable[[torch.Tensor], torch.Tensor]
-TrainFunction = Callable[[NDArray[np.intp], int], nn.Module]
-"""``train_fn(subset, seed) -> trained model``: trains one model on the pool records
-``subset`` (e.g. with a Lightning Trainer), initialised from ``seed``."""
 
 
 class Backend(str, Enum):
@@ -67,28 +71,6 @@ class Backend(str, Enum):
     BATCHED = "batched"
     SEQUENTIAL = "sequential"
     RAY = "ray"  # Ray tasks on a cluster (privacy_gate.training.ray_backend)
-
-
-@dataclass(frozen=True)
-class TrainingPlan:
-    """What the reference models train on and with which seeds."""
-
-    masks: NDArray[np.bool_]  # (n_reference_models, n_records)
-    seeds: tuple[int, ...]  # (n_reference_models,)
-    seed: int
-
-    @property
-    def n_models(self) -> int:
-        return int(self.masks.shape[0])
-
-    def subset(self, k: int) -> NDArray[np.intp]:
-        return np.flatnonzero(self.masks[k]).astype(np.intp)
-
-
-def derived_seed(seed: int, index: int) -> int:
-    """An independent 31-bit seed for model ``index`` (-1: the candidate)."""
-    sequence = np.random.SeedSequence([seed, index + 1])
-    return int(sequence.generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -119,32 +101,6 @@ def model_identity(factory: ModelFactory) -> dict[str, Any]:
     }
 
 
-def _train_and_score(
-    factory: ModelFactory,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    subset: NDArray[np.intp],
-    recipe: Recipe,
-    seed: int,
-    name: str,
-    task: Any,
-    augmentations: Sequence[Augmentation],
-    train_fn: TrainFunction | None = None,
-) -> NDArray[np.float64]:
-    """Train one reference model (``train_fn`` or the recipe's loop) and score the pool."""
-    if train_fn is not None:
-        model = train_fn(subset, seed)
-    else:
-        model = train_one(factory, inputs, labels, subset, recipe, seed=seed, model_name=name)
-    return score_model(model, inputs, labels, task, augmentations=augmentations)
-
-
-def reference_name(k: int) -> str:
-    """The store name of reference model ``k``'s scores (one place, so every backend and
-    a resumed audit agree on it)."""
-    return f"reference_{k:04d}"
-
-
 def _worker_init() -> None:
     torch.set_num_threads(1)
 
@@ -169,12 +125,12 @@ def _sequential(
     }  # fmt: skip
     if train_fn is not None or workers <= 1:
         for k, job in jobs.items():
-            store.save(reference_name(k), _train_and_score(*job, train_fn=train_fn))
+            store.save(reference_name(k), train_and_score(*job, train_fn=train_fn))
             progress.update()
         return
     context = get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-        futures = {pool.submit(_train_and_score, *job): k for k, job in jobs.items()}
+        futures = {pool.submit(train_and_score, *job): k for k, job in jobs.items()}
         for future in as_completed(futures):  # each is saved as soon as it finishes
             store.save(reference_name(futures[future]), future.result())
             progress.update()
@@ -221,11 +177,6 @@ def _batched(
         progress.update(len(missing.intersection(group)))
 
 
-DP_REASON = (
-    "the recipe trains with DP-SGD, and Opacus hooks one module at a time, not a vmapped ensemble"
-)
-
-
 def choose_backend(
     factory: ModelFactory, backend: Backend, recipe: Recipe | None = None
 ) -> tuple[Backend, str | None]:
@@ -235,10 +186,10 @@ def choose_backend(
     if recipe is not None and recipe.dp is not None:
         if backend is Backend.BATCHED:
             raise InputError(
-                f"backend 'batched' cannot train this recipe: {DP_REASON}. HINT: use "
+                f"backend 'batched' cannot train this recipe: {Fallback.DP_SGD.value}. HINT: use "
                 "backend 'auto' or 'sequential'."
             )
-        return Backend.SEQUENTIAL, DP_REASON
+        return Backend.SEQUENTIAL, Fallback.DP_SGD.value
     from privacy_gate.training.batched import batching_problem
 
     problem = batching_problem(init_model(factory, 0))

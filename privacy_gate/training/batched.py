@@ -50,7 +50,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from privacy_gate.training.data_order import epoch_batches, steps_per_epoch
 from privacy_gate.training.recipe import Loss, Optimizer, Recipe
-from privacy_gate.training.sequential import ModelFactory, TrainingError, init_model
+from privacy_gate.training.steps import ModelFactory, TrainingError, init_model
 
 __all__ = ["BatchingUnsupported", "batching_problem", "mlp_fast_path_problem", "train_batched"]
 

@@ -29,7 +29,7 @@ from privacy_gate.gate import Status
 from privacy_gate.pipeline import AuditResult
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.recipe import Recipe
-from privacy_gate.training.sequential import compute_loss
+from privacy_gate.training.steps import compute_loss
 
 __all__ = ["dp_recommendation", "dp_training", "max_records_per_patient"]
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from privacy_gate.errors import InputError
 from privacy_gate.training.recipe import DPSettings, Recipe
+from privacy_gate.training.steps import TrainingError, compute_loss, make_optimizer
 
 __all__ = ["make_dp_compatible", "train_one_dp"]
 
@@ -94,7 +95,6 @@ def train_one_dp(
     Poisson sampling (Opacus' ``DPDataLoader``), per-sample clipping and Gaussian noise
     from generators seeded by ``seed``, so a resumed audit retrains identically.
     """
-    from privacy_gate.training.sequential import make_optimizer
 
     dp = recipe.dp
     if not isinstance(dp, DPSettings):
@@ -144,7 +144,6 @@ def _dp_epochs(
     recipe: Recipe,
     model_name: str,
 ) -> None:
-    from privacy_gate.training.sequential import TrainingError, compute_loss
 
     for epoch in range(recipe.epochs):
         for batch_inputs, batch_labels in loader:

@@ -28,7 +28,7 @@ from privacy_gate.training.audit import Backend, run_audit
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.ray_backend import RayOptions, parse_ray_options
 from privacy_gate.training.recipe import Recipe, parse_recipe
-from privacy_gate.training.sequential import ModelFactory
+from privacy_gate.training.steps import ModelFactory
 
 __all__ = ["AuditJob", "MlflowTarget", "load_job", "resolve", "run_job"]
 

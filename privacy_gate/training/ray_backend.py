@@ -41,19 +41,19 @@ from privacy_gate.errors import (
     invalid_value,
 )
 from privacy_gate.signals import Task
-from privacy_gate.training.audit import (
-    DP_REASON,
-    Augmentation,
-    TrainFunction,
-    TrainingPlan,
-    _train_and_score,
-    reference_name,
-)
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.progress import Progress
 from privacy_gate.training.recipe import Optimizer, Recipe
+from privacy_gate.training.reference import (
+    Augmentation,
+    Fallback,
+    TrainFunction,
+    TrainingPlan,
+    reference_name,
+    train_and_score,
+)
 from privacy_gate.training.scoring import score_model
-from privacy_gate.training.sequential import ModelFactory, init_model
+from privacy_gate.training.steps import ModelFactory, init_model
 from privacy_gate.training.store import ScoreStore
 
 __all__ = [
@@ -399,7 +399,7 @@ def _train_group(
         factory: Any, inputs: torch.Tensor, labels: torch.Tensor
     ) -> list[NDArray[np.float64]]:
         return [
-            _train_and_score(
+            train_and_score(
                 factory,
                 inputs,
                 labels,
@@ -536,7 +536,7 @@ def train_on_ray(
 
         reason = batching_problem(init_model(factory, 0))
         if recipe.dp is not None:
-            reason = DP_REASON
+            reason = Fallback.DP_SGD.value
         if reason is not None:
             _LOG.warning("Training reference models one per Ray task: %s", reason)
             batched = False

@@ -6,60 +6,30 @@ Any ``nn.Module`` works here. The batched ensemble must reproduce exactly this l
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
-from privacy_gate.errors import InputError
 from privacy_gate.training.data_order import epoch_batches
-from privacy_gate.training.recipe import Loss, Optimizer, Recipe
+from privacy_gate.training.dp_sgd import train_one_dp
+from privacy_gate.training.recipe import Recipe
+from privacy_gate.training.steps import (
+    ModelFactory,
+    TrainingError,
+    compute_loss,
+    init_model,
+    make_optimizer,
+)
 
-__all__ = ["ModelFactory", "TrainingError", "compute_loss", "make_optimizer", "train_one"]
-
-ModelFactory = Callable[[], nn.Module]
-
-
-class TrainingError(InputError):
-    """A model that cannot be trained as asked (NaN loss, empty subset, bad outputs)."""
-
-
-def compute_loss(logits: torch.Tensor, labels: torch.Tensor, loss: Loss) -> torch.Tensor:
-    """Mean loss over the batch."""
-    if loss is Loss.CROSS_ENTROPY:
-        return F.cross_entropy(logits, labels.long())
-    targets = labels.to(logits.dtype).reshape(logits.shape)
-    return F.binary_cross_entropy_with_logits(logits, targets)
-
-
-def make_optimizer(parameters: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
-    """The recipe's optimizer over ``parameters`` (single-tensor implementation)."""
-    if recipe.optimizer is Optimizer.SGD:
-        return torch.optim.SGD(
-            parameters,
-            lr=recipe.learning_rate,
-            momentum=recipe.momentum,
-            weight_decay=recipe.weight_decay,
-            foreach=False,
-        )
-    kind = torch.optim.Adam if recipe.optimizer is Optimizer.ADAM else torch.optim.AdamW
-    return kind(
-        parameters,
-        lr=recipe.learning_rate,
-        betas=recipe.betas,
-        eps=recipe.eps,
-        weight_decay=recipe.weight_decay,
-        foreach=False,
-    )
-
-
-def init_model(factory: ModelFactory, seed: int) -> nn.Module:
-    """A fresh model whose initial weights depend only on ``seed``."""
-    torch.manual_seed(seed)
-    return factory()
+__all__ = [
+    "ModelFactory",
+    "TrainingError",
+    "compute_loss",
+    "init_model",
+    "make_optimizer",
+    "train_one",
+]
 
 
 def train_one(
@@ -91,8 +61,6 @@ def train_one(
     if not parameters:
         raise TrainingError(f"{model_name} has no trainable parameters.")
     if recipe.dp is not None:
-        from privacy_gate.training.dp_sgd import train_one_dp
-
         return train_one_dp(model, inputs, labels, subset, recipe, seed=seed, model_name=model_name)
     optimizer = make_optimizer(parameters, recipe)
     model.train()

@@ -31,13 +31,7 @@ from privacy_gate.cli import main
 from privacy_gate.config import parse_config
 from privacy_gate.errors import ConfigError
 from privacy_gate.plan import draw_plan
-from privacy_gate.training.audit import (
-    Backend,
-    TrainingPlan,
-    derived_seed,
-    run_audit,
-    train_reference_models,
-)
+from privacy_gate.training.audit import Backend, run_audit, train_reference_models
 from privacy_gate.training.job import parse_job
 from privacy_gate.training.ray_backend import (
     RayOptions,
@@ -45,6 +39,7 @@ from privacy_gate.training.ray_backend import (
     training_bytes_per_model,
 )
 from privacy_gate.training.recipe import Optimizer, Recipe
+from privacy_gate.training.reference import TrainingPlan, derived_seed
 from privacy_gate.training.store import ScoreStore
 
 ray = pytest.importorskip("ray")

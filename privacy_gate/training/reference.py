@@ -1,0 +1,93 @@
+"""One reference model: the plan it trains on, its seed, its store name, and how it is
+trained and scored. Every backend (sequential, batched, Ray) builds on these, so they
+agree on which model is which and a resumed audit finds what is done."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from privacy_gate.training.recipe import Recipe
+from privacy_gate.training.scoring import score_model
+from privacy_gate.training.sequential import train_one
+from privacy_gate.training.steps import ModelFactory
+
+__all__ = [
+    "Augmentation",
+    "Fallback",
+    "TrainFunction",
+    "TrainingPlan",
+    "derived_seed",
+    "reference_name",
+    "train_and_score",
+]
+
+Augmentation = Callable[[torch.Tensor], torch.Tensor]
+TrainFunction = Callable[[NDArray[np.intp], int], nn.Module]
+"""``train_fn(subset, seed) -> trained model``: trains one model on the pool records
+``subset`` (e.g. with a Lightning Trainer), initialised from ``seed``."""
+
+
+class Fallback(str, Enum):
+    """Why reference models train one at a time although batching was asked or allowed
+    (model-specific reasons come from `privacy_gate.training.batched.batching_problem`)."""
+
+    DP_SGD = (
+        "the recipe trains with DP-SGD, and Opacus hooks one module at a time, not a vmapped "
+        "ensemble"
+    )
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What the reference models train on and with which seeds."""
+
+    masks: NDArray[np.bool_]  # (n_reference_models, n_records)
+    seeds: tuple[int, ...]  # (n_reference_models,)
+    seed: int
+
+    @property
+    def n_models(self) -> int:
+        return int(self.masks.shape[0])
+
+    def subset(self, k: int) -> NDArray[np.intp]:
+        return np.flatnonzero(self.masks[k]).astype(np.intp)
+
+
+def derived_seed(seed: int, index: int) -> int:
+    """An independent 31-bit seed for model ``index`` (-1: the candidate)."""
+    sequence = np.random.SeedSequence([seed, index + 1])
+    return int(sequence.generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def reference_name(k: int) -> str:
+    """The store name of reference model ``k``'s scores (one place, so every backend and
+    a resumed audit agree on it)."""
+    return f"reference_{k:04d}"
+
+
+def train_and_score(
+    factory: ModelFactory,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    subset: NDArray[np.intp],
+    recipe: Recipe,
+    seed: int,
+    name: str,
+    task: Any,
+    augmentations: Sequence[Augmentation],
+    train_fn: TrainFunction | None = None,
+) -> NDArray[np.float64]:
+    """Train one reference model (``train_fn`` or the recipe's loop) and score the pool."""
+    if train_fn is not None:
+        model = train_fn(subset, seed)
+    else:
+        model = train_one(factory, inputs, labels, subset, recipe, seed=seed, model_name=name)
+    return score_model(model, inputs, labels, task, augmentations=augmentations)

@@ -1,0 +1,43 @@
+"""The code's shape: no import cycle among the project's modules, no module over the
+length a newcomer can read in one sitting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+grimp = pytest.importorskip("grimp")
+
+ROOT = Path(__file__).parents[2]
+PACKAGES = ("privacy_gate", "lightning_callbacks")
+MAX_LINES = 450
+
+
+def _cycles() -> list[tuple[str, ...]]:
+    graph = grimp.build_graph(*PACKAGES, include_external_packages=False)
+    found = []
+    for importer in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            back = graph.find_shortest_chain(importer=imported, imported=importer)
+            if back is not None:
+                found.append((importer, *back))
+    return found
+
+
+def test_no_import_cycle_among_project_modules() -> None:
+    """A cycle (even through a function-level import) means two modules know each other;
+    import-linter's package-level layers do not see one inside a package."""
+    assert _cycles() == []
+
+
+def test_the_cycle_finder_finds_a_cycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "cyclic"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from cyclic import b\n")
+    (package / "b.py").write_text("from cyclic import a\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    graph = grimp.build_graph("cyclic", cache_dir=None)
+    assert graph.find_shortest_chain(importer="cyclic.b", imported="cyclic.a") is not None
+    assert graph.find_shortest_chain(importer="cyclic.a", imported="cyclic.b") is not None
