@@ -17,16 +17,14 @@ from torch import nn
 
 from privacy_gate.training.batched import (
     BatchingUnsupported,
-    _DropoutOp,
-    _MLPEnsemble,
-    _Order,
-    _plan_epoch,
-    _ScaleOp,
-    _UniformDropout,
     batching_problem,
     mlp_fast_path_problem,
     train_batched,
 )
+from privacy_gate.training.batched.mlp_fast_path import _MLPEnsemble
+from privacy_gate.training.batched.mlp_layers import _DropoutOp, _ScaleOp
+from privacy_gate.training.batched.schedule import _Order, _plan_epoch
+from privacy_gate.training.batched.vmap_ensemble import _UniformDropout
 from privacy_gate.training.recipe import Loss, Optimizer, Recipe
 from privacy_gate.training.sequential import TrainingError, init_model, train_one
 

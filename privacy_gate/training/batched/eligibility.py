@@ -1,0 +1,51 @@
+"""Which models can be batched at all, and the exception that sends the others to the
+sequential loop."""
+
+from __future__ import annotations
+
+from torch import nn
+
+# Layers whose output for one record depends on the other rows of the batch or whose
+# forward writes to buffers: padding ragged batches would change what they compute.
+_BATCH_STATISTIC_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
+
+
+class BatchingUnsupported(Exception):
+    """The model cannot be trained as a batched ensemble; the caller trains it
+    sequentially instead and logs ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def batching_problem(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be batched, or None when it can.
+
+    Checked up front so the caller can fall back without training anything; a forward
+    that fails under ``vmap`` is still caught at the first step of `train_batched`.
+    """
+    for name, module in model.named_modules():
+        label = name or type(model).__name__
+        if isinstance(module, _BATCH_STATISTIC_LAYERS):
+            return (
+                f"{label} ({type(module).__name__}) is a BatchNorm layer: it normalises with "
+                "statistics of the whole batch and updates its running statistics in the "
+                "forward pass, which padded ensemble batches would change."
+            )
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm) and (
+            module.track_running_stats
+        ):
+            return (
+                f"{label} ({type(module).__name__}) tracks running statistics: it updates "
+                "buffers in the forward pass."
+            )
+        if isinstance(module, nn.modules.lazy.LazyModuleMixin):
+            return f"{label} ({type(module).__name__}) is a lazy module (uninitialised shapes)."
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        return "the model has no trainable parameters."
+    kinds = sorted({f"{p.dtype} on {p.device}" for p in trainable})
+    if len(kinds) > 1:
+        return f"its trainable parameters mix dtypes or devices ({', '.join(kinds)})."
+    return None

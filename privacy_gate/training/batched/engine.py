@@ -1,0 +1,131 @@
+"""`train_batched`: K models of one architecture trained as one batched ensemble, on the
+MLP fast path or the general vmap path (package docstring)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from privacy_gate.training.batched.eligibility import BatchingUnsupported, batching_problem
+from privacy_gate.training.batched.mlp_fast_path import _MLPEnsemble, mlp_fast_path_problem
+from privacy_gate.training.batched.schedule import _Order, _plan_epoch, _step_groups
+from privacy_gate.training.batched.vmap_ensemble import _Ensemble
+from privacy_gate.training.data_order import steps_per_epoch
+from privacy_gate.training.recipe import Recipe
+from privacy_gate.training.steps import ModelFactory, TrainingError, init_model
+
+_LOG = logging.getLogger("privacy_gate.training")
+
+
+def _check_inputs(
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    subsets: Sequence[NDArray[np.intp]],
+    seeds: Sequence[int],
+) -> None:
+    if len(subsets) != len(seeds):
+        raise ValueError(f"Got {len(subsets)} subsets but {len(seeds)} seeds.")
+    if len(inputs) != len(labels):
+        raise ValueError(f"Got {len(inputs)} inputs but {len(labels)} labels.")
+    for k, subset in enumerate(subsets):
+        if len(subset) == 0:
+            raise TrainingError(
+                f"model {k} has an empty training subset. HINT: the audit pool "
+                "needs at least 2 patients."
+            )
+
+
+def train_batched(
+    factory: ModelFactory,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    subsets: Sequence[NDArray[np.intp]],
+    recipe: Recipe,
+    *,
+    seeds: Sequence[int],
+    on_model_done: Callable[[int], None] | None = None,
+    fast_path: bool = True,
+) -> list[nn.Module]:
+    """Train ``len(subsets)`` models as one batched ensemble.
+
+    Model ``k`` equals ``train_one(factory, inputs, labels, subsets[k], recipe,
+    seed=seeds[k])`` up to float rounding (dropout masks aside). Plain MLPs (see
+    `mlp_fast_path_problem`) take the fast path, whose dropout masks come from a numpy
+    stream seeded by ``seeds``; other models are vmapped, their masks come from torch's
+    global generator, which the seeded initialisations leave in a fixed state. Either
+    way a run is reproducible.
+
+    Args:
+        factory: builds an untrained model (all K share its architecture).
+        inputs: ``(n_records, ...)`` features of the whole pool.
+        labels: ``(n_records, ...)`` labels of the whole pool.
+        subsets: per model, the indices of the records it trains on.
+        recipe: the candidate's training recipe.
+        seeds: per model, its initialisation and data-order seed.
+        on_model_done: called with ``k`` as soon as model ``k`` has finished its last
+            epoch (models with smaller subsets finish earlier).
+        fast_path: False trains even a plain MLP with the general vmap path (for
+            comparisons).
+
+    Returns:
+        K ordinary modules in eval mode holding the trained weights.
+
+    Raises:
+        BatchingUnsupported: the architecture cannot be batched (see `batching_problem`),
+            or its forward fails under ``vmap``; train sequentially instead.
+        TrainingError: a model's loss became NaN or infinite, or a subset is empty.
+    """
+    _check_inputs(inputs, labels, subsets, seeds)
+    if not subsets:
+        return []
+    first = init_model(factory, seeds[0])
+    problem = batching_problem(first)
+    if problem is not None:
+        raise BatchingUnsupported(problem)
+    models = [first, *(init_model(factory, seed) for seed in seeds[1:])]
+    reason = (
+        mlp_fast_path_problem(first, inputs, labels, recipe.loss)
+        if fast_path
+        else "the caller asked for it"
+    )
+    # Inside the ensemble the models are sorted by steps per epoch (most first), so
+    # models that step together are contiguous (see `_StackedOptimizer`); ``ids[j]`` is
+    # the caller's index of the model at position j.
+    per_epoch = [steps_per_epoch(len(s), recipe.batch_size) for s in subsets]
+    ids = sorted(range(len(subsets)), key=lambda k: -per_epoch[k])
+    order = _Order(ids, _step_groups([subsets[k] for k in ids], recipe.batch_size))
+    sorted_models = [models[k] for k in ids]
+    sorted_subsets, sorted_seeds = [subsets[k] for k in ids], [seeds[k] for k in ids]
+    trainer: _Ensemble | _MLPEnsemble
+    try:
+        if reason is None:
+            trainer = _MLPEnsemble(sorted_models, inputs, labels, recipe, sorted_seeds, order)
+        else:
+            _LOG.info("Batched training takes the general vmap path: %s.", reason)
+            trainer = _Ensemble(sorted_models, inputs, labels, recipe, order)
+    except BatchingUnsupported:
+        raise
+    except Exception as error:  # e.g. a factory whose models differ in shape
+        raise BatchingUnsupported(
+            f"the models cannot be stacked: {type(error).__name__}: {error}"
+        ) from error
+    for epoch in range(recipe.epochs):
+        plan = _plan_epoch(sorted_subsets, sorted_seeds, epoch, recipe.batch_size, trainer.device)
+        done_at: dict[int, list[int]] = {}
+        if epoch == recipe.epochs - 1:
+            for j, step in enumerate(plan.last_step.tolist()):
+                done_at.setdefault(step, []).append(j)
+        for t in range(len(plan.all_active)):
+            trainer.step(plan, t, epoch)
+            for j in done_at.get(t, ()):
+                trainer.export(j)
+                if on_model_done is not None:
+                    on_model_done(ids[j])
+    for model in models:
+        model.eval()
+    return models

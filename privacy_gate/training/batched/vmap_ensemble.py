@@ -1,0 +1,196 @@
+"""The general path: any model, its K copies' parameters stacked in one ``(K, P)`` tensor,
+a vmapped ``functional_call`` forward and one autograd backward."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from privacy_gate.training.batched.eligibility import BatchingUnsupported
+from privacy_gate.training.batched.losses import _loss_terms, _raise_if_nonfinite
+from privacy_gate.training.batched.optimizer import _clip_per_model, _StackedOptimizer
+from privacy_gate.training.batched.schedule import _EpochPlan, _Order
+from privacy_gate.training.recipe import Loss, Recipe
+from privacy_gate.training.steps import TrainingError
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each trainable parameter lives in a row of the flat ``(K, P)`` tensor."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    sizes: tuple[int, ...]
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-parameter ``(K, *shape)`` views of ``flat`` (differentiable)."""
+        lead = flat.shape[:-1]
+        return {
+            name: part.view(*lead, *shape)
+            for name, part, shape in zip(
+                self.names, torch.split(flat, list(self.sizes), dim=-1), self.shapes, strict=True
+            )
+        }
+
+
+class _UniformDropout(nn.Module):
+    """``nn.Dropout`` with its mask drawn from ``torch.rand`` instead of ``bernoulli_``.
+
+    Same distribution (keep with probability ``1 - p``, scale by ``1 / (1 - p)``), but on
+    CPUs without torch's MKL Bernoulli path (e.g. AMD) ``bernoulli_`` is more than twice
+    as slow and dominated the ensemble's step time.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return x * 0.0
+        noise = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * noise
+
+
+def _functional_template(model: nn.Module) -> nn.Module:
+    """A training-mode copy of ``model`` to run with stacked weights; on CPU its plain
+    ``nn.Dropout`` layers draw masks with the faster `_UniformDropout`."""
+    template = copy.deepcopy(model).train()
+    on_cpu = all(t.device.type == "cpu" for t in (*template.parameters(), *template.buffers()))
+    if on_cpu:
+        for module in list(template.modules()):
+            for name, child in module.named_children():
+                if type(child) is nn.Dropout:
+                    setattr(module, name, _UniformDropout(child.p))
+    return template
+
+
+class _Ensemble:
+    """The stacked state of K models and one training step over all of them."""
+
+    def __init__(
+        self,
+        models: list[nn.Module],
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        recipe: Recipe,
+        order: _Order,
+    ) -> None:
+        self.models = models
+        self.order = order
+        self.recipe = recipe
+        self.inputs = inputs
+        self.labels = labels.long() if recipe.loss is Loss.CROSS_ENTROPY else labels
+        params, buffers = stack_module_state(models)
+        trainable = dict(models[0].named_parameters())
+        names = tuple(n for n in params if trainable[n].requires_grad)
+        self.layout = _Layout(
+            names=names,
+            shapes=tuple(params[n].shape[1:] for n in names),
+            sizes=tuple(math.prod(params[n].shape[1:]) for n in names),
+        )
+        self.flat = torch.cat([params[n].detach().flatten(1) for n in names], dim=1)
+        self.flat.requires_grad_(True)
+        self.device = self.flat.device
+        # Frozen parameters and buffers ride along unchanged.
+        self.constants: dict[str, torch.Tensor] = {
+            n: t.detach() for n, t in {**params, **buffers}.items() if n not in names
+        }
+        self.optimizer = _StackedOptimizer([self.flat.detach()], order.groups, recipe)
+        self.base = _functional_template(models[0])
+        self.forward = vmap(self._model_loss, randomness="different")
+        self.first_step = True
+
+    def _model_loss(
+        self,
+        params: dict[str, torch.Tensor],
+        constants: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor,
+        count: torch.Tensor,
+    ) -> torch.Tensor:
+        """One model's mean loss over its real rows (vmapped over models)."""
+        logits = functional_call(self.base, {**params, **constants}, (x,))
+        terms = _loss_terms(logits, y, self.recipe.loss)
+        per_record = terms.reshape(terms.shape[0], -1).sum(dim=1)
+        elements = terms[0].numel()
+        return (per_record * weight).sum() / (count * elements)
+
+    def step(self, plan: _EpochPlan, t: int, epoch: int) -> None:
+        """One optimizer step of every model that has a batch at step ``t``."""
+        if self.first_step:
+            self._first_gradients(plan, t, epoch)
+        else:
+            self._gradients(plan, t, epoch)
+        grad = self.flat.grad
+        assert grad is not None
+        if self.recipe.max_grad_norm is not None:
+            _clip_per_model([grad], self.recipe.max_grad_norm)
+        grads = self.optimizer.group_views([grad])
+        self.optimizer.step(grads, plan.active[t], plan.all_active[t])
+
+    def _gradients(self, plan: _EpochPlan, t: int, epoch: int, *, first: bool = False) -> None:
+        """Forward and backward of all models at step ``t``; gradients in ``flat.grad``."""
+        index = plan.index[t]
+        rows = self.inputs.index_select(0, index.flatten().to(self.inputs.device))
+        x = rows.view(*index.shape, *self.inputs.shape[1:]).to(self.device)
+        y = self.labels[index.to(self.labels.device)].to(self.device)
+        self.flat.grad = None
+        params = self.layout.views(self.flat)
+        losses = self.forward(params, self.constants, x, y, plan.weight[t], plan.count[t])
+        if not bool(torch.isfinite(losses).all()):
+            _raise_if_nonfinite(losses, plan.active[t], epoch, self.order.ids)
+        if first:
+            self._refuse_unused(losses, params)
+        # Per-model losses depend only on their own rows of flat: one backward serves all.
+        losses.sum().backward()  # type: ignore[no-untyped-call]
+
+    def _first_gradients(self, plan: _EpochPlan, t: int, epoch: int) -> None:
+        """The first step, where an architecture that vmap cannot batch shows up."""
+        versions = {name: tensor._version for name, tensor in self.constants.items()}
+        try:
+            self._gradients(plan, t, epoch, first=True)
+        except (TrainingError, BatchingUnsupported):
+            raise
+        except Exception as error:
+            raise BatchingUnsupported(
+                f"the model fails under torch.func.vmap: {type(error).__name__}: {error}"
+            ) from error
+        changed = sorted(
+            n for n, tensor in self.constants.items() if tensor._version != versions[n]
+        )
+        if changed:
+            raise BatchingUnsupported(
+                f"the forward pass updates buffer(s) {', '.join(changed)} in place; padded "
+                "ensemble batches would change them."
+            )
+        self.first_step = False
+
+    @staticmethod
+    def _refuse_unused(losses: torch.Tensor, params: dict[str, torch.Tensor]) -> None:
+        """torch's optimizers skip a parameter without a gradient (no weight decay, no
+        momentum, no Adam step); here it would get a zero gradient and be updated."""
+        grads = torch.autograd.grad(
+            losses.sum(), list(params.values()), retain_graph=True, allow_unused=True
+        )
+        unused = [name for name, g in zip(params, grads, strict=True) if g is None]
+        if unused:
+            raise BatchingUnsupported(
+                f"parameter(s) {', '.join(unused)} get no gradient in the forward pass."
+            )
+
+    @torch.no_grad()
+    def export(self, k: int) -> None:
+        """Copy model ``k``'s trained weights into its ordinary module."""
+        row = self.layout.views(self.flat.detach()[k])
+        params = dict(self.models[k].named_parameters())
+        for name, value in row.items():
+            params[name].copy_(value)
