@@ -1,0 +1,115 @@
+"""What the command groups share: output options, the GitHub option, printing a decision and
+the summary, the gate outcome."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from privacy_gate import github
+from privacy_gate.errors import InputError
+from privacy_gate.gate import Decision, Status
+from privacy_gate.render.recommendation import recommendation_lines
+
+EXIT_ERROR = Status.ERROR.exit_code
+
+
+GATE_COMMANDS = ("score", "check", "audit")
+
+
+SKINNY_HINT = "HINT: pip install 'privacy-gate[mlflow-skinny]' (or the full 'mlflow' extra)."
+
+
+def add_github_option(command: argparse.ArgumentParser, *, default: Any) -> None:
+    command.add_argument(
+        "--github",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help="GitHub Actions mode: job summary, annotations and step outputs (default: on "
+        f"when {github.ACTIONS_VARIABLE}=true)",
+    )
+
+
+def add_output_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--raw-ids",
+        action="store_true",
+        help="write raw patient/record ids instead of keyed pseudonyms",
+    )
+    command.add_argument(
+        "--no-plots", action="store_true", help="skip report.md/report.html and the plots"
+    )
+
+
+def print_decision(decision: Decision, report: dict[str, Any], *, quiet: bool) -> None:
+    print(decision.one_line())
+    if quiet:
+        return
+    for violation in decision.violations:
+        print(f"  FAIL {violation.rule.value}: {violation.message}")
+    for warning in decision.warnings:
+        print(f"  warning: {warning}")
+    if decision.status is Status.FAIL:
+        for line in recommendation_lines(report):
+            print(f"  {line}")
+
+
+def print_summary(report: dict[str, Any], out: Path, *, plots: bool) -> None:
+    summary, audit = report["summary"], report["audit"]
+    print(
+        f"{audit['records']} records, {audit['patients']} patients, "
+        f"{audit['reference_models']} reference models: max patient AUC "
+        f"{summary['patient_auc']['max']:.3f} (noise floor "
+        f"{summary['noise_floor']['max_patient_auc_q95']:.3f}), "
+        f"{summary['patients_at_risk']} confidently at risk. "
+        f"Report: {out / ('report.html' if plots else 'report.json')}"
+    )
+
+
+def gate_outcome(
+    report: dict[str, Any],
+    decision: Decision,
+    *,
+    report_path: str,
+    source: str | None = None,
+    signature: str | None = None,
+) -> github.Outcome:
+    return github.Outcome(
+        status=decision.status,
+        report=github.evaluated_report(report, decision),
+        report_path=report_path,
+        source=source,
+        signature=signature,
+    )
+
+
+def resolve_tracking_uri(args: argparse.Namespace, command: str) -> str:
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri or not tracking_uri.strip():
+        raise InputError(
+            f"The '--tracking-uri' option of {command} must name the MLflow server or store. "
+            f"Got {'nothing' if args.tracking_uri is None else repr(args.tracking_uri)}, and "
+            "MLFLOW_TRACKING_URI is unset. HINT: pass "
+            "--tracking-uri http://host:5000 (or sqlite:///mlflow.db)."
+        )
+    # a dead server should fail in seconds, not after MLflow's default minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    return tracking_uri
+
+
+def gate_handler(
+    produce: Callable[[argparse.Namespace], github.Outcome],
+) -> Callable[[argparse.Namespace], int]:
+    """A gate command's handler: its outcome, written for GitHub in GitHub mode, as an
+    exit code (0 pass, 1 gate failed)."""
+
+    def handle(args: argparse.Namespace) -> int:
+        outcome = produce(args)
+        if github.enabled(args.github):
+            github.write_github(outcome)
+        return outcome.status.exit_code
+
+    return handle

@@ -1,0 +1,77 @@
+"""``privacy-gate promote``: set a registered model version's alias only for a genuine,
+passing audit."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from privacy_gate import signing
+from privacy_gate.cli.common import resolve_tracking_uri
+from privacy_gate.errors import InputError
+from privacy_gate.render.recommendation import recommendation_lines
+
+
+def add_promote_command(commands: Any) -> None:
+    promote_cmd = commands.add_parser(
+        "promote",
+        help="set a registered model version's alias if its signed audit passes "
+        "(exit 0 promoted, 1 refused, 2 error)",
+        description=(
+            "Verify the version's signed audit (signature, status, this version's run, "
+            "these weights, the policy) and only then set the alias. Needs the mlflow "
+            "package."
+        ),
+    )
+    promote_cmd.add_argument("--model", required=True, help="registered model name")
+    promote_cmd.add_argument("--version", required=True, help="model version")
+    promote_cmd.add_argument("--alias", required=True, help="alias to set, e.g. champion")
+    promote_cmd.add_argument(
+        "--public-key",
+        type=Path,
+        help=f"public key PEM (default: ${signing.PUBLIC_KEY_ENVIRONMENT_VARIABLE})",
+    )
+    promote_cmd.add_argument(
+        "--policy-sha256", help="require the audit to have used this policy digest"
+    )
+    promote_cmd.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)"
+    )
+    promote_cmd.set_defaults(handler=run_promote)
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    """``privacy-gate promote``: 0 promoted, 1 refused, 2 error (raised)."""
+    tracking_uri = resolve_tracking_uri(args, "promote")
+    public_key = signing.load_public_key(args.public_key) if args.public_key else None
+    from privacy_gate.mlflow.promote import client_for, promote  # imports mlflow lazily
+
+    try:
+        client = client_for(tracking_uri)
+    except ImportError:
+        raise InputError(
+            "'privacy-gate promote' needs the mlflow package. "
+            "HINT: pip install 'privacy-gate[mlflow]'."
+        ) from None
+    result = promote(
+        args.model,
+        args.version,
+        args.alias,
+        public_key=public_key,
+        policy_sha256=args.policy_sha256,
+        client=client,
+    )
+    where = f"{args.model!r} version {args.version}"
+    if result.allowed:
+        print(f"privacy-gate: PROMOTED {where} to alias {args.alias!r}.")
+        return 0
+    print(f"privacy-gate: REFUSED to promote {where} to alias {args.alias!r}:")
+    for reason in result.reasons:
+        print(f"  - {reason}")
+    for violation in result.violations:
+        print(f"  FAIL {violation.get('rule')}: {violation.get('message', '')}")
+    if result.report is not None:
+        for line in recommendation_lines(result.report):
+            print(f"  {line}")
+    return 1

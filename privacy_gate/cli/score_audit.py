@@ -1,0 +1,112 @@
+"""``privacy-gate score`` (signals you bring) and ``privacy-gate audit`` (train reference
+models for a PyTorch model from audit.yaml)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from privacy_gate import github
+from privacy_gate.cli.common import (
+    add_github_option,
+    add_output_options,
+    gate_handler,
+    gate_outcome,
+    print_decision,
+    print_summary,
+)
+from privacy_gate.config import default_config
+from privacy_gate.errors import InputError
+from privacy_gate.pipeline import AuditResult, score
+from privacy_gate.report import REPORT_FILE
+
+
+def run_audit_job(args: argparse.Namespace) -> tuple[AuditResult, Path]:
+    try:
+        from privacy_gate.training.job import load_job, run_job
+    except ImportError as exc:
+        raise InputError(
+            f"'privacy-gate audit' trains PyTorch models and needs torch ({exc}). "
+            "HINT: pip install 'privacy-gate[torch]'."
+        ) from None
+    if not args.quiet:  # progress lines with ETA when no terminal shows a bar
+        logging.getLogger("privacy_gate.training").setLevel(logging.INFO)
+    job = load_job(args.config)
+    out = args.out or job.out or Path("out/audit")
+    result = run_job(job, out=out, raw_ids=args.raw_ids, plots=not args.no_plots)
+    if not args.quiet:
+        print_summary(result.report, out, plots=not args.no_plots)
+    if job.mlflow is not None:
+        try:
+            from privacy_gate.mlflow.logging import log_audit_run
+        except ImportError:
+            raise InputError(
+                "The audit config has an 'mlflow' section but mlflow is not installed. "
+                "HINT: pip install 'privacy-gate[mlflow]'."
+            ) from None
+        run_id = log_audit_run(
+            result.report,
+            tracking_uri=job.mlflow.tracking_uri,
+            experiment=job.mlflow.experiment,
+            run_name=job.mlflow.run_name,
+            out_dir=out,
+        )
+        if not args.quiet:
+            print(
+                f"Logged to MLflow run {run_id} (experiment {job.mlflow.experiment!r}). "
+                f"Open the UI: mlflow ui --backend-store-uri {job.mlflow.tracking_uri}"
+            )
+    return result, out
+
+
+def _score(args: argparse.Namespace) -> github.Outcome:
+    if args.config is None and not args.quiet:
+        print(
+            f"Using the packaged default policy (policy_sha256 "
+            f"{default_config().sha256()}); see 'privacy-gate policy'."
+        )
+    result = score(
+        args.signals,
+        args.records,
+        args.out,
+        config_path=args.config,
+        raw_ids=args.raw_ids,
+        plots=not args.no_plots,
+    )
+    if not args.quiet:
+        print_summary(result.report, args.out, plots=not args.no_plots)
+    return _decided(args, result, args.out)
+
+
+def _audit(args: argparse.Namespace) -> github.Outcome:
+    result, out = run_audit_job(args)
+    return _decided(args, result, out)
+
+
+def _decided(args: argparse.Namespace, result: AuditResult, out: Path) -> github.Outcome:
+    print_decision(result.decision, result.report, quiet=args.quiet)
+    return gate_outcome(result.report, result.decision, report_path=str(out / REPORT_FILE))
+
+
+def add_score_command(commands: Any) -> None:
+    score_cmd = commands.add_parser("score", help="audit reference-model signals")
+    score_cmd.add_argument("--signals", required=True, type=Path, help="signals.npz")
+    score_cmd.add_argument("--records", required=True, type=Path, help="records.csv")
+    score_cmd.add_argument("--config", type=Path, help="policy YAML (default: packaged policy)")
+    score_cmd.add_argument("--out", required=True, type=Path, help="output directory")
+    add_output_options(score_cmd)
+    add_github_option(score_cmd, default=argparse.SUPPRESS)
+    score_cmd.set_defaults(handler=gate_handler(_score))
+
+
+def add_audit_command(commands: Any) -> None:
+    audit_cmd = commands.add_parser(
+        "audit", help="train reference models for a PyTorch model and audit it (needs torch)"
+    )
+    audit_cmd.add_argument("--config", required=True, type=Path, help="audit.yaml")
+    audit_cmd.add_argument("--out", type=Path, help="output directory (overrides 'out')")
+    add_output_options(audit_cmd)
+    add_github_option(audit_cmd, default=argparse.SUPPRESS)
+    audit_cmd.set_defaults(handler=gate_handler(_audit))
