@@ -31,13 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from privacy_gate.gate import Decision, Status
-from privacy_gate.render.markdown import (
-    as_float,
-    as_int,
-    as_list,
-    as_mapping,
-    as_str,
-    escape_markdown,
+from privacy_gate.render.formatting import (
     fmt_auc,
     fmt_float,
     fmt_fpr,
@@ -46,20 +40,26 @@ from privacy_gate.render.markdown import (
     fmt_percent,
     fmt_rate,
     fmt_value,
+)
+from privacy_gate.render.markdown import escape_markdown
+from privacy_gate.render.recommendation import (
+    recommendation,
+    recommendation_lines,
+    recommendation_rows,
+)
+from privacy_gate.render.view import (
+    as_float,
+    as_int,
+    as_list,
+    as_mapping,
+    as_str,
     is_significant,
     is_suppressed,
     min_group_size,
     subgroup_alpha,
     subgroup_rows,
 )
-from privacy_gate.render.markdown import (
-    tested_rows as _tested_rows,
-)
-from privacy_gate.render.recommendation import (
-    recommendation,
-    recommendation_lines,
-    recommendation_rows,
-)
+from privacy_gate.render.view import tested_rows as _tested_rows
 
 __all__ = [
     "ACTIONS_VARIABLE",

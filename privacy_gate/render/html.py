@@ -1,6 +1,6 @@
 """The audit report as one self-contained HTML page.
 
-Same content as the Markdown (both render :func:`~privacy_gate.render.markdown.build_document`).
+Same content as the Markdown (both render :func:`~privacy_gate.render.document.build_document`).
 The page loads nothing: CSS is inline, figures are ``data:`` URIs, there is no script,
 and a Content-Security-Policy forbids any other source, so it can be archived, mailed
 or opened offline and cannot leak that it was viewed.
@@ -14,7 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from privacy_gate.render.markdown import (
+from privacy_gate.render.blocks import (
     Block,
     Bullets,
     Code,
@@ -27,8 +27,8 @@ from privacy_gate.render.markdown import (
     Table,
     Text,
     Verdict,
-    build_document,
 )
+from privacy_gate.render.document import build_document
 
 __all__ = ["render_html"]
 

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from numpy.typing import NDArray
 
-from privacy_gate.render.markdown import (
+from privacy_gate.render.view import (
     as_float,
     as_int,
     as_list,

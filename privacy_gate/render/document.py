@@ -1,0 +1,400 @@
+"""The report's content, built once as a `blocks.Document` (:func:`build_document`):
+verdict, key figures, figures, attacks, the exposed tail, most exposed patients,
+caveats and provenance."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from privacy_gate.render.blocks import (
+    Block,
+    Bullets,
+    Code,
+    Document,
+    Heading,
+    Image,
+    Paragraph,
+    Span,
+    Strong,
+    Table,
+    Text,
+    Verdict,
+)
+from privacy_gate.render.formatting import (
+    fmt_auc,
+    fmt_float,
+    fmt_fpr,
+    fmt_int,
+    fmt_patients,
+    fmt_percent,
+    fmt_rate,
+    fmt_value,
+    sorted_numeric_keys,
+)
+from privacy_gate.render.sections import (
+    dp_recommendation_section,
+    dp_training_section,
+    subgroups_section,
+)
+from privacy_gate.render.view import (
+    as_float,
+    as_int,
+    as_list,
+    as_mapping,
+    as_str,
+    is_suppressed,
+    min_group_size,
+    subgroup_rows,
+)
+
+CITATION = 'Knolle et al., "Disparate privacy risks from medical AI", Nature 656 (2026).'
+"""The study whose method the audit follows; cited in every rendering."""
+
+
+FIGURE_ORDER = ("patient_auc_survival", "patient_auc_histogram", "attack_roc", "subgroups")
+"""Names :func:`~privacy_gate.render.render_plots` writes, in reading order."""
+
+_CAPTIONS = {
+    "patient_auc_survival": "Share of patients whose AUC is at least x (log scale), "
+    "with its 95% band, the at-risk threshold and the noise floor.",
+    "patient_auc_histogram": "Distribution of patient AUC (log counts).",
+    "attack_roc": "ROC of each attack on the release candidate (log-log); the diagonal is chance.",
+    "subgroups": "Over-representation of each tested subgroup in the exposed tail "
+    "(relative change of observed over expected tail patients).",
+}
+
+
+# ------------------------------------------------------------------ content building
+def build_document(report: Mapping[str, Any], figures: Mapping[str, str]) -> Document:
+    """The report's content, verdict first, as renderer-neutral blocks.
+
+    Args:
+        report: The JSON report dict.
+        figures: Figure name (see :data:`FIGURE_ORDER`) to image source.
+    """
+    blocks: list[Block] = [_verdict(report)]
+    blocks += _key_figures(report)
+    blocks += _figures(figures)
+    blocks += _aggregate(report)
+    blocks += _tail(report)
+    blocks += subgroups_section(report)
+    blocks += _top_patients(report)
+    blocks += dp_training_section(report)
+    blocks += dp_recommendation_section(report)
+    blocks += _caveats(report)
+    blocks += _provenance(report)
+    blocks += [Heading("Reference", 2), Paragraph((CITATION,))]
+    return Document(title="Privacy audit: membership-inference risk", blocks=tuple(blocks))
+
+
+def _verdict(report: Mapping[str, Any]) -> Verdict:
+    decision = as_mapping(report.get("decision"))
+    status = as_str(decision.get("status"), "error").lower()
+    violations = [as_mapping(v) for v in as_list(decision.get("violations"))]
+    label = Strong(f"Verdict: {status.upper()}")
+    if status == "pass":
+        headline: Text = (label, " — the model meets every rule of the audit policy.")
+    elif status == "fail":
+        n = len(violations)
+        headline = (
+            label,
+            f" — {n} rule{'s' if n != 1 else ''} of the audit policy "
+            f"{'are' if n != 1 else 'is'} violated; the model must not be released as is.",
+        )
+    elif status == "error":
+        headline = (label, " — the audit could not be evaluated; the gate fails closed.")
+    else:
+        headline = (label, " — unknown decision status; treat as not released.")
+    items = tuple(
+        (
+            as_str(v.get("message"), "(no message)"),
+            f" (value {fmt_value(v.get('value'))}, limit {fmt_value(v.get('limit'))}; rule ",
+            Code(as_str(v.get("rule"), "?")),
+            ")",
+        )
+        for v in violations
+    )
+    return Verdict(status=status, headline=headline, items=items)
+
+
+def _key_figures(report: Mapping[str, Any]) -> list[Block]:
+    audit = as_mapping(report.get("audit"))
+    summary = as_mapping(report.get("summary"))
+    patient_auc = as_mapping(summary.get("patient_auc"))
+    record_auc = as_mapping(summary.get("record_auc"))
+    floor = as_mapping(summary.get("noise_floor"))
+    threshold = as_float(summary.get("at_risk_auc"))
+    fdr = as_float(summary.get("fdr"))
+    method = as_str(floor.get("method"), "n/a")
+    replicates = as_int(floor.get("replicates"))
+    method_note = f"{method}, {replicates:,} replicates" if replicates is not None else method
+    reason = as_str(floor.get("reason"))
+    if reason:
+        method_note = f"{method_note}; {reason}"
+    rows: list[tuple[Span, ...]] = [
+        ("Reference models (K)", fmt_int(as_int(audit.get("reference_models")))),
+        ("Records", fmt_int(as_int(audit.get("records")))),
+        ("Patients", fmt_int(as_int(audit.get("patients")))),
+        ("Worst patient AUC", fmt_auc(as_float(patient_auc.get("max")))),
+        ("Median patient AUC", fmt_auc(as_float(patient_auc.get("median")))),
+        ("99th percentile of patient AUC", fmt_auc(as_float(patient_auc.get("q99")))),
+        ("Worst record AUC", fmt_auc(as_float(record_auc.get("max")))),
+        (
+            f"Patients confidently at risk (AUC above {fmt_auc(threshold)}, "
+            f"FDR {fmt_float(fdr, 2)})",
+            fmt_int(as_int(summary.get("patients_at_risk"))),
+        ),
+        (
+            f"Patients with AUC above {fmt_auc(threshold)} (point estimate, untested)",
+            fmt_int(as_int(summary.get("patients_at_risk_raw"))),
+        ),
+        (
+            "Share of patients confidently at risk",
+            fmt_percent(as_float(summary.get("fraction_at_risk")), digits=2),
+        ),
+        (
+            f"Noise floor: 95% null maximum patient AUC ({method_note})",
+            fmt_auc(as_float(floor.get("max_patient_auc_q95"))),
+        ),
+        (
+            "Patients expected above the at-risk AUC from noise alone",
+            fmt_float(as_float(floor.get("expected_at_risk")), 2),
+        ),
+        (
+            "Reference models needed for the noise floor to sit below the limits",
+            fmt_int(as_int(floor.get("reference_models_needed"))),
+        ),
+    ]
+    power = as_mapping(summary.get("power"))
+    if power:
+        level = as_float(power.get("power"))
+        rows.append(
+            (
+                f"Smallest record AUC the at-risk test finds with "
+                f"{fmt_percent(level, digits=0)} power at this K",
+                fmt_auc(as_float(power.get("detectable_auc"))),
+            )
+        )
+        rows.append(
+            (
+                "Reference models the policy's power rules need",
+                fmt_int(as_int(power.get("reference_models_needed"))),
+            )
+        )
+    aggregate = as_mapping(report.get("aggregate"))
+    strongest = as_str(aggregate.get("strongest"))
+    attack = as_mapping(as_mapping(aggregate.get("attacks")).get(strongest))
+    if attack:
+        rows.append(("Strongest aggregate attack", Code(strongest)))
+        rows.append(("Strongest attack AUC", fmt_auc(as_float(attack.get("auc")))))
+        tpr = as_mapping(attack.get("tpr_at_fpr"))
+        for key in sorted_numeric_keys(tpr):
+            rows.append(
+                (f"Strongest attack TPR at FPR {fmt_fpr(key)}", fmt_rate(as_float(tpr[key])))
+            )
+    return [
+        Heading("Key figures", 2),
+        Table(("Quantity", "Value"), tuple(rows), (False, True)),
+    ]
+
+
+def _figures(figures: Mapping[str, str]) -> list[Block]:
+    if not figures:
+        return []
+    names = [n for n in FIGURE_ORDER if n in figures]
+    names += sorted(n for n in figures if n not in FIGURE_ORDER)
+    images: list[Block] = [
+        Image(name=n, caption=_CAPTIONS.get(n, n.replace("_", " ")), source=figures[n])
+        for n in names
+    ]
+    return [Heading("Figures", 2), *images]
+
+
+def _aggregate(report: Mapping[str, Any]) -> list[Block]:
+    aggregate = as_mapping(report.get("aggregate"))
+    attacks = as_mapping(aggregate.get("attacks"))
+    if not attacks:
+        return []
+    strongest = as_str(aggregate.get("strongest"))
+    fpr_keys = sorted_numeric_keys(
+        {k for a in attacks.values() for k in as_mapping(as_mapping(a).get("tpr_at_fpr"))}
+    )
+    rows: list[tuple[Span, ...]] = []
+    for name, entry in attacks.items():
+        a = as_mapping(entry)
+        tpr = as_mapping(a.get("tpr_at_fpr"))
+        label: Span = Code(str(name))
+        rows.append(
+            (
+                label,
+                fmt_auc(as_float(a.get("auc"))),
+                *(fmt_rate(as_float(tpr.get(k))) for k in fpr_keys),
+                "strongest, gated" if name == strongest else "",
+            )
+        )
+    header = ("Attack", "AUC", *(f"TPR at FPR {fmt_fpr(k)}" for k in fpr_keys), "Note")
+    return [
+        Heading("Aggregate attacks on the release candidate", 2),
+        Paragraph(
+            (
+                f"Members: {fmt_int(as_int(aggregate.get('members')))}; "
+                f"non-members: {fmt_int(as_int(aggregate.get('non_members')))}. "
+                "An aggregate AUC near 0.5 does not mean every patient is safe: "
+                "the patient-level figures above show the exposed tail.",
+            )
+        ),
+        Table(header, tuple(rows), (False, True, *(True for _ in fpr_keys), False)),
+    ]
+
+
+def _tail(report: Mapping[str, Any]) -> list[Block]:
+    summary = as_mapping(report.get("summary"))
+    counts = as_mapping(summary.get("tail_counts"))
+    patients = as_int(as_mapping(report.get("audit")).get("patients"))
+    blocks: list[Block] = []
+    if counts:
+        rows: list[tuple[Span, ...]] = []
+        for key in sorted_numeric_keys(counts):
+            count = as_int(counts[key])
+            share = count / patients if count is not None and patients else None
+            rows.append((f"≥ {key}", fmt_int(count), fmt_percent(share, digits=2)))
+        blocks += [
+            Heading("Exposed tail", 2),
+            Table(
+                ("Patient AUC", "Patients", "Share of patients"), tuple(rows), (False, True, True)
+            ),
+        ]
+    tail = as_mapping(summary.get("tail"))
+    if tail:
+        if not blocks:
+            blocks.append(Heading("Exposed tail", 2))
+        blocks.append(
+            Paragraph(
+                (
+                    "Patient tail for the subgroup analysis: the "
+                    f"{fmt_patients(as_int(tail.get('patients')))} with patient AUC at least "
+                    f"{fmt_auc(as_float(tail.get('threshold')))} (top "
+                    f"{fmt_int(as_int(tail.get('target')))} above the "
+                    f"{fmt_percent(as_float(tail.get('quantile')), digits=1)} quantile, "
+                    "ties at the boundary included).",
+                )
+            )
+        )
+    return blocks
+
+
+def _top_patients(report: Mapping[str, Any]) -> list[Block]:
+    top = [as_mapping(p) for p in as_list(as_mapping(report.get("summary")).get("top_patients"))]
+    if not top:
+        return []
+    raw = as_str(as_mapping(report.get("audit")).get("pseudonyms")) == "raw"
+    if raw:
+        note: Text = (
+            Strong("Warning:"),
+            " this report holds RAW patient ids (the audit ran with raw ids). Per-patient "
+            "figures are membership evidence: share it only with people entitled to the ids.",
+        )
+    else:
+        note = (
+            "Patient keys are keyed hashes (HMAC-SHA256, truncated) of the patient ids; the "
+            "raw ids are not in this report, and the key is held only by the auditing "
+            "pipeline.",
+        )
+    rows = tuple(
+        (
+            str(rank),
+            Code(as_str(p.get("patient_key"), "?")),
+            fmt_int(as_int(p.get("n_records"))),
+            fmt_auc(as_float(p.get("auc_max"))),
+            fmt_auc(as_float(p.get("auc_mean"))),
+            fmt_float(as_float(p.get("auc_se"))),
+        )
+        for rank, p in enumerate(top, start=1)
+    )
+    return [
+        Heading("Most exposed patients", 2),
+        Paragraph(note),
+        Table(
+            ("Rank", "Patient key", "Records", "Max AUC", "Mean AUC", "SE"),
+            rows,
+            (True, False, True, True, True, True),
+        ),
+    ]
+
+
+def _caveats(report: Mapping[str, Any]) -> list[Block]:
+    audit = as_mapping(report.get("audit"))
+    summary = as_mapping(report.get("summary"))
+    floor = as_mapping(summary.get("noise_floor"))
+    k = as_int(audit.get("reference_models"))
+    threshold = as_float(summary.get("at_risk_auc"))
+    if threshold is None:
+        risk = as_mapping(as_mapping(audit.get("config")).get("risk"))
+        threshold = as_float(risk.get("at_risk_auc"))
+    q95 = as_float(floor.get("max_patient_auc_q95"))
+    needed = as_int(floor.get("reference_models_needed"))
+    power = (
+        f"Statistical power: {fmt_int(k)} reference models. With no leakage at all, noise "
+        f"alone would push the highest patient AUC to {fmt_auc(q95)} (95th percentile of "
+        f"the null maximum), against an at-risk AUC of {fmt_auc(threshold)}. "
+    )
+    if q95 is not None and threshold is not None and q95 >= threshold:
+        power += (
+            "The noise floor is at or above the at-risk AUC, so high patient AUCs here may be "
+            "noise and the audit cannot tell at-risk patients apart; "
+        )
+    else:
+        power += "High AUCs above the floor are unlikely to be noise alone; "
+    power += (
+        f"about {fmt_int(needed)} reference models are needed for the floor to sit below "
+        "the policy's limits."
+        if needed is not None
+        else "the number of reference models needed was not estimated."
+    )
+    items: list[Text] = [(power,)]
+    minimum = min_group_size(report)
+    suppressed = [r for r in subgroup_rows(report) if is_suppressed(r, minimum)]
+    small = (
+        f"Small groups: groups with fewer than {fmt_patients(minimum)} are not tested and "
+        "their figures are suppressed. "
+        if minimum is not None
+        else "Small groups are not tested and their figures are suppressed. "
+    )
+    if suppressed:
+        names = ", ".join(f"{r.column} = {r.value}" for r in suppressed)
+        small += f"Suppressed here: {names}. Small groups can still hold exposed patients."
+    else:
+        small += "No group was suppressed in this audit."
+    items.append((small,))
+    items.append(
+        (
+            "Scope: the audit measures an empirical lower bound on membership risk against "
+            "these attacks with these reference models. It is not a proof of privacy: "
+            "stronger attacks or more reference models can reveal more. Only training with "
+            "differential privacy (e.g. DP-SGD) gives a formal guarantee.",
+        )
+    )
+    for warning in as_list(as_mapping(report.get("decision")).get("warnings")):
+        items.append(("Warning: ", str(warning)))
+    return [Heading("Caveats", 2), Bullets(tuple(items))]
+
+
+def _provenance(report: Mapping[str, Any]) -> list[Block]:
+    audit = as_mapping(report.get("audit"))
+    inputs = as_mapping(audit.get("inputs"))
+    target = audit.get("target")
+    rows: tuple[tuple[Span, ...], ...] = (
+        ("Report schema", as_str(report.get("schema_version"), "n/a")),
+        ("privacy-gate version", as_str(audit.get("package_version"), "n/a")),
+        ("Created", as_str(audit.get("created_at"), "n/a")),
+        (
+            "Release candidate attacked",
+            "n/a" if not isinstance(target, bool) else ("yes" if target else "no"),
+        ),
+        ("Patient identifiers", as_str(audit.get("pseudonyms"), "n/a")),
+        ("Signals SHA-256", Code(as_str(inputs.get("signals_sha256"), "n/a"))),
+        ("Records SHA-256", Code(as_str(inputs.get("records_sha256"), "n/a"))),
+        ("Policy SHA-256", Code(as_str(audit.get("policy_sha256"), "n/a"))),
+    )
+    return [Heading("Audit provenance", 2), Table(("Item", "Value"), rows, (False, False))]
