@@ -25,41 +25,27 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from privacy_gate.gate import Decision, Status
+from privacy_gate.render.blocks import Block, Bullets, Code, Heading, Paragraph, Span, Strong, Table
+from privacy_gate.render.document import summary_sections
 from privacy_gate.render.formatting import (
     fmt_auc,
-    fmt_float,
-    fmt_fpr,
     fmt_int,
-    fmt_p,
-    fmt_percent,
-    fmt_rate,
     fmt_value,
 )
-from privacy_gate.render.markdown import escape_markdown
-from privacy_gate.render.recommendation import (
-    recommendation,
-    recommendation_lines,
-    recommendation_rows,
-)
+from privacy_gate.render.markdown import render_blocks
 from privacy_gate.render.view import (
     as_float,
     as_int,
     as_list,
     as_mapping,
     as_str,
-    is_significant,
-    is_suppressed,
-    min_group_size,
-    subgroup_alpha,
-    subgroup_rows,
 )
-from privacy_gate.render.view import tested_rows as _tested_rows
 
 __all__ = [
     "ACTIONS_VARIABLE",
@@ -90,11 +76,8 @@ OUTPUT_NAMES = ("status", "patient_auc_max", "patients_at_risk", "report_path", 
 TOP_PATIENTS = 10
 """Rows of the most-exposed-patients table in the summary."""
 
-_PSEUDONYM_SCHEME = "hmac-sha256"
-_PATIENT_KEY = re.compile(r"[0-9a-f]{16}")
 _OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _ICONS = {Status.PASS: "✅", Status.FAIL: "❌", Status.ERROR: "⚠️"}
-_APPLY_LANGUAGE = {"lightning": "python", "opacus": "python", "audit_yaml": "yaml"}
 _log = logging.getLogger(__name__)
 
 Level = Literal["error", "warning", "notice"]
@@ -265,275 +248,76 @@ def format_outputs(values: Mapping[str, str]) -> str:
 
 
 # ----------------------------------------------------------------------- the summary
-def _code(text: str) -> str:
-    """An inline code span that survives any backticks and pipes (table cells)."""
-    text = " ".join(text.splitlines())
-    fence = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}".replace("|", "\\|")
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[bool]) -> str:
-    """A GFM table; cells are Markdown already (escape text with `escape_markdown`)."""
-    lines = [
-        "| " + " | ".join(escape_markdown(h) for h in header) + " |",
-        "| " + " | ".join("---:" if n else "---" for n in numeric) + " |",
-    ]
-    lines += ["| " + " | ".join(cell or " " for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _verdict(outcome: Outcome) -> list[str]:
+def _verdict(outcome: Outcome) -> list[Block]:
+    """The check's verdict: the outcome (error, audit not accepted, pass, violations) and
+    where the audit came from. The rest of the summary is the report's own document."""
     status = outcome.status
-    title = f"## privacy-gate: {_ICONS[status]} {status.value.upper()}"
+    blocks: list[Block] = [Heading(f"privacy-gate: {_ICONS[status]} {status.value.upper()}", 1)]
     if status is Status.ERROR:
-        lines = [
-            title,
-            "The audit could not be evaluated; the gate fails closed and this check fails.",
-            f"**Error:** {escape_markdown(outcome.error or 'unknown error')}",
+        blocks += [
+            Paragraph(
+                ("The audit could not be evaluated; the gate fails closed and this check fails.",)
+            ),
+            Paragraph((Strong("Error:"), f" {outcome.error or 'unknown error'}")),
         ]
     elif outcome.refusals:
-        lines = [
-            title,
-            "The audit was **not accepted**, so the gate fails closed: a missing, unsigned, "
-            "forged or stale audit never passes.",
-            "\n".join(f"- {escape_markdown(reason)}" for reason in outcome.refusals),
+        blocks += [
+            Paragraph(
+                (
+                    "The audit was ",
+                    Strong("not accepted"),
+                    ", so the gate fails closed: a missing, unsigned, forged or stale audit "
+                    "never passes.",
+                )
+            ),
+            Bullets(tuple((reason,) for reason in outcome.refusals)),
         ]
     elif status is Status.PASS:
-        lines = [title, "The model meets every rule of the audit policy."]
+        blocks.append(Paragraph(("The model meets every rule of the audit policy.",)))
     else:
         violations = _violations(outcome)
         n = len(violations)
-        lines = [
-            title,
-            f"{n} rule{'s' if n != 1 else ''} of the audit policy "
-            f"{'are' if n != 1 else 'is'} violated; the model must not be released as is.",
-            _table(
-                ("Rule", "Value", "Limit", "Why"),
+        rows = tuple(
+            (
+                Code(as_str(v.get("rule"), "?")),
+                fmt_value(v.get("value")),
+                fmt_value(v.get("limit")),
+                as_str(v.get("message"), "(no message)"),
+            )
+            for v in violations
+        )
+        blocks += [
+            Paragraph(
                 (
-                    (
-                        _code(as_str(v.get("rule"), "?")),
-                        escape_markdown(fmt_value(v.get("value"))),
-                        escape_markdown(fmt_value(v.get("limit"))),
-                        escape_markdown(as_str(v.get("message"), "(no message)")),
-                    )
-                    for v in violations
-                ),
-                (False, True, True, False),
-            ),
-        ]
-    where = []
-    if outcome.source:
-        where.append(f"Audit: {escape_markdown(outcome.source)}.")
-    if outcome.report_path:
-        where.append(f"Report: {_code(outcome.report_path)}.")
-    if outcome.signature:
-        where.append(f"Signature: {escape_markdown(outcome.signature)}.")
-    if where:
-        lines.append(" ".join(where))
-    return lines
-
-
-def _key_figures(report: Mapping[str, Any]) -> list[str]:
-    audit = as_mapping(report.get("audit"))
-    summary = as_mapping(report.get("summary"))
-    patient_auc = as_mapping(summary.get("patient_auc"))
-    floor = as_mapping(summary.get("noise_floor"))
-    threshold = fmt_auc(as_float(summary.get("at_risk_auc")))
-    at_risk = as_int(summary.get("patients_at_risk"))
-    share = fmt_percent(as_float(summary.get("fraction_at_risk")), digits=2)
-    rows: list[tuple[str, str]] = [  # plain text, escaped below
-        ("Reference models (K)", fmt_int(as_int(audit.get("reference_models")))),
-        ("Records", fmt_int(as_int(audit.get("records")))),
-        ("Patients", fmt_int(as_int(audit.get("patients")))),
-        ("Worst patient AUC", fmt_auc(as_float(patient_auc.get("max")))),
-        ("Median patient AUC", fmt_auc(as_float(patient_auc.get("median")))),
-        (
-            f"Patients confidently at risk (AUC above {threshold}, "
-            f"FDR {fmt_float(as_float(summary.get('fdr')), 2)})",
-            f"{fmt_int(at_risk)} ({share})",
-        ),
-        (
-            f"Patients with AUC above {threshold} (point estimate)",
-            fmt_int(as_int(summary.get("patients_at_risk_raw"))),
-        ),
-        (
-            "Noise floor (95% null maximum patient AUC)",
-            fmt_auc(as_float(floor.get("max_patient_auc_q95"))),
-        ),
-    ]
-    cells = [(escape_markdown(k), escape_markdown(v)) for k, v in rows]
-    aggregate = as_mapping(report.get("aggregate"))
-    strongest = as_str(aggregate.get("strongest"))
-    attack = as_mapping(as_mapping(aggregate.get("attacks")).get(strongest))
-    label = "Strongest attack on the release candidate"
-    if attack:
-        tpr = as_mapping(attack.get("tpr_at_fpr"))
-        figures = [f"AUC {fmt_auc(as_float(attack.get('auc')))}"] + [
-            f"TPR {fmt_rate(as_float(tpr[k]))} at FPR {fmt_fpr(k)}"
-            for k in sorted(tpr, key=lambda k: _to_float(k) or 0.0)
-        ]
-        cells.append((label, f"{_code(strongest)}: {escape_markdown('; '.join(figures))}"))
-    else:
-        cells.append((label, "not run (no release-candidate signals)"))
-    policy = as_str(audit.get("policy_sha256"))
-    if policy:
-        cells.append(("Policy SHA-256", _code(policy)))
-    return ["### Key figures", _table(("Quantity", "Value"), cells, (False, True))]
-
-
-def _to_float(key: str) -> float | None:
-    try:
-        return float(key)
-    except ValueError:
-        return None
-
-
-def _subgroups(report: Mapping[str, Any]) -> list[str]:
-    rows = subgroup_rows(report)
-    if not rows:
-        return ["### Subgroups", "No subgroup columns were analysed."]
-    minimum = min_group_size(report)
-    n_tests = len(_tested_rows(report))
-    alpha = subgroup_alpha(report)
-    suppressed = (
-        f"suppressed (< {minimum} patients)" if minimum is not None else "suppressed (too small)"
-    )
-    cells: list[tuple[str, ...]] = []
-    for r in rows:
-        name = (escape_markdown(r.column), escape_markdown(r.value))
-        if is_suppressed(r, minimum):
-            cells.append((*name, "—", "—", "—", "—", "—", "—", suppressed))
-            continue
-        if r.status == "tested":
-            status = "**significant**" if is_significant(r, n_tests, alpha) else "tested"
-        elif r.status == "missing":
-            status = "missing values (not tested)"
-        elif r.status == "several_values":
-            status = "patients with several values (not tested)"
-        else:
-            status = escape_markdown(r.status)
-        cells.append(
-            (
-                *name,
-                fmt_int(r.size),
-                fmt_int(r.observed),
-                fmt_float(r.expected, 1),
-                escape_markdown(fmt_percent(r.relative_change, signed=True, digits=0)),
-                fmt_p(r.p_value),
-                fmt_auc(r.max_patient_auc),
-                status,
-            )
-        )
-    header = (
-        "Column",
-        "Value",
-        "Patients",
-        "In tail",
-        "Expected",
-        "Relative change",
-        "p-value",
-        "Max patient AUC",
-        "Status",
-    )
-    note = (
-        "Patients of each group in the exposed patient tail against the number expected from "
-        f"its share of the tested patients; significant: p × {n_tests} tested groups below the "
-        f"policy's subgroup_alpha {alpha:g} (Bonferroni). Small groups are suppressed: their "
-        "counts can single out patients."
-    )
-    numeric = (False, False, True, True, True, True, True, True, False)
-    return ["### Subgroups", note, _table(header, cells, numeric)]
-
-
-def _top_patients(report: Mapping[str, Any]) -> list[str]:
-    top = [as_mapping(p) for p in as_list(as_mapping(report.get("summary")).get("top_patients"))]
-    heading = "### Most exposed patients"
-    if not top:
-        return [heading, "The report lists no patients."]
-    scheme = as_str(as_mapping(report.get("audit")).get("pseudonyms"))
-    if scheme != _PSEUDONYM_SCHEME:
-        return [
-            heading,
-            f"Not shown: the report identifies patients by {escape_markdown(scheme or '?')} "
-            "ids, not by keyed pseudonyms, and a job summary must never hold patient ids. "
-            "Re-run the audit without --raw-ids.",
-        ]
-    rows = []
-    for rank, p in enumerate(top[:TOP_PATIENTS], start=1):
-        key = as_str(p.get("patient_key"))
-        rows.append(
-            (
-                str(rank),
-                _code(key) if _PATIENT_KEY.fullmatch(key) else "(not a pseudonym; hidden)",
-                fmt_int(as_int(p.get("n_records"))),
-                fmt_auc(as_float(p.get("auc_max"))),
-                fmt_auc(as_float(p.get("auc_mean"))),
-                fmt_float(as_float(p.get("auc_se"))),
-            )
-        )
-    return [
-        heading,
-        "Patient keys are keyed hashes (HMAC-SHA256, truncated) of the patient ids; only the "
-        "auditing pipeline holds the key.",
-        _table(
-            ("Rank", "Patient key", "Records", "Max AUC", "Mean AUC", "SE"),
-            rows,
-            (True, False, True, True, True, True),
-        ),
-    ]
-
-
-def _fenced(text: str, language: str) -> str:
-    longest = max((len(r) for r in re.findall(r"`{3,}", text)), default=2)
-    fence = "`" * (longest + 1)
-    return f"{fence}{language}\n{text.rstrip()}\n{fence}"
-
-
-def _dp_recommendation(report: Mapping[str, Any]) -> list[str]:
-    first = recommendation_lines(report)[0].removeprefix("DP-SGD recommendation: ")
-    blocks = ["### DP-SGD recommendation", escape_markdown(first[:1].upper() + first[1:])]
-    rows = recommendation_rows(report)
-    if rows:
-        blocks.append(
-            _table(
-                ("Setting", "Value"),
-                ((escape_markdown(k), escape_markdown(v)) for k, v in rows),
-                (False, True),
-            )
-        )
-        apply = recommendation(report).get("apply")
-        for target, change in as_mapping(apply).items():
-            if isinstance(change, str) and change.strip():
-                blocks.append(
-                    f"<details><summary>Apply ({escape_markdown(str(target))})</summary>\n\n"
-                    f"{_fenced(change, _APPLY_LANGUAGE.get(str(target), ''))}\n\n</details>"
+                    f"{n} rule{'s' if n != 1 else ''} of the audit policy "
+                    f"{'are' if n != 1 else 'is'} violated; the model must not be released as "
+                    "is.",
                 )
+            ),
+            Table(("Rule", "Value", "Limit", "Why"), rows, (False, True, True, False)),
+        ]
+    where: list[list[Span]] = []
+    if outcome.source:
+        where.append([f"Audit: {outcome.source}."])
+    if outcome.report_path:
+        where.append(["Report: ", Code(outcome.report_path), "."])
+    if outcome.signature:
+        where.append([f"Signature: {outcome.signature}."])
+    policy = as_str(as_mapping(as_mapping(outcome.report).get("audit")).get("policy_sha256"))
+    if policy and status is not Status.ERROR:
+        where.append(["Policy SHA-256: ", Code(policy), "."])
+    if where:
+        spans: list[Span] = []
+        for i, part in enumerate(where):
+            spans += ([" "] if i else []) + part
+        blocks.append(Paragraph(tuple(spans)))
     return blocks
 
 
-def _caveats(report: Mapping[str, Any]) -> list[str]:
-    summary = as_mapping(report.get("summary"))
-    floor = as_float(as_mapping(summary.get("noise_floor")).get("max_patient_auc_q95"))
-    threshold = as_float(summary.get("at_risk_auc"))
-    decision = as_mapping(report.get("decision"))
-    items = [escape_markdown(str(w)) for w in as_list(decision.get("warnings"))]
-    if floor is not None and threshold is not None and floor >= threshold:
-        items.append(
-            f"The noise floor ({fmt_auc(floor)}) is at or above the at-risk AUC "
-            f"({fmt_auc(threshold)}): high patient AUCs here may be noise; train more "
-            "reference models."
-        )
-    items.append(
-        "The audit is an empirical lower bound on membership risk, not a proof of privacy; "
-        "only differentially private training gives a formal guarantee."
-    )
-    return ["### Caveats", "\n".join(f"- {item}" for item in items)]
-
-
 def summary_markdown(outcome: Outcome) -> str:
-    """The job summary: verdict first, then key figures, subgroups, the most exposed
-    patients (pseudonymous keys only), the DP-SGD recommendation and caveats.
+    """The job summary: the verdict, then the report's own sections (key figures,
+    subgroups, the most exposed patients under pseudonyms only, the DP-SGD recommendation,
+    caveats), rendered from the same document model as report.md and report.html.
 
     An error or an audit that was not accepted gets the verdict and the reasons only:
     the figures of an unverified or stale report answer nothing.
@@ -541,12 +325,8 @@ def summary_markdown(outcome: Outcome) -> str:
     blocks = _verdict(outcome)
     report = outcome.report
     if report is not None and outcome.status is not Status.ERROR and not outcome.refusals:
-        blocks += _key_figures(report)
-        blocks += _subgroups(report)
-        blocks += _top_patients(report)
-        blocks += _dp_recommendation(report)
-        blocks += _caveats(report)
-    return "\n\n".join(blocks) + "\n\n"
+        blocks += summary_sections(report, top_patients=TOP_PATIENTS)
+    return render_blocks(blocks, heading_offset=1) + "\n"
 
 
 # ---------------------------------------------------------------------------- writer

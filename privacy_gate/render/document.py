@@ -4,6 +4,7 @@ caveats and provenance."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +49,11 @@ from privacy_gate.render.view import (
     subgroup_rows,
 )
 
+PSEUDONYM_SCHEME = "hmac-sha256"
+"""The pseudonym scheme of reports whose patient keys may be published."""
+PATIENT_KEY = re.compile(r"[0-9a-f]{16}")
+"""What a published patient key looks like (anything else is hidden in a job summary)."""
+
 CITATION = 'Knolle et al., "Disparate privacy risks from medical AI", Nature 656 (2026).'
 """The study whose method the audit follows; cited in every rendering."""
 
@@ -86,6 +92,18 @@ def build_document(report: Mapping[str, Any], figures: Mapping[str, str]) -> Doc
     blocks += _provenance(report)
     blocks += [Heading("Reference", 2), Paragraph((CITATION,))]
     return Document(title="Privacy audit: membership-inference risk", blocks=tuple(blocks))
+
+
+def summary_sections(report: Mapping[str, Any], *, top_patients: int) -> list[Block]:
+    """The sections of a short summary (a CI job summary): key figures, subgroups, the
+    most exposed patients (pseudonyms only, the first ``top_patients``), the DP-SGD
+    recommendation and caveats: the same blocks as the full report's."""
+    blocks = _key_figures(report)
+    blocks += subgroups_section(report)
+    blocks += _top_patients(report, limit=top_patients, pseudonyms_only=True)
+    blocks += dp_recommendation_section(report)
+    blocks += _caveats(report)
+    return blocks
 
 
 def _verdict(report: Mapping[str, Any]) -> Verdict:
@@ -284,11 +302,28 @@ def _tail(report: Mapping[str, Any]) -> list[Block]:
     return blocks
 
 
-def _top_patients(report: Mapping[str, Any]) -> list[Block]:
+def _top_patients(
+    report: Mapping[str, Any], *, limit: int | None = None, pseudonyms_only: bool = False
+) -> list[Block]:
+    """The most exposed patients. ``pseudonyms_only`` (a CI job summary, which anyone with
+    access to the repository reads): never a raw id, a report with raw ids shows a notice
+    instead, and a key that is not a pseudonym is hidden."""
     top = [as_mapping(p) for p in as_list(as_mapping(report.get("summary")).get("top_patients"))]
     if not top:
-        return []
-    raw = as_str(as_mapping(report.get("audit")).get("pseudonyms")) == "raw"
+        return [Heading("Most exposed patients", 2), Paragraph(("The report lists no patients.",))]
+    scheme = as_str(as_mapping(report.get("audit")).get("pseudonyms"))
+    raw = scheme == "raw"
+    if pseudonyms_only and scheme != PSEUDONYM_SCHEME:
+        return [
+            Heading("Most exposed patients", 2),
+            Paragraph(
+                (
+                    f"Not shown: the report identifies patients by {scheme or '?'} ids, not by "
+                    "keyed pseudonyms, and a job summary must never hold patient ids. Re-run "
+                    "the audit without --raw-ids.",
+                )
+            ),
+        ]
     if raw:
         note: Text = (
             Strong("Warning:"),
@@ -301,16 +336,23 @@ def _top_patients(report: Mapping[str, Any]) -> list[Block]:
             "raw ids are not in this report, and the key is held only by the auditing "
             "pipeline.",
         )
+
+    def key(patient: Mapping[str, Any]) -> Span:
+        value = as_str(patient.get("patient_key"), "?")
+        if pseudonyms_only and not PATIENT_KEY.fullmatch(value):
+            return "(not a pseudonym; hidden)"
+        return Code(value)
+
     rows = tuple(
         (
             str(rank),
-            Code(as_str(p.get("patient_key"), "?")),
+            key(p),
             fmt_int(as_int(p.get("n_records"))),
             fmt_auc(as_float(p.get("auc_max"))),
             fmt_auc(as_float(p.get("auc_mean"))),
             fmt_float(as_float(p.get("auc_se"))),
         )
-        for rank, p in enumerate(top, start=1)
+        for rank, p in enumerate(top[:limit], start=1)
     )
     return [
         Heading("Most exposed patients", 2),

@@ -68,9 +68,9 @@ def _md_link_target(source: str) -> str:
     return source
 
 
-def _md_block(block: Block) -> str:
+def _md_block(block: Block, heading_offset: int = 0) -> str:
     if isinstance(block, Heading):
-        return f"{'#' * block.level} {escape_markdown(block.text)}"
+        return f"{'#' * (block.level + heading_offset)} {escape_markdown(block.text)}"
     if isinstance(block, Paragraph):
         return _md_text(block.text)
     if isinstance(block, Bullets):
@@ -99,6 +99,12 @@ def _md_table(table: Table) -> str:
     rule = row(["---:" if n else "---" for n in table.numeric])
     body = [row([_md_span(c, in_table=True) for c in r]) for r in table.rows]
     return "\n".join([header, rule, *body])
+
+
+def render_blocks(blocks: Sequence[Block], *, heading_offset: int = 0) -> str:
+    """Blocks as Markdown; ``heading_offset`` nests them (a job summary under its own
+    level-2 title)."""
+    return "\n\n".join(_md_block(b, heading_offset) for b in blocks) + "\n"
 
 
 def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None = None) -> str:

@@ -143,9 +143,21 @@ def dp_training_section(report: Mapping[str, Any]) -> list[Block]:
 def dp_recommendation_section(report: Mapping[str, Any]) -> list[Block]:
     rec = recommendation(report)
     status = rec.get("status")
+    heading = Heading("Remedy: retrain with DP-SGD", 2)
+    failed = as_str(as_mapping(report.get("decision")).get("status")) == "fail"
+    if status is None and failed:  # a refused model always names its remedy, or why not
+        return [
+            heading,
+            Paragraph(
+                (
+                    "Not available: the report has no dp_recommendation section (it knows no "
+                    "training recipe). Run 'privacy-gate recommend' with the pipeline's dataset "
+                    "size, batch size and epochs.",
+                )
+            ),
+        ]
     if status in (None, "not_needed"):
         return []
-    heading = Heading("Remedy: retrain with DP-SGD", 2)
     if status != "recommended":
         reason = as_str(rec.get("reason"), "no reason given")
         return [heading, Paragraph((f"No DP-SGD recommendation could be computed: {reason}.",))]

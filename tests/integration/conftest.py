@@ -82,7 +82,8 @@ def write_dataset(
         writer = csv.writer(handle)
         writer.writerow(["record_id", "patient_id", "sex"])
         for i, (record_id, patient_id) in enumerate(zip(record_ids, patient_ids, strict=True)):
-            sex = "unknown" if i % 17 == 0 else ("F" if i % 3 else "M")
+            p = i // records_per_patient  # sex is the patient's, as in real records
+            sex = "unknown" if p % 17 == 0 else ("F" if p % 3 else "M")
             writer.writerow([record_id, patient_id or "", sex])
     return Dataset(signals_path, records_path, record_ids, patient_ids, k)
 

@@ -153,7 +153,7 @@ def test_passing_score(dataset: Dataset, tmp_path: Path, write_config: Any) -> N
     assert f"| Worst patient AUC | {summary['patient_auc']['max']:.3f} |" in run.summary
     for value, group in report["subgroups"]["sex"]["groups"].items():
         if group["status"] == "tested":
-            assert f"| sex | {value} | {group['size']:,} |" in run.summary
+            assert f"\n| {value} | {group['size']:,} |" in run.summary
     top = summary["top_patients"][0]["patient_key"]
     assert f"| 1 | `{top}` |" in run.summary
     _no_raw_ids(run.summary, run.stdout, run.stderr)
@@ -176,7 +176,7 @@ def test_failing_check(failing_report: Path, tmp_path: Path) -> None:
     assert run.outputs["report_path"] == str(failing_report)
     assert run.outputs["patients_at_risk"] == str(report["summary"]["patients_at_risk"])
     assert run.summary.startswith(f"## privacy-gate: ❌ FAIL\n\n{len(rules)} rules")
-    assert "### DP-SGD recommendation\n\nNot available" in run.summary
+    assert "### Remedy: retrain with DP-SGD\n\nNot available" in run.summary
     assert "  DP-SGD recommendation: not available" in run.stdout  # after the FAIL lines
     assert run.stdout.index("  FAIL ") < run.stdout.index("  DP-SGD recommendation")
     _no_raw_ids(run.summary, run.stdout)

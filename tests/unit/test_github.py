@@ -39,6 +39,7 @@ from privacy_gate.github import (
     workflow_command,
     write_github,
 )
+from privacy_gate.render import render_markdown
 from privacy_gate.render.recommendation import recommendation_rows
 
 N, K = 240, 16
@@ -245,13 +246,19 @@ def test_summary_of_a_pass(passing: dict[str, Any]) -> None:
     assert _row(md, "Reference models (K)").endswith(f"| {K} |")
     assert _row(md, "Patients").endswith(f"| {audit_['patients']} |")
     floor = summary["noise_floor"]["max_patient_auc_q95"]
-    assert _row(md, "Noise floor (95% null maximum patient AUC)").endswith(f"| {floor:.3f} |")
+    noise_row = next(line for line in md.splitlines() if line.startswith("| Noise floor: 95% null"))
+    assert noise_row.endswith(f"| {floor:.3f} |")
     strongest = passing["aggregate"]["strongest"]
     auc = passing["aggregate"]["attacks"][strongest]["auc"]
-    assert f"`{strongest}`: AUC {auc:.3f}" in _row(md, "Strongest attack on the release candidate")
-    assert f"`{audit_['policy_sha256']}`" in md
-    for heading in ("Key figures", "Subgroups", "Most exposed patients", "DP-SGD recommendation"):
+    assert (
+        _row(md, "Strongest aggregate attack") == f"| Strongest aggregate attack | `{strongest}` |"
+    )
+    assert _row(md, "Strongest attack AUC") == f"| Strongest attack AUC | {auc:.3f} |"
+    assert f"Policy SHA-256: `{audit_['policy_sha256']}`." in md
+    # The job summary is the report's own document: the same sections as report.md.
+    for heading in ("Key figures", "Subgroups", "Most exposed patients", "Caveats"):
         assert f"\n### {heading}\n" in md
+        assert f"\n## {heading}\n" in render_markdown(passing)
     assert md.index("### Key figures") < md.index("### Subgroups") < md.index("### Most exposed")
 
 
@@ -269,16 +276,17 @@ def test_summary_subgroup_table(failing: dict[str, Any]) -> None:
     groups = failing["subgroups"]["site"]["groups"]
     tested = {value: g for value, g in groups.items() if g["status"] == "tested"}
     assert set(tested) == {"A", "B"}
+    section = md[md.index("#### Subgroup column: site") :]
     for value, group in tested.items():
-        row = _row(md, f"site | {value}")
+        row = _row(section, value)
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[2] == f"{group['size']:,}"
-        assert cells[3] == f"{group['observed']:,}"
-        assert cells[4] == f"{group['expected']:.1f}"
-        assert cells[7] == f"{group['max_patient_auc']:.3f}"
-    rare = _row(md, "site | RARE")
-    assert "suppressed (< 20 patients)" in rare
-    assert re.search(r"\d", rare.split("|", 3)[3].replace("20", "")) is None  # no counts
+        assert cells[1] == f"{group['size']:,}"
+        assert cells[2] == f"{group['observed']:,}"
+        assert cells[3] == f"{group['expected']:.1f}"
+        assert cells[6] == f"{group['max_patient_auc']:.3f}"
+    rare = _row(section, "RARE")
+    assert "suppressed (\\< 20 patients)" in rare
+    assert re.search(r"\d", rare.split("|", 2)[2].replace("20", "")) is None  # no counts
 
 
 def test_summary_top_patients_are_pseudonyms(failing: dict[str, Any]) -> None:
@@ -312,12 +320,11 @@ def test_summary_hides_a_patient_key_that_is_not_a_pseudonym(failing: dict[str, 
 
 def test_summary_dp_recommendation(failing: dict[str, Any]) -> None:
     md = summary_markdown(_outcome(failing))
-    section = md[md.index("### DP-SGD recommendation") : md.index("### Caveats")]
-    assert "Not available (the report has no dp\\_recommendation section)." in section
+    section = md[md.index("### Remedy: retrain with DP-SGD") : md.index("### Caveats")]
+    assert "Not available: the report has no dp\\_recommendation section" in section
     report = {**failing, "dp_recommendation": DP_RECOMMENDATION}
     md = summary_markdown(_outcome(report))
-    section = md[md.index("### DP-SGD recommendation") : md.index("### Caveats")]
-    assert "Retrain with DP-SGD" in section
+    section = md[md.index("### Remedy: retrain with DP-SGD") : md.index("### Caveats")]
     rows = recommendation_rows(report)
     assert rows
     for label, value in rows:
@@ -325,7 +332,9 @@ def test_summary_dp_recommendation(failing: dict[str, Any]) -> None:
     assert _row(section, "noise\\_multiplier") == "| noise\\_multiplier | 1.234 |"
     assert "```python\nengine.make_private(\n    noise_multiplier=1.234" in section
     unavailable = {**failing, "dp_recommendation": {"status": "unavailable", "reason": "no opacus"}}
-    assert "Not available (no opacus)." in summary_markdown(_outcome(unavailable))
+    assert "No DP-SGD recommendation could be computed: no opacus." in summary_markdown(
+        _outcome(unavailable)
+    )
 
 
 def test_summary_of_an_error() -> None:
@@ -355,7 +364,7 @@ def test_summary_escapes_subgroup_values(failing: dict[str, Any]) -> None:
     groups = report["subgroups"]["site"]["groups"]
     groups["a|b *c*"] = groups.pop("A")
     md = summary_markdown(_outcome(report))
-    assert "| site | a\\|b \\*c\\* |" in md
+    assert "\n| a\\|b \\*c\\* |" in md
 
 
 # --- evaluated report, enabling, writing -----------------------------------------------------
