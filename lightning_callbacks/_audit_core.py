@@ -24,6 +24,8 @@ from lightning_callbacks._reference import make_train_fn
 from lightning_callbacks._settings import OWNER, AuditSettings, OnFail
 from privacy_gate.errors import ConfigError
 from privacy_gate.gate import Status
+from privacy_gate.metric_keys import join_key
+from privacy_gate.metrics import trainer_metrics
 from privacy_gate.pipeline import AuditResult
 from privacy_gate.report import REPORT_FILE
 from privacy_gate.training.audit import Backend, run_audit
@@ -38,7 +40,6 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger("lightning_callbacks")
-METRIC_PREFIX = "privacy_gate/"
 
 
 class PrivacyGateFailed(RuntimeError):
@@ -125,28 +126,14 @@ def check_fit(trainer: Any, module: Any, settings: AuditSettings) -> None:
         check_picklable(f"{OWNER}'s model factory ({type(module).__name__})", factory)
 
 
-def _metrics(report: dict[str, Any]) -> dict[str, float]:
-    summary = report["summary"]
-    metrics = {
-        "patient_auc/max": float(summary["patient_auc"]["max"]),
-        "patients_at_risk": float(summary["patients_at_risk"]),
-        "noise_floor": float(summary["noise_floor"]["max_patient_auc_q95"]),
-        "passed": 1.0 if report["decision"]["status"] == Status.PASS.value else 0.0,
-    }
-    aggregate = report.get("aggregate")
-    if aggregate:
-        metrics["aggregate_auc"] = float(aggregate["attacks"][aggregate["strongest"]]["auc"])
-    return {METRIC_PREFIX + k: v for k, v in metrics.items()}
-
-
 def _summary(result: AuditResult, metrics: dict[str, float], report: Path) -> str:
     figures = [
-        f"worst patient AUC {metrics[METRIC_PREFIX + 'patient_auc/max']:.3f}",
-        f"patients at risk {int(metrics[METRIC_PREFIX + 'patients_at_risk'])}",
-        f"noise floor {metrics[METRIC_PREFIX + 'noise_floor']:.3f}",
+        f"worst patient AUC {metrics[join_key('patient_auc', 'max')]:.3f}",
+        f"patients at risk {int(metrics[join_key('patients_at_risk')])}",
+        f"noise floor {metrics[join_key('noise_floor', 'max_patient_auc_q95')]:.3f}",
     ]
-    if METRIC_PREFIX + "aggregate_auc" in metrics:
-        figures.append(f"aggregate attack AUC {metrics[METRIC_PREFIX + 'aggregate_auc']:.3f}")
+    if join_key("aggregate", "auc") in metrics:
+        figures.append(f"aggregate attack AUC {metrics[join_key('aggregate', 'auc')]:.3f}")
     return f"{result.decision.one_line()}: {', '.join(figures)}. Report: {report}"
 
 
@@ -212,7 +199,7 @@ def run_fit_audit(
             "trainer": {"class": f"{trainer_class.__module__}.{trainer_class.__qualname__}"},
         },
     )
-    metrics = _metrics(result.report)
+    metrics = trainer_metrics(result.report)
     decision = result.decision
     mlflow_run = _log_to_mlflow(trainer, result.report, out)
     return Outcome(

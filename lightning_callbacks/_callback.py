@@ -36,9 +36,11 @@ CALLBACK_DOC = """Audit the model ``Trainer.fit`` just trained; gate its release
 After training (``on_train_end``: the final weights), trains reference models with
 the fit's own recipe on an audit pool of the train set (members) and a holdout,
 scores the trained model, writes the report to ``output_dir`` and puts the key
-figures into ``trainer.callback_metrics`` (``privacy_gate/patient_auc/max``,
-``privacy_gate/patients_at_risk``, ``privacy_gate/aggregate_auc``,
-``privacy_gate/noise_floor``, ``privacy_gate/passed``).
+figures into ``trainer.callback_metrics`` under the keys MLflow gets too
+(`privacy_gate.metrics.TRAINER_METRICS`: ``privacy_gate/patient_auc/max``,
+``privacy_gate/patients_at_risk``, ``privacy_gate/noise_floor/max_patient_auc_q95``,
+``privacy_gate/power/detectable_auc``, ``privacy_gate/aggregate/auc``), and
+``privacy_gate/passed``.
 
 Args:
     config: an ``AuditConfig`` or the path of a YAML policy (default: the packaged

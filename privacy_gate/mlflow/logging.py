@@ -3,28 +3,8 @@
 The one place besides the rest of `privacy_gate.mlflow` where MLflow is used (STYLE.md
 point 9). MLflow is imported lazily, so the package imports without it.
 
-Metric keys (all under ``privacy_gate/``; ``<column>`` and ``<value>`` escaped by
-`privacy_gate.mlflow.keys.escape_segment`):
-
-- ``patient_auc/<stat>``, ``patient_auc_mean/<stat>``, ``record_auc/<stat>`` (max, mean,
-  median, q90, q99), ``patients_at_risk``, ``patients_at_risk_raw``,
-  ``fraction_at_risk``, ``tail_count/<auc>``;
-- ``noise_floor/max_patient_auc_q95``, ``noise_floor/expected_at_risk``,
-  ``noise_floor/reference_models_needed``;
-- ``power/detectable_auc`` (the smallest record AUC the at-risk test finds with the
-  policy's power at this K), ``power/reference_models_needed`` (what the policy's power
-  rules need);
-- ``subgroup_tail/patients``, ``subgroup_tail/threshold`` (the patient tail the subgroup
-  tests use);
-- ``aggregate/auc`` (the strongest attack), ``aggregate/tpr_at_fpr/<fpr>`` (the highest
-  over the attacks, as the gate reads it), ``attack/<name>/auc``,
-  ``attack/<name>/tpr_at_fpr/<fpr>``;
-- ``subgroup/<column>/<value>/<statistic>`` for tested groups (``relative_change``,
-  ``pearson_residual``, ``p_value``, ``observed``, ``expected``, ``tail_rate``, ``size``)
-  and ``subgroup_column/<column>/<statistic>`` (``chi_square``, ``p_value``,
-  ``p_value_bonferroni``).
-
-Figures that are None (not finite in the audit) are not logged.
+Metric keys: `privacy_gate.metrics` (one source for MLflow and the Lightning callback); a
+key over MLflow's length limit is shortened and mapped back in ``metric_keys_map.json``.
 
 Signed audits (DESIGN.md, "Signed audits"): with a signing key (the ``signing_key``
 argument, else ``PRIVACY_GATE_SIGNING_KEY``) the report is signed with ``audit.run_id`` set
@@ -37,16 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from privacy_gate._version import __version__
 from privacy_gate.errors import ReportError
-from privacy_gate.mlflow.keys import escape_segment, join_key, shorten_key
+from privacy_gate.metric_keys import shorten_key
+from privacy_gate.metrics import report_metrics
+from privacy_gate.metrics import section as _section
 from privacy_gate.report import REPORT_FILE, canonical_json, write_json
 from privacy_gate.signing import sign_report, signing_key_from_environment
 
@@ -75,123 +56,9 @@ SIGNED_TAG = "privacy_gate.signed"
 KEYS_MAP_FILE = "metric_keys_map.json"
 """Artifact mapping each shortened metric key to its full key (only when one was)."""
 
-_DISTRIBUTIONS = ("patient_auc", "patient_auc_mean", "record_auc")
-_SCALARS = ("patients_at_risk", "patients_at_risk_raw", "fraction_at_risk")
-_NOISE_FLOOR = ("max_patient_auc_q95", "expected_at_risk", "reference_models_needed")
-_POWER = ("detectable_auc", "reference_models_needed")
-_TAIL = ("patients", "threshold")
-_GROUP_STATISTICS = (
-    "relative_change",
-    "pearson_residual",
-    "p_value",
-    "observed",
-    "expected",
-    "tail_rate",
-    "size",
-)
-_COLUMN_STATISTICS = ("chi_square", "p_value", "p_value_bonferroni")
 _ARTIFACT_FILES = (REPORT_FILE, "report.md", "report.html", "patients.csv")
 _VIOLATIONS_TAG_LENGTH = 500
 _INSTALL_HINT = "HINT: pip install 'privacy-gate[mlflow]'."
-
-
-def _number(value: Any) -> float | None:
-    """A finite float, or None for None, non-numbers, booleans and non-finite values."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _section(report: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    section = report.get(name)
-    return section if isinstance(section, Mapping) else {}
-
-
-_DP_FIGURES = (
-    "noise_multiplier",
-    "max_grad_norm",
-    "epsilon",
-    "delta",
-    "auc_ceiling",
-    "patient_auc_ceiling",
-)
-"""DP-SGD figures logged as metrics, for the audited recipe and for the recommendation."""
-
-
-def _report_metrics(report: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...], Any]]:
-    """(segments, value) of every figure; values still unchecked."""
-    summary = _section(report, "summary")
-    for name in _DISTRIBUTIONS:
-        for stat, value in _section(summary, name).items():
-            yield (name, str(stat)), value
-    for name in _SCALARS:
-        yield (name,), summary.get(name)
-    for auc, count in _section(summary, "tail_counts").items():
-        yield ("tail_count", str(auc)), count
-    floor = _section(summary, "noise_floor")
-    for name in _NOISE_FLOOR:
-        yield ("noise_floor", name), floor.get(name)
-    power = _section(summary, "power")
-    for name in _POWER:
-        yield ("power", name), power.get(name)
-    tail = _section(summary, "tail")
-    for name in _TAIL:
-        yield ("subgroup_tail", name), tail.get(name)
-
-    aggregate = _section(report, "aggregate")
-    attacks = _section(aggregate, "attacks")
-    strongest = _section(attacks, str(aggregate.get("strongest")))
-    if strongest:
-        yield ("aggregate", "auc"), strongest.get("auc")
-    best_tpr: dict[str, float] = {}
-    for attack, result in attacks.items():
-        if not isinstance(result, Mapping):
-            continue
-        yield ("attack", str(attack), "auc"), result.get("auc")
-        for fpr, tpr in _section(result, "tpr_at_fpr").items():
-            yield ("attack", str(attack), "tpr_at_fpr", str(fpr)), tpr
-            number = _number(tpr)
-            if number is not None:
-                best_tpr[str(fpr)] = max(best_tpr.get(str(fpr), -math.inf), number)
-    for fpr, tpr in best_tpr.items():
-        yield ("aggregate", "tpr_at_fpr", fpr), tpr
-
-    dp_training = _section(report, "dp_training")  # the audited recipe's DP guarantee
-    for name in _DP_FIGURES:
-        yield ("dp", name), dp_training.get(name)
-    yield ("dp", "records_above_ceiling"), dp_training.get("records_above_ceiling")
-    recommendation = _section(report, "dp_recommendation")  # the remedy, when refused
-    if recommendation.get("status") == "recommended":
-        for name in _DP_FIGURES:
-            yield ("dp_recommendation", name), recommendation.get(name)
-
-    for column, result in _section(report, "subgroups").items():
-        if not isinstance(result, Mapping):
-            continue
-        escaped = escape_segment(str(column))
-        for stat in _COLUMN_STATISTICS:
-            yield ("subgroup_column", escaped, stat), result.get(stat)
-        for value, group in _section(result, "groups").items():
-            if not isinstance(group, Mapping) or group.get("status") != "tested":
-                continue
-            group_segment = escape_segment(str(value))
-            for stat in _GROUP_STATISTICS:
-                yield ("subgroup", escaped, group_segment, stat), group.get(stat)
-
-
-def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
-    """The report's figures by full metric key (before `shorten_key`); None skipped.
-
-    >>> report_metrics({"summary": {"tail_counts": {"0.9": 3}, "power": {"detectable_auc": None}}})
-    {'privacy_gate/tail_count/0.9': 3.0}
-    """
-    metrics: dict[str, float] = {}
-    for segments, value in _report_metrics(report):
-        number = _number(value)
-        if number is not None:
-            metrics[join_key(*segments)] = number
-    return metrics
 
 
 def report_sha256(report: Mapping[str, Any]) -> str:
