@@ -41,3 +41,13 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path: Path, monkeypatch: pytest.Monk
     graph = grimp.build_graph("cyclic", cache_dir=None)
     assert graph.find_shortest_chain(importer="cyclic.b", imported="cyclic.a") is not None
     assert graph.find_shortest_chain(importer="cyclic.a", imported="cyclic.b") is not None
+
+
+def test_no_module_is_longer_than_a_newcomer_reads_in_one_sitting() -> None:
+    long = {
+        str(path.relative_to(ROOT)): n
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert long == {}
