@@ -50,10 +50,11 @@ if str(ROOT) not in sys.path:
 from ehr_pool import load_ehr_pool  # noqa: E402  (benchmarks/, the script's own folder)
 
 from privacy_gate.plan import draw_plan  # noqa: E402
-from privacy_gate.training.audit import Backend, train_reference_models  # noqa: E402
+from privacy_gate.training.audit import Backend  # noqa: E402
+from privacy_gate.training.backends import make_backend, train_reference_models  # noqa: E402
 from privacy_gate.training.ray_backend import RayOptions  # noqa: E402
 from privacy_gate.training.recipe import Optimizer, Recipe  # noqa: E402
-from privacy_gate.training.reference import TrainingPlan, derived_seed  # noqa: E402
+from privacy_gate.training.reference import ReferenceJob, TrainingPlan, derived_seed  # noqa: E402
 from privacy_gate.training.store import ScoreStore  # noqa: E402
 
 MODES = ("local-1t", "local-2t", "ray-1w", "ray-2w", "ray-2w-single")
@@ -95,8 +96,8 @@ def run_child(args: argparse.Namespace, scores_file: Path) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as folder:
             store = ScoreStore(Path(folder), {"mode": mode}, data.n_records)
             started = time.perf_counter()
-            scores, training = train_reference_models(factory, data, plan, recipe, store,
-                                                      backend=backend, ray=options)  # fmt: skip
+            job = ReferenceJob(factory, data, plan, recipe, store)
+            scores, training = train_reference_models(job, make_backend(backend, ray=options))
             walls.append(time.perf_counter() - started)
     np.save(scores_file, scores)
     return {

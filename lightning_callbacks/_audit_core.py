@@ -29,6 +29,7 @@ from privacy_gate.metrics import trainer_metrics
 from privacy_gate.pipeline import AuditResult
 from privacy_gate.report import REPORT_FILE
 from privacy_gate.training.audit import Backend, run_audit
+from privacy_gate.training.backends import make_backend
 
 __all__ = [
     "Action",
@@ -186,13 +187,12 @@ def run_fit_audit(
         recipe=recipe,
         config=settings.config,
         reference_models=settings.reference_models,
-        backend=backend,
+        backend=make_backend(backend, ray=settings.ray),
         seed=settings.seed,
         candidate=module,
         out_dir=out,
         train_fn=train_fn,
         plots=settings.plots,
-        ray=settings.ray,
         cache_key={"trainer": dataclasses.asdict(trainer_settings)},
         provenance={
             "fallback_reason": reason,  # why the fast path was not taken

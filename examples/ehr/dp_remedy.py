@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from privacy_gate.training.audit import run_audit
+from privacy_gate.training.backends import make_backend
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.job import load_job, resolve
 from privacy_gate.training.recipe import DPSettings, Recipe
@@ -82,7 +83,7 @@ def audit_once(
         seed=job.seed,
         candidate=candidate,
         out_dir=args.out / name,
-        workers=args.workers,
+        backend=make_backend("auto", workers=args.workers),
     )
     report = result.report
     summary = report["summary"]

@@ -25,6 +25,7 @@ from privacy_gate.errors import ConfigError, check_known_keys, invalid_value
 from privacy_gate.pipeline import AuditResult
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
 from privacy_gate.training.audit import Backend, run_audit
+from privacy_gate.training.backends import make_backend
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.ray_backend import RayOptions, parse_ray_options
 from privacy_gate.training.recipe import Recipe, parse_recipe
@@ -259,12 +260,10 @@ def run_job(
         recipe=job.recipe,
         config=job.policy,
         reference_models=job.reference_models,
-        backend=job.backend,
+        backend=make_backend(job.backend, workers=job.workers, ray=job.ray),
         seed=job.seed,
         candidate=candidate,
         out_dir=destination,
-        workers=job.workers,
         raw_ids=raw_ids,
         plots=plots,
-        ray=job.ray,
     )

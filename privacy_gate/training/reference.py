@@ -7,22 +7,27 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from privacy_gate.training.data import AuditData
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.scoring import score_model
 from privacy_gate.training.sequential import train_one
 from privacy_gate.training.steps import ModelFactory
+from privacy_gate.training.store import ScoreStore
 
 __all__ = [
     "Augmentation",
+    "Backend",
     "Fallback",
+    "ReferenceJob",
     "TrainFunction",
+    "TrainingBackend",
     "TrainingPlan",
     "derived_seed",
     "reference_name",
@@ -33,6 +38,16 @@ Augmentation = Callable[[torch.Tensor], torch.Tensor]
 TrainFunction = Callable[[NDArray[np.intp], int], nn.Module]
 """``train_fn(subset, seed) -> trained model``: trains one model on the pool records
 ``subset`` (e.g. with a Lightning Trainer), initialised from ``seed``."""
+
+
+class Backend(str, Enum):
+    """The training backends by name (audit.yaml's ``backend``); `privacy_gate.training.
+    backends.make_backend` turns a name and its options into a `TrainingBackend`."""
+
+    AUTO = "auto"
+    BATCHED = "batched"
+    SEQUENTIAL = "sequential"
+    RAY = "ray"  # Ray tasks on a cluster (privacy_gate.training.ray_backend)
 
 
 class Fallback(str, Enum):
@@ -91,3 +106,35 @@ def train_and_score(
     else:
         model = train_one(factory, inputs, labels, subset, recipe, seed=seed, model_name=name)
     return score_model(model, inputs, labels, task, augmentations=augmentations)
+
+
+@dataclass(frozen=True)
+class ReferenceJob:
+    """What every backend needs to train (or resume) an audit's reference models: the
+    candidate's architecture and recipe, the pool, the plan and the store of finished
+    models (a backend writes each model's scores there as soon as it is done)."""
+
+    factory: ModelFactory
+    data: AuditData
+    plan: TrainingPlan
+    recipe: Recipe
+    store: ScoreStore
+    augmentations: Sequence[Augmentation] = ()
+    train_fn: TrainFunction | None = None
+
+    def todo(self) -> list[int]:
+        """The reference models not yet in the store."""
+        return [k for k in range(self.plan.n_models) if not self.store.has(reference_name(k))]
+
+
+class TrainingBackend(Protocol):
+    """Trains the reference models of a `ReferenceJob` into its store.
+
+    ``train`` returns the provenance the report keeps (``backend``, ``fallback_reason``,
+    ``trained_now``, ``resumed``, ``training_seconds``). Options that only one backend has
+    (worker processes, a Ray cluster) are fields of that backend, not of `run_audit`.
+    """
+
+    kind: ClassVar[Backend]
+
+    def train(self, job: ReferenceJob) -> dict[str, Any]: ...

@@ -31,7 +31,8 @@ from privacy_gate.cli import main
 from privacy_gate.config import parse_config
 from privacy_gate.errors import ConfigError
 from privacy_gate.plan import draw_plan
-from privacy_gate.training.audit import Backend, run_audit, train_reference_models
+from privacy_gate.training.audit import Backend, run_audit
+from privacy_gate.training.backends import make_backend, train_reference_models
 from privacy_gate.training.job import parse_job
 from privacy_gate.training.ray_backend import (
     RayOptions,
@@ -39,7 +40,7 @@ from privacy_gate.training.ray_backend import (
     training_bytes_per_model,
 )
 from privacy_gate.training.recipe import Optimizer, Recipe
-from privacy_gate.training.reference import TrainingPlan, derived_seed
+from privacy_gate.training.reference import ReferenceJob, TrainingPlan, derived_seed
 from privacy_gate.training.store import ScoreStore
 
 ray = pytest.importorskip("ray")
@@ -92,6 +93,10 @@ def _audit(out: Path, factory: Any = make_model, **options: Any) -> Any:
     settings: dict[str, Any] = {"recipe": RECIPE, "config": POLICY, "reference_models": 4,
                                 "seed": SEED, "out_dir": out, "plots": False}  # fmt: skip
     settings.update(options)
+    # Backend options travel with the backend (make_backend: a name plus its options).
+    settings["backend"] = make_backend(
+        settings.pop("backend", "auto"), ray=settings.pop("ray", None)
+    )
     return run_audit(factory, load_data(), **settings)
 
 
@@ -207,8 +212,8 @@ def test_groups_are_the_local_batched_groups(local_ray: Any, tmp_path: Path) -> 
 
     def train(name: str, **options: Any) -> np.ndarray:
         store = ScoreStore(tmp_path / name, {"run": name}, data.n_records)
-        scores, _ = train_reference_models(dropout_model, data, plan, RECIPE, store,
-                                           group_size=2, **options)  # fmt: skip
+        job = ReferenceJob(dropout_model, data, plan, RECIPE, store)
+        scores, _ = train_reference_models(job, make_backend(group_size=2, **options))
         return scores
 
     with one_thread():

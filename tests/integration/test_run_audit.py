@@ -19,6 +19,7 @@ from privacy_gate.config import parse_config
 from privacy_gate.errors import InputError
 from privacy_gate.plan import draw_plan, plan_digest
 from privacy_gate.training.audit import run_audit
+from privacy_gate.training.backends import SequentialBackend
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.sequential import TrainingError
@@ -210,7 +211,7 @@ def test_batched_resume_retrains_only_missing_groups_and_matches(tmp_path: Path)
 
 def test_sequential_worker_processes_give_the_same_scores(tmp_path: Path) -> None:
     one = _audit(tmp_path / "one")
-    two = _audit(tmp_path / "two", workers=2)
+    two = _audit(tmp_path / "two", backend=SequentialBackend(workers=2))
     assert two.report["audit"]["training"]["trained_now"] == 4
     assert _records(tmp_path / "one") == _records(tmp_path / "two")
     assert one.report["summary"] == two.report["summary"]

@@ -16,12 +16,18 @@ write the store.
 The whole module imports without Ray; Ray itself is imported when a cluster is used.
 """
 
-from privacy_gate.training.ray_backend.driver import RayTrainingFailed, ray_session, train_on_ray
+from privacy_gate.training.ray_backend.driver import (
+    RayBackend,
+    RayTrainingFailed,
+    ray_session,
+    train_on_ray,
+)
 from privacy_gate.training.ray_backend.memory import auto_models_per_task, training_bytes_per_model
 from privacy_gate.training.ray_backend.options import RayOptions, parse_memory, parse_ray_options
 from privacy_gate.training.ray_backend.task import check_picklable
 
 __all__ = [
+    "RayBackend",
     "RayOptions",
     "RayTrainingFailed",
     "auto_models_per_task",

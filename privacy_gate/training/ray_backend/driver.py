@@ -8,7 +8,8 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,7 +34,9 @@ from privacy_gate.training.ray_backend.task import _probe, _Shared, _train_group
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.reference import (
     Augmentation,
+    Backend,
     Fallback,
+    ReferenceJob,
     TrainFunction,
     TrainingPlan,
     reference_name,
@@ -321,3 +324,26 @@ def _raise_failures(
         f"{len(failures)} Ray task(s) failed after their retries (reference models "
         f"{models}): {message} {kept} {hint}".rstrip()
     )
+
+
+@dataclass(frozen=True)
+class RayBackend:
+    """Reference models as Ray tasks (`train_on_ray`), with the cluster's options."""
+
+    options: RayOptions = field(default_factory=RayOptions)
+    group_size: int = 16
+    kind: ClassVar[Backend] = Backend.RAY
+
+    def train(self, job: ReferenceJob) -> dict[str, Any]:
+        _, provenance = train_on_ray(
+            job.factory,
+            job.data,
+            job.plan,
+            job.recipe,
+            job.store,
+            options=self.options,
+            group_size=self.group_size,
+            augmentations=job.augmentations,
+            train_fn=job.train_fn,
+        )
+        return provenance

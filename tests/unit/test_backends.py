@@ -1,0 +1,58 @@
+"""The backend registry: names and their options become backend objects; an option a
+backend does not take is refused, never silently dropped."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+
+from privacy_gate.errors import InputError
+from privacy_gate.training.backends import (
+    BACKENDS,
+    AutoBackend,
+    BatchedBackend,
+    SequentialBackend,
+    make_backend,
+)
+from privacy_gate.training.ray_backend import RayBackend, RayOptions
+from privacy_gate.training.reference import Backend
+
+
+def test_every_backend_name_is_registered_with_its_class() -> None:
+    assert set(BACKENDS) == set(Backend)
+    assert make_backend() == AutoBackend()
+    assert make_backend("batched", group_size=8) == BatchedBackend(group_size=8)
+    assert make_backend("sequential", workers=3) == SequentialBackend(workers=3)
+    options = RayOptions(models_per_task=2)
+    assert make_backend(Backend.RAY, ray=options) == RayBackend(options=options)
+    for name in Backend:
+        assert make_backend(name).kind is name
+
+
+def test_a_backend_object_passes_through_and_carries_its_own_options() -> None:
+    backend = SequentialBackend(workers=4)
+    assert make_backend(backend) is backend
+    with pytest.raises(InputError, match="travel with the backend"):
+        make_backend(backend, workers=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "refused"),
+    [
+        ("batched", {"workers": 2}, "workers"),
+        ("sequential", {"ray": RayOptions()}, "ray"),
+        ("auto", {"ray": RayOptions()}, "ray"),
+        ("ray", {"workers": 4}, "workers"),
+    ],
+)
+def test_an_option_the_backend_does_not_take_is_refused(
+    name: str, options: dict[str, object], refused: str
+) -> None:
+    with pytest.raises(InputError, match=rf"\['{refused}'\] do not apply to the '{name}'"):
+        make_backend(name, **options)  # type: ignore[arg-type]
+
+
+def test_an_unknown_backend_names_the_valid_ones() -> None:
+    with pytest.raises(InputError, match=r"'backend' parameter .* one of \['auto', 'batched'"):
+        make_backend("gpu-cluster")
