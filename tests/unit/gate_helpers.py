@@ -1,0 +1,119 @@
+"""Shared by the gate tests and the pipeline-report tests: BH written out, the
+rule list of a decision, and the monotonicity property with its policy strategy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+
+from privacy_gate.config import AuditConfig, GateConfig, RiskConfig
+from privacy_gate.gate import Decision, Rule, evaluate_gate
+from privacy_gate.pseudonyms import Pseudonymizer
+
+PSEUDONYMS = Pseudonymizer(key=b"test-key")
+FPR_KEYS = ("0.001", "0.01")
+AGGREGATE_RULES = {Rule.MAX_AGGREGATE_AUC, Rule.MAX_AGGREGATE_TPR_AT_FPR}
+PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def rules_of(decision: Decision) -> list[Rule]:
+    return [v.rule for v in decision.violations]
+
+
+def independent_bh(p_values: np.ndarray, q: float, m: int) -> int:
+    """Benjamini-Hochberg step-up count, written out independently."""
+    ordered = sorted(float(p) for p in p_values)
+    count = 0
+    for rank, p in enumerate(ordered, start=1):
+        if p <= q * rank / m:
+            count = rank
+    return count
+
+
+@st.composite
+def tight_and_loose(draw: st.DrawFn) -> tuple[GateConfig, GateConfig]:
+    """A random policy and a looser one (each limit relaxed, kept or dropped)."""
+
+    def maybe(strategy: st.SearchStrategy[Any]) -> Any:
+        return draw(st.none() | strategy)
+
+    tight: dict[str, Any] = {
+        "max_patient_auc": maybe(st.floats(0.5, 1.0)),
+        "max_patients_at_risk": maybe(st.integers(0, 30)),
+        "max_fraction_at_risk": maybe(st.floats(0.0, 0.2)),
+        "max_aggregate_auc": maybe(st.floats(0.5, 1.0)),
+        "max_aggregate_tpr_at_fpr": maybe(
+            st.dictionaries(st.sampled_from([0.001, 0.01]), st.floats(0.0, 1.0), min_size=1)
+        ),
+        "max_subgroup_relative_change": maybe(st.floats(0.0, 10.0)),
+        "min_reference_models": maybe(st.integers(2, 128)),
+        "max_detectable_auc": maybe(st.floats(0.9, 0.99999)),
+        "fdr": draw(st.floats(1e-3, 0.5)),
+        "subgroup_alpha": draw(st.floats(1e-3, 0.5)),
+    }
+    loose = dict(tight)
+    drop = st.booleans()
+    for name, hi in (
+        ("max_patient_auc", 1.0),
+        ("max_fraction_at_risk", 1.0),
+        ("max_aggregate_auc", 1.0),
+        ("max_subgroup_relative_change", 1e9),
+        ("max_detectable_auc", 1.0),
+    ):
+        if tight[name] is not None:
+            loose[name] = None if draw(drop) else min(hi, tight[name] + draw(st.floats(0, 0.3)))
+    if tight["max_patients_at_risk"] is not None:
+        loose["max_patients_at_risk"] = (
+            None if draw(drop) else tight["max_patients_at_risk"] + draw(st.integers(0, 10))
+        )
+    if tight["min_reference_models"] is not None:
+        loose["min_reference_models"] = (
+            None if draw(drop) else max(2, tight["min_reference_models"] - draw(st.integers(0, 64)))
+        )
+    if tight["max_aggregate_tpr_at_fpr"] is not None:
+        relaxed = {
+            f: min(1.0, t + draw(st.floats(0, 0.3)))
+            for f, t in tight["max_aggregate_tpr_at_fpr"].items()
+            if not draw(drop)
+        }
+        loose["max_aggregate_tpr_at_fpr"] = relaxed or None
+    # A smaller FDR or subgroup_alpha loosens the count and the subgroup test but costs
+    # power, and the power checks fail closed: neither is monotone where those are on.
+    if tight["max_detectable_auc"] is None:
+        loose["fdr"] = tight["fdr"] * draw(st.floats(0.01, 1.0))
+    if tight["max_subgroup_relative_change"] is None:
+        loose["subgroup_alpha"] = tight["subgroup_alpha"] * draw(st.floats(0.01, 1.0))
+
+    def build(kwargs: dict[str, Any]) -> GateConfig:
+        tpr = kwargs["max_aggregate_tpr_at_fpr"]
+        return GateConfig(
+            **{
+                **kwargs,
+                "max_aggregate_tpr_at_fpr": None if tpr is None else tuple(sorted(tpr.items())),
+            }
+        )
+
+    return build(tight), build(loose)
+
+
+def assert_monotone(
+    report: dict[str, Any], risk: RiskConfig, tight: GateConfig, loose: GateConfig
+) -> None:
+    strict = evaluate_gate(report, AuditConfig(risk=risk, gate=tight))
+    lenient = evaluate_gate(report, AuditConfig(risk=risk, gate=loose))
+    event(f"strict {strict.status.value}, lenient {lenient.status.value}")
+    # Loosening never turns pass into fail; tightening never turns fail into pass.
+    if strict.passed:
+        assert lenient.passed, (lenient.violations, loose)
+    if not lenient.passed:
+        assert not strict.passed
+    assert lenient.patients_at_risk is not None and strict.patients_at_risk is not None
+    assert lenient.patients_at_risk <= strict.patients_at_risk
+
+    def kinds(decision: Decision) -> set[str]:
+        return {"aggregate" if r in AGGREGATE_RULES else r.value for r in rules_of(decision)}
+
+    assert kinds(lenient) <= kinds(strict)
