@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from signal_arrays import N, balanced_arrays
 
 from privacy_gate.errors import InputError
 from privacy_gate.pipeline import audit
@@ -13,24 +13,12 @@ from privacy_gate.records import (
 )
 from privacy_gate.signals import make_signals
 
-K, N = 4, 6
-
-
-def _arrays(k: int = K, n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and masks with every record IN for exactly k/2 models."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((k, n), dtype=bool)
-    for i in range(n):
-        masks[rng.permutation(k)[: k // 2], i] = True
-    return rng.standard_normal((k, n)), masks
-
-
 # --- records vs signals (through the pipeline) -------------------------------------------
 
 
 @pytest.mark.parametrize("n_rows", [N - 1, N + 1])
 def test_row_count_differs_from_signals(n_rows: int) -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     records = records_from_columns([f"r{i}" for i in range(n_rows)])
     with pytest.raises(InputError) as info:
         audit(make_signals(scores, masks), records, pseudonymizer=Pseudonymizer(key=b"k"))
@@ -42,7 +30,7 @@ def test_row_count_differs_from_signals(n_rows: int) -> None:
 def test_unknown_subgroup_column_through_the_pipeline() -> None:
     from privacy_gate.config import parse_config
 
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     records = records_from_columns([f"r{i}" for i in range(N)], None, {"sex": ["F"] * N})
     config = parse_config({"subgroups": ["race"], "gate": {"max_patient_auc": 0.99}})
     with pytest.raises(InputError, match=r"'race'.*\['sex'\]"):

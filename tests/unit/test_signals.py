@@ -7,20 +7,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from signal_arrays import K, N, balanced_arrays
 
 from privacy_gate.errors import InputError
 from privacy_gate.signals import Signals, Task, load_signals, make_signals
-
-K, N = 4, 6
-
-
-def _arrays(k: int = K, n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and masks with every record IN for exactly k/2 models."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((k, n), dtype=bool)
-    for i in range(n):
-        masks[rng.permutation(k)[: k // 2], i] = True
-    return rng.standard_normal((k, n)), masks
 
 
 def _target(n: int = N) -> tuple[np.ndarray, np.ndarray]:
@@ -31,7 +21,7 @@ def _target(n: int = N) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_valid_signals() -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     ts, tm = _target()
     signals = make_signals(scores, masks, target_scores=ts, target_members=tm, task="binary")
     assert signals.n_reference_models == K
@@ -44,7 +34,7 @@ def test_valid_signals() -> None:
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_scores(bad: float) -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     scores[2, 3] = bad
     with pytest.raises(InputError, match="NaN or infinite") as info:
         make_signals(scores, masks)
@@ -53,7 +43,7 @@ def test_non_finite_scores(bad: float) -> None:
 
 
 def test_shape_mismatch() -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     with pytest.raises(InputError, match="shape") as info:
         make_signals(scores, masks[:, :-1])
     assert "'masks'" in str(info.value)
@@ -65,20 +55,20 @@ def test_scores_must_be_two_dimensional() -> None:
 
 
 def test_integer_scores_are_rejected() -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     with pytest.raises(InputError, match="floats"):
         make_signals(scores.astype(np.int64), masks)
 
 
 def test_integer_masks_are_rejected() -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     with pytest.raises(InputError, match="boolean") as info:
         make_signals(scores, masks.astype(np.int64))
     assert "astype(bool)" in str(info.value)
 
 
 def test_record_never_in() -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     masks[:, 4] = False
     with pytest.raises(InputError, match="never IN") as info:
         make_signals(scores, masks)
@@ -86,7 +76,7 @@ def test_record_never_in() -> None:
 
 
 def test_record_never_out() -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     masks[:, 1] = True
     with pytest.raises(InputError, match="never OUT") as info:
         make_signals(scores, masks)
@@ -108,7 +98,7 @@ def test_fewer_than_two_records() -> None:
 
 @pytest.mark.parametrize("which", ["target_scores", "target_members"])
 def test_target_arrays_come_together(which: str) -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     ts, tm = _target()
     kwargs: dict[str, Any] = {"target_scores": ts} if which == "target_scores" else {}
     if which == "target_members":
@@ -119,14 +109,14 @@ def test_target_arrays_come_together(which: str) -> None:
 
 @pytest.mark.parametrize("value", [True, False])
 def test_target_members_all_one_class(value: bool) -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     ts, _ = _target()
     with pytest.raises(InputError, match="both members and non-members"):
         make_signals(scores, masks, target_scores=ts, target_members=np.full(N, value))
 
 
 def test_target_scores_non_finite_and_wrong_shape() -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     ts, tm = _target()
     ts[5] = np.nan
     with pytest.raises(InputError, match="record 5"):
@@ -136,21 +126,21 @@ def test_target_scores_non_finite_and_wrong_shape() -> None:
 
 
 def test_target_members_must_be_boolean() -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     ts, tm = _target()
     with pytest.raises(InputError, match="'target_members'"):
         make_signals(scores, masks, target_scores=ts, target_members=tm.astype(np.int8))
 
 
 def test_unknown_task() -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     with pytest.raises(InputError, match="'task'") as info:
         make_signals(scores, masks, task="regression")
     assert "multilabel" in str(info.value)
 
 
 def test_input_errors_are_value_errors() -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     with pytest.raises(ValueError):
         make_signals(scores, masks.astype(int))
 
@@ -169,7 +159,7 @@ def _assert_read_only(signals: Signals) -> None:
 
 
 def test_make_signals_arrays_are_read_only_and_not_copies() -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     ts, tm = _target()
     signals = make_signals(scores, masks, target_scores=ts, target_members=tm)
     _assert_read_only(signals)
@@ -180,7 +170,7 @@ def test_make_signals_arrays_are_read_only_and_not_copies() -> None:
 
 
 def test_loaded_signals_are_read_only(tmp_path: Path) -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     ts, tm = _target()
     path = tmp_path / "signals.npz"
     np.savez(path, scores=scores, masks=masks, target_scores=ts, target_members=tm)
@@ -189,7 +179,7 @@ def test_loaded_signals_are_read_only(tmp_path: Path) -> None:
 
 def test_directly_constructed_signals_are_read_only() -> None:
     """`Signals` is public and documents "Arrays are read-only views"."""
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     _assert_read_only(Signals(scores=scores, masks=masks))
 
 
@@ -197,7 +187,7 @@ def test_directly_constructed_signals_are_read_only() -> None:
 
 
 def test_load_signals_round_trip(tmp_path: Path) -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     ts, tm = _target()
     path = tmp_path / "signals.npz"
     np.savez(
@@ -212,7 +202,7 @@ def test_load_signals_round_trip(tmp_path: Path) -> None:
 
 
 def test_load_signals_without_target(tmp_path: Path) -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     path = tmp_path / "signals.npz"
     np.savez_compressed(path, scores=scores, masks=masks)
     signals = load_signals(path)
@@ -221,7 +211,7 @@ def test_load_signals_without_target(tmp_path: Path) -> None:
 
 
 def test_unknown_npz_key(tmp_path: Path) -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     path = tmp_path / "signals.npz"
     np.savez(path, scores=scores, masks=masks, mask=masks)
     with pytest.raises(InputError, match="Unknown array") as info:
@@ -233,7 +223,7 @@ def test_unknown_npz_key(tmp_path: Path) -> None:
 
 
 def test_missing_masks_key(tmp_path: Path) -> None:
-    scores, _ = _arrays()
+    scores, _ = balanced_arrays()
     path = tmp_path / "signals.npz"
     np.savez(path, scores=scores)
     with pytest.raises(InputError, match="lacks") as info:
@@ -242,7 +232,7 @@ def test_missing_masks_key(tmp_path: Path) -> None:
 
 
 def test_int_masks_in_npz(tmp_path: Path) -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     path = tmp_path / "signals.npz"
     np.savez(path, scores=scores, masks=masks.astype(np.uint8))
     with pytest.raises(InputError, match="boolean"):
@@ -250,7 +240,7 @@ def test_int_masks_in_npz(tmp_path: Path) -> None:
 
 
 def test_nan_scores_in_npz(tmp_path: Path) -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     scores[0, 0] = np.nan
     path = tmp_path / "signals.npz"
     np.savez(path, scores=scores, masks=masks)
@@ -268,7 +258,7 @@ def test_text_file_is_not_signals(tmp_path: Path) -> None:
 
 def test_npy_file_is_not_signals(tmp_path: Path) -> None:
     """A plain .npy array (np.save instead of np.savez) is a likely user mistake."""
-    scores, _ = _arrays()
+    scores, _ = balanced_arrays()
     path = tmp_path / "signals.npy"
     np.save(path, scores)
     with pytest.raises(InputError) as info:
@@ -277,7 +267,7 @@ def test_npy_file_is_not_signals(tmp_path: Path) -> None:
 
 
 def test_object_arrays_are_not_unpickled(tmp_path: Path) -> None:
-    scores, masks = _arrays()
+    scores, masks = balanced_arrays()
     path = tmp_path / "signals.npz"
     np.savez(path, scores=scores, masks=masks, task=np.array([{"a": 1}], dtype=object))
     with pytest.raises(InputError, match="Cannot read"):
