@@ -15,9 +15,6 @@ from privacy_gate.records import (
     records_from_columns,
 )
 
-K, N = 4, 6
-
-
 # --- records.csv -----------------------------------------------------------------------
 
 
