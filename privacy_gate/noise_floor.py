@@ -33,7 +33,12 @@ from scipy import special, stats
 
 from privacy_gate.config import NullChoice
 from privacy_gate.errors import InputError
-from privacy_gate.record_stats import SD_FLOOR, RecordMoments, binormal_auc, plain_auc
+from privacy_gate.record_stats import (
+    RecordMoments,
+    binormal_auc,
+    masked_moments_exact,
+    plain_auc,
+)
 
 __all__ = [
     "MIN_REPLICATES",
@@ -244,6 +249,7 @@ class _Permuter:
         self.masks = masks
         self.n_models, self.n_records = masks.shape
         scores64 = np.asarray(scores, dtype=np.float64)
+        self.scores = scores64
         self.centre = scores64.mean(axis=0)
         self.centred = scores64 - self.centre
         self.squared = self.centred * self.centred
@@ -273,9 +279,22 @@ class _Permuter:
             var_in = np.maximum(q_in / self.n_in - mu_in**2, 0.0)
             var_out = np.maximum((self.total_sq - q_in) / self.n_out - mu_out**2, 0.0)
         sd_in, sd_out = np.sqrt(var_in), np.sqrt(var_out)
-        # As record_moments: a set whose spread is rounding noise is constant (SD_FLOOR).
-        sd_in = np.where(sd_in > 1e-9 * np.abs(mu_in + self.centre) + 1e-300, sd_in, SD_FLOOR)
-        sd_out = np.where(sd_out > 1e-9 * np.abs(mu_out + self.centre) + 1e-300, sd_out, SD_FLOOR)
+        # A spread this small may be rounding noise of the one-pass sums, or real (scores
+        # saturated near one value): recompute those columns as record_moments does, so the
+        # null applies the audit's own estimator (SD_FLOOR only for exactly constant sets).
+        tiny_in = ~(sd_in > 1e-9 * np.abs(mu_in + self.centre) + 1e-300)
+        tiny_out = ~(sd_out > 1e-9 * np.abs(mu_out + self.centre) + 1e-300)
+        mu_in, mu_out = mu_in + self.centre, mu_out + self.centre
+        for tiny, selected, count, mu, sd in (
+            (tiny_in, is_in > 0.5, self.n_in, mu_in, sd_in),
+            (tiny_out, is_in < 0.5, self.n_out, mu_out, sd_out),
+        ):
+            columns = np.flatnonzero(tiny)
+            if columns.size:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    mu[columns], sd[columns] = masked_moments_exact(
+                        self.scores[:, columns], selected[:, columns], count[columns]
+                    )
         return RecordMoments(mu_in, sd_in, mu_out, sd_out, self.n_in, self.n_out)
 
     def replicate(self, at_risk_auc: float) -> tuple[float, int]:

@@ -28,6 +28,7 @@ __all__ = [
     "compute_record_stats",
     "gdp_mu",
     "hanley_mcneil_se",
+    "masked_moments_exact",
     "plain_auc",
     "record_moments",
 ]
@@ -131,7 +132,7 @@ def _for_each_chunk(
             future.result()
 
 
-def _masked_moments_exact(
+def masked_moments_exact(
     scores: FloatArray, selected: NDArray[np.bool_], count: NDArray[np.int64]
 ) -> tuple[FloatArray, FloatArray]:
     """The definition of `_masked_moments`, for the few columns it cannot shortcut."""
@@ -154,7 +155,7 @@ def _masked_moments(
     its exact value as mean (so equal constant sets compare equal) and `SD_FLOOR` as std;
     so does a variance that underflows to 0.
 
-    Same numbers as `_masked_moments_exact`, bit for bit, in fewer passes: a product with
+    Same numbers as `masked_moments_exact`, bit for bit, in fewer passes: a product with
     1.0 or 0.0 is exact and the sums run over the rows in the same order. A constant set
     has ``|x - mean| <= count * eps * |x|`` after rounding, so its std is far below
     ``1e-9 * |mean|``; only such columns (and any non-finite one) can differ, and they are
@@ -172,7 +173,7 @@ def _masked_moments(
         # C order and two columns at least, so that NumPy sums them row by row like the
         # others (it sums a column in memory order pairwise).
         cols = np.r_[redo, redo] if len(redo) == 1 < scores.shape[1] else redo
-        redo_mean, redo_sd = _masked_moments_exact(
+        redo_mean, redo_sd = masked_moments_exact(
             np.ascontiguousarray(scores[:, cols]),
             np.ascontiguousarray(selected[:, cols] != 0.0),
             count[cols],

@@ -320,3 +320,22 @@ def test_permutation_matches_the_analytic_law_where_the_law_is_exact() -> None:
     assert perm.max_patient_auc_q95 == pytest.approx(
         analytic_null_max_quantile(half, half), abs=0.01
     )
+
+
+def test_the_null_applies_the_audits_estimator_to_tiny_real_spreads() -> None:
+    """Scores saturated near one value (0.5 +- 1e-10) have a real, tiny spread: the null's
+    one-pass sums must not floor it to SD_FLOOR where the audit keeps it, or the null
+    AUCs collapse to 0.5 and the noise floor passes an audit it should fail."""
+    from privacy_gate.noise_floor import _Permuter
+    from privacy_gate.record_stats import plain_auc, record_moments
+
+    rng = np.random.default_rng(13)
+    masks = _balanced_masks(16, 60, rng)
+    scores = 0.5 + 1e-10 * rng.standard_normal((16, 60)) + 3e-10 * masks
+    scores[:, 0] = 0.25  # an exactly constant record: SD_FLOOR on both sides, as audited
+    index = np.arange(60, dtype=np.intp)
+    permuter = _Permuter(scores, masks, index, 60, 0, None, plain_auc)
+    unpermuted = plain_auc(permuter._moments(masks.astype(np.float64)))
+    audited = plain_auc(record_moments(scores, masks))
+    np.testing.assert_allclose(unpermuted, audited, rtol=1e-6)
+    assert audited[1:].min() > 0.8 and audited[0] == 0.5
