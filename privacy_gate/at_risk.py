@@ -135,7 +135,9 @@ def patient_p_values(
     smallest = np.full(n_patients, np.inf)
     np.minimum.at(smallest, patient_index, record_p)
     counts = np.bincount(patient_index, minlength=n_patients)
-    return np.asarray(np.minimum(smallest * counts, 1.0), dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # inf * 0 for a patient without records
+        adjusted = np.where(counts > 0, np.minimum(smallest * counts, 1.0), 1.0)
+    return np.asarray(adjusted, dtype=np.float64)
 
 
 @lru_cache(maxsize=256)

@@ -9,6 +9,7 @@ AUC limit, a detectable AUC above ``max_detectable_auc``, fewer reference models
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -19,6 +20,7 @@ from scipy import stats
 
 from privacy_gate.at_risk import AuditPower, audit_power, detectable_auc
 from privacy_gate.config import AuditConfig, GateConfig
+from privacy_gate.errors import ReportError
 from privacy_gate.noise_floor import MAX_REFERENCE_MODELS_SEARCHED, reference_models_needed
 from privacy_gate.patients import benjamini_hochberg_count
 
@@ -164,7 +166,7 @@ def _power(
             )
         )
     floor = report["summary"]["noise_floor"]["max_patient_auc_q95"]
-    if limits and floor >= min(limits):
+    if limits and not floor < min(limits):  # NaN fails: the floor is unknown
         violations.append(
             Violation(
                 Rule.NOISE_FLOOR,
@@ -177,7 +179,7 @@ def _power(
         )
     if gate.max_detectable_auc is not None:
         power = _audit_power(gate, at_risk_auc, report, n_patients)
-        if power is None or power.detectable_auc > gate.max_detectable_auc:
+        if power is None or not power.detectable_auc <= gate.max_detectable_auc:
             value = None if power is None else power.detectable_auc
             detail = (
                 "the report does not state its IN/OUT counts"
@@ -214,7 +216,7 @@ def _patients(
 ) -> tuple[list[Violation], int]:
     violations = []
     worst = float(summary["patient_auc"]["max"])
-    if gate.max_patient_auc is not None and worst > gate.max_patient_auc:
+    if gate.max_patient_auc is not None and not worst <= gate.max_patient_auc:
         violations.append(
             Violation(
                 Rule.MAX_PATIENT_AUC,
@@ -237,7 +239,7 @@ def _patients(
             )
         )
     fraction = confident / n_patients
-    if gate.max_fraction_at_risk is not None and fraction > gate.max_fraction_at_risk:
+    if gate.max_fraction_at_risk is not None and not fraction <= gate.max_fraction_at_risk:
         violations.append(
             Violation(
                 Rule.MAX_FRACTION_AT_RISK,
@@ -248,6 +250,12 @@ def _patients(
             )
         )
     return violations, confident
+
+
+def _worst_first(value: Any) -> float:
+    """Sort key: a value that is not a finite number ranks above every real one."""
+    number = float(value)
+    return math.inf if math.isnan(number) else number
 
 
 def _aggregate(gate: GateConfig, aggregate: Mapping[str, Any] | None) -> list[Violation]:
@@ -272,9 +280,10 @@ def _aggregate(gate: GateConfig, aggregate: Mapping[str, Any] | None) -> list[Vi
     attacks = aggregate["attacks"]
     violations = []
     if gate.max_aggregate_auc is not None:
-        best = max(attacks, key=lambda a: attacks[a]["auc"])
+        # A NaN ranks first, so no attack can hide behind one; and NaN never passes.
+        best = max(attacks, key=lambda a: _worst_first(attacks[a]["auc"]))
         auc = float(attacks[best]["auc"])
-        if auc > gate.max_aggregate_auc:
+        if not auc <= gate.max_aggregate_auc:
             violations.append(
                 Violation(
                     Rule.MAX_AGGREGATE_AUC,
@@ -298,9 +307,9 @@ def _aggregate(gate: GateConfig, aggregate: Mapping[str, Any] | None) -> list[Vi
                 )
             )
             continue
-        best = max(values, key=lambda a: values[a])
+        best = max(values, key=lambda a: _worst_first(values[a]))
         tpr = float(values[best])
-        if tpr > limit:
+        if not tpr <= limit:
             violations.append(
                 Violation(
                     Rule.MAX_AGGREGATE_TPR_AT_FPR,
@@ -318,8 +327,9 @@ def _untestable_reason(
     """Why a column cannot show a violation at all, or None when it can.
 
     The rule needs evidence, never its absence: a column must have two tested groups and
-    a tail whose most extreme outcome (every tail patient in one group) would be flagged,
-    for every group that the relative-change limit allows to be flagged at all.
+    a tail whose most extreme outcome (as many tail patients in one group as the group
+    has, at most the whole tail) would be flagged, for every group that the
+    relative-change limit allows to be flagged at all.
     """
     limit = gate.max_subgroup_relative_change
     assert limit is not None
@@ -335,16 +345,18 @@ def _untestable_reason(
         return f"the exposed tail holds no patient of a tested group of column {column!r}"
     total = sum(int(g["size"]) for g in tested.values())
     for value, group in tested.items():
-        share = int(group["size"]) / total
-        if 1.0 / share - 1.0 <= limit:
-            continue  # even the whole tail in this group stays within the limit
-        extreme = float(stats.binomtest(n_tail, n_tail, share).pvalue) * n_tests
+        size = int(group["size"])
+        share = size / total
+        most = min(n_tail, size)  # a group cannot hold more tail patients than it has
+        if most / (n_tail * share) - 1.0 <= limit:
+            continue  # even its most extreme outcome stays within the limit
+        extreme = float(stats.binomtest(most, n_tail, share).pvalue) * n_tests
         if extreme >= gate.subgroup_alpha:
             return (
-                f"the exposed tail of column {column!r} holds {n_tail} patient(s): even all of "
-                f"them in group {value!r} would not be significant (Bonferroni p "
+                f"the exposed tail of column {column!r} holds {n_tail} patient(s): even "
+                f"{most} of them in group {value!r} would not be significant (Bonferroni p "
                 f"{min(extreme, 1.0):.2g} >= {gate.subgroup_alpha}). HINT: lower "
-                "risk.tail_quantile so the tail holds more patients"
+                "risk.tail_quantile so the tail holds more patients, or merge small groups"
             )
     return None
 
@@ -386,7 +398,7 @@ def _subgroups(gate: GateConfig, subgroups: Mapping[str, Any], min_size: Any) ->
             change, p_adjusted = group["relative_change"], group["p_value_adjusted"]
             if change is None or p_adjusted is None:
                 continue
-            if change > limit and p_adjusted < gate.subgroup_alpha:
+            if not change <= limit and not p_adjusted >= gate.subgroup_alpha:
                 violations.append(
                     Violation(
                         Rule.MAX_SUBGROUP_RELATIVE_CHANGE,
@@ -409,6 +421,11 @@ def evaluate_gate(report: Mapping[str, Any], config: AuditConfig) -> Decision:
     audit, summary = report["audit"], report["summary"]
     n_models, n_records = int(audit["reference_models"]), int(audit["records"])
     n_patients = int(audit["patients"])
+    if n_patients < 1:
+        raise ReportError(
+            f"The report's audit has {n_patients} patients; an audit needs at least one. "
+            "HINT: it was not written by privacy-gate; run a new audit."
+        )
     violations, needed = _power(gate, at_risk, report, n_models, n_records, n_patients)
     patient_violations, confident = _patients(gate, at_risk, summary, n_patients)
     violations += patient_violations

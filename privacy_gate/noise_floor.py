@@ -398,7 +398,7 @@ def compute_noise_floor(
                 reason = (
                     f"{replicates} permutation replicates would overrun the time budget of "
                     f"{time_budget_s:g} s (risk.null_time_budget_s); the analytic null is "
-                    "exact for these balanced counts"
+                    "exact for Gaussian scores with these balanced counts"
                 )
                 break
             if spent > time_budget_s and done >= MIN_REPLICATES and done < replicates:

@@ -26,6 +26,7 @@ __all__ = [
     "file_sha256",
     "load_report",
     "outdated_schema_reason",
+    "parse_report_json",
     "write_json",
     "write_table",
 ]
@@ -160,17 +161,30 @@ def write_table(
     temporary.replace(path)
 
 
+def _non_finite(constant: str) -> Any:
+    raise ValueError(
+        f"the report holds the non-finite number {constant}; reports write a figure that is "
+        "not finite as null, so this one was not written by privacy-gate or was edited"
+    )
+
+
+def parse_report_json(text: str) -> Any:
+    """``json.loads`` that refuses ``NaN`` and ``Infinity``: a NaN figure would compare
+    False with every limit and pass the gate (fail open); privacy-gate writes null."""
+    return json.loads(text, parse_constant=_non_finite)
+
+
 def load_report(path: str | Path) -> dict[str, Any]:
     """Read a report.json and check its schema version and sections."""
     path = Path(path)
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = parse_report_json(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ReportError(
             f"Cannot read the report {str(path)!r}: {exc.strerror}. HINT: run "
             "'privacy-gate score' first; a missing audit never passes."
         ) from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, ValueError) as exc:
         raise ReportError(f"The report {str(path)!r} is not valid JSON: {exc}.") from None
     if not isinstance(report, dict):
         raise ReportError(f"The report {str(path)!r} must be a JSON object.")

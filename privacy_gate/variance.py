@@ -99,7 +99,7 @@ def _shrink_side(sd: FloatArray, n: NDArray[np.int64]) -> FloatArray:
     df = n_f - 1.0
     with np.errstate(divide="ignore", invalid="ignore"):
         s2 = sd**2 * n_f / df  # unbiased
-        fit_s2 = np.where(sd > SD_FLOOR, s2, np.nan)  # constant sets carry no spread
+        fit_s2 = np.where(sd != SD_FLOOR, s2, np.nan)  # floored (constant) sets carry none
         post = _posterior(s2, df, fit_f_dist(fit_s2, df))
         shrunk = np.sqrt(post * df / n_f)
     return np.asarray(np.where(n >= 2, shrunk, sd), dtype=np.float64)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from privacy_gate import signing
 from privacy_gate.errors import InputError
-from privacy_gate.report import load_report, write_json
+from privacy_gate.report import load_report, parse_report_json, write_json
 
 
 def add_keys_commands(commands: Any) -> None:
@@ -59,10 +58,10 @@ def add_keys_commands(commands: Any) -> None:
 def _read_report_object(path: Path) -> dict[str, Any]:
     """Any JSON object: a report with a section removed is a bad signature (1), not unreadable."""
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = parse_report_json(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InputError(f"Cannot read the report {str(path)!r}: {exc.strerror}.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, NaN
         raise InputError(f"The report {str(path)!r} is not valid JSON: {exc}.") from None
     if not isinstance(report, dict):
         raise InputError(f"The report {str(path)!r} must be a JSON object.")

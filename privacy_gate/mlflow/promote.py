@@ -16,7 +16,6 @@ Version tags written: ``privacy_gate.status`` (``pass`` or ``refused``) and, on 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -29,6 +28,7 @@ from privacy_gate.mlflow._compat import client_registry_uri
 from privacy_gate.mlflow.logging import REPORT_ARTIFACT, report_sha256
 from privacy_gate.mlflow.model_digest import logged_model_sha256
 from privacy_gate.mlflow.verification import audit_refusals
+from privacy_gate.report import parse_report_json
 from privacy_gate.signing import (
     PUBLIC_KEY_ENVIRONMENT_VARIABLE,
     load_public_key,
@@ -125,7 +125,7 @@ def _download_report(client: MlflowClient, run_id: str) -> dict[str, Any] | None
             _log.info("No audit report in run %s: %s", run_id, exc)
             return None
         try:
-            report = json.loads(Path(path).read_text(encoding="utf-8"))
+            report = parse_report_json(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             _log.warning("The audit report of run %s is unreadable: %s", run_id, exc)
             return None

@@ -81,7 +81,6 @@ _LOG = logging.getLogger(__name__)
 try:
     import hashlib
     import inspect
-    import json
 
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED
@@ -90,7 +89,7 @@ try:
     from privacy_gate.mlflow.model_digest import logged_model_sha256
     from privacy_gate.mlflow.registry_methods import FORWARDED, GATED
     from privacy_gate.mlflow.verification import audit_refusals
-    from privacy_gate.report import canonical_json
+    from privacy_gate.report import canonical_json, parse_report_json
     from privacy_gate.signing import PUBLIC_KEY_ENVIRONMENT_VARIABLE, public_key_from_environment
 except ImportError as _exc:  # pragma: no cover - exercised in a test through sys.modules
     _LOG.error(
@@ -398,7 +397,7 @@ class PrivacyGateRegistryStore:
             run = MlflowClient(tracking_uri=self._tracking_uri).get_run(run_id)
             with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
                 local = _download(f"{run.info.artifact_uri}/{REPORT_ARTIFACT}", tmp)
-                data = json.loads(Path(local).read_text(encoding="utf-8"))
+                data = parse_report_json(Path(local).read_text(encoding="utf-8"))
         except Exception as exc:
             _LOG.warning("no audit report for run %s: %s", run_id, exc)
             return None

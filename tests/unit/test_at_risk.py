@@ -208,3 +208,8 @@ def test_audit_power_takes_the_least_favourable_counts() -> None:
     assert power.alpha == pytest.approx(0.05 / 9105)
     assert power.detectable_auc == detectable_auc(0.9, 20, 44, 0.05 / 9105)
     assert power.detectable_auc > detectable_auc(0.9, 32, 32, 0.05 / 9105)
+
+
+def test_a_patient_without_records_gets_p_one_not_nan() -> None:
+    p = patient_p_values(np.array([0.01, 0.2]), np.array([0, 0]), 2)
+    assert p.tolist() == [0.02, 1.0]

@@ -5,7 +5,9 @@ on real pipeline reports is in test_pipeline_gate.py."""
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,8 +25,10 @@ from hypothesis import strategies as st
 
 from privacy_gate.at_risk import detectable_auc
 from privacy_gate.config import GateConfig, RiskConfig, default_config, parse_config
+from privacy_gate.errors import ReportError
 from privacy_gate.gate import Rule, Status, evaluate_gate, reference_models_for_policy
 from privacy_gate.noise_floor import reference_models_needed
+from privacy_gate.report import load_report
 
 # --- hand-built reports ------------------------------------------------------------------
 
@@ -509,3 +513,52 @@ def test_gate_is_monotone_in_its_thresholds_on_hand_built_reports(
     report: dict[str, Any], policies: tuple[GateConfig, GateConfig], at_risk: float
 ) -> None:
     assert_monotone(report, RiskConfig(at_risk_auc=at_risk), *policies)
+
+
+def test_a_small_group_cannot_hold_the_whole_tail() -> None:
+    """40 patients, a tail of 30, a group of 10 (share 0.25), limit +20%: the most the group
+    can show is 10 of 30 (+33%, binomial p = 0.29 x 2 tests), never significant, so the
+    column is untestable and the rule fails closed. Assuming all 30 tail patients in the
+    group (p = 0.25^30) called it testable and passed it."""
+    strict = replace(ALL_RULES, gate=replace(ALL_RULES.gate, max_subgroup_relative_change=0.2))
+    groups = {"rare": _group(0.3, 0.5, size=10), "common": _group(-0.1, 0.9, size=30)}
+    decision = evaluate_gate(_report(subgroups={"site": _column(30, **groups)}), strict)
+    assert rules_of(decision) == [Rule.MAX_SUBGROUP_RELATIVE_CHANGE]
+    assert "even 10 of them in group 'rare' would not be significant" in (
+        decision.violations[0].message
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "rule"),
+    [
+        ({"summary.noise_floor": {"max_patient_auc_q95": math.nan}}, Rule.NOISE_FLOOR),
+        ({"summary.patient_auc": {"max": math.nan}}, Rule.MAX_PATIENT_AUC),
+        ({"aggregate.attacks": _attacks(auc=math.nan)}, Rule.MAX_AGGREGATE_AUC),
+        ({"aggregate.attacks": _attacks(tpr_001=math.nan)}, Rule.MAX_AGGREGATE_TPR_AT_FPR),
+    ],
+    ids=["floor", "patient", "aggregate-auc", "aggregate-tpr"],
+)
+def test_a_nan_figure_never_passes_its_rule(changes: dict[str, Any], rule: Rule) -> None:
+    """NaN compares False with every limit; written as "value > limit" it would pass."""
+    assert rule in rules_of(evaluate_gate(_report(**changes), ALL_RULES))
+
+
+def test_a_nan_attack_cannot_hide_a_stronger_one() -> None:
+    attacks = {"a": {"auc": math.nan, "tpr_at_fpr": {}}, "b": {"auc": 0.9, "tpr_at_fpr": {}}}
+    config = parse_config({"gate": {"max_aggregate_auc": 0.6}})
+    (violation,) = evaluate_gate(_report(**{"aggregate.attacks": attacks}), config).violations
+    assert violation.rule is Rule.MAX_AGGREGATE_AUC and math.isnan(violation.value)
+
+
+def test_a_report_without_patients_is_an_error_not_a_division() -> None:
+    with pytest.raises(ReportError, match="0 patients"):
+        evaluate_gate(_report(**{"audit.patients": 0}), ALL_RULES)
+
+
+def test_reports_with_nan_or_infinity_are_refused_when_read(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        path.write_text('{"schema_version": "2.0", "x": ' + constant + "}", encoding="utf-8")
+        with pytest.raises(ReportError, match="non-finite number"):
+            load_report(path)
