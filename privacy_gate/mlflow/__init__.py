@@ -2,14 +2,14 @@
 
 `log_report` writes (and, with a signing key, signs) an audit into a run; `promote` sets
 a registered model version's alias only when its signed audit passes;
-`privacy_gate.mlflow.keys` turns arbitrary subgroup names into MLflow-safe metric keys and
+`privacy_gate.metric_keys` turns arbitrary subgroup names into MLflow-safe metric keys and
 back. MLflow itself is imported only
 when a function needs it (``pip install 'privacy-gate[mlflow]'``).
 """
 
 from __future__ import annotations
 
-from privacy_gate.mlflow.keys import escape_segment, metric_key, unescape_segment
+from privacy_gate.metric_keys import escape_segment, metric_key, unescape_segment
 from privacy_gate.mlflow.logging import (
     ARTIFACT_PATH,
     KEYS_MAP_FILE,

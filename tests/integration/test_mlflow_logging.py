@@ -32,14 +32,14 @@ from privacy_gate import (
     records_from_columns,
     write_outputs,
 )
-from privacy_gate.mlflow import log_report
-from privacy_gate.mlflow.keys import (
+from privacy_gate.metric_keys import (
     escape_segment,
     join_key,
     metric_key,
     split_key,
     unescape_segment,
 )
+from privacy_gate.mlflow import log_report
 from privacy_gate.mlflow.logging import report_metrics, report_sha256
 from privacy_gate.report import canonical_json
 

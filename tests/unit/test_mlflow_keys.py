@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privacy_gate.mlflow.keys import (
+from privacy_gate.metric_keys import (
     MAX_KEY_LENGTH,
     escape_segment,
     is_shortened,
