@@ -191,7 +191,7 @@ def _key_figures(report: Mapping[str, Any]) -> list[Block]:
             (
                 f"Smallest record AUC the at-risk test finds with "
                 f"{fmt_percent(level, digits=0)} power at this K",
-                fmt_auc(as_float(power.get("detectable_auc"))),
+                fmt_float(as_float(power.get("detectable_auc")), 4),  # 0.9994 vs 0.9999 matters
             )
         )
         rows.append(

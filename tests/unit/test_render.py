@@ -412,7 +412,7 @@ def test_significance_follows_the_policys_subgroup_alpha() -> None:
 
 def test_key_figures_state_power_and_the_null_used() -> None:
     markdown = render_markdown(_report(aggregate=False))
-    assert "finds with 80% power at this K | 0.991 |" in markdown
+    assert "finds with 80% power at this K | 0.9912 |" in markdown
     assert "power rules need | 52 |" in markdown
     assert "permutation, 200 replicates; 200 replicates within the time budget of 120 s" in markdown
     assert "Standard error in the tail" not in markdown
