@@ -32,7 +32,7 @@ from typing import Any, Literal, TextIO
 
 from privacy_gate.gate import Decision, Status
 from privacy_gate.render.blocks import Block, Bullets, Code, Heading, Paragraph, Span, Strong, Table
-from privacy_gate.render.document import summary_sections
+from privacy_gate.render.document import summary_sections, violations_sentence
 from privacy_gate.render.formatting import (
     fmt_auc,
     fmt_int,
@@ -287,13 +287,7 @@ def _verdict(outcome: Outcome) -> list[Block]:
             for v in violations
         )
         blocks += [
-            Paragraph(
-                (
-                    f"{n} rule{'s' if n != 1 else ''} of the audit policy "
-                    f"{'are' if n != 1 else 'is'} violated; the model must not be released as "
-                    "is.",
-                )
-            ),
+            Paragraph((violations_sentence(n),)),
             Table(("Rule", "Value", "Limit", "Why"), rows, (False, True, True, False)),
         ]
     where: list[list[Span]] = []

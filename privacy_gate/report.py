@@ -36,6 +36,14 @@ REPORT_FILE = "report.json"
 _REQUIRED_SECTIONS = ("schema_version", "audit", "summary", "subgroups", "decision")
 
 
+_STALE_MAJOR = "1"
+"""Reports of this schema major are older audits: stale, a gate failure, not an error."""
+
+
+def _major(report: Mapping[str, Any]) -> str:
+    return str(report.get("schema_version", "")).split(".")[0]
+
+
 def outdated_schema_reason(report: Mapping[str, Any]) -> str | None:
     """Why a report's figures cannot be re-checked by this version, or None.
 
@@ -45,10 +53,10 @@ def outdated_schema_reason(report: Mapping[str, Any]) -> str | None:
     audit fails the gate; it is never re-read as if it meant the same).
     """
     version = str(report.get("schema_version", ""))
-    major = version.split(".")[0]
+    major = _major(report)
     if major == SCHEMA_VERSION.split(".")[0]:
         return None
-    if major == "1":
+    if major == _STALE_MAJOR:
         return (
             f"the audit was written with report schema {version} by an older privacy-gate, "
             "whose at-risk test (SE at the estimate), record-level subgroup tail and "
@@ -184,7 +192,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
             f"Cannot read the report {str(path)!r}: {exc.strerror}. HINT: run "
             "'privacy-gate score' first; a missing audit never passes."
         ) from None
-    except (json.JSONDecodeError, ValueError) as exc:
+    except ValueError as exc:  # JSONDecodeError, or a NaN/Infinity (parse_report_json)
         raise ReportError(f"The report {str(path)!r} is not valid JSON: {exc}.") from None
     if not isinstance(report, dict):
         raise ReportError(f"The report {str(path)!r} must be a JSON object.")
@@ -196,9 +204,9 @@ def load_report(path: str | Path) -> dict[str, Any]:
         )
     outdated = outdated_schema_reason(report)
     if outdated is not None:
-        older = str(report.get("schema_version", "")).split(".")[0] == "1"
         # An older audit is stale (the gate fails, exit 1); an unknown schema is an error.
-        raise (OutdatedReportError if older else ReportError)(
+        stale = _major(report) == _STALE_MAJOR
+        raise (OutdatedReportError if stale else ReportError)(
             f"The report {str(path)!r}: {outdated}."
         )
     return report

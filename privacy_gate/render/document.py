@@ -106,6 +106,14 @@ def summary_sections(report: Mapping[str, Any], *, top_patients: int) -> list[Bl
     return blocks
 
 
+def violations_sentence(n: int) -> str:
+    """The verdict of a failed gate in words (the report and the job summary say it alike)."""
+    return (
+        f"{n} rule{'s' if n != 1 else ''} of the audit policy "
+        f"{'are' if n != 1 else 'is'} violated; the model must not be released as is."
+    )
+
+
 def _verdict(report: Mapping[str, Any]) -> Verdict:
     decision = as_mapping(report.get("decision"))
     status = as_str(decision.get("status"), "error").lower()
@@ -114,12 +122,7 @@ def _verdict(report: Mapping[str, Any]) -> Verdict:
     if status == "pass":
         headline: Text = (label, " — the model meets every rule of the audit policy.")
     elif status == "fail":
-        n = len(violations)
-        headline = (
-            label,
-            f" — {n} rule{'s' if n != 1 else ''} of the audit policy "
-            f"{'are' if n != 1 else 'is'} violated; the model must not be released as is.",
-        )
+        headline = (label, f" — {violations_sentence(len(violations))}")
     elif status == "error":
         headline = (label, " — the audit could not be evaluated; the gate fails closed.")
     else:

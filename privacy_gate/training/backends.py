@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any, ClassVar
 
@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from privacy_gate.errors import InputError, invalid_value
+from privacy_gate.errors import InputError, coerce_choice
 from privacy_gate.training.progress import Progress
 from privacy_gate.training.ray_backend import RayBackend, RayOptions
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.reference import (
+    DEFAULT_GROUP_SIZE,
     Backend,
     Fallback,
     ReferenceJob,
@@ -52,8 +53,6 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger("privacy_gate.training")
-DEFAULT_GROUP_SIZE = 16
-"""Models per batched ensemble (and per Ray task of batched models)."""
 
 
 def _worker_init() -> None:
@@ -208,37 +207,18 @@ class AutoBackend:
         return _train_locally(job, self.kind, workers=self.workers, group_size=self.group_size)
 
 
-@dataclass(frozen=True)
-class _Options:
-    workers: int = 1
-    ray: RayOptions | None = None
-    group_size: int = DEFAULT_GROUP_SIZE
-    given: frozenset[str] = field(default_factory=frozenset)
+def _ray(*, ray: RayOptions | None = None, group_size: int = DEFAULT_GROUP_SIZE) -> RayBackend:
+    return RayBackend(options=ray or RayOptions(), group_size=group_size)
 
 
-def _sequential(o: _Options) -> TrainingBackend:
-    return SequentialBackend(workers=o.workers)
-
-
-def _batched(o: _Options) -> TrainingBackend:
-    return BatchedBackend(group_size=o.group_size)
-
-
-def _auto(o: _Options) -> TrainingBackend:
-    return AutoBackend(group_size=o.group_size, workers=o.workers)
-
-
-def _ray(o: _Options) -> TrainingBackend:
-    return RayBackend(options=o.ray or RayOptions(), group_size=o.group_size)
-
-
-BACKENDS: dict[Backend, tuple[Callable[[_Options], TrainingBackend], frozenset[str]]] = {
-    Backend.AUTO: (_auto, frozenset({"workers", "group_size"})),
-    Backend.BATCHED: (_batched, frozenset({"group_size"})),
-    Backend.SEQUENTIAL: (_sequential, frozenset({"workers"})),
+BACKENDS: dict[Backend, tuple[Callable[..., TrainingBackend], frozenset[str]]] = {
+    Backend.AUTO: (AutoBackend, frozenset({"workers", "group_size"})),
+    Backend.BATCHED: (BatchedBackend, frozenset({"group_size"})),
+    Backend.SEQUENTIAL: (SequentialBackend, frozenset({"workers"})),
     Backend.RAY: (_ray, frozenset({"ray", "group_size"})),
 }
-"""Backend name -> (builder, the options it takes), as Opacus registers its accountants."""
+"""Backend name -> (builder, the options it takes as keywords), as Opacus registers its
+accountants."""
 
 
 def make_backend(
@@ -258,20 +238,14 @@ def make_backend(
                 "HINT: e.g. SequentialBackend(workers=4) or RayBackend(RayOptions(...))."
             )
         return backend
-    try:
-        name = Backend(backend)
-    except ValueError:
-        valid = [b.value for b in Backend]
-        raise InputError(
-            invalid_value("backend", "the audit", f"one of {valid}", backend)
-        ) from None
+    name = coerce_choice(Backend, backend, "backend", "the audit", InputError)
     build, accepted = BACKENDS[name]
     given = {
-        option
+        option: value
         for option, value in (("workers", workers), ("ray", ray), ("group_size", group_size))
         if value is not None
     }
-    unused = sorted(given - accepted - ({"workers"} if workers == 1 else set()))
+    unused = sorted(set(given) - accepted - ({"workers"} if workers == 1 else set()))
     if unused:
         hint = (
             "use backend 'ray', or drop the Ray options"
@@ -281,8 +255,7 @@ def make_backend(
         raise InputError(
             f"The option(s) {unused} do not apply to the {name.value!r} backend. HINT: {hint}."
         )
-    options = _Options(workers=workers or 1, ray=ray, group_size=group_size or DEFAULT_GROUP_SIZE)
-    return build(options)
+    return build(**{option: value for option, value in given.items() if option in accepted})
 
 
 def train_reference_models(

@@ -22,6 +22,7 @@ from privacy_gate.training.steps import ModelFactory
 from privacy_gate.training.store import ScoreStore
 
 __all__ = [
+    "DEFAULT_GROUP_SIZE",
     "Augmentation",
     "Backend",
     "Fallback",
@@ -38,6 +39,10 @@ Augmentation = Callable[[torch.Tensor], torch.Tensor]
 TrainFunction = Callable[[NDArray[np.intp], int], nn.Module]
 """``train_fn(subset, seed) -> trained model``: trains one model on the pool records
 ``subset`` (e.g. with a Lightning Trainer), initialised from ``seed``."""
+
+
+DEFAULT_GROUP_SIZE = 16
+"""Models per batched ensemble (and per Ray task of batched models)."""
 
 
 class Backend(str, Enum):

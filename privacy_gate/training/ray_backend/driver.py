@@ -11,9 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from numpy.typing import NDArray
 
 from privacy_gate.errors import (
     ConfigError,
@@ -33,6 +31,7 @@ from privacy_gate.training.ray_backend.options import RayOptions, _require_ray
 from privacy_gate.training.ray_backend.task import _probe, _Shared, _train_group, check_picklable
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.reference import (
+    DEFAULT_GROUP_SIZE,
     Augmentation,
     Backend,
     Fallback,
@@ -127,12 +126,13 @@ def train_on_ray(
     store: ScoreStore,
     *,
     options: RayOptions | None = None,
-    group_size: int = 16,
+    group_size: int = DEFAULT_GROUP_SIZE,
     augmentations: Sequence[Augmentation] = (),
     train_fn: TrainFunction | None = None,
-) -> tuple[NDArray[np.float64], dict[str, Any]]:
-    """Train (or resume) every reference model as Ray tasks; scores ``(K, N)`` and
-    provenance, as `train_reference_models` returns them.
+) -> dict[str, Any]:
+    """Train (or resume) every reference model as Ray tasks into ``store``; the training
+    provenance (`reference.TrainingBackend.train`: the caller reads the scores from the
+    store once).
 
     Each task trains one model with ``train_fn`` when it is given; otherwise a fixed
     group of ``models_per_task`` models as one batched ensemble when the model allows,
@@ -145,8 +145,7 @@ def train_on_ray(
             cannot import it, or no node can meet the resource request.
     """
     options = options or RayOptions()
-    names = [reference_name(k) for k in range(plan.n_models)]
-    todo = [k for k, name in enumerate(names) if not store.has(name)]
+    todo = [k for k in range(plan.n_models) if not store.has(reference_name(k))]
     reason: str | None = None
     batched = train_fn is None
     if batched:
@@ -177,8 +176,7 @@ def train_on_ray(
                 train_fn=train_fn,
                 reason=reason,
             )
-    scores = np.stack([store.load(name) for name in names])  # type: ignore[misc]
-    return scores, {
+    return {
         "backend": "ray",
         "fallback_reason": reason,
         "trained_now": len(todo),
@@ -331,11 +329,11 @@ class RayBackend:
     """Reference models as Ray tasks (`train_on_ray`), with the cluster's options."""
 
     options: RayOptions = field(default_factory=RayOptions)
-    group_size: int = 16
+    group_size: int = DEFAULT_GROUP_SIZE
     kind: ClassVar[Backend] = Backend.RAY
 
     def train(self, job: ReferenceJob) -> dict[str, Any]:
-        _, provenance = train_on_ray(
+        return train_on_ray(
             job.factory,
             job.data,
             job.plan,
@@ -346,4 +344,3 @@ class RayBackend:
             augmentations=job.augmentations,
             train_fn=job.train_fn,
         )
-        return provenance
