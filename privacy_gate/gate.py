@@ -23,6 +23,13 @@ from privacy_gate.config import AuditConfig, GateConfig
 from privacy_gate.errors import ReportError
 from privacy_gate.noise_floor import MAX_REFERENCE_MODELS_SEARCHED, reference_models_needed
 from privacy_gate.patients import benjamini_hochberg_count
+from privacy_gate.report_model import AuditReport, Decision, Rule, Status, Violation
+from privacy_gate.report_model.figures import Summary
+from privacy_gate.report_model.sections import Aggregate
+from privacy_gate.subgroups import ColumnResult, GroupStatus
+
+_ABSENT = object()
+"""A TPR the report does not state (its audit did not measure that FPR)."""
 
 __all__ = [
     "Decision",
@@ -32,76 +39,6 @@ __all__ = [
     "evaluate_gate",
     "reference_models_for_policy",
 ]
-
-
-class Status(str, Enum):
-    PASS = "pass"
-    FAIL = "fail"
-    ERROR = "error"
-
-    @property
-    def exit_code(self) -> int:
-        """0 pass, 1 fail, 2 error."""
-        return {Status.PASS: 0, Status.FAIL: 1, Status.ERROR: 2}[self]
-
-
-class Rule(str, Enum):
-    MIN_REFERENCE_MODELS = "min_reference_models"
-    NOISE_FLOOR = "noise_floor"
-    MAX_PATIENT_AUC = "max_patient_auc"
-    MAX_PATIENTS_AT_RISK = "max_patients_at_risk"
-    MAX_FRACTION_AT_RISK = "max_fraction_at_risk"
-    MAX_AGGREGATE_AUC = "max_aggregate_auc"
-    MAX_AGGREGATE_TPR_AT_FPR = "max_aggregate_tpr_at_fpr"
-    MAX_SUBGROUP_RELATIVE_CHANGE = "max_subgroup_relative_change"
-    MAX_DETECTABLE_AUC = "max_detectable_auc"
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One violated rule with the measured value and the policy's limit."""
-
-    rule: Rule
-    value: Any
-    limit: Any
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule.value,
-            "value": self.value,
-            "limit": self.limit,
-            "message": self.message,
-        }
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The gate's outcome: status, every violated rule, caveats, and the confident
-    at-risk count recomputed at the policy's FDR."""
-
-    status: Status
-    violations: tuple[Violation, ...] = ()
-    warnings: tuple[str, ...] = ()
-    patients_at_risk: int | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.status is Status.PASS
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status.value,
-            "violations": [v.to_dict() for v in self.violations],
-            "warnings": list(self.warnings),
-        }
-
-    def one_line(self) -> str:
-        """A one-line verdict for terminals and CI logs."""
-        if self.status is Status.PASS:
-            return "privacy-gate: PASS"
-        rules = ", ".join(dict.fromkeys(v.rule.value for v in self.violations))
-        return f"privacy-gate: {self.status.value.upper()} ({rules})"
 
 
 def _detectable_need(
@@ -141,7 +78,7 @@ def reference_models_for_policy(
 def _power(
     gate: GateConfig,
     at_risk_auc: float,
-    report: Mapping[str, Any],
+    report: AuditReport,
     n_models: int,
     n_records: int,
     n_patients: int,
@@ -165,7 +102,7 @@ def _power(
                 f"{gate.min_reference_models}.{need_text}",
             )
         )
-    floor = report["summary"]["noise_floor"]["max_patient_auc_q95"]
+    floor = report.summary.noise_floor.max_patient_auc_q95
     if limits and not floor < min(limits):  # NaN fails: the floor is unknown
         violations.append(
             Violation(
@@ -201,21 +138,22 @@ def _power(
 
 
 def _audit_power(
-    gate: GateConfig, at_risk_auc: float, report: Mapping[str, Any], n_patients: int
+    gate: GateConfig, at_risk_auc: float, report: AuditReport, n_patients: int
 ) -> AuditPower | None:
-    pairs = report["summary"].get("power", {}).get("count_pairs")
+    pairs = report.summary.power.count_pairs
     if not pairs:
         return None
     return audit_power(
-        pairs, n_patients, at_risk_auc=at_risk_auc, fdr=gate.fdr, power=gate.detection_power
+        [list(p) for p in pairs],
+        n_patients, at_risk_auc=at_risk_auc, fdr=gate.fdr, power=gate.detection_power
     )
 
 
 def _patients(
-    gate: GateConfig, at_risk_auc: float, summary: Mapping[str, Any], n_patients: int
+    gate: GateConfig, at_risk_auc: float, summary: Summary, n_patients: int
 ) -> tuple[list[Violation], int]:
     violations = []
-    worst = float(summary["patient_auc"]["max"])
+    worst = _number(summary.patient_auc.max)
     if gate.max_patient_auc is not None and not worst <= gate.max_patient_auc:
         violations.append(
             Violation(
@@ -226,7 +164,7 @@ def _patients(
             )
         )
     confident = benjamini_hochberg_count(
-        np.asarray(summary["at_risk_p_values"], dtype=float), gate.fdr, n_tests=n_patients
+        np.asarray(summary.at_risk_p_values, dtype=float), gate.fdr, n_tests=n_patients
     )
     if gate.max_patients_at_risk is not None and confident > gate.max_patients_at_risk:
         violations.append(
@@ -252,13 +190,18 @@ def _patients(
     return violations, confident
 
 
-def _worst_first(value: Any) -> float:
+def _number(value: float | None) -> float:
+    """A figure the report could not state (None: not finite) as NaN, which fails a rule."""
+    return math.nan if value is None else float(value)
+
+
+def _worst_first(value: float | None) -> float:
     """Sort key: a value that is not a finite number ranks above every real one."""
-    number = float(value)
+    number = _number(value)
     return math.inf if math.isnan(number) else number
 
 
-def _aggregate(gate: GateConfig, aggregate: Mapping[str, Any] | None) -> list[Violation]:
+def _aggregate(gate: GateConfig, aggregate: Aggregate | None) -> list[Violation]:
     tpr_rule = gate.max_aggregate_tpr_at_fpr
     configured: list[tuple[Rule, Any]] = []
     if gate.max_aggregate_auc is not None:
@@ -277,12 +220,12 @@ def _aggregate(gate: GateConfig, aggregate: Mapping[str, Any] | None) -> list[Vi
             )
             for rule, limit in configured
         ]
-    attacks = aggregate["attacks"]
+    attacks = aggregate.attacks
     violations = []
     if gate.max_aggregate_auc is not None:
         # A NaN ranks first, so no attack can hide behind one; and NaN never passes.
-        best = max(attacks, key=lambda a: _worst_first(attacks[a]["auc"]))
-        auc = float(attacks[best]["auc"])
+        best = max(attacks, key=lambda a: _worst_first(attacks[a].auc))
+        auc = _number(attacks[best].auc)
         if not auc <= gate.max_aggregate_auc:
             violations.append(
                 Violation(
@@ -295,8 +238,8 @@ def _aggregate(gate: GateConfig, aggregate: Mapping[str, Any] | None) -> list[Vi
             )
     for fpr, limit in gate.max_aggregate_tpr_at_fpr or ():
         key = repr(float(fpr))
-        values = {a: r["tpr_at_fpr"].get(key) for a, r in attacks.items()}
-        if any(v is None for v in values.values()):
+        values = {a: r.tpr_at_fpr.get(key, _ABSENT) for a, r in attacks.items()}
+        if any(v is _ABSENT for v in values.values()):
             violations.append(
                 Violation(
                     Rule.MAX_AGGREGATE_TPR_AT_FPR,
@@ -308,7 +251,7 @@ def _aggregate(gate: GateConfig, aggregate: Mapping[str, Any] | None) -> list[Vi
             )
             continue
         best = max(values, key=lambda a: _worst_first(values[a]))
-        tpr = float(values[best])
+        tpr = _number(values[best])
         if not tpr <= limit:
             violations.append(
                 Violation(
@@ -322,7 +265,7 @@ def _aggregate(gate: GateConfig, aggregate: Mapping[str, Any] | None) -> list[Vi
 
 
 def _untestable_reason(
-    column: str, result: Mapping[str, Any], gate: GateConfig, n_tests: int, min_size: Any
+    column: str, result: ColumnResult, gate: GateConfig, n_tests: int, min_size: int | None
 ) -> str | None:
     """Why a column cannot show a violation at all, or None when it can.
 
@@ -333,19 +276,19 @@ def _untestable_reason(
     """
     limit = gate.max_subgroup_relative_change
     assert limit is not None
-    tested = {v: g for v, g in result["groups"].items() if g["status"] == "tested"}
+    tested = {v: g for v, g in result.groups.items() if g.status is GroupStatus.TESTED}
     small = f" of at least {min_size} patients" if min_size is not None else ""
     if len(tested) < 2:
         return (
             f"column {column!r} has {len(tested)} tested group(s){small}; a test needs two. "
             "HINT: lower risk.min_group_size, merge small groups, or remove the column"
         )
-    n_tail = int(result.get("tail_patients") or 0)
+    n_tail = result.tail_patients
     if n_tail == 0:
         return f"the exposed tail holds no patient of a tested group of column {column!r}"
-    total = sum(int(g["size"]) for g in tested.values())
+    total = sum(g.size or 0 for g in tested.values())
     for value, group in tested.items():
-        size = int(group["size"])
+        size = group.size or 0
         share = size / total
         most = min(n_tail, size)  # a group cannot hold more tail patients than it has
         if most / (n_tail * share) - 1.0 <= limit:
@@ -361,7 +304,9 @@ def _untestable_reason(
     return None
 
 
-def _subgroups(gate: GateConfig, subgroups: Mapping[str, Any], min_size: Any) -> list[Violation]:
+def _subgroups(
+    gate: GateConfig, subgroups: Mapping[str, ColumnResult], min_size: int | None
+) -> list[Violation]:
     if gate.max_subgroup_relative_change is None:
         return []
     limit = gate.max_subgroup_relative_change
@@ -377,7 +322,7 @@ def _subgroups(gate: GateConfig, subgroups: Mapping[str, Any], min_size: Any) ->
             )
         ]
     n_tests = sum(
-        g["status"] == "tested" for result in subgroups.values() for g in result["groups"].values()
+        g.status is GroupStatus.TESTED for result in subgroups.values() for g in result.groups.values()
     )
     violations = []
     for column, result in subgroups.items():
@@ -392,10 +337,10 @@ def _subgroups(gate: GateConfig, subgroups: Mapping[str, Any], min_size: Any) ->
                 )
             )
             continue
-        for value, group in result["groups"].items():
-            if group["status"] != "tested":
+        for value, group in result.groups.items():
+            if group.status is not GroupStatus.TESTED:
                 continue
-            change, p_adjusted = group["relative_change"], group["p_value_adjusted"]
+            change, p_adjusted = group.relative_change, group.p_value_adjusted
             if change is None or p_adjusted is None:
                 continue
             if not change <= limit and not p_adjusted >= gate.subgroup_alpha:
@@ -405,32 +350,32 @@ def _subgroups(gate: GateConfig, subgroups: Mapping[str, Any], min_size: Any) ->
                         change,
                         limit,
                         f"Subgroup {column}={value!r} is over-represented among the exposed "
-                        f"tail's patients by {change:+.0%} (observed {group['observed']}, "
-                        f"expected {group['expected']:.1f}, Bonferroni p = {p_adjusted:.2g} "
+                        f"tail's patients by {change:+.0%} (observed {group.observed}, "
+                        f"expected {_number(group.expected):.1f}, Bonferroni p = "
+                        f"{p_adjusted:.2g} "
                         f"< {gate.subgroup_alpha}).",
                     )
                 )
     return violations
 
 
-def evaluate_gate(report: Mapping[str, Any], config: AuditConfig) -> Decision:
+def evaluate_gate(report: AuditReport, config: AuditConfig) -> Decision:
     """Evaluate ``config.gate`` on a report's figures (its ``audit``, ``summary``,
     ``aggregate`` and ``subgroups`` sections). Pure: reads the report, writes nothing.
     """
     gate, at_risk = config.gate, config.risk.at_risk_auc
-    audit, summary = report["audit"], report["summary"]
-    n_models, n_records = int(audit["reference_models"]), int(audit["records"])
-    n_patients = int(audit["patients"])
+    audit = report.audit
+    n_models, n_records, n_patients = audit.reference_models, audit.records, audit.patients
     if n_patients < 1:
         raise ReportError(
             f"The report's audit has {n_patients} patients; an audit needs at least one. "
             "HINT: it was not written by privacy-gate; run a new audit."
         )
     violations, needed = _power(gate, at_risk, report, n_models, n_records, n_patients)
-    patient_violations, confident = _patients(gate, at_risk, summary, n_patients)
+    patient_violations, confident = _patients(gate, at_risk, report.summary, n_patients)
     violations += patient_violations
-    violations += _aggregate(gate, report.get("aggregate"))
-    violations += _subgroups(gate, report.get("subgroups") or {}, config.risk.min_group_size)
+    violations += _aggregate(gate, report.aggregate)
+    violations += _subgroups(gate, report.subgroups, config.risk.min_group_size)
     warnings = []
     if needed and n_models < needed and not violations:
         warnings.append(

@@ -7,7 +7,6 @@ CLI touch the file system.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -16,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from privacy_gate._version import __version__
 from privacy_gate.at_risk import audit_power, count_pairs, patient_p_values, record_p_values
-from privacy_gate.attacks import AggregateResult, run_attacks
+from privacy_gate.attacks import run_attacks
 from privacy_gate.config import (
     AuditConfig,
     VarianceEstimator,
@@ -30,69 +28,36 @@ from privacy_gate.config import (
 from privacy_gate.errors import ConfigError, InputError, ReportError
 from privacy_gate.gate import Decision, evaluate_gate, reference_models_for_policy
 from privacy_gate.noise_floor import NoiseFloor, compute_noise_floor
-from privacy_gate.patients import (
-    PatientStats,
-    aggregate_patients,
-    benjamini_hochberg_count,
-    distribution_summary,
-    histogram,
-    survival_curve,
-    tail_counts,
-)
+from privacy_gate.patients import PatientStats, aggregate_patients, benjamini_hochberg_count
 from privacy_gate.pseudonyms import Pseudonymizer
 from privacy_gate.record_stats import RecordStats, compute_record_stats
 from privacy_gate.records import RecordTable, load_records
-from privacy_gate.report import (
-    REPORT_FILE,
-    SCHEMA_VERSION,
-    file_sha256,
-    load_report,
-    write_json,
-    write_table,
-)
+from privacy_gate.report import REPORT_FILE, file_sha256, load_report, write_json, write_table
+from privacy_gate.report_model import AuditReport
 from privacy_gate.signals import Signals, Task, load_signals
+from privacy_gate.summary import AuditFacts, build_report
 from privacy_gate.subgroups import GroupStatus, SubgroupResult, analyse_subgroups, patient_values
 from privacy_gate.variance import auc_estimator, shrink_moments
 
 __all__ = ["AuditResult", "audit", "check", "check_report", "score", "write_outputs"]
 
 _LOG = logging.getLogger(__name__)
-_MAX_STORED_P_VALUE = 0.5  # gate.fdr is at most 0.5, so larger p-values never matter
-_TOP_PATIENTS = 20
-_SURVIVAL_GRID = np.linspace(0.5, 1.0, 101)
 
 
 @dataclass(frozen=True)
 class AuditResult:
-    """A finished audit: the JSON report and the per-record/per-patient figures."""
+    """A finished audit: the typed report and the per-record/per-patient figures."""
 
-    report: dict[str, Any]
-    decision: Decision
+    report: AuditReport
     records: RecordStats
     patients: PatientStats
     record_keys: tuple[str, ...]
     patient_keys: tuple[str, ...]
     patient_index: np.ndarray[Any, np.dtype[np.intp]]
 
-
-def _aggregate_section(result: AggregateResult | None) -> dict[str, Any] | None:
-    if result is None:
-        return None
-    return {
-        "members": result.members,
-        "non_members": result.non_members,
-        "strongest": result.strongest.value,
-        "rmia_offline_a": result.rmia_offline_a,
-        "rmia_offline_a_source": result.rmia_offline_a_source,
-        "attacks": {
-            attack.value: {
-                "auc": r.auc,
-                "tpr_at_fpr": {repr(f): t for f, t in r.tpr_at_fpr.items()},
-                "roc": {"fpr": r.roc_fpr.tolist(), "tpr": r.roc_tpr.tolist()},
-            }
-            for attack, r in result.attacks.items()
-        },
-    }
+    @property
+    def decision(self) -> Decision:
+        return self.report.decision
 
 
 def _subgroup_warnings(result: SubgroupResult, min_group_size: int) -> list[str]:
@@ -203,62 +168,32 @@ def audit(
         )
     record_keys = tuple(pseudonymizer.record(r) for r in records.record_ids)
     patient_keys = tuple(pseudonymizer.key_of(kind, ident) for kind, ident in patient_ids)
-    confident = benjamini_hochberg_count(p_values, gate.fdr)
-    top = np.argsort(-patients.auc_max, kind="stable")[:_TOP_PATIENTS]
-    summary: dict[str, Any] = {
-        "patient_auc": distribution_summary(patients.auc_max),
-        "patient_auc_mean": distribution_summary(patients.auc_mean),
-        "record_auc": distribution_summary(stats.auc),
-        "tail_counts": tail_counts(patients.auc_max),
-        "at_risk_auc": risk.at_risk_auc,
-        "fdr": gate.fdr,
-        "patients_at_risk": confident,
-        "patients_at_risk_raw": int(np.count_nonzero(patients.auc_max > risk.at_risk_auc)),
-        "fraction_at_risk": confident / n_patients,
-        "at_risk_test": "noncentral_t",
-        "at_risk_p_values": np.sort(p_values[p_values <= _MAX_STORED_P_VALUE]).tolist(),
-        "tail": subgroups.tail_dict(),
-        "noise_floor": floor.to_dict(),
-        "power": {
-            **power.to_dict(),
-            "count_pairs": pairs,
-            "reference_models_needed": reference_models_for_policy(
-                gate, risk.at_risk_auc, signals.n_records, n_patients
-            ),
-        },
-        "histogram": histogram(patients.auc_max),
-        "survival": survival_curve(patients.auc_max, _SURVIVAL_GRID),
-        "top_patients": [
-            {
-                "patient_key": patient_keys[p],
-                "n_records": int(patients.n_records[p]),
-                "auc_max": float(patients.auc_max[p]),
-                "auc_mean": float(patients.auc_mean[p]),
-                "auc_se": float(patients.auc_se[p]),
-            }
-            for p in top
-        ],
-    }
-    report: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "audit": {
-            "package_version": __version__,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "reference_models": signals.n_reference_models,
-            "records": signals.n_records,
-            "patients": n_patients,
-            "inputs": dict(inputs or {}),
-            "config": config.to_dict(),
-            "policy_sha256": config.sha256(),
-            "pseudonyms": pseudonymizer.scheme,
-            "target": aggregate is not None,
-            "task": signals.task.value,
-            **(provenance or {}),
-        },
-        "summary": summary,
-        "aggregate": _aggregate_section(aggregate),
-        "subgroups": {name: col.to_dict() for name, col in subgroups.columns.items()},
-    }
+    facts = AuditFacts(
+        reference_models=signals.n_reference_models,
+        records=signals.n_records,
+        patients=n_patients,
+        task=signals.task.value,
+        pseudonyms=pseudonymizer.scheme,
+        inputs=dict(inputs or {}),
+        provenance=dict(provenance or {}),
+    )
+    report = build_report(
+        facts,
+        config,
+        records=stats,
+        patients=patients,
+        patient_keys=patient_keys,
+        p_values=p_values,
+        patients_at_risk=benjamini_hochberg_count(p_values, gate.fdr),
+        floor=floor,
+        power=power,
+        count_pairs=pairs,
+        reference_models_needed=reference_models_for_policy(
+            gate, risk.at_risk_auc, signals.n_records, n_patients
+        ),
+        subgroups=subgroups,
+        aggregate=aggregate,
+    )
     decision = evaluate_gate(report, config)
     extra_warnings = _subgroup_warnings(subgroups, risk.min_group_size)
     if floor.expected_at_risk >= 0.5:
@@ -272,8 +207,9 @@ def audit(
             "than asked for (raise risk.null_time_budget_s to run them all)."
         )
     decision = replace(decision, warnings=decision.warnings + tuple(extra_warnings))
-    report["decision"] = decision.to_dict()
-    return AuditResult(report, decision, stats, patients, record_keys, patient_keys, patient_index)
+    return AuditResult(
+        report.with_decision(decision), stats, patients, record_keys, patient_keys, patient_index
+    )
 
 
 def write_outputs(
@@ -301,7 +237,7 @@ def write_outputs(
         ["patient_key", "n_records", "auc_max", "auc_mean"],
         [result.patient_keys, patients.n_records, patients.auc_max, patients.auc_mean],
     )
-    write_json(result.report, out / REPORT_FILE)
+    write_json(result.report.to_dict(), out / REPORT_FILE)
     written = {
         "report.json": out / REPORT_FILE,
         "records.csv": out / "records.csv",
@@ -348,20 +284,20 @@ def score(
     return result
 
 
-def policy_for_check(report: Mapping[str, Any], config_path: str | Path | None) -> AuditConfig:
+def policy_for_check(report: AuditReport, config_path: str | Path | None) -> AuditConfig:
     """The policy `check` applies: the given gate rules over the audit's risk definitions.
 
     A config that changes the ``risk`` section or the subgroup columns needs a new audit.
     Without a config the packaged default gate applies.
     """
-    audited = parse_config(report["audit"]["config"], source="report's audit config")
+    audited = parse_config(report.audit.config, source="report's audit config")
     if config_path is None:
         return replace(audited, gate=default_config().gate)
     raw = read_config_yaml(config_path)
     if not isinstance(raw, Mapping):
         raise ConfigError(f"The config {str(config_path)!r} must be a YAML mapping.")
     merged = dict(raw)
-    merged.setdefault("risk", report["audit"]["config"]["risk"])
+    merged.setdefault("risk", report.audit.config["risk"])
     merged.setdefault("subgroups", list(audited.subgroups))
     given = parse_config(merged, source=f"config {Path(config_path).name}")
     if given.risk != audited.risk:
@@ -387,7 +323,7 @@ def check(report_path: str | Path, config_path: str | Path | None = None) -> Dec
 
 
 def check_report(
-    report: Mapping[str, Any],
+    report: Mapping[str, Any] | AuditReport,
     config_path: str | Path | None = None,
     *,
     source: str = "The report",
@@ -396,11 +332,9 @@ def check_report(
 
     ``source`` names the report in errors ("The report 'out/report.json'").
     """
-    try:
-        return evaluate_gate(report, policy_for_check(report, config_path))
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, (ConfigError, ReportError)):
-            raise
-        raise ReportError(
-            f"{source} is missing or has a malformed field ({exc!r}). HINT: run a new audit."
-        ) from None
+    if not isinstance(report, AuditReport):
+        try:
+            report = AuditReport.from_dict(report)
+        except ReportError as exc:
+            raise ReportError(f"{source}: {exc}") from None
+    return evaluate_gate(report, policy_for_check(report, config_path))
