@@ -85,7 +85,7 @@ class _Bench:
                 plots=True,
             )
             seconds = time.perf_counter() - start
-        return result.report["audit"]["training"], seconds
+        return result.report.audit.training, seconds
 
 
 def _child(args: argparse.Namespace) -> dict[str, Any]:

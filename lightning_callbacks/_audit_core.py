@@ -28,6 +28,7 @@ from privacy_gate.metric_keys import join_key
 from privacy_gate.metrics import trainer_metrics
 from privacy_gate.pipeline import AuditResult
 from privacy_gate.report import REPORT_FILE
+from privacy_gate.report_model import AuditReport
 from privacy_gate.training.audit import Backend, run_audit
 from privacy_gate.training.backends import make_backend
 
@@ -223,7 +224,7 @@ def _mlflow_logger(trainer: Any) -> Any:
     return None
 
 
-def _log_to_mlflow(trainer: Any, report: dict[str, Any], out: Path) -> str | None:
+def _log_to_mlflow(trainer: Any, report: AuditReport, out: Path) -> str | None:
     """Log the audit into the Trainer's MLflow run (signed when the environment holds
     the signing key); the run's id, or None without an MLFlowLogger."""
     logger = _mlflow_logger(trainer)
@@ -236,7 +237,7 @@ def _log_to_mlflow(trainer: Any, report: dict[str, Any], out: Path) -> str | Non
         run_id=logger.run_id,
         client=logger.experiment,
         out_dir=out,
-        model_sha256=report["audit"].get("model_sha256"),
+        model_sha256=report.audit.model_sha256,
     )
     _LOG.info("privacy-gate: the audit is logged into MLflow run %s.", logger.run_id)
     return str(logger.run_id)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -27,9 +25,6 @@ from privacy_gate.report_model import AuditReport, Decision, Rule, Status, Viola
 from privacy_gate.report_model.figures import Summary
 from privacy_gate.report_model.sections import Aggregate
 from privacy_gate.subgroups import ColumnResult, GroupStatus
-
-_ABSENT = object()
-"""A TPR the report does not state (its audit did not measure that FPR)."""
 
 __all__ = [
     "Decision",
@@ -145,7 +140,10 @@ def _audit_power(
         return None
     return audit_power(
         [list(p) for p in pairs],
-        n_patients, at_risk_auc=at_risk_auc, fdr=gate.fdr, power=gate.detection_power
+        n_patients,
+        at_risk_auc=at_risk_auc,
+        fdr=gate.fdr,
+        power=gate.detection_power,
     )
 
 
@@ -238,8 +236,7 @@ def _aggregate(gate: GateConfig, aggregate: Aggregate | None) -> list[Violation]
             )
     for fpr, limit in gate.max_aggregate_tpr_at_fpr or ():
         key = repr(float(fpr))
-        values = {a: r.tpr_at_fpr.get(key, _ABSENT) for a, r in attacks.items()}
-        if any(v is _ABSENT for v in values.values()):
+        if any(key not in r.tpr_at_fpr for r in attacks.values()):
             violations.append(
                 Violation(
                     Rule.MAX_AGGREGATE_TPR_AT_FPR,
@@ -250,6 +247,7 @@ def _aggregate(gate: GateConfig, aggregate: Aggregate | None) -> list[Violation]
                 )
             )
             continue
+        values = {a: r.tpr_at_fpr[key] for a, r in attacks.items()}
         best = max(values, key=lambda a: _worst_first(values[a]))
         tpr = _number(values[best])
         if not tpr <= limit:
@@ -322,7 +320,9 @@ def _subgroups(
             )
         ]
     n_tests = sum(
-        g.status is GroupStatus.TESTED for result in subgroups.values() for g in result.groups.values()
+        g.status is GroupStatus.TESTED
+        for result in subgroups.values()
+        for g in result.groups.values()
     )
     violations = []
     for column, result in subgroups.items():

@@ -26,11 +26,11 @@ import re
 import sys
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
-from privacy_gate.gate import Decision, Status
+from privacy_gate.gate import Decision, Status, Violation
 from privacy_gate.render.blocks import Block, Bullets, Code, Heading, Paragraph, Span, Strong, Table
 from privacy_gate.render.document import summary_sections, violations_sentence
 from privacy_gate.render.formatting import (
@@ -39,13 +39,7 @@ from privacy_gate.render.formatting import (
     fmt_value,
 )
 from privacy_gate.render.markdown import render_blocks
-from privacy_gate.render.view import (
-    as_float,
-    as_int,
-    as_list,
-    as_mapping,
-    as_str,
-)
+from privacy_gate.report_model import AuditReport
 
 __all__ = [
     "ACTIONS_VARIABLE",
@@ -135,7 +129,7 @@ class Outcome:
     """
 
     status: Status
-    report: Mapping[str, Any] | None = None
+    report: AuditReport | None = None
     refusals: tuple[str, ...] = ()
     error: str | None = None
     report_path: str | None = None
@@ -143,33 +137,28 @@ class Outcome:
     signature: str | None = None
 
 
-def evaluated_report(report: Mapping[str, Any], decision: Decision) -> dict[str, Any]:
-    """A copy of ``report`` whose decision (and confident at-risk count) is ``decision``'s.
+def evaluated_report(report: AuditReport, decision: Decision) -> AuditReport:
+    """``report`` with ``decision`` and its confident at-risk count.
 
     ``check`` re-evaluates the gate, possibly at another FDR, so the stored decision and
-    count may be stale; the input is not changed.
+    count may be stale.
     """
-    evaluated = dict(report)
-    evaluated["decision"] = decision.to_dict()
-    summary = report.get("summary")
-    if decision.patients_at_risk is not None and isinstance(summary, Mapping):
-        patients = as_int(as_mapping(report.get("audit")).get("patients"))
-        evaluated["summary"] = {
-            **summary,
-            "patients_at_risk": decision.patients_at_risk,
-            "fraction_at_risk": (decision.patients_at_risk / patients if patients else None),
-        }
-    return evaluated
+    summary = report.summary
+    if decision.patients_at_risk is not None:
+        summary = replace(
+            summary,
+            patients_at_risk=decision.patients_at_risk,
+            fraction_at_risk=decision.patients_at_risk / report.audit.patients,
+        )
+    return replace(report, decision=decision, summary=summary)
 
 
-def _violations(outcome: Outcome) -> list[Mapping[str, Any]]:
-    decision = as_mapping(as_mapping(outcome.report).get("decision"))
-    return [as_mapping(v) for v in as_list(decision.get("violations"))]
+def _violations(outcome: Outcome) -> tuple[Violation, ...]:
+    return () if outcome.report is None else outcome.report.decision.violations
 
 
-def _warnings(outcome: Outcome) -> list[str]:
-    decision = as_mapping(as_mapping(outcome.report).get("decision"))
-    return [str(w) for w in as_list(decision.get("warnings"))]
+def _warnings(outcome: Outcome) -> tuple[str, ...]:
+    return () if outcome.report is None else outcome.report.decision.warnings
 
 
 # ----------------------------------------------------------------------- annotations
@@ -183,18 +172,14 @@ def annotation_lines(outcome: Outcome) -> list[str]:
     for reason in outcome.refusals:
         lines.append(workflow_command("error", reason, title="privacy-gate: audit not accepted"))
     for v in _violations(outcome):
-        message = (
-            f"{as_str(v.get('message'), '(no message)')} (value {fmt_value(v.get('value'))}, "
-            f"limit {fmt_value(v.get('limit'))})"
-        )
-        rule = as_str(v.get("rule"), "?")
-        lines.append(workflow_command("error", message, title=f"privacy-gate: {rule}"))
+        message = f"{v.message} (value {fmt_value(v.value)}, limit {fmt_value(v.limit)})"
+        lines.append(workflow_command("error", message, title=f"privacy-gate: {v.rule.value}"))
     for warning in _warnings(outcome):
         lines.append(workflow_command("warning", warning, title="privacy-gate: caveat"))
-    if outcome.status is Status.PASS:
-        summary = as_mapping(as_mapping(outcome.report).get("summary"))
-        worst = fmt_auc(as_float(as_mapping(summary.get("patient_auc")).get("max")))
-        at_risk = fmt_int(as_int(summary.get("patients_at_risk")))
+    if outcome.status is Status.PASS and outcome.report is not None:
+        summary = outcome.report.summary
+        worst = fmt_auc(summary.patient_auc.max)
+        at_risk = fmt_int(summary.patients_at_risk)
         lines.append(
             workflow_command(
                 "notice",
@@ -212,16 +197,13 @@ def _number(value: float | None) -> str:
 
 def output_values(outcome: Outcome) -> dict[str, str]:
     """The step outputs (`OUTPUT_NAMES`); a figure that is unknown is empty."""
-    summary = as_mapping(as_mapping(outcome.report).get("summary"))
-    at_risk = as_int(summary.get("patients_at_risk"))
+    summary = None if outcome.report is None else outcome.report.summary
     return {
         "status": outcome.status.value,
-        "patient_auc_max": _number(as_float(as_mapping(summary.get("patient_auc")).get("max"))),
-        "patients_at_risk": "" if at_risk is None else str(at_risk),
+        "patient_auc_max": _number(None if summary is None else summary.patient_auc.max),
+        "patients_at_risk": "" if summary is None else str(summary.patients_at_risk),
         "report_path": outcome.report_path or "",
-        "violations": ",".join(
-            dict.fromkeys(as_str(v.get("rule"), "?") for v in _violations(outcome))
-        ),
+        "violations": ",".join(dict.fromkeys(v.rule.value for v in _violations(outcome))),
     }
 
 
@@ -278,12 +260,7 @@ def _verdict(outcome: Outcome) -> list[Block]:
         violations = _violations(outcome)
         n = len(violations)
         rows = tuple(
-            (
-                Code(as_str(v.get("rule"), "?")),
-                fmt_value(v.get("value")),
-                fmt_value(v.get("limit")),
-                as_str(v.get("message"), "(no message)"),
-            )
+            (Code(v.rule.value), fmt_value(v.value), fmt_value(v.limit), v.message)
             for v in violations
         )
         blocks += [
@@ -297,7 +274,7 @@ def _verdict(outcome: Outcome) -> list[Block]:
         where.append(["Report: ", Code(outcome.report_path), "."])
     if outcome.signature:
         where.append([f"Signature: {outcome.signature}."])
-    policy = as_str(as_mapping(as_mapping(outcome.report).get("audit")).get("policy_sha256"))
+    policy = "" if outcome.report is None else outcome.report.audit.policy_sha256
     if policy and status is not Status.ERROR:
         where.append(["Policy SHA-256: ", Code(policy), "."])
     if where:

@@ -24,12 +24,13 @@ Figures that are None (not finite in the audit) are left out.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator
 
 from privacy_gate.metric_keys import escape_segment, join_key
+from privacy_gate.report_model import AuditReport
+from privacy_gate.subgroups import GroupStatus
 
-__all__ = ["PASSED", "TRAINER_METRICS", "report_metrics", "section", "trainer_metrics"]
+__all__ = ["PASSED", "TRAINER_METRICS", "report_metrics", "trainer_metrics"]
 
 PASSED = join_key("passed")
 """1.0 when the gate passed, else 0.0 (the Trainer's metric for early stopping or alerts)."""
@@ -43,10 +44,10 @@ TRAINER_METRICS = (
 """The headline figures a Lightning Trainer logs (the same keys as in MLflow)."""
 
 _DISTRIBUTIONS = ("patient_auc", "patient_auc_mean", "record_auc")
+_DISTRIBUTION_STATISTICS = ("max", "mean", "median", "q90", "q99")
 _SCALARS = ("patients_at_risk", "patients_at_risk_raw", "fraction_at_risk")
 _NOISE_FLOOR = ("max_patient_auc_q95", "expected_at_risk", "reference_models_needed")
 _POWER = ("detectable_auc", "reference_models_needed")
-_TAIL = ("patients", "threshold")
 _GROUP_STATISTICS = (
     "relative_change",
     "pearson_residual",
@@ -57,20 +58,6 @@ _GROUP_STATISTICS = (
     "size",
 )
 _COLUMN_STATISTICS = ("chi_square", "p_value", "p_value_bonferroni")
-
-
-def _number(value: Any) -> float | None:
-    """A finite float, or None for None, non-numbers, booleans and non-finite values."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def section(report: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    """A report section as a mapping (missing or malformed: empty)."""
-    section = report.get(name)
-    return section if isinstance(section, Mapping) else {}
 
 
 _DP_FIGURES = (
@@ -84,84 +71,70 @@ _DP_FIGURES = (
 """DP-SGD figures logged as metrics, for the audited recipe and for the recommendation."""
 
 
-def _report_metrics(report: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...], Any]]:
-    """(segments, value) of every figure; values still unchecked."""
-    summary = section(report, "summary")
+def _report_metrics(report: AuditReport) -> Iterator[tuple[tuple[str, ...], float | int | None]]:
+    """(segments, value) of every figure; None where the report could not state one."""
+    summary = report.summary
     for name in _DISTRIBUTIONS:
-        for stat, value in section(summary, name).items():
-            yield (name, str(stat)), value
+        distribution = getattr(summary, name)
+        for stat in _DISTRIBUTION_STATISTICS:
+            yield (name, stat), getattr(distribution, stat)
     for name in _SCALARS:
-        yield (name,), summary.get(name)
-    for auc, count in section(summary, "tail_counts").items():
-        yield ("tail_count", str(auc)), count
-    floor = section(summary, "noise_floor")
+        yield (name,), getattr(summary, name)
+    for auc, count in summary.tail_counts.items():
+        yield ("tail_count", auc), count
     for name in _NOISE_FLOOR:
-        yield ("noise_floor", name), floor.get(name)
-    power = section(summary, "power")
+        yield ("noise_floor", name), getattr(summary.noise_floor, name)
     for name in _POWER:
-        yield ("power", name), power.get(name)
-    tail = section(summary, "tail")
-    for name in _TAIL:
-        yield ("subgroup_tail", name), tail.get(name)
+        yield ("power", name), getattr(summary.power, name)
+    yield ("subgroup_tail", "patients"), summary.tail.patients
+    yield ("subgroup_tail", "threshold"), summary.tail.threshold
 
-    aggregate = section(report, "aggregate")
-    attacks = section(aggregate, "attacks")
-    strongest = section(attacks, str(aggregate.get("strongest")))
-    if strongest:
-        yield ("aggregate", "auc"), strongest.get("auc")
-    best_tpr: dict[str, float] = {}
-    for attack, result in attacks.items():
-        if not isinstance(result, Mapping):
-            continue
-        yield ("attack", str(attack), "auc"), result.get("auc")
-        for fpr, tpr in section(result, "tpr_at_fpr").items():
-            yield ("attack", str(attack), "tpr_at_fpr", str(fpr)), tpr
-            number = _number(tpr)
-            if number is not None:
-                best_tpr[str(fpr)] = max(best_tpr.get(str(fpr), -math.inf), number)
-    for fpr, tpr in best_tpr.items():
-        yield ("aggregate", "tpr_at_fpr", fpr), tpr
+    aggregate = report.aggregate
+    if aggregate is not None:
+        strongest = aggregate.strongest_attack
+        if strongest is not None:
+            yield ("aggregate", "auc"), strongest.auc
+        best_tpr: dict[str, float] = {}
+        for attack, result in aggregate.attacks.items():
+            yield ("attack", attack, "auc"), result.auc
+            for fpr, tpr in result.tpr_at_fpr.items():
+                yield ("attack", attack, "tpr_at_fpr", fpr), tpr
+                if tpr is not None:
+                    best_tpr[fpr] = max(best_tpr.get(fpr, -math.inf), tpr)
+        for fpr, tpr in best_tpr.items():
+            yield ("aggregate", "tpr_at_fpr", fpr), tpr
 
-    dp_training = section(report, "dp_training")  # the audited recipe's DP guarantee
-    for name in _DP_FIGURES:
-        yield ("dp", name), dp_training.get(name)
-    yield ("dp", "records_above_ceiling"), dp_training.get("records_above_ceiling")
-    recommendation = section(report, "dp_recommendation")  # the remedy, when refused
-    if recommendation.get("status") == "recommended":
+    if report.dp_training is not None:  # the audited recipe's DP guarantee
+        for name in (*_DP_FIGURES, "records_above_ceiling"):
+            yield ("dp", name), getattr(report.dp_training, name)
+    recommendation = report.dp_recommendation  # the remedy, when refused
+    if recommendation is not None and recommendation.recommended:
         for name in _DP_FIGURES:
-            yield ("dp_recommendation", name), recommendation.get(name)
+            yield ("dp_recommendation", name), getattr(recommendation, name)
 
-    for column, result in section(report, "subgroups").items():
-        if not isinstance(result, Mapping):
-            continue
-        escaped = escape_segment(str(column))
+    for name, column in report.subgroups.items():
+        escaped = escape_segment(name)
         for stat in _COLUMN_STATISTICS:
-            yield ("subgroup_column", escaped, stat), result.get(stat)
-        for value, group in section(result, "groups").items():
-            if not isinstance(group, Mapping) or group.get("status") != "tested":
+            yield ("subgroup_column", escaped, stat), getattr(column, stat)
+        for value, group in column.groups.items():
+            if group.status is not GroupStatus.TESTED:
                 continue
-            group_segment = escape_segment(str(value))
             for stat in _GROUP_STATISTICS:
-                yield ("subgroup", escaped, group_segment, stat), group.get(stat)
+                yield ("subgroup", escaped, escape_segment(value), stat), getattr(group, stat)
 
 
-def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
-    """The report's figures by full metric key (before `shorten_key`); None skipped.
-
-    >>> report_metrics({"summary": {"tail_counts": {"0.9": 3}, "power": {"detectable_auc": None}}})
-    {'privacy_gate/tail_count/0.9': 3.0}
-    """
+def report_metrics(report: AuditReport) -> dict[str, float]:
+    """The report's figures by full metric key (before `shorten_key`); None skipped."""
     metrics: dict[str, float] = {}
     for segments, value in _report_metrics(report):
-        number = _number(value)
-        if number is not None:
-            metrics[join_key(*segments)] = number
+        if value is not None and math.isfinite(value):
+            metrics[join_key(*segments)] = float(value)
     return metrics
 
 
-def trainer_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+def trainer_metrics(report: AuditReport) -> dict[str, float]:
     """The headline figures (`TRAINER_METRICS`, those the report has) and `PASSED`."""
     every = report_metrics(report)
     chosen = {key: every[key] for key in TRAINER_METRICS if key in every}
-    chosen[PASSED] = 1.0 if section(report, "decision").get("status") == "pass" else 0.0
+    chosen[PASSED] = 1.0 if report.passed else 0.0
     return chosen

@@ -32,14 +32,28 @@ from privacy_gate.patients import PatientStats, aggregate_patients, benjamini_ho
 from privacy_gate.pseudonyms import Pseudonymizer
 from privacy_gate.record_stats import RecordStats, compute_record_stats
 from privacy_gate.records import RecordTable, load_records
-from privacy_gate.report import REPORT_FILE, file_sha256, load_report, write_json, write_table
+from privacy_gate.report import (
+    REPORT_FILE,
+    file_sha256,
+    load_report,
+    read_audit_report,
+    write_json,
+    write_table,
+)
 from privacy_gate.report_model import AuditReport
 from privacy_gate.signals import Signals, Task, load_signals
-from privacy_gate.summary import AuditFacts, build_report
 from privacy_gate.subgroups import GroupStatus, SubgroupResult, analyse_subgroups, patient_values
+from privacy_gate.summary import AuditFacts, build_report
 from privacy_gate.variance import auc_estimator, shrink_moments
 
-__all__ = ["AuditResult", "audit", "check", "check_report", "score", "write_outputs"]
+__all__ = [
+    "AuditResult",
+    "audit",
+    "check",
+    "check_report",
+    "score",
+    "write_outputs",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -328,13 +342,7 @@ def check_report(
     *,
     source: str = "The report",
 ) -> Decision:
-    """Re-evaluate the gate on a report already in memory (e.g. fetched from MLflow).
-
-    ``source`` names the report in errors ("The report 'out/report.json'").
-    """
+    """Re-evaluate the gate on a report already in memory (e.g. fetched from MLflow)."""
     if not isinstance(report, AuditReport):
-        try:
-            report = AuditReport.from_dict(report)
-        except ReportError as exc:
-            raise ReportError(f"{source}: {exc}") from None
+        report = read_audit_report(report, source=source)
     return evaluate_gate(report, policy_for_check(report, config_path))

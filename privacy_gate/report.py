@@ -18,15 +18,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from privacy_gate.errors import OutdatedReportError, ReportError
+from privacy_gate.report_model import AuditReport
 
 __all__ = [
     "REPORT_FILE",
     "SCHEMA_VERSION",
     "canonical_json",
     "file_sha256",
+    "load_audit_report",
     "load_report",
     "outdated_schema_reason",
     "parse_report_json",
+    "read_audit_report",
     "write_json",
     "write_table",
 ]
@@ -210,3 +213,17 @@ def load_report(path: str | Path) -> dict[str, Any]:
             f"The report {str(path)!r}: {outdated}."
         )
     return report
+
+
+def read_audit_report(report: Mapping[str, Any], *, source: str = "The report") -> AuditReport:
+    """The typed report of a JSON report (its schema checked by `load_report` or the
+    caller); ``source`` names it in errors ("The report 'out/report.json'")."""
+    try:
+        return AuditReport.from_dict(report)
+    except ReportError as exc:
+        raise ReportError(f"{source}: {exc}") from None
+
+
+def load_audit_report(path: str | Path) -> AuditReport:
+    """`load_report`, then the typed report (`ReportError` names a malformed field)."""
+    return read_audit_report(load_report(path), source=f"The report {str(path)!r}")

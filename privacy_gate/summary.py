@@ -185,4 +185,3 @@ def build_report(
         subgroups=dict(subgroups.columns),
         decision=UNDECIDED,
     )
-

@@ -85,7 +85,7 @@ def audit_once(
         out_dir=args.out / name,
         backend=make_backend("auto", workers=args.workers),
     )
-    report = result.report
+    report = result.report.to_dict()  # the JSON of report.json, for summary.json
     summary = report["summary"]
     aggregate = report.get("aggregate") or {}
     strongest = aggregate.get("attacks", {}).get(aggregate.get("strongest"), {})

@@ -21,7 +21,7 @@ from privacy_gate.config import default_config
 from privacy_gate.errors import InputError, OutdatedReportError
 from privacy_gate.gate import Status
 from privacy_gate.pipeline import check_report
-from privacy_gate.report import REPORT_FILE, load_report, write_json
+from privacy_gate.report import REPORT_FILE, load_report, read_audit_report, write_json
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -226,10 +226,11 @@ def run_check(args: argparse.Namespace) -> github.Outcome:
                     source=f"report {args.report}",
                 )
             signature = f"valid, key {signing.public_key_fingerprint(public_key)[:16]}"
-        decision = check_report(report, args.config, source=f"The report {str(args.report)!r}")
-        print_decision(decision, report, quiet=args.quiet)
+        typed = read_audit_report(report, source=f"The report {str(args.report)!r}")
+        decision = check_report(typed, args.config)
+        print_decision(decision, typed, quiet=args.quiet)
         return gate_outcome(
-            report,
+            typed,
             decision,
             report_path=str(args.report),
             source=f"report {args.report}",
@@ -267,15 +268,16 @@ def run_check(args: argparse.Namespace) -> github.Outcome:
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(report, args.out / REPORT_FILE)
         report_path = str(args.out / REPORT_FILE)
-    decision = check_report(report, args.config, source=f"The audit of {fetched.source}")
+    typed = read_audit_report(report, source=f"The audit of {fetched.source}")
+    decision = check_report(typed, args.config)
     if not args.quiet:
         print(
             f"Verified the signed audit of {fetched.source} "
             f"(key {signing.public_key_fingerprint(public_key)[:16]})."
         )
-    print_decision(decision, report, quiet=args.quiet)
+    print_decision(decision, typed, quiet=args.quiet)
     return gate_outcome(
-        report,
+        typed,
         decision,
         report_path=report_path,
         source=fetched.source,

@@ -12,7 +12,9 @@ from typing import Any
 from privacy_gate import github
 from privacy_gate.errors import InputError
 from privacy_gate.gate import Decision, Status
+from privacy_gate.render.formatting import fmt_auc
 from privacy_gate.render.recommendation import recommendation_lines
+from privacy_gate.report_model import AuditReport
 
 EXIT_ERROR = Status.ERROR.exit_code
 
@@ -44,7 +46,7 @@ def add_output_options(command: argparse.ArgumentParser) -> None:
     )
 
 
-def print_decision(decision: Decision, report: dict[str, Any], *, quiet: bool) -> None:
+def print_decision(decision: Decision, report: AuditReport, *, quiet: bool) -> None:
     print(decision.one_line())
     if quiet:
         return
@@ -57,20 +59,20 @@ def print_decision(decision: Decision, report: dict[str, Any], *, quiet: bool) -
             print(f"  {line}")
 
 
-def print_summary(report: dict[str, Any], out: Path, *, plots: bool) -> None:
-    summary, audit = report["summary"], report["audit"]
+def print_summary(report: AuditReport, out: Path, *, plots: bool) -> None:
+    summary, audit = report.summary, report.audit
     print(
-        f"{audit['records']} records, {audit['patients']} patients, "
-        f"{audit['reference_models']} reference models: max patient AUC "
-        f"{summary['patient_auc']['max']:.3f} (noise floor "
-        f"{summary['noise_floor']['max_patient_auc_q95']:.3f}), "
-        f"{summary['patients_at_risk']} confidently at risk. "
+        f"{audit.records} records, {audit.patients} patients, "
+        f"{audit.reference_models} reference models: max patient AUC "
+        f"{fmt_auc(summary.patient_auc.max)} (noise floor "
+        f"{summary.noise_floor.max_patient_auc_q95:.3f}), "
+        f"{summary.patients_at_risk} confidently at risk. "
         f"Report: {out / ('report.html' if plots else 'report.json')}"
     )
 
 
 def gate_outcome(
-    report: dict[str, Any],
+    report: AuditReport,
     decision: Decision,
     *,
     report_path: str,

@@ -10,7 +10,7 @@ from typing import Any
 
 from privacy_gate.errors import InputError
 from privacy_gate.render.recommendation import recommendation_lines
-from privacy_gate.report import load_report
+from privacy_gate.report import load_audit_report
 
 
 def add_recommend_command(commands: Any) -> None:
@@ -61,7 +61,7 @@ def run_recommend(args: argparse.Namespace) -> int:
     from privacy_gate.dp.recommend import recommend_for_report
     from privacy_gate.pipeline import policy_for_check
 
-    report = load_report(args.report)
+    report = load_audit_report(args.report)
     section = recommend_for_report(
         report,
         policy_for_check(report, args.config),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from privacy_gate.config import AuditConfig
@@ -26,6 +26,7 @@ from privacy_gate.dp_ceiling import (
 )
 from privacy_gate.errors import InputError
 from privacy_gate.gate import reference_models_for_policy
+from privacy_gate.report_model import AuditReport
 
 __all__ = [
     "dp_schedule",
@@ -181,22 +182,19 @@ def recommend_dp_sgd(
     }
 
 
-def reaudit_reference_models(report: Mapping[str, Any], config: AuditConfig) -> int:
+def reaudit_reference_models(report: AuditReport, config: AuditConfig) -> int:
     """K for auditing the DP-retrained model: at least the report's K, and what the
     policy's power rules need for this pool (noise floor below the lowest patient-level
     limit, detectable AUC within ``max_detectable_auc``, ``min_reference_models``)."""
-    audit = report["audit"]
+    audit = report.audit
     needed = reference_models_for_policy(
-        config.gate,
-        config.risk.at_risk_auc,
-        int(audit["records"]),
-        int(audit["patients"]),
+        config.gate, config.risk.at_risk_auc, audit.records, audit.patients
     )
-    return max(int(audit["reference_models"]), needed or 0)
+    return max(audit.reference_models, needed or 0)
 
 
 def recommend_for_report(
-    report: Mapping[str, Any],
+    report: AuditReport,
     config: AuditConfig,
     *,
     dataset_size: int,
@@ -210,7 +208,7 @@ def recommend_for_report(
     limit = policy_auc_limit(config)
     if limit is None:
         return unavailable("the policy has no patient-AUC rule to derive a target from")
-    verdict = report.get("decision", {}).get("status", "unknown")
+    verdict = report.decision.status.value
     return recommend_dp_sgd(
         auc_limit=limit[0],
         auc_limit_source=limit[1],

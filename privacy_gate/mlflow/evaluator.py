@@ -113,8 +113,8 @@ class PrivacyGateEvaluator(ModelEvaluator):
                 candidate=candidate,
                 out_dir=out,
             )
-            digest = result.report["audit"].get("model_sha256")
-            logged = log_report(result.report, run_id=run_id, out_dir=out, model_sha256=digest)
+            digest = result.report.audit.model_sha256
+            log_report(result.report, run_id=run_id, out_dir=out, model_sha256=digest)
         return EvaluationResult(  # type: ignore[no-untyped-call]
-            metrics=report_metrics(logged), artifacts={}, run_id=run_id
+            metrics=report_metrics(result.report), artifacts={}, run_id=run_id
         )

@@ -27,8 +27,8 @@ from privacy_gate._version import __version__
 from privacy_gate.errors import ReportError
 from privacy_gate.metric_keys import shorten_key
 from privacy_gate.metrics import report_metrics
-from privacy_gate.metrics import section as _section
 from privacy_gate.report import REPORT_FILE, canonical_json, write_json
+from privacy_gate.report_model import AuditReport
 from privacy_gate.signing import sign_report, signing_key_from_environment
 
 if TYPE_CHECKING:
@@ -66,39 +66,38 @@ def report_sha256(report: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(report)).hexdigest()
 
 
-def report_params(report: Mapping[str, Any]) -> dict[str, str]:
-    """The audit's settings as MLflow params (those present in the report)."""
-    audit = _section(report, "audit")
+def report_params(report: AuditReport) -> dict[str, str]:
+    """The audit's settings as MLflow params (the backend when the audit trained)."""
+    audit = report.audit
     params = {
-        "privacy_gate.reference_models": audit.get("reference_models"),
-        "privacy_gate.backend": _section(audit, "training").get("backend"),
-        "privacy_gate.policy_sha256": audit.get("policy_sha256"),
-        "privacy_gate.records": audit.get("records"),
-        "privacy_gate.patients": audit.get("patients"),
+        "privacy_gate.reference_models": audit.reference_models,
+        "privacy_gate.backend": audit.training.backend if audit.training else None,
+        "privacy_gate.policy_sha256": audit.policy_sha256,
+        "privacy_gate.records": audit.records,
+        "privacy_gate.patients": audit.patients,
     }
     return {key: str(value) for key, value in params.items() if value is not None}
 
 
-def report_tags(report: Mapping[str, Any]) -> dict[str, str]:
-    """The verdict as MLflow tags: status, digests, version and the violated rules."""
-    audit = _section(report, "audit")
-    decision = _section(report, "decision")
-    rules = [
-        str(v.get("rule"))
-        for v in decision.get("violations") or ()
-        if isinstance(v, Mapping) and v.get("rule") is not None
-    ]
-    violations = ",".join(dict.fromkeys(rules))
+def report_tags(report: AuditReport, document: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The verdict as MLflow tags: status, digests, version and the violated rules.
+
+    ``document`` is the JSON logged (the signed copy when signed; ``report.to_dict()``
+    when None): ``privacy_gate.report_sha256`` is its digest.
+    """
+    rules = dict.fromkeys(v.rule.value for v in report.decision.violations)
+    violations = ",".join(rules)
     if len(violations) > _VIOLATIONS_TAG_LENGTH:
         violations = violations[: _VIOLATIONS_TAG_LENGTH - 3] + "..."
-    tags = {
-        "privacy_gate.status": decision.get("status"),
-        "privacy_gate.report_sha256": report_sha256(report),
-        "privacy_gate.policy_sha256": audit.get("policy_sha256"),
-        "privacy_gate.version": audit.get("package_version") or __version__,
+    return {
+        "privacy_gate.status": report.decision.status.value,
+        "privacy_gate.report_sha256": report_sha256(
+            report.to_dict() if document is None else document
+        ),
+        "privacy_gate.policy_sha256": report.audit.policy_sha256,
+        "privacy_gate.version": report.audit.package_version or __version__,
         "privacy_gate.violations": violations,
     }
-    return {key: str(value) for key, value in tags.items() if value is not None}
 
 
 def _client(client: MlflowClient | None) -> MlflowClient:
@@ -153,7 +152,7 @@ def _check_report_file(report: Mapping[str, Any], out_dir: Path) -> None:
 
 
 def log_report(
-    report: Mapping[str, Any],
+    report: AuditReport | Mapping[str, Any],
     *,
     run_id: str | None = None,
     out_dir: str | Path | None = None,
@@ -171,7 +170,8 @@ def log_report(
     with other settings into the same run fails.
 
     Args:
-        report: the report (``AuditResult.report`` or `privacy_gate.report.load_report`).
+        report: the report (``AuditResult.report``, or the JSON of
+            `privacy_gate.report.load_report`).
         run_id: the run to log into; the active run when None.
         out_dir: the directory the audit was written to; no artifacts when None.
         client: the client to use (its tracking URI); ``MlflowClient()`` when None.
@@ -186,7 +186,7 @@ def log_report(
             ``audit.model_sha256`` when None.
 
     Returns:
-        The report as logged: the signed copy when signed, else ``report`` itself.
+        The JSON report as logged: the signed copy when signed.
 
     Raises:
         ReportError: ``out_dir`` does not hold this report's ``report.json``.
@@ -194,28 +194,28 @@ def log_report(
             ``model_sha256`` is not a SHA-256.
         ValueError: no ``run_id`` and no active run.
     """
+    typed = report if isinstance(report, AuditReport) else AuditReport.from_dict(report)
+    document: Mapping[str, Any] = typed.to_dict() if isinstance(report, AuditReport) else report
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        _check_report_file(report, out)  # before signing: that sets run_id and model_sha256
+        _check_report_file(document, out)  # before signing: that sets run_id and model_sha256
     run = run_id if run_id is not None else _active_run_id()
     key = signing_key if signing_key is not None else signing_key_from_environment()
-    logged: Mapping[str, Any] = report
     if key is not None:
-        logged = sign_report(report, key, run_id=run, model_sha256=model_sha256)
-    report = logged
+        document = sign_report(document, key, run_id=run, model_sha256=model_sha256)
     mlflow_client = _client(client)
 
     from mlflow.entities import Metric, Param, RunTag
 
     timestamp = int(time.time() * 1000)
-    full_keys = report_metrics(report)
+    full_keys = report_metrics(typed)
     shortened = {shorten_key(k): k for k in full_keys if shorten_key(k) != k}
     metrics = [
         Metric(key=shorten_key(k), value=v, timestamp=timestamp, step=0)
         for k, v in full_keys.items()
     ]
-    params = [Param(key=k, value=v) for k, v in report_params(report).items()]
-    tags = [RunTag(key=k, value=v) for k, v in report_tags(report).items()]
+    params = [Param(key=k, value=v) for k, v in report_params(typed).items()]
+    tags = [RunTag(key=k, value=v) for k, v in report_tags(typed, document).items()]
     tags.append(RunTag(key=SIGNED_TAG, value="true" if key is not None else "false"))
     mlflow_client.log_batch(run, metrics=metrics, params=params, tags=tags)
 
@@ -227,13 +227,13 @@ def log_report(
     with tempfile.TemporaryDirectory() as tmp:
         if key is not None:
             signed_path = Path(tmp) / REPORT_FILE
-            write_json(report, signed_path)
+            write_json(document, signed_path)
             mlflow_client.log_artifact(run, str(signed_path), artifact_path=ARTIFACT_PATH)
         if shortened:
             mapping = Path(tmp) / KEYS_MAP_FILE
             mapping.write_text(json.dumps(shortened, indent=2, sort_keys=True), "utf-8")
             mlflow_client.log_artifact(run, str(mapping), artifact_path=ARTIFACT_PATH)
-    return dict(report)
+    return dict(document)
 
 
 def _artifacts_beside(tracking_uri: str) -> str | None:
@@ -246,7 +246,7 @@ def _artifacts_beside(tracking_uri: str) -> str | None:
 
 
 def log_audit_run(
-    report: Mapping[str, Any],
+    report: AuditReport | Mapping[str, Any],
     *,
     tracking_uri: str,
     experiment: str = "privacy-gate",

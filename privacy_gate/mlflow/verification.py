@@ -11,6 +11,7 @@ from typing import Any
 
 from privacy_gate.errors import ReportError
 from privacy_gate.report import outdated_schema_reason
+from privacy_gate.report_model import AuditReport
 from privacy_gate.signing import verify_report
 
 __all__ = ["audit_refusals"]
@@ -56,29 +57,31 @@ def audit_refusals(
     if outdated is not None:
         reasons.append(outdated)
         return reasons  # its figures and decision answer rules that no longer exist
-    audit = report.get("audit", {})
-    status = report.get("decision", {}).get("status")
-    if require_pass and status != "pass":
-        rules = ", ".join(
-            str(v.get("rule")) for v in report.get("decision", {}).get("violations", [])
-        )
-        reasons.append(f"the audit did not pass (status {status!r}; violated: {rules or '-'})")
-    if run_id is not None and audit.get("run_id") != run_id:
+    try:
+        typed = AuditReport.from_dict(report)
+    except ReportError as exc:
+        reasons.append(f"the audit report is malformed: {exc}")
+        return reasons
+    audit, decision = typed.audit, typed.decision
+    if require_pass and not decision.passed:
+        rules = ", ".join(dict.fromkeys(v.rule.value for v in decision.violations))
         reasons.append(
-            f"the audit belongs to run {audit.get('run_id')!r}, not to {run_name} {run_id!r}"
+            f"the audit did not pass (status {decision.status.value!r}; violated: {rules or '-'})"
         )
+    if run_id is not None and audit.run_id != run_id:
+        reasons.append(f"the audit belongs to run {audit.run_id!r}, not to {run_name} {run_id!r}")
     if not check_weights:
         pass
     elif model_sha256 is None:
         reasons.append("the weights of this model version could not be digested")
-    elif audit.get("model_sha256") != model_sha256:
+    elif audit.model_sha256 != model_sha256:
         reasons.append(
             "the model's weights changed after the audit (audited "
-            f"{str(audit.get('model_sha256'))[:12]}..., registered {model_sha256[:12]}...)"
+            f"{str(audit.model_sha256)[:12]}..., registered {model_sha256[:12]}...)"
         )
-    if policy_sha256 is not None and audit.get("policy_sha256") != policy_sha256:
+    if policy_sha256 is not None and audit.policy_sha256 != policy_sha256:
         reasons.append(
-            f"the audit used policy {str(audit.get('policy_sha256'))[:12]}..., promotion "
+            f"the audit used policy {audit.policy_sha256[:12]}..., promotion "
             f"requires {policy_sha256[:12]}..."
         )
     return reasons

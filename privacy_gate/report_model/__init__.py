@@ -37,6 +37,7 @@ from privacy_gate.report_model.sections import (
 from privacy_gate.subgroups import ColumnResult
 
 __all__ = [
+    "UNDECIDED",
     "Aggregate",
     "AttackFigures",
     "AuditInfo",
@@ -56,7 +57,6 @@ __all__ = [
     "Tail",
     "TopPatient",
     "TrainingInfo",
-    "UNDECIDED",
     "Violation",
 ]
 

@@ -42,7 +42,7 @@ def _fail(path: str, expected: str, value: Any) -> ReportError:
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 

@@ -54,7 +54,8 @@ class AuditInfo:
 
     ``config`` is the policy as written (`privacy_gate.config.parse_config` reads it);
     ``plan``, ``training`` and ``model_sha256`` exist when the audit trained the reference
-    models itself; ``extra`` keeps provenance a caller added.
+    models itself; a signed report binds ``run_id`` (the MLflow run) and ``model_sha256``;
+    ``extra`` keeps provenance a caller added.
     """
 
     package_version: str
@@ -69,6 +70,7 @@ class AuditInfo:
     target: bool
     task: str
     model_sha256: str | None = field(default=None, metadata=OMIT_NONE)
+    run_id: str | None = field(default=None, metadata=OMIT_NONE)
     plan: Plan | None = field(default=None, metadata=OMIT_NONE)
     training: TrainingInfo | None = field(default=None, metadata=OMIT_NONE)
     extra: Mapping[str, Any] = field(default_factory=dict)

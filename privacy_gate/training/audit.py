@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -223,10 +224,18 @@ def run_audit(
         inputs={"data_sha256": data_digest},
         provenance=audit_provenance,
     )
-    result.report["dp_training"] = dp_training(result, data, recipe)
-    result.report["dp_recommendation"] = dp_recommendation(
-        result, data, recipe, config, functools.partial(init_model, factory, derived_seed(seed, -1))
+    report = replace(
+        result.report,
+        dp_training=dp_training(result, data, recipe),
+        dp_recommendation=dp_recommendation(
+            result,
+            data,
+            recipe,
+            config,
+            functools.partial(init_model, factory, derived_seed(seed, -1)),
+        ),
     )
+    result = replace(result, report=report)
     if out is not None:
         write_outputs(result, out, plots=plots)
         np.savez(out / "membership.npz", masks=masks, sha256=np.array(plan_digest(masks)))

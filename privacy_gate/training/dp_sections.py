@@ -11,6 +11,7 @@ none: one would mean broken accounting or a broken training loop).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,8 @@ from privacy_gate.dp_ceiling import (
 from privacy_gate.errors import InputError
 from privacy_gate.gate import Status
 from privacy_gate.pipeline import AuditResult
+from privacy_gate.report_model import DPRecommendation, DPTraining
+from privacy_gate.report_model.codec import decode
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.steps import compute_loss
@@ -48,10 +51,25 @@ def dp_recommendation(
     recipe: Recipe,
     config: AuditConfig,
     initial_model: Callable[[], nn.Module],
-) -> dict[str, Any]:
-    """``report["dp_recommendation"]`` for a model trained with ``recipe`` on ``data``'s
+) -> DPRecommendation:
+    """The report's ``dp_recommendation`` for a model trained with ``recipe`` on ``data``'s
     members; ``initial_model()`` builds the untrained model that sets the clipping
     suggestion (only when one is needed: a passing audit builds none)."""
+    section: DPRecommendation = decode(
+        DPRecommendation,
+        _recommendation(result, data, recipe, config, initial_model),
+        "dp_recommendation",
+    )
+    return section
+
+
+def _recommendation(
+    result: AuditResult,
+    data: AuditData,
+    recipe: Recipe,
+    config: AuditConfig,
+    initial_model: Callable[[], nn.Module],
+) -> dict[str, Any]:
     from privacy_gate.dp.recommend import reaudit_reference_models, recommend_dp_sgd, unavailable
 
     if result.decision.status is Status.PASS:
@@ -93,9 +111,9 @@ def dp_recommendation(
         return unavailable(str(exc))
 
 
-def dp_training(result: AuditResult, data: AuditData, recipe: Recipe) -> dict[str, Any] | None:
-    """``report["dp_training"]``: the DP guarantee of the audited recipe, checked against
-    the measured record AUCs. None without DP."""
+def dp_training(result: AuditResult, data: AuditData, recipe: Recipe) -> DPTraining | None:
+    """The report's ``dp_training``: the DP guarantee of the audited recipe, checked
+    against the measured record AUCs. None without DP."""
     if recipe.dp is None:
         return None
     from privacy_gate.dp import accounting
@@ -116,22 +134,23 @@ def dp_training(result: AuditResult, data: AuditData, recipe: Recipe) -> dict[st
             ceiling,
         )
     delta = 1.0 / n_train
-    return {
-        "noise_multiplier": sigma,
-        "max_grad_norm": recipe.dp.max_grad_norm,
-        "sample_rate": sample_rate,
-        "steps": steps,
-        "delta": delta,
-        "epsilon": accounting.epsilon(sigma, sample_rate, steps, delta=delta),
-        "accountant": "prv",
-        "auc_ceiling": ceiling,
-        "auc_ceiling_gdp": gdp_auc_ceiling(sigma, sample_rate, steps),
-        "max_records_per_patient": k,
-        "patient_auc_ceiling": group_auc(ceiling, k),
-        "records_checked": int(result.records.auc.size),
-        "records_above_ceiling": int(above.size),
-        "ceiling_test": (
+    epsilon = accounting.epsilon(sigma, sample_rate, steps, delta=delta)
+    return DPTraining(
+        noise_multiplier=sigma,
+        max_grad_norm=recipe.dp.max_grad_norm,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=delta,
+        epsilon=epsilon if math.isfinite(epsilon) else None,
+        accountant="prv",
+        auc_ceiling=ceiling,
+        auc_ceiling_gdp=gdp_auc_ceiling(sigma, sample_rate, steps),
+        max_records_per_patient=k,
+        patient_auc_ceiling=group_auc(ceiling, k),
+        records_checked=int(result.records.auc.size),
+        records_above_ceiling=int(above.size),
+        ceiling_test=(
             "(record AUC - ceiling) / Hanley-McNeil SE at the ceiling > Phi^-1(1 - 0.05 / "
             "records): one-sided, Bonferroni over records"
         ),
-    }
+    )

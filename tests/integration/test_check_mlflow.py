@@ -62,7 +62,7 @@ def _report(policy: Any) -> dict[str, Any]:
     shift = np.r_[np.full(10, 4.0), np.zeros(N - 10)]
     signals = make_signals(rng.standard_normal((K, N)) + masks * shift, masks, task="binary")
     records = records_from_columns([f"r{i}" for i in range(N)], [f"p{i // 2}" for i in range(N)])
-    return dict(audit(signals, records, policy, pseudonymizer=Pseudonymizer(key=b"k")).report)
+    return audit(signals, records, policy, pseudonymizer=Pseudonymizer(key=b"k")).report.to_dict()
 
 
 @dataclasses.dataclass(frozen=True)

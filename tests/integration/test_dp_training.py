@@ -244,7 +244,7 @@ def test_dp_trained_model_has_lower_patient_aucs_with_the_callback(tmp_path: Pat
         "noise_multiplier": 2.0,
         "max_grad_norm": 1.0,
     }
-    assert plain["dp_training"] is None
+    assert "dp_training" not in plain  # written only for a DP-SGD recipe
     assert dp["dp_training"]["records_above_ceiling"] == 0
     assert plain["dp_recommendation"]["status"] == "recommended"
 
@@ -264,21 +264,23 @@ def test_run_audit_with_a_dp_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         run_audit(make_model, data, recipe=recipe, reference_models=4, backend="batched")
     result = run_audit(make_model, data, recipe=recipe, reference_models=4, out_dir=tmp_path)
     report = result.report
-    assert report["audit"]["training"]["backend"] == "sequential"
-    dp = report["dp_training"]
+    assert report.audit.training is not None
+    assert report.audit.training.backend == "sequential"
+    dp = report.dp_training
+    assert dp is not None
     members = int(data.is_member().sum())
-    assert dp["sample_rate"] == pytest.approx(1 / np.ceil(members / 16))
-    assert dp["steps"] == 5 * np.ceil(members / 16)
-    assert dp["delta"] == pytest.approx(1 / members)
-    assert 0.5 < dp["auc_ceiling"] <= dp["patient_auc_ceiling"] < 1
-    assert dp["max_records_per_patient"] == 2  # tiny_audit: every 4th patient has 2 records
+    assert dp.sample_rate == pytest.approx(1 / np.ceil(members / 16))
+    assert dp.steps == 5 * np.ceil(members / 16)
+    assert dp.delta == pytest.approx(1 / members)
+    assert 0.5 < dp.auc_ceiling <= dp.patient_auc_ceiling < 1
+    assert dp.max_records_per_patient == 2  # tiny_audit: every 4th patient has 2 records
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["dp_training"] == pytest.approx(dp)
+    assert saved["dp_training"] == pytest.approx(report.to_dict()["dp_training"])
     assert "Differential privacy of the audited recipe" in (tmp_path / "report.md").read_text()
     # resumed: nothing retrained, same report figures
     again = run_audit(make_model, data, recipe=recipe, reference_models=4, out_dir=tmp_path)
-    assert again.report["audit"]["training"]["trained_now"] == 0
-    assert again.report["summary"] == report["summary"]
+    assert again.report.audit.training.trained_now == 0
+    assert again.report.summary == report.summary
 
 
 def test_recipe_dp_validation() -> None:

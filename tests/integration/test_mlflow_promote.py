@@ -86,7 +86,7 @@ def _report(policy: Any) -> dict[str, Any]:
         [f"r{i}" for i in range(N)], [f"p{i // 2}" for i in range(N)], {}
     )
     result = audit(signals, records, policy, pseudonymizer=Pseudonymizer(key=b"test-key"))
-    return dict(result.report)
+    return result.report.to_dict()
 
 
 @dataclasses.dataclass(frozen=True)

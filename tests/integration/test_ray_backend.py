@@ -126,7 +126,7 @@ def _assert_close(a: Any, b: Any, where: str = "report") -> None:
 
 def _assert_same_report(one: Any, other: Any, out_one: Path, out_other: Path) -> None:
     for section in ("summary", "aggregate", "subgroups", "decision"):
-        _assert_close(one.report[section], other.report[section], section)
+        _assert_close(one.report.to_dict()[section], other.report.to_dict()[section], section)
     rows_one, rows_other = _records(out_one), _records(out_other)
     assert [r["record_id"] for r in rows_one] == [r["record_id"] for r in rows_other]
     np.testing.assert_allclose(
@@ -183,7 +183,7 @@ def test_ray_report_equals_the_local_batched_one(local_ray: Any, tmp_path: Path)
     with one_thread():  # the candidate, trained here, too
         local = _audit(tmp_path / "local", backend="batched")
         on_ray = _audit(tmp_path / "ray", backend="ray")
-    training = on_ray.report["audit"]["training"]
+    training = on_ray.report.audit.training
     assert training["backend"] == "ray" and training["trained_now"] == 4
     # "auto" fits 16 tiny models in a task: the local backend's group, hence its report.
     assert training["ray"]["models_per_task"] == 16 and training["ray"]["tasks"] == 1
@@ -196,7 +196,7 @@ def test_unbatchable_model_trains_one_per_task_like_the_sequential_backend(
     with one_thread():
         local = _audit(tmp_path / "local", batchnorm_model, backend="sequential")
         on_ray = _audit(tmp_path / "ray", batchnorm_model, backend="ray")
-    training = on_ray.report["audit"]["training"]
+    training = on_ray.report.audit.training
     assert "BatchNorm" in training["fallback_reason"]
     assert training["ray"]["tasks"] == 4
     _assert_same_report(local, on_ray, tmp_path / "local", tmp_path / "ray")
@@ -235,7 +235,7 @@ def test_worker_killed_mid_training_is_retried_and_the_report_is_unchanged(
     disturbed = _audit(tmp_path / "disturbed", crashing, backend="ray", ray=options)
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker died
     undisturbed = _audit(tmp_path / "undisturbed", crashing_model, backend="ray", ray=options)
-    assert disturbed.report["audit"]["training"]["trained_now"] == 4
+    assert disturbed.report.audit.training.trained_now == 4
     _assert_same_report(undisturbed, disturbed, tmp_path / "undisturbed", tmp_path / "disturbed")
 
 
@@ -283,7 +283,7 @@ def test_cli_task_that_fails_for_good_exits_2_and_a_rerun_trains_only_the_missin
     undisturbed = _audit(tmp_path / "undisturbed", crashing_model, backend="ray",
                          ray=RayOptions(models_per_task=2))  # fmt: skip
     for section in ("summary", "decision"):
-        _assert_close(report[section], undisturbed.report[section], section)
+        _assert_close(report[section], undisturbed.report.to_dict()[section], section)
 
 
 def test_what_cannot_reach_the_workers_fails_before_training(
@@ -322,7 +322,7 @@ def test_resume_skips_the_cluster_when_everything_is_stored(tmp_path: Path) -> N
     train, no Ray task runs."""
     _audit(tmp_path, backend="batched")
     again = _audit(tmp_path, backend="ray")
-    training = again.report["audit"]["training"]
+    training = again.report.audit.training
     assert training["resumed"] == 4 and training["trained_now"] == 0
     assert training["ray"]["tasks"] == 0
 

@@ -76,21 +76,21 @@ def test_interrupted_audit_resumes_and_gives_the_same_report(tmp_path: Path) -> 
     assert sorted(p.name for p in cache.glob("reference_*.npy")) == [
         "reference_0000.npy", "reference_0001.npy"]  # fmt: skip
     resumed = _audit(tmp_path / "resumed", FlakyFactory())
-    assert resumed.report["audit"]["training"]["resumed"] == 2
-    assert resumed.report["audit"]["training"]["trained_now"] == 2
+    assert resumed.report.audit.training.resumed == 2
+    assert resumed.report.audit.training.trained_now == 2
     fresh = _audit(tmp_path / "fresh", FlakyFactory())
-    assert fresh.report["audit"]["training"]["trained_now"] == 4
+    assert fresh.report.audit.training.trained_now == 4
     assert _records(tmp_path / "resumed") == _records(tmp_path / "fresh")
-    assert resumed.report["summary"] == fresh.report["summary"]
-    assert resumed.report["decision"] == fresh.report["decision"]
+    assert resumed.report.summary == fresh.report.summary
+    assert resumed.report.decision == fresh.report.decision
 
 
 def test_changed_recipe_never_reuses_models(tmp_path: Path) -> None:
     _audit(tmp_path)
     again = _audit(tmp_path)
-    assert again.report["audit"]["training"]["trained_now"] == 0
+    assert again.report.audit.training.trained_now == 0
     changed = _audit(tmp_path, recipe=Recipe(epochs=3, batch_size=16, learning_rate=0.01))
-    assert changed.report["audit"]["training"]["trained_now"] == 4
+    assert changed.report.audit.training.trained_now == 4
 
 
 @pytest.mark.parametrize("k", [3, 0, 1])
@@ -198,23 +198,23 @@ def test_batched_resume_retrains_only_missing_groups_and_matches(tmp_path: Path)
                                    torch.nn.Dropout(0.2), torch.nn.Linear(16, 2))  # fmt: skip
 
     fresh = _audit(tmp_path / "fresh", dropout_model, backend="batched", reference_models=6)
-    assert fresh.report["audit"]["training"]["backend"] == "batched"
+    assert fresh.report.audit.training.backend == "batched"
     resumed_dir = tmp_path / "resumed"
     _audit(resumed_dir, dropout_model, backend="batched", reference_models=6)
     cache = next((resumed_dir / ".privacy_gate_cache").iterdir())
     (cache / "reference_0005.npy").unlink()  # lost with the interruption
     resumed = _audit(resumed_dir, dropout_model, backend="batched", reference_models=6)
-    assert resumed.report["audit"]["training"]["trained_now"] == 1
+    assert resumed.report.audit.training.trained_now == 1
     assert _records(resumed_dir) == _records(tmp_path / "fresh")
-    assert resumed.report["summary"] == fresh.report["summary"]
+    assert resumed.report.summary == fresh.report.summary
 
 
 def test_sequential_worker_processes_give_the_same_scores(tmp_path: Path) -> None:
     one = _audit(tmp_path / "one")
     two = _audit(tmp_path / "two", backend=SequentialBackend(workers=2))
-    assert two.report["audit"]["training"]["trained_now"] == 4
+    assert two.report.audit.training.trained_now == 4
     assert _records(tmp_path / "one") == _records(tmp_path / "two")
-    assert one.report["summary"] == two.report["summary"]
+    assert one.report.summary == two.report.summary
 
 
 def test_empty_subset_is_an_error(tmp_path: Path) -> None:
@@ -235,12 +235,12 @@ def test_report_names_the_audited_weights(tmp_path: Path) -> None:
     inputs, labels = data.pool()
     candidate = train_one(make_model, inputs, labels, np.arange(80), RECIPE, seed=5)
     given = _audit(tmp_path / "given", candidate=candidate)
-    assert given.report["audit"]["model_sha256"] == weights_sha256(candidate)
+    assert given.report.audit.model_sha256 == weights_sha256(candidate)
     with torch.no_grad():
         candidate[0].weight[0, 0] += 1e-3  # the weights changed after the audit
-    assert given.report["audit"]["model_sha256"] != weights_sha256(candidate)
+    assert given.report.audit.model_sha256 != weights_sha256(candidate)
     trained = _audit(tmp_path / "trained")
-    digest = trained.report["audit"]["model_sha256"]
+    digest = trained.report.audit.model_sha256
     assert isinstance(digest, str) and len(digest) == 64
     assert _audit(tmp_path / "trained").report["audit"]["model_sha256"] == digest  # resumed
 

@@ -16,9 +16,11 @@ from gate_helpers import (
     FPR_KEYS,
     PROPERTY,
     assert_monotone,
+    decide,
     independent_bh,
     rules_of,
     tight_and_loose,
+    typed_report,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,7 +28,7 @@ from hypothesis import strategies as st
 from privacy_gate.at_risk import detectable_auc
 from privacy_gate.config import GateConfig, RiskConfig, default_config, parse_config
 from privacy_gate.errors import ReportError
-from privacy_gate.gate import Rule, Status, evaluate_gate, reference_models_for_policy
+from privacy_gate.gate import Rule, Status, reference_models_for_policy
 from privacy_gate.noise_floor import reference_models_needed
 from privacy_gate.report import load_report
 
@@ -116,7 +118,7 @@ ALL_RULES = parse_config(
 
 
 def test_baseline_report_passes_every_rule() -> None:
-    decision = evaluate_gate(_report(), ALL_RULES)
+    decision = decide(_report(), ALL_RULES)
     assert decision.status is Status.PASS
     assert decision.passed
     assert decision.violations == ()
@@ -186,7 +188,7 @@ ISOLATED = [
 def test_each_rule_violated_in_isolation(
     changes: dict[str, Any], rule: Rule, value: Any, limit: Any
 ) -> None:
-    decision = evaluate_gate(_report(**changes), ALL_RULES)
+    decision = decide(_report(**changes), ALL_RULES)
     assert decision.status is Status.FAIL
     assert decision.status.exit_code == 1
     assert rules_of(decision) == [rule]
@@ -205,7 +207,7 @@ def test_a_rule_left_out_is_not_checked() -> None:
         **{"summary.patient_auc": {"max": 0.999}, "summary.power": {"count_pairs": [[2, 2, 9]]}}
     )
     config = parse_config({"gate": {"max_aggregate_auc": 0.6}})
-    assert evaluate_gate(report, config).passed
+    assert decide(report, config).passed
 
 
 def test_every_violation_is_collected() -> None:
@@ -217,7 +219,7 @@ def test_every_violation_is_collected() -> None:
             "aggregate.attacks": _attacks(auc=0.7),
         }
     )
-    decision = evaluate_gate(report, ALL_RULES)
+    decision = decide(report, ALL_RULES)
     assert set(rules_of(decision)) == {
         Rule.MIN_REFERENCE_MODELS,
         Rule.MAX_PATIENT_AUC,
@@ -234,13 +236,13 @@ def test_limits_are_inclusive() -> None:
             "audit.reference_models": 32,
         }
     )
-    assert evaluate_gate(report, ALL_RULES).passed
+    assert decide(report, ALL_RULES).passed
 
 
 def test_evaluate_gate_does_not_mutate_the_report() -> None:
     report = _report(**{"summary.at_risk_p_values": [0.3, 1e-9, 0.01]})
     before = copy.deepcopy(report)
-    evaluate_gate(report, ALL_RULES)
+    decide(report, ALL_RULES)
     assert report == before
 
 
@@ -264,7 +266,7 @@ def test_evaluate_gate_does_not_mutate_the_report() -> None:
 )
 def test_missing_aggregate_fails_closed(gate: dict[str, Any], expected: dict[Rule, Any]) -> None:
     """Every aggregate rule the policy checks is reported, each with its own limit."""
-    decision = evaluate_gate(_report(aggregate=None), parse_config({"gate": gate}))
+    decision = decide(_report(aggregate=None), parse_config({"gate": gate}))
     assert decision.status is Status.FAIL
     got = {v.rule: v.limit for v in decision.violations}
     assert got == expected
@@ -274,14 +276,12 @@ def test_missing_aggregate_fails_closed(gate: dict[str, Any], expected: dict[Rul
 
 
 def test_missing_aggregate_without_aggregate_rule_passes() -> None:
-    assert evaluate_gate(
-        _report(aggregate=None), parse_config({"gate": {"max_detectable_auc": 0.9999}})
-    )
+    assert decide(_report(aggregate=None), parse_config({"gate": {"max_detectable_auc": 0.9999}}))
 
 
 def test_tpr_at_an_fpr_the_audit_lacks_fails_closed() -> None:
     attacks = {"lira_online": {"auc": 0.55, "tpr_at_fpr": {"0.01": 0.0}}}
-    decision = evaluate_gate(_report(**{"aggregate.attacks": attacks}), ALL_RULES)
+    decision = decide(_report(**{"aggregate.attacks": attacks}), ALL_RULES)
     assert rules_of(decision) == [Rule.MAX_AGGREGATE_TPR_AT_FPR]
     assert decision.violations[0].value is None
     assert "0.001" in decision.violations[0].message
@@ -296,7 +296,7 @@ def test_missing_power_fails_closed(power: Any) -> None:
         del report["summary"]["power"]
     else:
         report["summary"]["power"] = power
-    decision = evaluate_gate(report, ALL_RULES)
+    decision = decide(report, ALL_RULES)
     assert rules_of(decision) == [Rule.MAX_DETECTABLE_AUC]
     assert decision.violations[0].value is None
     assert "does not state its IN/OUT counts" in decision.violations[0].message
@@ -322,7 +322,7 @@ SMALL_AND_LARGE = {"rare": _group(0.5, 0.5, size=500), "common": _group(-0.05, 0
     ids=["no-columns", "none-tested", "one-group", "empty-tail", "tiny-tail"],
 )
 def test_subgroup_rule_without_evidence_fails_closed(subgroups: Any, reason: str) -> None:
-    decision = evaluate_gate(_report(subgroups=subgroups), ALL_RULES)
+    decision = decide(_report(subgroups=subgroups), ALL_RULES)
     assert rules_of(decision) == [Rule.MAX_SUBGROUP_RELATIVE_CHANGE]
     assert decision.violations[0].value is None
     assert reason in decision.violations[0].message
@@ -331,7 +331,7 @@ def test_subgroup_rule_without_evidence_fails_closed(subgroups: Any, reason: str
 
 def test_a_tail_big_enough_for_the_extreme_outcome_is_testable() -> None:
     # Five tail patients all in "rare" (share 0.1): binomial p = 1e-5, x 2 tests < 0.05.
-    decision = evaluate_gate(_report(subgroups={"site": _column(5, **SMALL_AND_LARGE)}), ALL_RULES)
+    decision = decide(_report(subgroups={"site": _column(5, **SMALL_AND_LARGE)}), ALL_RULES)
     assert decision.passed
 
 
@@ -345,16 +345,16 @@ def test_subgroup_needs_significance_after_bonferroni() -> None:
             )
         }
 
-    assert rules_of(evaluate_gate(_report(subgroups=column(3.0, 0.04)), ALL_RULES)) == [
+    assert rules_of(decide(_report(subgroups=column(3.0, 0.04)), ALL_RULES)) == [
         Rule.MAX_SUBGROUP_RELATIVE_CHANGE
     ]
-    assert evaluate_gate(_report(subgroups=column(3.0, 0.06)), ALL_RULES).passed
+    assert decide(_report(subgroups=column(3.0, 0.06)), ALL_RULES).passed
     # A large change that is not significant passes; a significant small one too.
-    assert evaluate_gate(_report(subgroups=column(9.0, 0.2)), ALL_RULES).passed
-    assert evaluate_gate(_report(subgroups=column(0.9, 1e-12)), ALL_RULES).passed
+    assert decide(_report(subgroups=column(9.0, 0.2)), ALL_RULES).passed
+    assert decide(_report(subgroups=column(0.9, 1e-12)), ALL_RULES).passed
     # The level is the policy's subgroup_alpha.
     strict = replace(ALL_RULES, gate=replace(ALL_RULES.gate, subgroup_alpha=0.01))
-    assert evaluate_gate(_report(subgroups=column(3.0, 0.02)), strict).passed
+    assert decide(_report(subgroups=column(3.0, 0.02)), strict).passed
 
 
 # --- under-powered audits ------------------------------------------------------------------
@@ -362,7 +362,7 @@ def test_subgroup_needs_significance_after_bonferroni() -> None:
 
 def test_too_few_reference_models_names_the_k_needed() -> None:
     report = _report(**{"audit.reference_models": 8, "audit.records": 3000})
-    decision = evaluate_gate(report, ALL_RULES)
+    decision = decide(report, ALL_RULES)
     assert rules_of(decision) == [Rule.MIN_REFERENCE_MODELS]
     message = decision.violations[0].message
     needed = reference_models_for_policy(ALL_RULES.gate, 0.9, 3000, 5000)
@@ -403,7 +403,7 @@ def test_reference_models_needed_grows_with_the_pool_and_a_stricter_limit() -> N
 )
 def test_noise_floor_at_or_above_the_lowest_limit_fails(floor: float, fails: bool) -> None:
     report = _report(**{"summary.noise_floor": {"max_patient_auc_q95": floor}})
-    decision = evaluate_gate(report, ALL_RULES)  # limits 0.95 and at_risk_auc 0.9
+    decision = decide(report, ALL_RULES)  # limits 0.95 and at_risk_auc 0.9
     assert (rules_of(decision) == [Rule.NOISE_FLOOR]) is fails
     assert decision.passed is not fails
     if fails:
@@ -416,20 +416,20 @@ def test_noise_floor_at_or_above_the_lowest_limit_fails(floor: float, fails: boo
 def test_noise_floor_limit_is_the_lowest_patient_limit() -> None:
     report = _report(**{"summary.noise_floor": {"max_patient_auc_q95": 0.86}})
     config = parse_config({"risk": {"at_risk_auc": 0.9}, "gate": {"max_patient_auc": 0.85}})
-    decision = evaluate_gate(report, config)
+    decision = decide(report, config)
     assert rules_of(decision) == [Rule.NOISE_FLOOR]
     assert decision.violations[0].limit == 0.85
     # at_risk_auc counts only when a rule uses it.
     config = parse_config({"risk": {"at_risk_auc": 0.8}, "gate": {"max_patient_auc": 0.9}})
-    assert evaluate_gate(report, config).passed
+    assert decide(report, config).passed
     config = parse_config({"risk": {"at_risk_auc": 0.8}, "gate": {"max_fraction_at_risk": 0.5}})
-    assert rules_of(evaluate_gate(report, config)) == [Rule.NOISE_FLOOR]
+    assert rules_of(decide(report, config)) == [Rule.NOISE_FLOOR]
 
 
 def test_noise_floor_is_not_checked_without_patient_level_rules() -> None:
     report = _report(**{"summary.noise_floor": {"max_patient_auc_q95": 0.999}})
     config = parse_config({"gate": {"max_aggregate_auc": 0.6}})
-    assert evaluate_gate(report, config).passed
+    assert decide(report, config).passed
 
 
 # --- Benjamini-Hochberg recount ------------------------------------------------------------
@@ -441,7 +441,7 @@ def test_bh_recount_when_fdr_changes(fdr: float, expected: int) -> None:
     report = _report(**{"audit.patients": 10, "summary.at_risk_p_values": p_values})
     assert independent_bh(np.array(p_values), fdr, 10) == expected
     config = parse_config({"gate": {"max_patients_at_risk": 0, "fdr": fdr}})
-    decision = evaluate_gate(report, config)
+    decision = decide(report, config)
     assert decision.patients_at_risk == expected
     assert decision.violations[0].value == expected
     assert f"FDR {fdr}" in decision.violations[0].message
@@ -449,10 +449,8 @@ def test_bh_recount_when_fdr_changes(fdr: float, expected: int) -> None:
 
 def test_bh_uses_the_number_of_patients_not_of_stored_p_values() -> None:
     config = parse_config({"gate": {"max_patients_at_risk": 5}})
-    few = evaluate_gate(
-        _report(**{"audit.patients": 2, "summary.at_risk_p_values": [0.01, 0.02]}), config
-    )
-    many = evaluate_gate(
+    few = decide(_report(**{"audit.patients": 2, "summary.at_risk_p_values": [0.01, 0.02]}), config)
+    many = decide(
         _report(**{"audit.patients": 100, "summary.at_risk_p_values": [0.01, 0.02]}), config
     )
     assert few.patients_at_risk == 2
@@ -512,7 +510,7 @@ def _reports(draw: st.DrawFn) -> dict[str, Any]:
 def test_gate_is_monotone_in_its_thresholds_on_hand_built_reports(
     report: dict[str, Any], policies: tuple[GateConfig, GateConfig], at_risk: float
 ) -> None:
-    assert_monotone(report, RiskConfig(at_risk_auc=at_risk), *policies)
+    assert_monotone(typed_report(report), RiskConfig(at_risk_auc=at_risk), *policies)
 
 
 def test_a_small_group_cannot_hold_the_whole_tail() -> None:
@@ -522,7 +520,7 @@ def test_a_small_group_cannot_hold_the_whole_tail() -> None:
     group (p = 0.25^30) called it testable and passed it."""
     strict = replace(ALL_RULES, gate=replace(ALL_RULES.gate, max_subgroup_relative_change=0.2))
     groups = {"rare": _group(0.3, 0.5, size=10), "common": _group(-0.1, 0.9, size=30)}
-    decision = evaluate_gate(_report(subgroups={"site": _column(30, **groups)}), strict)
+    decision = decide(_report(subgroups={"site": _column(30, **groups)}), strict)
     assert rules_of(decision) == [Rule.MAX_SUBGROUP_RELATIVE_CHANGE]
     assert "even 10 of them in group 'rare' would not be significant" in (
         decision.violations[0].message
@@ -541,19 +539,19 @@ def test_a_small_group_cannot_hold_the_whole_tail() -> None:
 )
 def test_a_nan_figure_never_passes_its_rule(changes: dict[str, Any], rule: Rule) -> None:
     """NaN compares False with every limit; written as "value > limit" it would pass."""
-    assert rule in rules_of(evaluate_gate(_report(**changes), ALL_RULES))
+    assert rule in rules_of(decide(_report(**changes), ALL_RULES))
 
 
 def test_a_nan_attack_cannot_hide_a_stronger_one() -> None:
     attacks = {"a": {"auc": math.nan, "tpr_at_fpr": {}}, "b": {"auc": 0.9, "tpr_at_fpr": {}}}
     config = parse_config({"gate": {"max_aggregate_auc": 0.6}})
-    (violation,) = evaluate_gate(_report(**{"aggregate.attacks": attacks}), config).violations
+    (violation,) = decide(_report(**{"aggregate.attacks": attacks}), config).violations
     assert violation.rule is Rule.MAX_AGGREGATE_AUC and math.isnan(violation.value)
 
 
 def test_a_report_without_patients_is_an_error_not_a_division() -> None:
     with pytest.raises(ReportError, match="0 patients"):
-        evaluate_gate(_report(**{"audit.patients": 0}), ALL_RULES)
+        decide(_report(**{"audit.patients": 0}), ALL_RULES)
 
 
 def test_reports_with_nan_or_infinity_are_refused_when_read(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from privacy_gate.github import (
 )
 from privacy_gate.render import render_markdown
 from privacy_gate.render.recommendation import recommendation_rows
+from privacy_gate.report_model import AuditReport
 
 N, K = 240, 16
 PATIENT_PREFIX = "RAWPAT"
@@ -91,7 +92,7 @@ def _audit(policy: dict[str, Any], *, raw: bool = False) -> dict[str, Any]:
     result = audit(
         signals, records, parse_config(policy), pseudonymizer=Pseudonymizer(key=b"k", raw=raw)
     )
-    return dict(result.report)
+    return result.report.to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,8 @@ def failing() -> dict[str, Any]:
 
 
 def _outcome(report: dict[str, Any], **kwargs: Any) -> Outcome:
-    return Outcome(status=Status(report["decision"]["status"]), report=report, **kwargs)
+    typed = AuditReport.from_dict(report)
+    return Outcome(status=typed.decision.status, report=typed, **kwargs)
 
 
 # --- escaping --------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ def test_summary_of_a_pass(passing: dict[str, Any]) -> None:
     # The job summary is the report's own document: the same sections as report.md.
     for heading in ("Key figures", "Subgroups", "Most exposed patients", "Caveats"):
         assert f"\n### {heading}\n" in md
-        assert f"\n## {heading}\n" in render_markdown(passing)
+        assert f"\n## {heading}\n" in render_markdown(AuditReport.from_dict(passing))
     assert md.index("### Key figures") < md.index("### Subgroups") < md.index("### Most exposed")
 
 
@@ -325,7 +327,7 @@ def test_summary_dp_recommendation(failing: dict[str, Any]) -> None:
     report = {**failing, "dp_recommendation": DP_RECOMMENDATION}
     md = summary_markdown(_outcome(report))
     section = md[md.index("### Remedy: retrain with DP-SGD") : md.index("### Caveats")]
-    rows = recommendation_rows(report)
+    rows = recommendation_rows(AuditReport.from_dict(report))
     assert rows
     for label, value in rows:
         assert value in section, (label, value)
@@ -375,14 +377,16 @@ def test_evaluated_report_takes_the_new_decision(failing: dict[str, Any]) -> Non
 
     before = copy.deepcopy(failing)
     policy = parse_config({**FAILING, "gate": {**FAILING["gate"], "fdr": 0.001}})
-    decision = evaluate_gate(failing, policy)
-    evaluated = evaluated_report(failing, decision)
+    report = AuditReport.from_dict(failing)
+    decision = evaluate_gate(report, policy)
+    evaluated = evaluated_report(report, decision).to_dict()
     assert failing == before  # not mutated
     assert evaluated["decision"] == decision.to_dict()
     assert evaluated["summary"]["patients_at_risk"] == decision.patients_at_risk
     assert evaluated["summary"]["fraction_at_risk"] == (
         decision.patients_at_risk / failing["audit"]["patients"]
     )
+    assert decision.patients_at_risk != failing["summary"]["patients_at_risk"]  # it changed
 
 
 def test_enabled() -> None:

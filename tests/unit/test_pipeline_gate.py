@@ -31,6 +31,7 @@ from privacy_gate.config import AuditConfig, GateConfig, default_config, parse_c
 from privacy_gate.gate import Rule, Status, evaluate_gate, reference_models_for_policy
 from privacy_gate.pipeline import AuditResult, audit
 from privacy_gate.records import RecordTable, records_from_columns
+from privacy_gate.report_model import AuditReport
 from privacy_gate.signals import make_signals
 
 # --- real pipeline reports ----------------------------------------------------------------
@@ -106,7 +107,7 @@ def _observed(report: dict[str, Any]) -> dict[str, Any]:
 
 def test_real_report_figures_are_what_the_rules_need() -> None:
     result = _real_audit()
-    report = result.report
+    report = result.report.to_dict()
     seen = _observed(report)
     assert report["summary"]["noise_floor"]["max_patient_auc_q95"] < 0.9
     assert seen["max_patient_auc"] > 0.99
@@ -116,7 +117,7 @@ def test_real_report_figures_are_what_the_rules_need() -> None:
     assert seen["rare_change"] > 3.0
     assert report["subgroups"]["site"]["groups"]["rare"]["status"] == "tested"
     # Re-evaluating the same policy reproduces the audit's decision.
-    again = evaluate_gate(report, REAL_CONFIG)
+    again = evaluate_gate(AuditReport.from_dict(report), REAL_CONFIG)
     assert again.status is result.decision.status
     assert again.violations == result.decision.violations
     assert again.patients_at_risk == report["summary"]["patients_at_risk"]
@@ -173,11 +174,11 @@ REAL_ISOLATED = [
 def test_real_report_each_rule_violated_in_isolation(
     name: str, limit_of: Any, seen_key: str | None, rule: Rule
 ) -> None:
-    report = _real_audit().report
+    report = _real_audit().report.to_dict()
     seen = _observed(report)
     limit = limit_of(seen)
     config = replace(REAL_CONFIG, gate=parse_config({"gate": {name: limit}}).gate)
-    decision = evaluate_gate(report, config)
+    decision = evaluate_gate(AuditReport.from_dict(report), config)
     assert rules_of(decision) == [rule]
     violation = decision.violations[0]
     assert violation.limit == limit
@@ -186,17 +187,17 @@ def test_real_report_each_rule_violated_in_isolation(
     # ...and the limit at the observed value passes.
     if seen_key is not None:
         config = replace(REAL_CONFIG, gate=parse_config({"gate": {name: seen[seen_key]}}).gate)
-        assert evaluate_gate(report, config).passed
+        assert evaluate_gate(AuditReport.from_dict(report), config).passed
 
 
 def test_real_report_tpr_rule_in_isolation() -> None:
-    report = _real_audit().report
+    report = _real_audit().report.to_dict()
     tpr = _observed(report)["tpr_01"]
     config = replace(
         REAL_CONFIG,
         gate=parse_config({"gate": {"max_aggregate_tpr_at_fpr": {0.01: _below(tpr)}}}).gate,
     )
-    decision = evaluate_gate(report, config)
+    decision = evaluate_gate(AuditReport.from_dict(report), config)
     assert rules_of(decision) == [Rule.MAX_AGGREGATE_TPR_AT_FPR]
     assert decision.violations[0].value == {"0.01": pytest.approx(tpr)}
 
@@ -240,14 +241,14 @@ def test_real_report_bh_recount_matches_an_independent_count(fdr: float) -> None
     decision = evaluate_gate(result.report, config)
     assert decision.patients_at_risk == expected
     if fdr == 0.05:
-        assert expected == result.report["summary"]["patients_at_risk"]
+        assert expected == result.report.to_dict()["summary"]["patients_at_risk"]
 
 
 def test_real_report_bh_count_grows_with_fdr() -> None:
-    report = _real_audit().report
+    report = _real_audit().report.to_dict()
     counts = [
         evaluate_gate(
-            report,
+            AuditReport.from_dict(report),
             replace(
                 REAL_CONFIG, gate=parse_config({"gate": {"max_patients_at_risk": 0, "fdr": q}}).gate
             ),
@@ -284,15 +285,15 @@ def _null_audit(k: int) -> AuditResult:
 
 def test_null_data_with_64_models_has_no_patient_confidently_at_risk() -> None:
     result = _null_audit(64)
-    summary = result.report["summary"]
-    assert result.report["audit"]["reference_models"] == 64
+    summary = result.report.to_dict()["summary"]
+    assert result.report.to_dict()["audit"]["reference_models"] == 64
     assert summary["patients_at_risk"] == 0
     assert result.decision.patients_at_risk == 0
     floor = summary["noise_floor"]["max_patient_auc_q95"]
     assert 0.6 < floor < 0.9  # well below at_risk_auc, far above 0.5
     assert summary["patient_auc"]["max"] < 0.9
     assert result.decision.passed, result.decision.violations  # the default policy
-    assert result.report["aggregate"] is None
+    assert result.report.to_dict()["aggregate"] is None
 
 
 def test_null_data_with_8_models_fails_as_under_powered() -> None:
@@ -301,10 +302,10 @@ def test_null_data_with_8_models_fails_as_under_powered() -> None:
     assert decision.status is Status.FAIL
     rules = set(rules_of(decision))
     assert {Rule.NOISE_FLOOR, Rule.MAX_DETECTABLE_AUC} <= rules
-    floor = result.report["summary"]["noise_floor"]["max_patient_auc_q95"]
+    floor = result.report.to_dict()["summary"]["noise_floor"]["max_patient_auc_q95"]
     assert floor >= 0.9
     needed = reference_models_for_policy(default_config().gate, 0.9, 3000, 1500)
-    assert needed == result.report["summary"]["power"]["reference_models_needed"]
+    assert needed == result.report.to_dict()["summary"]["power"]["reference_models_needed"]
     for violation in decision.violations:
         if violation.rule in (Rule.NOISE_FLOOR, Rule.MAX_DETECTABLE_AUC):
             found = re.search(r"needs at least (\d+) reference models", violation.message)
@@ -331,7 +332,7 @@ def test_default_policy_passes_a_private_model_at_64_reference_models(seed: int)
     signals, records = _issue_pool(seed, 0)
     result = audit(signals, records, default_config(), pseudonymizer=PSEUDONYMS)
     assert result.decision.passed, result.decision.violations
-    power = result.report["summary"]["power"]
+    power = result.report.to_dict()["summary"]["power"]
     assert power["detectable_auc"] < default_config().gate.max_detectable_auc
     assert power["reference_models_needed"] <= 64
 
@@ -343,7 +344,7 @@ def test_default_policy_fails_a_leaky_model_on_the_patient_rules() -> None:
     assert {Rule.MAX_PATIENT_AUC, Rule.MAX_PATIENTS_AT_RISK} <= rules
     assert not rules & {Rule.NOISE_FLOOR, Rule.MAX_DETECTABLE_AUC}  # powered: a real fail
     # Effect 4 sigma: true AUC Phi(4 / sqrt(2)) = 0.9977 > 0.9; most leaky ones are found.
-    assert 25 <= result.report["summary"]["patients_at_risk"] <= 50
+    assert 25 <= result.report.to_dict()["summary"]["patients_at_risk"] <= 50
 
 
 # --- audit invariants ------------------------------------------------------------------------
@@ -415,7 +416,7 @@ def test_audit_is_invariant_to_record_order(seed: int) -> None:
     order = np.random.default_rng(seed).permutation(300)
     signals, records = _permuted(order)
     other = audit(signals, records, _SMALL_CONFIG, pseudonymizer=PSEUDONYMS)
-    a, b = base.report["summary"], other.report["summary"]
+    a, b = base.report.to_dict()["summary"], other.report.to_dict()["summary"]
     for key in (
         "patient_auc",
         "patient_auc_mean",
@@ -433,9 +434,11 @@ def test_audit_is_invariant_to_record_order(seed: int) -> None:
         _assert_close(a[key], b[key], key)
     top = lambda s: sorted((p["patient_key"], round(p["auc_max"], 9)) for p in s["top_patients"])  # noqa: E731
     assert top(b) == top(a)
-    _assert_close(base.report["subgroups"], other.report["subgroups"], "subgroups")
-    attacks_a = base.report["aggregate"]["attacks"]
-    attacks_b = other.report["aggregate"]["attacks"]
+    _assert_close(
+        base.report.to_dict()["subgroups"], other.report.to_dict()["subgroups"], "subgroups"
+    )
+    attacks_a = base.report.to_dict()["aggregate"]["attacks"]
+    attacks_b = other.report.to_dict()["aggregate"]["attacks"]
     for name in attacks_a:
         _assert_close(attacks_a[name]["auc"], attacks_b[name]["auc"], name)
         _assert_close(attacks_a[name]["tpr_at_fpr"], attacks_b[name]["tpr_at_fpr"], name)
@@ -455,7 +458,9 @@ def test_noise_floor_is_invariant_to_record_order() -> None:
     other = audit(*_permuted(order), _SMALL_CONFIG, pseudonymizer=PSEUDONYMS)
 
     _assert_close(
-        base.report["summary"]["noise_floor"], other.report["summary"]["noise_floor"], "floor"
+        base.report.to_dict()["summary"]["noise_floor"],
+        other.report.to_dict()["summary"]["noise_floor"],
+        "floor",
     )
 
 
@@ -468,7 +473,7 @@ def test_decision_does_not_depend_on_record_order_at_the_noise_floor() -> None:
         audit(s, r, config, pseudonymizer=PSEUDONYMS)
         for s, r in ((signals, records), _permuted(np.arange(300)[::-1].copy()))
     ]
-    floors = [r.report["summary"]["noise_floor"]["max_patient_auc_q95"] for r in results]
+    floors = [r.report.to_dict()["summary"]["noise_floor"]["max_patient_auc_q95"] for r in results]
     policy = replace(config, gate=GateConfig(max_patient_auc=max(0.5, sum(floors) / 2)))
     floor_rule = [Rule.NOISE_FLOOR in rules_of(evaluate_gate(r.report, policy)) for r in results]
     assert floor_rule[0] == floor_rule[1], f"noise floors {floors}"
@@ -491,15 +496,15 @@ def test_audit_does_not_mutate_its_inputs() -> None:
     assert records == records_before
     assert config == config_before
     # The report is plain data: re-evaluating it does not change it.
-    report_before = copy.deepcopy(result.report)
+    report_before = result.report.to_dict()
     evaluate_gate(result.report, config)
-    assert result.report == report_before
+    assert result.report.to_dict() == report_before
 
 
 def test_audit_default_policy_report_sections() -> None:
     signals, records = make_data(120, 8, seed=2)
     result = audit(signals, records, pseudonymizer=PSEUDONYMS)
-    report = result.report
+    report = result.report.to_dict()
     assert set(report) == {
         "schema_version",
         "audit",
@@ -556,7 +561,7 @@ def test_null_subgroup_violations_stay_within_alpha_with_correlated_records() ->
     false_alarms = 0
     for seed in range(n_audits):
         result = _correlated_null_audit(seed)
-        column = result.report["subgroups"]["site"]
+        column = result.report.to_dict()["subgroups"]["site"]
         solo = column["groups"]["solo"]
         assert solo["status"] == "too_small" and solo["max_patient_auc"] is None
         assert column["tested_patients"] == 179
@@ -579,11 +584,11 @@ def test_fully_leaking_records_tied_at_auc_1_in_one_group_fail_the_subgroup_rule
     )
     config = parse_config({"subgroups": ["site"], "gate": {"max_subgroup_relative_change": 1.0}})
     result = audit(make_signals(scores, masks), records, config, pseudonymizer=PSEUDONYMS)
-    tail = result.report["summary"]["tail"]
+    tail = result.report.to_dict()["summary"]["tail"]
     assert tail["target"] == 30 and tail["patients"] == n_leaky  # every tie is in
     assert tail["threshold"] == pytest.approx(1.0, abs=1e-9)
     (violation,) = result.decision.violations
     assert violation.rule is Rule.MAX_SUBGROUP_RELATIVE_CHANGE
     assert "site='rare'" in violation.message
-    rare = result.report["subgroups"]["site"]["groups"]["rare"]
+    rare = result.report.to_dict()["subgroups"]["site"]["groups"]["rare"]
     assert rare["observed"] == n_leaky and rare["expected"] == pytest.approx(n_leaky * 0.05)
