@@ -70,8 +70,8 @@ def run_promote(args: argparse.Namespace) -> int:
     for reason in result.reasons:
         print(f"  - {reason}")
     for violation in result.violations:
-        print(f"  FAIL {violation.get('rule')}: {violation.get('message', '')}")
-    if result.report is not None:
-        for line in recommendation_lines(result.report):
+        print(f"  FAIL {violation.rule.value}: {violation.message}")
+    if result.audit_report is not None:
+        for line in recommendation_lines(result.audit_report):
             print(f"  {line}")
     return 1

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from privacy_gate.errors import InputError
-from privacy_gate.render.recommendation import recommendation_lines
+from privacy_gate.render.recommendation import dp_recommendation_lines
 from privacy_gate.report import load_audit_report
+from privacy_gate.report_model import DPRecommendation
+from privacy_gate.report_model.codec import decode
 
 
 def add_recommend_command(commands: Any) -> None:
@@ -74,5 +76,6 @@ def run_recommend(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(section, indent=2, sort_keys=True))
     else:
-        print("\n".join(recommendation_lines({"dp_recommendation": section})))
+        typed = decode(DPRecommendation, section, "dp_recommendation")
+        print("\n".join(dp_recommendation_lines(typed)))
     return 0 if section.get("status") == "recommended" else 2

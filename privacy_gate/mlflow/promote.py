@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from privacy_gate.errors import InputError, PrivacyGateError
+from privacy_gate.errors import InputError, PrivacyGateError, ReportError
 from privacy_gate.mlflow._compat import client_registry_uri
 from privacy_gate.mlflow.logging import REPORT_ARTIFACT, report_sha256
 from privacy_gate.mlflow.model_digest import logged_model_sha256
 from privacy_gate.mlflow.verification import audit_refusals
 from privacy_gate.report import parse_report_json
+from privacy_gate.report_model import AuditReport, Violation
 from privacy_gate.signing import (
     PUBLIC_KEY_ENVIRONMENT_VARIABLE,
     load_public_key,
@@ -79,12 +80,20 @@ class PromotionResult:
     report: dict[str, Any] | None = None
 
     @property
-    def violations(self) -> list[dict[str, Any]]:
+    def audit_report(self) -> AuditReport | None:
+        """The report as the typed model; None without one or when it cannot be read."""
+        if self.report is None:
+            return None
+        try:
+            return AuditReport.from_dict(self.report)
+        except ReportError:
+            return None
+
+    @property
+    def violations(self) -> tuple[Violation, ...]:
         """The gate rules the audit violated (from the report; empty without one)."""
-        decision = (self.report or {}).get("decision")
-        if not isinstance(decision, Mapping):
-            return []
-        return [v for v in decision.get("violations") or () if isinstance(v, dict)]
+        typed = self.audit_report
+        return () if typed is None else typed.decision.violations
 
 
 def client_for(tracking_uri: str | None = None) -> MlflowClient:

@@ -1,7 +1,8 @@
 """Human-readable sinks of the audit report: figures, Markdown and self-contained HTML.
 
-All three read only the JSON report dict, so a report can be re-rendered later
-without the audit's data. Typical use::
+All three read only the typed report (`privacy_gate.report_model.AuditReport`; read
+``report.json`` back with ``AuditReport.from_dict``), so a report can be re-rendered
+later without the audit's data. Typical use::
 
     plots = render_plots(report, out_dir)
     markdown = render_markdown(report, {name: path.name for name, path in plots.items()})

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from privacy_gate.render.blocks import (
     Block,
@@ -38,16 +37,8 @@ from privacy_gate.render.sections import (
     dp_training_section,
     subgroups_section,
 )
-from privacy_gate.render.view import (
-    as_float,
-    as_int,
-    as_list,
-    as_mapping,
-    as_str,
-    is_suppressed,
-    min_group_size,
-    subgroup_rows,
-)
+from privacy_gate.render.view import is_suppressed, min_group_size, subgroup_rows
+from privacy_gate.report_model import AuditReport, Status, TopPatient
 
 PSEUDONYM_SCHEME = "hmac-sha256"
 """The pseudonym scheme of reports whose patient keys may be published."""
@@ -72,11 +63,11 @@ _CAPTIONS = {
 
 
 # ------------------------------------------------------------------ content building
-def build_document(report: Mapping[str, Any], figures: Mapping[str, str]) -> Document:
+def build_document(report: AuditReport, figures: Mapping[str, str]) -> Document:
     """The report's content, verdict first, as renderer-neutral blocks.
 
     Args:
-        report: The JSON report dict.
+        report: The audit report.
         figures: Figure name (see :data:`FIGURE_ORDER`) to image source.
     """
     blocks: list[Block] = [_verdict(report)]
@@ -94,7 +85,7 @@ def build_document(report: Mapping[str, Any], figures: Mapping[str, str]) -> Doc
     return Document(title="Privacy audit: membership-inference risk", blocks=tuple(blocks))
 
 
-def summary_sections(report: Mapping[str, Any], *, top_patients: int) -> list[Block]:
+def summary_sections(report: AuditReport, *, top_patients: int) -> list[Block]:
     """The sections of a short summary (a CI job summary): key figures, subgroups, the
     most exposed patients (pseudonyms only, the first ``top_patients``), the DP-SGD
     recommendation and caveats: the same blocks as the full report's."""
@@ -114,105 +105,88 @@ def violations_sentence(n: int) -> str:
     )
 
 
-def _verdict(report: Mapping[str, Any]) -> Verdict:
-    decision = as_mapping(report.get("decision"))
-    status = as_str(decision.get("status"), "error").lower()
-    violations = [as_mapping(v) for v in as_list(decision.get("violations"))]
-    label = Strong(f"Verdict: {status.upper()}")
-    if status == "pass":
+def _verdict(report: AuditReport) -> Verdict:
+    decision = report.decision
+    violations = decision.violations
+    label = Strong(f"Verdict: {decision.status.value.upper()}")
+    if decision.status is Status.PASS:
         headline: Text = (label, " — the model meets every rule of the audit policy.")
-    elif status == "fail":
+    elif decision.status is Status.FAIL:
         headline = (label, f" — {violations_sentence(len(violations))}")
-    elif status == "error":
-        headline = (label, " — the audit could not be evaluated; the gate fails closed.")
     else:
-        headline = (label, " — unknown decision status; treat as not released.")
+        headline = (label, " — the audit could not be evaluated; the gate fails closed.")
     items = tuple(
         (
-            as_str(v.get("message"), "(no message)"),
-            f" (value {fmt_value(v.get('value'))}, limit {fmt_value(v.get('limit'))}; rule ",
-            Code(as_str(v.get("rule"), "?")),
+            v.message,
+            f" (value {fmt_value(v.value)}, limit {fmt_value(v.limit)}; rule ",
+            Code(v.rule.value),
             ")",
         )
         for v in violations
     )
-    return Verdict(status=status, headline=headline, items=items)
+    return Verdict(status=decision.status.value, headline=headline, items=items)
 
 
-def _key_figures(report: Mapping[str, Any]) -> list[Block]:
-    audit = as_mapping(report.get("audit"))
-    summary = as_mapping(report.get("summary"))
-    patient_auc = as_mapping(summary.get("patient_auc"))
-    record_auc = as_mapping(summary.get("record_auc"))
-    floor = as_mapping(summary.get("noise_floor"))
-    threshold = as_float(summary.get("at_risk_auc"))
-    fdr = as_float(summary.get("fdr"))
-    method = as_str(floor.get("method"), "n/a")
-    replicates = as_int(floor.get("replicates"))
-    method_note = f"{method}, {replicates:,} replicates" if replicates is not None else method
-    reason = as_str(floor.get("reason"))
-    if reason:
-        method_note = f"{method_note}; {reason}"
+def _key_figures(report: AuditReport) -> list[Block]:
+    audit, summary = report.audit, report.summary
+    floor, power = summary.noise_floor, summary.power
+    threshold = summary.at_risk_auc
+    method_note = floor.method.value
+    if floor.replicates is not None:
+        method_note = f"{method_note}, {floor.replicates:,} replicates"
+    if floor.reason:
+        method_note = f"{method_note}; {floor.reason}"
     rows: list[tuple[Span, ...]] = [
-        ("Reference models (K)", fmt_int(as_int(audit.get("reference_models")))),
-        ("Records", fmt_int(as_int(audit.get("records")))),
-        ("Patients", fmt_int(as_int(audit.get("patients")))),
-        ("Worst patient AUC", fmt_auc(as_float(patient_auc.get("max")))),
-        ("Median patient AUC", fmt_auc(as_float(patient_auc.get("median")))),
-        ("99th percentile of patient AUC", fmt_auc(as_float(patient_auc.get("q99")))),
-        ("Worst record AUC", fmt_auc(as_float(record_auc.get("max")))),
+        ("Reference models (K)", fmt_int(audit.reference_models)),
+        ("Records", fmt_int(audit.records)),
+        ("Patients", fmt_int(audit.patients)),
+        ("Worst patient AUC", fmt_auc(summary.patient_auc.max)),
+        ("Median patient AUC", fmt_auc(summary.patient_auc.median)),
+        ("99th percentile of patient AUC", fmt_auc(summary.patient_auc.q99)),
+        ("Worst record AUC", fmt_auc(summary.record_auc.max)),
         (
             f"Patients confidently at risk (AUC above {fmt_auc(threshold)}, "
-            f"FDR {fmt_float(fdr, 2)})",
-            fmt_int(as_int(summary.get("patients_at_risk"))),
+            f"FDR {fmt_float(summary.fdr, 2)})",
+            fmt_int(summary.patients_at_risk),
         ),
         (
             f"Patients with AUC above {fmt_auc(threshold)} (point estimate, untested)",
-            fmt_int(as_int(summary.get("patients_at_risk_raw"))),
+            fmt_int(summary.patients_at_risk_raw),
         ),
         (
             "Share of patients confidently at risk",
-            fmt_percent(as_float(summary.get("fraction_at_risk")), digits=2),
+            fmt_percent(summary.fraction_at_risk, digits=2),
         ),
         (
             f"Noise floor: 95% null maximum patient AUC ({method_note})",
-            fmt_auc(as_float(floor.get("max_patient_auc_q95"))),
+            fmt_auc(floor.max_patient_auc_q95),
         ),
         (
             "Patients expected above the at-risk AUC from noise alone",
-            fmt_float(as_float(floor.get("expected_at_risk")), 2),
+            fmt_float(floor.expected_at_risk, 2),
         ),
         (
             "Reference models needed for the noise floor to sit below the limits",
-            fmt_int(as_int(floor.get("reference_models_needed"))),
+            fmt_int(floor.reference_models_needed),
+        ),
+        (
+            f"Smallest record AUC the at-risk test finds with "
+            f"{fmt_percent(power.power, digits=0)} power at this K",
+            fmt_float(power.detectable_auc, 4),  # 0.9994 vs 0.9999 matters
+        ),
+        (
+            "Reference models the policy's power rules need",
+            fmt_int(power.reference_models_needed),
         ),
     ]
-    power = as_mapping(summary.get("power"))
-    if power:
-        level = as_float(power.get("power"))
-        rows.append(
-            (
-                f"Smallest record AUC the at-risk test finds with "
-                f"{fmt_percent(level, digits=0)} power at this K",
-                fmt_float(as_float(power.get("detectable_auc")), 4),  # 0.9994 vs 0.9999 matters
-            )
-        )
-        rows.append(
-            (
-                "Reference models the policy's power rules need",
-                fmt_int(as_int(power.get("reference_models_needed"))),
-            )
-        )
-    aggregate = as_mapping(report.get("aggregate"))
-    strongest = as_str(aggregate.get("strongest"))
-    attack = as_mapping(as_mapping(aggregate.get("attacks")).get(strongest))
-    if attack:
-        rows.append(("Strongest aggregate attack", Code(strongest)))
-        rows.append(("Strongest attack AUC", fmt_auc(as_float(attack.get("auc")))))
-        tpr = as_mapping(attack.get("tpr_at_fpr"))
-        for key in sorted_numeric_keys(tpr):
+    aggregate = report.aggregate
+    attack = aggregate.strongest_attack if aggregate is not None else None
+    if aggregate is not None and attack is not None:
+        rows.append(("Strongest aggregate attack", Code(aggregate.strongest)))
+        rows.append(("Strongest attack AUC", fmt_auc(attack.auc)))
+        for key in sorted_numeric_keys(attack.tpr_at_fpr):
             rows.append(
-                (f"Strongest attack TPR at FPR {fmt_fpr(key)}", fmt_rate(as_float(tpr[key])))
+                (f"Strongest attack TPR at FPR {fmt_fpr(key)}", fmt_rate(attack.tpr_at_fpr[key]))
             )
     return [
         Heading("Key figures", 2),
@@ -232,26 +206,21 @@ def _figures(figures: Mapping[str, str]) -> list[Block]:
     return [Heading("Figures", 2), *images]
 
 
-def _aggregate(report: Mapping[str, Any]) -> list[Block]:
-    aggregate = as_mapping(report.get("aggregate"))
-    attacks = as_mapping(aggregate.get("attacks"))
-    if not attacks:
+def _aggregate(report: AuditReport) -> list[Block]:
+    aggregate = report.aggregate
+    if aggregate is None or not aggregate.attacks:
         return []
-    strongest = as_str(aggregate.get("strongest"))
-    fpr_keys = sorted_numeric_keys(
-        {k for a in attacks.values() for k in as_mapping(as_mapping(a).get("tpr_at_fpr"))}
-    )
+    attacks = aggregate.attacks
+    fpr_keys = sorted_numeric_keys({k for a in attacks.values() for k in a.tpr_at_fpr})
     rows: list[tuple[Span, ...]] = []
-    for name, entry in attacks.items():
-        a = as_mapping(entry)
-        tpr = as_mapping(a.get("tpr_at_fpr"))
-        label: Span = Code(str(name))
+    for name, a in attacks.items():
+        label: Span = Code(name)
         rows.append(
             (
                 label,
-                fmt_auc(as_float(a.get("auc"))),
-                *(fmt_rate(as_float(tpr.get(k))) for k in fpr_keys),
-                "strongest, gated" if name == strongest else "",
+                fmt_auc(a.auc),
+                *(fmt_rate(a.tpr_at_fpr.get(k)) for k in fpr_keys),
+                "strongest, gated" if name == aggregate.strongest else "",
             )
         )
     header = ("Attack", "AUC", *(f"TPR at FPR {fmt_fpr(k)}" for k in fpr_keys), "Note")
@@ -259,8 +228,8 @@ def _aggregate(report: Mapping[str, Any]) -> list[Block]:
         Heading("Aggregate attacks on the release candidate", 2),
         Paragraph(
             (
-                f"Members: {fmt_int(as_int(aggregate.get('members')))}; "
-                f"non-members: {fmt_int(as_int(aggregate.get('non_members')))}. "
+                f"Members: {fmt_int(aggregate.members)}; "
+                f"non-members: {fmt_int(aggregate.non_members)}. "
                 "An aggregate AUC near 0.5 does not mean every patient is safe: "
                 "the patient-level figures above show the exposed tail.",
             )
@@ -269,52 +238,45 @@ def _aggregate(report: Mapping[str, Any]) -> list[Block]:
     ]
 
 
-def _tail(report: Mapping[str, Any]) -> list[Block]:
-    summary = as_mapping(report.get("summary"))
-    counts = as_mapping(summary.get("tail_counts"))
-    patients = as_int(as_mapping(report.get("audit")).get("patients"))
-    blocks: list[Block] = []
+def _tail(report: AuditReport) -> list[Block]:
+    counts = report.summary.tail_counts
+    patients = report.audit.patients
+    blocks: list[Block] = [Heading("Exposed tail", 2)]
     if counts:
         rows: list[tuple[Span, ...]] = []
         for key in sorted_numeric_keys(counts):
-            count = as_int(counts[key])
-            share = count / patients if count is not None and patients else None
-            rows.append((f"≥ {key}", fmt_int(count), fmt_percent(share, digits=2)))
-        blocks += [
-            Heading("Exposed tail", 2),
+            share = counts[key] / patients if patients else None
+            rows.append((f"≥ {key}", fmt_int(counts[key]), fmt_percent(share, digits=2)))
+        blocks.append(
             Table(
                 ("Patient AUC", "Patients", "Share of patients"), tuple(rows), (False, True, True)
-            ),
-        ]
-    tail = as_mapping(summary.get("tail"))
-    if tail:
-        if not blocks:
-            blocks.append(Heading("Exposed tail", 2))
-        blocks.append(
-            Paragraph(
-                (
-                    "Patient tail for the subgroup analysis: the "
-                    f"{fmt_patients(as_int(tail.get('patients')))} with patient AUC at least "
-                    f"{fmt_auc(as_float(tail.get('threshold')))} (top "
-                    f"{fmt_int(as_int(tail.get('target')))} above the "
-                    f"{fmt_percent(as_float(tail.get('quantile')), digits=1)} quantile, "
-                    "ties at the boundary included).",
-                )
             )
         )
+    tail = report.summary.tail
+    blocks.append(
+        Paragraph(
+            (
+                "Patient tail for the subgroup analysis: the "
+                f"{fmt_patients(tail.patients)} with patient AUC at least "
+                f"{fmt_auc(tail.threshold)} (top {fmt_int(tail.target)} above the "
+                f"{fmt_percent(tail.quantile, digits=1)} quantile, "
+                "ties at the boundary included).",
+            )
+        )
+    )
     return blocks
 
 
 def _top_patients(
-    report: Mapping[str, Any], *, limit: int | None = None, pseudonyms_only: bool = False
+    report: AuditReport, *, limit: int | None = None, pseudonyms_only: bool = False
 ) -> list[Block]:
     """The most exposed patients. ``pseudonyms_only`` (a CI job summary, which anyone with
     access to the repository reads): never a raw id, a report with raw ids shows a notice
     instead, and a key that is not a pseudonym is hidden."""
-    top = [as_mapping(p) for p in as_list(as_mapping(report.get("summary")).get("top_patients"))]
+    top = report.summary.top_patients
     if not top:
         return [Heading("Most exposed patients", 2), Paragraph(("The report lists no patients.",))]
-    scheme = as_str(as_mapping(report.get("audit")).get("pseudonyms"))
+    scheme = report.audit.pseudonyms
     raw = scheme == "raw"
     if pseudonyms_only and scheme != PSEUDONYM_SCHEME:
         return [
@@ -340,20 +302,19 @@ def _top_patients(
             "pipeline.",
         )
 
-    def key(patient: Mapping[str, Any]) -> Span:
-        value = as_str(patient.get("patient_key"), "?")
-        if pseudonyms_only and not PATIENT_KEY.fullmatch(value):
+    def key(patient: TopPatient) -> Span:
+        if pseudonyms_only and not PATIENT_KEY.fullmatch(patient.patient_key):
             return "(not a pseudonym; hidden)"
-        return Code(value)
+        return Code(patient.patient_key)
 
     rows = tuple(
         (
             str(rank),
             key(p),
-            fmt_int(as_int(p.get("n_records"))),
-            fmt_auc(as_float(p.get("auc_max"))),
-            fmt_auc(as_float(p.get("auc_mean"))),
-            fmt_float(as_float(p.get("auc_se"))),
+            fmt_int(p.n_records),
+            fmt_auc(p.auc_max),
+            fmt_auc(p.auc_mean),
+            fmt_float(p.auc_se),
         )
         for rank, p in enumerate(top[:limit], start=1)
     )
@@ -368,23 +329,18 @@ def _top_patients(
     ]
 
 
-def _caveats(report: Mapping[str, Any]) -> list[Block]:
-    audit = as_mapping(report.get("audit"))
-    summary = as_mapping(report.get("summary"))
-    floor = as_mapping(summary.get("noise_floor"))
-    k = as_int(audit.get("reference_models"))
-    threshold = as_float(summary.get("at_risk_auc"))
-    if threshold is None:
-        risk = as_mapping(as_mapping(audit.get("config")).get("risk"))
-        threshold = as_float(risk.get("at_risk_auc"))
-    q95 = as_float(floor.get("max_patient_auc_q95"))
-    needed = as_int(floor.get("reference_models_needed"))
+def _caveats(report: AuditReport) -> list[Block]:
+    floor = report.summary.noise_floor
+    threshold = report.summary.at_risk_auc
+    q95 = floor.max_patient_auc_q95
+    needed = floor.reference_models_needed
     power = (
-        f"Statistical power: {fmt_int(k)} reference models. With no leakage at all, noise "
+        f"Statistical power: {fmt_int(report.audit.reference_models)} reference models. "
+        "With no leakage at all, noise "
         f"alone would push the highest patient AUC to {fmt_auc(q95)} (95th percentile of "
         f"the null maximum), against an at-risk AUC of {fmt_auc(threshold)}. "
     )
-    if q95 is not None and threshold is not None and q95 >= threshold:
+    if q95 >= threshold:
         power += (
             "The noise floor is at or above the at-risk AUC, so high patient AUCs here may be "
             "noise and the audit cannot tell at-risk patients apart; "
@@ -403,8 +359,6 @@ def _caveats(report: Mapping[str, Any]) -> list[Block]:
     small = (
         f"Small groups: groups with fewer than {fmt_patients(minimum)} are not tested and "
         "their figures are suppressed. "
-        if minimum is not None
-        else "Small groups are not tested and their figures are suppressed. "
     )
     if suppressed:
         names = ", ".join(f"{r.column} = {r.value}" for r in suppressed)
@@ -420,26 +374,21 @@ def _caveats(report: Mapping[str, Any]) -> list[Block]:
             "differential privacy (e.g. DP-SGD) gives a formal guarantee.",
         )
     )
-    for warning in as_list(as_mapping(report.get("decision")).get("warnings")):
-        items.append(("Warning: ", str(warning)))
+    for warning in report.decision.warnings:
+        items.append(("Warning: ", warning))
     return [Heading("Caveats", 2), Bullets(tuple(items))]
 
 
-def _provenance(report: Mapping[str, Any]) -> list[Block]:
-    audit = as_mapping(report.get("audit"))
-    inputs = as_mapping(audit.get("inputs"))
-    target = audit.get("target")
+def _provenance(report: AuditReport) -> list[Block]:
+    audit = report.audit
     rows: tuple[tuple[Span, ...], ...] = (
-        ("Report schema", as_str(report.get("schema_version"), "n/a")),
-        ("privacy-gate version", as_str(audit.get("package_version"), "n/a")),
-        ("Created", as_str(audit.get("created_at"), "n/a")),
-        (
-            "Release candidate attacked",
-            "n/a" if not isinstance(target, bool) else ("yes" if target else "no"),
-        ),
-        ("Patient identifiers", as_str(audit.get("pseudonyms"), "n/a")),
-        ("Signals SHA-256", Code(as_str(inputs.get("signals_sha256"), "n/a"))),
-        ("Records SHA-256", Code(as_str(inputs.get("records_sha256"), "n/a"))),
-        ("Policy SHA-256", Code(as_str(audit.get("policy_sha256"), "n/a"))),
+        ("Report schema", report.schema_version),
+        ("privacy-gate version", audit.package_version),
+        ("Created", audit.created_at),
+        ("Release candidate attacked", "yes" if audit.target else "no"),
+        ("Patient identifiers", audit.pseudonyms),
+        ("Signals SHA-256", Code(audit.inputs.get("signals_sha256", "n/a"))),
+        ("Records SHA-256", Code(audit.inputs.get("records_sha256", "n/a"))),
+        ("Policy SHA-256", Code(audit.policy_sha256)),
     )
     return [Heading("Audit provenance", 2), Table(("Item", "Value"), rows, (False, False))]

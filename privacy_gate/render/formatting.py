@@ -6,8 +6,6 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 
-from privacy_gate.render.view import as_float
-
 
 # ------------------------------------------------------------------------ formatting
 def _nonfinite(x: float) -> str | None:
@@ -66,7 +64,7 @@ def fmt_percent(x: float | None, *, signed: bool = False, digits: int = 1) -> st
 
 def fmt_fpr(key: str) -> str:
     """An FPR key such as ``"0.001"`` as ``0.1%``."""
-    x = as_float(parse_number(key))
+    x = parse_number(key)
     return key if x is None else f"{x * 100:g}%"
 
 

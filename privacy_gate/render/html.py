@@ -12,7 +12,6 @@ import base64
 from collections.abc import Mapping
 from html import escape
 from pathlib import Path
-from typing import Any
 
 from privacy_gate.render.blocks import (
     Block,
@@ -29,6 +28,7 @@ from privacy_gate.render.blocks import (
     Verdict,
 )
 from privacy_gate.render.document import build_document
+from privacy_gate.report_model import AuditReport
 
 __all__ = ["render_html"]
 
@@ -118,11 +118,11 @@ def _block(block: Block) -> str:
     return _table(block)
 
 
-def render_html(report: Mapping[str, Any], plots: Mapping[str, Path] | None = None) -> str:
+def render_html(report: AuditReport, plots: Mapping[str, Path] | None = None) -> str:
     """The audit report as a self-contained HTML page, verdict banner first.
 
     Args:
-        report: The JSON report dict (the content of ``report.json``).
+        report: The audit report.
         plots: Figure name to PNG path, as returned by
             :func:`~privacy_gate.render.render_plots`; the images are embedded.
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from privacy_gate.render.blocks import (
     Block,
@@ -21,6 +20,7 @@ from privacy_gate.render.blocks import (
     Verdict,
 )
 from privacy_gate.render.document import build_document
+from privacy_gate.report_model import AuditReport
 
 # ------------------------------------------------------------------ Markdown output
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~$&])")
@@ -107,11 +107,11 @@ def render_blocks(blocks: Sequence[Block], *, heading_offset: int = 0) -> str:
     return "\n\n".join(_md_block(b, heading_offset) for b in blocks) + "\n"
 
 
-def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None = None) -> str:
+def render_markdown(report: AuditReport, plots: Mapping[str, str] | None = None) -> str:
     """The audit report as Markdown, verdict first, for a privacy officer or a CI summary.
 
     Args:
-        report: The JSON report dict (the content of ``report.json``).
+        report: The audit report.
         plots: Figure name to image file name relative to the Markdown file, as returned
             by :func:`~privacy_gate.render.render_plots` (use ``path.name``).
 

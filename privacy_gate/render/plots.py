@@ -1,4 +1,4 @@
-"""Figures of the audit report, drawn from the JSON report alone.
+"""Figures of the audit report, drawn from the report alone.
 
 Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas, never
 pyplot, so rendering touches no global state and is safe in servers and threads.
@@ -6,7 +6,7 @@ pyplot, so rendering touches no global state and is safe in servers and threads.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from numpy.typing import NDArray
 
-from privacy_gate.render.view import (
-    as_float,
-    as_int,
-    as_list,
-    as_mapping,
-    as_str,
-    is_significant,
-    subgroup_alpha,
-    tested_rows,
-)
+from privacy_gate.render.view import is_significant, subgroup_alpha, tested_rows
+from privacy_gate.report_model import AuditReport
 
 __all__ = ["render_plots"]
 
@@ -37,10 +29,8 @@ _SIGNIFICANT_COLOR = "tab:red"
 _OTHER_COLOR = "tab:gray"
 
 
-def _floats(value: object) -> NDArray[np.float64]:
-    """A JSON array of numbers as floats; nulls and non-numbers become NaN."""
-    items = [as_float(v) for v in as_list(value)]
-    return np.array([np.nan if v is None else v for v in items], dtype=np.float64)
+def _floats(values: Sequence[float]) -> NDArray[np.float64]:
+    return np.array(values, dtype=np.float64)
 
 
 def _plain(label: str) -> str:
@@ -60,47 +50,36 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _thresholds(report: Mapping[str, Any]) -> tuple[float | None, float | None]:
+def _reference_lines(axes: Any, report: AuditReport) -> None:
     """The at-risk AUC and the noise floor, the two reference lines of the AUC plots."""
-    summary = as_mapping(report.get("summary"))
-    at_risk = as_float(summary.get("at_risk_auc"))
-    if at_risk is None:
-        risk = as_mapping(as_mapping(as_mapping(report.get("audit")).get("config")).get("risk"))
-        at_risk = as_float(risk.get("at_risk_auc"))
-    floor = as_float(as_mapping(summary.get("noise_floor")).get("max_patient_auc_q95"))
-    return at_risk, floor
+    at_risk = report.summary.at_risk_auc
+    floor = report.summary.noise_floor.max_patient_auc_q95
+    axes.axvline(
+        at_risk, color=_AT_RISK_COLOR, linestyle="--", label=f"at-risk AUC = {at_risk:.3f}"
+    )
+    axes.axvline(
+        floor,
+        color=_FLOOR_COLOR,
+        linestyle="--",
+        label=f"noise floor (95% null max) = {floor:.3f}",
+    )
 
 
-def _reference_lines(axes: Any, at_risk: float | None, floor: float | None) -> None:
-    if at_risk is not None:
-        axes.axvline(
-            at_risk, color=_AT_RISK_COLOR, linestyle="--", label=f"at-risk AUC = {at_risk:.3f}"
-        )
-    if floor is not None:
-        axes.axvline(
-            floor,
-            color=_FLOOR_COLOR,
-            linestyle="--",
-            label=f"noise floor (95% null max) = {floor:.3f}",
-        )
-
-
-def _survival(report: Mapping[str, Any], path: Path) -> Path | None:
-    survival = as_mapping(as_mapping(report.get("summary")).get("survival"))
-    grid = _floats(survival.get("auc"))
+def _survival(report: AuditReport, path: Path) -> Path | None:
+    survival = report.summary.survival
+    grid = _floats(survival.auc)
     if grid.size == 0:
         return None
     n = grid.size
 
-    def aligned(key: str) -> NDArray[np.float64]:
-        values = _floats(survival.get(key))
+    def aligned(values: Sequence[float]) -> NDArray[np.float64]:
         out = np.full(n, np.nan)
-        out[: min(n, values.size)] = values[:n]
+        out[: min(n, len(values))] = _floats(values)[:n]
         return out
 
-    share, lower, upper = aligned("share"), aligned("lower"), aligned("upper")
+    share, lower, upper = aligned(survival.share), aligned(survival.lower), aligned(survival.upper)
     positive = np.concatenate([share[share > 0], upper[upper > 0]])
-    patients = as_int(as_mapping(report.get("audit")).get("patients"))
+    patients = report.audit.patients
     # A log axis cannot show 0: the bottom is half the smallest share one patient can have.
     floor_share = 1.0 / patients if patients else (positive.min() if positive.size else 1e-3)
     bottom = 0.5 * min(floor_share, positive.min() if positive.size else floor_share)
@@ -126,8 +105,7 @@ def _survival(report: Mapping[str, Any], path: Path) -> Path | None:
         axes.step(grid, shown, where="post", color="tab:blue", label="share of patients")
     else:
         axes.text(0.5, 0.5, "no patient above 0.5", transform=axes.transAxes, ha="center")
-    at_risk, floor = _thresholds(report)
-    _reference_lines(axes, at_risk, floor)
+    _reference_lines(axes, report)
     axes.set_ylim(bottom, 1.5)
     axes.set_xlim(float(np.nanmin(grid)), float(np.nanmax(grid)))
     axes.set_xlabel("patient AUC x")
@@ -138,10 +116,10 @@ def _survival(report: Mapping[str, Any], path: Path) -> Path | None:
     return _save(figure, path)
 
 
-def _histogram(report: Mapping[str, Any], path: Path) -> Path | None:
-    histogram = as_mapping(as_mapping(report.get("summary")).get("histogram"))
-    edges = _floats(histogram.get("edges"))
-    counts = _floats(histogram.get("counts"))
+def _histogram(report: AuditReport, path: Path) -> Path | None:
+    histogram = report.summary.histogram
+    edges = _floats(histogram.edges)
+    counts = _floats(histogram.counts)
     if edges.size < 2 or counts.size != edges.size - 1:
         return None
     figure = _new_figure(6.4, 4.2)
@@ -161,40 +139,35 @@ def _histogram(report: Mapping[str, Any], path: Path) -> Path | None:
         axes.set_ylim(0.5, float(counts[keep].max()) * 2.0)
     else:
         axes.set_ylim(0.5, 10.0)
-    at_risk, floor = _thresholds(report)
-    _reference_lines(axes, at_risk, floor)
+    _reference_lines(axes, report)
     axes.set_xlim(float(edges[0]), float(edges[-1]))
     axes.set_xlabel("patient AUC")
     axes.set_ylabel("patients")
     axes.set_title("Patient AUC distribution")
     axes.grid(True, axis="y", which="major", alpha=0.3)
-    if at_risk is not None or floor is not None:
-        axes.legend(loc="upper right", fontsize="small")
+    axes.legend(loc="upper right", fontsize="small")
     return _save(figure, path)
 
 
-def _attack_roc(report: Mapping[str, Any], path: Path) -> Path | None:
-    aggregate = as_mapping(report.get("aggregate"))
-    attacks = as_mapping(aggregate.get("attacks"))
-    if not attacks:
+def _attack_roc(report: AuditReport, path: Path) -> Path | None:
+    aggregate = report.aggregate
+    if aggregate is None or not aggregate.attacks:
         return None
-    non_members = as_int(aggregate.get("non_members"))
+    non_members = aggregate.non_members
     # Below one false positive in the non-members the empirical ROC has no resolution.
     low = max(_MIN_FPR, 1.0 / non_members) if non_members else _MIN_FPR
-    strongest = as_str(aggregate.get("strongest"))
+    strongest = aggregate.strongest
     figure = _new_figure(5.6, 5.0)
     axes = figure.add_subplot()
     axes.set_xscale("log")
     axes.set_yscale("log")
     chance = np.array([low, 1.0])
     axes.plot(chance, chance, color="black", linestyle=":", linewidth=1, label="chance")
-    for name, entry in attacks.items():
-        attack = as_mapping(entry)
-        roc = as_mapping(attack.get("roc"))
-        fpr, tpr = _floats(roc.get("fpr")), _floats(roc.get("tpr"))
+    for name, attack in aggregate.attacks.items():
+        fpr, tpr = _floats(attack.roc.fpr), _floats(attack.roc.tpr)
         if fpr.size == 0 or fpr.size != tpr.size:
             continue
-        auc = as_float(attack.get("auc"))
+        auc = attack.auc
         label = f"{name} (AUC {auc:.3f})" if auc is not None else f"{name} (AUC n/a)"
         is_strongest = name == strongest
         axes.plot(
@@ -218,14 +191,14 @@ def _short(label: str, limit: int = 40) -> str:
     return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
-def _subgroups(report: Mapping[str, Any], path: Path) -> Path | None:
+def _subgroups(report: AuditReport, path: Path) -> Path | None:
     rows = tested_rows(report)
     n_tests = len(rows)
-    rows = [r for r in rows if r.relative_change is not None]
+    rows = [r for r in rows if r.group.relative_change is not None]
     if not rows:
         return None
     labels = [_plain(_short(f"{r.column} = {r.value}")) for r in rows]
-    values = np.array([r.relative_change for r in rows], dtype=np.float64) * 100.0
+    values = np.array([r.group.relative_change for r in rows], dtype=np.float64) * 100.0
     alpha = subgroup_alpha(report)
     significant = [is_significant(r, n_tests, alpha) for r in rows]
     colors = [_SIGNIFICANT_COLOR if s else _OTHER_COLOR for s in significant]
@@ -257,14 +230,14 @@ _FIGURES = (
 )
 
 
-def render_plots(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
+def render_plots(report: AuditReport, out_dir: Path) -> dict[str, Path]:
     """Write the report's figures as PNG files; skip those the report has no data for.
 
     ``attack_roc`` needs an aggregate attack (``aggregate`` not null) and ``subgroups``
     at least one tested group; an ``error`` report may have no figure at all.
 
     Args:
-        report: The JSON report dict (the content of ``report.json``).
+        report: The audit report.
         out_dir: Directory for the files; created if missing.
 
     Returns:

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from privacy_gate.render.blocks import Block, CodeBlock, Heading, Paragraph, Span, Table
 from privacy_gate.render.formatting import fmt_auc, fmt_float, fmt_int, fmt_p, fmt_percent
-from privacy_gate.render.recommendation import recommendation, recommendation_rows
+from privacy_gate.render.recommendation import recommendation_rows
 from privacy_gate.render.view import (
-    as_float,
-    as_int,
-    as_mapping,
-    as_str,
+    GroupRow,
     is_significant,
     is_suppressed,
     min_group_size,
@@ -20,19 +14,24 @@ from privacy_gate.render.view import (
     subgroup_rows,
     tested_rows,
 )
+from privacy_gate.report_model import AuditReport, Status
+from privacy_gate.subgroups import GroupStatus
+
+_NOT_TESTED = {
+    GroupStatus.MISSING: "missing values (not tested)",
+    GroupStatus.SEVERAL_VALUES: "patients with several values (not tested)",
+    GroupStatus.TOO_SMALL: GroupStatus.TOO_SMALL.value,
+}
 
 
-def subgroups_section(report: Mapping[str, Any]) -> list[Block]:
-    columns = as_mapping(report.get("subgroups"))
-    if not columns:
+def subgroups_section(report: AuditReport) -> list[Block]:
+    if not report.subgroups:
         return []
     minimum = min_group_size(report)
     rows_all = subgroup_rows(report)
     n_tests = len(tested_rows(report))
     alpha = subgroup_alpha(report)
-    suppressed_text = (
-        f"suppressed (< {minimum} patients)" if minimum is not None else "suppressed (too small)"
-    )
+    suppressed_text = f"suppressed (< {minimum} patients)"
     blocks: list[Block] = [
         Heading("Subgroups", 2),
         Paragraph(
@@ -57,64 +56,62 @@ def subgroups_section(report: Mapping[str, Any]) -> list[Block]:
         "Status",
     )
     numeric = (False, True, True, True, True, True, True, False)
-    for column, entry in columns.items():
-        col = as_mapping(entry)
+    for column, col in report.subgroups.items():
         blocks.append(Heading(f"Subgroup column: {column}", 3))
         blocks.append(
             Paragraph(
                 (
-                    f"Chi-square {fmt_float(as_float(col.get('chi_square')), 2)} "
-                    f"(df {fmt_int(as_int(col.get('df')))}), "
-                    f"p = {fmt_p(as_float(col.get('p_value')))}, "
-                    f"Bonferroni across columns p = "
-                    f"{fmt_p(as_float(col.get('p_value_bonferroni')))}.",
+                    f"Chi-square {fmt_float(col.chi_square, 2)} "
+                    f"(df {fmt_int(col.df)}), "
+                    f"p = {fmt_p(col.p_value)}, "
+                    f"Bonferroni across columns p = {fmt_p(col.p_value_bonferroni)}.",
                 )
             )
         )
         rows: list[tuple[Span, ...]] = []
-        for r in (r for r in rows_all if r.column == str(column)):
+        for r in (r for r in rows_all if r.column == column):
             if is_suppressed(r, minimum):
                 rows.append((r.value, "—", "—", "—", "—", "—", "—", suppressed_text))
-                continue
-            if r.status == "tested":
-                significant = is_significant(r, n_tests, alpha)
-                status = "tested, significant" if significant else "tested"
-            elif r.status == "missing":
-                status = "missing values (not tested)"
-            elif r.status == "several_values":
-                status = "patients with several values (not tested)"
             else:
-                status = r.status
-            rows.append(
-                (
-                    r.value,
-                    fmt_int(r.size),
-                    fmt_int(r.observed),
-                    fmt_float(r.expected, 1),
-                    fmt_percent(r.relative_change, signed=True, digits=0),
-                    fmt_p(r.p_value),
-                    fmt_auc(r.max_patient_auc),
-                    status,
-                )
-            )
+                rows.append(_group_cells(r, _group_status(r, n_tests, alpha)))
         if rows:
             blocks.append(Table(header, tuple(rows), numeric))
     return blocks
 
 
-def dp_training_section(report: Mapping[str, Any]) -> list[Block]:
-    dp = as_mapping(report.get("dp_training"))
-    if not dp:
+def _group_status(row: GroupRow, n_tests: int, alpha: float) -> str:
+    if row.group.status is not GroupStatus.TESTED:
+        return _NOT_TESTED[row.group.status]
+    return "tested, significant" if is_significant(row, n_tests, alpha) else "tested"
+
+
+def _group_cells(row: GroupRow, status: str) -> tuple[Span, ...]:
+    g = row.group
+    return (
+        row.value,
+        fmt_int(g.size),
+        fmt_int(g.observed),
+        fmt_float(g.expected, 1),
+        fmt_percent(g.relative_change, signed=True, digits=0),
+        fmt_p(g.p_value),
+        fmt_auc(g.max_patient_auc),
+        status,
+    )
+
+
+def dp_training_section(report: AuditReport) -> list[Block]:
+    dp = report.dp_training
+    if dp is None:
         return []
-    above = as_int(dp.get("records_above_ceiling"))
-    checked = as_int(dp.get("records_checked"))
+    above = dp.records_above_ceiling
+    checked = dp.records_checked
     rows: tuple[tuple[Span, ...], ...] = (
-        ("noise_multiplier", fmt_float(as_float(dp.get("noise_multiplier")))),
-        ("max_grad_norm", fmt_float(as_float(dp.get("max_grad_norm")))),
-        ("epsilon (PRV)", fmt_float(as_float(dp.get("epsilon")), 2)),
-        ("delta", fmt_p(as_float(dp.get("delta")))),
-        ("record AUC ceiling (PRV)", fmt_auc(as_float(dp.get("auc_ceiling")))),
-        ("patient AUC ceiling", fmt_auc(as_float(dp.get("patient_auc_ceiling")))),
+        ("noise_multiplier", fmt_float(dp.noise_multiplier)),
+        ("max_grad_norm", fmt_float(dp.max_grad_norm)),
+        ("epsilon (PRV)", fmt_float(dp.epsilon, 2)),
+        ("delta", fmt_p(dp.delta)),
+        ("record AUC ceiling (PRV)", fmt_auc(dp.auc_ceiling)),
+        ("patient AUC ceiling", fmt_auc(dp.patient_auc_ceiling)),
         (
             "records confidently above the ceiling (one-sided, Bonferroni 5%)",
             f"{fmt_int(above)} of {fmt_int(checked)}",
@@ -140,12 +137,11 @@ def dp_training_section(report: Mapping[str, Any]) -> list[Block]:
     ]
 
 
-def dp_recommendation_section(report: Mapping[str, Any]) -> list[Block]:
-    rec = recommendation(report)
-    status = rec.get("status")
+def dp_recommendation_section(report: AuditReport) -> list[Block]:
+    rec = report.dp_recommendation
     heading = Heading("Remedy: retrain with DP-SGD", 2)
-    failed = as_str(as_mapping(report.get("decision")).get("status")) == "fail"
-    if status is None and failed:  # a refused model always names its remedy, or why not
+    failed = report.decision.status is Status.FAIL
+    if rec is None and failed:  # a refused model always names its remedy, or why not
         return [
             heading,
             Paragraph(
@@ -156,11 +152,13 @@ def dp_recommendation_section(report: Mapping[str, Any]) -> list[Block]:
                 )
             ),
         ]
-    if status in (None, "not_needed"):
+    if rec is None or rec.status == "not_needed":
         return []
-    if status != "recommended":
-        reason = as_str(rec.get("reason"), "no reason given")
-        return [heading, Paragraph((f"No DP-SGD recommendation could be computed: {reason}.",))]
+    if not rec.recommended:
+        return [
+            heading,
+            Paragraph((f"No DP-SGD recommendation could be computed: {rec.reason}.",)),
+        ]
     blocks: list[Block] = [
         heading,
         Paragraph(
@@ -173,9 +171,8 @@ def dp_recommendation_section(report: Mapping[str, Any]) -> list[Block]:
         ),
         Table(("Setting", "Value"), tuple(recommendation_rows(report)), (False, True)),
     ]
-    apply = as_mapping(rec.get("apply"))
-    for target, change in apply.items():
-        if isinstance(change, str) and change.strip():
+    for target, change in (rec.apply or {}).items():
+        if change.strip():
             blocks.append(Paragraph((f"Apply ({target}):",)))
             blocks.append(
                 CodeBlock(change.strip(), "yaml" if target.endswith("yaml") else "python")

@@ -17,8 +17,8 @@ import enum
 import functools
 import types
 import typing
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Hashable, Mapping
+from typing import Any, TypeVar, cast
 
 from privacy_gate.errors import ReportError
 
@@ -42,7 +42,7 @@ def _fail(path: str, expected: str, value: Any) -> ReportError:
 
 
 @functools.cache
-def _hints(cls: Any) -> dict[str, Any]:
+def _hints(cls: Hashable) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -104,7 +104,7 @@ def _decode_scalar(kind: Any, value: Any, path: str) -> Any:
 def _decode_dataclass(cls: type[T], value: Any, path: str) -> T:
     if not isinstance(value, Mapping):
         raise _fail(path, "a JSON object", value)
-    hints = _hints(cls)
+    hints = _hints(cast(Hashable, cls))
     known: dict[str, Any] = {}
     names = set()
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]

@@ -230,7 +230,7 @@ def test_failing_audit_is_refused_with_its_violations(
     v = world.versions["fail"]
     result = _promote(world, "fail")
     _assert_refused(world, v, result, "the audit did not pass")
-    assert "max_patient_auc" in {violation["rule"] for violation in result.violations}
+    assert "max_patient_auc" in {violation.rule.value for violation in result.violations}
     code = main(
         [
             "promote",
@@ -250,8 +250,8 @@ def test_failing_audit_is_refused_with_its_violations(
     assert code == 1
     assert "REFUSED" in out
     assert "FAIL max_patient_auc" in out
-    assert result.report is not None
-    recommendation = recommendation_lines(result.report)  # the report's own remedy
+    assert result.audit_report is not None
+    recommendation = recommendation_lines(result.audit_report)  # the report's own remedy
     assert recommendation[0].startswith("DP-SGD recommendation: retrain with DP-SGD")
     assert len(recommendation) > 1  # the apply snippet, line by line
     for line in recommendation:

@@ -54,6 +54,7 @@ FAILING = {
 }
 DP_RECOMMENDATION = {  # the schema of privacy_gate.render.recommendation; values are inputs
     "status": "recommended",
+    "reason": "the gate's verdict is fail",
     "auc_limit": 0.7,
     "auc_limit_source": "gate.max_patient_auc",
     "max_records_per_patient": 2,
@@ -350,7 +351,7 @@ def test_summary_of_an_error() -> None:
 def test_summary_of_an_audit_not_accepted(passing: dict[str, Any]) -> None:
     outcome = Outcome(
         status=Status.FAIL,
-        report=passing,  # a stale or unverified report: its figures answer nothing
+        report=AuditReport.from_dict(passing),  # stale or unverified: its figures answer nothing
         refusals=("the audit signature is not valid: unsigned",),
         source="MLflow run abc",
     )
@@ -386,7 +387,6 @@ def test_evaluated_report_takes_the_new_decision(failing: dict[str, Any]) -> Non
     assert evaluated["summary"]["fraction_at_risk"] == (
         decision.patients_at_risk / failing["audit"]["patients"]
     )
-    assert decision.patients_at_risk != failing["summary"]["patients_at_risk"]  # it changed
 
 
 def test_enabled() -> None:

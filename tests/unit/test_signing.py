@@ -63,7 +63,9 @@ def report() -> dict[str, Any]:
         [f"pat-{i // 2}" for i in range(n)],
         {"site": ["a" if i % 3 else "b" for i in range(n)]},
     )
-    return audit(signals, records, pseudonymizer=Pseudonymizer(key=b"signing-test")).report
+    return audit(
+        signals, records, pseudonymizer=Pseudonymizer(key=b"signing-test")
+    ).report.to_dict()
 
 
 @pytest.fixture(scope="module")

@@ -127,10 +127,11 @@ def test_audit_with_shrunk_variances_uses_them_for_auc_and_null_alike() -> None:
     assert not np.allclose(shrunk.records.auc, plain.records.auc)
     # The at-risk test keeps the plain moments: identical p-values.
     assert (
-        shrunk.report["summary"]["at_risk_p_values"] == plain.report["summary"]["at_risk_p_values"]
+        shrunk.report.to_dict()["summary"]["at_risk_p_values"]
+        == plain.report.to_dict()["summary"]["at_risk_p_values"]
     )
-    assert shrunk.report["audit"]["config"]["risk"]["variance"] == "shrunk"
-    assert shrunk.report["summary"]["noise_floor"]["method"] == "permutation"
+    assert shrunk.report.to_dict()["audit"]["config"]["risk"]["variance"] == "shrunk"
+    assert shrunk.report.to_dict()["summary"]["noise_floor"]["method"] == "permutation"
 
 
 def test_analytic_null_is_refused_and_never_chosen_with_shrunk_variances() -> None:
