@@ -13,10 +13,13 @@ from privacy_gate.gate import Decision, Status, Violation, evaluate_gate
 from privacy_gate.pipeline import AuditResult, audit, check, score, write_outputs
 from privacy_gate.pseudonyms import Pseudonymizer
 from privacy_gate.records import RecordTable, load_records, records_from_columns
+from privacy_gate.report import load_audit_report
+from privacy_gate.report_model import AuditReport
 from privacy_gate.signals import Signals, Task, load_signals, make_signals
 
 __all__ = [
     "AuditConfig",
+    "AuditReport",
     "AuditResult",
     "ConfigError",
     "Decision",
@@ -36,6 +39,7 @@ __all__ = [
     "check",
     "default_config",
     "evaluate_gate",
+    "load_audit_report",
     "load_config",
     "load_records",
     "load_signals",

@@ -34,7 +34,7 @@ __all__ = [
     "write_table",
 ]
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 REPORT_FILE = "report.json"
 _REQUIRED_SECTIONS = ("schema_version", "audit", "summary", "subgroups", "decision")
 

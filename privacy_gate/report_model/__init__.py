@@ -25,11 +25,13 @@ from privacy_gate.report_model.figures import (
     TopPatient,
 )
 from privacy_gate.report_model.sections import (
+    Adaptive,
     Aggregate,
     AttackFigures,
     AuditInfo,
     DPRecommendation,
     DPTraining,
+    Look,
     Plan,
     Roc,
     TrainingInfo,
@@ -47,6 +49,7 @@ __all__ = [
     "Decision",
     "Distribution",
     "Histogram",
+    "Look",
     "Plan",
     "Power",
     "Roc",
@@ -69,7 +72,8 @@ class AuditReport:
     """A whole audit report.
 
     ``dp_training`` exists when the audited recipe trains with DP-SGD, ``dp_recommendation``
-    when the audit trained the reference models itself; ``extra`` keeps top-level keys
+    when the audit trained the reference models itself, ``adaptive`` when it chose K
+    itself (``reference_models: auto``); ``extra`` keeps top-level keys
     added after the audit (a ``signature``), so reading and writing keeps them.
     """
 
@@ -81,6 +85,7 @@ class AuditReport:
     decision: Decision
     dp_training: DPTraining | None = field(default=None, metadata=OMIT_NONE)
     dp_recommendation: DPRecommendation | None = field(default=None, metadata=OMIT_NONE)
+    adaptive: Adaptive | None = field(default=None, metadata=OMIT_NONE)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,11 +10,13 @@ from typing import Any
 from privacy_gate.report_model.codec import OMIT_NONE
 
 __all__ = [
+    "Adaptive",
     "Aggregate",
     "AttackFigures",
     "AuditInfo",
     "DPRecommendation",
     "DPTraining",
+    "Look",
     "Plan",
     "Roc",
     "TrainingInfo",
@@ -161,3 +163,43 @@ class DPRecommendation:
     @property
     def recommended(self) -> bool:
         return self.status == "recommended"
+
+
+@dataclass(frozen=True)
+class Look:
+    """One look of an adaptive audit: the verdict so far at ``reference_models`` models.
+
+    Attributes:
+        outcome: ``fail_settled`` (a violation decided with error control across looks),
+            ``pass_settled`` (every rule, the power rules included, passes) or ``open``.
+        violated: the rules the gate found violated at this look.
+        settled: those among them decided with error control (the fail is settled).
+    """
+
+    reference_models: int
+    outcome: str
+    violated: tuple[str, ...]
+    settled: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    """How an adaptive audit (``reference_models: auto``) chose its K.
+
+    Attributes:
+        schedule: the planned looks (K at each); error control spends the policy's FDR
+            and ``alpha`` over all of them (Bonferroni).
+        fdr_per_look, alpha_per_look: the levels each look's settling tests use.
+        stopped: ``fail_settled``, ``pass_settled`` or ``unsettled`` (the maximum was
+            reached; the verdict is the last look's).
+        reference_models_saved: models not trained against the fixed maximum.
+    """
+
+    round_size: int
+    max_reference_models: int
+    schedule: tuple[int, ...]
+    fdr_per_look: float
+    alpha_per_look: float
+    looks: tuple[Look, ...]
+    stopped: str
+    reference_models_saved: int

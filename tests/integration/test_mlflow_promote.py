@@ -61,6 +61,7 @@ N, K = 120, 8
 # privacy_gate.render.recommendation), for audits made here by the core alone.
 DP_RECOMMENDATION = {
     "status": "recommended",
+    "reason": "the gate's verdict is fail",
     "auc_limit": 0.6,
     "auc_limit_source": "gate.max_patient_auc",
     "max_records_per_patient": 2,

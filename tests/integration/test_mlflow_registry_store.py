@@ -8,6 +8,7 @@ client and raw REST calls. Signed reports are uploaded as the run's
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -32,6 +33,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer, start_mlflow_server
 
+from privacy_gate import audit, make_signals, records_from_columns
+from privacy_gate.config import parse_config
 from privacy_gate.report import SCHEMA_VERSION
 from privacy_gate.signing import load_private_key, sign_report, write_keypair
 from privacy_gate.training.weights import weights_sha256
@@ -75,13 +78,27 @@ def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gated]:
             os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
+@functools.cache
+def _audited(status: str) -> str:
+    """A real audit's JSON (K = 8, 60 records): no leak and a policy it passes, or three
+    strongly leaking records and a max_patient_auc it fails."""
+    rng = np.random.default_rng(1)
+    k, n = 8, 60
+    masks = np.argsort(rng.random((k, n)), axis=0) < k // 2
+    shift = 0.0 if status == "pass" else 6.0
+    scores = rng.standard_normal((k, n)) + masks * np.r_[np.full(3, shift), np.zeros(n - 3)]
+    records = records_from_columns([f"r{i}" for i in range(n)], [f"p{i}" for i in range(n)], {})
+    limit = 1.0 if status == "pass" else 0.8
+    policy = parse_config({"gate": {"max_patient_auc": limit}})
+    result = audit(make_signals(scores, masks, task="binary"), records, policy)
+    assert result.decision.status.value == status
+    return json.dumps(result.report.to_dict())
+
+
 def _report(status: str = "pass", schema: str = SCHEMA_VERSION) -> dict[str, Any]:
-    violations = [] if status == "pass" else [{"rule": "max_patient_auc"}]
-    return {
-        "schema_version": schema,
-        "audit": {"policy_sha256": "0" * 64, "reference_models": 4},
-        "decision": {"status": status, "violations": violations},
-    }
+    report: dict[str, Any] = json.loads(_audited(status))
+    report["schema_version"] = schema
+    return report
 
 
 def _register(

@@ -183,7 +183,7 @@ def test_ray_report_equals_the_local_batched_one(local_ray: Any, tmp_path: Path)
     with one_thread():  # the candidate, trained here, too
         local = _audit(tmp_path / "local", backend="batched")
         on_ray = _audit(tmp_path / "ray", backend="ray")
-    training = on_ray.report.audit.training
+    training = on_ray.report.to_dict()["audit"]["training"]
     assert training["backend"] == "ray" and training["trained_now"] == 4
     # "auto" fits 16 tiny models in a task: the local backend's group, hence its report.
     assert training["ray"]["models_per_task"] == 16 and training["ray"]["tasks"] == 1
@@ -196,7 +196,7 @@ def test_unbatchable_model_trains_one_per_task_like_the_sequential_backend(
     with one_thread():
         local = _audit(tmp_path / "local", batchnorm_model, backend="sequential")
         on_ray = _audit(tmp_path / "ray", batchnorm_model, backend="ray")
-    training = on_ray.report.audit.training
+    training = on_ray.report.to_dict()["audit"]["training"]
     assert "BatchNorm" in training["fallback_reason"]
     assert training["ray"]["tasks"] == 4
     _assert_same_report(local, on_ray, tmp_path / "local", tmp_path / "ray")
@@ -322,7 +322,7 @@ def test_resume_skips_the_cluster_when_everything_is_stored(tmp_path: Path) -> N
     train, no Ray task runs."""
     _audit(tmp_path, backend="batched")
     again = _audit(tmp_path, backend="ray")
-    training = again.report.audit.training
+    training = again.report.to_dict()["audit"]["training"]
     assert training["resumed"] == 4 and training["trained_now"] == 0
     assert training["ray"]["tasks"] == 0
 

@@ -242,7 +242,7 @@ def test_report_names_the_audited_weights(tmp_path: Path) -> None:
     trained = _audit(tmp_path / "trained")
     digest = trained.report.audit.model_sha256
     assert isinstance(digest, str) and len(digest) == 64
-    assert _audit(tmp_path / "trained").report["audit"]["model_sha256"] == digest  # resumed
+    assert _audit(tmp_path / "trained").report.audit.model_sha256 == digest  # resumed
 
 
 def test_cli_audit_logs_to_a_sqlite_mlflow_store(

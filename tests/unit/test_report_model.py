@@ -16,6 +16,7 @@ from privacy_gate import Pseudonymizer, audit, make_signals, records_from_column
 from privacy_gate.config import default_config
 from privacy_gate.errors import ReportError
 from privacy_gate.metrics import report_metrics
+from privacy_gate.pipeline import check_report
 from privacy_gate.report_model import UNDECIDED, AuditReport, Status
 from privacy_gate.subgroups import GroupStatus
 
@@ -134,3 +135,14 @@ def test_dp_figures_become_metrics() -> None:
         {"dp_recommendation": {"status": "unavailable", "reason": "no", "epsilon": 1.0}}
     )
     assert not any("/dp" in k for k in report_metrics(unavailable))
+
+
+def test_a_schema_2_0_report_is_read_and_checked(report_json: dict[str, Any]) -> None:
+    """2.0 wrote ``dp_training: null`` for audits without DP-SGD; 2.1 leaves it out."""
+    older = copy.deepcopy(report_json)
+    older["schema_version"] = "2.0"
+    older["dp_training"] = None
+    typed = AuditReport.from_dict(older)
+    assert typed.dp_training is None
+    decision = check_report(older)
+    assert decision.status is typed.decision.status
