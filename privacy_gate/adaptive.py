@@ -168,16 +168,22 @@ def auc_lower_bound(auc: float, positives: int, negatives: int, alpha: float) ->
     return auc - z * hanley_mcneil_se(auc, positives, negatives)
 
 
-def _settled(rule: Rule, report: AuditReport, config: AuditConfig, n_looks: int, alpha: float) -> bool:
+def _settled(
+    rule: Rule, report: AuditReport, config: AuditConfig, n_looks: int, alpha: float
+) -> bool:
     gate, summary = config.gate, report.summary
     n_patients = report.audit.patients
     if rule in (Rule.MAX_PATIENTS_AT_RISK, Rule.MAX_FRACTION_AT_RISK):
         count = benjamini_hochberg_count(
-            np.asarray(summary.at_risk_p_values, dtype=float), gate.fdr / n_looks, n_tests=n_patients
+            np.asarray(summary.at_risk_p_values, dtype=float),
+            gate.fdr / n_looks,
+            n_tests=n_patients,
         )
         if rule is Rule.MAX_PATIENTS_AT_RISK:
             return gate.max_patients_at_risk is not None and count > gate.max_patients_at_risk
-        return gate.max_fraction_at_risk is not None and count / n_patients > gate.max_fraction_at_risk
+        return (
+            gate.max_fraction_at_risk is not None and count / n_patients > gate.max_fraction_at_risk
+        )
     if rule is Rule.MAX_PATIENT_AUC:
         floor, limit = summary.noise_floor.max_patient_auc_q95, gate.max_patient_auc
         worst = summary.patient_auc.max
@@ -248,7 +254,10 @@ def parse_reference_models(
     if isinstance(value, str) and value.strip().lower() == AUTO:
         options = {
             name: given
-            for name, given in (("max_reference_models", max_reference_models), ("round_size", round_size))
+            for name, given in (
+                ("max_reference_models", max_reference_models),
+                ("round_size", round_size),
+            )
             if given is not None
         }
         return AdaptivePlan(**options)  # type: ignore[arg-type]
