@@ -40,6 +40,7 @@ from privacy_gate.subgroups import ColumnResult
 
 __all__ = [
     "UNDECIDED",
+    "Adaptive",
     "Aggregate",
     "AttackFigures",
     "AuditInfo",
