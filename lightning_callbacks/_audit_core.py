@@ -179,7 +179,7 @@ def run_fit_audit(
         callbacks=None if dp is None else (lambda seed: [dp.reference_copy(seed)]),
     ) if lightning_fit else None  # fmt: skip
     _LOG.info(
-        "Auditing %s: %d reference models on %d records (backend %s); report in %s.",
+        "Auditing %s: %s reference models on %d records (backend %s); report in %s.",
         type(module).__name__, settings.reference_models, data.n_records, backend.value, out,
     )  # fmt: skip
     result = run_audit(

@@ -25,6 +25,7 @@ from lightning_callbacks._audit_core import (
     run_fit_audit,
 )
 from lightning_callbacks._settings import AuditSettings, Metadata, validate_settings
+from privacy_gate.adaptive import AdaptivePlan
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
 
 __all__ = ["CALLBACK_DOC", "PrivacyAuditBehaviour"]
@@ -50,7 +51,9 @@ Args:
     patient_ids: aligned with the pool (train records, then holdout records), or a
         callable ``(split, index) -> id`` with ``split`` "train" or "holdout".
     subgroups: column name -> values aligned with the pool, or such a callable.
-    reference_models: K, even (default 64).
+    reference_models: K, even (default 64), or ``"auto"`` (or a
+        `privacy_gate.adaptive.AdaptivePlan`): train rounds of reference models and stop
+        at the first look that settles the verdict.
     backend: "auto" (batched when the recipe allows, else one Lightning Trainer per
         reference model), "batched", "sequential" or "ray" (the same work as Ray
         tasks; the module's class must be importable or picklable on the workers).
@@ -88,7 +91,7 @@ class PrivacyAuditBehaviour:
         holdout: Any = None,
         patient_ids: Metadata | None = None,
         subgroups: Mapping[str, Metadata] | None = None,
-        reference_models: int = DEFAULT_REFERENCE_MODELS,
+        reference_models: int | str | AdaptivePlan = DEFAULT_REFERENCE_MODELS,
         backend: str = "auto",
         seed: int = 0,
         on_fail: str = "raise",

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from privacy_gate.adaptive import AdaptivePlan, parse_reference_models
 from privacy_gate.config import AuditConfig, default_config, load_config
 from privacy_gate.errors import ConfigError, PrivacyGateError, invalid_value
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
@@ -54,7 +55,7 @@ class AuditSettings:
     holdout: Dataset[Any] | DataLoader[Any] | None
     patient_ids: Metadata | None
     subgroups: Mapping[str, Metadata]
-    reference_models: int
+    reference_models: int | AdaptivePlan
     backend: Backend
     seed: int
     on_fail: OnFail
@@ -168,19 +169,17 @@ def validate_settings(
             "e.g. subgroups={'sex': sexes, 'site': lambda split, i: ...}.",
         )
     subgroups = {k: _metadata(f"subgroups[{k!r}]", v) for k, v in subgroups.items()}
-    if (
-        isinstance(reference_models, bool)
-        or not isinstance(reference_models, int)
-        or reference_models < 2
-        or reference_models % 2
-    ):
+    try:
+        reference_models = parse_reference_models(reference_models, owner="PrivacyAuditCallback")
+    except ConfigError:
         raise _error(
             "reference_models",
-            "an even integer >= 2",
+            "an even integer >= 2, 'auto' or a privacy_gate.adaptive.AdaptivePlan",
             reference_models,
             f"each patient is IN for exactly half of the reference models; "
-            f"{DEFAULT_REFERENCE_MODELS} is the default, 32 the policy's usual minimum.",
-        )
+            f"{DEFAULT_REFERENCE_MODELS} is the default; 'auto' trains rounds of models "
+            "until the verdict is settled.",
+        ) from None
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise _error("seed", "an integer >= 0", seed)
     if output_dir is not None and not isinstance(output_dir, str | os.PathLike):

@@ -13,8 +13,10 @@ Settling a fail (each rule, violated at the look):
   at ``alpha / (looks * attacks)``, is above the limit;
 - ``max_subgroup_relative_change``: a group over the limit has a Bonferroni p-value below
   ``subgroup_alpha / looks``;
-- ``max_patient_auc`` (a point estimate): only at a K whose noise floor (95% null
-  maximum) lies below the limit.
+- ``max_patient_auc`` (a point estimate, with no level to spend): only at a K whose noise
+  floor (95% null maximum) lies below every patient-level limit of the policy, the
+  fixed-K audit's own power condition (a look at a K where noise alone reaches the
+  limits never settles it).
 
 The power rules (``noise_floor``, ``max_detectable_auc``, ``min_reference_models``) and
 ``max_aggregate_tpr_at_fpr`` never settle a fail: more models can change them. A pass is
@@ -185,9 +187,16 @@ def _settled(
             gate.max_fraction_at_risk is not None and count / n_patients > gate.max_fraction_at_risk
         )
     if rule is Rule.MAX_PATIENT_AUC:
-        floor, limit = summary.noise_floor.max_patient_auc_q95, gate.max_patient_auc
-        worst = summary.patient_auc.max
-        return limit is not None and worst is not None and floor < limit < worst
+        # A point estimate has no level to spend: it settles only where the noise floor
+        # is below every patient-level limit (the fixed-K audit's own power condition).
+        limits = gate.patient_auc_limits(config.risk.at_risk_auc)
+        floor, worst = summary.noise_floor.max_patient_auc_q95, summary.patient_auc.max
+        return (
+            gate.max_patient_auc is not None
+            and worst is not None
+            and floor < min(limits)
+            and worst > gate.max_patient_auc
+        )
     if rule is Rule.MAX_AGGREGATE_AUC:
         aggregate, limit = report.aggregate, gate.max_aggregate_auc
         if aggregate is None or limit is None or not aggregate.attacks:

@@ -7,7 +7,8 @@ through ``evaluator_config={"privacy_gate": {...}}``:
   untrained ``torch.nn.Module`` (reference models are trained from it);
 - ``holdout``: ``(features, labels)`` of non-member records of the same population;
 - optional: ``recipe`` (mapping, the model's own training recipe), ``reference_models``
-  (default 64), ``seed``, ``backend``, ``task``, ``policy`` (mapping or YAML path),
+  (default 64, or ``"auto"`` with optional ``max_reference_models`` and ``round_size``:
+  an adaptive audit), ``seed``, ``backend``, ``task``, ``policy`` (mapping or YAML path),
   ``patient_ids`` and ``subgroups`` (aligned with members then holdout), ``out_dir``.
 
 The evaluated model must be a PyTorch model (its raw ``nn.Module`` is the candidate).
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
 
+from privacy_gate.adaptive import parse_reference_models
 from privacy_gate.config import AuditConfig, default_config, load_config, parse_config
 from privacy_gate.errors import ConfigError, check_known_keys
 from privacy_gate.mlflow.logging import log_report, report_metrics
@@ -38,8 +40,9 @@ from privacy_gate.training.recipe import parse_recipe
 
 __all__ = ["PrivacyGateEvaluator"]
 
-_CONFIG_KEYS = ("model_factory", "holdout", "recipe", "reference_models", "seed", "backend",
-                "task", "policy", "patient_ids", "subgroups", "out_dir")  # fmt: skip
+_CONFIG_KEYS = ("model_factory", "holdout", "recipe", "reference_models", "max_reference_models",
+                "round_size", "seed", "backend", "task", "policy", "patient_ids", "subgroups",
+                "out_dir")  # fmt: skip
 
 
 def _policy(value: Any) -> AuditConfig:
@@ -107,7 +110,12 @@ class PrivacyGateEvaluator(ModelEvaluator):
                 data,
                 recipe=parse_recipe(config.get("recipe")),
                 config=_policy(config.get("policy")),
-                reference_models=int(config.get("reference_models", DEFAULT_REFERENCE_MODELS)),
+                reference_models=parse_reference_models(
+                    config.get("reference_models", DEFAULT_REFERENCE_MODELS),
+                    owner="evaluator_config",
+                    max_reference_models=config.get("max_reference_models"),
+                    round_size=config.get("round_size"),
+                ),
                 backend=config.get("backend", "auto"),
                 seed=int(config.get("seed", 0)),
                 candidate=candidate,

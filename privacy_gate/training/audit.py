@@ -17,13 +17,19 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
+from privacy_gate.adaptive import AdaptivePlan, parse_reference_models
 from privacy_gate.config import AuditConfig, default_config
+from privacy_gate.errors import InputError
 from privacy_gate.pipeline import AuditResult, audit, write_outputs
-from privacy_gate.plan import DEFAULT_REFERENCE_MODELS, draw_plan, plan_digest
+from privacy_gate.plan import DEFAULT_REFERENCE_MODELS, PLAN_ROUND, draw_plan, plan_digest
 from privacy_gate.pseudonyms import Pseudonymizer
-from privacy_gate.signals import make_signals
+from privacy_gate.report_model import AuditInfo
+from privacy_gate.report_model.codec import decode, encode
+from privacy_gate.rounds import audit_in_rounds
+from privacy_gate.signals import Signals, make_signals
 from privacy_gate.training.backends import make_backend, train_reference_models
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.dp_sections import dp_recommendation, dp_training
@@ -118,7 +124,7 @@ def run_audit(
     *,
     recipe: Recipe,
     config: AuditConfig | None = None,
-    reference_models: int = DEFAULT_REFERENCE_MODELS,
+    reference_models: int | str | AdaptivePlan = DEFAULT_REFERENCE_MODELS,
     backend: TrainingBackend | Backend | str = Backend.AUTO,
     seed: int = 0,
     candidate: nn.Module | None = None,
@@ -138,7 +144,9 @@ def run_audit(
         recipe: how the candidate was trained; every reference model uses it.
         config: the policy (default: the packaged default policy).
         reference_models: K, even (64 by default; fewer is reported as under-powered
-            when the noise floor reaches the policy's limits).
+            when the noise floor reaches the policy's limits), or ``"auto"`` / an
+            `AdaptivePlan`: train in rounds and stop at the first look that settles the
+            verdict (`privacy_gate.adaptive`).
         backend: a `TrainingBackend` with its own options (``SequentialBackend(workers=4)``,
             ``BatchedBackend()``, ``AutoBackend()``, ``RayBackend(RayOptions(...))``) or a
             name (``"auto"``: batched when the model allows, else sequential).
@@ -156,11 +164,18 @@ def run_audit(
     """
     config = config or default_config()
     trainer = make_backend(backend)
+    adaptive = _adaptive(reference_models, trainer)
+    n_planned = adaptive.max_reference_models if adaptive else int(reference_models)  # type: ignore[arg-type]
     out = Path(out_dir) if out_dir is not None else None
     records = data.record_table()
     patient_index, _ = records.patient_index()
-    masks = draw_plan(patient_index, reference_models, seed=seed)
-    plan = TrainingPlan(masks, tuple(derived_seed(seed, k) for k in range(reference_models)), seed)
+    masks = draw_plan(
+        patient_index,
+        n_planned,
+        seed=seed,
+        round_size=adaptive.round_size if adaptive else PLAN_ROUND,
+    )
+    plan = TrainingPlan(masks, tuple(derived_seed(seed, k) for k in range(n_planned)), seed)
     inputs, labels = data.pool()
     data_digest = tensor_digest(inputs, labels)
     identity = model_identity(factory)
@@ -168,7 +183,7 @@ def run_audit(
         "recipe": recipe.to_dict(),
         "model": identity,
         "data": data_digest,
-        "plan": plan_digest(masks),
+        "plan": plan_digest(masks),  # of every planned model: the store outlives the looks
         "seed": seed,
         "task": data.task.value,
         "augmentations": len(augmentations),
@@ -176,38 +191,39 @@ def run_audit(
     }
     store_root = out / ".privacy_gate_cache" if out is not None else default_cache_root()
     store = ScoreStore(store_root, key, data.n_records)
-    job = ReferenceJob(factory, data, plan, recipe, store, tuple(augmentations), train_fn)
-    scores, training = train_reference_models(job, trainer)
-    if candidate is None:
-        if not store.has("candidate") or store.load_text("candidate_sha256") is None:
-            trained = train_one(
-                factory,
-                inputs,
-                labels,
-                np.flatnonzero(data.is_member()).astype(np.intp),
-                recipe,
-                seed=derived_seed(seed, -1),
-                model_name="release candidate",
-            )
-            store.save(
-                "candidate",
-                score_model(trained, inputs, labels, data.task, augmentations=augmentations),
-            )
-            store.save_text("candidate_sha256", weights_sha256(trained))
-        target = store.load("candidate")
-        model_sha256 = store.load_text("candidate_sha256")
-    else:
-        target = score_model(candidate, inputs, labels, data.task, augmentations=augmentations)
-        model_sha256 = weights_sha256(candidate)
-    signals = make_signals(
-        scores, masks, target_scores=target, target_members=data.is_member(), task=data.task
+    rounds = _Rounds(
+        ReferenceJob(factory, data, plan, recipe, store, tuple(augmentations), train_fn), trainer
     )
+    rounds.scores(adaptive.schedule[0] if adaptive else n_planned)  # before the candidate
+    target, model_sha256 = _candidate_scores(
+        factory, data, recipe, store, candidate, seed, augmentations
+    )
+
+    def reveal(k: int) -> Signals:
+        return make_signals(
+            rounds.scores(k),
+            masks[:k],
+            target_scores=target,
+            target_members=data.is_member(),
+            task=data.task,
+        )
+
+    options: dict[str, Any] = {
+        "pseudonymizer": Pseudonymizer.from_environment(raw=raw_ids),
+        "inputs": {"data_sha256": data_digest},
+    }
+    if adaptive is None:
+        result = audit(reveal(n_planned), records, config, **options)
+    else:
+        result = audit_in_rounds(reveal, records, config, adaptive, **options)
+    used = result.report.audit.reference_models
+    training = rounds.provenance()
     for name, value in (provenance or {}).items():
         if training.get(name) is None:
             training[name] = value
     audit_provenance = {
         "model_sha256": model_sha256,
-        "plan": {"seed": seed, "sha256": plan_digest(masks), "file": "membership.npz"},
+        "plan": {"seed": seed, "sha256": plan_digest(masks[:used]), "file": "membership.npz"},
         "training": {
             **training,
             "recipe": recipe.to_dict(),
@@ -216,14 +232,11 @@ def run_audit(
             "cache_key": store.key,
         },
     }
-    result = audit(
-        signals,
-        records,
-        config,
-        pseudonymizer=Pseudonymizer.from_environment(raw=raw_ids),
-        inputs={"data_sha256": data_digest},
-        provenance=audit_provenance,
+    report = replace(
+        result.report,
+        audit=decode(AuditInfo, {**encode(result.report.audit), **audit_provenance}, "audit"),
     )
+    result = replace(result, report=report)
     report = replace(
         result.report,
         dp_training=dp_training(result, data, recipe),
@@ -238,5 +251,93 @@ def run_audit(
     result = replace(result, report=report)
     if out is not None:
         write_outputs(result, out, plots=plots)
-        np.savez(out / "membership.npz", masks=masks, sha256=np.array(plan_digest(masks)))
+        np.savez(
+            out / "membership.npz", masks=masks[:used], sha256=np.array(plan_digest(masks[:used]))
+        )
     return result
+
+
+def _adaptive(
+    reference_models: int | str | AdaptivePlan, trainer: TrainingBackend
+) -> AdaptivePlan | None:
+    """The adaptive plan of ``reference_models="auto"`` (None for a fixed K), checked
+    against the backend: rounds must hold whole batched groups, or a later look would
+    retrain the models of an earlier one."""
+    parsed = parse_reference_models(reference_models, owner="run_audit")
+    if isinstance(parsed, int):
+        return None
+    group = int(getattr(trainer, "group_size", 1))
+    if (
+        trainer.kind is not Backend.SEQUENTIAL
+        and group > 1
+        and any(k % group for k in parsed.schedule)
+    ):
+        raise InputError(
+            f"The 'round_size' of the adaptive audit ({parsed.round_size}) and its "
+            f"'max_reference_models' ({parsed.max_reference_models}) must be multiples of "
+            f"the batched group size ({group}): a look would split a group. HINT: use "
+            f"round_size {group} (the default) or backend 'sequential'."
+        )
+    return parsed
+
+
+class _Rounds:
+    """Trains the first k models of the plan on demand (each look trains only what the
+    store lacks) and sums what every look's training did."""
+
+    def __init__(self, job: ReferenceJob, trainer: TrainingBackend) -> None:
+        self._job, self._trainer = job, trainer
+        self._provenance: dict[str, Any] = {}
+        self._last: tuple[int, NDArray[np.float64]] | None = None
+
+    def scores(self, k: int) -> NDArray[np.float64]:
+        if self._last is not None and self._last[0] == k:
+            return self._last[1]
+        job = replace(self._job, plan=self._job.plan.first(k))
+        scores, training = train_reference_models(job, self._trainer)
+        if not self._provenance:
+            self._provenance = dict(training)
+        else:
+            for name in ("trained_now", "training_seconds"):
+                self._provenance[name] = round(self._provenance[name] + training[name], 3)
+            self._provenance["fallback_reason"] = self._provenance.get(
+                "fallback_reason"
+            ) or training.get("fallback_reason")
+        return scores
+
+    def provenance(self) -> dict[str, Any]:
+        return dict(self._provenance)
+
+
+def _candidate_scores(
+    factory: ModelFactory,
+    data: AuditData,
+    recipe: Recipe,
+    store: ScoreStore,
+    candidate: nn.Module | None,
+    seed: int,
+    augmentations: Sequence[Augmentation],
+) -> tuple[NDArray[np.float64], str | None]:
+    """The release candidate's scores and weights digest (trained here, once, if None)."""
+    inputs, labels = data.pool()
+    if candidate is not None:
+        target = score_model(candidate, inputs, labels, data.task, augmentations=augmentations)
+        return target, weights_sha256(candidate)
+    if not store.has("candidate") or store.load_text("candidate_sha256") is None:
+        trained = train_one(
+            factory,
+            inputs,
+            labels,
+            np.flatnonzero(data.is_member()).astype(np.intp),
+            recipe,
+            seed=derived_seed(seed, -1),
+            model_name="release candidate",
+        )
+        store.save(
+            "candidate",
+            score_model(trained, inputs, labels, data.task, augmentations=augmentations),
+        )
+        store.save_text("candidate_sha256", weights_sha256(trained))
+    scores = store.load("candidate")
+    assert scores is not None  # saved above or by an earlier run
+    return scores, store.load_text("candidate_sha256")

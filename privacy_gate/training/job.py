@@ -1,8 +1,9 @@
 """``privacy-gate audit --config audit.yaml``: an audit described in YAML.
 
 The YAML names the model factory and the data loader by import path
-(``package.module:callable``), the recipe, K, backend, seed, the policy and the output
-directory; ``backend: ray`` takes its cluster and per-task resources from a ``ray:``
+(``package.module:callable``), the recipe, K (or ``reference_models: auto`` with optional
+``max_reference_models`` and ``round_size``: an adaptive audit), backend, seed, the policy
+and the output directory; ``backend: ray`` takes its cluster and per-task resources from a ``ray:``
 section (`privacy_gate.training.ray_backend.RayOptions`).
 Factory: ``make_model(**model_args) -> torch.nn.Module`` (untrained).
 Loader: ``load_data(**data_args) -> privacy_gate.training.AuditData``.
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from privacy_gate.adaptive import AdaptivePlan, parse_reference_models
 from privacy_gate.config import AuditConfig, default_config, load_config, parse_config
 from privacy_gate.errors import ConfigError, check_known_keys, invalid_value
 from privacy_gate.pipeline import AuditResult
@@ -40,6 +42,8 @@ _KEYS = (
     "data_args",
     "recipe",
     "reference_models",
+    "max_reference_models",
+    "round_size",
     "backend",
     "seed",
     "out",
@@ -96,7 +100,7 @@ class AuditJob:
     policy: AuditConfig
     model_args: Mapping[str, Any] = field(default_factory=dict)
     data_args: Mapping[str, Any] = field(default_factory=dict)
-    reference_models: int = DEFAULT_REFERENCE_MODELS
+    reference_models: int | AdaptivePlan = DEFAULT_REFERENCE_MODELS
     backend: Backend = Backend.AUTO
     seed: int = 0
     out: Path | None = None
@@ -162,13 +166,12 @@ def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
                     data.get(required),
                 )
             )
-    k = data.get("reference_models", DEFAULT_REFERENCE_MODELS)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2 or k % 2:
-        raise ConfigError(
-            invalid_value(
-                "reference_models", "audit config", "an even integer >= 2", k, "64 is the default"
-            )
-        )
+    k = parse_reference_models(
+        data.get("reference_models", DEFAULT_REFERENCE_MODELS),
+        owner="audit config",
+        max_reference_models=data.get("max_reference_models"),
+        round_size=data.get("round_size"),
+    )
     try:
         backend = Backend(data.get("backend", "auto"))
     except ValueError:

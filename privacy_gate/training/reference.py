@@ -80,6 +80,10 @@ class TrainingPlan:
     def subset(self, k: int) -> NDArray[np.intp]:
         return np.flatnonzero(self.masks[k]).astype(np.intp)
 
+    def first(self, k: int) -> TrainingPlan:
+        """The plan of the first ``k`` models (an adaptive audit's look)."""
+        return TrainingPlan(self.masks[:k], self.seeds[:k], self.seed)
+
 
 def derived_seed(seed: int, index: int) -> int:
     """An independent 31-bit seed for model ``index`` (-1: the candidate)."""

@@ -1,0 +1,227 @@
+"""Adaptive audits (`privacy_gate.adaptive`, `privacy_gate.rounds`): the look schedule,
+the settling tests and their error control under optional stopping, on signals drawn
+from known distributions with the models revealed round by round."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import special, stats
+
+from privacy_gate import AuditReport, Pseudonymizer, audit, make_signals, records_from_columns
+from privacy_gate.adaptive import (
+    AdaptivePlan,
+    auc_lower_bound,
+    hanley_mcneil_se,
+    parse_reference_models,
+    settle,
+)
+from privacy_gate.config import default_config, parse_config
+from privacy_gate.errors import ConfigError
+from privacy_gate.gate import reference_models_for_policy
+from privacy_gate.plan import draw_plan
+from privacy_gate.rounds import audit_in_rounds
+from privacy_gate.signals import Signals
+
+PSEUDONYMS = Pseudonymizer(key=b"adaptive")
+
+
+# --- settings ------------------------------------------------------------------------------
+def test_the_schedule_doubles_up_to_the_maximum() -> None:
+    assert AdaptivePlan().schedule == (16, 32, 64, 128, 256)
+    assert AdaptivePlan(round_size=16, max_reference_models=48).schedule == (16, 32, 48)
+    assert AdaptivePlan(round_size=16, max_reference_models=16).schedule == (16,)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"max_reference_models": 8}, "max_reference_models"),  # below one round
+        ({"max_reference_models": 65}, "max_reference_models"),  # odd
+        ({"round_size": 15}, "round_size"),  # odd
+        ({"round_size": 0}, "round_size"),
+        ({"alpha": 1.5}, "alpha"),
+    ],
+)
+def test_bad_settings_name_the_field(options: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{field}'"):
+        AdaptivePlan(**options)
+
+
+def test_reference_models_is_a_k_or_auto() -> None:
+    assert parse_reference_models(64, owner="x") == 64
+    assert parse_reference_models("auto", owner="x") == AdaptivePlan()
+    assert parse_reference_models("AUTO", owner="x", max_reference_models=64) == AdaptivePlan(
+        max_reference_models=64
+    )
+    with pytest.raises(ConfigError, match=r"'reference_models'.*'auto'"):
+        parse_reference_models(63, owner="x")
+    with pytest.raises(ConfigError, match="only with reference_models: auto"):
+        parse_reference_models(64, owner="x", max_reference_models=128)
+
+
+# --- the aggregate AUC's lower bound -----------------------------------------------------------
+def test_hanley_mcneil_se_matches_the_spread_of_simulated_aucs() -> None:
+    """Binormal scores with true AUC Phi(1/sqrt 2) = 0.760: the SD of the empirical AUC over
+    4,000 draws of 150 + 150 scores is Hanley-McNeil's SE within 5%."""
+    rng = np.random.default_rng(0)
+    n = 150
+    pos = rng.standard_normal((4000, n)) + 1.0
+    neg = rng.standard_normal((4000, n))
+    ranks = stats.rankdata(np.concatenate([pos, neg], axis=1), axis=1)[:, :n]
+    aucs = (ranks.sum(axis=1) - n * (n + 1) / 2) / (n * n)
+    truth = float(special.ndtr(1 / math.sqrt(2)))
+    assert aucs.mean() == pytest.approx(truth, abs=2e-3)
+    assert aucs.std(ddof=1) == pytest.approx(hanley_mcneil_se(truth, n, n), rel=0.05)
+    bound = auc_lower_bound(truth, n, n, 0.05)
+    assert bound == pytest.approx(truth - 1.6448536 * hanley_mcneil_se(truth, n, n), rel=1e-6)
+    assert np.mean(aucs - 1.6448536 * hanley_mcneil_se(truth, n, n) > truth) < 0.07
+
+
+# --- rounds revealed from known distributions ---------------------------------------------------
+def _records(n_records: int) -> Any:
+    return records_from_columns(
+        [f"r{i}" for i in range(n_records)], [f"p{i}" for i in range(n_records)], {}
+    )
+
+
+def _revealer(shift: np.ndarray, k_max: int, seed: int) -> tuple[Any, np.ndarray]:
+    """``reveal(k)`` of nested rounds: IN scores N(shift, 1), OUT N(0, 1), per record."""
+    n = shift.size
+    rng = np.random.default_rng(seed)
+    masks = draw_plan(np.arange(n), k_max, seed=seed)
+    scores = rng.standard_normal((k_max, n)) + masks * shift
+
+    def reveal(k: int) -> Signals:
+        return make_signals(scores[:k], masks[:k], task="binary")
+
+    return reveal, masks
+
+
+AT_RISK = 0.9
+D_BOUNDARY = math.sqrt(2) * float(special.ndtri(AT_RISK))  # record AUC exactly 0.9
+COUNT_POLICY = parse_config(
+    {
+        "risk": {"at_risk_auc": AT_RISK, "null_replicates": 20},
+        "gate": {"max_patients_at_risk": 0, "fdr": 0.1},
+    }
+)
+
+
+@pytest.mark.slow
+def test_at_risk_fdr_holds_across_looks_at_the_boundary() -> None:
+    """Every record sits exactly at the at-risk AUC, so any confident patient is a false
+    discovery. Over 1,000 audits with three looks (K = 16/32/64), the rate of audits where
+    some look settles a fail stays at most the FDR (0.1; measured 0.071); counting each
+    look at the full FDR instead (no spending over looks) inflates it (measured 0.211)."""
+    plan = AdaptivePlan(round_size=16, max_reference_models=64)
+    n, seeds = 40, 1000
+    records = _records(n)
+    settled = naive = 0
+    for seed in range(seeds):
+        reveal, _ = _revealer(np.full(n, D_BOUNDARY), 64, seed)
+        reports = [
+            audit(reveal(k), records, COUNT_POLICY, pseudonymizer=PSEUDONYMS).report
+            for k in plan.schedule
+        ]
+        settled += any(settle(r, COUNT_POLICY, plan).outcome == "fail_settled" for r in reports)
+        naive += any(r.summary.patients_at_risk > 0 for r in reports)
+    assert settled / seeds <= 0.1 + 2 * math.sqrt(0.1 * 0.9 / seeds)
+    assert naive >= 1.5 * settled and naive / seeds > 0.1 + 2 * math.sqrt(0.1 * 0.9 / seeds)
+
+
+def test_no_leak_never_settles_a_fail() -> None:
+    """Null records (AUC 0.5) under every settle-able rule: 100 audits, no settled fail."""
+    plan = AdaptivePlan(round_size=16, max_reference_models=64)
+    policy = parse_config(
+        {
+            "risk": {"null_replicates": 20},
+            "gate": {
+                "max_patients_at_risk": 0,
+                "max_patient_auc": 0.95,
+                "max_fraction_at_risk": 0.0,
+            },
+        }
+    )
+    records = _records(60)
+    for seed in range(100):
+        reveal, _ = _revealer(np.zeros(60), 64, seed)
+        for k in plan.schedule:
+            report = audit(reveal(k), records, policy, pseudonymizer=PSEUDONYMS).report
+            assert settle(report, policy, plan).outcome != "fail_settled", (seed, k)
+
+
+def test_a_planted_leak_settles_as_a_fail_in_the_first_round_or_two() -> None:
+    plan = AdaptivePlan()
+    shift = np.r_[np.full(10, 4.0), np.zeros(290)]
+    reveal, _ = _revealer(shift, 256, 0)
+    result = audit_in_rounds(
+        reveal, _records(300), default_config(), plan, pseudonymizer=PSEUDONYMS
+    )
+    adaptive = result.report.adaptive
+    assert adaptive is not None
+    assert adaptive.stopped == "fail_settled"
+    assert [look.reference_models for look in adaptive.looks] in ([16], [16, 32])
+    assert "max_patients_at_risk" in adaptive.looks[-1].settled
+    used = adaptive.looks[-1].reference_models
+    assert adaptive.reference_models_saved == 256 - used
+    assert result.report.audit.reference_models == used
+    assert not result.decision.passed
+
+
+NO_AGGREGATE = dataclasses.replace(
+    default_config(),
+    gate=dataclasses.replace(
+        default_config().gate, max_aggregate_auc=None, max_aggregate_tpr_at_fpr=None
+    ),
+)
+"""The default policy without its rules on the release candidate (no target signals here)."""
+
+
+def test_a_private_model_settles_as_a_pass_at_the_k_the_power_rules_need() -> None:
+    n = 300
+    config = NO_AGGREGATE
+    needed = reference_models_for_policy(config.gate, config.risk.at_risk_auc, n, n)
+    assert needed is not None and 32 < needed <= 64  # so the looks at 16 and 32 stay open
+    reveal, _ = _revealer(np.zeros(n), 256, 1)
+    result = audit_in_rounds(reveal, _records(n), config, AdaptivePlan(), pseudonymizer=PSEUDONYMS)
+    adaptive = result.report.adaptive
+    assert adaptive is not None and adaptive.stopped == "pass_settled"
+    assert [look.outcome for look in adaptive.looks] == ["open", "open", "pass_settled"]
+    assert {"noise_floor", "max_detectable_auc"} & set(adaptive.looks[0].violated)
+    assert result.report.audit.reference_models == 64 and result.decision.passed
+
+
+def test_the_maximum_reached_unsettled_is_the_last_verdict_with_a_warning() -> None:
+    """At most 32 models: the power rules cannot be met, so the audit fails unsettled."""
+    n = 300
+    reveal, _ = _revealer(np.zeros(n), 32, 2)
+    plan = AdaptivePlan(max_reference_models=32)
+    result = audit_in_rounds(reveal, _records(n), NO_AGGREGATE, plan, pseudonymizer=PSEUDONYMS)
+    adaptive = result.report.adaptive
+    assert adaptive is not None and adaptive.stopped == "unsettled"
+    assert not result.decision.passed
+    assert any("unsettled" in w for w in result.decision.warnings)
+    again = AuditReport.from_dict(result.report.to_dict())  # the section round-trips
+    assert again.adaptive == adaptive
+
+
+def test_stopping_at_k_equals_a_fixed_k_audit_of_the_same_plan() -> None:
+    """The plan is nested: the first 16 models of a 256-model plan are a 16-model plan."""
+    shift = np.r_[np.full(10, 4.0), np.zeros(290)]
+    reveal, masks = _revealer(shift, 256, 0)
+    np.testing.assert_array_equal(masks[:16], draw_plan(np.arange(300), 16, seed=0))
+    np.testing.assert_array_equal(masks[:64], draw_plan(np.arange(300), 64, seed=0))
+    adaptive = audit_in_rounds(
+        reveal, _records(300), default_config(), AdaptivePlan(), pseudonymizer=PSEUDONYMS
+    )
+    used = adaptive.report.audit.reference_models
+    assert used in (16, 32)
+    fixed = audit(reveal(used), _records(300), default_config(), pseudonymizer=PSEUDONYMS)
+    ours, theirs = adaptive.report.to_dict(), fixed.report.to_dict()
+    for section in ("summary", "aggregate", "subgroups"):
+        assert ours[section] == theirs[section], section
