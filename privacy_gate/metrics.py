@@ -15,6 +15,8 @@ Keys are ``privacy_gate/<segment>/...`` (`privacy_gate.metric_keys`); ``<column>
   over the attacks, as the gate reads it), ``attack/<name>/auc``,
   ``attack/<name>/tpr_at_fpr/<fpr>``;
 - ``dp/<figure>`` (the audited recipe's guarantee), ``dp_recommendation/<figure>``;
+- ``adaptive/looks``, ``adaptive/reference_models_saved``, ``adaptive/settled`` (1.0 when
+  a look settled the verdict) for ``reference_models: auto``;
 - ``subgroup/<column>/<value>/<statistic>`` for tested groups and
   ``subgroup_column/<column>/<statistic>``.
 
@@ -112,6 +114,11 @@ def _report_metrics(report: AuditReport) -> Iterator[tuple[tuple[str, ...], floa
     if recommendation is not None and recommendation.recommended:
         for name in _DP_FIGURES:
             yield ("dp_recommendation", name), getattr(recommendation, name)
+
+    if report.adaptive is not None:  # how an adaptive audit chose K
+        yield ("adaptive", "looks"), len(report.adaptive.looks)
+        yield ("adaptive", "reference_models_saved"), report.adaptive.reference_models_saved
+        yield ("adaptive", "settled"), float(report.adaptive.stopped != "unsettled")
 
     for name, column in report.subgroups.items():
         escaped = escape_segment(name)

@@ -59,6 +59,14 @@ def audit_in_rounds(
     planned = len(plan.schedule)
     result: AuditResult | None = None
     for k in plan.schedule:
+        if looks:
+            _LOG.info(
+                "Adaptive audit, round %d/%d: training up to K = %d (open: %s).",
+                len(looks) + 1,
+                planned,
+                k,
+                ", ".join(looks[-1].violated) or "-",
+            )
         signals = reveal(k)
         if signals.n_reference_models != k:
             raise InputError(

@@ -60,7 +60,7 @@ def test_auroc(model: nn.Module, data: AuditData) -> float:
 def audit_once(
     name: str,
     recipe: Recipe,
-    reference_models: int,
+    reference_models: int | str,
     args: argparse.Namespace,
     factory: Any,
     data: AuditData,
@@ -100,7 +100,7 @@ def audit_once(
         "aggregate_auc": strongest.get("auc"),
         "dp_training": report.get("dp_training"),
         "dp_recommendation": report.get("dp_recommendation"),
-        "reference_models": reference_models,
+        "reference_models": result.report.audit.reference_models,  # what auto stopped at
         "seconds": round(time.perf_counter() - started, 1),
         "report": str(args.out / name / "report.html"),
     }
@@ -127,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         max_grad_norm=recommendation["max_grad_norm"],
     )
     dp_recipe = dataclasses.replace(job.recipe, dp=settings, max_grad_norm=None)
-    # the re-audit uses the K the recommendation asks for: a private model's records sit
-    # near AUC 0.5, where more reference models are needed for the policy's precision rule
-    dp_k = max(args.reference_models, int(recommendation.get("reference_models") or 0))
-    private = audit_once("dp", dp_recipe, dp_k, args, factory, data, job)
+    # the re-audit is adaptive, as the recommendation says: rounds of reference models
+    # until the verdict is settled (a pass needs the K the power rules need)
+    private = audit_once("dp", dp_recipe, "auto", args, factory, data, job)
+    dp_k = private["reference_models"]
 
     check = private["dp_training"] or {}
     summary = {

@@ -33,6 +33,7 @@ def run_audit_job(args: argparse.Namespace) -> tuple[AuditResult, Path]:
         ) from None
     if not args.quiet:  # progress lines with ETA when no terminal shows a bar
         logging.getLogger("privacy_gate.training").setLevel(logging.INFO)
+        logging.getLogger("privacy_gate.adaptive").setLevel(logging.INFO)  # looks, rounds
     job = load_job(args.config)
     out = args.out or job.out or Path("out/audit")
     result = run_job(job, out=out, raw_ids=args.raw_ids, plots=not args.no_plots)

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from privacy_gate.adaptive import DEFAULT_MAX_REFERENCE_MODELS
 from privacy_gate.config import AuditConfig
 from privacy_gate.dp import accounting
 from privacy_gate.dp_ceiling import (
@@ -238,9 +239,14 @@ def round_up(value: float, digits: int = 4) -> float:
 def apply_snippets(
     noise_multiplier: float, max_grad_norm: float, reference_models: int | None = None
 ) -> dict[str, str]:
-    """The code or config change that applies the settings, per integration."""
-    k_yaml = "" if reference_models is None else f"\nreference_models: {reference_models}"
-    k_callback = "..." if reference_models is None else f"reference_models={reference_models}"
+    """The code or config change that applies the settings, per integration. The re-audit
+    is adaptive (``reference_models: auto``): it trains rounds of models until the verdict
+    is settled, at least the ``reference_models`` the policy's power rules need."""
+    need = "" if reference_models is None else f"  # the power rules need K >= {reference_models}"
+    k_yaml = f"\nreference_models: auto{need}"
+    if reference_models is not None and reference_models > DEFAULT_MAX_REFERENCE_MODELS:
+        k_yaml += f"\nmax_reference_models: {reference_models + reference_models % 2}"
+    k_callback = 'reference_models="auto"'
     return {
         "audit_yaml": (
             "recipe:\n"
@@ -250,7 +256,7 @@ def apply_snippets(
         "lightning": (
             "from lightning_callbacks import DPSGD, PrivacyAuditCallback\n"
             f"dp = DPSGD(noise_multiplier={noise_multiplier}, max_grad_norm={max_grad_norm})\n"
-            f"trainer = Trainer(..., callbacks=[dp, PrivacyAuditCallback({k_callback})])"
+            f"trainer = Trainer(..., callbacks=[dp, PrivacyAuditCallback({k_callback})])" + need
         ),
         "opacus": (
             "model, optimizer, loader = PrivacyEngine(accountant='prv').make_private(\n"

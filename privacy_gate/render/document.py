@@ -33,6 +33,7 @@ from privacy_gate.render.formatting import (
     sorted_numeric_keys,
 )
 from privacy_gate.render.sections import (
+    adaptive_section,
     dp_recommendation_section,
     dp_training_section,
     subgroups_section,
@@ -72,6 +73,7 @@ def build_document(report: AuditReport, figures: Mapping[str, str]) -> Document:
     """
     blocks: list[Block] = [_verdict(report)]
     blocks += _key_figures(report)
+    blocks += adaptive_section(report)
     blocks += _figures(figures)
     blocks += _aggregate(report)
     blocks += _tail(report)
@@ -86,10 +88,12 @@ def build_document(report: AuditReport, figures: Mapping[str, str]) -> Document:
 
 
 def summary_sections(report: AuditReport, *, top_patients: int) -> list[Block]:
-    """The sections of a short summary (a CI job summary): key figures, subgroups, the
-    most exposed patients (pseudonyms only, the first ``top_patients``), the DP-SGD
-    recommendation and caveats: the same blocks as the full report's."""
+    """The sections of a short summary (a CI job summary): key figures, the adaptive
+    audit's looks, subgroups, the most exposed patients (pseudonyms only, the first
+    ``top_patients``), the DP-SGD recommendation and caveats: the same blocks as the full
+    report's."""
     blocks = _key_figures(report)
+    blocks += adaptive_section(report)
     blocks += subgroups_section(report)
     blocks += _top_patients(report, limit=top_patients, pseudonyms_only=True)
     blocks += dp_recommendation_section(report)

@@ -76,7 +76,8 @@ def dp_recommendation_rows(rec: DPRecommendation | None) -> list[tuple[str, str]
         ("record AUC ceiling (mu-GDP check)", _number(rec.auc_ceiling_gdp, 4)),
         ("patient AUC ceiling", _number(rec.patient_auc_ceiling, 4)),
         ("target patient AUC limit", _number(rec.auc_limit, 3)),
-        ("reference models for the re-audit", _number(rec.reference_models, 0)),
+        ("re-audit", "adaptive, until the verdict is settled"),
+        ("reference models the power rules need", _number(rec.reference_models, 0)),
     ]
 
 
@@ -106,9 +107,10 @@ def dp_recommendation_lines(rec: DPRecommendation | None) -> list[str]:
         + (f"; up to {k} records per patient" if k is not None else "")
         + ")"
         + (
-            f"; re-audit with {rec.reference_models} reference models."
+            f"; re-audit adaptively (reference_models: auto), which trains at least the "
+            f"{rec.reference_models} reference models the power rules need."
             if rec.reference_models is not None
-            else "."
+            else "; re-audit adaptively (reference_models: auto)."
         )
     ]
     for target, change in (rec.apply or {}).items():

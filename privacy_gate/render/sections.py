@@ -178,3 +178,52 @@ def dp_recommendation_section(report: AuditReport) -> list[Block]:
                 CodeBlock(change.strip(), "yaml" if target.endswith("yaml") else "python")
             )
     return blocks
+
+
+_STOPPED = {
+    "fail_settled": "stopped: the fail was settled with error control across looks",
+    "pass_settled": "stopped: every rule passed, the power rules included",
+    "unsettled": "not settled: the maximum was reached; the verdict is the last look's",
+}
+_OUTCOME = {"fail_settled": "fail settled", "pass_settled": "pass settled", "open": "open"}
+
+
+def adaptive_section(report: AuditReport) -> list[Block]:
+    """The looks of an adaptive audit (``reference_models: auto``): K at each, what it
+    settled or left open, and the models saved against the fixed maximum."""
+    adaptive = report.adaptive
+    if adaptive is None:
+        return []
+    used = report.audit.reference_models
+    stopped = _STOPPED.get(adaptive.stopped, adaptive.stopped)
+    rows: tuple[tuple[Span, ...], ...] = tuple(
+        (
+            str(number),
+            fmt_int(look.reference_models),
+            _OUTCOME.get(look.outcome, look.outcome),
+            ", ".join(look.settled) or "-",
+            ", ".join(r for r in look.violated if r not in look.settled) or "-",
+        )
+        for number, look in enumerate(adaptive.looks, start=1)
+    )
+    return [
+        Heading("Adaptive audit", 2),
+        Paragraph(
+            (
+                "Reference models were trained in rounds and the verdict checked at K = "
+                f"{', '.join(str(k) for k in adaptive.schedule)} (at most "
+                f"{adaptive.max_reference_models}); {stopped} at K = {used}, "
+                f"{fmt_int(adaptive.reference_models_saved)} reference models fewer than the "
+                "maximum. A look settles a fail only with tests spent over all "
+                f"{len(adaptive.schedule)} planned looks (FDR "
+                f"{fmt_float(adaptive.fdr_per_look, 4)} and level "
+                f"{fmt_float(adaptive.alpha_per_look, 4)} per look); a pass needs every rule, "
+                "the power rules included.",
+            )
+        ),
+        Table(
+            ("Look", "K", "Outcome", "Settled by", "Still open"),
+            rows,
+            (True, True, False, False, False),
+        ),
+    ]

@@ -41,7 +41,7 @@ def test_recommend_reads_the_policy_and_patients_beside_the_report(
     assert main([*args, "--epochs", "5", "--max-records-per-patient", "1"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("DP-SGD recommendation: retrain with DP-SGD")
-    assert "re-audit with 32 reference models" in text
+    assert "which trains at least the 32 reference models the power rules need" in text
 
 
 @pytest.mark.parametrize(

@@ -225,3 +225,26 @@ def test_stopping_at_k_equals_a_fixed_k_audit_of_the_same_plan() -> None:
     ours, theirs = adaptive.report.to_dict(), fixed.report.to_dict()
     for section in ("summary", "aggregate", "subgroups"):
         assert ours[section] == theirs[section], section
+
+
+def test_the_looks_are_rendered_and_logged_as_metrics() -> None:
+    from privacy_gate.metrics import report_metrics
+    from privacy_gate.render import render_markdown
+
+    shift = np.r_[np.full(10, 4.0), np.zeros(290)]
+    reveal, _ = _revealer(shift, 256, 0)
+    result = audit_in_rounds(
+        reveal, _records(300), default_config(), AdaptivePlan(), pseudonymizer=PSEUDONYMS
+    )
+    adaptive = result.report.adaptive
+    assert adaptive is not None
+    markdown = render_markdown(result.report, {})
+    assert "## Adaptive audit" in markdown
+    assert "K = 16, 32, 64, 128, 256 (at most 256)" in markdown
+    assert f"{adaptive.reference_models_saved} reference models fewer" in markdown
+    last = adaptive.looks[-1]
+    assert f"| {len(adaptive.looks)} | {last.reference_models} | fail settled |" in markdown
+    metrics = report_metrics(result.report)
+    assert metrics["privacy_gate/adaptive/looks"] == len(adaptive.looks)
+    assert metrics["privacy_gate/adaptive/reference_models_saved"] == 256 - last.reference_models
+    assert metrics["privacy_gate/adaptive/settled"] == 1.0

@@ -572,7 +572,10 @@ def test_dp_sections_render_from_the_typed_report() -> None:
     lines = recommendation_lines(_typed(report))
     assert lines[0].startswith("DP-SGD recommendation: retrain with DP-SGD")
     assert "(limit 0.900 from gate.max_patient_auc; up to 2 records per patient)" in lines[0]
-    assert lines[0].endswith("; re-audit with 64 reference models.")
+    assert lines[0].endswith(
+        "; re-audit adaptively (reference_models: auto), which trains at least the 64 "
+        "reference models the power rules need."
+    )
     assert lines[1:] == [
         "  apply (opacus):",
         "    engine.make_private(",
