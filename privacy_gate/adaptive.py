@@ -253,11 +253,13 @@ def parse_reference_models(
     owner: str,
     max_reference_models: object = None,
     round_size: object = None,
+    error: type[ValueError] = ConfigError,
 ) -> int | AdaptivePlan:
-    """``reference_models`` as audit.yaml, the callback and the evaluator take it: an even
-    K, or ``"auto"`` (an `AdaptivePlan`, with ``max_reference_models`` and ``round_size``
-    when given). Those two apply to ``auto`` only: beside a fixed K they would do nothing.
-    """
+    """``reference_models`` as audit.yaml, the callback, the evaluator and `run_audit` take
+    it: an even K, or ``"auto"`` (an `AdaptivePlan`, with ``max_reference_models`` and
+    ``round_size`` when given). Those two apply to ``auto`` only: beside a fixed K they
+    would do nothing. ``error`` is the class raised for a bad K (`InputError` for a
+    Python argument, `ConfigError` for a config file)."""
     if isinstance(value, AdaptivePlan):
         return value
     if isinstance(value, str) and value.strip().lower() == AUTO:
@@ -271,7 +273,7 @@ def parse_reference_models(
         }
         return AdaptivePlan(**options)  # type: ignore[arg-type]
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 2 or value % 2:
-        raise ConfigError(
+        raise error(
             invalid_value(
                 "reference_models",
                 owner,

@@ -263,7 +263,7 @@ def _adaptive(
     """The adaptive plan of ``reference_models="auto"`` (None for a fixed K), checked
     against the backend: rounds must hold whole batched groups, or a later look would
     retrain the models of an earlier one."""
-    parsed = parse_reference_models(reference_models, owner="run_audit")
+    parsed = parse_reference_models(reference_models, owner="run_audit", error=InputError)
     if isinstance(parsed, int):
         return None
     group = int(getattr(trainer, "group_size", 1))

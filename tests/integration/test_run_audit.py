@@ -95,7 +95,7 @@ def test_changed_recipe_never_reuses_models(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("k", [3, 0, 1])
 def test_odd_or_too_small_k_is_an_error(tmp_path: Path, k: int) -> None:
-    with pytest.raises(InputError, match="even and at least 2"):
+    with pytest.raises(InputError, match=r"'reference_models'.*even integer >= 2"):
         _audit(tmp_path, reference_models=k)
 
 
