@@ -295,18 +295,31 @@ class _Rounds:
             return self._last[1]
         job = replace(self._job, plan=self._job.plan.first(k))
         scores, training = train_reference_models(job, self._trainer)
-        if not self._provenance:
-            self._provenance = dict(training)
-        else:
-            for name in ("trained_now", "training_seconds"):
-                self._provenance[name] = round(self._provenance[name] + training[name], 3)
-            self._provenance["fallback_reason"] = self._provenance.get(
-                "fallback_reason"
-            ) or training.get("fallback_reason")
+        self._provenance = _sum_rounds(self._provenance, training)
+        self._last = (k, scores)
         return scores
 
     def provenance(self) -> dict[str, Any]:
         return dict(self._provenance)
+
+
+def _sum_rounds(before: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
+    """The provenance of all rounds so far: counts and seconds add up, the first fallback
+    reason stays, Ray's tasks add up."""
+    if not before:
+        return dict(training)
+    merged = dict(before)
+    for name in ("trained_now", "training_seconds"):
+        merged[name] = round(before[name] + training[name], 3)
+    merged["fallback_reason"] = before.get("fallback_reason") or training.get("fallback_reason")
+    ray, more = before.get("ray"), training.get("ray")
+    if isinstance(ray, dict) and isinstance(more, dict):
+        merged["ray"] = {
+            **ray,
+            **{k: v for k, v in more.items() if v is not None},
+            "tasks": ray.get("tasks", 0) + more.get("tasks", 0),
+        }
+    return merged
 
 
 def _candidate_scores(

@@ -27,6 +27,7 @@ import yaml
 from ray_workers import batchnorm_model, crashing_model, dropout_model
 from tiny_audit import load_data, make_model
 
+from privacy_gate.adaptive import AdaptivePlan
 from privacy_gate.cli import main
 from privacy_gate.config import parse_config
 from privacy_gate.errors import ConfigError
@@ -384,3 +385,23 @@ def test_lightning_callback_refuses_what_ray_cannot_run(tmp_path: Path, lightnin
     with pytest.raises(ConfigError, match=r"model factory.*cannot be sent to Ray workers"):
         lightning_fit(tmp_path, backend="ray", model_factory=factory)
     assert not (tmp_path / "audit").exists()  # refused before training and auditing
+
+
+def test_an_adaptive_audit_on_ray_takes_the_looks_of_the_local_one(
+    local_ray: Any, tmp_path: Path
+) -> None:
+    """A round is a set of Ray tasks: the adaptive audit on the cluster trains the same
+    models per look as the local batched backend, so its looks and report agree."""
+    policy = parse_config(
+        {"subgroups": ["site"], "risk": {"min_group_size": 5},
+         "gate": {"max_patient_auc": 1.0, "max_detectable_auc": 0.9999}}
+    )  # fmt: skip
+    plan = AdaptivePlan(round_size=16, max_reference_models=32)
+    with one_thread():
+        local = _audit(tmp_path / "local", backend="batched", reference_models=plan, config=policy)
+        on_ray = _audit(tmp_path / "ray", backend="ray", reference_models=plan, config=policy)
+    assert on_ray.report.adaptive is not None
+    assert [look.reference_models for look in on_ray.report.adaptive.looks] == [16, 32]
+    assert on_ray.report.adaptive == local.report.adaptive
+    assert on_ray.report.to_dict()["audit"]["training"]["ray"]["tasks"] == 2  # one per round
+    _assert_same_report(local, on_ray, tmp_path / "local", tmp_path / "ray")

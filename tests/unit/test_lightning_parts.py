@@ -35,6 +35,16 @@ VALID: dict[str, Any] = {
 }
 
 
+def test_reference_models_auto_is_an_adaptive_plan() -> None:
+    from privacy_gate.adaptive import AdaptivePlan
+
+    assert validate_settings(**{**VALID, "reference_models": "auto"}).reference_models == (
+        AdaptivePlan()
+    )
+    plan = AdaptivePlan(max_reference_models=128)
+    assert validate_settings(**{**VALID, "reference_models": plan}).reference_models is plan
+
+
 def test_valid_settings_are_normalised() -> None:
     settings = validate_settings(**{**VALID, "backend": "sequential", "output_dir": "out/x"})
     assert settings.backend is Backend.SEQUENTIAL and settings.task is Task.MULTICLASS
