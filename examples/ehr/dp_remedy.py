@@ -4,14 +4,15 @@
    (K reference models): the gate fails, and the report recommends DP-SGD settings
    computed from the policy's patient-AUC limit.
 2. Retrain the candidate with exactly those settings (Opacus, Poisson sampling) and audit
-   it again with the recommended number of reference models: every reference model is
-   trained with the same DP recipe.
+   it again adaptively (``reference_models: auto``, as the recommendation says): rounds
+   of reference models, every one trained with the same DP recipe, until the verdict is
+   settled.
 3. Check that no record's AUC is confidently above the DP ceiling, and report the
    utility cost (test AUROC on the held-out patients) and the privacy figures.
 
 Run from the repository root (``pip install 'privacy-gate[torch,opacus,examples]'``)::
 
-    python -m examples.ehr.dp_remedy                   # K = 64, then 64: ~3 min on 2 cores
+    python -m examples.ehr.dp_remedy                   # K = 64, then auto: ~3 min on 2 cores
     python -m examples.ehr.dp_remedy --reference-models 16 --out out/ehr-dp-small
 
 Writes ``baseline/`` and ``dp/`` report directories and ``summary.json`` under ``--out``.

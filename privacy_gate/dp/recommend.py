@@ -184,14 +184,15 @@ def recommend_dp_sgd(
 
 
 def reaudit_reference_models(report: AuditReport, config: AuditConfig) -> int:
-    """K for auditing the DP-retrained model: at least the report's K, and what the
-    policy's power rules need for this pool (noise floor below the lowest patient-level
-    limit, detectable AUC within ``max_detectable_auc``, ``min_reference_models``)."""
+    """The K the policy's power rules need for this pool (noise floor below the lowest
+    patient-level limit, detectable AUC within ``max_detectable_auc``,
+    ``min_reference_models``): the least K at which the adaptive re-audit can pass. The
+    report's K when the policy has no power rule or none up to 4096 suffices."""
     audit = report.audit
     needed = reference_models_for_policy(
         config.gate, config.risk.at_risk_auc, audit.records, audit.patients
     )
-    return max(audit.reference_models, needed or 0)
+    return needed or audit.reference_models
 
 
 def recommend_for_report(
