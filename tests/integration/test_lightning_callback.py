@@ -407,3 +407,19 @@ def test_audit_goes_into_the_mlflow_logger_run_and_tag_does_not_raise(
     assert run.data.metrics["privacy_gate/patient_auc/max"] == pytest.approx(
         float(trainer.callback_metrics["privacy_gate/patient_auc/max"]), abs=1e-4
     )
+
+
+def test_auto_reference_models_take_looks_after_fit(tmp_path: Path, lenient: Path) -> None:
+    """``reference_models="auto"``: the lenient policy has no power rule, so the first
+    look (16 models) settles the pass; the report records the look."""
+    from privacy_gate.adaptive import AdaptivePlan
+
+    trainer, _callback = fit(
+        tmp_path, config=lenient, reference_models=AdaptivePlan(max_reference_models=32)
+    )
+    data = report(tmp_path)
+    assert data["audit"]["reference_models"] == 16
+    assert data["adaptive"]["stopped"] == "pass_settled"
+    assert [look["reference_models"] for look in data["adaptive"]["looks"]] == [16]
+    assert data["adaptive"]["reference_models_saved"] == 16
+    assert trainer.callback_metrics["privacy_gate/passed"] == 1.0
