@@ -36,7 +36,12 @@ class Progress:
             except ImportError:
                 self._bar = None
         if initial:
-            _LOG.info("Resuming: %d of %d %s already finished.", initial, total, description)
+            _LOG.info(
+                "%d of %d %s already finished (stored; resumed or an earlier round).",
+                initial,
+                total,
+                description,
+            )
 
     def update(self, count: int = 1) -> None:
         self.done += count
