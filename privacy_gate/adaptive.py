@@ -36,6 +36,7 @@ from scipy import special
 from privacy_gate.config import AuditConfig
 from privacy_gate.errors import ConfigError, invalid_value
 from privacy_gate.patients import benjamini_hochberg_count
+from privacy_gate.record_stats import hanley_mcneil_se
 from privacy_gate.report_model import Adaptive, AuditReport, Look, Rule
 from privacy_gate.subgroups import GroupStatus
 
@@ -46,7 +47,6 @@ __all__ = [
     "AdaptivePlan",
     "LookOutcome",
     "auc_lower_bound",
-    "hanley_mcneil_se",
     "parse_reference_models",
     "settle",
 ]
@@ -149,25 +149,14 @@ class AdaptivePlan:
         )
 
 
-def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
-    """Hanley and McNeil's (1982) standard error of an AUC from its two sample sizes.
-
-    >>> round(hanley_mcneil_se(0.8, 50, 50), 4)
-    0.0445
-    """
-    q1, q2 = auc / (2.0 - auc), 2.0 * auc * auc / (1.0 + auc)
-    variance = (
-        auc * (1.0 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)
-    ) / (positives * negatives)
-    return math.sqrt(max(variance, 0.0))
-
-
 def auc_lower_bound(auc: float, positives: int, negatives: int, alpha: float) -> float:
-    """One-sided ``1 - alpha`` lower confidence bound of an AUC (normal approximation)."""
+    """One-sided ``1 - alpha`` lower confidence bound of an AUC (normal approximation,
+    `privacy_gate.record_stats.hanley_mcneil_se`)."""
     if positives < 1 or negatives < 1 or not math.isfinite(auc):
         return -math.inf
     z = float(special.ndtri(1.0 - alpha))
-    return auc - z * hanley_mcneil_se(auc, positives, negatives)
+    se = hanley_mcneil_se(np.array([auc]), np.array([positives]), np.array([negatives]))
+    return auc - z * float(se[0])
 
 
 def _settled(

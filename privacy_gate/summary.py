@@ -43,7 +43,6 @@ from privacy_gate.report_model import (
     Tail,
     TopPatient,
 )
-from privacy_gate.report_model.codec import decode, encode
 from privacy_gate.subgroups import SubgroupResult
 
 __all__ = ["AuditFacts", "build_report"]
@@ -175,8 +174,8 @@ def build_report(
         target=aggregate is not None,
         task=facts.task,
     )
-    if facts.provenance:  # plan, training, model digest: read as a report's are
-        audit = decode(AuditInfo, {**encode(audit), **facts.provenance}, "audit")
+    if facts.provenance:
+        audit = audit.with_provenance(facts.provenance)
     return AuditReport(
         schema_version=SCHEMA_VERSION,
         audit=audit,

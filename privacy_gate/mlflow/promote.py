@@ -16,6 +16,7 @@ Version tags written: ``privacy_gate.status`` (``pass`` or ``refused``) and, on 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -79,9 +80,10 @@ class PromotionResult:
     reasons: list[str] = field(default_factory=list)
     report: dict[str, Any] | None = None
 
-    @property
+    @functools.cached_property
     def audit_report(self) -> AuditReport | None:
-        """The report as the typed model; None without one or when it cannot be read."""
+        """The report as the typed model (read once); None without one or when it cannot
+        be read."""
         if self.report is None:
             return None
         try:

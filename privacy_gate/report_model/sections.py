@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from privacy_gate.report_model.codec import OMIT_NONE
+from privacy_gate.report_model.codec import OMIT_NONE, decode, encode
 
 __all__ = [
     "Adaptive",
@@ -76,6 +76,12 @@ class AuditInfo:
     plan: Plan | None = field(default=None, metadata=OMIT_NONE)
     training: TrainingInfo | None = field(default=None, metadata=OMIT_NONE)
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_provenance(self, provenance: Mapping[str, Any]) -> AuditInfo:
+        """This section with ``provenance``'s entries (plan, training, model digest, or a
+        caller's own) added, read as a report's would be."""
+        merged: AuditInfo = decode(AuditInfo, {**encode(self), **provenance}, "audit")
+        return merged
 
 
 @dataclass(frozen=True)

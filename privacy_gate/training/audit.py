@@ -26,8 +26,6 @@ from privacy_gate.errors import InputError
 from privacy_gate.pipeline import AuditResult, audit, write_outputs
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS, PLAN_ROUND, draw_plan, plan_digest
 from privacy_gate.pseudonyms import Pseudonymizer
-from privacy_gate.report_model import AuditInfo
-from privacy_gate.report_model.codec import decode, encode
 from privacy_gate.rounds import audit_in_rounds
 from privacy_gate.signals import Signals, make_signals
 from privacy_gate.training.backends import make_backend, train_reference_models
@@ -164,8 +162,9 @@ def run_audit(
     """
     config = config or default_config()
     trainer = make_backend(backend)
-    adaptive = _adaptive(reference_models, trainer)
-    n_planned = adaptive.max_reference_models if adaptive else int(reference_models)  # type: ignore[arg-type]
+    planned = _reference_models(reference_models, trainer)
+    adaptive = planned if isinstance(planned, AdaptivePlan) else None
+    n_planned = planned.max_reference_models if isinstance(planned, AdaptivePlan) else planned
     out = Path(out_dir) if out_dir is not None else None
     records = data.record_table()
     patient_index, _ = records.patient_index()
@@ -232,10 +231,7 @@ def run_audit(
             "cache_key": store.key,
         },
     }
-    report = replace(
-        result.report,
-        audit=decode(AuditInfo, {**encode(result.report.audit), **audit_provenance}, "audit"),
-    )
+    report = replace(result.report, audit=result.report.audit.with_provenance(audit_provenance))
     result = replace(result, report=report)
     report = replace(
         result.report,
@@ -257,15 +253,15 @@ def run_audit(
     return result
 
 
-def _adaptive(
+def _reference_models(
     reference_models: int | str | AdaptivePlan, trainer: TrainingBackend
-) -> AdaptivePlan | None:
-    """The adaptive plan of ``reference_models="auto"`` (None for a fixed K), checked
-    against the backend: rounds must hold whole batched groups, or a later look would
-    retrain the models of an earlier one."""
+) -> int | AdaptivePlan:
+    """A fixed K, or the adaptive plan of ``reference_models="auto"`` checked against the
+    backend: rounds must hold whole batched groups, or a later look would retrain the
+    models of an earlier one."""
     parsed = parse_reference_models(reference_models, owner="run_audit", error=InputError)
     if isinstance(parsed, int):
-        return None
+        return parsed
     group = int(getattr(trainer, "group_size", 1))
     if (
         trainer.kind is not Backend.SEQUENTIAL

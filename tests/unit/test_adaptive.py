@@ -16,7 +16,6 @@ from privacy_gate import AuditReport, Pseudonymizer, audit, make_signals, record
 from privacy_gate.adaptive import (
     AdaptivePlan,
     auc_lower_bound,
-    hanley_mcneil_se,
     parse_reference_models,
     settle,
 )
@@ -24,6 +23,7 @@ from privacy_gate.config import default_config, parse_config
 from privacy_gate.errors import ConfigError
 from privacy_gate.gate import reference_models_for_policy
 from privacy_gate.plan import draw_plan
+from privacy_gate.record_stats import hanley_mcneil_se
 from privacy_gate.rounds import audit_in_rounds
 from privacy_gate.signals import Signals
 
