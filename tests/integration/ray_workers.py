@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from tiny_audit import make_model
+from tiny_audit import SubclassedBatchNorm1d, make_model
 from torch import nn
 
 
@@ -57,8 +57,9 @@ def crashing_model(
 
 
 def batchnorm_model() -> nn.Module:
-    """A model the batched backend cannot train (BatchNorm): one model per task."""
-    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
+    """A model the batched backend cannot train (a BatchNorm subclass): one model per
+    task."""
+    return nn.Sequential(nn.Linear(6, 16), SubclassedBatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
 
 
 def dropout_model() -> nn.Module:

@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader, TensorDataset
 pytest.importorskip("pytorch_lightning")
 pytest.importorskip("lightning")
 
+from tiny_audit import SubclassedBatchNorm1d
+
 from lightning_callbacks import PrivacyGateFailed
 from privacy_gate.metrics import PASSED, TRAINER_METRICS, report_metrics
 
@@ -60,10 +62,11 @@ def namespace_classes(namespace: str) -> dict[str, Any]:
     pl: ModuleType = importlib.import_module(namespace)
 
     class TinyModule(pl.LightningModule):  # type: ignore[name-defined,misc]
-        def __init__(self, hidden: int = 16, lr: float = 0.01, batchnorm: bool = False) -> None:
+        def __init__(self, hidden: int = 16, lr: float = 0.01, norm_layer: str = "") -> None:
             super().__init__()
             self.save_hyperparameters()
-            norm: list[nn.Module] = [nn.BatchNorm1d(hidden)] if batchnorm else []
+            kinds = {"batchnorm": nn.BatchNorm1d, "subclassed": SubclassedBatchNorm1d}
+            norm: list[nn.Module] = [kinds[norm_layer](hidden)] if norm_layer else []
             self.net = nn.Sequential(
                 nn.Linear(FEATURES, hidden), *norm, nn.ReLU(), nn.Linear(hidden, 2)
             )
@@ -235,18 +238,25 @@ def test_policy_subgroups_must_be_given(write_config: Any) -> None:
         callback_class("pytorch_lightning")(config=path)
 
 
-def test_batchnorm_falls_back_to_sequential(
+def test_batchnorm_module_trains_batched(tmp_path: Path, lenient: Path) -> None:
+    """BatchNorm layers are batched with masked statistics (test_batch_norm.py)."""
+    fit(tmp_path, "lightning.pytorch", {"norm_layer": "batchnorm"}, config=lenient)
+    training = report(tmp_path)["audit"]["training"]
+    assert training["backend"] == "batched" and training["fallback_reason"] is None
+
+
+def test_unbatchable_norm_falls_back_to_sequential(
     tmp_path: Path, lenient: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     subgroups = {"site": lambda split, i: f"{split}-{i % 3}"}
     with caplog.at_level(logging.INFO, logger="lightning_callbacks"):
         fit(
-            tmp_path, "lightning.pytorch", {"batchnorm": True}, config=lenient,
+            tmp_path, "lightning.pytorch", {"norm_layer": "subclassed"}, config=lenient,
             subgroups=subgroups,
         )  # fmt: skip
     training = report(tmp_path)["audit"]["training"]
     assert training["backend"] == "sequential"
-    assert "BatchNorm" in training["fallback_reason"]
+    assert "BatchNorm subclass" in training["fallback_reason"]
     assert "lightning.pytorch" in training["trainer"]["class"]
     assert any("BatchNorm" in r.getMessage() for r in caplog.records)
     assert any("privacy-gate: PASS" in r.getMessage() for r in caplog.records)

@@ -361,8 +361,8 @@ def test_lightning_trainer_per_task_when_the_recipe_cannot_be_batched(
     """BatchNorm: each task fits the user's LightningModule (a class local to a test
     function, sent by value) with a fresh Trainer on the worker."""
     lenient = write_config("gate:\n  max_patient_auc: 1.0\n")
-    lightning_fit(tmp_path, config=lenient, backend="ray", module_kwargs={"batchnorm": True},
-                  ray={"max_retries": 1})  # fmt: skip
+    lightning_fit(tmp_path, config=lenient, backend="ray",
+                  module_kwargs={"norm_layer": "subclassed"}, ray={"max_retries": 1})  # fmt: skip
     training = json.loads((tmp_path / "audit" / "report.json").read_text())["audit"]["training"]
     assert training["backend"] == "ray" and training["trained_now"] == 4
     assert "BatchNorm" in training["fallback_reason"] and training["ray"]["tasks"] == 4

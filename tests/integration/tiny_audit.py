@@ -9,6 +9,11 @@ from torch import nn
 from privacy_gate.training.data import AuditData
 
 
+class SubclassedBatchNorm1d(nn.BatchNorm1d):
+    """A BatchNorm subclass: its forward could be its own, so the batched engine refuses
+    it and reference models train one at a time (a model that cannot be batched)."""
+
+
 def make_model(n_features: int = 6, hidden: int = 16) -> nn.Module:
     return nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, 2))
 

@@ -183,17 +183,24 @@ def test_uniform_dropout_keeps_one_minus_p_and_rescales() -> None:
     assert torch.equal(layer.eval()(torch.ones(5)), torch.ones(5))
 
 
-def test_batchnorm_is_reported_and_refused() -> None:
+def test_batchnorm_subclasses_are_reported_and_refused() -> None:
+    """Plain BatchNorm layers are batched (tests/unit/test_batch_norm.py); a subclass may
+    have a forward of its own, which the masked replacement would drop silently."""
+
+    class _MyNorm(nn.BatchNorm1d):
+        pass
+
     def factory() -> nn.Module:
-        return nn.Sequential(nn.Linear(N_FEATURES, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+        return nn.Sequential(nn.Linear(N_FEATURES, 8), _MyNorm(8), nn.Linear(8, 2))
 
     reason = batching_problem(factory())
-    assert reason is not None and "BatchNorm" in reason
+    assert reason is not None and "BatchNorm subclass" in reason and "_MyNorm" in reason
     inputs, labels = _data(Loss.CROSS_ENTROPY, 2)
     with pytest.raises(BatchingUnsupported) as caught:
         train_batched(factory, inputs, labels, _subsets(), Recipe(epochs=1), seeds=SEEDS)
-    assert "BatchNorm" in caught.value.reason
-    assert batching_problem(_mlp(2)()) is None
+    assert "BatchNorm subclass" in caught.value.reason
+    plain = nn.Sequential(nn.Linear(N_FEATURES, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    assert batching_problem(plain) is None
 
 
 def test_unbatchable_parameters_are_reported() -> None:
@@ -404,4 +411,5 @@ def test_models_off_the_fast_path_are_logged_and_still_batched(
             lambda: _Conv(N_CLASSES), inputs, labels, _subsets(), Recipe(epochs=1), seeds=SEEDS
         )
     assert len(models) == len(SEEDS)
-    assert "general vmap path: the model is a _Conv" in caplog.text
+    assert "general vmap path: MLP fast path: the model is a _Conv" in caplog.text
+    assert "conv fast path: the inputs have shape (120, 6)" in caplog.text

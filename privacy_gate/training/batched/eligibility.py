@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from torch import nn
 
-# Layers whose output for one record depends on the other rows of the batch or whose
-# forward writes to buffers: padding ragged batches would change what they compute.
-_BATCH_STATISTIC_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
+# The BatchNorm layers the ensemble replaces by masked ones (`batch_norm`); subclasses
+# with a forward of their own would be replaced silently, so they are refused.
+BATCH_NORM_LAYERS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class BatchingUnsupported(Exception):
@@ -27,11 +27,13 @@ def batching_problem(model: nn.Module) -> str | None:
     """
     for name, module in model.named_modules():
         label = name or type(model).__name__
-        if isinstance(module, _BATCH_STATISTIC_LAYERS):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+            type(module) not in BATCH_NORM_LAYERS
+        ):
             return (
-                f"{label} ({type(module).__name__}) is a BatchNorm layer: it normalises with "
-                "statistics of the whole batch and updates its running statistics in the "
-                "forward pass, which padded ensemble batches would change."
+                f"{label} ({type(module).__name__}) is a BatchNorm subclass: the ensemble "
+                "computes BatchNorm1d/2d/3d with masked batch statistics and cannot know "
+                "what its own forward does."
             )
         if isinstance(module, nn.modules.instancenorm._InstanceNorm) and (
             module.track_running_stats

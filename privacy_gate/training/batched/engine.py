@@ -1,5 +1,5 @@
 """`train_batched`: K models of one architecture trained as one batched ensemble, on the
-MLP fast path or the general vmap path (package docstring)."""
+MLP fast path, the conv fast path or the general vmap path (package docstring)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from privacy_gate.training.batched.conv_fast_path import _ConvEnsemble, conv_fast_path_problem
 from privacy_gate.training.batched.eligibility import BatchingUnsupported, batching_problem
 from privacy_gate.training.batched.mlp_fast_path import _MLPEnsemble, mlp_fast_path_problem
 from privacy_gate.training.batched.schedule import _Order, _plan_epoch, _step_groups
@@ -50,6 +51,7 @@ def train_batched(
     seeds: Sequence[int],
     on_model_done: Callable[[int], None] | None = None,
     fast_path: bool = True,
+    device: torch.device | str | None = None,
 ) -> list[nn.Module]:
     """Train ``len(subsets)`` models as one batched ensemble.
 
@@ -69,11 +71,13 @@ def train_batched(
         seeds: per model, its initialisation and data-order seed.
         on_model_done: called with ``k`` as soon as model ``k`` has finished its last
             epoch (models with smaller subsets finish earlier).
-        fast_path: False trains even a plain MLP with the general vmap path (for
-            comparisons).
+        fast_path: False trains every model with the general vmap path, even those the
+            MLP or conv fast path could take (for comparisons).
+        device: where the ensemble trains (default: the inputs' device); models are
+            initialised on the CPU first, so their initial weights do not depend on it.
 
     Returns:
-        K ordinary modules in eval mode holding the trained weights.
+        K ordinary modules in eval mode on ``device`` holding the trained weights.
 
     Raises:
         BatchingUnsupported: the architecture cannot be batched (see `batching_problem`),
@@ -83,16 +87,13 @@ def train_batched(
     _check_inputs(inputs, labels, subsets, seeds)
     if not subsets:
         return []
-    first = init_model(factory, seeds[0])
+    place = torch.device(device) if device is not None else inputs.device
+    first = init_model(factory, seeds[0]).to(place)
     problem = batching_problem(first)
     if problem is not None:
         raise BatchingUnsupported(problem)
-    models = [first, *(init_model(factory, seed) for seed in seeds[1:])]
-    reason = (
-        mlp_fast_path_problem(first, inputs, labels, recipe.loss)
-        if fast_path
-        else "the caller asked for it"
-    )
+    models = [first, *(init_model(factory, seed).to(place) for seed in seeds[1:])]
+    inputs, labels = inputs.to(place), labels.to(place)
     # Inside the ensemble the models are sorted by steps per epoch (most first), so
     # models that step together are contiguous (see `_StackedOptimizer`); ``ids[j]`` is
     # the caller's index of the model at position j.
@@ -101,13 +102,8 @@ def train_batched(
     order = _Order(ids, _step_groups([subsets[k] for k in ids], recipe.batch_size))
     sorted_models = [models[k] for k in ids]
     sorted_subsets, sorted_seeds = [subsets[k] for k in ids], [seeds[k] for k in ids]
-    trainer: _Ensemble | _MLPEnsemble
     try:
-        if reason is None:
-            trainer = _MLPEnsemble(sorted_models, inputs, labels, recipe, sorted_seeds, order)
-        else:
-            _LOG.info("Batched training takes the general vmap path: %s.", reason)
-            trainer = _Ensemble(sorted_models, inputs, labels, recipe, order)
+        trainer = _ensemble(fast_path, sorted_models, inputs, labels, recipe, sorted_seeds, order)
     except BatchingUnsupported:
         raise
     except Exception as error:  # e.g. a factory whose models differ in shape
@@ -129,3 +125,37 @@ def train_batched(
     for model in models:
         model.eval()
     return models
+
+
+def _ensemble(
+    fast_path: bool,
+    models: list[nn.Module],
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: Recipe,
+    seeds: Sequence[int],
+    order: _Order,
+) -> _MLPEnsemble | _ConvEnsemble | _Ensemble:
+    """The fastest path that can train these models: MLP, conv, else general vmap (the
+    reasons for passing over the fast paths are logged)."""
+    if not fast_path:
+        _LOG.info("Batched training takes the general vmap path: the caller asked for it.")
+        return _Ensemble(models, inputs, labels, recipe, order)
+    mlp_reason = mlp_fast_path_problem(models[0], inputs, labels, recipe.loss)
+    if mlp_reason is None:
+        _LOG.info("Batched training takes the MLP fast path.")
+        return _MLPEnsemble(models, inputs, labels, recipe, seeds, order)
+    conv_reason = conv_fast_path_problem(models[0], inputs)
+    if conv_reason is None:
+        try:
+            conv = _ConvEnsemble(models, inputs, labels, recipe, order)
+            _LOG.info("Batched training takes the conv fast path.")
+            return conv
+        except BatchingUnsupported as unsupported:
+            conv_reason = unsupported.reason
+    _LOG.info(
+        "Batched training takes the general vmap path: MLP fast path: %s; conv fast path: %s.",
+        mlp_reason,
+        conv_reason,
+    )
+    return _Ensemble(models, inputs, labels, recipe, order)

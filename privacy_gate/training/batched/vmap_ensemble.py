@@ -11,7 +11,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from privacy_gate.training.batched.eligibility import BatchingUnsupported
+from privacy_gate.training.batched.batch_norm import (
+    masked_moments,
+    normalise,
+    refuse_single_values,
+    update_running_statistics,
+)
+from privacy_gate.training.batched.eligibility import BATCH_NORM_LAYERS, BatchingUnsupported
 from privacy_gate.training.batched.losses import _loss_terms, _raise_if_nonfinite
 from privacy_gate.training.batched.optimizer import _clip_per_model, _StackedOptimizer
 from privacy_gate.training.batched.schedule import _EpochPlan, _Order
@@ -59,16 +65,57 @@ class _UniformDropout(nn.Module):
         return x * noise
 
 
-def _functional_template(model: nn.Module) -> nn.Module:
-    """A training-mode copy of ``model`` to run with stacked weights; on CPU its plain
-    ``nn.Dropout`` layers draw masks with the faster `_UniformDropout`."""
+class _RowContext:
+    """What the masked BatchNorm layers of one vmapped forward read (this model's row
+    weights and real-row count) and write (their batch moments)."""
+
+    def __init__(self) -> None:
+        self.weight = torch.empty(0)
+        self.count = torch.empty(0)
+        self.moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.spatial: dict[str, int] = {}
+
+
+class _MaskedBatchNorm(nn.Module):
+    """A BatchNorm layer inside the vmapped template: the same parameters and buffers
+    (``functional_call`` fills them per model), batch moments over the real rows only
+    (`batch_norm`); the running statistics move outside the forward."""
+
+    def __init__(self, layer: nn.modules.batchnorm._BatchNorm, name: str, context: _RowContext):
+        super().__init__()
+        for attribute in ("weight", "bias"):
+            setattr(self, attribute, getattr(layer, attribute))
+        for attribute in ("running_mean", "running_var", "num_batches_tracked"):
+            self.register_buffer(attribute, getattr(layer, attribute))
+        self.eps, self.tracks = layer.eps, layer.track_running_stats
+        self.layer_name, self.context = name, context
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        context = self.context
+        channels = x.shape[1]
+        weight = context.weight.unsqueeze(1).expand(len(x), channels)
+        mean, variance = masked_moments(x, weight, context.count.expand(channels))
+        if self.tracks:
+            context.moments[self.layer_name] = (mean, variance)
+            context.spatial[self.layer_name] = math.prod(x.shape[2:])
+        scale, shift = getattr(self, "weight"), getattr(self, "bias")  # noqa: B009 (typed Any)
+        return normalise(x, mean, variance, self.eps, scale, shift)
+
+
+def _functional_template(model: nn.Module, context: _RowContext) -> nn.Module:
+    """A training-mode copy of ``model`` to run with stacked weights: BatchNorm layers
+    become `_MaskedBatchNorm`; on CPU plain ``nn.Dropout`` layers draw masks with the
+    faster `_UniformDropout`."""
     template = copy.deepcopy(model).train()
     on_cpu = all(t.device.type == "cpu" for t in (*template.parameters(), *template.buffers()))
-    if on_cpu:
-        for module in list(template.modules()):
-            for name, child in module.named_children():
-                if type(child) is nn.Dropout:
-                    setattr(module, name, _UniformDropout(child.p))
+    for prefix, module in list(template.named_modules()):
+        for name, child in module.named_children():
+            if type(child) is nn.Dropout and on_cpu:
+                setattr(module, name, _UniformDropout(child.p))
+            elif type(child) in BATCH_NORM_LAYERS:
+                assert isinstance(child, nn.modules.batchnorm._BatchNorm)
+                full = f"{prefix}.{name}" if prefix else name
+                setattr(module, name, _MaskedBatchNorm(child, full, context))
     return template
 
 
@@ -104,9 +151,18 @@ class _Ensemble:
             n: t.detach() for n, t in {**params, **buffers}.items() if n not in names
         }
         self.optimizer = _StackedOptimizer([self.flat.detach()], order.groups, recipe)
-        self.base = _functional_template(models[0])
+        self.context = _RowContext()
+        self.base = _functional_template(models[0], self.context)
+        self.batch_norms = {
+            name: module
+            for name, module in models[0].named_modules()
+            if type(module) in BATCH_NORM_LAYERS
+            and isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and module.track_running_stats
+        }
         self.forward = vmap(self._model_loss, randomness="different")
         self.first_step = True
+        self.step_moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _model_loss(
         self,
@@ -116,13 +172,16 @@ class _Ensemble:
         y: torch.Tensor,
         weight: torch.Tensor,
         count: torch.Tensor,
-    ) -> torch.Tensor:
-        """One model's mean loss over its real rows (vmapped over models)."""
+    ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """One model's mean loss over its real rows, and its BatchNorm layers' batch
+        moments (vmapped over models)."""
+        self.context.weight, self.context.count = weight, count
+        self.context.moments = {}
         logits = functional_call(self.base, {**params, **constants}, (x,))
         terms = _loss_terms(logits, y, self.recipe.loss)
         per_record = terms.reshape(terms.shape[0], -1).sum(dim=1)
         elements = terms[0].numel()
-        return (per_record * weight).sum() / (count * elements)
+        return (per_record * weight).sum() / (count * elements), self.context.moments
 
     def step(self, plan: _EpochPlan, t: int, epoch: int) -> None:
         """One optimizer step of every model that has a batch at step ``t``."""
@@ -136,6 +195,16 @@ class _Ensemble:
             _clip_per_model([grad], self.recipe.max_grad_norm)
         grads = self.optimizer.group_views([grad])
         self.optimizer.step(grads, plan.active[t], plan.all_active[t])
+        self._move_running_statistics(plan.count[t], plan.active[t])
+
+    def _move_running_statistics(self, count: torch.Tensor, active: torch.Tensor) -> None:
+        for name, layer in self.batch_norms.items():
+            mean, variance = self.step_moments[name]
+            values = count * self.context.spatial[name]
+            refuse_single_values(values, active, name)
+            buffers = {b: self.constants[f"{name}.{b}"] for b in
+                       ("running_mean", "running_var", "num_batches_tracked")}  # fmt: skip
+            update_running_statistics(buffers, layer, mean, variance, values, active)
 
     def _gradients(self, plan: _EpochPlan, t: int, epoch: int, *, first: bool = False) -> None:
         """Forward and backward of all models at step ``t``; gradients in ``flat.grad``."""
@@ -145,7 +214,8 @@ class _Ensemble:
         y = self.labels[index.to(self.labels.device)].to(self.device)
         self.flat.grad = None
         params = self.layout.views(self.flat)
-        losses = self.forward(params, self.constants, x, y, plan.weight[t], plan.count[t])
+        losses, moments = self.forward(params, self.constants, x, y, plan.weight[t], plan.count[t])
+        self.step_moments = moments
         if not bool(torch.isfinite(losses).all()):
             _raise_if_nonfinite(losses, plan.active[t], epoch, self.order.ids)
         if first:
@@ -194,3 +264,6 @@ class _Ensemble:
         params = dict(self.models[k].named_parameters())
         for name, value in row.items():
             params[name].copy_(value)
+        for name, buffer in self.models[k].named_buffers():
+            if name in self.constants:
+                buffer.copy_(self.constants[name][k])

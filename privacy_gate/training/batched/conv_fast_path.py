@@ -1,0 +1,202 @@
+"""The conv fast path: K convolutional networks trained as one network over stacked
+channels (`conv_layers`), with autograd and no vmap.
+
+The model's own forward runs on ``(W, K * C, *spatial)`` tensors, so it must treat
+channels independently between its parametrised layers (activations, pooling, residual
+additions, dropout, flattening before a Linear head do). That cannot be read off the
+code: before training, a probe runs the stacked network and every model on the same
+records (eval mode) and takes the path only when the outputs agree; otherwise the
+general vmap path trains the model, with the reason logged.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from privacy_gate.training.batched.batch_norm import refuse_single_values, update_running_statistics
+from privacy_gate.training.batched.conv_layers import (
+    STACKABLE,
+    StackedBatchNorm,
+    StackedRows,
+    stack_layer,
+)
+from privacy_gate.training.batched.eligibility import BatchingUnsupported
+from privacy_gate.training.batched.losses import _loss_terms, _raise_if_nonfinite
+from privacy_gate.training.batched.mlp_fast_path import _global_hooks, _has_hooks
+from privacy_gate.training.batched.optimizer import _clip_per_model, _StackedOptimizer
+from privacy_gate.training.batched.schedule import _EpochPlan, _Order
+from privacy_gate.training.recipe import Loss, Recipe
+
+_PROBE_RECORDS = 4
+
+
+def conv_fast_path_problem(model: nn.Module, inputs: torch.Tensor) -> str | None:
+    """Why ``model`` cannot take the conv fast path (None: it may; the probe of
+    `_ConvEnsemble` still has to agree).
+
+    The path takes models with at least one ``Conv1d``/``Conv2d`` whose layers with
+    parameters or buffers are exactly ``Conv1d``, ``Conv2d`` (zero padding), ``Linear``,
+    ``BatchNorm1d``, ``BatchNorm2d`` or ``GroupNorm``, all parameters trainable, no
+    hooks, and inputs ``(N, C, L)`` or ``(N, C, H, W)`` in the parameters' dtype.
+    """
+    if _global_hooks():
+        return "global module hooks are registered"
+    convs = 0
+    for name, module in model.named_modules():
+        label = f"{name or type(model).__name__} ({type(module).__name__})"
+        if _has_hooks(module):
+            return f"{label} has hooks"
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if type(module) in STACKABLE:
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+                if module.padding_mode != "zeros":
+                    return f"{label} pads with {module.padding_mode!r}"
+                convs += 1
+        elif own:
+            return f"{label} holds parameters or buffers and is not one of the path's layers"
+    if not convs:
+        return "the model has no Conv1d or Conv2d layer"
+    params = list(model.parameters())
+    if not all(p.requires_grad for p in params):
+        return "it has frozen parameters"
+    if inputs.dim() not in (3, 4):
+        return f"the inputs have shape {tuple(inputs.shape)}, not (N, C, L) or (N, C, H, W)"
+    if inputs.dtype != params[0].dtype:
+        return f"the inputs ({inputs.dtype}) and parameters ({params[0].dtype}) differ in dtype"
+    return None
+
+
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+class _ConvEnsemble:
+    """K convolutional networks as one stacked network (see the module docstring)."""
+
+    def __init__(
+        self,
+        models: list[nn.Module],
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        recipe: Recipe,
+        order: _Order,
+    ) -> None:
+        self.models, self.order, self.recipe = models, order, recipe
+        self.inputs = inputs
+        self.labels = labels.long() if recipe.loss is Loss.CROSS_ENTROPY else labels
+        self.device = inputs.device
+        self.rows = StackedRows()
+        self.template = copy.deepcopy(models[0]).train()
+        self.stacked: dict[str, nn.Module] = {}
+        by_model = [dict(m.named_modules()) for m in models]
+        for name, module in models[0].named_modules():
+            if name and type(module) in STACKABLE:
+                stacked = stack_layer([modules[name] for modules in by_model], self.rows)
+                _replace(self.template, name, stacked)
+                self.stacked[name] = stacked
+        self.params: list[torch.Tensor] = [
+            p for layer in self.stacked.values() for p in layer.parameters()
+        ]
+        self.optimizer = _StackedOptimizer(self.params, order.groups, recipe)
+        self.batch_norms = {
+            name: layer
+            for name, layer in self.stacked.items()
+            if isinstance(layer, StackedBatchNorm) and layer.tracks
+        }
+        self._probe()
+        self.first_step = True
+
+    @torch.no_grad()
+    def _probe(self) -> None:
+        """Run the stacked network and each model on the same records, in eval mode:
+        a forward that mixes channels (or reshapes by channel count) disagrees."""
+        x = self.inputs[:_PROBE_RECORDS]
+        k = len(self.models)
+        self.template.eval()
+        try:
+            stacked = self.template(x.repeat(1, k, *([1] * (x.dim() - 2))))
+            wanted = [model.eval()(x) for model in self.models]
+            got = stacked.reshape(len(x), k, -1)
+            for j, want in enumerate(wanted):
+                torch.testing.assert_close(
+                    got[:, j], want.reshape(len(x), -1), rtol=1e-3, atol=1e-4
+                )
+        except Exception as error:
+            raise BatchingUnsupported(
+                "the conv fast path's probe found that the forward does not treat stacked "
+                f"channels independently: {type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}"
+            ) from error
+        finally:
+            self.template.train()
+            for model in self.models:
+                model.train()
+
+    def step(self, plan: _EpochPlan, t: int, epoch: int) -> None:
+        """One optimizer step of every model that has a batch at step ``t``."""
+        losses = self._losses(plan, t)
+        if not bool(torch.isfinite(losses).all()):
+            _raise_if_nonfinite(losses, plan.active[t], epoch, self.order.ids)
+        for p in self.params:
+            p.grad = None
+        losses.sum().backward()  # type: ignore[no-untyped-call]
+        grads = [p.grad for p in self.params]
+        if self.first_step:
+            self._refuse_unused(grads)
+        if self.recipe.max_grad_norm is not None:
+            _clip_per_model(grads, self.recipe.max_grad_norm)  # type: ignore[arg-type]
+        self.optimizer.step(
+            self.optimizer.group_views(grads),  # type: ignore[arg-type]
+            plan.active[t],
+            plan.all_active[t],
+        )
+        self._move_running_statistics(plan.active[t])
+
+    def _losses(self, plan: _EpochPlan, t: int) -> torch.Tensor:
+        """Per-model mean losses ``(K,)`` of step ``t``, on the stacked network."""
+        index = plan.index[t]  # (K, W)
+        k, width = index.shape
+        x = self.inputs[index]  # (K, W, C, *spatial)
+        x = x.transpose(0, 1).reshape(width, -1, *x.shape[3:])
+        self.rows.weight, self.rows.count = plan.weight[t].T, plan.count[t]
+        logits = self.template(x).reshape(width, k, -1).transpose(0, 1)  # (K, W, out)
+        y = self.labels[index]
+        if self.recipe.loss is Loss.CROSS_ENTROPY:
+            terms = _loss_terms(logits.reshape(k * width, -1), y.reshape(-1), self.recipe.loss)
+        else:
+            terms = _loss_terms(logits, y.reshape(k, width, -1), self.recipe.loss)
+        terms = terms.reshape(k, width, -1)  # (K, W, elements per record)
+        per_record = terms.sum(dim=2)
+        return (per_record * plan.weight[t]).sum(dim=1) / (plan.count[t] * terms.shape[2])
+
+    def _move_running_statistics(self, active: torch.Tensor) -> None:
+        for name, layer in self.batch_norms.items():
+            assert layer.moments is not None
+            refuse_single_values(layer.values, active, name)
+            update_running_statistics(
+                layer.running, self.models[0].get_submodule(name),  # type: ignore[arg-type]
+                *layer.moments, layer.values, active,
+            )  # fmt: skip
+
+    def _refuse_unused(self, grads: list[torch.Tensor | None]) -> None:
+        """As the vmap path: a layer without a gradient would still be updated."""
+        names = [
+            f"{n}.{p}" for n, layer in self.stacked.items() for p, _ in layer.named_parameters()
+        ]
+        unused = [name for name, g in zip(names, grads, strict=True) if g is None]
+        if unused:
+            raise BatchingUnsupported(
+                f"parameter(s) {', '.join(unused)} get no gradient in the forward pass."
+            )
+        self.first_step = False
+
+    @torch.no_grad()
+    def export(self, k: int) -> None:
+        """Copy model ``k``'s trained weights and BatchNorm buffers into its module."""
+        for name, layer in self.stacked.items():
+            layer.export(self.models[k].get_submodule(name), k)  # type: ignore[operator]

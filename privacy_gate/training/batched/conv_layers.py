@@ -1,0 +1,189 @@
+"""The conv fast path's layers: K models' convolutions, BatchNorm, GroupNorm and Linear
+layers as one layer over stacked channels.
+
+A batch of the K models is one tensor ``(W, K * C, *spatial)``: model ``k`` owns
+channels ``k * C .. (k + 1) * C - 1``. A convolution with ``groups=g`` becomes one
+convolution with ``K * g`` groups (model k's groups are contiguous), GroupNorm with
+``G`` groups becomes GroupNorm with ``K * G`` groups, BatchNorm normalises each channel
+with its own model's real rows, and a Linear layer after flattening reads model ``k``'s
+features from the ``k``-th slice of ``K`` equal slices (flattening ``(K*C, *spatial)``
+keeps the model index outermost). Activations, pooling, dropout and additions act per
+channel, so the model's own forward runs unchanged on the stacked tensor.
+
+Each stacked parameter is a ``(K, *shape)`` leaf (row ``k`` is model ``k``), as the
+`_StackedOptimizer` and per-model clipping expect; autograd gives their gradients.
+Convolutions run in channels-last layout (1D as 2D with height 1): on CPU oneDNN's
+grouped kernels are markedly faster there than in the default layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from privacy_gate.training.batched.batch_norm import masked_moments, normalise
+
+
+def _stack(tensors: list[torch.Tensor]) -> nn.Parameter:
+    return nn.Parameter(torch.stack([t.detach() for t in tensors]).contiguous())
+
+
+def _copy_row(layer: nn.Module, name: str, stacked: torch.Tensor | None, k: int) -> None:
+    """``layer.<name> = stacked[k]`` in place (nothing when the layer has no such tensor)."""
+    if stacked is not None:
+        getattr(layer, name).copy_(stacked[k])
+
+
+class StackedRows:
+    """The row weights ``(W, K)`` and real-row counts ``(K,)`` of the current step,
+    shared by a stacked model's BatchNorm layers (set before each training forward)."""
+
+    def __init__(self) -> None:
+        self.weight = torch.empty(0)
+        self.count = torch.empty(0)
+
+
+class StackedConv(nn.Module):
+    """K ``Conv1d``/``Conv2d`` layers (zero padding) as one grouped convolution."""
+
+    def __init__(self, convs: list[nn.Conv1d] | list[nn.Conv2d]) -> None:
+        super().__init__()
+        first = convs[0]
+        self.models = len(convs)
+        self.one_d = isinstance(first, nn.Conv1d)
+        self.weight = _stack([c.weight for c in convs])
+        biases: list[torch.Tensor | None] = [getattr(c, "bias") for c in convs]  # noqa: B009
+        self.bias = None if biases[0] is None else _stack([b for b in biases if b is not None])
+        self.groups = first.groups * self.models
+        # 1D runs as 2D with height 1: stride and dilation 1, padding 0 along the height.
+        one, none = ((1,), (0,)) if self.one_d else ((), ())
+        self.stride, self.dilation = (*one, *first.stride), (*one, *first.dilation)
+        padding = first.padding
+        self.padding = padding if isinstance(padding, str) else (*none, *padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.flatten(0, 1)
+        if self.one_d:
+            x, weight = x.unsqueeze(2), weight.unsqueeze(2)
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        bias = None if self.bias is None else self.bias.flatten()
+        y = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return y.squeeze(2) if self.one_d else y
+
+    def export(self, layer: nn.Module, k: int) -> None:
+        _copy_row(layer, "weight", self.weight, k)
+        _copy_row(layer, "bias", self.bias, k)
+
+
+class StackedLinear(nn.Module):
+    """K ``Linear`` layers on ``(W, K * in)`` (model ``k``'s features in the k-th slice)."""
+
+    def __init__(self, linears: list[nn.Linear]) -> None:
+        super().__init__()
+        self.models = len(linears)
+        self.weight = _stack([layer.weight for layer in linears])  # (K, out, in)
+        biases: list[torch.Tensor | None] = [layer.bias for layer in linears]
+        self.bias = None if biases[0] is None else _stack([b for b in biases if b is not None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0]
+        h = x.reshape(rows, self.models, -1).transpose(0, 1)  # (K, W, in)
+        matrix = self.weight.transpose(1, 2)
+        if self.bias is None:
+            y = torch.bmm(h, matrix)
+        else:
+            y = torch.baddbmm(self.bias.unsqueeze(1), h, matrix)
+        return y.transpose(0, 1).reshape(rows, -1)
+
+    def export(self, layer: nn.Module, k: int) -> None:
+        _copy_row(layer, "weight", self.weight, k)
+        _copy_row(layer, "bias", self.bias, k)
+
+
+class StackedBatchNorm(nn.Module):
+    """K BatchNorm layers of ``C`` channels on ``(W, K * C, *spatial)``: in training,
+    each model's channels are normalised with the moments of its real rows and those
+    moments are kept for the running-statistics update (`batch_norm`); in eval mode,
+    each model's running statistics."""
+
+    def __init__(self, layers: list[nn.modules.batchnorm._BatchNorm], rows: StackedRows) -> None:
+        super().__init__()
+        first = layers[0]
+        self.models, self.channels = len(layers), first.num_features
+        self.eps, self.tracks = first.eps, first.track_running_stats
+        self.weight = _stack([b.weight for b in layers]) if first.affine else None
+        self.bias = _stack([b.bias for b in layers]) if first.affine else None
+        self.running: dict[str, torch.Tensor] = {}
+        if self.tracks:
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                self.running[name] = torch.stack([getattr(b, name).detach() for b in layers])
+        self.rows = rows
+        self.moments: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.values = torch.empty(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = None if self.weight is None else self.weight.flatten()
+        shift = None if self.bias is None else self.bias.flatten()
+        if not self.training and self.tracks:
+            mean = self.running["running_mean"].flatten()
+            variance = self.running["running_var"].flatten()
+            return normalise(x, mean, variance, self.eps, scale, shift)
+        k, c, rows = self.models, self.channels, x.shape[0]
+        if not self.training:  # eval without running statistics: torch uses the whole batch
+            mean, variance = masked_moments(x, x.new_ones(rows, k * c), x.new_full((k * c,), rows))
+            return normalise(x, mean, variance, self.eps, scale, shift)
+        weight = self.rows.weight.unsqueeze(2).expand(rows, k, c).reshape(rows, k * c)
+        mean, variance = masked_moments(x, weight, self.rows.count.repeat_interleave(c))
+        self.moments = (mean.view(k, c), variance.view(k, c))
+        self.values = self.rows.count * math.prod(x.shape[2:])
+        return normalise(x, mean, variance, self.eps, scale, shift)
+
+    def export(self, layer: nn.Module, k: int) -> None:
+        _copy_row(layer, "weight", self.weight, k)
+        _copy_row(layer, "bias", self.bias, k)
+        for name, stacked in self.running.items():
+            _copy_row(layer, name, stacked, k)
+
+
+class StackedGroupNorm(nn.Module):
+    """K GroupNorm layers of ``G`` groups as one GroupNorm of ``K * G`` groups (a group's
+    channels are contiguous, so no group spans two models)."""
+
+    def __init__(self, layers: list[nn.GroupNorm]) -> None:
+        super().__init__()
+        first = layers[0]
+        self.groups, self.eps = first.num_groups * len(layers), first.eps
+        self.weight = _stack([g.weight for g in layers]) if first.affine else None
+        self.bias = _stack([g.bias for g in layers]) if first.affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.flatten()
+        bias = None if self.bias is None else self.bias.flatten()
+        return F.group_norm(x, self.groups, weight, bias, self.eps)
+
+    def export(self, layer: nn.Module, k: int) -> None:
+        _copy_row(layer, "weight", self.weight, k)
+        _copy_row(layer, "bias", self.bias, k)
+
+
+STACKABLE: tuple[type[nn.Module], ...] = (
+    nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm
+)  # fmt: skip
+"""The layers with parameters or buffers that the conv fast path stacks (exactly these
+classes); every other layer must hold neither."""
+
+
+def stack_layer(layers: list[nn.Module], rows: StackedRows) -> nn.Module:
+    """The stacked layer of K models' layers of one of the `STACKABLE` kinds."""
+    kind = type(layers[0])
+    if kind in (nn.Conv1d, nn.Conv2d):
+        return StackedConv(layers)  # type: ignore[arg-type]
+    if kind is nn.Linear:
+        return StackedLinear(layers)  # type: ignore[arg-type]
+    if kind is nn.GroupNorm:
+        return StackedGroupNorm(layers)  # type: ignore[arg-type]
+    return StackedBatchNorm(layers, rows)  # type: ignore[arg-type]
