@@ -108,6 +108,8 @@ class _ConvEnsemble:
             for name, layer in self.stacked.items()
             if isinstance(layer, StackedBatchNorm) and layer.tracks
         }
+        self._plan: _EpochPlan | None = None
+        self._full: list[bool] = []
         self._probe()
         self.first_step = True
 
@@ -164,6 +166,7 @@ class _ConvEnsemble:
         x = self.inputs[index]  # (K, W, C, *spatial)
         x = x.transpose(0, 1).reshape(width, -1, *x.shape[3:])
         self.rows.weight, self.rows.count = plan.weight[t].T, plan.count[t]
+        self.rows.full = self._full_steps(plan)[t]
         logits = self.template(x).reshape(width, k, -1).transpose(0, 1)  # (K, W, out)
         y = self.labels[index]
         if self.recipe.loss is Loss.CROSS_ENTROPY:
@@ -174,9 +177,19 @@ class _ConvEnsemble:
         per_record = terms.sum(dim=2)
         return (per_record * plan.weight[t]).sum(dim=1) / (plan.count[t] * terms.shape[2])
 
+    def _full_steps(self, plan: _EpochPlan) -> list[bool]:
+        """Per step of the epoch: no model has a padded row or is idle (computed once
+        per epoch, so a step does not wait for the device)."""
+        if self._plan is not plan:
+            width = plan.index.shape[2]
+            self._plan = plan
+            self._full = (plan.count == width).all(dim=1).tolist()
+        return self._full
+
     def _move_running_statistics(self, active: torch.Tensor) -> None:
         for name, layer in self.batch_norms.items():
-            assert layer.moments is not None
+            if layer.moments is None:  # a full step: torch's BatchNorm moved them
+                continue
             refuse_single_values(layer.values, active, name)
             update_running_statistics(
                 layer.running, self.models[0].get_submodule(name),  # type: ignore[arg-type]

@@ -44,6 +44,7 @@ class StackedRows:
     def __init__(self) -> None:
         self.weight = torch.empty(0)
         self.count = torch.empty(0)
+        self.full = False  # every model has a full batch: no padded row, none idle
 
 
 class StackedConv(nn.Module):
@@ -106,15 +107,19 @@ class StackedLinear(nn.Module):
 
 class StackedBatchNorm(nn.Module):
     """K BatchNorm layers of ``C`` channels on ``(W, K * C, *spatial)``: in training,
-    each model's channels are normalised with the moments of its real rows and those
-    moments are kept for the running-statistics update (`batch_norm`); in eval mode,
-    each model's running statistics."""
+    each model's channels are normalised with the moments of its real rows; in eval
+    mode, with each model's running statistics.
+
+    A step where every model has a full batch runs torch's fused BatchNorm on the
+    stacked tensor (its per-channel moments are the models' own); a padded step computes
+    masked moments (`batch_norm`) and keeps them in ``moments`` for the running update.
+    """
 
     def __init__(self, layers: list[nn.modules.batchnorm._BatchNorm], rows: StackedRows) -> None:
         super().__init__()
         first = layers[0]
         self.models, self.channels = len(layers), first.num_features
-        self.eps, self.tracks = first.eps, first.track_running_stats
+        self.eps, self.tracks, self.momentum = first.eps, first.track_running_stats, first.momentum
         self.weight = _stack([b.weight for b in layers]) if first.affine else None
         self.bias = _stack([b.bias for b in layers]) if first.affine else None
         self.running: dict[str, torch.Tensor] = {}
@@ -136,11 +141,42 @@ class StackedBatchNorm(nn.Module):
         if not self.training:  # eval without running statistics: torch uses the whole batch
             mean, variance = masked_moments(x, x.new_ones(rows, k * c), x.new_full((k * c,), rows))
             return normalise(x, mean, variance, self.eps, scale, shift)
+        if self.rows.full and self._uniform_momentum() is not None:
+            return self._native(x, scale, shift)
         weight = self.rows.weight.unsqueeze(2).expand(rows, k, c).reshape(rows, k * c)
         mean, variance = masked_moments(x, weight, self.rows.count.repeat_interleave(c))
         self.moments = (mean.view(k, c), variance.view(k, c))
         self.values = self.rows.count * math.prod(x.shape[2:])
         return normalise(x, mean, variance, self.eps, scale, shift)
+
+    def _uniform_momentum(self) -> float | None:
+        """The running-statistics factor when it is the same for all K models (always,
+        unless ``momentum=None`` meets models that took different numbers of steps)."""
+        if not self.tracks:
+            return 0.0
+        if self.momentum is not None:
+            return self.momentum
+        tracked = self.running["num_batches_tracked"]
+        if bool((tracked == tracked[0]).all()):
+            return 1.0 / (float(tracked[0]) + 1.0)
+        return None
+
+    def _native(
+        self, x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None
+    ) -> torch.Tensor:
+        """A step without padding: each channel's batch moments are its model's, so
+        torch's fused BatchNorm computes them and moves the running statistics (flat
+        views of the stacked buffers) in place."""
+        momentum = self._uniform_momentum()
+        assert momentum is not None
+        self.moments = None
+        if not self.tracks:
+            return F.batch_norm(x, None, None, scale, shift, True, 0.0, self.eps)
+        self.running["num_batches_tracked"].add_(1)
+        mean, variance = self.running["running_mean"], self.running["running_var"]
+        return F.batch_norm(
+            x, mean.view(-1), variance.view(-1), scale, shift, True, momentum, self.eps
+        )
 
     def export(self, layer: nn.Module, k: int) -> None:
         _copy_row(layer, "weight", self.weight, k)
