@@ -195,6 +195,7 @@ def run_fit_audit(
         train_fn=train_fn,
         plots=settings.plots,
         cache_key={"trainer": dataclasses.asdict(trainer_settings)},
+        device=_recipe_device(trainer),
         provenance={
             "fallback_reason": reason,  # why the fast path was not taken
             "trainer": {"class": f"{trainer_class.__module__}.{trainer_class.__qualname__}"},
@@ -241,3 +242,10 @@ def _log_to_mlflow(trainer: Any, report: AuditReport, out: Path) -> str | None:
     )
     _LOG.info("privacy-gate: the audit is logged into MLflow run %s.", logger.run_id)
     return str(logger.run_id)
+
+
+def _recipe_device(trainer: Any) -> str:
+    """The Trainer's device for the recipe's loops and batched ensembles (CPU or CUDA;
+    other accelerators train reference models with Lightning itself or on the CPU)."""
+    device = trainer.strategy.root_device
+    return str(device) if device.type in ("cpu", "cuda") else "cpu"

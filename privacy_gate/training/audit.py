@@ -30,6 +30,7 @@ from privacy_gate.rounds import audit_in_rounds
 from privacy_gate.signals import Signals, make_signals
 from privacy_gate.training.backends import make_backend, train_reference_models
 from privacy_gate.training.data import AuditData
+from privacy_gate.training.device import AUTO, resolve_device
 from privacy_gate.training.dp_sections import dp_recommendation, dp_training
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.reference import (
@@ -133,6 +134,7 @@ def run_audit(
     train_fn: TrainFunction | None = None,
     cache_key: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = AUTO,
 ) -> AuditResult:
     """Audit a PyTorch model: train reference models with its recipe, score, decide.
 
@@ -159,8 +161,13 @@ def run_audit(
             (e.g. a Trainer's precision); part of the key of the stored models.
         provenance: entries for the report's ``audit.training`` (kept where the engine
             records nothing itself, e.g. why the caller chose the sequential backend).
+        device: where the recipe's loops and the batched ensembles train and score:
+            ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"``
+            (an error where torch sees no such device). A ``train_fn`` and Ray tasks
+            place their models themselves.
     """
     config = config or default_config()
+    place = resolve_device(device, "run_audit")
     trainer = make_backend(backend)
     planned = _reference_models(reference_models, trainer)
     adaptive = planned if isinstance(planned, AdaptivePlan) else None
@@ -191,11 +198,14 @@ def run_audit(
     store_root = out / ".privacy_gate_cache" if out is not None else default_cache_root()
     store = ScoreStore(store_root, key, data.n_records)
     rounds = _Rounds(
-        ReferenceJob(factory, data, plan, recipe, store, tuple(augmentations), train_fn), trainer
+        ReferenceJob(
+            factory, data, plan, recipe, store, tuple(augmentations), train_fn, device=place
+        ),
+        trainer,
     )
     rounds.scores(adaptive.schedule[0] if adaptive else n_planned)  # before the candidate
     target, model_sha256 = _candidate_scores(
-        factory, data, recipe, store, candidate, seed, augmentations
+        factory, data, recipe, store, candidate, seed, augmentations, place
     )
 
     def reveal(k: int) -> Signals:
@@ -326,6 +336,7 @@ def _candidate_scores(
     candidate: nn.Module | None,
     seed: int,
     augmentations: Sequence[Augmentation],
+    device: torch.device,
 ) -> tuple[NDArray[np.float64], str | None]:
     """The release candidate's scores and weights digest (trained here, once, if None)."""
     inputs, labels = data.pool()
@@ -341,6 +352,7 @@ def _candidate_scores(
             recipe,
             seed=derived_seed(seed, -1),
             model_name="release candidate",
+            device=device,
         )
         store.save(
             "candidate",

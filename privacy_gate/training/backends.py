@@ -69,12 +69,15 @@ def _train_sequential(job: ReferenceJob, todo: list[int], progress: Progress, wo
     }  # fmt: skip
     if job.train_fn is not None or workers <= 1:
         for k, args in jobs.items():
-            job.store.save(reference_name(k), train_and_score(*args, train_fn=job.train_fn))
+            scores = train_and_score(*args, train_fn=job.train_fn, device=job.device)
+            job.store.save(reference_name(k), scores)
             progress.update()
         return
     context = get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-        futures = {pool.submit(train_and_score, *args): k for k, args in jobs.items()}
+        futures = {
+            pool.submit(train_and_score, *args, device=job.device): k for k, args in jobs.items()
+        }
         for future in as_completed(futures):  # each is saved as soon as it finishes
             job.store.save(reference_name(futures[future]), future.result())
             progress.update()
@@ -103,6 +106,7 @@ def _train_batched(job: ReferenceJob, todo: list[int], progress: Progress, group
             [plan.subset(k) for k in group],
             job.recipe,
             seeds=[plan.seeds[k] for k in group],
+            device=job.device,
         )
         for k, model in zip(group, models, strict=True):
             job.store.save(
@@ -167,6 +171,7 @@ def _train_locally(
         "trained_now": len(todo),
         "resumed": n_models - len(todo),
         "training_seconds": round(time.perf_counter() - started, 3),
+        "device": str(job.device),
     }
 
 

@@ -89,8 +89,10 @@ def train_one_dp(
     *,
     seed: int,
     model_name: str = "model",
+    device: torch.device | None = None,
 ) -> nn.Module:
-    """Train ``model`` (freshly initialised) on ``inputs[subset]`` with DP-SGD.
+    """Train ``model`` (freshly initialised, on ``device``) on ``inputs[subset]`` with
+    DP-SGD.
 
     Poisson sampling (Opacus' ``DPDataLoader``), per-sample clipping and Gaussian noise
     from generators seeded by ``seed``, so a resumed audit retrains identically.
@@ -122,13 +124,13 @@ def train_one_dp(
             noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=torch.Generator().manual_seed(seed + 1),
+            noise_generator=torch.Generator(device=device or "cpu").manual_seed(seed + 1),
         )
     model.train()
     with warnings.catch_warnings():
         # the first layer's inputs need no gradient; Opacus' hooks still see its outputs
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        _dp_epochs(model, optimizer, loader, recipe, model_name)
+        _dp_epochs(model, optimizer, loader, recipe, model_name, device)
     from opacus import GradSampleModule
 
     if isinstance(model, GradSampleModule):  # the plain module, hooks and grad samples removed
@@ -143,10 +145,12 @@ def _dp_epochs(
     loader: DataLoader[tuple[torch.Tensor, ...]],
     recipe: Recipe,
     model_name: str,
+    device: torch.device | None,
 ) -> None:
-
     for epoch in range(recipe.epochs):
         for batch_inputs, batch_labels in loader:
+            if device is not None:
+                batch_inputs, batch_labels = batch_inputs.to(device), batch_labels.to(device)
             optimizer.zero_grad(set_to_none=True)
             logits = model(batch_inputs)
             if len(batch_inputs) == 0:  # Poisson sampling drew no record: a noise-only step

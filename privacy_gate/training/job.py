@@ -2,9 +2,10 @@
 
 The YAML names the model factory and the data loader by import path
 (``package.module:callable``), the recipe, K (or ``reference_models: auto`` with optional
-``max_reference_models`` and ``round_size``: an adaptive audit), backend, seed, the policy
-and the output directory; ``backend: ray`` takes its cluster and per-task resources from a ``ray:``
-section (`privacy_gate.training.ray_backend.RayOptions`).
+``max_reference_models`` and ``round_size``: an adaptive audit), backend, seed, the policy,
+the output directory and the ``device`` (auto | cpu | cuda[:i]); ``backend: ray`` takes
+its cluster and per-task resources from a ``ray:`` section
+(`privacy_gate.training.ray_backend.RayOptions`).
 Factory: ``make_model(**model_args) -> torch.nn.Module`` (untrained).
 Loader: ``load_data(**data_args) -> privacy_gate.training.AuditData``.
 """
@@ -29,6 +30,7 @@ from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
 from privacy_gate.training.audit import Backend, run_audit
 from privacy_gate.training.backends import make_backend
 from privacy_gate.training.data import AuditData
+from privacy_gate.training.device import AUTO, resolve_device
 from privacy_gate.training.ray_backend import RayOptions, parse_ray_options
 from privacy_gate.training.recipe import Recipe, parse_recipe
 from privacy_gate.training.steps import ModelFactory
@@ -52,6 +54,7 @@ _KEYS = (
     "candidate",
     "mlflow",
     "ray",
+    "device",
 )
 _MLFLOW_KEYS = ("tracking_uri", "experiment", "run_name")
 
@@ -108,6 +111,7 @@ class AuditJob:
     candidate: Path | None = None
     mlflow: MlflowTarget | None = None
     ray: RayOptions | None = None
+    device: str = AUTO
 
 
 def resolve(import_path: str, field_name: str) -> Callable[..., Any]:
@@ -208,6 +212,8 @@ def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
         raise ConfigError(invalid_value("recipe", "audit config", "a mapping", data["recipe"]))
     out = data.get("out")
     candidate = data.get("candidate")
+    device = data.get("device", AUTO)
+    resolve_device(device, "audit config")  # a wrong name or a missing GPU fails up front
     return AuditJob(
         model=data["model"],
         data=data["data"],
@@ -223,6 +229,7 @@ def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
         candidate=(base / candidate) if isinstance(candidate, str) else None,
         mlflow=_parse_mlflow(data.get("mlflow")),
         ray=parse_ray_options(data.get("ray")) if backend is Backend.RAY else None,
+        device=str(device),
     )
 
 
@@ -269,4 +276,5 @@ def run_job(
         out_dir=destination,
         raw_ids=raw_ids,
         plots=plots,
+        device=job.device,
     )

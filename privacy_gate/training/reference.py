@@ -5,7 +5,7 @@ agree on which model is which and a resumed audit finds what is done."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, Protocol
 
@@ -108,12 +108,16 @@ def train_and_score(
     task: Any,
     augmentations: Sequence[Augmentation],
     train_fn: TrainFunction | None = None,
+    device: torch.device | None = None,
 ) -> NDArray[np.float64]:
-    """Train one reference model (``train_fn`` or the recipe's loop) and score the pool."""
+    """Train one reference model (``train_fn`` or the recipe's loop, on ``device``) and
+    score the pool."""
     if train_fn is not None:
         model = train_fn(subset, seed)
     else:
-        model = train_one(factory, inputs, labels, subset, recipe, seed=seed, model_name=name)
+        model = train_one(
+            factory, inputs, labels, subset, recipe, seed=seed, model_name=name, device=device
+        )
     return score_model(model, inputs, labels, task, augmentations=augmentations)
 
 
@@ -130,6 +134,7 @@ class ReferenceJob:
     store: ScoreStore
     augmentations: Sequence[Augmentation] = ()
     train_fn: TrainFunction | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # recipe loops
 
     def todo(self) -> list[int]:
         """The reference models not yet in the store."""

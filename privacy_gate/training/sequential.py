@@ -41,6 +41,7 @@ def train_one(
     *,
     seed: int,
     model_name: str = "model",
+    device: torch.device | None = None,
 ) -> nn.Module:
     """Train one model on ``inputs[subset]`` with the recipe.
 
@@ -50,6 +51,8 @@ def train_one(
         labels: ``(n_records, ...)`` labels of the whole pool.
         subset: indices of the records this model trains on.
         seed: initialisation and data-order seed of this model.
+        device: where it trains (default: the CPU); it is initialised on the CPU first,
+            so its initial weights do not depend on the device.
     """
     if len(subset) == 0:
         raise TrainingError(
@@ -57,18 +60,25 @@ def train_one(
             "needs at least 2 patients."
         )
     model = init_model(factory, seed)
+    if device is not None:
+        model = model.to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise TrainingError(f"{model_name} has no trainable parameters.")
     if recipe.dp is not None:
-        return train_one_dp(model, inputs, labels, subset, recipe, seed=seed, model_name=model_name)
+        return train_one_dp(
+            model, inputs, labels, subset, recipe, seed=seed, model_name=model_name, device=device
+        )
     optimizer = make_optimizer(parameters, recipe)
     model.train()
     for epoch in range(recipe.epochs):
         for batch in epoch_batches(subset, epoch=epoch, seed=seed, batch_size=recipe.batch_size):
             index = torch.from_numpy(batch)
             optimizer.zero_grad(set_to_none=True)
-            loss = compute_loss(model(inputs[index]), labels[index], recipe.loss)
+            x, y = inputs[index], labels[index]
+            if device is not None:
+                x, y = x.to(device), y.to(device)
+            loss = compute_loss(model(x), y, recipe.loss)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"{model_name}: the loss became {float(loss.detach())} in epoch {epoch}. "

@@ -1,0 +1,90 @@
+"""``device``: auto takes the CPU where torch sees no GPU, a CUDA device that is not there
+is an error naming the field (exit 2 from the CLI), and CUDA cases skip cleanly here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from privacy_gate.errors import ConfigError, InputError
+from privacy_gate.training.batched import train_batched
+from privacy_gate.training.device import resolve_device
+from privacy_gate.training.job import parse_job
+from privacy_gate.training.recipe import Recipe
+from privacy_gate.training.sequential import train_one
+
+CUDA = torch.cuda.is_available()
+
+
+def test_auto_takes_cuda_when_available_else_the_cpu() -> None:
+    assert resolve_device("auto").type == ("cuda" if CUDA else "cpu")
+    assert resolve_device(None) == resolve_device("auto")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:x", "CPU", "mps", ""])
+def test_unknown_devices_are_named(value: str) -> None:
+    with pytest.raises(InputError, match=r"'device' of the audit must be auto, cpu, cuda"):
+        resolve_device(value)
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA")
+@pytest.mark.parametrize("value", ["cuda", "cuda:0"])
+def test_cuda_without_cuda_is_an_error(value: str) -> None:
+    with pytest.raises(InputError, match=r"torch sees no CUDA device.*HINT: use device: auto"):
+        resolve_device(value)
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA")
+def test_audit_config_with_cuda_fails_up_front(tmp_path: Path) -> None:
+    config = {"model": "m:f", "data": "d:f", "device": "cuda"}
+    with pytest.raises((ConfigError, InputError), match="audit config"):
+        parse_job(config, base=tmp_path)
+    assert parse_job({**config, "device": "auto"}, base=tmp_path).device == "auto"
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA")
+def test_cli_exits_2_for_cuda_without_cuda(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from privacy_gate.cli import main
+
+    path = tmp_path / "audit.yaml"
+    path.write_text("model: tiny_audit:make_model\ndata: tiny_audit:load_data\ndevice: cuda\n")
+    assert main(["audit", "--config", str(path)]) == 2
+    assert "torch sees no CUDA device" in capsys.readouterr().err
+
+
+def _conv() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv1d(1, 4, 3, padding=1), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(),
+        nn.Linear(32, 3),
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (benchmarks/gpu_check.sh runs this)")
+@pytest.mark.parametrize("fast_path", [True, False], ids=["conv-path", "vmap-path"])
+def test_batched_on_cuda_equals_train_one_on_cuda(fast_path: bool) -> None:
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(64, 1, 8, generator=generator)
+    labels = torch.randint(0, 3, (64,), generator=generator)
+    rng = np.random.default_rng(0)
+    subsets = [np.sort(rng.choice(64, size, replace=False)) for size in (20, 30, 14)]
+    recipe = Recipe(epochs=2, batch_size=8, learning_rate=0.01)
+    cuda = torch.device("cuda")
+    models = train_batched(
+        _conv, inputs, labels, subsets, recipe, seeds=(1, 2, 3), fast_path=fast_path, device=cuda
+    )
+    for k, seed in enumerate((1, 2, 3)):
+        want = train_one(_conv, inputs, labels, subsets[k], recipe, seed=seed, device=cuda)
+        assert next(models[k].parameters()).device.type == "cuda"
+        for name, value in want.state_dict().items():
+            got = models[k].state_dict()[name]
+            if value.dtype == torch.int64:
+                assert torch.equal(got, value), name
+            else:
+                torch.testing.assert_close(got, value, rtol=1e-3, atol=1e-4, msg=name)
