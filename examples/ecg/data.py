@@ -52,7 +52,9 @@ def load_beats() -> tuple[NDArray[np.float32], NDArray[np.int64]]:
             parts.append(np.loadtxt(handle, delimiter="\t", dtype=np.float64))
     table = np.concatenate(parts)
     if table.shape[1] != N_SAMPLES + 1:
-        raise InputError(f"ECG5000 has {table.shape[1] - 1} samples per beat, expected {N_SAMPLES}.")
+        raise InputError(
+            f"ECG5000 has {table.shape[1] - 1} samples per beat, expected {N_SAMPLES}."
+        )
     labels = table[:, 0].astype(np.int64) - 1  # the archive numbers classes 1..5
     return table[:, 1:].astype(np.float32), labels
 
@@ -69,16 +71,14 @@ def load_ecg5000(
         max_records: keep a random subset of this many beats first (quick runs, tests).
     """
     if not 0.0 < holdout_fraction < 1.0:
-        raise InputError(
-            f"data_args.holdout_fraction must be in (0, 1). Got {holdout_fraction!r}."
-        )
+        raise InputError(f"data_args.holdout_fraction must be in (0, 1). Got {holdout_fraction!r}.")
     beats, labels = load_beats()
     order = np.random.default_rng(seed).permutation(len(beats))
     if max_records is not None:
         if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 4:
             raise InputError(f"data_args.max_records must be an integer >= 4. Got {max_records!r}.")
         order = order[:max_records]
-    n_holdout = max(1, int(round(len(order) * holdout_fraction)))
+    n_holdout = max(1, round(len(order) * holdout_fraction))
     train, holdout = np.sort(order[n_holdout:]), np.sort(order[:n_holdout])
     pool = np.concatenate([train, holdout])
     return AuditData(

@@ -28,6 +28,7 @@ from privacy_gate.errors import ConfigError, check_known_keys, invalid_value
 from privacy_gate.pipeline import AuditResult
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
 from privacy_gate.training.audit import Backend, run_audit
+from privacy_gate.training.augment import parse_augmentations
 from privacy_gate.training.backends import make_backend
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.device import AUTO, resolve_device
@@ -55,6 +56,7 @@ _KEYS = (
     "mlflow",
     "ray",
     "device",
+    "augmentations",
 )
 _MLFLOW_KEYS = ("tracking_uri", "experiment", "run_name")
 
@@ -112,6 +114,7 @@ class AuditJob:
     mlflow: MlflowTarget | None = None
     ray: RayOptions | None = None
     device: str = AUTO
+    augmentations: tuple[str, ...] = ()
 
 
 def resolve(import_path: str, field_name: str) -> Callable[..., Any]:
@@ -214,6 +217,7 @@ def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
     candidate = data.get("candidate")
     device = data.get("device", AUTO)
     resolve_device(device, "audit config")  # a wrong name or a missing GPU fails up front
+    parse_augmentations(data.get("augmentations"))
     return AuditJob(
         model=data["model"],
         data=data["data"],
@@ -230,6 +234,7 @@ def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
         mlflow=_parse_mlflow(data.get("mlflow")),
         ray=parse_ray_options(data.get("ray")) if backend is Backend.RAY else None,
         device=str(device),
+        augmentations=tuple(data.get("augmentations") or ()),
     )
 
 
@@ -277,4 +282,5 @@ def run_job(
         raw_ids=raw_ids,
         plots=plots,
         device=job.device,
+        augmentations=parse_augmentations(list(job.augmentations) or None),
     )
