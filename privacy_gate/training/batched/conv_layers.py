@@ -12,8 +12,9 @@ channel, so the model's own forward runs unchanged on the stacked tensor.
 
 Each stacked parameter is a ``(K, *shape)`` leaf (row ``k`` is model ``k``), as the
 `_StackedOptimizer` and per-model clipping expect; autograd gives their gradients.
-Convolutions run in channels-last layout (1D as 2D with height 1): on CPU oneDNN's
-grouped kernels are markedly faster there than in the default layout.
+Tensors keep torch's default (channels-first) layout: channels-last made oneDNN's grouped
+convolutions faster in isolation, but BatchNorm, pooling and the layout copies around
+them slower, and whole networks (benchmarks/bench_conv.py) slower overall.
 """
 
 from __future__ import annotations
@@ -59,21 +60,15 @@ class StackedConv(nn.Module):
         biases: list[torch.Tensor | None] = [getattr(c, "bias") for c in convs]  # noqa: B009
         self.bias = None if biases[0] is None else _stack([b for b in biases if b is not None])
         self.groups = first.groups * self.models
-        # 1D runs as 2D with height 1: stride and dilation 1, padding 0 along the height.
-        one, none = ((1,), (0,)) if self.one_d else ((), ())
-        self.stride, self.dilation = (*one, *first.stride), (*one, *first.dilation)
-        padding = first.padding
-        self.padding = padding if isinstance(padding, str) else (*none, *padding)
+        self.stride, self.padding, self.dilation = first.stride, first.padding, first.dilation
+        self.convolve = F.conv1d if self.one_d else F.conv2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.flatten(0, 1)
-        if self.one_d:
-            x, weight = x.unsqueeze(2), weight.unsqueeze(2)
-        if not x.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)
         bias = None if self.bias is None else self.bias.flatten()
-        y = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-        return y.squeeze(2) if self.one_d else y
+        return self.convolve(  # type: ignore[operator]
+            x, self.weight.flatten(0, 1), bias, self.stride, self.padding, self.dilation,
+            self.groups,
+        )  # fmt: skip
 
     def export(self, layer: nn.Module, k: int) -> None:
         _copy_row(layer, "weight", self.weight, k)
