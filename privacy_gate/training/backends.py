@@ -33,9 +33,9 @@ from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.reference import (
     DEFAULT_GROUP_SIZE,
     Backend,
-    Fallback,
     ReferenceJob,
     TrainingBackend,
+    recipe_fallback,
     reference_name,
     train_and_score,
 )
@@ -122,13 +122,14 @@ def choose_backend(
     """The backend to use, and why batching was not (None when it was)."""
     if backend is Backend.SEQUENTIAL:
         return backend, None
-    if recipe is not None and recipe.dp is not None:
+    fallback = None if recipe is None else recipe_fallback(recipe)
+    if fallback is not None:
         if backend is Backend.BATCHED:
             raise InputError(
-                f"backend 'batched' cannot train this recipe: {Fallback.DP_SGD.value}. HINT: use "
+                f"backend 'batched' cannot train this recipe: {fallback.value}. HINT: use "
                 "backend 'auto' or 'sequential'."
             )
-        return Backend.SEQUENTIAL, Fallback.DP_SGD.value
+        return Backend.SEQUENTIAL, fallback.value
     from privacy_gate.training.batched import batching_problem
 
     problem = batching_problem(init_model(factory, 0))

@@ -15,7 +15,7 @@ from typing import Any
 
 from privacy_gate.errors import ConfigError, check_known_keys, coerce_choice, invalid_value
 
-__all__ = ["DPSettings", "Loss", "Optimizer", "Recipe", "parse_recipe"]
+__all__ = ["DPSettings", "Loss", "Optimizer", "Precision", "Recipe", "parse_recipe"]
 
 
 class Optimizer(str, Enum):
@@ -27,6 +27,15 @@ class Optimizer(str, Enum):
 class Loss(str, Enum):
     CROSS_ENTROPY = "cross_entropy"  # multi-class: integer labels, logits (N, C)
     BINARY_CROSS_ENTROPY = "binary_cross_entropy"  # binary/multi-label: float 0/1 targets
+
+
+class Precision(str, Enum):
+    """Lightning's names: float32, or mixed precision (``torch.autocast``) in bfloat16 or
+    float16 (float16 with dynamic loss scaling, ``torch.amp.GradScaler``)."""
+
+    FLOAT32 = "32-true"
+    BF16_MIXED = "bf16-mixed"
+    FP16_MIXED = "16-mixed"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +77,7 @@ class Recipe:
     max_grad_norm: float | None = None
     loss: Loss = Loss.CROSS_ENTROPY
     dp: DPSettings | None = None
+    precision: Precision = Precision.FLOAT32
 
     def __post_init__(self) -> None:
         # The Python API takes YAML's strings too: Recipe(optimizer="adam", loss="...").
@@ -75,6 +85,9 @@ class Recipe:
             self, "optimizer", coerce_choice(Optimizer, self.optimizer, "optimizer", "recipe")
         )
         object.__setattr__(self, "loss", coerce_choice(Loss, self.loss, "loss", "recipe"))
+        object.__setattr__(
+            self, "precision", coerce_choice(Precision, self.precision, "precision", "recipe")
+        )
         betas: Any = self.betas
         if isinstance(betas, list):  # users (and YAML) write lists
             object.__setattr__(self, "betas", tuple(betas))
@@ -96,14 +109,22 @@ class Recipe:
                 "(DP-SGD clips each record's gradient). HINT: drop 'max_grad_norm' and set "
                 "'dp.max_grad_norm'."
             )
+        if self.dp is not None and self.precision is not Precision.FLOAT32:
+            raise ConfigError(
+                f"The recipe sets 'dp' and precision {self.precision.value!r}: the audit's "
+                "DP-SGD loop (Opacus) trains in float32. HINT: drop 'precision' or 'dp'."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["optimizer"] = self.optimizer.value
         data["loss"] = self.loss.value
         data["betas"] = list(self.betas)
+        data["precision"] = self.precision.value
         if self.dp is None:
             del data["dp"]  # recipes without DP keep the cache keys they always had
+        if self.precision is Precision.FLOAT32:
+            del data["precision"]  # as do float32 recipes
         return data
 
 
@@ -125,7 +146,7 @@ def parse_recipe(data: Mapping[str, Any] | None) -> Recipe:
     """
     data = dict(data or {})
     check_known_keys(data, [f.name for f in fields(Recipe)], "recipe")
-    for name, kind in (("optimizer", Optimizer), ("loss", Loss)):
+    for name, kind in (("optimizer", Optimizer), ("loss", Loss), ("precision", Precision)):
         if name in data:
             try:
                 data[name] = kind(data[name])

@@ -14,8 +14,9 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from privacy_gate.training.batched.eligibility import FP16_MIXED_REASON
 from privacy_gate.training.data import AuditData
-from privacy_gate.training.recipe import Recipe
+from privacy_gate.training.recipe import Precision, Recipe
 from privacy_gate.training.scoring import score_model
 from privacy_gate.training.sequential import train_one
 from privacy_gate.training.steps import ModelFactory
@@ -31,6 +32,7 @@ __all__ = [
     "TrainingBackend",
     "TrainingPlan",
     "derived_seed",
+    "recipe_fallback",
     "reference_name",
     "train_and_score",
 ]
@@ -63,6 +65,7 @@ class Fallback(str, Enum):
         "the recipe trains with DP-SGD, and Opacus hooks one module at a time, not a vmapped "
         "ensemble"
     )
+    FP16 = FP16_MIXED_REASON
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,15 @@ class TrainingPlan:
     def first(self, k: int) -> TrainingPlan:
         """The plan of the first ``k`` models (an adaptive audit's look)."""
         return TrainingPlan(self.masks[:k], self.seeds[:k], self.seed)
+
+
+def recipe_fallback(recipe: Recipe) -> Fallback | None:
+    """Why the recipe itself (whatever the model) trains one model at a time."""
+    if recipe.dp is not None:
+        return Fallback.DP_SGD
+    if recipe.precision is Precision.FP16_MIXED:
+        return Fallback.FP16
+    return None
 
 
 def derived_seed(seed: int, index: int) -> int:

@@ -17,7 +17,9 @@ from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.steps import (
     ModelFactory,
     TrainingError,
+    autocast,
     compute_loss,
+    grad_scaler,
     init_model,
     make_optimizer,
 )
@@ -70,6 +72,8 @@ def train_one(
             model, inputs, labels, subset, recipe, seed=seed, model_name=model_name, device=device
         )
     optimizer = make_optimizer(parameters, recipe)
+    place = device or torch.device("cpu")
+    scaler = grad_scaler(recipe, place)
     model.train()
     for epoch in range(recipe.epochs):
         for batch in epoch_batches(subset, epoch=epoch, seed=seed, batch_size=recipe.batch_size):
@@ -78,15 +82,24 @@ def train_one(
             x, y = inputs[index], labels[index]
             if device is not None:
                 x, y = x.to(device), y.to(device)
-            loss = compute_loss(model(x), y, recipe.loss)
+            with autocast(recipe, place):
+                loss = compute_loss(model(x), y, recipe.loss)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"{model_name}: the loss became {float(loss.detach())} in epoch {epoch}. "
                     "HINT: lower the learning rate, clip gradients (max_grad_norm) or check "
                     "the inputs."
                 )
-            loss.backward()  # type: ignore[no-untyped-call]
+            if scaler is None:
+                loss.backward()  # type: ignore[no-untyped-call]
+            else:
+                scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+                scaler.unscale_(optimizer)
             if recipe.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(parameters, recipe.max_grad_norm)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
     return model

@@ -7,6 +7,7 @@ model initialised or optimised here is the same in every backend.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -14,9 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from privacy_gate.errors import InputError
-from privacy_gate.training.recipe import Loss, Optimizer, Recipe
+from privacy_gate.training.recipe import Loss, Optimizer, Precision, Recipe
 
-__all__ = ["ModelFactory", "TrainingError", "compute_loss", "init_model", "make_optimizer"]
+__all__ = [
+    "ModelFactory",
+    "TrainingError",
+    "autocast",
+    "compute_loss",
+    "grad_scaler",
+    "init_model",
+    "make_optimizer",
+]
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -58,3 +67,19 @@ def init_model(factory: ModelFactory, seed: int) -> nn.Module:
     """A fresh model whose initial weights depend only on ``seed``."""
     torch.manual_seed(seed)
     return factory()
+
+
+def autocast(recipe: Recipe, device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """The recipe's precision for a forward pass and its loss, as Lightning's
+    ``precision="bf16-mixed"`` / ``"16-mixed"`` wraps a training step."""
+    if recipe.precision is Precision.FLOAT32:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if recipe.precision is Precision.BF16_MIXED else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(recipe: Recipe, device: torch.device) -> torch.amp.GradScaler | None:
+    """Dynamic loss scaling for float16 mixed precision (None otherwise)."""
+    if recipe.precision is not Precision.FP16_MIXED:
+        return None
+    return torch.amp.GradScaler(device.type)

@@ -29,6 +29,7 @@ from privacy_gate.training.batched.mlp_fast_path import _global_hooks, _has_hook
 from privacy_gate.training.batched.optimizer import _clip_per_model, _StackedOptimizer
 from privacy_gate.training.batched.schedule import _EpochPlan, _Order
 from privacy_gate.training.recipe import Loss, Recipe
+from privacy_gate.training.steps import autocast
 
 _PROBE_RECORDS = 4
 
@@ -167,12 +168,14 @@ class _ConvEnsemble:
         x = x.transpose(0, 1).reshape(width, -1, *x.shape[3:])
         self.rows.weight, self.rows.count = plan.weight[t].T, plan.count[t]
         self.rows.full = self._full_steps(plan)[t]
-        logits = self.template(x).reshape(width, k, -1).transpose(0, 1)  # (K, W, out)
         y = self.labels[index]
-        if self.recipe.loss is Loss.CROSS_ENTROPY:
-            terms = _loss_terms(logits.reshape(k * width, -1), y.reshape(-1), self.recipe.loss)
-        else:
-            terms = _loss_terms(logits, y.reshape(k, width, -1), self.recipe.loss)
+        with autocast(self.recipe, self.device):
+            logits = self.template(x).reshape(width, k, -1).transpose(0, 1)  # (K, W, out)
+            if self.recipe.loss is Loss.CROSS_ENTROPY:
+                flat = logits.reshape(k * width, -1)
+                terms = _loss_terms(flat, y.reshape(-1), self.recipe.loss)
+            else:
+                terms = _loss_terms(logits, y.reshape(k, width, -1), self.recipe.loss)
         terms = terms.reshape(k, width, -1)  # (K, W, elements per record)
         per_record = terms.sum(dim=2)
         return (per_record * plan.weight[t]).sum(dim=1) / (plan.count[t] * terms.shape[2])

@@ -65,7 +65,7 @@ class StackedConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.flatten()
-        return self.convolve(  # type: ignore[operator]
+        return self.convolve(
             x, self.weight.flatten(0, 1), bias, self.stride, self.padding, self.dilation,
             self.groups,
         )  # fmt: skip

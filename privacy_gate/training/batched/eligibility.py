@@ -10,6 +10,12 @@ from torch import nn
 BATCH_NORM_LAYERS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+FP16_MIXED_REASON = (
+    "the recipe trains in float16 mixed precision, whose loss scaler skips a model's step "
+    "on overflow, and the batched optimizer steps groups of models together"
+)
+
+
 class BatchingUnsupported(Exception):
     """The model cannot be trained as a batched ensemble; the caller trains it
     sequentially instead and logs ``reason``."""

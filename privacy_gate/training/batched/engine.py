@@ -12,12 +12,16 @@ from numpy.typing import NDArray
 from torch import nn
 
 from privacy_gate.training.batched.conv_fast_path import _ConvEnsemble, conv_fast_path_problem
-from privacy_gate.training.batched.eligibility import BatchingUnsupported, batching_problem
+from privacy_gate.training.batched.eligibility import (
+    FP16_MIXED_REASON,
+    BatchingUnsupported,
+    batching_problem,
+)
 from privacy_gate.training.batched.mlp_fast_path import _MLPEnsemble, mlp_fast_path_problem
 from privacy_gate.training.batched.schedule import _Order, _plan_epoch, _step_groups
 from privacy_gate.training.batched.vmap_ensemble import _Ensemble
 from privacy_gate.training.data_order import steps_per_epoch
-from privacy_gate.training.recipe import Recipe
+from privacy_gate.training.recipe import Precision, Recipe
 from privacy_gate.training.steps import ModelFactory, TrainingError, init_model
 
 _LOG = logging.getLogger("privacy_gate.training")
@@ -87,6 +91,8 @@ def train_batched(
     _check_inputs(inputs, labels, subsets, seeds)
     if not subsets:
         return []
+    if recipe.precision is Precision.FP16_MIXED:
+        raise BatchingUnsupported(FP16_MIXED_REASON)
     place = torch.device(device) if device is not None else inputs.device
     first = init_model(factory, seeds[0]).to(place)
     problem = batching_problem(first)
@@ -140,8 +146,10 @@ def _ensemble(
     reasons for passing over the fast paths are logged)."""
     if not fast_path:
         _LOG.info("Batched training takes the general vmap path: the caller asked for it.")
-        return _Ensemble(models, inputs, labels, recipe, order)
+        return _Ensemble(models, inputs, labels, recipe, order)  # (autocast caveat above)
     mlp_reason = mlp_fast_path_problem(models[0], inputs, labels, recipe.loss)
+    if mlp_reason is None and recipe.precision is not Precision.FLOAT32:
+        mlp_reason = f"it computes in float32, the recipe in {recipe.precision.value}"
     if mlp_reason is None:
         _LOG.info("Batched training takes the MLP fast path.")
         return _MLPEnsemble(models, inputs, labels, recipe, seeds, order)
@@ -153,6 +161,13 @@ def _ensemble(
             return conv
         except BatchingUnsupported as unsupported:
             conv_reason = unsupported.reason
+    if recipe.precision is not Precision.FLOAT32:
+        raise BatchingUnsupported(
+            f"the recipe trains in {recipe.precision.value}, and under torch.func.vmap autocast "
+            "skips some operations (convolutions stay float32), so the general path would not "
+            f"train as the candidate did (MLP fast path: {mlp_reason}; conv fast path: "
+            f"{conv_reason})"
+        )
     _LOG.info(
         "Batched training takes the general vmap path: MLP fast path: %s; conv fast path: %s.",
         mlp_reason,

@@ -22,7 +22,7 @@ from privacy_gate.training.batched.losses import _loss_terms, _raise_if_nonfinit
 from privacy_gate.training.batched.optimizer import _clip_per_model, _StackedOptimizer
 from privacy_gate.training.batched.schedule import _EpochPlan, _Order
 from privacy_gate.training.recipe import Loss, Recipe
-from privacy_gate.training.steps import TrainingError
+from privacy_gate.training.steps import TrainingError, autocast
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,10 @@ class _Ensemble:
         y = self.labels[index.to(self.labels.device)].to(self.device)
         self.flat.grad = None
         params = self.layout.views(self.flat)
-        losses, moments = self.forward(params, self.constants, x, y, plan.weight[t], plan.count[t])
+        with autocast(self.recipe, self.device):  # not every op: see `engine._ensemble`
+            losses, moments = self.forward(
+                params, self.constants, x, y, plan.weight[t], plan.count[t]
+            )
         self.step_moments = moments
         if not bool(torch.isfinite(losses).all()):
             _raise_if_nonfinite(losses, plan.active[t], epoch, self.order.ids)

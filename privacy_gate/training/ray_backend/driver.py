@@ -34,10 +34,10 @@ from privacy_gate.training.reference import (
     DEFAULT_GROUP_SIZE,
     Augmentation,
     Backend,
-    Fallback,
     ReferenceJob,
     TrainFunction,
     TrainingPlan,
+    recipe_fallback,
     reference_name,
 )
 from privacy_gate.training.steps import ModelFactory, init_model
@@ -152,8 +152,9 @@ def train_on_ray(
         from privacy_gate.training.batched import batching_problem
 
         reason = batching_problem(init_model(factory, 0))
-        if recipe.dp is not None:
-            reason = Fallback.DP_SGD.value
+        fallback = recipe_fallback(recipe)
+        if fallback is not None:
+            reason = fallback.value
         if reason is not None:
             _LOG.warning("Training reference models one per Ray task: %s", reason)
             batched = False
