@@ -12,7 +12,9 @@ What "patient" means here: all patches come from one slide of one person. Patche
 overlap (stride 16 < 32), so patches whose centres fall in the same 64x64 tile share
 pixels and are grouped as one unit, the way records of one patient are: the report's
 "patients" are tiles (64 of them). Patches of neighbouring tiles still overlap at tile
-borders, so membership of a tile is not perfectly separated from its neighbours'.
+borders, so membership of a tile is not perfectly separated from its neighbours'. The
+subgroup column ``dab`` is the tile's staining (``dab-rich``: most of its patches are
+DAB-positive), a property of the "patient" as a subgroup must be.
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ def ihc_patches() -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.in
     return np.stack(patches), np.array(labels, dtype=np.int64), np.array(tiles, dtype=np.int64)
 
 
+def _tile_staining(labels: NDArray[np.int64], tiles: NDArray[np.int64]) -> NDArray[np.str_]:
+    """Per patch, its tile's staining: ``dab-rich`` when most of the tile's patches are
+    DAB-positive, else ``dab-poor`` (a subgroup is a property of the tile, the "patient",
+    so every record of a patient carries the same value)."""
+    share = {t: labels[tiles == t].mean() for t in np.unique(tiles)}
+    return np.array(["dab-rich" if share[t] > 0.5 else "dab-poor" for t in tiles])
+
+
 def load_ihc_patches(seed: int = 0, holdout_fraction: float = 0.5) -> AuditData:
     """The pool: the patches of a random ``1 - holdout_fraction`` of the tiles train the
     candidate, the other tiles' patches are held out (split by tile, as by patient)."""
@@ -76,6 +86,6 @@ def load_ihc_patches(seed: int = 0, holdout_fraction: float = 0.5) -> AuditData:
         holdout_labels=torch.from_numpy(labels[holdout]),
         task=Task.MULTICLASS,
         patient_ids=[f"tile/{t}" for t in tiles[pool]],
-        columns={"dab": ["positive" if y else "negative" for y in labels[pool]]},
+        columns={"dab": _tile_staining(labels, tiles)[pool].tolist()},
         record_ids=[f"patch/{i}" for i in pool],
     )

@@ -64,6 +64,9 @@ def test_ihc_patches_load_offline_and_split_by_tile(no_network: None) -> None:
     members = data.is_member()
     assert not set(patients[members]) & set(patients[~members])  # no tile on both sides
     assert len(set(patients)) == 64
+    staining = dict(zip(patients, data.columns["dab"], strict=True))
+    assert all(staining[p] == value for p, value in zip(patients, data.columns["dab"]))
+    assert set(staining.values()) == {"dab-rich", "dab-poor"}  # one value per tile
     assert conv_fast_path_problem(make_image_model(), data.train_inputs) is None
 
 
@@ -143,3 +146,37 @@ def test_medmnist_paths_and_splits_are_checked(tmp_path: Path) -> None:
         load_medmnist(str(tmp_path / "junk.npz"))
     with pytest.raises(InputError, match="holdout_split must be 'val' or 'test'"):
         load_medmnist(str(_medmnist(tmp_path / "ok.npz")), holdout_split="train")
+
+
+def test_imaging_config_asks_for_flip_averaging() -> None:
+    from privacy_gate.errors import ConfigError
+    from privacy_gate.training.augment import AUGMENTATIONS, parse_augmentations
+    from privacy_gate.training.job import parse_job
+
+    job = load_job(ROOT / "examples" / "imaging" / "audit.yaml")
+    assert job.augmentations == ("hflip", "vflip")
+    x = torch.arange(6.0).view(1, 1, 2, 3)
+    assert torch.equal(AUGMENTATIONS["hflip"](x), x.flip(-1))
+    assert torch.equal(AUGMENTATIONS["vflip"](x), x.flip(-2))
+    for bad in (["rotate"], "hflip", ["hflip", "hflip"]):
+        with pytest.raises(ConfigError, match="augmentations"):
+            parse_augmentations(bad)
+    with pytest.raises(ConfigError, match="augmentations"):
+        parse_job({"model": "m:f", "data": "d:f", "augmentations": ["crop"]}, base=ROOT)
+
+
+def test_ecg_lightning_variant_fits_and_audits(tmp_path: Path) -> None:
+    """The Lightning variant end to end on a small slice: a real fit, the callback's
+    audit with batched reference models, a report."""
+    pytest.importorskip("lightning")
+    import json
+
+    from examples.ecg import lightning_train
+
+    out = tmp_path / "run"
+    lightning_train.main(
+        ["--out", str(out), "--reference-models", "4", "--epochs", "1", "--max-records", "240"]
+    )
+    report = json.loads((out / "privacy_audit" / "report.json").read_text())
+    assert report["audit"]["records"] == 240 and report["audit"]["reference_models"] == 4
+    assert report["audit"]["training"]["backend"] == "batched"
