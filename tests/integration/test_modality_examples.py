@@ -64,8 +64,9 @@ def test_ihc_patches_load_offline_and_split_by_tile(no_network: None) -> None:
     members = data.is_member()
     assert not set(patients[members]) & set(patients[~members])  # no tile on both sides
     assert len(set(patients)) == 64
-    staining = dict(zip(patients, data.columns["dab"], strict=True))
-    assert all(staining[p] == value for p, value in zip(patients, data.columns["dab"]))
+    pairs = list(zip(patients, data.columns["dab"], strict=True))
+    staining = dict(pairs)
+    assert all(staining[p] == value for p, value in pairs)
     assert set(staining.values()) == {"dab-rich", "dab-poor"}  # one value per tile
     assert conv_fast_path_problem(make_image_model(), data.train_inputs) is None
 
