@@ -53,8 +53,10 @@ def unavailable(reason: str) -> dict[str, Any]:
 def dp_schedule(dataset_size: int, batch_size: int, epochs: int) -> tuple[float, int]:
     """Sample rate and number of steps of Opacus' Poisson sampling for this recipe.
 
-    Opacus' ``DPDataLoader`` keeps the number of batches per epoch of the original loader,
-    ``ceil(N / batch_size)``, and samples each record with rate ``1 / that``.
+    Opacus' ``DPDataLoader`` samples each record with rate ``q = 1 / ceil(N / batch_size)``
+    (one over the original loader's batches) and runs ``int(1 / q)`` steps an epoch: the
+    loader's batches, or one fewer where the float reciprocal rounds down (e.g. 93
+    batches give 92 steps). The accounting counts the steps that run.
 
     >>> dp_schedule(4552, 128, 20)
     (0.027777777777777776, 720)
@@ -69,8 +71,8 @@ def dp_schedule(dataset_size: int, batch_size: int, epochs: int) -> tuple[float,
                 f"The '{name}' of a DP-SGD recommendation must be an integer >= 1. "
                 f"Got {value!r} instead."
             )
-    batches = math.ceil(dataset_size / batch_size)
-    return 1.0 / batches, epochs * batches
+    rate = 1.0 / math.ceil(dataset_size / batch_size)
+    return rate, epochs * int(1 / rate)
 
 
 def gdp_noise(target_record_mu: float, sample_rate: float, steps: int) -> float:

@@ -61,10 +61,6 @@ class Fallback(str, Enum):
     """Why reference models train one at a time although batching was asked or allowed
     (model-specific reasons come from `privacy_gate.training.batched.batching_problem`)."""
 
-    DP_SGD = (
-        "the recipe trains with DP-SGD, and Opacus hooks one module at a time, not a vmapped "
-        "ensemble"
-    )
     FP16 = FP16_MIXED_REASON
 
 
@@ -90,8 +86,6 @@ class TrainingPlan:
 
 def recipe_fallback(recipe: Recipe) -> Fallback | None:
     """Why the recipe itself (whatever the model) trains one model at a time."""
-    if recipe.dp is not None:
-        return Fallback.DP_SGD
     if recipe.precision is Precision.FP16_MIXED:
         return Fallback.FP16
     return None

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings(
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_audit import load_data, make_model  # noqa: E402
 
-from privacy_gate.errors import ConfigError, InputError  # noqa: E402
+from privacy_gate.errors import ConfigError  # noqa: E402
 from privacy_gate.training.audit import run_audit  # noqa: E402
 from privacy_gate.training.recipe import parse_recipe  # noqa: E402
 from privacy_gate.training.sequential import train_one  # noqa: E402
@@ -239,7 +239,8 @@ def test_dp_trained_model_has_lower_patient_aucs_with_the_callback(tmp_path: Pat
         reports[name] = json.loads((tmp_path / name / "report.json").read_text())
     plain, dp = reports["plain"], reports["dp"]
     assert dp["summary"]["patient_auc"]["mean"] < plain["summary"]["patient_auc"]["mean"]
-    assert dp["audit"]["training"]["backend"] == "sequential"  # Opacus cannot hook vmap
+    # DP-SGD reference models train as one batched ensemble with Opacus' semantics
+    assert dp["audit"]["training"]["backend"] == "batched"
     assert dp["audit"]["training"]["recipe"]["dp"] == {
         "noise_multiplier": 2.0,
         "max_grad_norm": 1.0,
@@ -260,12 +261,11 @@ def test_run_audit_with_a_dp_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             "dp": {"noise_multiplier": 1.5, "max_grad_norm": 1.0},
         }
     )
-    with pytest.raises(InputError, match="backend 'batched' cannot train this recipe"):
-        run_audit(make_model, data, recipe=recipe, reference_models=4, backend="batched")
     result = run_audit(make_model, data, recipe=recipe, reference_models=4, out_dir=tmp_path)
     report = result.report
     assert report.audit.training is not None
-    assert report.audit.training.backend == "sequential"
+    assert report.audit.training.backend == "batched"  # DP-SGD in the batched engine
+    assert report.audit.training.fallback_reason is None
     dp = report.dp_training
     assert dp is not None
     members = int(data.is_member().sum())

@@ -18,9 +18,11 @@ from privacy_gate.training.batched.eligibility import (
     batching_problem,
 )
 from privacy_gate.training.batched.mlp_fast_path import _MLPEnsemble, mlp_fast_path_problem
+from privacy_gate.training.batched.poisson import PoissonStreams, dp_steps_per_epoch
 from privacy_gate.training.batched.schedule import _Order, _plan_epoch, _step_groups
 from privacy_gate.training.batched.vmap_ensemble import _Ensemble
 from privacy_gate.training.data_order import steps_per_epoch
+from privacy_gate.training.dp_sgd import make_dp_compatible
 from privacy_gate.training.recipe import Precision, Recipe
 from privacy_gate.training.steps import ModelFactory, TrainingError, init_model
 
@@ -99,17 +101,29 @@ def train_batched(
     if problem is not None:
         raise BatchingUnsupported(problem)
     models = [first, *(init_model(factory, seed).to(place) for seed in seeds[1:])]
+    if recipe.dp is not None:  # the layers Opacus replaces, as train_one_dp replaces them
+        models = [make_dp_compatible(m, f"reference model {k}") for k, m in enumerate(models)]
     inputs, labels = inputs.to(place), labels.to(place)
     # Inside the ensemble the models are sorted by steps per epoch (most first), so
     # models that step together are contiguous (see `_StackedOptimizer`); ``ids[j]`` is
     # the caller's index of the model at position j.
-    per_epoch = [steps_per_epoch(len(s), recipe.batch_size) for s in subsets]
+    per_epoch = [
+        dp_steps_per_epoch(len(s), recipe.batch_size)
+        if recipe.dp is not None
+        else steps_per_epoch(len(s), recipe.batch_size)
+        for s in subsets
+    ]
     ids = sorted(range(len(subsets)), key=lambda k: -per_epoch[k])
-    order = _Order(ids, _step_groups([subsets[k] for k in ids], recipe.batch_size))
+    order = _Order(ids, _step_groups([per_epoch[k] for k in ids]))
     sorted_models = [models[k] for k in ids]
     sorted_subsets, sorted_seeds = [subsets[k] for k in ids], [seeds[k] for k in ids]
+    streams = None
+    if recipe.dp is not None:
+        streams = PoissonStreams(sorted_subsets, sorted_seeds, recipe.batch_size)
     try:
-        trainer = _ensemble(fast_path, sorted_models, inputs, labels, recipe, sorted_seeds, order)
+        trainer = _ensemble(
+            fast_path, sorted_models, inputs, labels, recipe, sorted_seeds, order, streams
+        )
     except BatchingUnsupported:
         raise
     except Exception as error:  # e.g. a factory whose models differ in shape
@@ -117,7 +131,12 @@ def train_batched(
             f"the models cannot be stacked: {type(error).__name__}: {error}"
         ) from error
     for epoch in range(recipe.epochs):
-        plan = _plan_epoch(sorted_subsets, sorted_seeds, epoch, recipe.batch_size, trainer.device)
+        if streams is not None:
+            plan = streams.epoch(trainer.device)
+        else:
+            plan = _plan_epoch(
+                sorted_subsets, sorted_seeds, epoch, recipe.batch_size, trainer.device
+            )
         done_at: dict[int, list[int]] = {}
         if epoch == recipe.epochs - 1:
             for j, step in enumerate(plan.last_step.tolist()):
@@ -141,12 +160,19 @@ def _ensemble(
     recipe: Recipe,
     seeds: Sequence[int],
     order: _Order,
+    streams: PoissonStreams | None = None,
 ) -> _MLPEnsemble | _ConvEnsemble | _Ensemble:
     """The fastest path that can train these models: MLP, conv, else general vmap (the
     reasons for passing over the fast paths are logged)."""
     if not fast_path:
         _LOG.info("Batched training takes the general vmap path: the caller asked for it.")
-        return _Ensemble(models, inputs, labels, recipe, order)  # (autocast caveat above)
+        return _Ensemble(models, inputs, labels, recipe, order, streams)
+    if recipe.dp is not None:
+        _LOG.info(
+            "Batched DP-SGD takes the general vmap path (per-record gradients with "
+            "torch.func): the MLP and conv fast paths compute batch gradients only."
+        )
+        return _Ensemble(models, inputs, labels, recipe, order, streams)
     mlp_reason = mlp_fast_path_problem(models[0], inputs, labels, recipe.loss)
     if mlp_reason is None and recipe.precision is not Precision.FLOAT32:
         mlp_reason = f"it computes in float32, the recipe in {recipe.precision.value}"

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from privacy_gate.training.data_order import epoch_batches, steps_per_epoch
+from privacy_gate.training.data_order import epoch_batches
 
 
 @dataclass
@@ -64,9 +64,8 @@ def _plan_epoch(
     )
 
 
-def _step_groups(subsets: Sequence[NDArray[np.intp]], batch_size: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` ranges of models with equal steps per epoch (sorted subsets)."""
-    steps = [steps_per_epoch(len(s), batch_size) for s in subsets]
+def _step_groups(steps: Sequence[int]) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of models with equal steps per epoch (sorted by them)."""
     starts = [k for k in range(len(steps)) if k == 0 or steps[k] != steps[k - 1]]
     return list(zip(starts, [*starts[1:], len(steps)], strict=True))
 

@@ -17,9 +17,11 @@ from privacy_gate.training.batched.batch_norm import (
     refuse_single_values,
     update_running_statistics,
 )
+from privacy_gate.training.batched.dp_step import DPGradients
 from privacy_gate.training.batched.eligibility import BATCH_NORM_LAYERS, BatchingUnsupported
 from privacy_gate.training.batched.losses import _loss_terms, _raise_if_nonfinite
 from privacy_gate.training.batched.optimizer import _clip_per_model, _StackedOptimizer
+from privacy_gate.training.batched.poisson import PoissonStreams
 from privacy_gate.training.batched.schedule import _EpochPlan, _Order
 from privacy_gate.training.recipe import Loss, Recipe
 from privacy_gate.training.steps import TrainingError, autocast
@@ -129,6 +131,7 @@ class _Ensemble:
         labels: torch.Tensor,
         recipe: Recipe,
         order: _Order,
+        streams: PoissonStreams | None = None,
     ) -> None:
         self.models = models
         self.order = order
@@ -161,6 +164,11 @@ class _Ensemble:
             and module.track_running_stats
         }
         self.forward = vmap(self._model_loss, randomness="different")
+        self.dp_gradients: DPGradients | None = None
+        if recipe.dp is not None and streams is not None:  # DP-SGD: per-record gradients
+            self.dp_gradients = DPGradients(
+                self.base, recipe, recipe.dp, streams, self.layout.shapes, order.ids
+            )
         self.first_step = True
         self.step_moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -213,6 +221,10 @@ class _Ensemble:
         x = rows.view(*index.shape, *self.inputs.shape[1:]).to(self.device)
         y = self.labels[index.to(self.labels.device)].to(self.device)
         self.flat.grad = None
+        if self.dp_gradients is not None:
+            values = self.layout.views(self.flat.detach())
+            self.flat.grad = self.dp_gradients(values, self.constants, x, y, plan, t, epoch)
+            return
         params = self.layout.views(self.flat)
         with autocast(self.recipe, self.device):  # not every op: see `engine._ensemble`
             losses, moments = self.forward(
