@@ -71,8 +71,11 @@ CASES = {
 
 
 @pytest.mark.filterwarnings("ignore:.*replaced layers Opacus cannot train privately")
+@pytest.mark.parametrize("fast_path", [True, False], ids=["default-path", "vmap-path"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_batched_dp_sgd_equals_opacus_with_noise_on(case: str) -> None:
+def test_batched_dp_sgd_equals_opacus_with_noise_on(
+    case: str, fast_path: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     factory, loss, outputs, options = CASES[case]
     inputs, labels = _data(loss, outputs)
     subsets = _subsets()
@@ -80,7 +83,12 @@ def test_batched_dp_sgd_equals_opacus_with_noise_on(case: str) -> None:
         epochs=2, batch_size=8, learning_rate=0.05, loss=loss,
         dp=DPSettings(noise_multiplier=0.8, max_grad_norm=0.7), **options,  # type: ignore[arg-type]
     )  # fmt: skip
-    batched = train_batched(factory, inputs, labels, subsets, recipe, seeds=SEEDS)
+    with caplog.at_level("INFO", logger="privacy_gate.training"):
+        batched = train_batched(
+            factory, inputs, labels, subsets, recipe, seeds=SEEDS, fast_path=fast_path
+        )
+    ghost = fast_path and case.startswith("mlp")
+    assert ("MLP fast path (ghost clipping)" in caplog.text) == ghost, caplog.text
     for k, seed in enumerate(SEEDS):
         opacus = train_one(factory, inputs, labels, subsets[k], recipe, seed=seed)
         initial = init_model(factory, seed).state_dict()
@@ -209,3 +217,62 @@ def test_plain_recipes_keep_their_schedule() -> None:
     subsets = _subsets((20, 20))
     plan = _plan_epoch(subsets, (1, 2), 0, 8, torch.device("cpu"))
     assert int(plan.weight[:, 0].sum()) == 20
+
+
+def test_ghost_clipping_norms_equal_autograd_per_record() -> None:
+    """The MLP fast path's per-record norms, from |dy|^2 |x|^2 per Linear layer without
+    per-record gradients, against one autograd backward per record."""
+    from privacy_gate.training.batched.mlp_fast_path import _MLPEnsemble
+    from privacy_gate.training.batched.schedule import _Order
+
+    inputs, labels = _data(Loss.CROSS_ENTROPY, 3)
+    subsets = _subsets((60, 60))
+    recipe = Recipe(batch_size=8, dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0))
+
+    def factory() -> nn.Module:  # widening and narrowing layers (both weight layouts)
+        return nn.Sequential(nn.Linear(6, 20), nn.GELU(), nn.Linear(20, 5), nn.ReLU(),
+                             nn.Linear(5, 3, bias=False))  # fmt: skip
+
+    models = [init_model(factory, seed) for seed in (1, 2)]
+    streams = PoissonStreams(subsets, (1, 2), 8)
+    ensemble = _MLPEnsemble(
+        models, inputs, labels, recipe, (1, 2), _Order([0, 1], [(0, 2)]), streams
+    )
+    plan = streams.epoch(torch.device("cpu"))
+    ensemble.gradients(plan, 0, 0)
+    squared = sum(op.record_sq_norms for op, _ in ensemble.linears)
+    for k, model in enumerate(models):
+        for w in range(int(plan.weight[0, k].sum())):
+            record = int(plan.index[0, k, w])
+            model.zero_grad()
+            nn.functional.cross_entropy(model(inputs[record : record + 1]),
+                                        labels[record : record + 1]).backward()  # fmt: skip
+            want = sum(float(p.grad.square().sum()) for p in model.parameters())
+            assert float(squared[k, w]) == pytest.approx(want, rel=1e-5)
+
+
+def test_report_epsilon_is_opacus_prv_for_the_schedule_that_ran(tmp_path: object) -> None:
+    """1,480 members at batch 16: 93 loader batches, but Opacus runs int(1 / (1 / 93)) =
+    92 steps an epoch; the report's steps and epsilon are those of the run."""
+    import sys
+    from pathlib import Path
+
+    from opacus.accountants import PRVAccountant
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_audit import load_data, make_model
+
+    from privacy_gate.training.audit import run_audit
+
+    data = load_data(n_records=2960)
+    sigma, epochs = 1.2, 3
+    recipe = Recipe(epochs=epochs, batch_size=16, learning_rate=0.01,
+                    dp=DPSettings(noise_multiplier=sigma, max_grad_norm=1.0))  # fmt: skip
+    result = run_audit(make_model, data, recipe=recipe, reference_models=4, plots=False)
+    assert result.report.audit.training is not None
+    assert result.report.audit.training.backend == "batched"
+    dp = result.report.dp_training
+    assert dp is not None and dp.sample_rate == 1 / 93 and dp.steps == epochs * 92
+    accountant = PRVAccountant()
+    accountant.history = [(sigma, 1 / 93, epochs * 92)]
+    assert dp.epsilon == pytest.approx(accountant.get_epsilon(delta=dp.delta), rel=1e-6)

@@ -167,13 +167,18 @@ def _ensemble(
     if not fast_path:
         _LOG.info("Batched training takes the general vmap path: the caller asked for it.")
         return _Ensemble(models, inputs, labels, recipe, order, streams)
+    mlp_reason = mlp_fast_path_problem(models[0], inputs, labels, recipe.loss)
     if recipe.dp is not None:
+        if mlp_reason is None:
+            _LOG.info("Batched DP-SGD takes the MLP fast path (ghost clipping).")
+            return _MLPEnsemble(models, inputs, labels, recipe, seeds, order, streams)
         _LOG.info(
             "Batched DP-SGD takes the general vmap path (per-record gradients with "
-            "torch.func): the MLP and conv fast paths compute batch gradients only."
+            "torch.func): MLP fast path: %s; the conv fast path has no per-record "
+            "gradients.",
+            mlp_reason,
         )
         return _Ensemble(models, inputs, labels, recipe, order, streams)
-    mlp_reason = mlp_fast_path_problem(models[0], inputs, labels, recipe.loss)
     if mlp_reason is None and recipe.precision is not Precision.FLOAT32:
         mlp_reason = f"it computes in float32, the recipe in {recipe.precision.value}"
     if mlp_reason is None:

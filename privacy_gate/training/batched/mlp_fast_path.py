@@ -15,10 +15,12 @@ from torch import nn
 from privacy_gate.training.batched.losses import _raise_if_nonfinite
 from privacy_gate.training.batched.mlp_layers import _ACTIVATIONS, _compile_ops
 from privacy_gate.training.batched.optimizer import _clip_per_model, _StackedOptimizer
+from privacy_gate.training.batched.poisson import PoissonStreams
 from privacy_gate.training.batched.schedule import _EpochPlan, _Order
 from privacy_gate.training.recipe import Loss, Recipe
 
 _DROPOUT_TAG = 0x64726F706F7574  # "dropout": keeps the mask stream apart from data orders
+_CLIP_EPSILON = 1e-6  # Opacus: max_grad_norm / (norm + 1e-6)
 
 
 def _sequential_leaves(model: nn.Module) -> list[nn.Module] | str:
@@ -134,9 +136,11 @@ class _MLPEnsemble:
         recipe: Recipe,
         seeds: Sequence[int],
         order: _Order,
+        streams: PoissonStreams | None = None,
     ) -> None:
         self.models = models
         self.order = order
+        self.streams = streams
         self.recipe = recipe
         self.device = torch.device("cpu")
         self.inputs = inputs.detach().reshape(len(inputs), -1).contiguous()
@@ -161,14 +165,44 @@ class _MLPEnsemble:
         self.x: torch.Tensor | None = None
         self.plan: _EpochPlan | None = None
         self.plan_labels = self.labels[:0]
+        if recipe.dp is not None:  # ghost clipping: norms in backward, gradients after
+            for op, _ in self.linears:
+                op.ghost = True
 
     @torch.no_grad()
     def step(self, plan: _EpochPlan, t: int, epoch: int) -> None:
         """One optimizer step of every model that has a batch at step ``t``."""
         self.gradients(plan, t, epoch)
-        if self.recipe.max_grad_norm is not None:
+        if self.recipe.dp is not None:
+            self._private_gradients(plan.weight[t], plan.active[t])
+        elif self.recipe.max_grad_norm is not None:
             _clip_per_model(self.grads, self.recipe.max_grad_norm)
         self.optimizer.step(self.group_grads, plan.active[t], plan.all_active[t])
+
+    def _private_gradients(self, weight: torch.Tensor, active: torch.Tensor) -> None:
+        """DP-SGD as Opacus' ``DPOptimizer``: each record's gradient clipped to
+        ``max_grad_norm`` (norms by ghost clipping), summed, Gaussian noise per model,
+        divided by the model's expected batch size."""
+        dp, streams = self.recipe.dp, self.streams
+        assert dp is not None and streams is not None
+        squared = sum(op.record_sq_norms for op, _ in self.linears)
+        assert isinstance(squared, torch.Tensor)
+        norms = squared.sqrt_()
+        factor = (dp.max_grad_norm / (norms + _CLIP_EPSILON)).clamp_(max=1.0).mul_(weight)
+        for op, _ in self.linears:
+            op.accumulate_clipped(factor.unsqueeze(2))
+        std = dp.noise_multiplier * dp.max_grad_norm
+        if std:
+            shapes = [shape for op, _ in self.linears for shape in op.model_shapes()]
+            for k in active.nonzero().flatten().tolist():  # idle models draw no noise
+                noise = streams.noise_parts(k, shapes, std)
+                for op, _ in self.linears:
+                    count = len(op.parameters())
+                    op.add_noise(k, noise[:count])
+                    noise = noise[count:]
+        expected = torch.tensor(streams.expected, dtype=self.grads[0].dtype).clamp_(min=1)
+        for grad in self.grads:
+            grad.div_(expected.view(-1, *([1] * (grad.dim() - 1))))
 
     @torch.no_grad()
     def gradients(self, plan: _EpochPlan, t: int, epoch: int) -> None:
@@ -197,8 +231,11 @@ class _MLPEnsemble:
         self, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
         count: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Per-model mean losses ``(K,)`` and their gradient with respect to the logits."""
+        """Per-model mean losses ``(K,)`` and their gradient with respect to the logits
+        (DP-SGD: summed losses, each record's gradient that of its own loss)."""
         k, w, classes = logits.shape
+        if self.recipe.dp is not None:
+            count = torch.ones_like(count)
         if self.recipe.loss is Loss.CROSS_ENTROPY:
             coefficient = (weight / count.unsqueeze(1)).unsqueeze(2)  # (K, W, 1)
             y = labels.view(k, w, 1)

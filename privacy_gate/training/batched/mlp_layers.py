@@ -51,6 +51,9 @@ class _LinearOp(_Op):
         self.grad_bias = None if self.bias is None else torch.zeros_like(self.bias)
         self.alpha = alpha
         self.needs_input_grad = needs_input_grad
+        self.ghost = False  # DP-SGD: per-record norms in backward, gradients afterwards
+        self.grad_out = torch.empty(0)
+        self.record_sq_norms = torch.empty(0)
         self.saved: torch.Tensor | None = None
         self.out: torch.Tensor | None = None
         self.grad_in: torch.Tensor | None = None
@@ -81,7 +84,48 @@ class _LinearOp(_Op):
                                  out=self.out)  # fmt: skip
         return self.out.baddbmm_(h, self._matrix(), beta=0.0, alpha=self.alpha)
 
+    def model_shapes(self) -> list[tuple[int, ...]]:
+        """The parameters' shapes in the model (``(out, in)``, ``(out,)``)."""
+        _, a, b = self.weight.shape
+        shapes: list[tuple[int, ...]] = [(b, a) if self.transposed else (a, b)]
+        return shapes if self.bias is None else [*shapes, (self.bias.shape[1],)]
+
+    def record_norms(self, grad: torch.Tensor) -> torch.Tensor:
+        """DP-SGD: the squared norm of each record's gradient of this layer's parameters,
+        ``(K, W)``, without forming it ("ghost clipping"): record ``i``'s weight gradient
+        is ``alpha * outer(dy_i, x_i)``, whose squared Frobenius norm is
+        ``alpha^2 |dy_i|^2 |x_i|^2``; its bias gradient is ``dy_i``. Keeps ``dy`` and
+        ``x`` for `accumulate_clipped`."""
+        h = self.saved
+        assert h is not None
+        self.grad_out = grad
+        out_sq = grad.square().sum(dim=2)
+        norms = out_sq * h.square().sum(dim=2) * (self.alpha * self.alpha)
+        return norms + out_sq if self.bias is not None else norms
+
+    def accumulate_clipped(self, factor: torch.Tensor) -> None:
+        """DP-SGD: the weight and bias gradients as the sum over records of each record's
+        gradient times its clip factor ``(K, W, 1)`` (one matrix product, as usual)."""
+        h, grad = self.saved, self.grad_out * factor
+        assert h is not None
+        if self.transposed:
+            self.grad_weight.baddbmm_(h.transpose(1, 2), grad, beta=0.0, alpha=self.alpha)
+        else:
+            self.grad_weight.baddbmm_(grad.transpose(1, 2), h, beta=0.0, alpha=self.alpha)
+        if self.grad_bias is not None:
+            torch.sum(grad, dim=1, out=self.grad_bias)
+        self.saved = None
+
+    def add_noise(self, k: int, noise: list[torch.Tensor]) -> None:
+        """DP-SGD: model ``k``'s noise (model shapes, `model_shapes`) onto its gradients."""
+        self.grad_weight[k] += noise[0].T if self.transposed else noise[0]
+        if self.grad_bias is not None:
+            self.grad_bias[k] += noise[1]
+
     def backward(self, grad: torch.Tensor) -> torch.Tensor | None:
+        if self.ghost:  # DP-SGD: the parameter gradients wait for the clip factors
+            self.record_sq_norms = self.record_norms(grad)
+            return self._input_gradient(grad)
         h, alpha = self.saved, self.alpha
         assert h is not None
         if self.transposed:  # dW^T = alpha * x^T dy
@@ -91,6 +135,15 @@ class _LinearOp(_Op):
         if self.grad_bias is not None:
             torch.sum(grad, dim=1, out=self.grad_bias)
         self.saved = None
+        return self._input_gradient(grad, h)
+
+    def _input_gradient(
+        self, grad: torch.Tensor, h: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """``dx = alpha * dy W`` (None for the first layer, whose input needs none)."""
+        h = self.saved if h is None else h
+        assert h is not None
+        alpha = self.alpha
         if not self.needs_input_grad:
             return None
         if self.grad_in is None or self.grad_in.shape != h.shape:

@@ -78,8 +78,13 @@ class PoissonStreams:
             last_step=model_steps - 1,
         )
 
-    def draw_noise(self, k: int, shapes: Sequence[torch.Size], std: float) -> torch.Tensor:
-        """Model ``k``'s noise of one step, flat, drawn per parameter in order."""
-        parts = [torch.normal(0.0, std, size=tuple(s), generator=self.noise[k]).flatten()
-                 for s in shapes]  # fmt: skip
-        return torch.cat(parts)
+    def noise_parts(
+        self, k: int, shapes: Sequence[tuple[int, ...]], std: float
+    ) -> list[torch.Tensor]:
+        """Model ``k``'s noise of one step, one tensor per parameter (its shape in the
+        model), drawn in the model's parameter order as Opacus draws it."""
+        return [torch.normal(0.0, std, size=tuple(s), generator=self.noise[k]) for s in shapes]
+
+    def draw_noise(self, k: int, shapes: Sequence[tuple[int, ...]], std: float) -> torch.Tensor:
+        """Model ``k``'s noise of one step, flat (the general path's ``(K, P)`` row)."""
+        return torch.cat([part.flatten() for part in self.noise_parts(k, shapes, std)])
