@@ -47,9 +47,24 @@ class _ConvNet(nn.Module):
         return self.head(torch.relu(self.norm(self.conv(x.unsqueeze(1)))).flatten(1))
 
 
-def _data(loss: Loss, outputs: int) -> tuple[torch.Tensor, torch.Tensor]:
+class _StackableConv(nn.Module):
+    """Inputs (N, 2, 8): the conv fast path stacks it (BatchNorm becomes GroupNorm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 4, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm1d(4)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.norm(self.conv(x))).flatten(1))
+
+
+def _data(
+    loss: Loss, outputs: int, shape: tuple[int, ...] = (6,)
+) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(7)
-    x = torch.randn(N_RECORDS, 6, generator=generator)
+    x = torch.randn(N_RECORDS, *shape, generator=generator)
     if loss is Loss.CROSS_ENTROPY:
         return x, torch.randint(0, outputs, (N_RECORDS,), generator=generator)
     return x, torch.randint(0, 2, (N_RECORDS, outputs), generator=generator).float()
@@ -67,7 +82,11 @@ CASES = {
                                 dict(optimizer=Optimizer.ADAM)),
     "conv-batchnorm-ce-adamw": (_ConvNet, Loss.CROSS_ENTROPY, 3, dict(optimizer=Optimizer.ADAMW,
                                                                      weight_decay=0.01)),
+    "stacked-conv-ce-adam": (_StackableConv, Loss.CROSS_ENTROPY, 3,
+                             dict(optimizer=Optimizer.ADAM)),
 }  # fmt: skip
+SHAPES = {"stacked-conv-ce-adam": (2, 8)}
+PATH_LOG = {"mlp": "MLP fast path (ghost clipping)", "stacked": "conv fast path (per-row"}
 
 
 @pytest.mark.filterwarnings("ignore:.*replaced layers Opacus cannot train privately")
@@ -77,7 +96,7 @@ def test_batched_dp_sgd_equals_opacus_with_noise_on(
     case: str, fast_path: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     factory, loss, outputs, options = CASES[case]
-    inputs, labels = _data(loss, outputs)
+    inputs, labels = _data(loss, outputs, SHAPES.get(case, (6,)))
     subsets = _subsets()
     recipe = Recipe(
         epochs=2, batch_size=8, learning_rate=0.05, loss=loss,
@@ -87,8 +106,8 @@ def test_batched_dp_sgd_equals_opacus_with_noise_on(
         batched = train_batched(
             factory, inputs, labels, subsets, recipe, seeds=SEEDS, fast_path=fast_path
         )
-    ghost = fast_path and case.startswith("mlp")
-    assert ("MLP fast path (ghost clipping)" in caplog.text) == ghost, caplog.text
+    for prefix, message in PATH_LOG.items():
+        assert (message in caplog.text) == (fast_path and case.startswith(prefix)), caplog.text
     for k, seed in enumerate(SEEDS):
         opacus = train_one(factory, inputs, labels, subsets[k], recipe, seed=seed)
         initial = init_model(factory, seed).state_dict()

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from privacy_gate.training.batched.batch_norm import refuse_single_values, update_running_statistics
+from privacy_gate.training.batched.conv_dp_step import ConvDPGradients
 from privacy_gate.training.batched.conv_layers import (
     STACKABLE,
     StackedBatchNorm,
@@ -27,6 +28,7 @@ from privacy_gate.training.batched.eligibility import BatchingUnsupported
 from privacy_gate.training.batched.losses import _loss_terms, _raise_if_nonfinite
 from privacy_gate.training.batched.mlp_fast_path import _global_hooks, _has_hooks
 from privacy_gate.training.batched.optimizer import _clip_per_model, _StackedOptimizer
+from privacy_gate.training.batched.poisson import PoissonStreams
 from privacy_gate.training.batched.schedule import _EpochPlan, _Order
 from privacy_gate.training.recipe import Loss, Recipe
 from privacy_gate.training.steps import autocast
@@ -86,6 +88,7 @@ class _ConvEnsemble:
         labels: torch.Tensor,
         recipe: Recipe,
         order: _Order,
+        streams: PoissonStreams | None = None,
     ) -> None:
         self.models, self.order, self.recipe = models, order, recipe
         self.inputs = inputs
@@ -109,6 +112,14 @@ class _ConvEnsemble:
             for name, layer in self.stacked.items()
             if isinstance(layer, StackedBatchNorm) and layer.tracks
         }
+        self.dp_gradients: ConvDPGradients | None = None
+        if recipe.dp is not None and streams is not None:
+            names = [f"{n}.{p}" for n, layer in self.stacked.items()
+                     for p, _ in layer.named_parameters()]  # fmt: skip
+            self.dp_gradients = ConvDPGradients(
+                self.template, names, models[0], recipe.loss, recipe.dp, streams, order.ids
+            )
+            self.param_names = names
         self._plan: _EpochPlan | None = None
         self._full: list[bool] = []
         self._probe()
@@ -142,6 +153,9 @@ class _ConvEnsemble:
 
     def step(self, plan: _EpochPlan, t: int, epoch: int) -> None:
         """One optimizer step of every model that has a batch at step ``t``."""
+        if self.dp_gradients is not None:
+            self._private_step(plan, t, epoch)
+            return
         losses = self._losses(plan, t)
         if not bool(torch.isfinite(losses).all()):
             _raise_if_nonfinite(losses, plan.active[t], epoch, self.order.ids)
@@ -159,6 +173,17 @@ class _ConvEnsemble:
             plan.all_active[t],
         )
         self._move_running_statistics(plan.active[t])
+
+    def _private_step(self, plan: _EpochPlan, t: int, epoch: int) -> None:
+        """DP-SGD (`conv_dp_step`): per-record gradients of the stacked rows."""
+        assert self.dp_gradients is not None
+        index = plan.index[t]  # (K, W)
+        x = self.inputs[index]
+        rows = x.transpose(0, 1).reshape(index.shape[1], -1, *x.shape[3:])
+        y = self.labels[index].transpose(0, 1)
+        params = dict(zip(self.param_names, (p.detach() for p in self.params), strict=True))
+        grads = self.dp_gradients(params, rows, y, plan, t, epoch)
+        self.optimizer.step(self.optimizer.group_views(grads), plan.active[t], plan.all_active[t])
 
     def _losses(self, plan: _EpochPlan, t: int) -> torch.Tensor:
         """Per-model mean losses ``(K,)`` of step ``t``, on the stacked network."""

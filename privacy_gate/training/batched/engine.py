@@ -172,11 +172,19 @@ def _ensemble(
         if mlp_reason is None:
             _LOG.info("Batched DP-SGD takes the MLP fast path (ghost clipping).")
             return _MLPEnsemble(models, inputs, labels, recipe, seeds, order, streams)
+        conv_reason = conv_fast_path_problem(models[0], inputs)
+        if conv_reason is None:
+            try:
+                conv = _ConvEnsemble(models, inputs, labels, recipe, order, streams)
+                _LOG.info("Batched DP-SGD takes the conv fast path (per-row gradients).")
+                return conv
+            except BatchingUnsupported as unsupported:
+                conv_reason = unsupported.reason
         _LOG.info(
             "Batched DP-SGD takes the general vmap path (per-record gradients with "
-            "torch.func): MLP fast path: %s; the conv fast path has no per-record "
-            "gradients.",
+            "torch.func): MLP fast path: %s; conv fast path: %s.",
             mlp_reason,
+            conv_reason,
         )
         return _Ensemble(models, inputs, labels, recipe, order, streams)
     if mlp_reason is None and recipe.precision is not Precision.FLOAT32:
