@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -40,7 +41,7 @@ from privacy_gate.training.ray_backend import (
     parse_ray_options,
     training_bytes_per_model,
 )
-from privacy_gate.training.recipe import Optimizer, Recipe
+from privacy_gate.training.recipe import DPSettings, Optimizer, Recipe
 from privacy_gate.training.reference import ReferenceJob, TrainingPlan, derived_seed
 from privacy_gate.training.store import ScoreStore
 
@@ -188,6 +189,21 @@ def test_ray_report_equals_the_local_batched_one(local_ray: Any, tmp_path: Path)
     assert training["backend"] == "ray" and training["trained_now"] == 4
     # "auto" fits 16 tiny models in a task: the local backend's group, hence its report.
     assert training["ray"]["models_per_task"] == 16 and training["ray"]["tasks"] == 1
+    _assert_same_report(local, on_ray, tmp_path / "local", tmp_path / "ray")
+
+
+def test_dp_recipe_is_batched_in_a_task_like_the_local_backend(
+    local_ray: Any, tmp_path: Path
+) -> None:
+    """DP-SGD reference models: one batched task, the local batched report (the Poisson
+    batches and noise come from each model's seeds, wherever it trains)."""
+    pytest.importorskip("opacus")
+    dp = dataclasses.replace(RECIPE, dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0))
+    with one_thread():
+        local = _audit(tmp_path / "local", backend="batched", recipe=dp)
+        on_ray = _audit(tmp_path / "ray", backend="ray", recipe=dp)
+    training = on_ray.report.to_dict()["audit"]["training"]
+    assert training["fallback_reason"] is None and training["ray"]["tasks"] == 1
     _assert_same_report(local, on_ray, tmp_path / "local", tmp_path / "ray")
 
 

@@ -16,13 +16,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from privacy_gate.training.batched.dp_clip import clip_factors, refuse_nonfinite
 from privacy_gate.training.batched.losses import _loss_terms
 from privacy_gate.training.batched.poisson import PoissonStreams
 from privacy_gate.training.batched.schedule import _EpochPlan
 from privacy_gate.training.recipe import DPSettings, Loss
-from privacy_gate.training.steps import TrainingError
-
-_CLIP_EPSILON = 1e-6  # Opacus: max_grad_norm / (norm + 1e-6)
 
 
 class ConvDPGradients:
@@ -64,11 +62,10 @@ class ConvDPGradients:
         of the stacked parameters ``(K, *shape)``, in ``names`` order."""
         grads, losses = self.per_row(params, x, y)  # (W, K, *shape), (W, K)
         weight = plan.weight[t].T  # (W, K)
-        self._check_finite(losses, weight, plan.active[t], epoch)
+        refuse_nonfinite(losses.T, weight.T, plan.active[t], epoch, self.ids)
         squared = sum(g.flatten(2).square().sum(dim=2) for g in grads.values())
         assert isinstance(squared, torch.Tensor)
-        factor = (self.dp.max_grad_norm / (squared.sqrt() + _CLIP_EPSILON)).clamp(max=1.0)
-        factor = factor * weight
+        factor = clip_factors(squared.sqrt(), self.dp.max_grad_norm, weight)
         summed = {n: torch.einsum("wk,wk...->k...", factor, g) for n, g in grads.items()}
         std = self.dp.noise_multiplier * self.dp.max_grad_norm
         if std:
@@ -79,14 +76,3 @@ class ConvDPGradients:
         expected = torch.tensor(self.streams.expected, dtype=weight.dtype, device=weight.device)
         expected = expected.clamp(min=1)
         return [summed[n] / expected.view(-1, *([1] * (summed[n].dim() - 1))) for n in self.names]
-
-    def _check_finite(
-        self, losses: torch.Tensor, weight: torch.Tensor, active: torch.Tensor, epoch: int
-    ) -> None:
-        bad = (~torch.isfinite(losses) & (weight > 0)).any(dim=0) & active
-        if bool(bad.any()):
-            j = min(bad.nonzero().flatten().tolist(), key=lambda b: self.ids[b])
-            raise TrainingError(
-                f"model {self.ids[j]}: the loss became non-finite in epoch {epoch} of DP-SGD. "
-                "HINT: lower the learning rate or check the inputs."
-            )

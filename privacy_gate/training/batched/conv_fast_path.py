@@ -24,9 +24,12 @@ from privacy_gate.training.batched.conv_layers import (
     StackedRows,
     stack_layer,
 )
-from privacy_gate.training.batched.eligibility import BatchingUnsupported
+from privacy_gate.training.batched.eligibility import (
+    BatchingUnsupported,
+    _global_hooks,
+    _has_hooks,
+)
 from privacy_gate.training.batched.losses import _loss_terms, _raise_if_nonfinite
-from privacy_gate.training.batched.mlp_fast_path import _global_hooks, _has_hooks
 from privacy_gate.training.batched.optimizer import _clip_per_model, _StackedOptimizer
 from privacy_gate.training.batched.poisson import PoissonStreams
 from privacy_gate.training.batched.schedule import _EpochPlan, _Order

@@ -14,13 +14,11 @@ from typing import Any
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
+from privacy_gate.training.batched.dp_clip import clip_factors, refuse_nonfinite
 from privacy_gate.training.batched.losses import _loss_terms
 from privacy_gate.training.batched.poisson import PoissonStreams
 from privacy_gate.training.batched.schedule import _EpochPlan
 from privacy_gate.training.recipe import DPSettings, Recipe
-from privacy_gate.training.steps import TrainingError
-
-_CLIP_EPSILON = 1e-6  # Opacus: max_grad_norm / (norm + 1e-6)
 
 
 class DPGradients:
@@ -64,10 +62,10 @@ class DPGradients:
     ) -> torch.Tensor:
         grads, losses = self.per_sample(params, constants, x, y)  # (K, W, *shape), (K, W)
         weight = plan.weight[t]
-        self._check_finite(losses, weight, plan.active[t], epoch)
+        refuse_nonfinite(losses, weight, plan.active[t], epoch, self.ids)
         flat = torch.cat([grads[name].flatten(2) for name in params], dim=2)  # (K, W, P)
         norms = torch.linalg.vector_norm(flat, dim=2)
-        factor = (self.dp.max_grad_norm / (norms + _CLIP_EPSILON)).clamp(max=1.0) * weight
+        factor = clip_factors(norms, self.dp.max_grad_norm, weight)
         summed = torch.einsum("kw,kwp->kp", factor, flat)
         std = self.dp.noise_multiplier * self.dp.max_grad_norm
         if std:
@@ -75,16 +73,3 @@ class DPGradients:
                 summed[j] += self.streams.draw_noise(j, self.shapes, std).to(summed)
         expected = torch.tensor(self.streams.expected, dtype=summed.dtype, device=summed.device)
         return summed / expected.clamp(min=1).unsqueeze(1)
-
-    def _check_finite(
-        self, losses: torch.Tensor, weight: torch.Tensor, active: torch.Tensor, epoch: int
-    ) -> None:
-        """`train_one_dp`'s error: a non-empty batch whose mean loss is not finite."""
-        real = weight > 0
-        bad = (~torch.isfinite(losses) & real).any(dim=1) & active
-        if bool(bad.any()):
-            j = min(bad.nonzero().flatten().tolist(), key=lambda b: self.ids[b])
-            raise TrainingError(
-                f"model {self.ids[j]}: the loss became non-finite in epoch {epoch} of DP-SGD. "
-                "HINT: lower the learning rate or check the inputs."
-            )

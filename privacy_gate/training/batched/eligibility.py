@@ -57,3 +57,24 @@ def batching_problem(model: nn.Module) -> str | None:
     if len(kinds) > 1:
         return f"its trainable parameters mix dtypes or devices ({', '.join(kinds)})."
     return None
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return any(
+        getattr(module, name, None)
+        for name in (
+            "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"
+        )
+    )  # fmt: skip
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as module_globals
+
+    return any(
+        getattr(module_globals, name, None)
+        for name in (
+            "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+            "_global_backward_pre_hooks",
+        )
+    )  # fmt: skip

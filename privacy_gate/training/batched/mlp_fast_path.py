@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from privacy_gate.training.batched.dp_clip import clip_factors
+from privacy_gate.training.batched.eligibility import _global_hooks, _has_hooks
 from privacy_gate.training.batched.losses import _raise_if_nonfinite
 from privacy_gate.training.batched.mlp_layers import _ACTIVATIONS, _compile_ops
 from privacy_gate.training.batched.optimizer import _clip_per_model, _StackedOptimizer
@@ -20,7 +22,6 @@ from privacy_gate.training.batched.schedule import _EpochPlan, _Order
 from privacy_gate.training.recipe import Loss, Recipe
 
 _DROPOUT_TAG = 0x64726F706F7574  # "dropout": keeps the mask stream apart from data orders
-_CLIP_EPSILON = 1e-6  # Opacus: max_grad_norm / (norm + 1e-6)
 
 
 def _sequential_leaves(model: nn.Module) -> list[nn.Module] | str:
@@ -37,27 +38,6 @@ def _sequential_leaves(model: nn.Module) -> list[nn.Module] | str:
         else:
             leaves.append(child)
     return leaves
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    return any(
-        getattr(module, name, None)
-        for name in (
-            "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"
-        )
-    )  # fmt: skip
-
-
-def _global_hooks() -> bool:
-    from torch.nn.modules import module as module_globals
-
-    return any(
-        getattr(module_globals, name, None)
-        for name in (
-            "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-            "_global_backward_pre_hooks",
-        )
-    )  # fmt: skip
 
 
 def mlp_fast_path_problem(
@@ -188,7 +168,7 @@ class _MLPEnsemble:
         squared = sum(op.record_sq_norms for op, _ in self.linears)
         assert isinstance(squared, torch.Tensor)
         norms = squared.sqrt_()
-        factor = (dp.max_grad_norm / (norms + _CLIP_EPSILON)).clamp_(max=1.0).mul_(weight)
+        factor = clip_factors(norms, dp.max_grad_norm, weight)
         for op, _ in self.linears:
             op.accumulate_clipped(factor.unsqueeze(2))
         std = dp.noise_multiplier * dp.max_grad_norm
