@@ -12,7 +12,7 @@
 
 Run from the repository root (``pip install 'privacy-gate[torch,opacus,examples]'``)::
 
-    python -m examples.ehr.dp_remedy                   # K = 64, then auto: ~3 min on 2 cores
+    python -m examples.ehr.dp_remedy                   # K = 64, then auto: ~2 min on 2 cores
     python -m examples.ehr.dp_remedy --reference-models 16 --out out/ehr-dp-small
 
 Writes ``baseline/`` and ``dp/`` report directories and ``summary.json`` under ``--out``.
