@@ -56,7 +56,9 @@ def dp_schedule(dataset_size: int, batch_size: int, epochs: int) -> tuple[float,
     Opacus' ``DPDataLoader`` samples each record with rate ``q = 1 / ceil(N / batch_size)``
     (one over the original loader's batches) and runs ``int(1 / q)`` steps an epoch: the
     loader's batches, or one fewer where the float reciprocal rounds down (e.g. 93
-    batches give 92 steps). The accounting counts the steps that run.
+    batches give 92 steps). ``make_private`` then accounts with ``1 / steps`` (and so
+    does this): the sampling rate itself, except where the steps round down, where it is
+    slightly larger (conservative). The steps are those that run.
 
     >>> dp_schedule(4552, 128, 20)
     (0.027777777777777776, 720)
@@ -71,8 +73,8 @@ def dp_schedule(dataset_size: int, batch_size: int, epochs: int) -> tuple[float,
                 f"The '{name}' of a DP-SGD recommendation must be an integer >= 1. "
                 f"Got {value!r} instead."
             )
-    rate = 1.0 / math.ceil(dataset_size / batch_size)
-    return rate, epochs * int(1 / rate)
+    steps = int(1 / (1.0 / math.ceil(dataset_size / batch_size)))
+    return 1 / steps, epochs * steps
 
 
 def gdp_noise(target_record_mu: float, sample_rate: float, steps: int) -> float:

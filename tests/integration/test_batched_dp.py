@@ -84,6 +84,8 @@ CASES = {
                                                                      weight_decay=0.01)),
     "stacked-conv-ce-adam": (_StackableConv, Loss.CROSS_ENTROPY, 3,
                              dict(optimizer=Optimizer.ADAM)),
+    "mlp-float64-ce-adam": (lambda: _mlp(3).double(), Loss.CROSS_ENTROPY, 3,
+                            dict(optimizer=Optimizer.ADAM)),
 }  # fmt: skip
 SHAPES = {"stacked-conv-ce-adam": (2, 8)}
 PATH_LOG = {"mlp": "MLP fast path (ghost clipping)", "stacked": "conv fast path (per-row"}
@@ -97,6 +99,8 @@ def test_batched_dp_sgd_equals_opacus_with_noise_on(
 ) -> None:
     factory, loss, outputs, options = CASES[case]
     inputs, labels = _data(loss, outputs, SHAPES.get(case, (6,)))
+    if "float64" in case:  # the noise is drawn in the parameters' dtype, as Opacus draws it
+        inputs = inputs.double()
     subsets = _subsets()
     recipe = Recipe(
         epochs=2, batch_size=8, learning_rate=0.05, loss=loss,
@@ -272,7 +276,8 @@ def test_ghost_clipping_norms_equal_autograd_per_record() -> None:
 
 def test_report_epsilon_is_opacus_prv_for_the_schedule_that_ran(tmp_path: object) -> None:
     """1,480 members at batch 16: 93 loader batches, but Opacus runs int(1 / (1 / 93)) =
-    92 steps an epoch; the report's steps and epsilon are those of the run."""
+    92 steps an epoch and accounts them at rate 1/92; the report's steps and epsilon are
+    Opacus' own."""
     import sys
     from pathlib import Path
 
@@ -291,7 +296,34 @@ def test_report_epsilon_is_opacus_prv_for_the_schedule_that_ran(tmp_path: object
     assert result.report.audit.training is not None
     assert result.report.audit.training.backend == "batched"
     dp = result.report.dp_training
-    assert dp is not None and dp.sample_rate == 1 / 93 and dp.steps == epochs * 92
+    # sampling at 1/93, accounting (as make_private does) at 1 / len(DPDataLoader) = 1/92
+    assert dp is not None and dp.sample_rate == 1 / 92 and dp.steps == epochs * 92
     accountant = PRVAccountant()
-    accountant.history = [(sigma, 1 / 93, epochs * 92)]
+    accountant.history = [(sigma, 1 / 92, epochs * 92)]
     assert dp.epsilon == pytest.approx(accountant.get_epsilon(delta=dp.delta), rel=1e-6)
+
+
+@pytest.mark.parametrize("n, batch_size", [(11904, 128), (1480, 16), (60, 8), (5, 8)])
+def test_sampling_rate_steps_and_expected_batch_size_are_make_privates(
+    n: int, batch_size: int
+) -> None:
+    """Where the steps round down (11,904 at 128: 93 batches, 92 steps), make_private
+    divides by int(N / 92) = 129, not int(N / 93) = 128."""
+    import warnings
+
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = nn.Linear(2, 2)
+    loader = DataLoader(TensorDataset(torch.zeros(n, 2), torch.zeros(n, dtype=torch.long)),
+                        batch_size=batch_size)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, optimizer, private = PrivacyEngine().make_private(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=True,
+        )  # fmt: skip
+    streams = PoissonStreams([np.arange(n)], (0,), batch_size)
+    assert streams.rate[0] == private.sample_rate
+    assert streams.steps[0] == len(private)
+    assert streams.expected[0] == optimizer.expected_batch_size

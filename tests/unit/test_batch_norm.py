@@ -189,3 +189,15 @@ def test_a_last_batch_of_one_record_fails_as_in_train_one(fast_path: bool) -> No
         train_one(_mlp_bn, inputs, labels, subsets[0], recipe, seed=1)
     with pytest.raises(TrainingError, match="one value per channel"):
         train_batched(_mlp_bn, inputs, labels, subsets, recipe, seeds=(1, 2), fast_path=fast_path)
+
+
+def test_batch_size_one_keeps_idle_models_buffers() -> None:
+    """Batch 1: an idle model's count is clamped to 1 like a full one's; it must still
+    take no BatchNorm update (the fused branch runs only where every row is real)."""
+    inputs, labels = _data(SHAPES["conv2d-bn2d"])
+    subsets = _subsets((3, 5))
+    recipe = Recipe(epochs=2, batch_size=1, optimizer=Optimizer.SGD, learning_rate=0.01)
+    batched = train_batched(_Conv2dNet, inputs, labels, subsets, recipe, seeds=(1, 2))
+    for k, seed in enumerate((1, 2)):
+        sequential = train_one(_Conv2dNet, inputs, labels, subsets[k], recipe, seed=seed)
+        _assert_same_state(batched[k], sequential, init_model(_Conv2dNet, seed), f"model {k}")

@@ -66,13 +66,18 @@ class ConvDPGradients:
         squared = sum(g.flatten(2).square().sum(dim=2) for g in grads.values())
         assert isinstance(squared, torch.Tensor)
         factor = clip_factors(squared.sqrt(), self.dp.max_grad_norm, weight)
-        summed = {n: torch.einsum("wk,wk...->k...", factor, g) for n, g in grads.items()}
+        real = weight > 0
+        summed = {
+            n: torch.einsum("wk,wk...->k...", factor, torch.where(
+                real.view(*real.shape, *([1] * (g.dim() - 2))), g, 0.0))
+            for n, g in grads.items()
+        }  # fmt: skip
         std = self.dp.noise_multiplier * self.dp.max_grad_norm
         if std:
             for j in plan.active[t].nonzero().flatten().tolist():  # idle models draw none
-                noise = self.streams.noise_parts(j, self.shapes, std)
+                noise = self.streams.noise_parts(j, self.shapes, std, weight.dtype)
                 for name, part in zip(self.model_order, noise, strict=True):
-                    summed[name][j] += part.to(summed[name])
+                    summed[name][j] += part
         expected = torch.tensor(self.streams.expected, dtype=weight.dtype, device=weight.device)
         expected = expected.clamp(min=1)
         return [summed[n] / expected.view(-1, *([1] * (summed[n].dim() - 1))) for n in self.names]

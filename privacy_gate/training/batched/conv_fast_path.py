@@ -214,7 +214,8 @@ class _ConvEnsemble:
         if self._plan is not plan:
             width = plan.index.shape[2]
             self._plan = plan
-            self._full = (plan.count == width).all(dim=1).tolist()
+            # every row real: idle models (count clamped to 1, weight 0) are not full
+            self._full = (plan.weight.sum(dim=2) == width).all(dim=1).tolist()
         return self._full
 
     def _move_running_statistics(self, active: torch.Tensor) -> None:

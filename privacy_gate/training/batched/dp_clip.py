@@ -11,8 +11,10 @@ CLIP_EPSILON = 1e-6  # Opacus: max_grad_norm / (norm + 1e-6)
 
 
 def clip_factors(norms: torch.Tensor, max_grad_norm: float, weight: torch.Tensor) -> torch.Tensor:
-    """``min(1, C / (norm + 1e-6))`` per record, times its row weight (0 for padding)."""
-    return (max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0) * weight
+    """``min(1, C / (norm + 1e-6))`` per record, times its row weight; exactly 0 for
+    padding, even where a padded row's gradient is not finite."""
+    factor = (max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0) * weight
+    return torch.where(weight > 0, factor, 0.0)
 
 
 def refuse_nonfinite(

@@ -66,10 +66,11 @@ class DPGradients:
         flat = torch.cat([grads[name].flatten(2) for name in params], dim=2)  # (K, W, P)
         norms = torch.linalg.vector_norm(flat, dim=2)
         factor = clip_factors(norms, self.dp.max_grad_norm, weight)
+        flat = torch.where(weight.unsqueeze(2) > 0, flat, 0.0)  # padding never enters
         summed = torch.einsum("kw,kwp->kp", factor, flat)
         std = self.dp.noise_multiplier * self.dp.max_grad_norm
         if std:
             for j in plan.active[t].nonzero().flatten().tolist():  # idle models draw none
-                summed[j] += self.streams.draw_noise(j, self.shapes, std).to(summed)
+                summed[j] += self.streams.draw_noise(j, self.shapes, std, summed.dtype)
         expected = torch.tensor(self.streams.expected, dtype=summed.dtype, device=summed.device)
         return summed / expected.clamp(min=1).unsqueeze(1)

@@ -119,7 +119,7 @@ def train_batched(
     sorted_subsets, sorted_seeds = [subsets[k] for k in ids], [seeds[k] for k in ids]
     streams = None
     if recipe.dp is not None:
-        streams = PoissonStreams(sorted_subsets, sorted_seeds, recipe.batch_size)
+        streams = PoissonStreams(sorted_subsets, sorted_seeds, recipe.batch_size, place)
     try:
         trainer = _ensemble(
             fast_path, sorted_models, inputs, labels, recipe, sorted_seeds, order, streams

@@ -175,7 +175,7 @@ class _MLPEnsemble:
         if std:
             shapes = [shape for op, _ in self.linears for shape in op.model_shapes()]
             for k in active.nonzero().flatten().tolist():  # idle models draw no noise
-                noise = streams.noise_parts(k, shapes, std)
+                noise = streams.noise_parts(k, shapes, std, self.grads[0].dtype)
                 for op, _ in self.linears:
                     count = len(op.parameters())
                     op.add_noise(k, noise[:count])
@@ -214,6 +214,7 @@ class _MLPEnsemble:
         """Per-model mean losses ``(K,)`` and their gradient with respect to the logits
         (DP-SGD: summed losses, each record's gradient that of its own loss)."""
         k, w, classes = logits.shape
+        weight, count = weight.to(logits.dtype), count.to(logits.dtype)  # float64 models
         if self.recipe.dp is not None:
             count = torch.ones_like(count)
         if self.recipe.loss is Loss.CROSS_ENTROPY:

@@ -106,7 +106,8 @@ class _LinearOp(_Op):
     def accumulate_clipped(self, factor: torch.Tensor) -> None:
         """DP-SGD: the weight and bias gradients as the sum over records of each record's
         gradient times its clip factor ``(K, W, 1)`` (one matrix product, as usual)."""
-        h, grad = self.saved, self.grad_out * factor
+        h = self.saved
+        grad = torch.where(factor > 0, self.grad_out * factor, 0.0)  # padding never enters
         assert h is not None
         if self.transposed:
             self.grad_weight.baddbmm_(h.transpose(1, 2), grad, beta=0.0, alpha=self.alpha)

@@ -12,6 +12,7 @@ Its noise comes from a second generator seeded with ``seed + 1``, one
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,15 +35,23 @@ class PoissonStreams:
     steps per epoch and the expected batch size (Opacus' normalisation)."""
 
     def __init__(
-        self, subsets: Sequence[NDArray[np.intp]], seeds: Sequence[int], batch_size: int
+        self,
+        subsets: Sequence[NDArray[np.intp]],
+        seeds: Sequence[int],
+        batch_size: int,
+        device: torch.device | None = None,
     ) -> None:
         self.subsets = [np.asarray(s, dtype=np.int64) for s in subsets]
+        self.device = device or torch.device("cpu")
+        # The loader's generator is a CPU one; the noise generator lives where the
+        # parameters do, as `train_one_dp` builds it and Opacus draws on it.
         self.sampling = [torch.Generator().manual_seed(seed) for seed in seeds]
-        self.noise = [torch.Generator().manual_seed(seed + 1) for seed in seeds]
-        schedules = [dp_schedule(len(s), batch_size, 1) for s in subsets]
-        self.rate = [rate for rate, _ in schedules]  # 1 / len(DataLoader), as Opacus
-        self.steps = [steps for _, steps in schedules]
-        self.expected = [int(len(s) * q) for s, q in zip(subsets, self.rate, strict=True)]
+        self.noise = [torch.Generator(device=self.device).manual_seed(seed + 1) for seed in seeds]
+        # DPDataLoader samples at 1 / len(original loader) and runs int(1 / that) steps;
+        # make_private then normalises (and accounts) with 1 / len(DPDataLoader).
+        self.rate = [1 / math.ceil(len(s) / batch_size) for s in subsets]
+        self.steps = [dp_steps_per_epoch(len(s), batch_size) for s in subsets]
+        self.expected = [int(len(s) * (1 / n)) for s, n in zip(subsets, self.steps, strict=True)]
 
     def epoch(self, device: torch.device) -> _EpochPlan:
         """The next epoch's Poisson batches of every model as padded tables (weight 0
@@ -65,6 +74,8 @@ class PoissonStreams:
             index[:, k] = self.subsets[k][0]  # padding: a record the model trains on
             for t, batch in enumerate(batches):
                 index[t, k, : len(batch)] = batch
+                if len(batch):  # padding repeats a record of this very batch (finite
+                    index[t, k, len(batch) :] = batch[0]  # whenever the batch is)
                 counts[t, k] = len(batch)
         model_steps = np.array(self.steps)
         weight = np.arange(width)[None, None, :] < counts[:, :, None]
@@ -79,12 +90,19 @@ class PoissonStreams:
         )
 
     def noise_parts(
-        self, k: int, shapes: Sequence[tuple[int, ...]], std: float
+        self, k: int, shapes: Sequence[tuple[int, ...]], std: float, dtype: torch.dtype
     ) -> list[torch.Tensor]:
         """Model ``k``'s noise of one step, one tensor per parameter (its shape in the
-        model), drawn in the model's parameter order as Opacus draws it."""
-        return [torch.normal(0.0, std, size=tuple(s), generator=self.noise[k]) for s in shapes]
+        model), drawn in the model's parameter order, dtype and device as Opacus draws
+        it."""
+        return [
+            torch.normal(0.0, std, size=tuple(s), generator=self.noise[k], device=self.device,
+                         dtype=dtype)
+            for s in shapes
+        ]  # fmt: skip
 
-    def draw_noise(self, k: int, shapes: Sequence[tuple[int, ...]], std: float) -> torch.Tensor:
+    def draw_noise(
+        self, k: int, shapes: Sequence[tuple[int, ...]], std: float, dtype: torch.dtype
+    ) -> torch.Tensor:
         """Model ``k``'s noise of one step, flat (the general path's ``(K, P)`` row)."""
-        return torch.cat([part.flatten() for part in self.noise_parts(k, shapes, std)])
+        return torch.cat([part.flatten() for part in self.noise_parts(k, shapes, std, dtype)])
