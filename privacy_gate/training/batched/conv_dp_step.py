@@ -78,6 +78,4 @@ class ConvDPGradients:
                 noise = self.streams.noise_parts(j, self.shapes, std, weight.dtype)
                 for name, part in zip(self.model_order, noise, strict=True):
                     summed[name][j] += part
-        expected = torch.tensor(self.streams.expected, dtype=weight.dtype, device=weight.device)
-        expected = expected.clamp(min=1)
-        return [summed[n] / expected.view(-1, *([1] * (summed[n].dim() - 1))) for n in self.names]
+        return [self.streams.normalise(summed[n]) for n in self.names]

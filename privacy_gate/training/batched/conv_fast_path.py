@@ -109,6 +109,9 @@ class _ConvEnsemble:
         self.params: list[torch.Tensor] = [
             p for layer in self.stacked.values() for p in layer.parameters()
         ]
+        self.param_names = [
+            f"{n}.{p}" for n, layer in self.stacked.items() for p, _ in layer.named_parameters()
+        ]
         self.optimizer = _StackedOptimizer(self.params, order.groups, recipe)
         self.batch_norms = {
             name: layer
@@ -117,12 +120,10 @@ class _ConvEnsemble:
         }
         self.dp_gradients: ConvDPGradients | None = None
         if recipe.dp is not None and streams is not None:
-            names = [f"{n}.{p}" for n, layer in self.stacked.items()
-                     for p, _ in layer.named_parameters()]  # fmt: skip
             self.dp_gradients = ConvDPGradients(
-                self.template, names, models[0], recipe.loss, recipe.dp, streams, order.ids
-            )
-            self.param_names = names
+                self.template, self.param_names, models[0], recipe.loss, recipe.dp, streams,
+                order.ids,
+            )  # fmt: skip
         self._plan: _EpochPlan | None = None
         self._full: list[bool] = []
         self._probe()
@@ -230,10 +231,7 @@ class _ConvEnsemble:
 
     def _refuse_unused(self, grads: list[torch.Tensor | None]) -> None:
         """As the vmap path: a layer without a gradient would still be updated."""
-        names = [
-            f"{n}.{p}" for n, layer in self.stacked.items() for p, _ in layer.named_parameters()
-        ]
-        unused = [name for name, g in zip(names, grads, strict=True) if g is None]
+        unused = [name for name, g in zip(self.param_names, grads, strict=True) if g is None]
         if unused:
             raise BatchingUnsupported(
                 f"parameter(s) {', '.join(unused)} get no gradient in the forward pass."

@@ -72,5 +72,4 @@ class DPGradients:
         if std:
             for j in plan.active[t].nonzero().flatten().tolist():  # idle models draw none
                 summed[j] += self.streams.draw_noise(j, self.shapes, std, summed.dtype)
-        expected = torch.tensor(self.streams.expected, dtype=summed.dtype, device=summed.device)
-        return summed / expected.clamp(min=1).unsqueeze(1)
+        return self.streams.normalise(summed)

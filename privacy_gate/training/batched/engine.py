@@ -152,6 +152,13 @@ def train_batched(
     return models
 
 
+_TAKES = {  # (who, the fast paths' notes) per kind of recipe, for the log
+    False: ("Batched training", {"mlp": "", "conv": "", "vmap": ""}),
+    True: ("Batched DP-SGD", {"mlp": " (ghost clipping)", "conv": " (per-row gradients)",
+                              "vmap": " (per-record gradients with torch.func)"}),
+}  # fmt: skip
+
+
 def _ensemble(
     fast_path: bool,
     models: list[nn.Module],
@@ -163,40 +170,23 @@ def _ensemble(
     streams: PoissonStreams | None = None,
 ) -> _MLPEnsemble | _ConvEnsemble | _Ensemble:
     """The fastest path that can train these models: MLP, conv, else general vmap (the
-    reasons for passing over the fast paths are logged)."""
+    reasons for passing over the fast paths are logged); DP-SGD recipes take the same
+    paths with their per-record gradients (``streams``)."""
+    who, notes = _TAKES[recipe.dp is not None]
     if not fast_path:
-        _LOG.info("Batched training takes the general vmap path: the caller asked for it.")
+        _LOG.info("%s takes the general vmap path: the caller asked for it.", who)
         return _Ensemble(models, inputs, labels, recipe, order, streams)
     mlp_reason = mlp_fast_path_problem(models[0], inputs, labels, recipe.loss)
-    if recipe.dp is not None:
-        if mlp_reason is None:
-            _LOG.info("Batched DP-SGD takes the MLP fast path (ghost clipping).")
-            return _MLPEnsemble(models, inputs, labels, recipe, seeds, order, streams)
-        conv_reason = conv_fast_path_problem(models[0], inputs)
-        if conv_reason is None:
-            try:
-                conv = _ConvEnsemble(models, inputs, labels, recipe, order, streams)
-                _LOG.info("Batched DP-SGD takes the conv fast path (per-row gradients).")
-                return conv
-            except BatchingUnsupported as unsupported:
-                conv_reason = unsupported.reason
-        _LOG.info(
-            "Batched DP-SGD takes the general vmap path (per-record gradients with "
-            "torch.func): MLP fast path: %s; conv fast path: %s.",
-            mlp_reason,
-            conv_reason,
-        )
-        return _Ensemble(models, inputs, labels, recipe, order, streams)
     if mlp_reason is None and recipe.precision is not Precision.FLOAT32:
         mlp_reason = f"it computes in float32, the recipe in {recipe.precision.value}"
     if mlp_reason is None:
-        _LOG.info("Batched training takes the MLP fast path.")
-        return _MLPEnsemble(models, inputs, labels, recipe, seeds, order)
+        _LOG.info("%s takes the MLP fast path%s.", who, notes["mlp"])
+        return _MLPEnsemble(models, inputs, labels, recipe, seeds, order, streams)
     conv_reason = conv_fast_path_problem(models[0], inputs)
     if conv_reason is None:
         try:
-            conv = _ConvEnsemble(models, inputs, labels, recipe, order)
-            _LOG.info("Batched training takes the conv fast path.")
+            conv = _ConvEnsemble(models, inputs, labels, recipe, order, streams)
+            _LOG.info("%s takes the conv fast path%s.", who, notes["conv"])
             return conv
         except BatchingUnsupported as unsupported:
             conv_reason = unsupported.reason
@@ -208,8 +198,7 @@ def _ensemble(
             f"{conv_reason})"
         )
     _LOG.info(
-        "Batched training takes the general vmap path: MLP fast path: %s; conv fast path: %s.",
-        mlp_reason,
-        conv_reason,
-    )
-    return _Ensemble(models, inputs, labels, recipe, order)
+        "%s takes the general vmap path%s: MLP fast path: %s; conv fast path: %s.",
+        who, notes["vmap"], mlp_reason, conv_reason,
+    )  # fmt: skip
+    return _Ensemble(models, inputs, labels, recipe, order, streams)

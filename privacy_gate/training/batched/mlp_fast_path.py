@@ -180,9 +180,8 @@ class _MLPEnsemble:
                     count = len(op.parameters())
                     op.add_noise(k, noise[:count])
                     noise = noise[count:]
-        expected = torch.tensor(streams.expected, dtype=self.grads[0].dtype).clamp_(min=1)
         for grad in self.grads:
-            grad.div_(expected.view(-1, *([1] * (grad.dim() - 1))))
+            streams.normalise(grad)
 
     @torch.no_grad()
     def gradients(self, plan: _EpochPlan, t: int, epoch: int) -> None:

@@ -52,6 +52,7 @@ class PoissonStreams:
         self.rate = [1 / math.ceil(len(s) / batch_size) for s in subsets]
         self.steps = [dp_steps_per_epoch(len(s), batch_size) for s in subsets]
         self.expected = [int(len(s) * (1 / n)) for s, n in zip(subsets, self.steps, strict=True)]
+        self._divisor = torch.tensor(self.expected, device=self.device).clamp(min=1)
 
     def epoch(self, device: torch.device) -> _EpochPlan:
         """The next epoch's Poisson batches of every model as padded tables (weight 0
@@ -88,6 +89,12 @@ class PoissonStreams:
             all_active=[bool(a) for a in np.asarray(active.all(axis=1)).tolist()],
             last_step=model_steps - 1,
         )
+
+    def normalise(self, grad: torch.Tensor) -> torch.Tensor:
+        """``grad`` ``(K, ...)`` (model ``k``'s clipped, noised sum in row ``k``) divided,
+        in place, by each model's expected batch size, as ``DPOptimizer.scale_grad``."""
+        divisor = self._divisor.to(grad.dtype).view(-1, *([1] * (grad.dim() - 1)))
+        return grad.div_(divisor)
 
     def noise_parts(
         self, k: int, shapes: Sequence[tuple[int, ...]], std: float, dtype: torch.dtype
