@@ -51,6 +51,7 @@ __all__ = [
     "PromotionResult",
     "client_for",
     "promote",
+    "refusal_text",
 ]
 
 STATUS_TAG = "privacy_gate.status"
@@ -182,7 +183,8 @@ def registry_errors(
         raise error(f"Cannot {doing}: {message} HINT: {hint}") from exc
 
 
-def _refusal_text(reasons: list[str]) -> str:
+def refusal_text(reasons: list[str]) -> str:
+    """The reasons as one tag value, cut to MLflow-friendly ``REFUSAL_TAG_LENGTH``."""
     text = "; ".join(reasons)
     if len(text) > REFUSAL_TAG_LENGTH:
         text = text[: REFUSAL_TAG_LENGTH - 3] + "..."
@@ -293,6 +295,6 @@ def _promote(
         mlflow_client,
         name,
         version,
-        {STATUS_TAG: "refused", REFUSAL_TAG: _refusal_text(reasons)},
+        {STATUS_TAG: "refused", REFUSAL_TAG: refusal_text(reasons)},
     )
     return PromotionResult(allowed=False, reasons=reasons, report=report)

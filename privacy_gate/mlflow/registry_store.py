@@ -35,9 +35,12 @@ What is protected (each refusal is an ``MlflowException`` with error code
   recomputed here from the version's model files (`privacy_gate.mlflow.verification.
   audit_refusals`, the same check as ``privacy-gate promote``). The audit is read from the
   run's artifacts, never trusted from tags. After a successful check the store itself
-  writes the version tags ``privacy_gate.status``, ``privacy_gate.report_sha256``,
-  ``privacy_gate.promoted_alias`` (the alias, or ``stage:<stage>``) and
-  ``privacy_gate.verified_by``;
+  writes the version tags ``privacy_gate.status`` (``pass``),
+  ``privacy_gate.report_sha256``, ``privacy_gate.promoted_alias`` (the alias, or
+  ``stage:<stage>``) and ``privacy_gate.verified_by``; after a refusal it writes
+  ``privacy_gate.status`` = ``refused``, ``privacy_gate.refusal`` (the reasons, as the
+  client was told them) and ``privacy_gate.verified_by``, so the registry shows why a
+  version was kept out (the tags ``privacy-gate promote`` writes on an ungated registry);
 - client writes (``set_model_version_tag``, ``create_model_version(tags=...)``) and
   deletions of version tags whose key starts with ``privacy_gate.`` (they would fake a
   verdict).
@@ -68,12 +71,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import threading
-import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 _LOG = logging.getLogger(__name__)
@@ -85,11 +85,18 @@ try:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED
 
-    from privacy_gate.mlflow._compat import registry_store_builder, server_artifact_destination
-    from privacy_gate.mlflow.model_digest import logged_model_sha256
+    from privacy_gate.mlflow._compat import registry_store_builder
+    from privacy_gate.mlflow.promote import (
+        PROMOTED_ALIAS_TAG,
+        REFUSAL_TAG,
+        REPORT_SHA256_TAG,
+        STATUS_TAG,
+        refusal_text,
+    )
     from privacy_gate.mlflow.registry_methods import FORWARDED, GATED
+    from privacy_gate.mlflow.server_audit import read_run_report, version_weights_sha256
     from privacy_gate.mlflow.verification import audit_refusals
-    from privacy_gate.report import canonical_json, parse_report_json
+    from privacy_gate.report import canonical_json
     from privacy_gate.signing import PUBLIC_KEY_ENVIRONMENT_VARIABLE, public_key_from_environment
 except ImportError as _exc:  # pragma: no cover - exercised in a test through sys.modules
     _LOG.error(
@@ -119,7 +126,8 @@ POLICY_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_PROMOTION_POLICY_SHA256"
 DEFAULT_PROTECTED_ALIASES = ("champion", "production")
 PROTECTED_STAGES = ("staging", "production")
 PROTECTED_TAG_PREFIX = "privacy_gate."
-REPORT_ARTIFACT = "privacy_gate/report.json"
+VERIFIED_BY_TAG = "privacy_gate.verified_by"
+VERIFIED_BY = "registry-store"
 
 
 def protected_aliases(environ: Mapping[str, str] | None = None) -> frozenset[str]:
@@ -234,7 +242,7 @@ class PrivacyGateRegistryStore:
 
     def set_registered_model_alias(self, name: str, alias: str, version: Any) -> None:
         if alias.strip().lower() in protected_aliases():
-            report = self._require_passing_audit(name, version, f"alias {alias!r}")
+            report = self._verified_or_refused(name, version, f"alias {alias!r}")
             self._inner.set_registered_model_alias(name=name, alias=alias, version=version)
             self._write_verdict(name, version, report, alias)
             return None
@@ -247,7 +255,7 @@ class PrivacyGateRegistryStore:
     ) -> Any:
         report = None
         if str(stage).strip().lower() in PROTECTED_STAGES:
-            report = self._require_passing_audit(name, version, f"stage {stage!r}")
+            report = self._verified_or_refused(name, version, f"stage {stage!r}")
         result = self._inner.transition_model_version_stage(
             name=name,
             version=version,
@@ -329,25 +337,60 @@ class PrivacyGateRegistryStore:
         finally:
             self._local.internal = False
 
-    def _write_verdict(
-        self, name: str, version: Any, report: Mapping[str, Any], target: str
-    ) -> None:
-        """The tags `privacy_gate.mlflow.promote` writes too (same names), set internally."""
+    def _set_own_tags(self, name: str, version: Any, tags: Mapping[str, str]) -> None:
+        """Write ``privacy_gate.*`` version tags as the store (clients may not)."""
         from mlflow.entities.model_registry import ModelVersionTag
 
-        digest = hashlib.sha256(canonical_json(report)).hexdigest()
         with self._internal():
-            for key, value in (
-                ("privacy_gate.status", "pass"),
-                ("privacy_gate.report_sha256", digest),
-                ("privacy_gate.promoted_alias", target),
-                ("privacy_gate.verified_by", "registry-store"),
-            ):
+            for key, value in tags.items():
                 self._inner.set_model_version_tag(
                     name=name,
                     version=version,
                     tag=ModelVersionTag(key, value),  # type: ignore[no-untyped-call]
                 )
+
+    def _write_verdict(
+        self, name: str, version: Any, report: Mapping[str, Any], target: str
+    ) -> None:
+        """The tags `privacy_gate.mlflow.promote` writes too (same names); the reasons of
+        an earlier refusal are removed, they no longer hold."""
+        digest = hashlib.sha256(canonical_json(report)).hexdigest()
+        self._set_own_tags(
+            name,
+            version,
+            {
+                STATUS_TAG: "pass",
+                REPORT_SHA256_TAG: digest,
+                PROMOTED_ALIAS_TAG: target,
+                VERIFIED_BY_TAG: VERIFIED_BY,
+            },
+        )
+        if REFUSAL_TAG in self._inner.get_model_version(name=name, version=version).tags:
+            with self._internal():
+                self._inner.delete_model_version_tag(name=name, version=version, key=REFUSAL_TAG)
+
+    def _verified_or_refused(self, name: str, version: Any, target: str) -> dict[str, Any]:
+        """`_require_passing_audit`; a refusal is recorded on the version before it is
+        raised (a failure to record it is logged and does not change the answer)."""
+        try:
+            return self._require_passing_audit(name, version, target)
+        except MlflowException as exc:
+            if exc.error_code != "PERMISSION_DENIED":
+                raise
+            try:
+                self._set_own_tags(
+                    name,
+                    version,
+                    {
+                        STATUS_TAG: "refused",
+                        REFUSAL_TAG: refusal_text([str(exc.message)]),
+                        VERIFIED_BY_TAG: VERIFIED_BY,
+                    },
+                )
+            except Exception as tag_error:
+                _LOG.error("cannot record the refusal on %r version %s: %s", name, version,
+                           tag_error)  # fmt: skip
+            raise
 
     def _require_passing_audit(self, name: str, version: Any, target: str) -> dict[str, Any]:
         """The verified report, or raise PERMISSION_DENIED with every reason."""
@@ -363,7 +406,7 @@ class PrivacyGateRegistryStore:
             )
         model_version = self._inner.get_model_version(name=name, version=version)
         run_id = model_version.run_id or None
-        report = self._read_report(run_id) if run_id else None
+        report = read_run_report(run_id, self._tracking_uri) if run_id else None
         policy = os.environ.get(POLICY_ENVIRONMENT_VARIABLE) or None
         # Everything but the weights first: client files are unpickled only for a genuine,
         # passing audit of this run.
@@ -376,7 +419,7 @@ class PrivacyGateRegistryStore:
             policy_sha256=policy,
         )
         if not reasons:
-            digest = self._model_digest(name, version)
+            digest = version_weights_sha256(self._inner, name, version)
             reasons = audit_refusals(
                 report,
                 public_key=public_key,
@@ -389,46 +432,3 @@ class PrivacyGateRegistryStore:
         if reasons or report is None:
             raise _denied(f"{prefix}: " + "; ".join(reasons or ["no audit"]) + ".")
         return dict(report)
-
-    def _read_report(self, run_id: str) -> dict[str, Any] | None:
-        from mlflow.tracking import MlflowClient
-
-        try:
-            run = MlflowClient(tracking_uri=self._tracking_uri).get_run(run_id)
-            with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-                local = _download(f"{run.info.artifact_uri}/{REPORT_ARTIFACT}", tmp)
-                data = parse_report_json(Path(local).read_text(encoding="utf-8"))
-        except Exception as exc:
-            _LOG.warning("no audit report for run %s: %s", run_id, exc)
-            return None
-        return data if isinstance(data, dict) else None
-
-    def _model_digest(self, name: str, version: Any) -> str | None:
-        try:
-            uri = self._inner.get_model_version_download_uri(name=name, version=version)
-            with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-                return logged_model_sha256(_download(uri, tmp))
-        except Exception as exc:
-            _LOG.error("cannot digest the weights of %r version %s: %s", name, version, exc)
-            return None
-
-
-def _download(artifact_uri: str, dst: str) -> str:
-    """Download from the server's own artifact store when the URI is ``mlflow-artifacts:``.
-
-    Inside ``mlflow server --artifacts-destination``, ``mlflow-artifacts:/<path>`` means
-    ``<destination>/<path>``; any other URI goes through MLflow's artifact repositories.
-    """
-    from mlflow.artifacts import download_artifacts
-
-    parsed = urllib.parse.urlparse(artifact_uri)
-    destination = server_artifact_destination()
-    if parsed.scheme == "mlflow-artifacts" and destination:
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        relative = parsed.path.lstrip("/")
-        if ".." in relative.split("/"):
-            raise ValueError(f"refusing artifact path with '..': {artifact_uri!r}")
-        repo = get_artifact_repository(destination)
-        return str(repo.download_artifacts(relative, dst))  # type: ignore[no-untyped-call]
-    return str(download_artifacts(artifact_uri=artifact_uri, dst_path=dst))

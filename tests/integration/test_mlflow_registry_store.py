@@ -158,8 +158,12 @@ def _assert_refused(gated: Gated, version: str, reason: str) -> None:
     body = response.json()
     assert body["error_code"] == "PERMISSION_DENIED"
     assert reason in body["message"]
-    aliases = gated.client.get_model_version(MODEL, version).aliases
-    assert "champion" not in aliases
+    refused = gated.client.get_model_version(MODEL, version)
+    assert "champion" not in refused.aliases
+    # The registry records its own verdict: why the version was kept out.
+    assert refused.tags["privacy_gate.status"] == "refused"
+    assert refused.tags["privacy_gate.verified_by"] == "registry-store"
+    assert reason in refused.tags["privacy_gate.refusal"]
 
 
 def test_passing_signed_audit_is_promoted(gated: Gated) -> None:
@@ -304,6 +308,7 @@ def test_promote_against_the_gated_registry(gated: Gated) -> None:
     failing = _register(gated, status="fail")
     refused = promote(MODEL, failing, "production", public_key=public, client=gated.client)
     assert not refused.allowed and "the audit did not pass" in refused.reasons[0]
+    # promote refused it itself, without asking the registry; its tag writes are denied
     assert "privacy_gate.status" not in gated.client.get_model_version(MODEL, failing).tags
 
 
@@ -365,7 +370,8 @@ def test_prompt_methods_cannot_bypass_the_gate(local_store: Any) -> None:
         local_store.set_prompt_version_tag("m", 1, "privacy_gate.status", "pass")
     with pytest.raises(MlflowException, match="cannot be set or deleted by clients"):
         local_store.delete_prompt_version_tag("m", 1, "privacy_gate.status")
-    assert "privacy_gate.status" not in local_store.get_model_version("m", 1).tags
+    # the refusal above is the registry's own record; the client's "pass" never landed
+    assert local_store.get_model_version("m", 1).tags["privacy_gate.status"] == "refused"
     local_store.set_prompt_alias("m", "candidate", 1)  # unprotected aliases pass
     assert local_store.get_registered_model("m").aliases == {"candidate": 1}
 
@@ -382,3 +388,15 @@ def test_a_copied_version_does_not_inherit_the_verdict(local_store: Any) -> None
     copy = local_store.copy_model_version(source, "m-copy")
     assert copy.tags == {"team": "cardiology"}
     assert local_store.get_model_version("m-copy", copy.version).tags == {"team": "cardiology"}
+
+
+def test_a_refusal_is_recorded_and_cleared_by_a_later_pass(local_store: Any) -> None:
+    with pytest.raises(MlflowException) as caught:
+        local_store.set_registered_model_alias("m", "champion", 1)
+    tags = local_store.get_model_version("m", 1).tags
+    assert tags["privacy_gate.status"] == "refused"
+    assert tags["privacy_gate.refusal"] == caught.value.message
+    assert "no audit public key" in tags["privacy_gate.refusal"]
+    local_store._write_verdict("m", 1, {"status": "pass"}, "champion")  # as after a pass
+    tags = local_store.get_model_version("m", 1).tags
+    assert tags["privacy_gate.status"] == "pass" and "privacy_gate.refusal" not in tags
