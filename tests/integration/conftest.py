@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from postgres_server import postgres_server  # the session's PostgreSQL (skips without one)
+
+__all__ = ["postgres_server"]
 
 RECORD_MARKER = "REC-ZQX"
 PATIENT_MARKER = "PAT-ZQX"

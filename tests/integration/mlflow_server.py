@@ -10,6 +10,8 @@ Usage in a test module::
         client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
 
 or directly: ``with start_mlflow_server(tmp_dir, extra_args=[...]) as server: ...``.
+``backend_store_uri`` replaces the default SQLite backend (e.g. a ``postgresql://`` URI of
+`postgres_server.PostgresServer.create_database`) and ``workers`` sets ``--workers``.
 ``extra_args`` takes further ``mlflow server`` options, e.g.
 ``["--registry-store-uri", "privacygate+sqlite:///..."]``; ``env`` adds environment
 variables for the server (e.g. a public key). The server's log is in ``server.log_path``
@@ -88,16 +90,18 @@ def start_mlflow_server(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     timeout_s: float = START_TIMEOUT_S,
+    backend_store_uri: str | None = None,
+    workers: int = 1,
 ) -> Iterator[MlflowServer]:
     """Start ``mlflow server`` on a free port of 127.0.0.1, wait for /health, stop after.
 
-    The backend store is ``sqlite:///<directory>/mlflow.db`` and artifacts are served
-    by the server (``--artifacts-destination <directory>/artifacts``), so clients upload
-    them over HTTP like remote clients do.
+    The backend store is ``backend_store_uri``, by default ``sqlite:///<directory>/
+    mlflow.db``; artifacts are served by the server (``--artifacts-destination
+    <directory>/artifacts``), so clients upload them over HTTP like remote clients do.
     """
     directory.mkdir(parents=True, exist_ok=True)
     artifacts = directory / "artifacts"
-    backend = f"sqlite:///{directory / 'mlflow.db'}"
+    backend = backend_store_uri or f"sqlite:///{directory / 'mlflow.db'}"
     log_path = directory / "server.log"
     # mlflow.cli, not the console script: the venv's python is on hand, its bin maybe not.
     command = [
@@ -113,7 +117,7 @@ def start_mlflow_server(
         "--host",
         "127.0.0.1",
         "--workers",
-        "1",
+        str(workers),
         *extra_args,
     ]
     process: subprocess.Popen[bytes] | None = None

@@ -1,151 +1,54 @@
 """The privacy-gate registry store against a real ``mlflow server`` (no mocks).
 
-The server runs with ``--registry-store-uri privacygate+sqlite:///...`` and the audit
-public key; tiny torch models are logged, registered and promoted through the Python
-client and raw REST calls. Signed reports are uploaded as the run's
-``privacy_gate/report.json``.
+Every server test runs twice: with ``--backend-store-uri sqlite:///...
+--registry-store-uri privacygate+sqlite:///...``, and with both on one fresh PostgreSQL
+database (``postgresql://...``, ``privacygate+postgresql://...``; skipped where
+PostgreSQL or its driver is missing, see postgres_server.py); so do the in-process
+`local_store` tests. The server has the audit public key; tiny torch models are logged,
+registered and promoted through the Python client and raw REST calls (helpers in
+gated_registry.py). Signed reports are uploaded as the run's ``privacy_gate/report.json``.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
-import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 pytest.importorskip("mlflow")
 pytest.importorskip("torch")
 
-import mlflow
-import mlflow.pytorch
-import requests
-import torch
+from gated_registry import MODEL, Gated, start_gated_server
+from gated_registry import register as _register
+from gated_registry import rest_alias as _rest_alias
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from mlflow_server import MlflowServer, start_mlflow_server
 
-from privacy_gate import audit, make_signals, records_from_columns
-from privacy_gate.config import parse_config
-from privacy_gate.report import SCHEMA_VERSION
-from privacy_gate.signing import load_private_key, sign_report, write_keypair
-from privacy_gate.training.weights import weights_sha256
-
-MODEL = "gated-model"
+BACKENDS = ["sqlite", "postgresql"]
 
 
-@dataclass(frozen=True)
-class Gated:
-    server: MlflowServer
-    client: MlflowClient
-    private: Any
-    other_private: Any
+def _backend_uri(request: pytest.FixtureRequest) -> str | None:
+    """None for SQLite (the server's own file), a fresh PostgreSQL database otherwise
+    (the test skips where PostgreSQL or its driver is missing)."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres_server").create_database())
 
 
-@pytest.fixture(scope="module")
-def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gated]:
-    tmp = tmp_path_factory.mktemp("gated_registry")
-    write_keypair(tmp / "audit.pem", tmp / "audit.pub.pem")
-    write_keypair(tmp / "other.pem", tmp / "other.pub.pem")
-    server_dir = tmp / "server"
-    with start_mlflow_server(
-        server_dir,
-        extra_args=["--registry-store-uri", f"privacygate+sqlite:///{server_dir / 'mlflow.db'}"],
-        env={
-            "PRIVACY_GATE_PUBLIC_KEY": str(tmp / "audit.pub.pem"),
-            "PRIVACY_GATE_PROTECTED_ALIASES": "champion, production",
-        },
-    ) as server:
-        client = MlflowClient(tracking_uri=server.tracking_uri, registry_uri=server.tracking_uri)
-        client.create_registered_model(MODEL)
-        try:
-            yield Gated(
-                server,
-                client,
-                load_private_key(tmp / "audit.pem"),
-                load_private_key(tmp / "other.pem"),
-            )
-        finally:  # _register sets the global registry URI (and its environment variable)
-            mlflow.set_registry_uri("")
-            os.environ.pop("MLFLOW_REGISTRY_URI", None)
-
-
-@functools.cache
-def _audited(status: str) -> str:
-    """A real audit's JSON (K = 8, 60 records): no leak and a policy it passes, or three
-    strongly leaking records and a max_patient_auc it fails."""
-    rng = np.random.default_rng(1)
-    k, n = 8, 60
-    masks = np.argsort(rng.random((k, n)), axis=0) < k // 2
-    shift = 0.0 if status == "pass" else 6.0
-    scores = rng.standard_normal((k, n)) + masks * np.r_[np.full(3, shift), np.zeros(n - 3)]
-    records = records_from_columns([f"r{i}" for i in range(n)], [f"p{i}" for i in range(n)], {})
-    limit = 1.0 if status == "pass" else 0.8
-    policy = parse_config({"gate": {"max_patient_auc": limit}})
-    result = audit(make_signals(scores, masks, task="binary"), records, policy)
-    assert result.decision.status.value == status
-    return json.dumps(result.report.to_dict())
-
-
-def _report(status: str = "pass", schema: str = SCHEMA_VERSION) -> dict[str, Any]:
-    report: dict[str, Any] = json.loads(_audited(status))
-    report["schema_version"] = schema
-    return report
-
-
-def _register(
-    gated: Gated,
-    *,
-    status: str | None = "pass",
-    key: Any = None,
-    report_run: str | None = None,
-    tamper: bool = False,
-    schema: str = SCHEMA_VERSION,
-) -> str:
-    """Log a tiny model (and optionally a signed report) into a new run; register it."""
-    mlflow.set_tracking_uri(gated.server.tracking_uri)
-    mlflow.set_registry_uri(gated.server.tracking_uri)
-    mlflow.set_experiment("gated-registry")  # not another module's active experiment
-    model = torch.nn.Linear(3, 1)
-    digest = weights_sha256(model)
-    with mlflow.start_run() as run:
-        if tamper:  # weights changed after the audit
-            with torch.no_grad():
-                model.weight.add_(1.0)
-        info = mlflow.pytorch.log_model(  # pt2 (MLflow 3's default): loads without pickle
-            model,
-            name="model",
-            input_example=np.zeros((1, 3), dtype=np.float32),
-            pip_requirements=["torch"],  # skips the slow requirements inference
-        )
-        if status is not None:
-            signed = sign_report(
-                _report(status, schema),
-                key if key is not None else gated.private,
-                run_id=report_run or run.info.run_id,
-                model_sha256=digest,
-            )
-            gated.client.log_text(run.info.run_id, json.dumps(signed), "privacy_gate/report.json")
-    version = gated.client.create_model_version(
-        MODEL, info.model_uri, run_id=run.info.run_id, model_id=info.model_id
-    )
-    return str(version.version)
-
-
-def _rest_alias(gated: Gated, version: str, alias: str = "champion") -> requests.Response:
-    return requests.post(
-        f"{gated.server.tracking_uri}/api/2.0/mlflow/registered-models/alias",
-        json={"name": MODEL, "alias": alias, "version": version},
-        timeout=60,
-    )
+@pytest.fixture(scope="module", params=BACKENDS)
+def gated(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Gated]:
+    """A gated server on SQLite, then on PostgreSQL (tracking and registry on one database)."""
+    backend = _backend_uri(request)
+    with start_gated_server(
+        tmp_path_factory.mktemp(f"gated_registry_{request.param}"), backend_store_uri=backend
+    ) as gated:
+        yield gated
 
 
 def _assert_refused(gated: Gated, version: str, reason: str) -> None:
@@ -335,16 +238,23 @@ def test_every_registry_method_is_classified() -> None:
         assert name in vars(PrivacyGateRegistryStore), name
 
 
-@pytest.fixture
-def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The gated store in-process on a fresh SQLite registry, without an audit key."""
+@pytest.fixture(params=BACKENDS)
+def local_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """The gated store in-process on a fresh SQLite or PostgreSQL registry, without an
+    audit key."""
     from privacy_gate.mlflow.registry_store import PrivacyGateRegistryStore
 
     monkeypatch.delenv("PRIVACY_GATE_PUBLIC_KEY", raising=False)
-    store = PrivacyGateRegistryStore(f"privacygate+sqlite:///{tmp_path}/registry.db")
+    inner = _backend_uri(request) or f"sqlite:///{tmp_path}/registry.db"
+    store = PrivacyGateRegistryStore(f"privacygate+{inner}")
     store.create_registered_model("m")
     store.create_model_version("m", source=str(tmp_path), run_id=None)
-    return store
+    try:
+        yield store
+    finally:
+        store.inner.engine.dispose()  # its connections to the database
 
 
 def test_an_unclassified_method_is_refused(
