@@ -4,6 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh all,dev
+# The PostgreSQL tests start their own server from Debian's binaries
+# (tests/integration/postgres_server.py); without them they skip.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "== installing Debian's postgresql (for the PostgreSQL tests)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+            || echo "WARNING: could not install postgresql: the PostgreSQL tests will skip" >&2
+    else
+        echo "WARNING: no PostgreSQL under /usr/lib/postgresql: the PostgreSQL tests will skip" >&2
+    fi
+fi
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
 echo "== import-linter"; .venv/bin/lint-imports
