@@ -30,8 +30,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, TextIO
 
+from privacy_gate.comparison import AuditComparison
 from privacy_gate.gate import Decision, Status, Violation
 from privacy_gate.render.blocks import Block, Bullets, Code, Heading, Paragraph, Span, Strong, Table
+from privacy_gate.render.comparison import comparison_section
 from privacy_gate.render.document import summary_sections, violations_sentence
 from privacy_gate.render.formatting import (
     fmt_auc,
@@ -48,6 +50,7 @@ __all__ = [
     "SUMMARY_VARIABLE",
     "Outcome",
     "annotation_lines",
+    "append_summary",
     "enabled",
     "escape_data",
     "escape_property",
@@ -126,6 +129,8 @@ class Outcome:
         report_path: where the report is (a file, or an MLflow artifact URI).
         source: where the audit came from, in words (e.g. ``MLflow run 1a2b...``).
         signature: how the report's signature was checked, in words (None: not checked).
+        comparison: the audit against the ``against`` alias's (e.g. the champion's); it
+            is shown in the summary, after the report's own sections.
     """
 
     status: Status
@@ -135,6 +140,8 @@ class Outcome:
     report_path: str | None = None
     source: str | None = None
     signature: str | None = None
+    comparison: AuditComparison | None = None
+    against: str = "champion"
 
 
 def evaluated_report(report: AuditReport, decision: Decision) -> AuditReport:
@@ -297,7 +304,15 @@ def summary_markdown(outcome: Outcome) -> str:
     report = outcome.report
     if report is not None and outcome.status is not Status.ERROR and not outcome.refusals:
         blocks += summary_sections(report, top_patients=TOP_PATIENTS)
+        if outcome.comparison is not None:
+            blocks += comparison_section(outcome.comparison, before=outcome.against)
     return render_blocks(blocks, heading_offset=1) + "\n"
+
+
+def append_summary(markdown: str, *, environ: Mapping[str, str] | None = None) -> None:
+    """Append Markdown to the job summary (``privacy-gate diff`` in GitHub mode)."""
+    env = os.environ if environ is None else environ
+    _append(env.get(SUMMARY_VARIABLE), markdown + "\n", SUMMARY_VARIABLE, "job summary")
 
 
 # ---------------------------------------------------------------------------- writer

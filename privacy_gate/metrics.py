@@ -18,7 +18,10 @@ Keys are ``privacy_gate/<segment>/...`` (`privacy_gate.metric_keys`); ``<column>
 - ``adaptive/looks``, ``adaptive/reference_models_saved``, ``adaptive/settled`` (1.0 when
   a look settled the verdict) for ``reference_models: auto``;
 - ``subgroup/<column>/<value>/<statistic>`` for tested groups and
-  ``subgroup_column/<column>/<statistic>``.
+  ``subgroup_column/<column>/<statistic>``;
+- against a champion (`comparison_metrics`): ``vs_champion/worst_patient_auc_change``,
+  ``vs_champion/patients_at_risk_change``, ``vs_champion/aggregate_auc_change``,
+  ``vs_champion/newly_at_risk``, ``vs_champion/no_longer_at_risk``.
 
 Figures that are None (not finite in the audit) are left out.
 """
@@ -29,11 +32,12 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from privacy_gate.comparison import AuditComparison
 from privacy_gate.metric_keys import escape_segment, join_key
 from privacy_gate.report_model import AuditReport
 from privacy_gate.subgroups import GroupStatus
 
-__all__ = ["PASSED", "TRAINER_METRICS", "report_metrics", "trainer_metrics"]
+__all__ = ["PASSED", "TRAINER_METRICS", "comparison_metrics", "report_metrics", "trainer_metrics"]
 
 PASSED = join_key("passed")
 """1.0 when the gate passed, else 0.0 (the Trainer's metric for early stopping or alerts)."""
@@ -150,3 +154,23 @@ def trainer_metrics(report: AuditReport) -> dict[str, float]:
     chosen = {key: every[key] for key in TRAINER_METRICS if key in every}
     chosen[PASSED] = 1.0 if report.passed else 0.0
     return chosen
+
+
+def comparison_metrics(diff: AuditComparison, against: str = "champion") -> dict[str, float]:
+    """A comparison's key figures as ``privacy_gate/vs_<against>/...`` metrics: the change
+    in worst patient AUC, confidently-at-risk count and aggregate AUC, and (when the
+    patients could be matched) how many are newly and no longer at risk."""
+    prefix = f"vs_{escape_segment(against.lower())}"
+    figures: dict[str, float | None] = {
+        "worst_patient_auc_change": diff.worst_patient_auc.change,
+        "patients_at_risk_change": diff.patients_at_risk.change,
+        "aggregate_auc_change": diff.aggregate_auc.change,
+    }
+    if diff.patients_matched:
+        figures["newly_at_risk"] = len(diff.newly_at_risk)
+        figures["no_longer_at_risk"] = len(diff.no_longer_at_risk)
+    return {
+        join_key(prefix, name): float(value)
+        for name, value in figures.items()
+        if value is not None and math.isfinite(value)
+    }

@@ -188,6 +188,7 @@ def audit(
         patients=n_patients,
         task=signals.task.value,
         pseudonyms=pseudonymizer.scheme,
+        pseudonym_key_id=pseudonymizer.key_id,
         inputs=dict(inputs or {}),
         provenance=dict(provenance or {}),
     )

@@ -101,3 +101,19 @@ class Pseudonymizer:
     @property
     def scheme(self) -> str:
         return "raw" if self.raw else "hmac-sha256"
+
+    @property
+    def key_id(self) -> str | None:
+        """A public name of the key, so two audits can tell whether their pseudonyms
+        match (`privacy_gate.comparison`): ``hex(HMAC-SHA256(key, "key-id"))[:16]``,
+        which reveals nothing of the key. None for raw ids and for a random key (its
+        pseudonyms match no other audit).
+
+        >>> Pseudonymizer(key=b"k").key_id == Pseudonymizer(key=b"k").key_id
+        True
+        >>> Pseudonymizer(key=b"k").key_id != Pseudonymizer(key=b"other").key_id
+        True
+        """
+        if self.raw or self.key_is_ephemeral:
+            return None
+        return self._digest("key-id", "")

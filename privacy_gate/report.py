@@ -34,7 +34,7 @@ __all__ = [
     "write_table",
 ]
 
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "2.2"
 REPORT_FILE = "report.json"
 _REQUIRED_SECTIONS = ("schema_version", "audit", "summary", "subgroups", "decision")
 

@@ -63,6 +63,7 @@ class AuditFacts:
     task: str
     pseudonyms: str
     inputs: Mapping[str, str]
+    pseudonym_key_id: str | None
     provenance: Mapping[str, Any]
 
 
@@ -107,6 +108,16 @@ def _top_patients(patients: PatientStats, keys: Sequence[str]) -> tuple[TopPatie
         )
         for p in top
     )
+
+
+def _at_risk_keys(
+    p_values: np.ndarray[Any, Any], count: int, keys: Sequence[str]
+) -> tuple[str, ...]:
+    """The keys of the ``count`` patients Benjamini-Hochberg declares at risk: its step-up
+    rejects the ``count`` smallest p-values (ties at the boundary are all below the line,
+    so the count holds them all), most significant first."""
+    order = np.argsort(p_values, kind="stable")[:count]
+    return tuple(keys[p] for p in order)
 
 
 def build_report(
@@ -160,6 +171,7 @@ def build_report(
         histogram=Histogram(tuple(bins["edges"]), tuple(bins["counts"])),
         survival=Survival(**{k: tuple(v) for k, v in curve.items()}),
         top_patients=_top_patients(patients, patient_keys),
+        at_risk_patients=_at_risk_keys(p_values, patients_at_risk, patient_keys),
     )
     audit = AuditInfo(
         package_version=__version__,
@@ -171,6 +183,7 @@ def build_report(
         config=config.to_dict(),
         policy_sha256=config.sha256(),
         pseudonyms=facts.pseudonyms,
+        pseudonym_key_id=facts.pseudonym_key_id,
         target=aggregate is not None,
         task=facts.task,
     )

@@ -1,4 +1,4 @@
-"""Command line: ``privacy-gate score|check|audit|policy|keys|promote``.
+"""Command line: ``privacy-gate score|check|diff|audit|policy|keys|promote``.
 
 Exit codes: 0 pass, 1 gate failed (an under-powered or missing audit included),
 2 error (bad input, bad config, any exception). ``promote``: 0 promoted, 1 refused, 2 error
@@ -23,6 +23,7 @@ from privacy_gate import github
 from privacy_gate._version import __version__
 from privacy_gate.cli.check import add_check_command
 from privacy_gate.cli.common import EXIT_ERROR, GATE_COMMANDS, add_github_option
+from privacy_gate.cli.diff import add_diff_command
 from privacy_gate.cli.keys import add_keys_commands
 from privacy_gate.cli.promote import add_promote_command
 from privacy_gate.cli.recommend import add_recommend_command
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_score_command(commands)
     add_check_command(commands)
+    add_diff_command(commands)
     add_audit_command(commands)
     policy = commands.add_parser("policy", help="print the packaged default policy and its hash")
     policy.set_defaults(handler=_policy)

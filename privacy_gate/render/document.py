@@ -5,7 +5,7 @@ caveats and provenance."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from privacy_gate.render.blocks import (
     Block,
@@ -64,15 +64,20 @@ _CAPTIONS = {
 
 
 # ------------------------------------------------------------------ content building
-def build_document(report: AuditReport, figures: Mapping[str, str]) -> Document:
+def build_document(
+    report: AuditReport, figures: Mapping[str, str], comparison: Sequence[Block] = ()
+) -> Document:
     """The report's content, verdict first, as renderer-neutral blocks.
 
     Args:
         report: The audit report.
         figures: Figure name (see :data:`FIGURE_ORDER`) to image source.
+        comparison: the "Against the champion" blocks
+            (`privacy_gate.render.comparison.comparison_section`), after the key figures.
     """
     blocks: list[Block] = [_verdict(report)]
     blocks += _key_figures(report)
+    blocks += comparison
     blocks += adaptive_section(report)
     blocks += _figures(figures)
     blocks += _aggregate(report)

@@ -9,7 +9,7 @@ or opened offline and cannot leak that it was viewed.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from privacy_gate.render.blocks import (
     Bullets,
     Code,
     CodeBlock,
+    Document,
     Heading,
     Image,
     Paragraph,
@@ -118,19 +119,28 @@ def _block(block: Block) -> str:
     return _table(block)
 
 
-def render_html(report: AuditReport, plots: Mapping[str, Path] | None = None) -> str:
+def render_html(
+    report: AuditReport,
+    plots: Mapping[str, Path] | None = None,
+    comparison: Sequence[Block] = (),
+) -> str:
     """The audit report as a self-contained HTML page, verdict banner first.
 
     Args:
         report: The audit report.
         plots: Figure name to PNG path, as returned by
             :func:`~privacy_gate.render.render_plots`; the images are embedded.
+        comparison: blocks of a comparison against the champion (after the key figures).
 
     Returns:
         The HTML document.
     """
     figures = {name: str(path) for name, path in (plots or {}).items()}
-    document = build_document(report, figures)
+    return html_page(build_document(report, figures, comparison))
+
+
+def html_page(document: Document) -> str:
+    """A whole document as a self-contained HTML page."""
     body = "\n".join(_block(b) for b in document.blocks)
     title = escape(document.title)
     return (

@@ -10,6 +10,7 @@ from privacy_gate.render.blocks import (
     Bullets,
     Code,
     CodeBlock,
+    Document,
     Heading,
     Image,
     Paragraph,
@@ -107,18 +108,27 @@ def render_blocks(blocks: Sequence[Block], *, heading_offset: int = 0) -> str:
     return "\n\n".join(_md_block(b, heading_offset) for b in blocks) + "\n"
 
 
-def render_markdown(report: AuditReport, plots: Mapping[str, str] | None = None) -> str:
+def render_markdown(
+    report: AuditReport,
+    plots: Mapping[str, str] | None = None,
+    comparison: Sequence[Block] = (),
+) -> str:
     """The audit report as Markdown, verdict first, for a privacy officer or a CI summary.
 
     Args:
         report: The audit report.
         plots: Figure name to image file name relative to the Markdown file, as returned
             by :func:`~privacy_gate.render.render_plots` (use ``path.name``).
+        comparison: blocks of a comparison against the champion (after the key figures).
 
     Returns:
         The Markdown text, ending with a newline.
     """
-    document = build_document(report, dict(plots or {}))
+    return markdown_page(build_document(report, dict(plots or {}), comparison))
+
+
+def markdown_page(document: Document) -> str:
+    """A whole document as Markdown: its title, then its blocks."""
     parts = [f"# {escape_markdown(document.title)}"]
     parts += [_md_block(b) for b in document.blocks]
     return "\n\n".join(parts) + "\n"

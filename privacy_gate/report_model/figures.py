@@ -4,9 +4,10 @@ power and the exposed tail, as typed fields (names are the JSON keys)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from privacy_gate.noise_floor import NoiseFloor
+from privacy_gate.report_model.codec import OMIT_NONE
 
 __all__ = ["Distribution", "Histogram", "Power", "Summary", "Survival", "Tail", "TopPatient"]
 
@@ -91,6 +92,9 @@ class Summary:
         patients_at_risk_raw: patients whose point estimate is above it (untested).
         at_risk_p_values: sorted patient p-values up to 0.5 (the gate re-counts at its FDR).
         tail_counts: patients with AUC at least each level (the level as a string).
+        at_risk_patients: the keys of the ``patients_at_risk`` patients, most significant
+            first (None in reports of schema 2.1 and older); a diff against another audit
+            of the pool (`privacy_gate.comparison`) matches them.
     """
 
     patient_auc: Distribution
@@ -110,3 +114,4 @@ class Summary:
     histogram: Histogram
     survival: Survival
     top_patients: tuple[TopPatient, ...]
+    at_risk_patients: tuple[str, ...] | None = field(default=None, metadata=OMIT_NONE)

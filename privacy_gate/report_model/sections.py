@@ -55,6 +55,8 @@ class AuditInfo:
     """What was audited: counts, inputs' digests, the policy and the provenance.
 
     ``config`` is the policy as written (`privacy_gate.config.parse_config` reads it);
+    ``pseudonym_key_id`` names the pseudonym key (`privacy_gate.pseudonyms.Pseudonymizer.
+    key_id`; None for raw ids or a random key), so that audits can match patients;
     ``plan``, ``training`` and ``model_sha256`` exist when the audit trained the reference
     models itself; a signed report binds ``run_id`` (the MLflow run) and ``model_sha256``;
     ``extra`` keeps provenance a caller added.
@@ -71,6 +73,7 @@ class AuditInfo:
     pseudonyms: str
     target: bool
     task: str
+    pseudonym_key_id: str | None = field(default=None, metadata=OMIT_NONE)
     model_sha256: str | None = field(default=None, metadata=OMIT_NONE)
     run_id: str | None = field(default=None, metadata=OMIT_NONE)
     plan: Plan | None = field(default=None, metadata=OMIT_NONE)
