@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,19 @@ from privacy_gate.cli.common import (
     print_decision,
     resolve_tracking_uri,
 )
+from privacy_gate.comparison import AuditComparison, compare_reports
 from privacy_gate.config import default_config
 from privacy_gate.errors import InputError, OutdatedReportError
 from privacy_gate.gate import Status
 from privacy_gate.pipeline import check_report
+from privacy_gate.render.comparison import comparison_lines, comparison_section
 from privacy_gate.report import REPORT_FILE, load_report, read_audit_report, write_json
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 _VERSION = re.compile(r"[1-9][0-9]*")
+_ALIAS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
 
 def add_check_command(commands: Any) -> None:
@@ -61,7 +65,25 @@ def add_check_command(commands: Any) -> None:
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)"
     )
     check_cmd.add_argument(
-        "--out", type=Path, help="with an MLflow source: write the verified report.json here"
+        "--out",
+        type=Path,
+        help="with an MLflow source: write the verified report.json, report.md and "
+        "report.html (with the comparison of --against-alias) here",
+    )
+    check_cmd.add_argument(
+        "--against-alias",
+        metavar="ALIAS",
+        help="MLflow sources: compare with the signed audit of the version that holds ALIAS "
+        "(e.g. champion): the change in worst patient, at-risk patients and subgroups, "
+        "printed, in the job summary, in report.md/html (--out) and logged as "
+        "privacy_gate/vs_<alias>/... metrics of the checked run. It does not change the "
+        "verdict; without such a version there is nothing to compare",
+    )
+    check_cmd.add_argument(
+        "--against-model",
+        metavar="NAME",
+        help="registered model whose ALIAS is compared with (default: --model; needed with "
+        "--mlflow-run)",
     )
     add_github_option(check_cmd, default=argparse.SUPPRESS)
     check_cmd.set_defaults(handler=gate_handler(run_check))
@@ -188,9 +210,88 @@ def _refused(
     )
 
 
+def _check_against(args: argparse.Namespace, source: str) -> None:
+    """Validate --against-alias and --against-model."""
+    if args.against_alias is None:
+        if args.against_model is not None:
+            raise InputError(
+                f"The '--against-model' option of check needs --against-alias. Got "
+                f"--against-model {args.against_model!r} alone. HINT: --against-alias champion."
+            )
+        return
+    if source == "report":
+        raise InputError(
+            f"The '--against-alias' option of check compares audits in MLflow (--mlflow-run, "
+            f"--model). Got --against-alias {args.against_alias!r} with the REPORT "
+            f"{str(args.report)!r}. HINT: compare two report files with 'privacy-gate diff "
+            "CHAMPION.json CANDIDATE.json'."
+        )
+    if not _ALIAS.fullmatch(args.against_alias):
+        raise InputError(
+            f"The '--against-alias' option of check must be a registered model alias "
+            f"(letters, digits, '_' and '-'). Got {args.against_alias!r} instead. HINT: "
+            "--against-alias champion."
+        )
+    if source == "run" and not (args.against_model or "").strip():
+        raise InputError(
+            f"The '--against-alias' option of check needs the registered model whose alias "
+            f"it compares with: --against-model NAME with --mlflow-run. Got "
+            f"{args.against_model!r}. HINT: --against-alias champion --against-model ehr-mlp."
+        )
+
+
+def _against_champion(
+    args: argparse.Namespace, client: Any, public_key: Any, candidate: Any, run_id: str
+) -> AuditComparison | None:
+    """The comparison with the ALIAS's audit; None (said why) when there is none to use."""
+    from privacy_gate.mlflow.fetch import fetch_alias_audit
+    from privacy_gate.mlflow.logging import log_comparison
+
+    alias = args.against_alias
+    name = args.against_model or args.model
+    champion = fetch_alias_audit(name, alias, public_key=public_key, client=client)
+    if champion is None:
+        print(f"No version of {name!r} holds the alias {alias!r}: nothing to compare with.")
+        return None
+    if champion.refusals or champion.report is None:
+        reasons = "; ".join(champion.refusals or ["no privacy audit was found"])
+        print(f"warning: the {alias} ({champion.source}) cannot be compared with: {reasons}")
+        return None
+    before = read_audit_report(champion.report, source=f"The audit of {champion.source}")
+    diff = compare_reports(before, candidate)
+    if not args.quiet:
+        for line in comparison_lines(diff, before=f"{alias} ({champion.source})", after=run_id):
+            print(line)
+    try:
+        log_comparison(client, run_id, diff, alias)
+    except Exception as exc:  # the comparison informs; it never changes the verdict
+        print(f"warning: cannot log the comparison's metrics into run {run_id}: {exc}")
+    return diff
+
+
+def _write_pages(out: Path, outcome: github.Outcome) -> None:
+    """report.md and report.html of the verified audit, with the comparison if any."""
+    from privacy_gate.render import render_html, render_markdown, render_plots
+
+    report = outcome.report
+    if report is None:
+        return
+    blocks = (
+        comparison_section(outcome.comparison, before=outcome.against)
+        if outcome.comparison is not None
+        else []
+    )
+    images = render_plots(report, out)
+    (out / "report.md").write_text(
+        render_markdown(report, {k: p.name for k, p in images.items()}, blocks), "utf-8"
+    )
+    (out / "report.html").write_text(render_html(report, images, blocks), "utf-8")
+
+
 def run_check(args: argparse.Namespace) -> github.Outcome:
     """``privacy-gate check``: a report file, or the signed audit of an MLflow run/version."""
     source = _check_source(args)
+    _check_against(args, source)
     if args.config is None and not args.quiet:
         print(f"Using the packaged default gate (policy_sha256 {default_config().sha256()}).")
     if source == "report":
@@ -276,10 +377,22 @@ def run_check(args: argparse.Namespace) -> github.Outcome:
             f"(key {signing.public_key_fingerprint(public_key)[:16]})."
         )
     print_decision(decision, typed, quiet=args.quiet)
-    return gate_outcome(
-        typed,
-        decision,
-        report_path=report_path,
-        source=fetched.source,
-        signature=f"valid, key {signing.public_key_fingerprint(public_key)[:16]}",
+    comparison = (
+        _against_champion(args, client, public_key, typed, fetched.run_id)
+        if args.against_alias
+        else None
     )
+    outcome = replace(
+        gate_outcome(
+            typed,
+            decision,
+            report_path=report_path,
+            source=fetched.source,
+            signature=f"valid, key {signing.public_key_fingerprint(public_key)[:16]}",
+        ),
+        comparison=comparison,
+        against=args.against_alias or "champion",
+    )
+    if args.out is not None:
+        _write_pages(args.out, outcome)
+    return outcome

@@ -31,7 +31,13 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from mlflow.tracking import MlflowClient
 
-__all__ = ["AuditFetchError", "FetchedAudit", "fetch_model_version_audit", "fetch_run_audit"]
+__all__ = [
+    "AuditFetchError",
+    "FetchedAudit",
+    "fetch_alias_audit",
+    "fetch_model_version_audit",
+    "fetch_run_audit",
+]
 
 _HINT = "check the tracking URI (--tracking-uri or MLFLOW_TRACKING_URI)"
 
@@ -123,3 +129,30 @@ def fetch_model_version_audit(
         report, public_key=public_key, run_id=run_id, model_sha256=digest, require_pass=False
     )
     return FetchedAudit(report, refusals, run_id, source)
+
+
+def fetch_alias_audit(
+    name: str, alias: str, *, public_key: Ed25519PublicKey, client: MlflowClient
+) -> FetchedAudit | None:
+    """The signed audit of the version of ``name`` that holds ``alias`` (e.g. the
+    champion, to compare a candidate with); None when no version holds it.
+
+    Raises:
+        AuditFetchError: the model does not exist, or the server cannot be reached.
+        InputError: torch is not installed.
+    """
+    from mlflow.exceptions import MlflowException
+
+    with registry_errors(
+        f"read model {name!r}", hint=f"{_HINT} and the model name.", error=AuditFetchError
+    ):
+        client.get_registered_model(name)  # a missing model is an error, not "no champion"
+        try:
+            version = client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            return None
+    return fetch_model_version_audit(
+        name, str(version.version), public_key=public_key, client=client
+    )

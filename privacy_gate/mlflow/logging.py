@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from privacy_gate._version import __version__
+from privacy_gate.comparison import AuditComparison
 from privacy_gate.errors import ReportError
 from privacy_gate.metric_keys import shorten_key
-from privacy_gate.metrics import report_metrics
+from privacy_gate.metrics import comparison_metrics, report_metrics
 from privacy_gate.report import REPORT_FILE, canonical_json, write_json
 from privacy_gate.report_model import AuditReport
 from privacy_gate.signing import sign_report, signing_key_from_environment
@@ -40,6 +41,7 @@ __all__ = [
     "KEYS_MAP_FILE",
     "REPORT_ARTIFACT",
     "SIGNED_TAG",
+    "log_comparison",
     "log_report",
     "report_metrics",
     "report_params",
@@ -234,6 +236,20 @@ def log_report(
             mapping.write_text(json.dumps(shortened, indent=2, sort_keys=True), "utf-8")
             mlflow_client.log_artifact(run, str(mapping), artifact_path=ARTIFACT_PATH)
     return dict(document)
+
+
+def log_comparison(
+    client: MlflowClient, run_id: str, diff: AuditComparison, against: str = "champion"
+) -> dict[str, float]:
+    """Log a comparison's key figures into the candidate's run
+    (`privacy_gate.metrics.comparison_metrics`: ``privacy_gate/vs_<against>/...``)."""
+    from mlflow.entities import Metric
+
+    figures = comparison_metrics(diff, against)
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(key=k, value=v, timestamp=timestamp, step=0) for k, v in figures.items()]
+    client.log_batch(run_id, metrics=metrics)
+    return figures
 
 
 def _artifacts_beside(tracking_uri: str) -> str | None:

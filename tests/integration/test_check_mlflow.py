@@ -55,14 +55,23 @@ N, K = 120, 8
 SCRIPT = Path(sys.executable).parent / "privacy-gate"
 
 
-def _report(policy: Any) -> dict[str, Any]:
-    """A real audit of small synthetic signals; 10 records leak strongly."""
+def _report(
+    policy: Any, *, leaking: int = 10, pool: str = "pool-1", k: int = K, shift: float = 4.0
+) -> dict[str, Any]:
+    """A real audit of small synthetic signals; the first ``leaking`` records leak strongly."""
     rng = np.random.default_rng(1)
-    masks = np.argsort(rng.random((K, N)), axis=0) < K // 2
-    shift = np.r_[np.full(10, 4.0), np.zeros(N - 10)]
-    signals = make_signals(rng.standard_normal((K, N)) + masks * shift, masks, task="binary")
+    masks = np.argsort(rng.random((k, N)), axis=0) < k // 2
+    shifts = np.r_[np.full(leaking, shift), np.zeros(N - leaking)]
+    signals = make_signals(rng.standard_normal((k, N)) + masks * shifts, masks, task="binary")
     records = records_from_columns([f"r{i}" for i in range(N)], [f"p{i // 2}" for i in range(N)])
-    return audit(signals, records, policy, pseudonymizer=Pseudonymizer(key=b"k")).report.to_dict()
+    result = audit(
+        signals,
+        records,
+        policy,
+        pseudonymizer=Pseudonymizer(key=b"k"),
+        inputs={"records_sha256": pool},
+    )
+    return result.report.to_dict()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +146,16 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
         name, version, run_id = _register(changed, "check-changed")
         log_report(passing, run_id=run_id, signing_key=private, model_sha256=digest)
         models["changed"] = (name, version)
+        # A champion and a candidate of one registered model, audited on the same pool.
+        for label, report in (
+            ("champion", _report(LENIENT, leaking=4, k=16, shift=12.0)),
+            ("candidate", _report(LENIENT, leaking=10, k=16, shift=12.0)),
+            ("other-pool", _report(LENIENT, pool="pool-2")),
+        ):
+            name, version, run_id = _register(model, "check-vs")
+            log_report(report, run_id=run_id, signing_key=private, model_sha256=digest)
+            models[label] = (name, version)
+        client.set_registered_model_alias("check-vs", "champion", models["champion"][1])
         yield World(client, mlflow_server.tracking_uri, keys, runs, models, passing)
     finally:
         mlflow.set_tracking_uri(previous)
@@ -334,3 +353,79 @@ def test_github_mode_forged_run(world: World, tmp_path: Path) -> None:
     assert "::error title=privacy-gate%3A audit not accepted::" in stdout
     assert "The audit was **not accepted**" in summary
     assert "### Key figures" not in summary
+
+
+# --- against the champion ------------------------------------------------------------------
+
+
+def _logged_report(world: World, run_id: str, directory: Path) -> dict[str, Any]:
+    directory.mkdir()
+    path = world.client.download_artifacts(run_id, REPORT_ARTIFACT, str(directory))
+    report: dict[str, Any] = json.loads(Path(path).read_text("utf-8"))
+    return report
+
+
+def test_against_the_champion(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, version = world.models["candidate"]
+    (tmp_path / "lenient.yaml").write_text("gate:\n  max_patient_auc: 1.0\n", "utf-8")
+    extra = ("--config", str(tmp_path / "lenient.yaml"), "--against-alias", "champion")
+    extra += ("--out", str(tmp_path / "out"))
+    assert _check(world, "--model", name, "--version", version, extra=extra) == 0
+    out = capsys.readouterr().out
+    champion = world.client.get_model_version(*world.models["champion"])
+    candidate = world.client.get_model_version(name, version)
+    before = _logged_report(world, champion.run_id, tmp_path / "champion")
+    after = _logged_report(world, candidate.run_id, tmp_path / "candidate")
+    # leaking records 0-9 are patients p0-p4 in the candidate, 0-3 (p0, p1) in the champion
+    at_risk = (before["summary"]["patients_at_risk"], after["summary"]["patients_at_risk"])
+    assert at_risk[1] > at_risk[0]
+    change = at_risk[1] - at_risk[0]
+    assert f"{at_risk[0]} -> {at_risk[1]} (+{change})" in out
+    newly = sorted(
+        set(after["summary"]["at_risk_patients"]) - set(before["summary"]["at_risk_patients"])
+    )
+    assert newly and f"newly at risk: {len(newly)} ({newly[0]}" in out
+    metrics = world.client.get_run(candidate.run_id).data.metrics
+    assert metrics["privacy_gate/vs_champion/patients_at_risk_change"] == change
+    assert metrics["privacy_gate/vs_champion/newly_at_risk"] == len(newly)
+    worst = after["summary"]["patient_auc"]["max"] - before["summary"]["patient_auc"]["max"]
+    assert metrics["privacy_gate/vs_champion/worst_patient_auc_change"] == pytest.approx(worst)
+    page = (tmp_path / "out" / "report.md").read_text("utf-8")
+    assert "## Against the champion" in page and f"`{newly[0]}`" in page
+    assert "Against the champion" in (tmp_path / "out" / "report.html").read_text("utf-8")
+
+
+def test_against_a_missing_champion_or_another_pool(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, version = world.models["pass"]  # check-pass has no champion
+    lenient = ("--against-alias", "champion")
+    assert _check(world, "--model", name, "--version", version, extra=lenient) == 1
+    assert "holds the alias 'champion': nothing to compare with" in capsys.readouterr().out
+    name, version = world.models["other-pool"]
+    assert _check(world, "--model", name, "--version", version, extra=lenient) == 2
+    error = capsys.readouterr().err
+    assert "different pools" in error and "pool-1" in error and "pool-2" in error
+    # --mlflow-run needs the model whose alias it compares with; a REPORT uses diff
+    assert _check(world, *_run(world, "pass"), extra=lenient) == 2
+    assert "--against-model NAME" in capsys.readouterr().err
+
+
+def test_github_mode_against_the_champion(world: World, tmp_path: Path) -> None:
+    (tmp_path / "lenient.yaml").write_text("gate:\n  max_patient_auc: 1.0\n", "utf-8")
+    code, stdout, summary, _ = _github_run(
+        world,
+        tmp_path,
+        *_run(world, "pass"),
+        "--config",
+        str(tmp_path / "lenient.yaml"),
+        "--against-alias",
+        "champion",
+        "--against-model",
+        "check-vs",
+    )
+    assert code == 0, stdout
+    assert summary.index("### Key figures") < summary.index("### Against the champion")
+    assert "Newly at risk:" in summary
