@@ -413,19 +413,32 @@ def test_against_a_missing_champion_or_another_pool(
     assert "--against-model NAME" in capsys.readouterr().err
 
 
-def test_github_mode_against_the_champion(world: World, tmp_path: Path) -> None:
+def test_github_action_against_the_champion(world: World, tmp_path: Path) -> None:
+    """The action's script (inputs against-alias, against-model) on an MLflow run."""
     (tmp_path / "lenient.yaml").write_text("gate:\n  max_patient_auc: 1.0\n", "utf-8")
-    code, stdout, summary, _ = _github_run(
-        world,
-        tmp_path,
-        *_run(world, "pass"),
-        "--config",
-        str(tmp_path / "lenient.yaml"),
-        "--against-alias",
-        "champion",
-        "--against-model",
-        "check-vs",
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "PRIVACY_GATE_"))}
+    env.update(
+        PATH=f"{SCRIPT.parent}{os.pathsep}{env.get('PATH', '')}",
+        GITHUB_STEP_SUMMARY=str(tmp_path / "summary.md"),
+        GITHUB_OUTPUT=str(tmp_path / "output"),
+        PG_MLFLOW_RUN=world.runs["pass"],
+        PG_POLICY=str(tmp_path / "lenient.yaml"),
+        PG_PUBLIC_KEY=str(world.keys / "audit.pub"),
+        PG_TRACKING_URI=world.tracking_uri,
+        PG_AGAINST_ALIAS="champion",
+        PG_AGAINST_MODEL="check-vs",
     )
-    assert code == 0, stdout
+    script = Path(__file__).parents[2] / ".github" / "actions" / "privacy-gate"
+    result = subprocess.run(
+        ["bash", str(script / "privacy-gate-action.sh"), "run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--against-alias champion --against-model check-vs" in result.stdout
+    summary = (tmp_path / "summary.md").read_text("utf-8")
     assert summary.index("### Key figures") < summary.index("### Against the champion")
     assert "Newly at risk:" in summary

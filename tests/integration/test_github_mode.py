@@ -317,6 +317,7 @@ def test_action_script_runs_an_audit(tmp_path: Path) -> None:
         ({"PG_REPORT": "r.json", "PG_MODEL_VERSION": "3"}, "applies only with model"),
         ({"PG_REPORT": "r.json", "PG_OUT": "out"}, "out applies only"),
         ({"PG_AUDIT_CONFIG": "a.yaml", "PG_POLICY": "p.yaml"}, "drop the input policy"),
+        ({"PG_REPORT": "r.json", "PG_AGAINST_ALIAS": "champion"}, "privacy-gate diff"),
     ],
 )
 def test_action_script_input_errors(inputs: dict[str, str], message: str, tmp_path: Path) -> None:

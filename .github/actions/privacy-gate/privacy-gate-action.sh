@@ -100,6 +100,14 @@ run() {
         model) args+=(check --model "$PG_MODEL" --version "$PG_MODEL_VERSION") ;;
     esac
     if [ -n "${PG_POLICY:-}" ]; then args+=(--config "$PG_POLICY"); fi
+    if [ -n "${PG_AGAINST_ALIAS:-}" ] || [ -n "${PG_AGAINST_MODEL:-}" ]; then
+        case "$MODE" in
+            mlflow-run | model) ;;
+            *) fail "the inputs against-alias and against-model apply only with mlflow-run or model (compare report files with privacy-gate diff)." ;;
+        esac
+        if [ -n "${PG_AGAINST_ALIAS:-}" ]; then args+=(--against-alias "$PG_AGAINST_ALIAS"); fi
+        if [ -n "${PG_AGAINST_MODEL:-}" ]; then args+=(--against-model "$PG_AGAINST_MODEL"); fi
+    fi
     if [ -n "${PG_OUT:-}" ]; then
         if [ "$MODE" = report ]; then
             fail "the input out applies only with audit-config, mlflow-run or model."
