@@ -52,6 +52,11 @@ defaults would set an alias or a version tag on the inner store, ungated). Any o
 method (one a newer MLflow adds) is refused with ``PERMISSION_DENIED`` until it is
 classified.
 
+Concurrent requests (``--workers N``, and threads in each worker): a first write of a
+version tag or alias that loses the race to insert the same row is retried
+(`privacy_gate.mlflow.server_audit.upsert`), and the weight digests of one worker take
+turns (torch.export's loader is not thread-safe).
+
 What is NOT protected: anyone who writes to the registry database (or the artifact store)
 directly bypasses any server; other aliases (e.g. ``candidate``) and other registry
 operations (deleting aliases or versions, registered-model tags) pass through unchecked;
@@ -94,7 +99,7 @@ try:
         refusal_text,
     )
     from privacy_gate.mlflow.registry_methods import FORWARDED, GATED
-    from privacy_gate.mlflow.server_audit import read_run_report, version_weights_sha256
+    from privacy_gate.mlflow.server_audit import read_run_report, upsert, version_weights_sha256
     from privacy_gate.mlflow.verification import audit_refusals
     from privacy_gate.report import canonical_json
     from privacy_gate.signing import PUBLIC_KEY_ENVIRONMENT_VARIABLE, public_key_from_environment
@@ -243,11 +248,11 @@ class PrivacyGateRegistryStore:
     def set_registered_model_alias(self, name: str, alias: str, version: Any) -> None:
         if alias.strip().lower() in protected_aliases():
             report = self._verified_or_refused(name, version, f"alias {alias!r}")
-            self._inner.set_registered_model_alias(name=name, alias=alias, version=version)
+            upsert(self._inner.set_registered_model_alias, name=name, alias=alias, version=version)
             self._write_verdict(name, version, report, alias)
             return None
-        return self._inner.set_registered_model_alias(  # type: ignore[no-any-return]
-            name=name, alias=alias, version=version
+        return upsert(  # type: ignore[no-any-return]
+            self._inner.set_registered_model_alias, name=name, alias=alias, version=version
         )
 
     def transition_model_version_stage(
@@ -268,8 +273,8 @@ class PrivacyGateRegistryStore:
 
     def set_model_version_tag(self, name: str, version: Any, tag: Any) -> None:
         self._refuse_protected_tags([tag.key])
-        return self._inner.set_model_version_tag(  # type: ignore[no-any-return]
-            name=name, version=version, tag=tag
+        return upsert(  # type: ignore[no-any-return]
+            self._inner.set_model_version_tag, name=name, version=version, tag=tag
         )
 
     def delete_model_version_tag(self, name: str, version: Any, key: str) -> None:
@@ -343,7 +348,8 @@ class PrivacyGateRegistryStore:
 
         with self._internal():
             for key, value in tags.items():
-                self._inner.set_model_version_tag(
+                upsert(
+                    self._inner.set_model_version_tag,
                     name=name,
                     version=version,
                     tag=ModelVersionTag(key, value),  # type: ignore[no-untyped-call]

@@ -1,22 +1,31 @@
 """What the gated registry store reads on the server: a run's audit report and the
-weights digest of a registered version, through the server's own artifact store."""
+weights digest of a registered version, through the server's own artifact store; and
+`upsert`, how its writes survive concurrent writers of the same tag or alias."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from privacy_gate.mlflow._compat import server_artifact_destination
 from privacy_gate.mlflow.logging import REPORT_ARTIFACT
 from privacy_gate.mlflow.model_digest import logged_model_sha256
 from privacy_gate.report import parse_report_json
 
-__all__ = ["download", "read_run_report", "version_weights_sha256"]
+__all__ = ["download", "read_run_report", "upsert", "version_weights_sha256"]
 
 _LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
+UPSERT_ATTEMPTS = 3
+# torch.export's deserializer (pt2 models, MLflow 3's default) keeps the model being loaded
+# in a module global and fails ("_CURRENT_DESERIALIZER is already set") when two threads
+# of one server worker load at once: a passing version would be refused. Loads take turns.
+_LOAD_LOCK = threading.Lock()
 
 
 def read_run_report(run_id: str, tracking_uri: str | None) -> dict[str, Any] | None:
@@ -40,7 +49,9 @@ def version_weights_sha256(store: Any, name: str, version: Any) -> str | None:
     try:
         uri = store.get_model_version_download_uri(name=name, version=version)
         with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-            return logged_model_sha256(download(uri, tmp))
+            local = download(uri, tmp)
+            with _LOAD_LOCK:
+                return logged_model_sha256(local)
     except Exception as exc:
         _LOG.error("cannot digest the weights of %r version %s: %s", name, version, exc)
         return None
@@ -65,3 +76,29 @@ def download(artifact_uri: str, dst: str) -> str:
         repo = get_artifact_repository(destination)
         return str(repo.download_artifacts(relative, dst))  # type: ignore[no-untyped-call]
     return str(download_artifacts(artifact_uri=artifact_uri, dst_path=dst))
+
+
+def upsert(write: Callable[..., _T], **kwargs: Any) -> _T:
+    """``write(**kwargs)``, again when it lost a race to insert the same row.
+
+    MLflow's SQL registry sets a version tag or an alias with ``session.merge``: a SELECT,
+    then an INSERT when the row is absent. Two first writes of one key at once both
+    INSERT, and one fails with a unique violation (HTTP 400 on PostgreSQL, after the gate
+    had said yes). The row exists then, so the retry's merge updates it.
+    """
+    for attempt in range(1, UPSERT_ATTEMPTS + 1):
+        try:
+            return write(**kwargs)
+        except Exception as exc:
+            if attempt == UPSERT_ATTEMPTS or not _lost_insert_race(exc):
+                raise
+            _LOG.info("retrying %s after a concurrent insert: %s", write.__name__, exc)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _lost_insert_race(exc: BaseException) -> bool:
+    try:
+        from sqlalchemy.exc import IntegrityError
+    except ImportError:  # pragma: no cover - MLflow's SQL stores need SQLAlchemy
+        return False
+    return isinstance(exc, IntegrityError) or isinstance(exc.__cause__, IntegrityError)

@@ -6,6 +6,10 @@
 - `register`: log a tiny torch model into a new run, optionally with a signed
   ``privacy_gate/report.json`` (passing, failing, another key or run, tampered weights),
   and register it as a version of `MODEL`.
+- `run_load`: concurrent raw REST clients (threads, loopback only) sending a planned mix
+  of allowed and forbidden registry writes and reads (`plan_load`); each request's
+  answer and its start and end time come back as an `Outcome`. Used by
+  tests/integration/test_registry_load.py and benchmarks/bench_registry_load.py.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import contextlib
 import functools
 import json
 import os
-from collections.abc import Iterator
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,3 +153,211 @@ def rest_alias(gated: Gated, version: str, alias: str = "champion") -> requests.
         json={"name": MODEL, "alias": alias, "version": version},
         timeout=REQUEST_TIMEOUT_S,
     )
+
+
+# ------------------------------------------------------------------ load
+
+# Kinds of request. Allowed: PROMOTE (champion on a passing version: the gate verifies the
+# signed audit and re-digests the weights), CANDIDATE (an unprotected alias: no check),
+# TAG (an ordinary version tag), READ (the champion alias). Forbidden: REFUSED_PROMOTE
+# (champion on a failing or unaudited version), FORGED_TAG (a privacy_gate.* tag).
+PROMOTE, CANDIDATE, TAG, READ = "promote", "candidate", "tag", "read"
+REFUSED_PROMOTE, FORGED_TAG = "refused_promote", "forged_tag"
+FORBIDDEN = frozenset({REFUSED_PROMOTE, FORGED_TAG})
+# Share of each kind in the main phase of `plan_load`.
+MIX = {PROMOTE: 0.25, REFUSED_PROMOTE: 0.2, TAG: 0.15, FORGED_TAG: 0.1, READ: 0.15, CANDIDATE: 0.15}
+# Few ordinary tag keys, so that concurrent clients write the same new tag at once.
+TAG_KEYS = ("team", "reviewed", "dataset")
+
+
+@dataclass(frozen=True)
+class Versions:
+    """The registered versions a load uses: passing ones for the main phase and, distinct
+    from them, for the final burst; failing and unaudited ones (never champion)."""
+
+    passing: tuple[str, ...]
+    burst: tuple[str, ...]
+    refused: tuple[str, ...]
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.passing, *self.burst, *self.refused)
+
+
+def another_version(gated: Gated, version: str) -> str:
+    """A new version of the same run and model files (the gate checks it on its own)."""
+    mv = gated.client.get_model_version(MODEL, version)
+    model_id = mv.model_id or mv.source.removeprefix("models:/")  # source: models:/<id>
+    copy = gated.client.create_model_version(MODEL, mv.source, run_id=mv.run_id, model_id=model_id)
+    return str(copy.version)
+
+
+def register_load_versions(gated: Gated, *, passing: int = 2, burst: int = 2) -> Versions:
+    """One audited run registered ``passing + burst`` times (logging a model takes seconds,
+    a version does not), a failing and an unaudited one."""
+    first = register(gated)
+    good = [first, *(another_version(gated, first) for _ in range(passing + burst - 1))]
+    return Versions(
+        passing=tuple(good[:passing]),
+        burst=tuple(good[passing:]),
+        refused=(register(gated, status="fail"), register(gated, status=None)),
+    )
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: str
+    version: str
+    key: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.kind not in FORBIDDEN
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request's answer: HTTP status (0: no answer), error code, body (shortened),
+    and its start and end on `time.perf_counter`."""
+
+    op: Op
+    status: int
+    error_code: str | None
+    body: str
+    start: float
+    end: float
+
+    @property
+    def latency_s(self) -> float:
+        return self.end - self.start
+
+    @property
+    def version_read(self) -> str | None:
+        """For a READ answered 200: the version the champion alias pointed to."""
+        try:
+            return str(json.loads(self.body)["model_version"]["version"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def _main_op(rng: random.Random, versions: Versions) -> Op:
+    kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
+    if kind == PROMOTE:
+        return Op(kind, rng.choice(versions.passing))
+    if kind in (REFUSED_PROMOTE, FORGED_TAG):
+        return Op(kind, rng.choice(versions.refused))
+    if kind == TAG:
+        return Op(kind, rng.choice(versions.all), rng.choice(TAG_KEYS))
+    return Op(kind, rng.choice(versions.all))
+
+
+def plan_load(
+    versions: Versions, *, requests_total: int, concurrency: int, seed: int = 0
+) -> tuple[list[Op], list[Op]]:
+    """The main phase (shuffled mix, `MIX`) and the final burst (one request per client,
+    sent together after every main-phase request has ended): each burst version promoted
+    once, the rest forbidden promotions, forged tags and reads. Together
+    ``requests_total`` requests."""
+    burst = [Op(PROMOTE, v) for v in versions.burst]
+    fill = (REFUSED_PROMOTE, FORGED_TAG, READ)
+    burst += [
+        Op(fill[i % 3], versions.refused[i % len(versions.refused)])
+        for i in range(concurrency - len(burst))
+    ]
+    rng = random.Random(seed)
+    main = [_main_op(rng, versions) for _ in range(requests_total - len(burst))]
+    return main, burst
+
+
+def _send(session: requests.Session, base: str, op: Op) -> tuple[int, str | None, str]:
+    api = f"{base}/api/2.0/mlflow"
+    if op.kind in (PROMOTE, REFUSED_PROMOTE, CANDIDATE):
+        alias = "candidate" if op.kind == CANDIDATE else "champion"
+        body: Mapping[str, str] = {"name": MODEL, "alias": alias, "version": op.version}
+        response = session.post(
+            f"{api}/registered-models/alias", json=body, timeout=REQUEST_TIMEOUT_S
+        )
+    elif op.kind in (TAG, FORGED_TAG):
+        key = "privacy_gate.status" if op.kind == FORGED_TAG else f"load.{op.key}"
+        body = {"name": MODEL, "version": op.version, "key": key, "value": "pass"}
+        response = session.post(
+            f"{api}/model-versions/set-tag", json=body, timeout=REQUEST_TIMEOUT_S
+        )
+    else:
+        response = session.get(
+            f"{api}/registered-models/alias",
+            params={"name": MODEL, "alias": "champion"},
+            timeout=REQUEST_TIMEOUT_S,
+        )
+    try:
+        code = response.json().get("error_code")
+    except ValueError:
+        code = None
+    return response.status_code, code, response.text[:2000]
+
+
+def _phase(base: str, ops: Sequence[Op], concurrency: int, deadline: float) -> list[Outcome]:
+    """``concurrency`` threads start together and take the next op until none is left (or
+    the deadline has passed: the rest is not sent)."""
+    pending = iter(ops)
+    lock = threading.Lock()
+    outcomes: list[Outcome] = []
+    barrier = threading.Barrier(concurrency)
+
+    def client() -> None:
+        with requests.Session() as session:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=30)
+            while time.monotonic() < deadline:
+                with lock:
+                    op = next(pending, None)
+                if op is None:
+                    return
+                start = time.perf_counter()
+                try:
+                    status, code, body = _send(session, base, op)
+                except requests.RequestException as exc:
+                    status, code, body = 0, None, repr(exc)
+                outcome = Outcome(op, status, code, body, start, time.perf_counter())
+                with lock:
+                    outcomes.append(outcome)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()) + REQUEST_TIMEOUT_S)
+    with lock:
+        return list(outcomes)
+
+
+def run_load(
+    base_url: str,
+    main: Sequence[Op],
+    burst: Sequence[Op],
+    *,
+    concurrency: int,
+    max_seconds: float,
+) -> list[Outcome]:
+    """Send the main phase with ``concurrency`` clients, then the burst with one client per
+    op; stop sending at ``max_seconds``. Loopback servers only."""
+    if not base_url.startswith(("http://127.0.0.1:", "http://localhost:")):
+        raise ValueError(f"the load driver only targets loopback servers, not {base_url!r}")
+    deadline = time.monotonic() + max_seconds
+    outcomes = _phase(base_url, main, concurrency, deadline)
+    return outcomes + _phase(base_url, burst, len(burst), deadline)
+
+
+def possible_last_versions(outcomes: Sequence[Outcome]) -> set[str]:
+    """Versions of the allowed champion promotions that could have taken effect last:
+    those whose end is not before the latest start of any of them (see
+    test_registry_load.py)."""
+    promotions = [o for o in outcomes if o.op.kind == PROMOTE]
+    if not promotions:
+        return set()
+    latest_start = max(o.start for o in promotions)
+    return {o.op.version for o in promotions if o.end >= latest_start}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=float), q))
