@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from privacy_gate import github
 from privacy_gate.cli.common import (
@@ -19,11 +21,17 @@ from privacy_gate.cli.common import (
 )
 from privacy_gate.config import default_config
 from privacy_gate.errors import InputError
+from privacy_gate.gate import Status
 from privacy_gate.pipeline import AuditResult, score
+from privacy_gate.render.recommendation import recommendation_lines
 from privacy_gate.report import REPORT_FILE
 
+if TYPE_CHECKING:
+    from privacy_gate.mlflow.release import ReleaseResult
+    from privacy_gate.training.job import AuditJob
 
-def run_audit_job(args: argparse.Namespace) -> tuple[AuditResult, Path]:
+
+def run_audit_job(args: argparse.Namespace) -> tuple[AuditResult, Path, AuditJob]:
     try:
         from privacy_gate.training.job import load_job, run_job
     except ImportError as exc:
@@ -39,7 +47,7 @@ def run_audit_job(args: argparse.Namespace) -> tuple[AuditResult, Path]:
     result = run_job(job, out=out, raw_ids=args.raw_ids, plots=not args.no_plots)
     if not args.quiet:
         print_summary(result.report, out, plots=not args.no_plots)
-    if job.mlflow is not None:
+    if job.mlflow is not None and job.mlflow.registered_model is None:
         try:
             from privacy_gate.mlflow.logging import log_audit_run
         except ImportError:
@@ -59,7 +67,60 @@ def run_audit_job(args: argparse.Namespace) -> tuple[AuditResult, Path]:
                 f"Logged to MLflow run {run_id} (experiment {job.mlflow.experiment!r}). "
                 f"Open the UI: mlflow ui --backend-store-uri {job.mlflow.tracking_uri}"
             )
-    return result, out
+    return result, out, job
+
+
+def _tag_line(tags: Mapping[str, str]) -> str:
+    shown = {k: (v if len(v) <= 60 else v[:57] + "...") for k, v in sorted(tags.items())
+             if k.startswith("privacy_gate.")}  # fmt: skip
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "none"
+
+
+def _release(
+    args: argparse.Namespace, job: AuditJob, result: AuditResult, out: Path
+) -> ReleaseResult:
+    """The release path of an audit.yaml with ``mlflow.registered_model``: log the run
+    with the candidate as its model, register a version, ask the gated registry for the
+    alias; print what it answered."""
+    from privacy_gate.mlflow.release import release_candidate
+    from privacy_gate.training.job import release_model
+
+    target = job.mlflow
+    assert target is not None and target.registered_model is not None
+    model, example = release_model(job, result.report, out)
+    released = release_candidate(
+        result.report,
+        model,
+        example,
+        tracking_uri=target.tracking_uri,
+        registry_uri=target.gated_registry_uri,
+        registered_model=target.registered_model,
+        alias=target.alias,
+        experiment=target.experiment,
+        run_name=target.run_name,
+        out_dir=out,
+    )
+    name, version, alias = released.model_name, released.version, released.alias
+    if released.allowed:
+        print(f"Promoted {name!r} version {version} to {alias!r}: the registry verified "
+              "its signed, passing audit.")  # fmt: skip
+    else:
+        print(f"Promotion of {name!r} version {version} to {alias!r} REFUSED by the "
+              f"registry: {released.refusal}")  # fmt: skip
+    if args.quiet:
+        return released
+    if not released.allowed and result.decision.status is Status.FAIL:
+        remedy = recommendation_lines(result.report)
+        if remedy:  # the settings to apply are printed above, with the decision
+            print(f"  Instead: {remedy[0].strip()}")
+    print(f"  {name!r} version {version} (MLflow run {released.run_id}, the candidate "
+          f"logged as its model); version tags: {_tag_line(released.tags)}")  # fmt: skip
+    registry = released.registry_uri
+    ui = f"mlflow ui --backend-store-uri {target.tracking_uri}"
+    if registry != target.tracking_uri:
+        ui += f" --registry-store-uri {registry}"
+    print(f"Open the UI: {ui} (Models > {name} > Version {version})")
+    return released
 
 
 def _score(args: argparse.Namespace) -> github.Outcome:
@@ -82,8 +143,16 @@ def _score(args: argparse.Namespace) -> github.Outcome:
 
 
 def _audit(args: argparse.Namespace) -> github.Outcome:
-    result, out = run_audit_job(args)
-    return _decided(args, result, out)
+    result, out, job = run_audit_job(args)
+    outcome = _decided(args, result, out)
+    if job.mlflow is None or job.mlflow.registered_model is None:
+        return outcome
+    released = _release(args, job, result, out)
+    if released.allowed or outcome.status is not Status.PASS:
+        return outcome
+    # The gate passed, the registry did not (e.g. an unsigned audit): not released.
+    refusal = f"the registry refused the promotion: {released.refusal}"
+    return replace(outcome, status=Status.FAIL, refusals=(refusal,))
 
 
 def _decided(args: argparse.Namespace, result: AuditResult, out: Path) -> github.Outcome:

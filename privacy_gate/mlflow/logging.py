@@ -41,6 +41,7 @@ __all__ = [
     "KEYS_MAP_FILE",
     "REPORT_ARTIFACT",
     "SIGNED_TAG",
+    "experiment_id_for",
     "log_comparison",
     "log_report",
     "report_metrics",
@@ -261,6 +262,16 @@ def _artifacts_beside(tracking_uri: str) -> str | None:
     return (Path(tracking_uri[len(prefix) :]).resolve().parent / "mlartifacts").as_uri()
 
 
+def experiment_id_for(client: MlflowClient, experiment: str, tracking_uri: str) -> str:
+    """The id of ``experiment``, created (artifacts beside a SQLite store) if missing."""
+    found = client.get_experiment_by_name(experiment)
+    if found:
+        return str(found.experiment_id)
+    return str(
+        client.create_experiment(experiment, artifact_location=_artifacts_beside(tracking_uri))
+    )
+
+
 def log_audit_run(
     report: AuditReport | Mapping[str, Any],
     *,
@@ -278,13 +289,7 @@ def log_audit_run(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id
-        if found
-        else client.create_experiment(experiment, artifact_location=_artifacts_beside(tracking_uri))
-    )
-    run = client.create_run(experiment_id, run_name=run_name)
+    run = client.create_run(experiment_id_for(client, experiment, tracking_uri), run_name=run_name)
     try:
         log_report(
             report,

@@ -6,7 +6,7 @@ and `tests/integration/test_mlflow_registry_store.py` fails until someone classi
 
 from __future__ import annotations
 
-__all__ = ["FORWARDED", "GATED"]
+__all__ = ["FORWARDED", "FORWARDED_PRIVATE", "GATED"]
 
 FORWARDED = frozenset(
     {
@@ -68,3 +68,7 @@ GATED = frozenset(
     }
 )
 """Registry-store methods this store implements itself, with its checks."""
+
+FORWARDED_PRIVATE = frozenset({"_await_model_version_creation"})
+"""Private ``AbstractStore`` helpers MLflow's client calls on an in-process store (the
+gated store with ``MlflowClient(registry_uri="privacygate+sqlite:///...")``): reads."""

@@ -98,7 +98,7 @@ try:
         STATUS_TAG,
         refusal_text,
     )
-    from privacy_gate.mlflow.registry_methods import FORWARDED, GATED
+    from privacy_gate.mlflow.registry_methods import FORWARDED, FORWARDED_PRIVATE, GATED
     from privacy_gate.mlflow.server_audit import read_run_report, upsert, version_weights_sha256
     from privacy_gate.mlflow.verification import audit_refusals
     from privacy_gate.report import canonical_json
@@ -220,7 +220,7 @@ class PrivacyGateRegistryStore:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("_inner", "_local"):  # e.g. during unpickling
             raise AttributeError(name)
-        if name in FORWARDED:
+        if name in FORWARDED or name in FORWARDED_PRIVATE:
             return getattr(self._inner, name)
         attribute = getattr(self._inner, name)  # AttributeError where the inner has none
         if not callable(attribute):

@@ -26,6 +26,7 @@ from privacy_gate.errors import InputError
 from privacy_gate.pipeline import AuditResult, audit, write_outputs
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS, PLAN_ROUND, draw_plan, plan_digest
 from privacy_gate.pseudonyms import Pseudonymizer
+from privacy_gate.report_model import AuditReport
 from privacy_gate.rounds import audit_in_rounds
 from privacy_gate.signals import Signals, make_signals
 from privacy_gate.training.backends import make_backend, train_reference_models
@@ -44,7 +45,7 @@ from privacy_gate.training.reference import (
 )
 from privacy_gate.training.scoring import score_model
 from privacy_gate.training.sequential import ModelFactory, init_model, train_one
-from privacy_gate.training.store import ScoreStore
+from privacy_gate.training.store import ScoreStore, folder_of, load_weights
 from privacy_gate.training.weights import weights_sha256
 
 __all__ = [
@@ -54,6 +55,8 @@ __all__ = [
     "TrainingPlan",
     "default_cache_root",
     "run_audit",
+    "store_root",
+    "trained_candidate_state",
 ]
 
 _LOG = logging.getLogger("privacy_gate.training")
@@ -103,6 +106,20 @@ def keeps_user_rng(function: Callable[P, R]) -> Callable[P, R]:
             return function(*args, **kwargs)
 
     return kept
+
+
+def store_root(out: Path | None) -> Path:
+    """Where an audit writing to ``out`` keeps its finished models' scores."""
+    return out / ".privacy_gate_cache" if out is not None else default_cache_root()
+
+
+def trained_candidate_state(out: Path | None, report: AuditReport) -> Mapping[str, Any] | None:
+    """The state dict of the candidate the audit of ``report`` trained (None when it was
+    given, or its store holds none)."""
+    training = report.audit.training
+    if training is None or training.candidate != "trained by audit":
+        return None
+    return load_weights(folder_of(store_root(out), training.cache_key), "candidate")
 
 
 def default_cache_root() -> Path:
@@ -195,8 +212,7 @@ def run_audit(
         "augmentations": len(augmentations),
         "settings": dict(cache_key or {}),
     }
-    store_root = out / ".privacy_gate_cache" if out is not None else default_cache_root()
-    store = ScoreStore(store_root, key, data.n_records)
+    store = ScoreStore(store_root(out), key, data.n_records)
     rounds = _Rounds(
         ReferenceJob(
             factory, data, plan, recipe, store, tuple(augmentations), train_fn, device=place
@@ -343,7 +359,8 @@ def _candidate_scores(
     if candidate is not None:
         target = score_model(candidate, inputs, labels, data.task, augmentations=augmentations)
         return target, weights_sha256(candidate)
-    if not store.has("candidate") or store.load_text("candidate_sha256") is None:
+    stored = store.has("candidate") and store.load_text("candidate_sha256") is not None
+    if not stored or not store.has_weights("candidate"):  # weights: for the release
         trained = train_one(
             factory,
             inputs,
@@ -359,6 +376,7 @@ def _candidate_scores(
             score_model(trained, inputs, labels, data.task, augmentations=augmentations),
         )
         store.save_text("candidate_sha256", weights_sha256(trained))
+        store.save_weights("candidate", trained)
     scores = store.load("candidate")
     assert scores is not None  # saved above or by an earlier run
     return scores, store.load_text("candidate_sha256")

@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from privacy_gate.adaptive import AdaptivePlan, parse_reference_models
 from privacy_gate.config import AuditConfig, default_config, load_config, parse_config
 from privacy_gate.errors import ConfigError, check_known_keys, invalid_value
 from privacy_gate.pipeline import AuditResult
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
-from privacy_gate.training.audit import Backend, run_audit
+from privacy_gate.report_model import AuditReport
+from privacy_gate.training.audit import Backend, run_audit, store_root, trained_candidate_state
 from privacy_gate.training.augment import parse_augmentations
 from privacy_gate.training.backends import make_backend
 from privacy_gate.training.data import AuditData
@@ -35,8 +39,9 @@ from privacy_gate.training.device import AUTO, resolve_device
 from privacy_gate.training.ray_backend import RayOptions, parse_ray_options
 from privacy_gate.training.recipe import Recipe, parse_recipe
 from privacy_gate.training.steps import ModelFactory
+from privacy_gate.training.weights import weights_sha256
 
-__all__ = ["AuditJob", "MlflowTarget", "load_job", "resolve", "run_job"]
+__all__ = ["AuditJob", "MlflowTarget", "load_job", "release_model", "resolve", "run_job"]
 
 _KEYS = (
     "model",
@@ -58,16 +63,35 @@ _KEYS = (
     "device",
     "augmentations",
 )
-_MLFLOW_KEYS = ("tracking_uri", "experiment", "run_name")
+_MLFLOW_KEYS = ("tracking_uri", "experiment", "run_name", "registered_model", "alias",
+                "registry_uri")  # fmt: skip
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+_ALIAS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True, kw_only=True)
 class MlflowTarget:
-    """Where ``privacy-gate audit`` logs the audit as an MLflow run."""
+    """Where ``privacy-gate audit`` logs the audit as an MLflow run; with
+    ``registered_model``, the release path too: the candidate logged as a model in that
+    run, registered, and ``alias`` asked of the gated registry (``registry_uri``)."""
 
     tracking_uri: str
     experiment: str = "privacy-gate"
     run_name: str | None = None
+    registered_model: str | None = None
+    alias: str = "champion"
+    registry_uri: str | None = None
+
+    @property
+    def gated_registry_uri(self) -> str:
+        """``registry_uri``, else the gated store on the tracking database
+        (``privacygate+sqlite:///...``), else the tracking server's own registry."""
+        if self.registry_uri:
+            return self.registry_uri
+        scheme = self.tracking_uri.split(":", 1)[0].split("+", 1)[0]
+        if scheme in _DATABASE_SCHEMES:
+            return f"privacygate+{self.tracking_uri}"
+        return self.tracking_uri
 
 
 def _parse_mlflow(value: Any) -> MlflowTarget | None:
@@ -88,11 +112,34 @@ def _parse_mlflow(value: Any) -> MlflowTarget | None:
                 "e.g. sqlite:///out/mlflow.db (a plain directory store errors in MLflow 3)",
             )
         )
-    for name in ("experiment", "run_name"):
-        if value.get(name) is not None and not isinstance(value[name], str):
-            raise ConfigError(invalid_value(name, "mlflow", "a string", value[name]))
+    for name in ("experiment", "run_name", "registered_model", "alias", "registry_uri"):
+        if value.get(name) is not None and not (
+            isinstance(value[name], str) and value[name].strip()
+        ):
+            raise ConfigError(invalid_value(name, "mlflow", "a non-empty string", value[name]))
+    alias = value.get("alias") or "champion"
+    if not _ALIAS.fullmatch(alias) or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ConfigError(
+            invalid_value(
+                "alias",
+                "mlflow",
+                "a registered-model alias (letters, digits, '_', '-'; not 'latest' or v<N>, "
+                "which MLflow reserves)",
+                alias,
+                "e.g. champion",
+            )
+        )
+    if value.get("alias") is not None and value.get("registered_model") is None:
+        raise ConfigError(
+            invalid_value(
+                "alias", "mlflow", "given with registered_model (the model it promotes)", alias,
+                "add registered_model: NAME, or drop alias",
+            )
+        )  # fmt: skip
     return MlflowTarget(tracking_uri=uri, experiment=value.get("experiment") or "privacy-gate",
-                        run_name=value.get("run_name"))  # fmt: skip
+                        run_name=value.get("run_name"),
+                        registered_model=value.get("registered_model"), alias=alias,
+                        registry_uri=value.get("registry_uri"))  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,3 +331,34 @@ def run_job(
         device=job.device,
         augmentations=parse_augmentations(list(job.augmentations) or None),
     )
+
+
+def release_model(job: AuditJob, report: AuditReport, out: Path) -> tuple[nn.Module, np.ndarray]:
+    """The audited candidate, rebuilt for its release (MLflow model logging), and one pool
+    input as its example: the given weights (``candidate``) or those the audit trained and
+    stored. Its weights digest must be the report's: a stale store is an error, never a
+    model released under another model's audit."""
+    factory = functools.partial(resolve(job.model, "model"), **job.model_args)
+    model = factory()
+    if job.candidate is not None:
+        state = torch.load(job.candidate, map_location="cpu", weights_only=True)
+    else:
+        state = trained_candidate_state(out, report)
+    if state is None:
+        raise ConfigError(
+            f"The audit's candidate weights are not in {str(store_root(out))!r}, so the "
+            "candidate cannot be registered. HINT: run the audit again with the same 'out', "
+            "or give the trained weights as 'candidate'."
+        )
+    model.load_state_dict(state)
+    model.eval()
+    digest = weights_sha256(model)
+    if digest != report.audit.model_sha256:
+        raise ConfigError(
+            f"The candidate weights found have SHA-256 {digest}, the audit's are "
+            f"{report.audit.model_sha256}: they are not the audited model. HINT: run the "
+            "audit again."
+        )
+    data = resolve(job.data, "data")(**job.data_args)
+    inputs, _ = data.pool()
+    return model, inputs[:1].detach().cpu().numpy()

@@ -8,15 +8,19 @@ so a changed recipe never reuses stale models.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
+from torch import nn
 
-__all__ = ["ScoreStore", "digest_of"]
+__all__ = ["ScoreStore", "digest_of", "folder_of", "load_weights", "weights_file"]
 
 
 def digest_of(data: Any) -> str:
@@ -30,7 +34,7 @@ class ScoreStore:
 
     def __init__(self, root: Path, key: dict[str, Any], n_records: int) -> None:
         self.key = digest_of(key)
-        self.path = root / self.key[:20]
+        self.path = folder_of(root, self.key)
         self.n_records = n_records
         self.path.mkdir(parents=True, exist_ok=True)
         manifest = self.path / "key.json"
@@ -74,6 +78,33 @@ class ScoreStore:
     def load_text(self, name: str) -> str | None:
         file = self.path / f"{name}.txt"
         return file.read_text(encoding="utf-8") if file.exists() else None
+
+    def save_weights(self, name: str, model: nn.Module) -> None:
+        """Store a model's state dict (the candidate an audit trained, for its release)."""
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        _atomic_write(weights_file(self.path, name), buffer.getvalue())
+
+    def has_weights(self, name: str) -> bool:
+        return weights_file(self.path, name).is_file()
+
+
+def folder_of(root: Path, key: str) -> Path:
+    """The store folder of the cache key ``key`` (the report's ``training.cache_key``)."""
+    return root / key[:20]
+
+
+def weights_file(folder: Path, name: str) -> Path:
+    return folder / f"{name}.pt"
+
+
+def load_weights(folder: Path, name: str) -> Mapping[str, Any] | None:
+    """A stored state dict (tensors only: ``weights_only``), or None when absent."""
+    file = weights_file(folder, name)
+    if not file.is_file():
+        return None
+    state: Mapping[str, Any] = torch.load(file, map_location="cpu", weights_only=True)
+    return state
 
 
 def _atomic_write(path: Path, content: bytes) -> None:

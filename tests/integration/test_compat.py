@@ -74,3 +74,14 @@ def test_mlflow_client_registry_uri(tmp_path: Path) -> None:
 
     uri = f"sqlite:///{tmp_path}/m.db"
     assert client_registry_uri(MlflowClient(tracking_uri=uri, registry_uri=uri)) == uri
+
+
+def test_the_private_registry_helpers_the_gated_store_forwards_exist() -> None:
+    """MLflow's client calls these on an in-process registry store; if MLflow renames one,
+    the gated store would refuse the new name (fail closed) and this test says why."""
+    from mlflow.store.model_registry.abstract_store import AbstractStore
+
+    from privacy_gate.mlflow.registry_methods import FORWARDED_PRIVATE
+
+    for name in FORWARDED_PRIVATE:
+        assert callable(getattr(AbstractStore, name, None)), name

@@ -174,6 +174,24 @@ def test_cli_audit_runs_and_writes_the_report(
         ({"epochs": 3}, "Unknown key"),
         ({"model": "tests.integration.tiny_audit:no_such_factory"}, "Cannot import"),
         ({"recipe": {"optimizer": "lbfgs"}}, "optimizer"),
+        (
+            {
+                "mlflow": {
+                    "tracking_uri": "sqlite:///x.db",
+                    "registered_model": "m",
+                    "alias": "latest",
+                }
+            },
+            "MLflow reserves",
+        ),
+        (
+            {"mlflow": {"tracking_uri": "sqlite:///x.db", "alias": "champion"}},
+            "given with registered_model",
+        ),
+        (
+            {"mlflow": {"tracking_uri": "sqlite:///x.db", "registered_model": ""}},
+            "a non-empty string",
+        ),
     ],
 )
 def test_cli_audit_bad_config_exits_2(

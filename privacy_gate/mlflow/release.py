@@ -1,0 +1,148 @@
+"""The release path: the audited candidate logged as an MLflow model in the audit's run,
+registered as a version, and the protected alias asked of the gated registry.
+
+``privacy-gate audit`` with ``mlflow.registered_model`` (the main job) runs it. The alias
+is asked through the registry URI given: ``privacygate+sqlite:///...`` on a local store is
+the gated store in-process (the class ``mlflow server --registry-store-uri`` runs), so the
+answer is the registry's own: a signed, passing audit of this run and these weights, or a
+refusal with its reasons, recorded on the version as ``privacy_gate.*`` tags. Any other
+registry (a tracking server) is asked through `privacy_gate.mlflow.promote.promote`, which
+verifies the audit here first (``PRIVACY_GATE_PUBLIC_KEY``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from privacy_gate.mlflow.logging import experiment_id_for, log_report
+from privacy_gate.mlflow.promote import promote
+from privacy_gate.report_model import AuditReport
+
+__all__ = ["GATED_SCHEME", "ReleaseResult", "release_candidate"]
+
+GATED_SCHEME = "privacygate"
+"""Registry URIs of the gated store (`privacy_gate.mlflow.registry_store`) start so."""
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    """What the registry answered.
+
+    Attributes:
+        allowed: the alias was set.
+        refusal: the registry's reasons when it was not (None when allowed).
+        tags: the version's tags after the request (the verdict the registry recorded).
+    """
+
+    run_id: str
+    model_name: str
+    version: str
+    alias: str
+    allowed: bool
+    refusal: str | None
+    tags: Mapping[str, str]
+    registry_uri: str
+
+
+@contextlib.contextmanager
+def _tracking(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI for ``log_model`` (it logs into the active run), put
+    back afterwards."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(name)
+
+
+def _ask_for_alias(
+    registry: Any, name: str, version: str, alias: str, *, registry_uri: str
+) -> str | None:
+    """None when the alias was set, else the registry's (or the client check's) reasons."""
+    from mlflow.exceptions import MlflowException
+
+    if not registry_uri.startswith(GATED_SCHEME):
+        # a server: verified here first, as `privacy-gate promote` does (it may gate too)
+        result = promote(name, version, alias, client=registry)
+        return None if result.allowed else "; ".join(result.reasons)
+    try:  # the gated registry store itself decides
+        registry.set_registered_model_alias(name, alias, version)
+    except MlflowException as exc:
+        if exc.error_code != "PERMISSION_DENIED":
+            raise
+        return str(exc.message)
+    return None
+
+
+def release_candidate(
+    report: AuditReport,
+    model: Any,
+    input_example: Any,
+    *,
+    tracking_uri: str,
+    registry_uri: str,
+    registered_model: str,
+    alias: str = "champion",
+    experiment: str = "privacy-gate",
+    run_name: str | None = None,
+    out_dir: str | Path | None = None,
+) -> ReleaseResult:
+    """Log the audit and the candidate into a new run, register it, ask for ``alias``.
+
+    The audit is signed as `log_report` signs (``PRIVACY_GATE_SIGNING_KEY``); the gated
+    registry verifies it with ``PRIVACY_GATE_PUBLIC_KEY``. A refusal is a result, not an
+    error; a registry that cannot be reached raises MLflow's error.
+    """
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    # MLflow resolves a version's models:/ source through the global tracking URI too.
+    with _tracking(tracking_uri):
+        with mlflow.start_run(
+            experiment_id=experiment_id_for(client, experiment, tracking_uri), run_name=run_name
+        ) as run:
+            info = mlflow.pytorch.log_model(  # pt2 export: the server loads it without pickle
+                model, name="model", input_example=input_example, pip_requirements=["torch"]
+            )
+            log_report(report, run_id=run.info.run_id, out_dir=out_dir, client=client,
+                       model_sha256=report.audit.model_sha256)  # fmt: skip
+        run_id = str(run.info.run_id)
+        registry = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+        _ensure_registered_model(registry, registered_model)
+        version = registry.create_model_version(
+            registered_model, info.model_uri, run_id=run_id, model_id=info.model_id
+        )
+        refusal = _ask_for_alias(
+            registry, registered_model, str(version.version), alias, registry_uri=registry_uri
+        )
+        tags = registry.get_model_version(registered_model, version.version).tags
+    return ReleaseResult(
+        run_id=run_id,
+        model_name=registered_model,
+        version=str(version.version),
+        alias=alias,
+        allowed=refusal is None,
+        refusal=refusal,
+        tags=dict(tags),
+        registry_uri=registry_uri,
+    )
