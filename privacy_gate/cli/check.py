@@ -17,13 +17,14 @@ from privacy_gate.cli.common import (
     gate_outcome,
     print_decision,
     resolve_tracking_uri,
+    write_pages,
 )
 from privacy_gate.comparison import AuditComparison, compare_reports
 from privacy_gate.config import default_config
 from privacy_gate.errors import InputError, OutdatedReportError
 from privacy_gate.gate import Status
 from privacy_gate.pipeline import check_report
-from privacy_gate.render.comparison import comparison_lines, comparison_section
+from privacy_gate.render.comparison import comparison_lines
 from privacy_gate.report import REPORT_FILE, load_report, read_audit_report, write_json
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -269,25 +270,6 @@ def _against_champion(
     return diff
 
 
-def _write_pages(out: Path, outcome: github.Outcome) -> None:
-    """report.md and report.html of the verified audit, with the comparison if any."""
-    from privacy_gate.render import render_html, render_markdown, render_plots
-
-    report = outcome.report
-    if report is None:
-        return
-    blocks = (
-        comparison_section(outcome.comparison, before=outcome.against)
-        if outcome.comparison is not None
-        else []
-    )
-    images = render_plots(report, out)
-    (out / "report.md").write_text(
-        render_markdown(report, {k: p.name for k, p in images.items()}, blocks), "utf-8"
-    )
-    (out / "report.html").write_text(render_html(report, images, blocks), "utf-8")
-
-
 def run_check(args: argparse.Namespace) -> github.Outcome:
     """``privacy-gate check``: a report file, or the signed audit of an MLflow run/version."""
     source = _check_source(args)
@@ -393,6 +375,6 @@ def run_check(args: argparse.Namespace) -> github.Outcome:
         comparison=comparison,
         against=args.against_alias or "champion",
     )
-    if args.out is not None:
-        _write_pages(args.out, outcome)
+    if args.out is not None and outcome.report is not None:
+        write_pages(args.out, outcome.report, outcome.comparison, outcome.against)
     return outcome

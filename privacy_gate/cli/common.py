@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from privacy_gate import github
+from privacy_gate.comparison import AuditComparison
 from privacy_gate.errors import InputError
 from privacy_gate.gate import Decision, Status
+from privacy_gate.render.comparison import comparison_section
 from privacy_gate.render.formatting import fmt_auc
 from privacy_gate.render.recommendation import recommendation_lines
 from privacy_gate.report_model import AuditReport
@@ -115,3 +117,18 @@ def gate_handler(
         return outcome.status.exit_code
 
     return handle
+
+
+def write_pages(
+    out: Path, report: AuditReport, comparison: AuditComparison | None, against: str
+) -> None:
+    """report.md, report.html and the plots of ``report`` in ``out``, with the comparison
+    against ``against`` (the champion) after the key figures when there is one."""
+    from privacy_gate.render import render_html, render_markdown, render_plots
+
+    blocks = comparison_section(comparison, before=against) if comparison is not None else []
+    images = render_plots(report, out)
+    (out / "report.md").write_text(
+        render_markdown(report, {k: p.name for k, p in images.items()}, blocks), "utf-8"
+    )
+    (out / "report.html").write_text(render_html(report, images, blocks), "utf-8")

@@ -18,11 +18,13 @@ from privacy_gate.cli.common import (
     gate_outcome,
     print_decision,
     print_summary,
+    write_pages,
 )
 from privacy_gate.config import default_config
 from privacy_gate.errors import InputError
 from privacy_gate.gate import Status
 from privacy_gate.pipeline import AuditResult, score
+from privacy_gate.render.comparison import comparison_lines
 from privacy_gate.render.recommendation import recommendation_lines
 from privacy_gate.report import REPORT_FILE
 
@@ -82,12 +84,28 @@ def _release(
     """The release path of an audit.yaml with ``mlflow.registered_model``: log the run
     with the candidate as its model, register a version, ask the gated registry for the
     alias; print what it answered."""
-    from privacy_gate.mlflow.release import release_candidate
+    from privacy_gate.mlflow.release import champion_comparison, release_candidate
     from privacy_gate.training.job import release_model
 
     target = job.mlflow
     assert target is not None and target.registered_model is not None
     model, example = release_model(job, result.report, out)
+    comparison, why_not = champion_comparison(
+        result.report,
+        tracking_uri=target.tracking_uri,
+        registry_uri=target.gated_registry_uri,
+        registered_model=target.registered_model,
+        alias=target.alias,
+    )
+    if comparison is None:
+        if not args.quiet:
+            print(f"Nothing to compare with: {why_not}.")
+    else:
+        if not args.quiet:
+            for line in comparison_lines(comparison, before=target.alias, after="this candidate"):
+                print(line)
+        if not args.no_plots:  # the pages logged with the run show it too
+            write_pages(out, result.report, comparison, target.alias)
     released = release_candidate(
         result.report,
         model,
@@ -99,6 +117,7 @@ def _release(
         experiment=target.experiment,
         run_name=target.run_name,
         out_dir=out,
+        comparison=comparison,
     )
     name, version, alias = released.model_name, released.version, released.alias
     if released.allowed:

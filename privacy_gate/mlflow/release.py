@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from privacy_gate.mlflow.logging import experiment_id_for, log_report
+from privacy_gate.comparison import AuditComparison, PoolMismatchError, compare_reports
+from privacy_gate.mlflow.logging import experiment_id_for, log_comparison, log_report
 from privacy_gate.mlflow.promote import promote
+from privacy_gate.report import read_audit_report
 from privacy_gate.report_model import AuditReport
+from privacy_gate.signing import public_key_from_environment
 
-__all__ = ["GATED_SCHEME", "ReleaseResult", "release_candidate"]
+__all__ = ["GATED_SCHEME", "ReleaseResult", "champion_comparison", "release_candidate"]
 
 GATED_SCHEME = "privacygate"
 """Registry URIs of the gated store (`privacy_gate.mlflow.registry_store`) start so."""
@@ -46,6 +49,7 @@ class ReleaseResult:
     refusal: str | None
     tags: Mapping[str, str]
     registry_uri: str
+    comparison: AuditComparison | None = None
 
 
 @contextlib.contextmanager
@@ -71,6 +75,49 @@ def _ensure_registered_model(client: Any, name: str) -> None:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         client.create_registered_model(name)
+
+
+def champion_comparison(
+    report: AuditReport,
+    *,
+    tracking_uri: str,
+    registry_uri: str,
+    registered_model: str,
+    alias: str = "champion",
+) -> tuple[AuditComparison | None, str | None]:
+    """The candidate's audit against the signed audit of the version holding ``alias``;
+    ``(None, why)`` when there is none to compare with (no such version yet, no public key
+    to verify it, an audit not accepted, another pool)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from privacy_gate.mlflow.fetch import fetch_alias_audit
+
+    public_key = public_key_from_environment()
+    if public_key is None:
+        return (
+            None,
+            f"PRIVACY_GATE_PUBLIC_KEY is not set, so the {alias}'s audit cannot be verified",
+        )
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    with _tracking(tracking_uri):
+        try:
+            client.get_registered_model(registered_model)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return None, f"{registered_model!r} has no versions yet"
+        champion = fetch_alias_audit(registered_model, alias, public_key=public_key, client=client)
+    if champion is None:
+        return None, f"no version of {registered_model!r} holds the alias {alias!r} yet"
+    if champion.refusals or champion.report is None:
+        reasons = "; ".join(champion.refusals or ["no privacy audit was found"])
+        return None, f"the {alias}'s audit ({champion.source}) is not accepted: {reasons}"
+    before = read_audit_report(champion.report, source=f"The audit of {champion.source}")
+    try:
+        return compare_reports(before, report), None
+    except PoolMismatchError as exc:
+        return None, str(exc)
 
 
 def _ask_for_alias(
@@ -104,12 +151,14 @@ def release_candidate(
     experiment: str = "privacy-gate",
     run_name: str | None = None,
     out_dir: str | Path | None = None,
+    comparison: AuditComparison | None = None,
 ) -> ReleaseResult:
     """Log the audit and the candidate into a new run, register it, ask for ``alias``.
 
     The audit is signed as `log_report` signs (``PRIVACY_GATE_SIGNING_KEY``); the gated
     registry verifies it with ``PRIVACY_GATE_PUBLIC_KEY``. A refusal is a result, not an
-    error; a registry that cannot be reached raises MLflow's error.
+    error; a registry that cannot be reached raises MLflow's error. ``comparison`` (with
+    the champion) is logged as ``privacy_gate/vs_<alias>/...`` metrics of the run.
     """
     import mlflow
     import mlflow.pytorch
@@ -126,6 +175,8 @@ def release_candidate(
             )
             log_report(report, run_id=run.info.run_id, out_dir=out_dir, client=client,
                        model_sha256=report.audit.model_sha256)  # fmt: skip
+            if comparison is not None:  # against the champion (`champion_comparison`)
+                log_comparison(client, run.info.run_id, comparison, alias)
         run_id = str(run.info.run_id)
         registry = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
         _ensure_registered_model(registry, registered_model)
@@ -145,4 +196,5 @@ def release_candidate(
         refusal=refusal,
         tags=dict(tags),
         registry_uri=registry_uri,
+        comparison=comparison,
     )

@@ -28,14 +28,14 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).parent / "privacy-gate"
 
 
-def _job(tmp_path: Path, gate: dict[str, Any]) -> Path:
+def _job(tmp_path: Path, gate: dict[str, Any], name: str = "audit") -> Path:
     job: dict[str, Any] = {
         "model": "tests.integration.tiny_audit:make_model",
         "data": "tests.integration.tiny_audit:load_data",
         "recipe": {"epochs": 2, "batch_size": 16, "learning_rate": 0.01},
         "reference_models": 4,
         "backend": "sequential",
-        "out": str(tmp_path / "out"),
+        "out": str(tmp_path / f"out-{name}"),
         "policy": {"gate": gate},
         "mlflow": {
             "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -43,7 +43,7 @@ def _job(tmp_path: Path, gate: dict[str, Any]) -> Path:
             "registered_model": "tiny",
         },
     }
-    path = tmp_path / "audit.yaml"
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(job), "utf-8")
     return path
 
@@ -53,6 +53,7 @@ def keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_keypair(tmp_path / "audit.pem", tmp_path / "audit.pub.pem")
     monkeypatch.setenv("PRIVACY_GATE_SIGNING_KEY", str(tmp_path / "audit.pem"))
     monkeypatch.setenv("PRIVACY_GATE_PUBLIC_KEY", str(tmp_path / "audit.pub.pem"))
+    monkeypatch.setenv("PRIVACY_GATE_PSEUDONYM_KEY", "one key for every audit of the pool")
     monkeypatch.chdir(REPO)  # the job's model and data are tests.integration.tiny_audit
     return tmp_path
 
@@ -92,6 +93,30 @@ def test_a_failing_audit_is_refused_with_its_reasons(
     assert version.tags["privacy_gate.status"] == "refused"
     assert "the audit did not pass" in version.tags["privacy_gate.refusal"]
     assert "champion" not in client.get_registered_model("tiny").aliases
+
+
+def test_a_later_candidate_is_compared_with_the_champion(
+    keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = _job(keys, {"max_patient_auc": 1.0}, "first")
+    assert main(["audit", "--config", str(first), "--no-plots"]) == 0
+    assert "Nothing to compare with: 'tiny' has no versions yet." in capsys.readouterr().out
+    config = _job(keys, {"max_patient_auc": 0.5}, "second")
+    assert main(["audit", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "privacy-gate diff: this candidate against champion (same pool, data_sha256" in out
+    uri = f"sqlite:///{keys / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    second = client.get_model_version("tiny", "2")
+    metrics = client.get_run(second.run_id).data.metrics
+    # the same data, model and recipe: the same reference models, the same figures
+    assert metrics["privacy_gate/vs_champion/worst_patient_auc_change"] == 0.0
+    assert metrics["privacy_gate/vs_champion/newly_at_risk"] == 0.0
+    page = (keys / "out-second" / "report.md").read_text("utf-8")
+    assert "## Against the champion" in page
+    logged = client.download_artifacts(second.run_id, "privacy_gate/report.md", str(keys))
+    assert "## Against the champion" in Path(logged).read_text("utf-8")
+    assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
 
 
 def test_an_unsigned_passing_audit_is_not_released(
