@@ -82,7 +82,12 @@ def _patients(diff: AuditComparison) -> list[Block]:
 def _significance(before: bool, after: bool) -> str:
     if before == after:
         return "yes" if after else "no"
-    return "newly significant" if after else "no longer significant"
+    return "newly" if after else "no longer"
+
+
+def _points(change: float | None) -> str:
+    """A change of a share, in percentage points."""
+    return "n/a" if change is None else f"{change * 100:+.1f} pts"
 
 
 def _subgroups(diff: AuditComparison) -> list[Block]:
@@ -99,7 +104,7 @@ def _subgroups(diff: AuditComparison) -> list[Block]:
             s.group,
             fmt_percent(s.tail_rate.before),
             fmt_percent(s.tail_rate.after),
-            fmt_percent(s.tail_rate.change, signed=True),
+            _points(s.tail_rate.change),
             fmt_float(s.relative_change.after, 2),
             _significance(s.significant_before, s.significant_after),
         )
@@ -114,16 +119,20 @@ def _subgroups(diff: AuditComparison) -> list[Block]:
 
 
 def comparison_section(
-    diff: AuditComparison, *, before: str = "champion", after: str = "candidate", level: int = 2
+    diff: AuditComparison,
+    *,
+    before: str = "champion",
+    after: str = "candidate",
+    heading: str | None = None,
 ) -> list[Block]:
-    """The comparison, under the heading "Against the <before>"."""
+    """The comparison, under ``heading`` (default "Against the <before>")."""
     digest_name, digest = diff.pool
     return [
-        Heading(f"Against the {before}", level),
+        Heading(heading or f"Against the {before}", 2),
         Paragraph(
             (f"Both audits are of the same pool ({digest_name} ", Code(digest[:16]), ")."),
         ),
-        _figures(diff, before.capitalize(), after.capitalize()),
+        _figures(diff, before, after),
         *_patients(diff),
         *_subgroups(diff),
     ]
@@ -133,7 +142,7 @@ def comparison_document(diff: AuditComparison, *, before: str, after: str) -> Do
     """The page ``privacy-gate diff --out`` writes (Markdown and HTML)."""
     return Document(
         title=f"Privacy audit comparison: {after} against {before}",
-        blocks=tuple(comparison_section(diff, before=before, after=after)),
+        blocks=tuple(comparison_section(diff, before=before, after=after, heading="What changed")),
     )
 
 

@@ -191,9 +191,10 @@ def test_diff_command_prints_and_writes_the_comparison(
     assert data["no_longer_at_risk"] == [_key(0)]
     assert data["patients_at_risk"] == {"before": 3, "after": 4, "change": 1}
     markdown = (out / "comparison.md").read_text("utf-8")
-    assert "## Against the " in markdown and f"`{_key(0)}`" in markdown
+    assert "## What changed" in markdown and f"`{_key(0)}`" in markdown
+    assert "/champion.json | " in markdown  # the column is the file, as given
     html = (out / "comparison.html").read_text("utf-8")
-    assert "<h2>Against the " in html and _key(3) in html
+    assert "<h2>What changed</h2>" in html and _key(3) in html
 
 
 def test_diff_command_refuses_other_pools(
