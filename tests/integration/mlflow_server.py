@@ -69,6 +69,13 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _workers_started(log_path: Path, offset: int) -> int:
+    """uvicorn workers that finished start-up, in the log from ``offset`` (bytes) on."""
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        return log.read().count(b"Application startup complete")
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """Terminate the server's whole process group (its workers too), then kill it."""
     if process.poll() is not None:
@@ -125,6 +132,7 @@ def start_mlflow_server(
     for _attempt in range(3):  # the free port may be taken between probe and bind
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        offset = log_path.stat().st_size if log_path.exists() else 0
         with log_path.open("ab") as log:
             log.write(f"$ {' '.join(command)} --port {port}\n".encode())
             log.flush()
@@ -141,6 +149,13 @@ def start_mlflow_server(
             time.sleep(0.25)
         if process.poll() is None and _healthy(url):
             failure = ""
+            # /health answers once one worker serves; wait (within the same limit) for all.
+            while (
+                workers > 1
+                and time.monotonic() < deadline
+                and _workers_started(log_path, offset) < workers
+            ):
+                time.sleep(0.25)
             break
         failure = (
             f"exited with code {process.returncode}"
