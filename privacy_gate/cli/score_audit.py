@@ -167,6 +167,7 @@ def _audit(args: argparse.Namespace) -> github.Outcome:
     if job.mlflow is None or job.mlflow.registered_model is None:
         return outcome
     released = _release(args, job, result, out)
+    outcome = replace(outcome, comparison=released.comparison, against=released.alias)
     if released.allowed or outcome.status is not Status.PASS:
         return outcome
     # The gate passed, the registry did not (e.g. an unsigned audit): not released.

@@ -13,6 +13,7 @@ verifies the audit here first (``PRIVACY_GATE_PUBLIC_KEY``).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,24 @@ def _tracking(uri: str) -> Iterator[None]:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+class _DropRefusals(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("privacy-gate registry store refused")
+
+
+@contextlib.contextmanager
+def _quiet_refusals() -> Iterator[None]:
+    """The in-process store logs each refusal at ERROR for a server's operators; here the
+    refusal is the answer, printed by the caller, so that log line is left out."""
+    store_log = logging.getLogger("privacy_gate.mlflow.registry_store")
+    drop = _DropRefusals()
+    store_log.addFilter(drop)
+    try:
+        yield
+    finally:
+        store_log.removeFilter(drop)
 
 
 def _ensure_registered_model(client: Any, name: str) -> None:
@@ -130,8 +149,9 @@ def _ask_for_alias(
         # a server: verified here first, as `privacy-gate promote` does (it may gate too)
         result = promote(name, version, alias, client=registry)
         return None if result.allowed else "; ".join(result.reasons)
-    try:  # the gated registry store itself decides
-        registry.set_registered_model_alias(name, alias, version)
+    try:  # the gated registry store itself decides (in-process: the caller prints why)
+        with _quiet_refusals():
+            registry.set_registered_model_alias(name, alias, version)
     except MlflowException as exc:
         if exc.error_code != "PERMISSION_DENIED":
             raise

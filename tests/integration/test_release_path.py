@@ -80,10 +80,12 @@ def test_a_passing_signed_audit_is_promoted(keys: Path, capsys: pytest.CaptureFi
 
 
 def test_a_failing_audit_is_refused_with_its_reasons(
-    keys: Path, capsys: pytest.CaptureFixture[str]
+    keys: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     code = main(["audit", "--config", str(_job(keys, {"max_patient_auc": 0.5})), "--no-plots"])
     out = capsys.readouterr().out
+    # printed once, as the answer; not also logged at ERROR as a server operator's line
+    assert not [r for r in caplog.records if "registry store refused" in r.getMessage()]
     assert code == 1, out
     assert "to 'champion' REFUSED by the registry" in out
     assert "the audit did not pass" in out and "max_patient_auc" in out
@@ -96,14 +98,18 @@ def test_a_failing_audit_is_refused_with_its_reasons(
 
 
 def test_a_later_candidate_is_compared_with_the_champion(
-    keys: Path, capsys: pytest.CaptureFixture[str]
+    keys: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     first = _job(keys, {"max_patient_auc": 1.0}, "first")
     assert main(["audit", "--config", str(first), "--no-plots"]) == 0
     assert "Nothing to compare with: 'tiny' has no versions yet." in capsys.readouterr().out
     config = _job(keys, {"max_patient_auc": 0.5}, "second")
-    assert main(["audit", "--config", str(config)]) == 1
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(keys / "summary.md"))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(keys / "outputs"))
+    assert main(["audit", "--config", str(config), "--github"]) == 1
     out = capsys.readouterr().out
+    summary = (keys / "summary.md").read_text("utf-8")
+    assert summary.index("### Key figures") < summary.index("### Against the champion")
     assert "privacy-gate diff: this candidate against champion (same pool, data_sha256" in out
     uri = f"sqlite:///{keys / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
