@@ -68,8 +68,17 @@ SUMMARY_VARIABLE = "GITHUB_STEP_SUMMARY"
 """The file the job summary (Markdown) is appended to."""
 OUTPUT_VARIABLE = "GITHUB_OUTPUT"
 """The file step outputs are appended to."""
-OUTPUT_NAMES = ("status", "patient_auc_max", "patients_at_risk", "report_path", "violations")
-"""Step outputs, always all written (empty when unknown)."""
+OUTPUT_NAMES = (
+    "status",
+    "patient_auc_max",
+    "patients_at_risk",
+    "report_path",
+    "violations",
+    "patients_at_risk_change",
+    "newly_at_risk",
+)
+"""Step outputs, always all written (empty when unknown; the last two only with a
+comparison against the champion, ``newly_at_risk`` only when patients could be matched)."""
 TOP_PATIENTS = 10
 """Rows of the most-exposed-patients table in the summary."""
 
@@ -202,15 +211,22 @@ def _number(value: float | None) -> str:
     return "" if value is None or not math.isfinite(value) else repr(value)
 
 
+def _count(value: float | None) -> str:
+    return "" if value is None else str(int(value))
+
+
 def output_values(outcome: Outcome) -> dict[str, str]:
     """The step outputs (`OUTPUT_NAMES`); a figure that is unknown is empty."""
     summary = None if outcome.report is None else outcome.report.summary
+    diff = outcome.comparison
     return {
         "status": outcome.status.value,
         "patient_auc_max": _number(None if summary is None else summary.patient_auc.max),
         "patients_at_risk": "" if summary is None else str(summary.patients_at_risk),
         "report_path": outcome.report_path or "",
         "violations": ",".join(dict.fromkeys(v.rule.value for v in _violations(outcome))),
+        "patients_at_risk_change": _count(diff.patients_at_risk.change if diff else None),
+        "newly_at_risk": str(len(diff.newly_at_risk)) if diff and diff.patients_matched else "",
     }
 
 

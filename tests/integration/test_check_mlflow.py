@@ -440,5 +440,10 @@ def test_github_action_against_the_champion(world: World, tmp_path: Path) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
     assert "--against-alias champion --against-model check-vs" in result.stdout
     summary = (tmp_path / "summary.md").read_text("utf-8")
+    outputs = parse_outputs((tmp_path / "output").read_text("utf-8"))
+    assert outputs["patients_at_risk_change"] == str(
+        world.passing["summary"]["patients_at_risk"] - 2  # the champion has 2 (p0, p1)
+    )
+    assert outputs["newly_at_risk"].isdigit()
     assert summary.index("### Key figures") < summary.index("### Against the champion")
     assert "Newly at risk:" in summary

@@ -145,6 +145,8 @@ def test_passing_score(dataset: Dataset, tmp_path: Path, write_config: Any) -> N
         "patients_at_risk": str(summary["patients_at_risk"]),
         "report_path": str(tmp_path / "out" / "report.json"),
         "violations": "",
+        "patients_at_risk_change": "",  # no comparison against a champion
+        "newly_at_risk": "",
     }
     assert float(run.outputs["patient_auc_max"]) == summary["patient_auc"]["max"]
     assert run.annotations[-1].startswith("::notice title=privacy-gate::PASS: worst patient AUC")
@@ -198,6 +200,8 @@ def test_erroring_check(tmp_path: Path) -> None:
         "patients_at_risk": "",
         "report_path": str(corrupt),
         "violations": "",
+        "patients_at_risk_change": "",
+        "newly_at_risk": "",
     }
     assert run.summary.startswith("## privacy-gate: ⚠️ ERROR\n")
     assert "not valid JSON" in run.summary

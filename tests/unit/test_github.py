@@ -185,6 +185,8 @@ def test_output_values_fail_and_error(failing: dict[str, Any]) -> None:
         "patients_at_risk": "",
         "report_path": "r.json",
         "violations": "",
+        "patients_at_risk_change": "",
+        "newly_at_risk": "",
     }
 
 
