@@ -172,15 +172,6 @@ def _tested_groups(report: AuditReport) -> dict[tuple[str, str], GroupResult]:
     }
 
 
-def _significant(result: GroupResult | None, alpha: float) -> bool:
-    """The gate's test: the stored Bonferroni-adjusted p below the policy's alpha."""
-    return (
-        result is not None
-        and result.p_value_adjusted is not None
-        and (result.p_value_adjusted < alpha)
-    )
-
-
 def _figure(result: GroupResult | None, name: str) -> float | None:
     value = getattr(result, name) if result is not None else None
     return None if value is None else float(value)
@@ -189,8 +180,12 @@ def _figure(result: GroupResult | None, name: str) -> float | None:
 def _subgroup_shifts(before: AuditReport, after: AuditReport) -> tuple[SubgroupShift, ...]:
     """Every group either audit tested, largest tail-rate change first."""
     old, new = _tested_groups(before), _tested_groups(after)
-    alpha_old = parse_config(before.audit.config, source="earlier audit's config")
-    alpha_new = parse_config(after.audit.config, source="later audit's config")
+    gate_old = parse_config(before.audit.config, source="earlier audit's config").gate
+    gate_new = parse_config(after.audit.config, source="later audit's config").gate
+
+    def significant(result: GroupResult | None, alpha: float, family: int) -> bool:
+        return result is not None and result.significant_at(alpha, family)
+
     shifts = []
     for column, group in sorted(old.keys() | new.keys()):
         a, b = old.get((column, group)), new.get((column, group))
@@ -205,8 +200,8 @@ def _subgroup_shifts(before: AuditReport, after: AuditReport) -> tuple[SubgroupS
                 max_patient_auc=Change(
                     _figure(a, "max_patient_auc"), _figure(b, "max_patient_auc")
                 ),
-                significant_before=_significant(a, alpha_old.gate.subgroup_alpha),
-                significant_after=_significant(b, alpha_new.gate.subgroup_alpha),
+                significant_before=significant(a, gate_old.subgroup_alpha, len(old)),
+                significant_after=significant(b, gate_new.subgroup_alpha, len(new)),
             )
         )
     return tuple(sorted(shifts, key=lambda s: -abs(s.tail_rate.change or 0.0)))

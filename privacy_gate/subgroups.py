@@ -71,6 +71,14 @@ class GroupResult:
     tail_rate: float | None
     max_patient_auc: float | None
 
+    def significant_at(self, alpha: float, n_tests: int) -> bool:
+        """Over-represented at family-wise ``alpha``: the stored Bonferroni-adjusted p (the
+        gate decides on it) below ``alpha``, else ``p * n_tests`` (all tested groups of all
+        columns) below it."""
+        if self.p_value_adjusted is not None:
+            return self.p_value_adjusted < alpha
+        return self.p_value is not None and self.p_value * max(n_tests, 1) < alpha
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "status": self.status.value,

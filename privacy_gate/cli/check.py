@@ -245,23 +245,18 @@ def _against_champion(
     args: argparse.Namespace, client: Any, public_key: Any, candidate: Any, run_id: str
 ) -> AuditComparison | None:
     """The comparison with the ALIAS's audit; None (said why) when there is none to use."""
-    from privacy_gate.mlflow.fetch import fetch_alias_audit
+    from privacy_gate.mlflow.fetch import verified_alias_report
     from privacy_gate.mlflow.logging import log_comparison
 
     alias = args.against_alias
     name = args.against_model or args.model
-    champion = fetch_alias_audit(name, alias, public_key=public_key, client=client)
-    if champion is None:
-        print(f"No version of {name!r} holds the alias {alias!r}: nothing to compare with.")
+    before, source = verified_alias_report(name, alias, public_key=public_key, client=client)
+    if before is None:  # source says why
+        print(f"{source[:1].upper()}{source[1:]}: nothing to compare with.")
         return None
-    if champion.refusals or champion.report is None:
-        reasons = "; ".join(champion.refusals or ["no privacy audit was found"])
-        print(f"warning: the {alias} ({champion.source}) cannot be compared with: {reasons}")
-        return None
-    before = read_audit_report(champion.report, source=f"The audit of {champion.source}")
     diff = compare_reports(before, candidate)
     if not args.quiet:
-        for line in comparison_lines(diff, before=f"{alias} ({champion.source})", after=run_id):
+        for line in comparison_lines(diff, before=f"{alias} ({source})", after=run_id):
             print(line)
     try:
         log_comparison(client, run_id, diff, alias)

@@ -30,12 +30,13 @@ from privacy_gate.report import REPORT_FILE
 
 if TYPE_CHECKING:
     from privacy_gate.mlflow.release import ReleaseResult
+    from privacy_gate.training.data import AuditData
     from privacy_gate.training.job import AuditJob
 
 
-def run_audit_job(args: argparse.Namespace) -> tuple[AuditResult, Path, AuditJob]:
+def run_audit_job(args: argparse.Namespace) -> tuple[AuditResult, Path, AuditJob, AuditData]:
     try:
-        from privacy_gate.training.job import load_job, run_job
+        from privacy_gate.training.job import load_data, load_job, run_job
     except ImportError as exc:
         raise InputError(
             f"'privacy-gate audit' trains PyTorch models and needs torch ({exc}). "
@@ -46,7 +47,8 @@ def run_audit_job(args: argparse.Namespace) -> tuple[AuditResult, Path, AuditJob
         logging.getLogger("privacy_gate.adaptive").setLevel(logging.INFO)  # looks, rounds
     job = load_job(args.config)
     out = args.out or job.out or Path("out/audit")
-    result = run_job(job, out=out, raw_ids=args.raw_ids, plots=not args.no_plots)
+    data = load_data(job)
+    result = run_job(job, out=out, raw_ids=args.raw_ids, plots=not args.no_plots, data=data)
     if not args.quiet:
         print_summary(result.report, out, plots=not args.no_plots)
     if job.mlflow is not None and job.mlflow.registered_model is None:
@@ -69,7 +71,7 @@ def run_audit_job(args: argparse.Namespace) -> tuple[AuditResult, Path, AuditJob
                 f"Logged to MLflow run {run_id} (experiment {job.mlflow.experiment!r}). "
                 f"Open the UI: mlflow ui --backend-store-uri {job.mlflow.tracking_uri}"
             )
-    return result, out, job
+    return result, out, job, data
 
 
 def _tag_line(tags: Mapping[str, str]) -> str:
@@ -79,7 +81,7 @@ def _tag_line(tags: Mapping[str, str]) -> str:
 
 
 def _release(
-    args: argparse.Namespace, job: AuditJob, result: AuditResult, out: Path
+    args: argparse.Namespace, job: AuditJob, data: AuditData, result: AuditResult, out: Path
 ) -> ReleaseResult:
     """The release path of an audit.yaml with ``mlflow.registered_model``: log the run
     with the candidate as its model, register a version, ask the gated registry for the
@@ -89,7 +91,7 @@ def _release(
 
     target = job.mlflow
     assert target is not None and target.registered_model is not None
-    model, example = release_model(job, result.report, out)
+    model, example = release_model(job, result.report, out, data)
     comparison, why_not = champion_comparison(
         result.report,
         tracking_uri=target.tracking_uri,
@@ -162,11 +164,11 @@ def _score(args: argparse.Namespace) -> github.Outcome:
 
 
 def _audit(args: argparse.Namespace) -> github.Outcome:
-    result, out, job = run_audit_job(args)
+    result, out, job, data = run_audit_job(args)
     outcome = _decided(args, result, out)
     if job.mlflow is None or job.mlflow.registered_model is None:
         return outcome
-    released = _release(args, job, result, out)
+    released = _release(args, job, data, result, out)
     outcome = replace(outcome, comparison=released.comparison, against=released.alias)
     if released.allowed or outcome.status is not Status.PASS:
         return outcome

@@ -26,6 +26,8 @@ from privacy_gate.mlflow.promote import (
     registry_errors,
 )
 from privacy_gate.mlflow.verification import audit_refusals
+from privacy_gate.report import read_audit_report
+from privacy_gate.report_model import AuditReport
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -37,6 +39,7 @@ __all__ = [
     "fetch_alias_audit",
     "fetch_model_version_audit",
     "fetch_run_audit",
+    "verified_alias_report",
 ]
 
 _HINT = "check the tracking URI (--tracking-uri or MLFLOW_TRACKING_URI)"
@@ -156,3 +159,19 @@ def fetch_alias_audit(
     return fetch_model_version_audit(
         name, str(version.version), public_key=public_key, client=client
     )
+
+
+def verified_alias_report(
+    name: str, alias: str, *, public_key: Ed25519PublicKey, client: MlflowClient
+) -> tuple[AuditReport | None, str]:
+    """The typed, verified audit of the version of ``name`` holding ``alias`` and where it
+    came from; ``(None, why)`` when there is none to compare with (no version holds the
+    alias, or its audit is not accepted). Raises as `fetch_alias_audit`."""
+    champion = fetch_alias_audit(name, alias, public_key=public_key, client=client)
+    if champion is None:
+        return None, f"no version of {name!r} holds the alias {alias!r}"
+    if champion.refusals or champion.report is None:
+        reasons = "; ".join(champion.refusals or ["no privacy audit was found"])
+        return None, f"the {alias}'s audit ({champion.source}) is not accepted: {reasons}"
+    source = f"The audit of {champion.source}"
+    return read_audit_report(champion.report, source=source), champion.source

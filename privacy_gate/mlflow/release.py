@@ -22,7 +22,6 @@ from typing import Any
 from privacy_gate.comparison import AuditComparison, PoolMismatchError, compare_reports
 from privacy_gate.mlflow.logging import experiment_id_for, log_comparison, log_report
 from privacy_gate.mlflow.promote import promote
-from privacy_gate.report import read_audit_report
 from privacy_gate.report_model import AuditReport
 from privacy_gate.signing import public_key_from_environment
 
@@ -110,7 +109,7 @@ def champion_comparison(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from privacy_gate.mlflow.fetch import fetch_alias_audit
+    from privacy_gate.mlflow.fetch import verified_alias_report
 
     public_key = public_key_from_environment()
     if public_key is None:
@@ -126,13 +125,11 @@ def champion_comparison(
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
             return None, f"{registered_model!r} has no versions yet"
-        champion = fetch_alias_audit(registered_model, alias, public_key=public_key, client=client)
-    if champion is None:
-        return None, f"no version of {registered_model!r} holds the alias {alias!r} yet"
-    if champion.refusals or champion.report is None:
-        reasons = "; ".join(champion.refusals or ["no privacy audit was found"])
-        return None, f"the {alias}'s audit ({champion.source}) is not accepted: {reasons}"
-    before = read_audit_report(champion.report, source=f"The audit of {champion.source}")
+        before, why_not = verified_alias_report(
+            registered_model, alias, public_key=public_key, client=client
+        )
+    if before is None:
+        return None, why_not
     try:
         return compare_reports(before, report), None
     except PoolMismatchError as exc:

@@ -77,11 +77,6 @@ def tested_rows(report: AuditReport) -> list[GroupRow]:
 
 
 def is_significant(row: GroupRow, n_tests: int, alpha: float) -> bool:
-    """Bonferroni over all tested groups of all columns: ``p * n_tests < alpha``.
-
-    The adjusted p-value the audit stored is used when present (the gate decides on it).
-    """
-    group = row.group
-    if group.p_value_adjusted is not None:
-        return group.p_value_adjusted < alpha
-    return group.p_value is not None and group.p_value * max(n_tests, 1) < alpha
+    """Bonferroni over all tested groups of all columns: ``p * n_tests < alpha``
+    (`GroupResult.significant_at`: the adjusted p-value the audit stored when present)."""
+    return row.group.significant_at(alpha, n_tests)

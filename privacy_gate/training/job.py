@@ -41,7 +41,16 @@ from privacy_gate.training.recipe import Recipe, parse_recipe
 from privacy_gate.training.steps import ModelFactory
 from privacy_gate.training.weights import weights_sha256
 
-__all__ = ["AuditJob", "MlflowTarget", "load_job", "release_model", "resolve", "run_job"]
+__all__ = [
+    "AuditJob",
+    "MlflowTarget",
+    "job_factory",
+    "load_data",
+    "load_job",
+    "release_model",
+    "resolve",
+    "run_job",
+]
 
 _KEYS = (
     "model",
@@ -292,29 +301,51 @@ def load_job(path: str | Path) -> AuditJob:
     return parse_job(read_config_yaml(path), base=Path(path).parent)
 
 
-def run_job(
-    job: AuditJob, *, out: Path | None = None, raw_ids: bool = False, plots: bool = True
-) -> AuditResult:
-    """Load the data, build the factory, run the audit and write the report."""
-    factory: ModelFactory = functools.partial(resolve(job.model, "model"), **job.model_args)
+def job_factory(job: AuditJob) -> ModelFactory:
+    """The model factory the job names, with its ``model_args``."""
+    return functools.partial(resolve(job.model, "model"), **job.model_args)
+
+
+def load_data(job: AuditJob) -> AuditData:
+    """The audit pool from the job's data loader (loaded once: `run_job` and
+    `release_model` both take it)."""
     data = resolve(job.data, "data")(**job.data_args)
     if not isinstance(data, AuditData):
         raise ConfigError(
             f"The data loader {job.data!r} must return "
             f"privacy_gate.training.AuditData. Got {type(data).__name__}."
         )
-    candidate = None
-    if job.candidate is not None:
-        candidate = factory()
-        try:
-            state = torch.load(job.candidate, map_location="cpu", weights_only=True)
-            candidate.load_state_dict(state)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise ConfigError(
-                f"Cannot load the candidate weights {str(job.candidate)!r}: "
-                f"{exc}. HINT: save them with torch.save(model.state_dict(), "
-                "path)."
-            ) from None
+    return data
+
+
+def _given_candidate(job: AuditJob, factory: ModelFactory) -> nn.Module:
+    """A model with the weights of the job's ``candidate`` file."""
+    assert job.candidate is not None
+    candidate = factory()
+    try:
+        state = torch.load(job.candidate, map_location="cpu", weights_only=True)
+        candidate.load_state_dict(state)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError(
+            f"Cannot load the candidate weights {str(job.candidate)!r}: "
+            f"{exc}. HINT: save them with torch.save(model.state_dict(), "
+            "path)."
+        ) from None
+    return candidate
+
+
+def run_job(
+    job: AuditJob,
+    *,
+    out: Path | None = None,
+    raw_ids: bool = False,
+    plots: bool = True,
+    data: AuditData | None = None,
+) -> AuditResult:
+    """Build the factory, load the data (unless given), run the audit, write the report."""
+    factory = job_factory(job)
+    data = load_data(job) if data is None else data
+    candidate = _given_candidate(job, factory) if job.candidate is not None else None
     destination = out or job.out or Path("out/audit")
     return run_audit(
         factory,
@@ -333,24 +364,26 @@ def run_job(
     )
 
 
-def release_model(job: AuditJob, report: AuditReport, out: Path) -> tuple[nn.Module, np.ndarray]:
+def release_model(
+    job: AuditJob, report: AuditReport, out: Path, data: AuditData
+) -> tuple[nn.Module, np.ndarray]:
     """The audited candidate, rebuilt for its release (MLflow model logging), and one pool
-    input as its example: the given weights (``candidate``) or those the audit trained and
-    stored. Its weights digest must be the report's: a stale store is an error, never a
-    model released under another model's audit."""
-    factory = functools.partial(resolve(job.model, "model"), **job.model_args)
-    model = factory()
+    input of ``data`` (the audit's) as its example: the given weights (``candidate``) or
+    those the audit trained and stored. Its weights digest must be the report's: a stale
+    store is an error, never a model released under another model's audit."""
+    factory = job_factory(job)
     if job.candidate is not None:
-        state = torch.load(job.candidate, map_location="cpu", weights_only=True)
+        model = _given_candidate(job, factory)
     else:
         state = trained_candidate_state(out, report)
-    if state is None:
-        raise ConfigError(
-            f"The audit's candidate weights are not in {str(store_root(out))!r}, so the "
-            "candidate cannot be registered. HINT: run the audit again with the same 'out', "
-            "or give the trained weights as 'candidate'."
-        )
-    model.load_state_dict(state)
+        if state is None:
+            raise ConfigError(
+                f"The audit's candidate weights are not in {str(store_root(out))!r}, so the "
+                "candidate cannot be registered. HINT: run the audit again with the same "
+                "'out', or give the trained weights as 'candidate'."
+            )
+        model = factory()
+        model.load_state_dict(state)
     model.eval()
     digest = weights_sha256(model)
     if digest != report.audit.model_sha256:
@@ -359,6 +392,5 @@ def release_model(job: AuditJob, report: AuditReport, out: Path) -> tuple[nn.Mod
             f"{report.audit.model_sha256}: they are not the audited model. HINT: run the "
             "audit again."
         )
-    data = resolve(job.data, "data")(**job.data_args)
     inputs, _ = data.pool()
     return model, inputs[:1].detach().cpu().numpy()
