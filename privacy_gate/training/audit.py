@@ -108,6 +108,10 @@ def keeps_user_rng(function: Callable[P, R]) -> Callable[P, R]:
     return kept
 
 
+TRAINED_BY_AUDIT = "trained by audit"
+"""``training.candidate`` of an audit that trained the candidate itself (and stored it)."""
+
+
 def store_root(out: Path | None) -> Path:
     """Where an audit writing to ``out`` keeps its finished models' scores."""
     return out / ".privacy_gate_cache" if out is not None else default_cache_root()
@@ -117,7 +121,7 @@ def trained_candidate_state(out: Path | None, report: AuditReport) -> Mapping[st
     """The state dict of the candidate the audit of ``report`` trained (None when it was
     given, or its store holds none)."""
     training = report.audit.training
-    if training is None or training.candidate != "trained by audit":
+    if training is None or training.candidate != TRAINED_BY_AUDIT:
         return None
     return load_weights(folder_of(store_root(out), training.cache_key), "candidate")
 
@@ -253,7 +257,7 @@ def run_audit(
             **training,
             "recipe": recipe.to_dict(),
             "model": identity["factory"],
-            "candidate": "given" if candidate is not None else "trained by audit",
+            "candidate": "given" if candidate is not None else TRAINED_BY_AUDIT,
             "cache_key": store.key,
         },
     }
