@@ -372,8 +372,13 @@ class PrivacyGateRegistryStore:
             },
         )
         if REFUSAL_TAG in self._inner.get_model_version(name=name, version=version).tags:
-            with self._internal():
-                self._inner.delete_model_version_tag(name=name, version=version, key=REFUSAL_TAG)
+            try:  # after the alias was set: a failure (a concurrent pass) is only logged
+                with self._internal():
+                    self._inner.delete_model_version_tag(
+                        name=name, version=version, key=REFUSAL_TAG
+                    )
+            except MlflowException as exc:
+                _LOG.warning("stale refusal tag of %r version %s kept: %s", name, version, exc)
 
     def _verified_or_refused(self, name: str, version: Any, target: str) -> dict[str, Any]:
         """`_require_passing_audit`; a refusal is recorded on the version before it is
