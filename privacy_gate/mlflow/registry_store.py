@@ -131,6 +131,8 @@ POLICY_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_PROMOTION_POLICY_SHA256"
 DEFAULT_PROTECTED_ALIASES = ("champion", "production")
 PROTECTED_STAGES = ("staging", "production")
 PROTECTED_TAG_PREFIX = "privacy_gate."
+REFUSAL_LOG = "privacy-gate registry store refused: %s"
+"""The ERROR log line of each refusal (for a server's operators)."""
 VERIFIED_BY_TAG = "privacy_gate.verified_by"
 VERIFIED_BY = "registry-store"
 
@@ -176,7 +178,7 @@ def _invalid(message: str) -> MlflowException:
 
 
 def _denied(message: str) -> MlflowException:
-    _LOG.error("privacy-gate registry store refused: %s", message)
+    _LOG.error(REFUSAL_LOG, message)
     return MlflowException(message, error_code=PERMISSION_DENIED)
 
 

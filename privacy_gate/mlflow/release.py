@@ -66,22 +66,21 @@ def _tracking(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
 
 
-class _DropRefusals(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("privacy-gate registry store refused")
-
-
 @contextlib.contextmanager
 def _quiet_refusals() -> Iterator[None]:
     """The in-process store logs each refusal at ERROR for a server's operators; here the
     refusal is the answer, printed by the caller, so that log line is left out."""
-    store_log = logging.getLogger("privacy_gate.mlflow.registry_store")
-    drop = _DropRefusals()
-    store_log.addFilter(drop)
+    from privacy_gate.mlflow import registry_store
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.msg != registry_store.REFUSAL_LOG
+
+    store_log = logging.getLogger(registry_store.__name__)
+    store_log.addFilter(keep)
     try:
         yield
     finally:
-        store_log.removeFilter(drop)
+        store_log.removeFilter(keep)
 
 
 def _ensure_registered_model(client: Any, name: str) -> None:
