@@ -56,10 +56,15 @@ def _figures(diff: AuditComparison, before: str, after: str) -> Table:
     return Table(("Figure", before, after, "Change"), rows, (False, True, True, True))
 
 
+def _publishable(keys: tuple[str, ...]) -> list[str]:
+    """The keys that are pseudonyms (raw ids are counted, never listed)."""
+    return [k for k in keys if PATIENT_KEY.fullmatch(k)]
+
+
 def _keys(label: str, keys: tuple[str, ...]) -> list[Block]:
     if not keys:
         return [Paragraph((f"{label}: none.",))]
-    shown = [k for k in keys if PATIENT_KEY.fullmatch(k)][:MAX_LISTED]
+    shown = _publishable(keys)[:MAX_LISTED]
     rest = len(keys) - len(shown)
     blocks: list[Block] = [Paragraph((f"{label}: {fmt_int(len(keys))} patient(s).",))]
     if shown:
@@ -159,7 +164,7 @@ def _figure(name: str, change: Change, *, count: bool = False) -> str:
 
 def _key_list(keys: tuple[str, ...]) -> str:
     """The count and the first keys (pseudonyms only: raw ids are never listed)."""
-    shown = [k for k in keys if PATIENT_KEY.fullmatch(k)]
+    shown = _publishable(keys)
     listed = ", ".join(shown[:_LINES_LISTED]) + (", ..." if len(keys) > _LINES_LISTED else "")
     return f"{len(keys)}" + (f" ({listed})" if shown else "")
 
