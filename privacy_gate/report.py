@@ -27,6 +27,7 @@ __all__ = [
     "file_sha256",
     "load_audit_report",
     "load_report",
+    "non_finite_field",
     "outdated_schema_reason",
     "parse_report_json",
     "read_audit_report",
@@ -179,10 +180,82 @@ def _non_finite(constant: str) -> Any:
     )
 
 
+MAX_REPORT_DEPTH = 64
+"""Deepest nesting of objects and arrays a report may have (privacy-gate writes < 10)."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(
+            f"the report holds the number {text[:40]}, which overflows to infinity; reports "
+            "hold finite numbers only, so this one was not written by privacy-gate or was edited"
+        )
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(
+                f"the report names the key {key[:60]!r} twice in one object; a reader would "
+                "see only one of the two values, so the report is refused"
+            )
+        seen[key] = value
+    return seen
+
+
+def _depth(value: Any) -> int:
+    """The nesting depth of parsed JSON (iterative: a hostile report cannot recurse)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            if level > MAX_REPORT_DEPTH:
+                return level
+            stack.extend((child, level + 1) for child in item)
+    return deepest
+
+
 def parse_report_json(text: str) -> Any:
-    """``json.loads`` that refuses ``NaN`` and ``Infinity``: a NaN figure would compare
-    False with every limit and pass the gate (fail open); privacy-gate writes null."""
-    return json.loads(text, parse_constant=_non_finite)
+    """Strict ``json.loads``, so that a report has one meaning (the signed bytes say what
+    the gate reads). Refused with ``ValueError``: ``NaN`` and ``Infinity`` (a NaN figure
+    compares False with every limit and would pass the gate; privacy-gate writes null),
+    numbers that overflow to infinity (``1e400``), duplicate keys, and nesting deeper than
+    `MAX_REPORT_DEPTH`."""
+    try:
+        data = json.loads(
+            text,
+            parse_constant=_non_finite,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
+        )
+    except RecursionError:
+        raise ValueError(
+            f"the report is nested too deeply (more than {MAX_REPORT_DEPTH} levels)"
+        ) from None
+    if _depth(data) > MAX_REPORT_DEPTH:
+        raise ValueError(f"the report is nested too deeply (more than {MAX_REPORT_DEPTH} levels)")
+    return data
+
+
+def non_finite_field(value: Any, path: str = "") -> str | None:
+    """The first field holding a non-finite number (NaN, Infinity), or None: canonical
+    JSON writes those as null, so a signature over them would have two meanings."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where or "(the report)"
+        if isinstance(item, Mapping):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return None
 
 
 def load_report(path: str | Path) -> dict[str, Any]:

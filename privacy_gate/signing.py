@@ -38,7 +38,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from privacy_gate.errors import InputError, ReportError
-from privacy_gate.report import canonical_json
+from privacy_gate.model_files import ModelFiles
+from privacy_gate.report import canonical_json, non_finite_field
 
 __all__ = [
     "ALGORITHM",
@@ -302,7 +303,15 @@ def public_key_from_environment() -> Ed25519PublicKey | None:
 
 
 def _signed_bytes(report: Mapping[str, Any]) -> bytes:
-    """What is signed; a report that has no canonical JSON cannot carry a valid signature."""
+    """What is signed; a report that has no canonical JSON cannot carry a valid signature,
+    nor can one holding a non-finite number (canonical JSON writes it as null, so a signed
+    null would also verify as Infinity)."""
+    bad = non_finite_field({k: v for k, v in report.items() if k != SIGNATURE_FIELD})
+    if bad is not None:
+        raise SignatureError(
+            f"The report holds a non-finite number at {bad!r}; it cannot be signed or "
+            "verified. HINT: privacy-gate writes such figures as null; run a new audit."
+        )
     try:
         return canonical_json(report, exclude=(SIGNATURE_FIELD,))
     except (TypeError, ValueError) as exc:
@@ -317,12 +326,14 @@ def sign_report(
     *,
     run_id: str | None,
     model_sha256: str | None,
+    model_files: ModelFiles | None = None,
 ) -> dict[str, Any]:
     """A signed copy of ``report`` (the input is not changed).
 
-    ``audit.run_id`` and ``audit.model_sha256`` are set first so they are signed with the
-    rest; None keeps the value already in the report (or records null). A previous
-    signature is replaced.
+    ``audit.run_id``, ``audit.model_sha256`` and ``audit.model_files`` (the manifest of the
+    logged model's bytes, `privacy_gate.model_files`) are set first so they are signed with
+    the rest; None keeps the value already in the report (or records null). A previous
+    signature is replaced. Figures that are not finite are signed as null, as written.
     """
     if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
         raise InputError(f"The 'run_id' of sign_report must be a non-empty string. Got {run_id!r}.")
@@ -346,6 +357,12 @@ def sign_report(
         "run_id": run_id if run_id is not None else audit.get("run_id"),
         "model_sha256": model_sha256 if model_sha256 is not None else audit.get("model_sha256"),
     }
+    if model_files is not None:
+        body["audit"]["model_files"] = model_files.to_dict()
+    try:  # plain JSON values; a NaN figure is signed as the null it is written as
+        body = json.loads(canonical_json(body, exclude=()))
+    except (TypeError, ValueError) as exc:
+        raise SignatureError(f"The report has no canonical JSON form ({exc}).") from None
     message = _signed_bytes(body)
     signed: dict[str, Any] = json.loads(message)  # exactly what was signed, plain JSON types
     signed[SIGNATURE_FIELD] = {

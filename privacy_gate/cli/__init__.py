@@ -1,8 +1,9 @@
-"""Command line: ``privacy-gate score|check|diff|audit|policy|keys|promote``.
+"""Command line: ``privacy-gate score|check|diff|audit|policy|keys|promote|verify``.
 
 Exit codes: 0 pass, 1 gate failed (an under-powered or missing audit included),
 2 error (bad input, bad config, any exception). ``promote``: 0 promoted, 1 refused, 2 error
-(server unreachable, model or version not found, bad key). Errors print one line naming
+(server unreachable, model or version not found, bad key); ``verify``: 0 the served files
+are the audited ones, 1 not, 2 error. Errors print one line naming
 the problem; ``--debug`` adds the traceback.
 
 GitHub mode (``--github``, on by itself when ``GITHUB_ACTIONS=true``): ``score``, ``check``
@@ -28,6 +29,7 @@ from privacy_gate.cli.keys import add_keys_commands
 from privacy_gate.cli.promote import add_promote_command
 from privacy_gate.cli.recommend import add_recommend_command
 from privacy_gate.cli.score_audit import add_audit_command, add_score_command
+from privacy_gate.cli.verify import add_verify_command
 from privacy_gate.config import default_config, default_policy_text
 from privacy_gate.errors import PrivacyGateError
 from privacy_gate.gate import Status
@@ -57,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     add_recommend_command(commands)
     add_keys_commands(commands)
     add_promote_command(commands)
+    add_verify_command(commands)
     return parser
 
 

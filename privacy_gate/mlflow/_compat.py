@@ -5,9 +5,23 @@ upgrade that removes one fails there first, loudly."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["client_registry_uri", "registry_store_builder", "server_artifact_destination"]
+__all__ = [
+    "VersionIdentity",
+    "aliases_of",
+    "client_registry_uri",
+    "commit_verdict",
+    "is_sql_registry_store",
+    "registered_locations",
+    "registry_store_builder",
+    "server_artifact_destination",
+    "server_gateway_interface",
+    "server_stores",
+    "validate_alias_name",
+    "version_identity",
+]
 
 SERVER_ARTIFACT_DESTINATION = "_MLFLOW_SERVER_ARTIFACT_DESTINATION"
 """The variable ``mlflow server`` sets to its ``--artifacts-destination`` (private,
@@ -31,3 +45,165 @@ def client_registry_uri(client: Any) -> str | None:
     """The registry URI an ``MlflowClient`` was built with (``client._registry_uri``,
     private; MLflow has no public getter)."""
     return getattr(client, "_registry_uri", None)
+
+
+# ------------------------------------------------------------------ the gated store's SQL
+# The gated registry pins the version it verified and writes its verdict in ONE
+# transaction of MLflow's SQL registry store, re-reading the version's row there: MLflow's
+# public store API has a transaction per call, so a rename between two calls would move the
+# verdict to another version (ARCHITECTURE.md, DESIGN.md "the registry's security model").
+
+VersionIdentity = tuple[str | None, str | None, str | None, int | None]
+"""(run id, source, storage location, creation time) of a version row: what it IS, as
+opposed to its (name, version) address, which renames reuse."""
+
+
+def is_sql_registry_store(store: Any) -> bool:
+    """True for MLflow's SQLAlchemy registry store (SQLite, PostgreSQL, MySQL, MSSQL)."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    return isinstance(store, SqlAlchemyStore)
+
+
+def _version_query(store: Any, session: Any, name: str, version: int) -> Any:
+    from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
+    from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
+
+    query = store._get_query(session, SqlModelVersion)  # workspace-scoped where enabled
+    return query.filter(
+        SqlModelVersion.name == name,
+        SqlModelVersion.version == version,
+        SqlModelVersion.current_stage != STAGE_DELETED_INTERNAL,
+    )
+
+
+def _identity(row: Any) -> VersionIdentity:
+    return (row.run_id, row.source, row.storage_location, row.creation_time)
+
+
+def version_identity(store: Any, name: str, version: int) -> VersionIdentity | None:
+    """The identity of the live version at (name, version), or None when there is none."""
+    with store.ManagedSessionMaker() as session:
+        row = _version_query(store, session, name, version).one_or_none()
+        return None if row is None else _identity(row)
+
+
+def commit_verdict(
+    store: Any,
+    name: str,
+    version: int,
+    pinned: VersionIdentity,
+    *,
+    set_alias: str | None,
+    set_tags: Mapping[str, str],
+    delete_tags: Sequence[str] = (),
+    delete_aliases: Sequence[str] = (),
+) -> bool:
+    """Write a verdict in one transaction, only onto the version that was verified.
+
+    The writes go first (on SQLite the first write takes the database's write lock; on
+    PostgreSQL the rows' foreign keys lock the version against a rename), then the
+    version's row is read again with ``FOR UPDATE``: when its identity is not ``pinned``
+    (renamed, deleted or replaced since it was verified) everything is rolled back and
+    False is returned. True when committed.
+    """
+    import sqlalchemy.exc
+    from mlflow.store.model_registry.dbmodels.models import (
+        SqlModelVersionTag,
+        SqlRegisteredModelAlias,
+    )
+
+    class _Moved(Exception):
+        pass
+
+    try:
+        with store.ManagedSessionMaker(read_only=False) as session:
+            row = _version_query(store, session, name, version).one_or_none()
+            if row is None or _identity(row) != pinned:
+                raise _Moved
+            workspace = getattr(row, "workspace", None)
+            extra = {} if workspace is None else {"workspace": workspace}
+            if set_alias is not None:
+                session.merge(
+                    SqlRegisteredModelAlias(name=name, alias=set_alias, version=version, **extra)
+                )
+            for key, value in set_tags.items():
+                session.merge(
+                    SqlModelVersionTag(name=name, version=version, key=key, value=value, **extra)
+                )
+            session.flush()
+            for key in delete_tags:
+                session.query(SqlModelVersionTag).filter_by(
+                    name=name, version=version, key=key
+                ).delete()
+            for alias in delete_aliases:
+                session.query(SqlRegisteredModelAlias).filter_by(
+                    name=name, alias=alias, version=version
+                ).delete()
+            session.flush()
+            again = _version_query(store, session, name, version).with_for_update().one_or_none()
+            if again is None or _identity(again) != pinned:
+                raise _Moved
+    except _Moved:
+        return False
+    except sqlalchemy.exc.IntegrityError:  # the version's row went away under the writes
+        return False
+    return True
+
+
+def aliases_of(store: Any, name: str, version: int) -> list[str]:
+    """The aliases that point at (name, version) now."""
+    from mlflow.store.model_registry.dbmodels.models import SqlRegisteredModelAlias
+
+    with store.ManagedSessionMaker() as session:
+        rows = session.query(SqlRegisteredModelAlias).filter_by(name=name, version=version)
+        return [str(r.alias) for r in rows]
+
+
+def registered_locations(store: Any) -> list[tuple[str, int, str]]:
+    """(name, version, location) of every live version, for each of its storage location
+    and source: the artifact paths a registered model's files live under."""
+    from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
+    from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
+
+    found: list[tuple[str, int, str]] = []
+    with store.ManagedSessionMaker() as session:
+        rows = session.query(
+            SqlModelVersion.name,
+            SqlModelVersion.version,
+            SqlModelVersion.storage_location,
+            SqlModelVersion.source,
+        ).filter(SqlModelVersion.current_stage != STAGE_DELETED_INTERNAL)
+        for name, version, location, source in rows:
+            found.extend((name, version, uri) for uri in (location, source) if uri)
+    return found
+
+
+def validate_alias_name(alias: str) -> None:
+    """MLflow's own alias-name rules (private validators), before any work is done."""
+    from mlflow.utils.validation import (
+        _validate_model_alias_name,
+        _validate_model_alias_name_reserved,
+    )
+
+    _validate_model_alias_name(alias)  # type: ignore[no-untyped-call]
+    _validate_model_alias_name_reserved(alias)  # type: ignore[no-untyped-call]
+
+
+# ------------------------------------------------------------------ the server app
+
+
+def server_gateway_interface() -> str | None:
+    """``uvicorn``, ``gunicorn`` or ``waitress``: what ``mlflow server`` runs the app with
+    (``mlflow.environment_variables._MLFLOW_SGI_NAME``, private)."""
+    from mlflow.environment_variables import _MLFLOW_SGI_NAME
+
+    return _MLFLOW_SGI_NAME.get()  # type: ignore[no-any-return, no-untyped-call]
+
+
+def server_stores() -> tuple[Any, Any]:
+    """The server's (tracking store, registry store) as its request handlers use them
+    (``mlflow.server.handlers._get_tracking_store`` / ``_get_model_registry_store``)."""
+    from mlflow.server.handlers import _get_model_registry_store, _get_tracking_store
+
+    return _get_tracking_store(), _get_model_registry_store()

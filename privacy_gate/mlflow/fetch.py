@@ -7,22 +7,22 @@ the same download and the same verification as promotion (`privacy_gate.mlflow.p
 for the same reasons. The gate itself is then re-evaluated by the caller, as plain
 ``check`` does, so the recorded status is not a reason here.
 
-A run needs only ``mlflow-skinny`` (``pip install 'privacy-gate[mlflow-skinny]'``): the
-report is downloaded and its signature checked with the public key. A registered version
-also needs torch: its weights digest is recomputed from the registered model's files.
+Only ``mlflow-skinny`` is needed (``pip install 'privacy-gate[mlflow-skinny]'``): the
+report is downloaded and its signature checked with the public key, and a registered
+version's files are hashed and compared with the manifest the audit signed (nothing is
+loaded, so no torch).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from privacy_gate.errors import InputError, PrivacyGateError
+from privacy_gate.errors import PrivacyGateError
 from privacy_gate.mlflow.logging import REPORT_ARTIFACT
 from privacy_gate.mlflow.promote import (
     _download_report,
-    _registered_weights_sha256,
+    registered_model_files,
     registry_errors,
 )
 from privacy_gate.mlflow.verification import audit_refusals
@@ -90,9 +90,9 @@ def fetch_run_audit(
         report,
         public_key=public_key,
         run_id=run_id,
-        model_sha256=None,
+        model_files=None,
         require_pass=False,
-        check_weights=False,
+        check_files=False,
         subject=f"MLflow run {run_id}",
         run_name="the checked run",
     )
@@ -102,18 +102,11 @@ def fetch_run_audit(
 def fetch_model_version_audit(
     name: str, version: str, *, public_key: Ed25519PublicKey, client: MlflowClient
 ) -> FetchedAudit:
-    """The signed audit of a registered model version: of its run and of its weights.
+    """The signed audit of a registered model version: of its run and of its files.
 
     Raises:
-        InputError: torch is not installed (the weights cannot be digested without it).
         AuditFetchError: the model or version does not exist, or the server is unreachable.
     """
-    if importlib.util.find_spec("torch") is None:
-        raise InputError(
-            f"Checking model {name!r} version {version} recomputes its weights digest and "
-            "needs torch, which is not installed. HINT: pip install "
-            "'privacy-gate[mlflow,torch]', or check the audit's run with --mlflow-run."
-        )
     with registry_errors(
         f"read model {name!r} version {version}",
         hint=f"{_HINT}, the model name and the version.",
@@ -127,9 +120,9 @@ def fetch_model_version_audit(
         return FetchedAudit(
             None, ["the model version names no run, so it has no audit"], "", source
         )
-    digest = _registered_weights_sha256(client, name, version) if report is not None else None
+    files = registered_model_files(client, name, version) if report is not None else None
     refusals = audit_refusals(
-        report, public_key=public_key, run_id=run_id, model_sha256=digest, require_pass=False
+        report, public_key=public_key, run_id=run_id, model_files=files, require_pass=False
     )
     return FetchedAudit(report, refusals, run_id, source)
 
@@ -142,7 +135,6 @@ def fetch_alias_audit(
 
     Raises:
         AuditFetchError: the model does not exist, or the server cannot be reached.
-        InputError: torch is not installed.
     """
     from mlflow.exceptions import MlflowException
 

@@ -28,6 +28,7 @@ from privacy_gate.comparison import AuditComparison
 from privacy_gate.errors import ReportError
 from privacy_gate.metric_keys import shorten_key
 from privacy_gate.metrics import comparison_metrics, report_metrics
+from privacy_gate.model_files import ModelFiles
 from privacy_gate.report import REPORT_FILE, canonical_json, write_json
 from privacy_gate.report_model import AuditReport
 from privacy_gate.signing import sign_report, signing_key_from_environment
@@ -163,6 +164,7 @@ def log_report(
     include_records: bool = False,
     signing_key: Ed25519PrivateKey | None = None,
     model_sha256: str | None = None,
+    model_files: ModelFiles | None = None,
 ) -> dict[str, Any]:
     """Log an audit report into an existing MLflow run.
 
@@ -187,6 +189,9 @@ def log_report(
         model_sha256: digest of the audited weights
             (`privacy_gate.training.weights.weights_sha256`); the report's
             ``audit.model_sha256`` when None.
+        model_files: the manifest of the audited model as logged (`log_audited_model`
+            computes it); signed into ``audit.model_files``, which the registry gate
+            compares with a version's files. Without it the audit cannot be promoted.
 
     Returns:
         The JSON report as logged: the signed copy when signed.
@@ -205,7 +210,9 @@ def log_report(
     run = run_id if run_id is not None else _active_run_id()
     key = signing_key if signing_key is not None else signing_key_from_environment()
     if key is not None:
-        document = sign_report(document, key, run_id=run, model_sha256=model_sha256)
+        document = sign_report(
+            document, key, run_id=run, model_sha256=model_sha256, model_files=model_files
+        )
     mlflow_client = _client(client)
 
     from mlflow.entities import Metric, Param, RunTag

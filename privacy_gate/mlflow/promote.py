@@ -1,11 +1,12 @@
 """Promote a registered model version only when it has a genuine, passing audit.
 
 `promote` (and ``privacy-gate promote``) finds the version's run, downloads the signed
-``privacy_gate/report.json`` logged there by `privacy_gate.mlflow.log_report`, recomputes
-the weights digest from the registered model's own files, and asks
+``privacy_gate/report.json`` logged there by `privacy_gate.mlflow.log_report`, hashes the
+registered model's own files (nothing is loaded), and asks
 `privacy_gate.mlflow.verification.audit_refusals` whether the audit allows promotion: a
 valid signature by the configured public key, status ``pass``, this version's run, exactly
-these weights and (optionally) the required policy. Only then is the alias set. A tag
+the audited files (`privacy_gate.model_files`) and (optionally) the required policy. Only
+then is the alias set. A tag
 typed by hand (``privacy_gate.status=pass``) is never read as a verdict.
 
 Version tags written: ``privacy_gate.status`` (``pass`` or ``refused``) and, on success,
@@ -27,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 from privacy_gate.errors import InputError, PrivacyGateError, ReportError
 from privacy_gate.mlflow._compat import client_registry_uri
 from privacy_gate.mlflow.logging import REPORT_ARTIFACT, report_sha256
-from privacy_gate.mlflow.model_digest import logged_model_sha256
 from privacy_gate.mlflow.verification import audit_refusals
+from privacy_gate.model_files import ModelFiles, manifest_of
 from privacy_gate.report import parse_report_json
 from privacy_gate.report_model import AuditReport, Violation
 from privacy_gate.signing import (
@@ -144,27 +145,30 @@ def _download_report(client: MlflowClient, run_id: str) -> dict[str, Any] | None
     return report if isinstance(report, dict) else None
 
 
-def _registered_weights_sha256(client: MlflowClient, name: str, version: str) -> str | None:
-    """Digest of the registered model's weights, loaded from its files; None on failure.
-
-    The files are fetched through the client's own URIs (``mlflow.artifacts`` with an
-    explicit tracking and registry URI), never by changing MLflow's global URIs: those
-    would outlive the call in the caller's process (and pin a test's server).
-    """
+def download_version(client: MlflowClient, name: str, version: str, dst: str) -> str:
+    """Download a registered version's files into ``dst`` through the client's own URIs
+    (never MLflow's global ones, which would outlive the call); the local model folder."""
     from mlflow.artifacts import download_artifacts
 
+    uri = client.get_model_version_download_uri(name, version)
+    return str(
+        download_artifacts(
+            artifact_uri=uri,
+            dst_path=dst,
+            tracking_uri=str(client.tracking_uri),
+            registry_uri=client_registry_uri(client),
+        )
+    )
+
+
+def registered_model_files(client: MlflowClient, name: str, version: str) -> ModelFiles | None:
+    """The manifest of a registered version's files as served now; None when they cannot
+    be read (that refuses: unreadable files are not the audited ones). Nothing is loaded."""
     try:
-        uri = client.get_model_version_download_uri(name, version)
         with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-            local = download_artifacts(
-                artifact_uri=uri,
-                dst_path=tmp,
-                tracking_uri=str(client.tracking_uri),
-                registry_uri=client_registry_uri(client),
-            )
-            return logged_model_sha256(local)
-    except Exception as exc:  # any failure refuses: an undigestable model is not audited
-        _log.warning("Cannot digest the weights of %s version %s: %s", name, version, exc)
+            return manifest_of(download_version(client, name, version, tmp))
+    except Exception as exc:  # any failure refuses
+        _log.warning("Cannot read the files of %s version %s: %s", name, version, exc)
         return None
 
 
@@ -266,9 +270,7 @@ def _promote(
     model_version = mlflow_client.get_model_version(name, version)
     run_id = model_version.run_id or None
     report = _download_report(mlflow_client, run_id) if run_id else None
-    digest = (
-        _registered_weights_sha256(mlflow_client, name, version) if report is not None else None
-    )
+    files = registered_model_files(mlflow_client, name, version) if report is not None else None
     if run_id is None:
         reasons = ["the model version names no run, so it has no audit"]
     else:
@@ -276,7 +278,7 @@ def _promote(
             report,
             public_key=key,
             run_id=run_id,
-            model_sha256=digest,
+            model_files=files,
             policy_sha256=policy_sha256,
         )
     if report is not None and not reasons:

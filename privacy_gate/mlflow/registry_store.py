@@ -17,58 +17,60 @@ MLflow looks the whole URI scheme up exactly (entry points
 - ``privacygate:`` alone takes the inner URI from ``PRIVACY_GATE_REGISTRY_INNER_URI``: use
   it for any other inner URI, e.g. one naming a driver (``postgresql+psycopg2://...``).
 
-Settings (environment of the server):
+Settings (environment of the server; `privacy_gate.mlflow.registry_settings` reads them
+at start-up and logs them at WARNING: key fingerprint, aliases, policy):
 
 - ``PRIVACY_GATE_PUBLIC_KEY``: path of the Ed25519 public key that verifies audits. When it
-  is not set (or cannot be read), every protected promotion is refused, and that is logged
-  at ERROR.
+  is not set (or cannot be read), every protected promotion is refused.
 - ``PRIVACY_GATE_PROTECTED_ALIASES``: comma-separated, case-insensitive; default
-  ``champion,production``.
+  ``champion,production``. Empty or malformed is a start-up error, never "protect nothing".
 - ``PRIVACY_GATE_PROMOTION_POLICY_SHA256``: optional; the policy digest an audit must have.
+- ``PRIVACY_GATE_ALLOW_PICKLE_MODELS``: ``true`` to accept pickle-format models (their
+  forward is code outside their files); default refused.
 
 What is protected (each refusal is an ``MlflowException`` with error code
 ``PERMISSION_DENIED`` and the reasons; clients see HTTP 403 and the message):
 
 - setting a protected alias, and transitioning a version to ``Staging`` or ``Production``,
   unless the version's run holds ``privacy_gate/report.json`` that is signed by the
-  configured key, passed, names that run, and whose weights digest equals the digest
-  recomputed here from the version's model files (`privacy_gate.mlflow.verification.
-  audit_refusals`, the same check as ``privacy-gate promote``). The audit is read from the
-  run's artifacts, never trusted from tags. After a successful check the store itself
-  writes the version tags ``privacy_gate.status`` (``pass``),
-  ``privacy_gate.report_sha256``, ``privacy_gate.promoted_alias`` (the alias, or
-  ``stage:<stage>``) and ``privacy_gate.verified_by``; after a refusal it writes
-  ``privacy_gate.status`` = ``refused``, ``privacy_gate.refusal`` (the reasons, as the
-  client was told them) and ``privacy_gate.verified_by``, so the registry shows why a
-  version was kept out (the tags ``privacy-gate promote`` writes on an ungated registry);
+  configured key, passed, names that run, and names in ``audit.model_files`` exactly the
+  bytes of the version's files (`privacy_gate.mlflow.verification.audit_refusals`, the
+  same check as ``privacy-gate promote``). The files are hashed; no model is loaded, no
+  pickle is read, no torch is imported. The audit is read from the run's artifacts, never
+  trusted from tags.
+- The version is pinned while it is verified: its identity (run, source, storage location,
+  creation time) is read before the check and again in the one SQL transaction that writes
+  the alias and the verdict tags (`privacy_gate.mlflow._compat.commit_verdict`). A rename,
+  deletion or re-creation in between rolls the write back and refuses; so neither the
+  alias nor a pass tag can land on a version that was not verified.
+- Verdict tags: a pass writes ``privacy_gate.status=pass``, ``privacy_gate.report_sha256``,
+  ``privacy_gate.promoted_alias`` and ``privacy_gate.verified_by`` with the alias, in one
+  transaction; a refusal writes ``status=refused``, ``privacy_gate.refusal`` (the reasons)
+  and ``verified_by``, and removes every protected alias the version holds in the same
+  transaction (a re-promotion that finds tampering takes the alias away).
 - client writes (``set_model_version_tag``, ``create_model_version(tags=...)``) and
   deletions of version tags whose key starts with ``privacy_gate.`` (they would fake a
-  verdict).
+  verdict); a copy (``copy_model_version``, or a version whose source is
+  ``models:/NAME/VERSION``) is a new version and drops the source's ``privacy_gate.`` tags.
 
 The store fails closed: it forwards only the methods of MLflow's registry
 ``AbstractStore`` it has classified (`FORWARDED`: reads and unprotected writes); the
 protected ones are implemented here (`GATED`, including the prompt methods whose MLflow
 defaults would set an alias or a version tag on the inner store, ungated). Any other
 method (one a newer MLflow adds) is refused with ``PERMISSION_DENIED`` until it is
-classified.
-
-Concurrent requests (``--workers N``, and threads in each worker): a first write of a
-version tag or alias that loses the race to insert the same row is retried
-(`privacy_gate.mlflow.server_audit.upsert`), and the weight digests of one worker take
-turns (torch.export's loader is not thread-safe).
+classified. The inner store must be MLflow's SQL store (the pinned transaction needs it).
 
 What is NOT protected: anyone who writes to the registry database (or the artifact store)
-directly bypasses any server; other aliases (e.g. ``candidate``) and other registry
-operations (deleting aliases or versions, registered-model tags) pass through unchecked;
-a copied version keeps everything but the ``privacy_gate.`` tags. Recomputing the weights
-digest loads the version's model with
-``mlflow.pytorch.load_model`` (torch needed on the server); that unpickles client-uploaded
-files, so it is done only after the signature, status and run of the audit were verified,
-and a model that cannot be loaded is refused.
+directly bypasses any server; the server's own artifact API lets any client overwrite
+files unless the server runs with ``--app-name privacy-gate``
+(`privacy_gate.mlflow.server_app`, which refuses writes under registered versions' files);
+other aliases (e.g. ``candidate``) and other registry operations (deleting aliases or
+versions, registered-model tags) pass through unchecked. Consumers verify the files they
+load (``privacy-gate verify``, `privacy_gate.mlflow.load_model`).
 
 If this module fails to import, MLflow only warns and serves without a model registry; the
-failure is logged here at ERROR before it is re-raised. An inner URI that is not supported
-stops the server at start-up.
+failure is logged here at ERROR before it is re-raised. An inner URI that is not supported,
+or a setting that cannot be read, stops the server at start-up.
 """
 
 from __future__ import annotations
@@ -76,9 +78,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 _LOG = logging.getLogger(__name__)
@@ -86,11 +86,13 @@ _LOG = logging.getLogger(__name__)
 try:
     import hashlib
     import inspect
+    import re
 
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED
 
-    from privacy_gate.mlflow._compat import registry_store_builder
+    from privacy_gate.errors import InputError
+    from privacy_gate.mlflow import _compat
     from privacy_gate.mlflow.promote import (
         PROMOTED_ALIAS_TAG,
         REFUSAL_TAG,
@@ -99,10 +101,14 @@ try:
         refusal_text,
     )
     from privacy_gate.mlflow.registry_methods import FORWARDED, FORWARDED_PRIVATE, GATED
-    from privacy_gate.mlflow.server_audit import read_run_report, upsert, version_weights_sha256
-    from privacy_gate.mlflow.verification import audit_refusals
+    from privacy_gate.mlflow.registry_settings import (
+        DEFAULT_PROTECTED_ALIASES,
+        PROTECTED_ALIASES_ENVIRONMENT_VARIABLE,
+        GateSettings,
+        protected_aliases,
+    )
+    from privacy_gate.mlflow.server_audit import upsert, version_refusals
     from privacy_gate.report import canonical_json
-    from privacy_gate.signing import PUBLIC_KEY_ENVIRONMENT_VARIABLE, public_key_from_environment
 except ImportError as _exc:  # pragma: no cover - exercised in a test through sys.modules
     _LOG.error(
         "privacy-gate registry store failed to import (%s): MLflow will serve WITHOUT a model "
@@ -113,6 +119,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a test through sy
     raise
 
 __all__ = [
+    "DEFAULT_PROTECTED_ALIASES",
     "FORWARDED",
     "GATED",
     "INNER_URI_ENVIRONMENT_VARIABLE",
@@ -126,23 +133,14 @@ __all__ = [
 
 SCHEME_PREFIX = "privacygate"
 INNER_URI_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_REGISTRY_INNER_URI"
-PROTECTED_ALIASES_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_PROTECTED_ALIASES"
-POLICY_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_PROMOTION_POLICY_SHA256"
-DEFAULT_PROTECTED_ALIASES = ("champion", "production")
 PROTECTED_STAGES = ("staging", "production")
 PROTECTED_TAG_PREFIX = "privacy_gate."
 REFUSAL_LOG = "privacy-gate registry store refused: %s"
 """The ERROR log line of each refusal (for a server's operators)."""
 VERIFIED_BY_TAG = "privacy_gate.verified_by"
 VERIFIED_BY = "registry-store"
-
-
-def protected_aliases(environ: Mapping[str, str] | None = None) -> frozenset[str]:
-    """The protected aliases (lower case) from ``PRIVACY_GATE_PROTECTED_ALIASES``."""
-    env = os.environ if environ is None else environ
-    raw = env.get(PROTECTED_ALIASES_ENVIRONMENT_VARIABLE)
-    names = DEFAULT_PROTECTED_ALIASES if raw is None else tuple(raw.split(","))
-    return frozenset(n.strip().lower() for n in names if n.strip())
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
+_COPY_SOURCE = re.compile(r"models:/[^/@]+/[0-9]+")
 
 
 def inner_uri(store_uri: str, environ: Mapping[str, str] | None = None) -> str:
@@ -182,12 +180,25 @@ def _denied(message: str) -> MlflowException:
     return MlflowException(message, error_code=PERMISSION_DENIED)
 
 
+def _version_number(version: Any) -> int:
+    """A version number as MLflow writes them ('3'); anything else is a 400 that does not
+    echo the raw value (it may hold newlines or markup)."""
+    text = str(version)
+    if isinstance(version, bool) or not _VERSION.fullmatch(text):
+        shown = repr(text[:20] + ("..." if len(text) > 20 else ""))
+        raise _invalid(
+            f"The model version must be a positive integer such as '3'. Got {shown}. "
+            "HINT: pass the version number MLflow assigned."
+        )
+    return int(text)
+
+
 def _build_inner_store(uri: str, tracking_uri: str | None) -> Any:
     """The store MLflow itself would build for ``uri`` (same registry of schemes)."""
     from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
     try:
-        builder = registry_store_builder(uri)
+        builder = _compat.registry_store_builder(uri)
     except UnsupportedModelRegistryStoreURIException as exc:
         # Not re-raised as such: MLflow's server would swallow it and run without registry.
         raise _invalid(f"unsupported inner registry URI {uri!r}: {exc.message}") from None
@@ -203,25 +214,24 @@ class PrivacyGateRegistryStore:
     def __init__(self, store_uri: str, tracking_uri: str | None = None) -> None:
         self._store_uri = store_uri
         self._tracking_uri = tracking_uri
+        try:
+            self._settings = GateSettings.from_environment()
+        except InputError as exc:
+            raise _invalid(f"cannot start: {exc}") from None
         self._inner = _build_inner_store(inner_uri(store_uri), tracking_uri)
-        self._local = threading.local()
-        if not os.environ.get(PUBLIC_KEY_ENVIRONMENT_VARIABLE):
-            _LOG.error(
-                "privacy-gate registry store: %s is not set; every promotion to a protected "
-                "alias or stage will be REFUSED.",
-                PUBLIC_KEY_ENVIRONMENT_VARIABLE,
+        if not _compat.is_sql_registry_store(self._inner):
+            raise _invalid(
+                f"cannot start: the inner registry {inner_uri(store_uri)!r} is not an SQL "
+                "store; the gate pins each verified version in an SQL transaction. HINT: use "
+                "privacygate+sqlite:///..., privacygate+postgresql://... or mysql."
             )
-        _LOG.info(
-            "privacy-gate registry store active on %s (protected aliases: %s)",
-            inner_uri(store_uri),
-            ", ".join(sorted(protected_aliases())),
-        )
+        _LOG.warning("%s", self._settings.banner(inner_uri(store_uri)))
 
     # ---------------------------------------------------------------- delegation
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_inner", "_local"):  # e.g. during unpickling
-            raise AttributeError(name)
+        if name.startswith("__") or name in ("_inner", "_settings"):
+            raise AttributeError(name)  # e.g. during unpickling
         if name in FORWARDED or name in FORWARDED_PRIVATE:
             return getattr(self._inner, name)
         attribute = getattr(self._inner, name)  # AttributeError where the inner has none
@@ -245,32 +255,42 @@ class PrivacyGateRegistryStore:
         """The wrapped store (writes through it bypass every check)."""
         return self._inner
 
+    @property
+    def settings(self) -> GateSettings:
+        return self._settings
+
     # ---------------------------------------------------------------- gated calls
 
     def set_registered_model_alias(self, name: str, alias: str, version: Any) -> None:
-        if alias.strip().lower() in protected_aliases():
-            report = self._verified_or_refused(name, version, f"alias {alias!r}")
-            upsert(self._inner.set_registered_model_alias, name=name, alias=alias, version=version)
-            self._write_verdict(name, version, report, alias)
-            return None
-        return upsert(  # type: ignore[no-any-return]
-            self._inner.set_registered_model_alias, name=name, alias=alias, version=version
-        )
+        number = _version_number(version)
+        _compat.validate_alias_name(alias)
+        if alias.strip().lower() not in self._settings.protected_aliases:
+            return upsert(  # type: ignore[no-any-return]
+                self._inner.set_registered_model_alias, name=name, alias=alias, version=number
+            )
+        self._promote(name, number, f"alias {alias!r}", alias=alias, stage=None)
+        return None
 
     def transition_model_version_stage(
         self, name: str, version: Any, stage: str, archive_existing_versions: bool = False
     ) -> Any:
-        report = None
-        if str(stage).strip().lower() in PROTECTED_STAGES:
-            report = self._verified_or_refused(name, version, f"stage {stage!r}")
+        number = _version_number(version)
+        if str(stage).strip().lower() not in PROTECTED_STAGES:
+            return self._inner.transition_model_version_stage(
+                name=name,
+                version=number,
+                stage=stage,
+                archive_existing_versions=archive_existing_versions,
+            )
+        pinned = self._promote(name, number, f"stage {stage!r}", alias=None, stage=stage)
         result = self._inner.transition_model_version_stage(
-            name=name,
-            version=version,
-            stage=stage,
+            name=name, version=number, stage=stage,
             archive_existing_versions=archive_existing_versions,
-        )
-        if report is not None:
-            self._write_verdict(name, version, report, f"stage:{stage}")
+        )  # fmt: skip
+        if _compat.version_identity(self._inner, name, number) != pinned:
+            # renamed between the verdict and the stage write: undo the stage, refuse
+            self._inner.transition_model_version_stage(name=name, version=number, stage="None")
+            raise _denied(self._moved(name, number, f"stage {stage!r}"))
         return result
 
     def set_model_version_tag(self, name: str, version: Any, tag: Any) -> None:
@@ -286,10 +306,17 @@ class PrivacyGateRegistryStore:
         )
 
     def create_model_version(self, *args: Any, **kwargs: Any) -> Any:
-        tags = kwargs.get("tags")
-        if tags is None and len(args) > 3:  # (name, source, run_id, tags, ...)
-            tags = args[3]
-        self._refuse_protected_tags([t.key for t in tags or ()])
+        names = ("name", "source", "run_id", "tags")
+        given = {**dict(zip(names, args, strict=False)), **kwargs}
+        tags = list(given.get("tags") or ())
+        verdict = [t for t in tags if _is_protected_tag(t.key)]
+        if verdict and _COPY_SOURCE.fullmatch(str(given.get("source", ""))):
+            # MlflowClient.copy_model_version copies every tag: the copy is a new version,
+            # verified on its own when promoted, so the source's verdict is not carried.
+            _LOG.info("copy of %s: its privacy_gate.* tags are not copied", given.get("source"))
+            tags = [t for t in tags if not _is_protected_tag(t.key)]
+            args, kwargs = (), {**given, "tags": tags}
+        self._refuse_protected_tags([t.key for t in tags])
         return self._inner.create_model_version(*args, **kwargs)
 
     # MLflow's defaults of these call the INNER store's alias and tag methods, ungated: they
@@ -316,7 +343,7 @@ class PrivacyGateRegistryStore:
     def copy_model_version(self, src_mv: Any, dst_name: str) -> Any:
         """The copy is a new version: the source's verdict tags do not carry over."""
         copy = self._inner.copy_model_version(src_mv=src_mv, dst_name=dst_name)
-        protected = [k for k in copy.tags if k.strip().lower().startswith(PROTECTED_TAG_PREFIX)]
+        protected = [k for k in copy.tags if _is_protected_tag(k)]
         for key in protected:
             self._inner.delete_model_version_tag(name=copy.name, version=copy.version, key=key)
         if protected:
@@ -326,9 +353,7 @@ class PrivacyGateRegistryStore:
     # ---------------------------------------------------------------- checks
 
     def _refuse_protected_tags(self, keys: Sequence[str]) -> None:
-        if getattr(self._local, "internal", False):
-            return
-        forged = [k for k in keys if str(k).strip().lower().startswith(PROTECTED_TAG_PREFIX)]
+        forged = [k for k in keys if _is_protected_tag(k)]
         if forged:
             raise _denied(
                 f"Model version tags {forged} are written only by the privacy-gate registry "
@@ -336,112 +361,75 @@ class PrivacyGateRegistryStore:
                 f"'{PROTECTED_TAG_PREFIX}' cannot be set or deleted by clients."
             )
 
-    @contextmanager
-    def _internal(self) -> Iterator[None]:
-        self._local.internal = True
-        try:
-            yield
-        finally:
-            self._local.internal = False
-
-    def _set_own_tags(self, name: str, version: Any, tags: Mapping[str, str]) -> None:
-        """Write ``privacy_gate.*`` version tags as the store (clients may not)."""
-        from mlflow.entities.model_registry import ModelVersionTag
-
-        with self._internal():
-            for key, value in tags.items():
-                upsert(
-                    self._inner.set_model_version_tag,
-                    name=name,
-                    version=version,
-                    tag=ModelVersionTag(key, value),  # type: ignore[no-untyped-call]
-                )
-
-    def _write_verdict(
-        self, name: str, version: Any, report: Mapping[str, Any], target: str
-    ) -> None:
-        """The tags `privacy_gate.mlflow.promote` writes too (same names); the reasons of
-        an earlier refusal are removed, they no longer hold."""
-        digest = hashlib.sha256(canonical_json(report)).hexdigest()
-        self._set_own_tags(
-            name,
-            version,
-            {
-                STATUS_TAG: "pass",
-                REPORT_SHA256_TAG: digest,
-                PROMOTED_ALIAS_TAG: target,
-                VERIFIED_BY_TAG: VERIFIED_BY,
-            },
-        )
-        if REFUSAL_TAG in self._inner.get_model_version(name=name, version=version).tags:
-            try:  # after the alias was set: a failure (a concurrent pass) is only logged
-                with self._internal():
-                    self._inner.delete_model_version_tag(
-                        name=name, version=version, key=REFUSAL_TAG
-                    )
-            except MlflowException as exc:
-                _LOG.warning("stale refusal tag of %r version %s kept: %s", name, version, exc)
-
-    def _verified_or_refused(self, name: str, version: Any, target: str) -> dict[str, Any]:
-        """`_require_passing_audit`; a refusal is recorded on the version before it is
-        raised (a failure to record it is logged and does not change the answer)."""
-        try:
-            return self._require_passing_audit(name, version, target)
-        except MlflowException as exc:
-            if exc.error_code != "PERMISSION_DENIED":
-                raise
-            try:
-                self._set_own_tags(
-                    name,
-                    version,
-                    {
-                        STATUS_TAG: "refused",
-                        REFUSAL_TAG: refusal_text([str(exc.message)]),
-                        VERIFIED_BY_TAG: VERIFIED_BY,
-                    },
-                )
-            except Exception as tag_error:
-                _LOG.error("cannot record the refusal on %r version %s: %s", name, version,
-                           tag_error)  # fmt: skip
-            raise
-
-    def _require_passing_audit(self, name: str, version: Any, target: str) -> dict[str, Any]:
-        """The verified report, or raise PERMISSION_DENIED with every reason."""
+    def _promote(
+        self, name: str, version: int, target: str, *, alias: str | None, stage: str | None
+    ) -> Any:
+        """Verify the pinned version, then write alias and verdict in one transaction that
+        re-checks the pin; a refusal is recorded (and protected aliases removed) the same
+        way. Returns the pinned identity."""
+        pinned = _compat.version_identity(self._inner, name, version)
+        if pinned is None:
+            self._inner.get_model_version(name=name, version=version)  # MLflow's 404
+            raise _invalid(f"Model version {name!r} {version} does not exist.")
+        reasons, report = version_refusals(pinned, self._tracking_uri, self._settings)
         prefix = f"Refused to give {name!r} version {version} the {target}"
-        try:
-            public_key = public_key_from_environment()
-        except Exception as exc:
-            raise _denied(f"{prefix}: the audit public key cannot be read ({exc}).") from None
-        if public_key is None:
-            raise _denied(
-                f"{prefix}: the server has no audit public key ({PUBLIC_KEY_ENVIRONMENT_VARIABLE}"
-                " is not set), so no audit can be verified."
-            )
-        model_version = self._inner.get_model_version(name=name, version=version)
-        run_id = model_version.run_id or None
-        report = read_run_report(run_id, self._tracking_uri) if run_id else None
-        policy = os.environ.get(POLICY_ENVIRONMENT_VARIABLE) or None
-        # Everything but the weights first: client files are unpickled only for a genuine,
-        # passing audit of this run.
-        claimed = report.get("audit", {}).get("model_sha256") if report else None
-        reasons = audit_refusals(
-            report,
-            public_key=public_key,
-            run_id=run_id,
-            model_sha256=claimed if isinstance(claimed, str) else None,
-            policy_sha256=policy,
+        if reasons:
+            message = f"{prefix}: " + "; ".join(reasons) + "."
+            self._record_refusal(name, version, pinned, message)
+            raise _denied(message)
+        digest = hashlib.sha256(canonical_json(report)).hexdigest()
+        verdict = {
+            STATUS_TAG: "pass",
+            REPORT_SHA256_TAG: digest,
+            PROMOTED_ALIAS_TAG: alias if alias is not None else f"stage:{stage}",
+            VERIFIED_BY_TAG: VERIFIED_BY,
+        }
+        committed = self._commit(
+            name, version, pinned, set_alias=alias, set_tags=verdict, delete_tags=[REFUSAL_TAG]
         )
-        if not reasons:
-            digest = version_weights_sha256(self._inner, name, version)
-            reasons = audit_refusals(
-                report,
-                public_key=public_key,
-                run_id=run_id,
-                model_sha256=digest,
-                policy_sha256=policy,
-            )
-        if run_id is None:
-            reasons.insert(0, "the model version has no run, so it has no audit")
-        if reasons or report is None:
-            raise _denied(f"{prefix}: " + "; ".join(reasons or ["no audit"]) + ".")
-        return dict(report)
+        if not committed:
+            raise _denied(self._moved(name, version, target))
+        return pinned
+
+    def _commit(self, name: str, version: int, pinned: Any, **writes: Any) -> bool:
+        """`_compat.commit_verdict`, again when it lost a race to insert the same row."""
+        return bool(upsert(_compat.commit_verdict, store=self._inner, name=name,
+                           version=version, pinned=pinned, **writes))  # fmt: skip
+
+    @staticmethod
+    def _moved(name: str, version: int, target: str) -> str:
+        return (
+            f"Refused to give {name!r} version {version} the {target}: the version was "
+            "renamed, deleted or replaced while its audit was verified, so the verdict "
+            "would land on a version that was not checked. HINT: ask again."
+        )
+
+    def _record_refusal(self, name: str, version: int, pinned: Any, message: str) -> None:
+        """Refusal tags on the pinned version, and its protected aliases removed, at once
+        (a failure to record is logged; it does not change the answer)."""
+        held = [
+            a
+            for a in _compat.aliases_of(self._inner, name, version)
+            if a.lower() in self._settings.protected_aliases
+        ]
+        try:
+            committed = self._commit(
+                name,
+                version,
+                pinned,
+                set_alias=None,
+                set_tags={STATUS_TAG: "refused", REFUSAL_TAG: refusal_text([message]),
+                          VERIFIED_BY_TAG: VERIFIED_BY},
+                delete_aliases=held,
+            )  # fmt: skip
+        except Exception as tag_error:
+            _LOG.error("cannot record the refusal on %r version %s: %s", name, version, tag_error)
+            return
+        if not committed:
+            _LOG.error("refusal of %r version %s not recorded: the version moved", name, version)
+        elif held:
+            _LOG.error("removed the protected alias(es) %s from %r version %s", held, name, version)
+
+
+def _is_protected_tag(key: Any) -> bool:
+    return str(key).strip().lower().startswith(PROTECTED_TAG_PREFIX)

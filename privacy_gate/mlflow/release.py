@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from privacy_gate.comparison import AuditComparison, PoolMismatchError, compare_reports
+from privacy_gate.mlflow.audited_model import log_audited_model, tracking_uri_set
 from privacy_gate.mlflow.logging import experiment_id_for, log_comparison, log_report
 from privacy_gate.mlflow.promote import promote
 from privacy_gate.report_model import AuditReport
@@ -50,20 +51,6 @@ class ReleaseResult:
     tags: Mapping[str, str]
     registry_uri: str
     comparison: AuditComparison | None = None
-
-
-@contextlib.contextmanager
-def _tracking(uri: str) -> Iterator[None]:
-    """MLflow's global tracking URI for ``log_model`` (it logs into the active run), put
-    back afterwards."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 @contextlib.contextmanager
@@ -117,7 +104,7 @@ def champion_comparison(
             f"PRIVACY_GATE_PUBLIC_KEY is not set, so the {alias}'s audit cannot be verified",
         )
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
-    with _tracking(tracking_uri):
+    with tracking_uri_set(tracking_uri):
         try:
             client.get_registered_model(registered_model)
         except MlflowException as exc:
@@ -177,27 +164,31 @@ def release_candidate(
     the champion) is logged as ``privacy_gate/vs_<alias>/...`` metrics of the run.
     """
     import mlflow
-    import mlflow.pytorch
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     # MLflow resolves a version's models:/ source through the global tracking URI too.
-    with _tracking(tracking_uri):
+    with tracking_uri_set(tracking_uri):
         with mlflow.start_run(
             experiment_id=experiment_id_for(client, experiment, tracking_uri), run_name=run_name
         ) as run:
-            info = mlflow.pytorch.log_model(  # pt2 export: the server loads it without pickle
-                model, name="model", input_example=input_example, pip_requirements=["torch"]
+            audited = log_audited_model(  # pt2 export, its bytes checked and signed
+                model,
+                input_example=input_example,
+                run_id=run.info.run_id,
+                client=client,
+                expected_weights_sha256=report.audit.model_sha256,
             )
             log_report(report, run_id=run.info.run_id, out_dir=out_dir, client=client,
-                       model_sha256=report.audit.model_sha256)  # fmt: skip
+                       model_sha256=report.audit.model_sha256,
+                       model_files=audited.model_files)  # fmt: skip
             if comparison is not None:  # against the champion (`champion_comparison`)
                 log_comparison(client, run.info.run_id, comparison, alias)
         run_id = str(run.info.run_id)
         registry = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
         _ensure_registered_model(registry, registered_model)
         version = registry.create_model_version(
-            registered_model, info.model_uri, run_id=run_id, model_id=info.model_id
+            registered_model, audited.model_uri, run_id=run_id, model_id=audited.model_id
         )
         refusal = _ask_for_alias(
             registry, registered_model, str(version.version), alias, registry_uri=registry_uri

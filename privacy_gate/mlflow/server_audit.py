@@ -1,60 +1,129 @@
 """What the gated registry store reads on the server: a run's audit report and the
-weights digest of a registered version, through the server's own artifact store; and
-`upsert`, how its writes survive concurrent writers of the same tag or alias."""
+manifest of a registered version's files (bytes hashed; no model is ever loaded, no torch
+is imported), through the server's own artifact store; and `upsert`, how its writes
+survive concurrent writers of the same tag or alias."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
-import threading
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from privacy_gate.mlflow._compat import server_artifact_destination
+from privacy_gate.mlflow._compat import VersionIdentity, server_artifact_destination
 from privacy_gate.mlflow.logging import REPORT_ARTIFACT
-from privacy_gate.mlflow.model_digest import logged_model_sha256
+from privacy_gate.mlflow.registry_settings import GateSettings
+from privacy_gate.mlflow.verification import audit_refusals
+from privacy_gate.model_files import ModelFiles, manifest_of
 from privacy_gate.report import parse_report_json
+from privacy_gate.signing import PUBLIC_KEY_ENVIRONMENT_VARIABLE, public_key_from_environment
 
-__all__ = ["download", "read_run_report", "upsert", "version_weights_sha256"]
+__all__ = [
+    "RunReport",
+    "download",
+    "read_run_report",
+    "upsert",
+    "version_model_files",
+    "version_refusals",
+]
 
 _LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
 UPSERT_ATTEMPTS = 3
-# torch.export's deserializer (pt2 models, MLflow 3's default) keeps the model being loaded
-# in a module global and fails ("_CURRENT_DESERIALIZER is already set") when two threads
-# of one server worker load at once: a passing version would be refused. Loads take turns.
-_LOAD_LOCK = threading.Lock()
 
 
-def read_run_report(run_id: str, tracking_uri: str | None) -> dict[str, Any] | None:
-    """The run's ``privacy_gate/report.json``; None when absent or unreadable."""
+MAX_REPORT_BYTES = 32 * 1024 * 1024
+"""A larger report.json is refused unread (privacy-gate writes a few MB at most)."""
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """A run's ``privacy_gate/report.json`` as parsed JSON (any value: the verification
+    says what is wrong with it), or why there is none to verify."""
+
+    data: Any = None
+    problem: str | None = None
+
+
+def read_run_report(run_id: str, tracking_uri: str | None) -> RunReport:
+    """The run's ``privacy_gate/report.json``, strictly parsed
+    (`privacy_gate.report.parse_report_json`); a missing, oversized or unparsable file
+    gives the precise reason instead."""
     from mlflow.tracking import MlflowClient
 
     try:
         run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
         with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-            local = download(f"{run.info.artifact_uri}/{REPORT_ARTIFACT}", tmp)
-            data = parse_report_json(Path(local).read_text(encoding="utf-8"))
+            local = Path(download(f"{run.info.artifact_uri}/{REPORT_ARTIFACT}", tmp))
+            size = local.stat().st_size
+            if size > MAX_REPORT_BYTES:
+                return RunReport(
+                    problem=f"the audit report is {size} bytes, over the "
+                    f"{MAX_REPORT_BYTES}-byte limit"
+                )
+            raw = local.read_bytes()
     except Exception as exc:
         _LOG.warning("no audit report for run %s: %s", run_id, exc)
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def version_weights_sha256(store: Any, name: str, version: Any) -> str | None:
-    """The weights digest recomputed from the version's model files (None on failure:
-    an undigestable model is refused)."""
+        return RunReport()
     try:
-        uri = store.get_model_version_download_uri(name=name, version=version)
+        return RunReport(data=parse_report_json(raw.decode("utf-8")))
+    except UnicodeDecodeError:
+        return RunReport(problem="the audit report is not UTF-8 text")
+    except ValueError as exc:
+        return RunReport(problem=f"the audit report is not valid JSON: {str(exc)[:300]}")
+
+
+def version_model_files(location: str) -> ModelFiles | None:
+    """The manifest of a version's files as stored now, at the location pinned with the
+    version (not looked up again by name: a rename could swap the version in between):
+    bytes hashed, nothing loaded, no model code run (None when unreadable: that refuses)."""
+    try:
         with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-            local = download(uri, tmp)
-            with _LOAD_LOCK:
-                return logged_model_sha256(local)
+            return manifest_of(download(location, tmp))
     except Exception as exc:
-        _LOG.error("cannot digest the weights of %r version %s: %s", name, version, exc)
+        _LOG.error("cannot read the model files at %r: %s", location, exc)
         return None
+
+
+def version_refusals(
+    pinned: VersionIdentity, tracking_uri: str | None, settings: GateSettings
+) -> tuple[list[str], Any]:
+    """Every reason to refuse the pinned version, and its audit report (parsed JSON)."""
+    try:
+        public_key = public_key_from_environment()
+    except Exception as exc:
+        return [f"the audit public key cannot be read ({exc})"], None
+    if public_key is None:
+        return [
+            f"the server has no audit public key ({PUBLIC_KEY_ENVIRONMENT_VARIABLE} is not "
+            "set), so no audit can be verified"
+        ], None
+    run_id, source, location, _ = pinned
+    if not run_id:
+        return ["the model version has no run, so it has no audit"], None
+    found = read_run_report(run_id, tracking_uri)
+    if found.problem is not None:
+        return [found.problem], None
+    # The signature, status and run first: the files are read only for a genuine, passing
+    # audit of this run (reading them is the expensive part).
+    check = functools.partial(
+        audit_refusals,
+        found.data,
+        public_key=public_key,
+        run_id=run_id,
+        policy_sha256=settings.policy_sha256,
+        allow_pickle=settings.allow_pickle,
+    )
+    reasons = check(model_files=None, check_files=False)
+    if reasons:
+        return reasons, found.data
+    where = location or source
+    files = version_model_files(where) if where else None
+    return check(model_files=files), found.data
 
 
 def download(artifact_uri: str, dst: str) -> str:

@@ -10,43 +10,55 @@ from collections.abc import Mapping
 from typing import Any
 
 from privacy_gate.errors import ReportError
-from privacy_gate.report import outdated_schema_reason
+from privacy_gate.model_files import NOT_AUDITED, PT2, ModelFiles, differences
+from privacy_gate.report import non_finite_field, outdated_schema_reason
 from privacy_gate.report_model import AuditReport
 from privacy_gate.signing import verify_report
 
-__all__ = ["audit_refusals"]
+__all__ = ["audit_refusals", "signed_model_files"]
+
+_SHOWN_DIFFERENCES = 5
 
 
 def audit_refusals(
-    report: Mapping[str, Any] | None,
+    report: Any,
     *,
     public_key: Any,
     run_id: str | None,
-    model_sha256: str | None,
+    model_files: ModelFiles | None,
     policy_sha256: str | None = None,
     require_pass: bool = True,
-    check_weights: bool = True,
+    check_files: bool = True,
+    allow_pickle: bool = False,
     subject: str = "this model version",
     run_name: str = "this version's run",
 ) -> list[str]:
     """Reasons to refuse promotion; an empty list means the audit allows it.
 
     Args:
-        report: the audit report found for the version (None: no audit).
+        report: the audit report found for the version (None: no audit). Any parsed JSON
+            value: a malformed one is a reason, never an exception.
         public_key: the verifiers' Ed25519 public key.
         run_id: the run that produced the model version.
-        model_sha256: the digest recomputed from the version's model files (None when
-            it could not be computed: that alone refuses).
+        model_files: the manifest of the version's files as they are stored now
+            (`privacy_gate.model_files.manifest_of`; None when they could not be read:
+            that alone refuses).
         policy_sha256: the policy required for promotion (None: any policy).
         require_pass: refuse an audit whose recorded status is not ``pass`` (False for
             ``privacy-gate check``, which re-evaluates the gate itself).
-        check_weights: compare ``model_sha256`` with the audited weights (False when the
-            caller has no model to digest, e.g. a check of a run: the run id still binds).
+        check_files: compare ``model_files`` with the signed manifest (False when the
+            caller has no model, e.g. a check of a run: the run id still binds).
+        allow_pickle: accept a pickle-format model (its forward is code outside its files).
         subject: what the audit is looked up for, in refusals ("this model version").
         run_name: the run the audit must belong to, in refusals ("this version's run").
     """
     if report is None:
         return [f"no privacy audit was found for {subject} (run privacy-gate first)"]
+    if not isinstance(report, Mapping):
+        return [f"the audit report is malformed: it is a JSON {_kind(report)}, not an object"]
+    bad = non_finite_field(report)
+    if bad is not None:
+        return [f"the audit report holds a non-finite number at {bad!r}"]
     reasons: list[str] = []
     try:
         verify_report(report, public_key)
@@ -70,18 +82,71 @@ def audit_refusals(
         )
     if run_id is not None and audit.run_id != run_id:
         reasons.append(f"the audit belongs to run {audit.run_id!r}, not to {run_name} {run_id!r}")
-    if not check_weights:
-        pass
-    elif model_sha256 is None:
-        reasons.append("the weights of this model version could not be digested")
-    elif audit.model_sha256 != model_sha256:
-        reasons.append(
-            "the model's weights changed after the audit (audited "
-            f"{str(audit.model_sha256)[:12]}..., registered {model_sha256[:12]}...)"
-        )
+    if check_files:
+        reasons.extend(_file_refusals(report, model_files, allow_pickle=allow_pickle))
     if policy_sha256 is not None and audit.policy_sha256 != policy_sha256:
         reasons.append(
             f"the audit used policy {audit.policy_sha256[:12]}..., promotion "
             f"requires {policy_sha256[:12]}..."
         )
     return reasons
+
+
+def signed_model_files(report: Mapping[str, Any]) -> ModelFiles | str:
+    """The manifest a (verified) report binds, or why it binds none."""
+    audit = report.get("audit")
+    files = audit.get("model_files") if isinstance(audit, Mapping) else None
+    if files is None:
+        return (
+            "the audit binds only the weights' state_dict, not the model's files (an older "
+            "audit, or the model was never logged with it): a model with the same weights and "
+            "another forward would pass. HINT: re-run the audit and log the audited model "
+            "with it (privacy_gate.mlflow.log_audited_model, or 'privacy-gate audit' with "
+            "mlflow.registered_model)"
+        )
+    try:
+        return ModelFiles.from_dict(files)
+    except ReportError as exc:
+        return f"the audit report is malformed: {exc}"
+
+
+def _file_refusals(
+    report: Mapping[str, Any], found: ModelFiles | None, *, allow_pickle: bool
+) -> list[str]:
+    signed = signed_model_files(report)
+    if isinstance(signed, str):
+        return [signed]
+    reasons: list[str] = []
+    if signed.format != PT2 and not allow_pickle:
+        reasons.append(
+            f"the audited model is in {signed.format!r} format: its forward is code outside "
+            "the model's files, which the audit cannot bind. HINT: log the model as a "
+            "torch.export program (serialization_format='pt2'), or let the registry accept "
+            "pickle models (PRIVACY_GATE_ALLOW_PICKLE_MODELS=true) if you control the code "
+            "wherever it is loaded"
+        )
+    if found is None:
+        reasons.append("the files of this model version could not be read")
+        return reasons
+    # Files the audit does not name are counted, not named: on the registry server the
+    # version's location is the client's choice, and its listing is not theirs to read.
+    changed = [d for d in differences(signed, found) if not d.endswith(NOT_AUDITED)]
+    extra = len({f.path for f in found.files} - {f.path for f in signed.files})
+    if extra:
+        changed.append(f"{extra} file(s) that are not in the audited model")
+    if changed:
+        shown = "; ".join(changed[:_SHOWN_DIFFERENCES])
+        more = len(changed) - _SHOWN_DIFFERENCES
+        reasons.append(
+            "the model's files are not the audited ones ("
+            + shown
+            + (f"; and {more} more" if more > 0 else "")
+            + ")"
+        )
+    return reasons
+
+
+def _kind(value: Any) -> str:
+    return {list: "array", str: "string", type(None): "null", bool: "boolean"}.get(
+        type(value), "number"
+    )

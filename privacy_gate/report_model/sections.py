@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from privacy_gate.model_files import ModelFiles
 from privacy_gate.report_model.codec import OMIT_NONE, decode, encode
 
 __all__ = [
@@ -58,7 +59,9 @@ class AuditInfo:
     ``pseudonym_key_id`` names the pseudonym key (`privacy_gate.pseudonyms.Pseudonymizer.
     key_id`; None for raw ids or a random key), so that audits can match patients;
     ``plan``, ``training`` and ``model_sha256`` exist when the audit trained the reference
-    models itself; a signed report binds ``run_id`` (the MLflow run) and ``model_sha256``;
+    models itself; a signed report binds ``run_id`` (the MLflow run), ``model_sha256`` and,
+    once the audited model is logged, ``model_files`` (`privacy_gate.model_files`: the bytes
+    of every file of the logged model, which the registry gate compares);
     ``extra`` keeps provenance a caller added.
     """
 
@@ -75,6 +78,7 @@ class AuditInfo:
     task: str
     pseudonym_key_id: str | None = field(default=None, metadata=OMIT_NONE)
     model_sha256: str | None = field(default=None, metadata=OMIT_NONE)
+    model_files: ModelFiles | None = field(default=None, metadata=OMIT_NONE)
     run_id: str | None = field(default=None, metadata=OMIT_NONE)
     plan: Plan | None = field(default=None, metadata=OMIT_NONE)
     training: TrainingInfo | None = field(default=None, metadata=OMIT_NONE)

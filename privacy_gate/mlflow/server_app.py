@@ -1,0 +1,173 @@
+"""An ``mlflow server`` app plugin: the artifact API cannot change a registered model.
+
+MLflow's artifact proxy accepts writes from any client: ``PUT`` and ``DELETE`` on
+``/api/2.0/mlflow-artifacts/artifacts/<path>``, multipart uploads
+(``/api/2.0/mlflow-artifacts/mpu/...``) and the UI's ``/ajax-api/2.0/mlflow/upload-artifact``.
+Through them a client could overwrite the files of the version that holds ``champion``
+after it was verified. With this app every such write whose path lies under (or above) the
+files of a registered model version is refused with HTTP 403 before MLflow sees it::
+
+    mlflow server --app-name privacy-gate \\
+        --backend-store-uri sqlite:///mlflow.db \\
+        --registry-store-uri privacygate+sqlite:///mlflow.db
+
+It works with uvicorn (MLflow's default: a middleware on the FastAPI app, which also
+serves the native artifact routes) and with gunicorn or waitress (a Flask
+``before_request`` hook). Unregistered models and runs are written as before. Consumers
+still verify what they load (``privacy-gate verify``): this closes the server's own API,
+not direct access to the storage behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+import urllib.parse
+from collections.abc import Iterable
+from typing import Any
+
+from privacy_gate.mlflow import _compat
+
+__all__ = ["create_app", "refusal_for", "relative_artifact_path"]
+
+_LOG = logging.getLogger(__name__)
+_PROXY_WRITE = re.compile(
+    r"/(?:ajax-)?api/2\.0/mlflow-artifacts/(?:artifacts|mpu/(?:create|complete|abort))/(.*)$"
+)
+_UI_UPLOAD = re.compile(r"/ajax-api/2\.0/mlflow/upload-artifact$")
+_WRITES = frozenset({"PUT", "POST", "DELETE", "PATCH"})
+
+
+def relative_artifact_path(uri: str, destination: str | None) -> str | None:
+    """Where ``uri`` lies in the proxy's namespace (``1/models/m-1/artifacts``), or None
+    when the proxy cannot reach it."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "mlflow-artifacts":
+        return _clean(parsed.path)
+    if destination:
+        base = destination.rstrip("/")
+        for candidate in (uri, parsed.path if parsed.scheme == "file" else None):
+            if candidate and (candidate == base or candidate.startswith(base + "/")):
+                return _clean(candidate[len(base) :])
+        base_path = urllib.parse.urlparse(destination).path.rstrip("/")
+        if parsed.scheme in ("", "file") and base_path and parsed.path.startswith(base_path + "/"):
+            return _clean(parsed.path[len(base_path) :])
+    return None
+
+
+def _clean(path: str) -> str:
+    normal = posixpath.normpath("/" + path.strip("/"))
+    return normal.lstrip("/")
+
+
+def _overlaps(target: str, location: str) -> bool:
+    """True when writing at ``target`` would change a file under ``location``: the same
+    path, a file inside it, or a folder above it (a delete of ``1/models``)."""
+    if not target or target == location:
+        return True
+    return target.startswith(location + "/") or location.startswith(target + "/")
+
+
+def _protected_holder(target: str, locations: Iterable[tuple[str, int, str]]) -> str | None:
+    destination = _compat.server_artifact_destination()
+    for name, version, uri in locations:
+        location = relative_artifact_path(uri, destination)
+        if location is not None and _overlaps(target, location):
+            return f"{name!r} version {version}"
+    return None
+
+
+def _targets(method: str, path: str, query: str) -> list[str]:
+    """The proxy paths a write request may change (the path as routed, and decoded once
+    more in case a layer decodes again); empty for a request that writes nothing."""
+    if method not in _WRITES:
+        return []
+    match = _PROXY_WRITE.search(path)
+    if match is not None:
+        raw = match.group(1)
+        return list(dict.fromkeys([_clean(raw), _clean(urllib.parse.unquote(raw))]))
+    if _UI_UPLOAD.search(path) is not None:
+        args = urllib.parse.parse_qs(query)
+        run_id, relative = args.get("run_uuid", [""])[0], args.get("path", [""])[0]
+        if not run_id:
+            return []  # MLflow answers 400 itself
+        tracking, _ = _compat.server_stores()
+        root = tracking.get_run(run_id).info.artifact_uri
+        where = relative_artifact_path(
+            f"{root.rstrip('/')}/{relative}", _compat.server_artifact_destination()
+        )
+        return [] if where is None else [where]
+    return []
+
+
+def refusal_for(method: str, path: str, query: str = "") -> str | None:
+    """Why the request must be refused (it writes a registered version's files), or None.
+    Fails closed: a request whose target cannot be worked out is refused."""
+    try:
+        targets = _targets(method.upper(), path, query)
+        if not targets:
+            return None
+        _, registry = _compat.server_stores()
+        locations = _compat.registered_locations(getattr(registry, "inner", registry))
+        found = [(t, _protected_holder(t, locations)) for t in targets]
+        target, holder = next(((t, h) for t, h in found if h is not None), (targets[0], None))
+    except Exception as exc:
+        _LOG.error("privacy-gate artifact guard: cannot check %s %s: %s", method, path, exc)
+        return (
+            f"privacy-gate could not check whether this write changes a registered model's "
+            f"files ({type(exc).__name__}); it is refused."
+        )
+    if holder is None:
+        return None
+    message = (
+        f"The artifact path {target!r} holds the files of registered model {holder}; "
+        "privacy-gate keeps a registered version's files unchanged (its audit is bound to "
+        "their bytes). HINT: log a new model and register it as a new version."
+    )
+    _LOG.error("privacy-gate artifact guard refused %s %s: %s", method, path, message)
+    return message
+
+
+def _body(message: str) -> dict[str, str]:
+    return {"error_code": "PERMISSION_DENIED", "message": message}
+
+
+def create_app(app: Any = None) -> Any:
+    """The MLflow server app with the artifact guard (entry point ``mlflow.app``:
+    ``privacy-gate``)."""
+    from flask import jsonify, request
+
+    if app is None:
+        from mlflow.server import app as flask_app
+    else:
+        flask_app = app
+
+    def flask_guard() -> Any:
+        refusal = refusal_for(request.method, request.path, request.query_string.decode())
+        if refusal is None:
+            return None
+        response = jsonify(_body(refusal))
+        response.status_code = 403
+        return response
+
+    flask_app.before_request(flask_guard)
+    _LOG.warning("privacy-gate artifact guard active: registered versions' files are read-only")
+    if _compat.server_gateway_interface() != "uvicorn":
+        return flask_app
+    from fastapi.responses import JSONResponse
+    from mlflow.server.fastapi_app import create_fastapi_app
+    from starlette.concurrency import run_in_threadpool
+
+    fastapi_app = create_fastapi_app(flask_app)
+
+    @fastapi_app.middleware("http")  # type: ignore[untyped-decorator]
+    async def artifact_guard(request: Any, call_next: Any) -> Any:
+        refusal = await run_in_threadpool(
+            refusal_for, request.method, request.url.path, request.url.query
+        )
+        if refusal is not None:
+            return JSONResponse(_body(refusal), status_code=403)
+        return await call_next(request)
+
+    return fastapi_app
