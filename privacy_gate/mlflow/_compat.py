@@ -113,8 +113,11 @@ def commit_verdict(
         SqlRegisteredModelAlias,
     )
 
-    class _Moved(Exception):
-        pass
+    from mlflow.exceptions import MlflowException
+
+    class _Moved(MlflowException):  # the session maker rolls back on MlflowException
+        def __init__(self) -> None:
+            super().__init__("the version moved")
 
     try:
         with store.ManagedSessionMaker(read_only=False) as session:

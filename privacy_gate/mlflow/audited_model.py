@@ -75,35 +75,41 @@ def _in_run(run_id: str) -> Iterator[None]:
         yield
 
 
-def logged_model_files(client: MlflowClient, model_uri: str) -> ModelFiles:
-    """The manifest of a logged model's files as the artifact store holds them now."""
+def _stored_location(client: MlflowClient, model_uri: str) -> str:
+    """Where the logged model's files are stored. Downloading ``models:/<id>`` itself would
+    add a ``registered_model_meta`` file that the store does not hold."""
+    model_id = model_uri.removeprefix("models:/")
+    return str(client.get_logged_model(model_id).artifact_location)
+
+
+def _download(client: MlflowClient, model_uri: str, dst: str) -> str:
     from mlflow.artifacts import download_artifacts
 
-    with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-        local = download_artifacts(
-            artifact_uri=model_uri,
-            dst_path=tmp,
+    return str(
+        download_artifacts(
+            artifact_uri=_stored_location(client, model_uri),
+            dst_path=dst,
             tracking_uri=str(client.tracking_uri),
             registry_uri=client_registry_uri(client),
         )
-        return manifest_of(local)
+    )
+
+
+def logged_model_files(client: MlflowClient, model_uri: str) -> ModelFiles:
+    """The manifest of a logged model's (``models:/<model id>``) files as stored now."""
+    with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
+        return manifest_of(_download(client, model_uri, tmp))
 
 
 def _check_weights(client: MlflowClient, model_uri: str, expected: str) -> ModelFiles:
     """Download the stored files once; their manifest, after checking they load to the
     audited weights (this side trusts its own upload, so loading it here is safe)."""
     import mlflow.pytorch
-    from mlflow.artifacts import download_artifacts
 
     from privacy_gate.training.weights import weights_sha256
 
     with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-        local = download_artifacts(
-            artifact_uri=model_uri,
-            dst_path=tmp,
-            tracking_uri=str(client.tracking_uri),
-            registry_uri=client_registry_uri(client),
-        )
+        local = _download(client, model_uri, tmp)
         manifest = manifest_of(local)
         stored = weights_sha256(mlflow.pytorch.load_model(local, map_location="cpu"))
     if stored != expected:

@@ -185,10 +185,10 @@ def _version_number(version: Any) -> int:
     echo the raw value (it may hold newlines or markup)."""
     text = str(version)
     if isinstance(version, bool) or not _VERSION.fullmatch(text):
-        shown = repr(text[:20] + ("..." if len(text) > 20 else ""))
         raise _invalid(
-            f"The model version must be a positive integer such as '3'. Got {shown}. "
-            "HINT: pass the version number MLflow assigned."
+            "The model version must be a positive integer such as '3'. Got a value of "
+            f"{len(text)} characters that is not one (not shown). HINT: pass the version "
+            "number MLflow assigned."
         )
     return int(text)
 

@@ -36,6 +36,7 @@ from mlflow_server import MlflowServer, start_mlflow_server
 
 from privacy_gate import audit, make_signals, records_from_columns
 from privacy_gate.config import parse_config
+from privacy_gate.mlflow.audited_model import logged_model_files
 from privacy_gate.report import SCHEMA_VERSION
 from privacy_gate.signing import load_private_key, sign_report, write_keypair
 from privacy_gate.training.weights import weights_sha256
@@ -116,35 +117,55 @@ def register(
     report_run: str | None = None,
     tamper: bool = False,
     schema: str = SCHEMA_VERSION,
+    model: torch.nn.Module | None = None,
+    bind_files: bool = True,
 ) -> str:
-    """Log a tiny model (and optionally a signed report) into a new run; register it."""
+    """Log a model (a tiny one by default) and optionally a signed report into a new run;
+    register it. The report binds the logged model's files (``audit.model_files``) as
+    `privacy_gate.mlflow.log_audited_model` does; ``tamper`` registers other weights than
+    the audited ones; ``bind_files=False`` signs an old-style audit of the weights only."""
     mlflow.set_tracking_uri(gated.server.tracking_uri)
     mlflow.set_registry_uri(gated.server.tracking_uri)
     mlflow.set_experiment("gated-registry")  # not another module's active experiment
-    model = torch.nn.Linear(3, 1)
+    model = model if model is not None else torch.nn.Linear(3, 1)
     digest = weights_sha256(model)
+    example = np.zeros((1, model_inputs(model)), dtype=np.float32)
     with mlflow.start_run() as run:
-        if tamper:  # weights changed after the audit
+        info = log_pt2(model, example)
+        files = logged_model_files(gated.client, info.model_uri)
+        if tamper:  # the weights registered are not the audited ones
             with torch.no_grad():
-                model.weight.add_(1.0)
-        info = mlflow.pytorch.log_model(  # pt2 (MLflow 3's default): loads without pickle
-            model,
-            name="model",
-            input_example=np.zeros((1, 3), dtype=np.float32),
-            pip_requirements=["torch"],  # skips the slow requirements inference
-        )
+                next(model.parameters()).add_(1.0)
+            info = log_pt2(model, example)
         if status is not None:
             signed = sign_report(
                 report(status, schema),
                 key if key is not None else gated.private,
                 run_id=report_run or run.info.run_id,
                 model_sha256=digest,
+                model_files=files if bind_files else None,
             )
             gated.client.log_text(run.info.run_id, json.dumps(signed), "privacy_gate/report.json")
     version = gated.client.create_model_version(
         MODEL, info.model_uri, run_id=run.info.run_id, model_id=info.model_id
     )
     return str(version.version)
+
+
+def model_inputs(model: torch.nn.Module) -> int:
+    """The input width of a model whose first parameter is a Linear weight."""
+    return int(next(model.parameters()).shape[-1])
+
+
+def log_pt2(model: torch.nn.Module, example: Any, name: str = "model") -> Any:
+    """``mlflow.pytorch.log_model`` as pt2 into the active run (MLflow 3's default)."""
+    return mlflow.pytorch.log_model(
+        model,
+        name=name,
+        input_example=example,
+        serialization_format="pt2",
+        pip_requirements=["torch"],  # skips the slow requirements inference
+    )
 
 
 def rest_alias(gated: Gated, version: str, alias: str = "champion") -> requests.Response:

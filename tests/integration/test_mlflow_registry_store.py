@@ -106,7 +106,12 @@ def test_report_of_another_run_is_refused(gated: Gated) -> None:
 
 
 def test_changed_weights_are_refused(gated: Gated) -> None:
-    _assert_refused(gated, _register(gated, tamper=True), "weights changed after the audit")
+    _assert_refused(gated, _register(gated, tamper=True), "files are not the audited ones")
+
+
+def test_audit_of_the_weights_only_is_refused_with_a_rerun_hint(gated: Gated) -> None:
+    version = _register(gated, bind_files=False)  # an older audit: state_dict digest only
+    _assert_refused(gated, version, "binds only the weights' state_dict")
 
 
 def test_forged_verdict_tag_is_refused(gated: Gated) -> None:
@@ -186,7 +191,7 @@ def test_import_failure_is_loud(
 ) -> None:
     name = "privacy_gate.mlflow.registry_store"
     monkeypatch.delitem(sys.modules, name, raising=False)
-    monkeypatch.setitem(sys.modules, "privacy_gate.mlflow.verification", None)
+    monkeypatch.setitem(sys.modules, "privacy_gate.mlflow.server_audit", None)
     with caplog.at_level(logging.ERROR), pytest.raises(ImportError):
         importlib.import_module(name)
     assert any(
@@ -289,10 +294,8 @@ def test_prompt_methods_cannot_bypass_the_gate(local_store: Any) -> None:
 def test_a_copied_version_does_not_inherit_the_verdict(local_store: Any) -> None:
     from mlflow.entities.model_registry import ModelVersionTag
 
-    with local_store._internal():  # as after a verified promotion
-        local_store.inner.set_model_version_tag(
-            "m", 1, ModelVersionTag("privacy_gate.status", "pass")
-        )
+    # as after a verified promotion (the inner store: clients cannot write this tag)
+    local_store.inner.set_model_version_tag("m", 1, ModelVersionTag("privacy_gate.status", "pass"))
     local_store.set_model_version_tag("m", 1, ModelVersionTag("team", "cardiology"))
     source = local_store.get_model_version("m", 1)
     copy = local_store.copy_model_version(source, "m-copy")
@@ -301,12 +304,68 @@ def test_a_copied_version_does_not_inherit_the_verdict(local_store: Any) -> None
 
 
 def test_a_refusal_is_recorded_and_cleared_by_a_later_pass(local_store: Any) -> None:
+    from privacy_gate.mlflow import _compat
+
     with pytest.raises(MlflowException) as caught:
         local_store.set_registered_model_alias("m", "champion", 1)
     tags = local_store.get_model_version("m", 1).tags
     assert tags["privacy_gate.status"] == "refused"
     assert tags["privacy_gate.refusal"] == caught.value.message
     assert "no audit public key" in tags["privacy_gate.refusal"]
-    local_store._write_verdict("m", 1, {"status": "pass"}, "champion")  # as after a pass
+    pinned = _compat.version_identity(local_store.inner, "m", 1)
+    assert local_store._commit(  # what a verified pass writes, in one transaction
+        "m", 1, pinned, set_alias="champion",
+        set_tags={"privacy_gate.status": "pass"}, delete_tags=["privacy_gate.refusal"],
+    )  # fmt: skip
     tags = local_store.get_model_version("m", 1).tags
     assert tags["privacy_gate.status"] == "pass" and "privacy_gate.refusal" not in tags
+    assert local_store.get_registered_model("m").aliases == {"champion": 1}
+
+
+def test_a_verdict_never_lands_on_a_version_that_moved_in(local_store: Any, tmp_path: Path) -> None:
+    """The TOCTOU of the rename race, step by step: the version is pinned, then renamed
+    away and another model's version 1 renamed into its place; the commit is refused and
+    writes nothing."""
+    from privacy_gate.mlflow import _compat
+
+    pinned = _compat.version_identity(local_store.inner, "m", 1)
+    local_store.create_registered_model("other")
+    local_store.create_model_version("other", source=str(tmp_path / "x"), run_id=None)
+    local_store.rename_registered_model("m", "m-away")
+    local_store.rename_registered_model("other", "m")
+    committed = local_store._commit(
+        "m", 1, pinned, set_alias="champion", set_tags={"privacy_gate.status": "pass"}
+    )
+    assert not committed
+    assert local_store.get_registered_model("m").aliases == {}
+    assert "privacy_gate.status" not in local_store.get_model_version("m", 1).tags
+    # the pinned version itself, under its new name, can still get it
+    assert local_store._commit(
+        "m-away", 1, pinned, set_alias="champion", set_tags={"privacy_gate.status": "pass"}
+    )
+    assert local_store.get_registered_model("m-away").aliases == {"champion": 1}
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("", "names none"), (" , ", "names none"), ("champion;prod", "not alias names")],
+)
+def test_an_empty_or_malformed_protected_alias_list_stops_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    from privacy_gate.mlflow.registry_store import PrivacyGateRegistryStore
+
+    monkeypatch.setenv("PRIVACY_GATE_PROTECTED_ALIASES", value)
+    with pytest.raises(MlflowException) as caught:
+        PrivacyGateRegistryStore(f"privacygate+sqlite:///{tmp_path}/r.db")
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "PRIVACY_GATE_PROTECTED_ALIASES" in caught.value.message
+    assert problem in caught.value.message
+
+
+def test_hostile_version_strings_are_400_and_not_echoed(local_store: Any) -> None:
+    for version in ("1\n", "1 ", "+1", "0", "1_0", "<b>1</b>"):
+        with pytest.raises(MlflowException) as caught:
+            local_store.set_registered_model_alias("m", "champion", version)
+        assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+        assert "\n" not in caught.value.message and "<b>" not in caught.value.message
