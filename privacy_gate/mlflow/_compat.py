@@ -108,12 +108,11 @@ def commit_verdict(
     False is returned. True when committed.
     """
     import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
     from mlflow.store.model_registry.dbmodels.models import (
         SqlModelVersionTag,
         SqlRegisteredModelAlias,
     )
-
-    from mlflow.exceptions import MlflowException
 
     class _Moved(MlflowException):  # the session maker rolls back on MlflowException
         def __init__(self) -> None:
@@ -149,8 +148,10 @@ def commit_verdict(
                 raise _Moved
     except _Moved:
         return False
-    except sqlalchemy.exc.IntegrityError:  # the version's row went away under the writes
-        return False
+    except sqlalchemy.exc.IntegrityError:
+        if version_identity(store, name, version) == pinned:
+            raise  # a lost race to insert the same row: the caller retries (upsert)
+        return False  # the version's row went away under the writes
     return True
 
 

@@ -31,6 +31,7 @@ import mlflow.pytorch
 import numpy as np
 import requests
 import torch
+from logged_models import log_pt2
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer, start_mlflow_server
 
@@ -129,14 +130,13 @@ def register(
     mlflow.set_experiment("gated-registry")  # not another module's active experiment
     model = model if model is not None else torch.nn.Linear(3, 1)
     digest = weights_sha256(model)
-    example = np.zeros((1, model_inputs(model)), dtype=np.float32)
     with mlflow.start_run() as run:
-        info = log_pt2(model, example)
+        info = log_pt2(model)
         files = logged_model_files(gated.client, info.model_uri)
         if tamper:  # the weights registered are not the audited ones
             with torch.no_grad():
                 next(model.parameters()).add_(1.0)
-            info = log_pt2(model, example)
+            info = log_pt2(model)
         if status is not None:
             signed = sign_report(
                 report(status, schema),
@@ -150,22 +150,6 @@ def register(
         MODEL, info.model_uri, run_id=run.info.run_id, model_id=info.model_id
     )
     return str(version.version)
-
-
-def model_inputs(model: torch.nn.Module) -> int:
-    """The input width of a model whose first parameter is a Linear weight."""
-    return int(next(model.parameters()).shape[-1])
-
-
-def log_pt2(model: torch.nn.Module, example: Any, name: str = "model") -> Any:
-    """``mlflow.pytorch.log_model`` as pt2 into the active run (MLflow 3's default)."""
-    return mlflow.pytorch.log_model(
-        model,
-        name=name,
-        input_example=example,
-        serialization_format="pt2",
-        pip_requirements=["torch"],  # skips the slow requirements inference
-    )
 
 
 def rest_alias(gated: Gated, version: str, alias: str = "champion") -> requests.Response:

@@ -28,6 +28,7 @@ import mlflow
 import mlflow.pytorch
 import torch
 from github_outputs import parse_outputs
+from logged_models import log_and_register
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer, mlflow_server_fixture
 from torch import nn
@@ -92,15 +93,6 @@ def _upload(client: MlflowClient, run_id: str, report: dict[str, Any], tmp: Path
     client.log_artifact(run_id, str(directory / "report.json"), "privacy_gate")
 
 
-def _register(model: nn.Module, name: str) -> tuple[str, str, str]:
-    with mlflow.start_run() as run:
-        info = mlflow.pytorch.log_model(
-            model, name="model", pip_requirements=["torch"], serialization_format="pickle"
-        )
-    registered = mlflow.register_model(info.model_uri, name)
-    return name, str(registered.version), run.info.run_id
-
-
 @pytest.fixture(scope="module")
 def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     keys = tmp_path_factory.mktemp("keys")
@@ -137,24 +129,27 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
     digest = weights_sha256(model)
     models: dict[str, tuple[str, str]] = {}
     try:
-        name, version, run_id = _register(model, "check-pass")
-        log_report(passing, run_id=run_id, signing_key=private, model_sha256=digest)
-        models["pass"] = (name, version)
+        v = log_and_register(model, "check-pass")
+        log_report(passing, run_id=v.run_id, signing_key=private, model_sha256=digest,
+                   model_files=v.files)  # fmt: skip
+        models["pass"] = (v.name, v.version)
         changed = copy.deepcopy(model)
         with torch.no_grad():
             changed.bias.add_(0.5)  # weights changed after the audit
-        name, version, run_id = _register(changed, "check-changed")
-        log_report(passing, run_id=run_id, signing_key=private, model_sha256=digest)
-        models["changed"] = (name, version)
+        v = log_and_register(model, "check-changed", registered=changed)
+        log_report(passing, run_id=v.run_id, signing_key=private, model_sha256=digest,
+                   model_files=v.files)  # fmt: skip
+        models["changed"] = (v.name, v.version)
         # A champion and a candidate of one registered model, audited on the same pool.
         for label, report in (
             ("champion", _report(LENIENT, leaking=4, k=16, shift=12.0)),
             ("candidate", _report(LENIENT, leaking=10, k=16, shift=12.0)),
             ("other-pool", _report(LENIENT, pool="pool-2")),
         ):
-            name, version, run_id = _register(model, "check-vs")
-            log_report(report, run_id=run_id, signing_key=private, model_sha256=digest)
-            models[label] = (name, version)
+            v = log_and_register(model, "check-vs")
+            log_report(report, run_id=v.run_id, signing_key=private, model_sha256=digest,
+                       model_files=v.files)  # fmt: skip
+            models[label] = (v.name, v.version)
         client.set_registered_model_alias("check-vs", "champion", models["champion"][1])
         yield World(client, mlflow_server.tracking_uri, keys, runs, models, passing)
     finally:
@@ -295,7 +290,7 @@ def test_registered_version_with_other_weights_fails(
     (world.keys / "lenient.yaml").write_text("gate:\n  max_patient_auc: 1.0\n", "utf-8")
     lenient = ("--config", str(world.keys / "lenient.yaml"))
     assert _check(world, "--model", name, "--version", version, extra=lenient) == 1
-    assert "weights changed after the audit" in capsys.readouterr().out
+    assert "files are not the audited ones" in capsys.readouterr().out
 
 
 # --- GitHub mode on an MLflow source -------------------------------------------------------

@@ -24,6 +24,7 @@ pytest.importorskip("mlflow")
 import mlflow
 import mlflow.pytorch
 import torch
+from logged_models import Logged, log_and_register
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer, mlflow_server_fixture
@@ -91,28 +92,12 @@ def _report(policy: Any) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Version:
-    name: str
-    version: str
-    run_id: str
-
-
-@dataclasses.dataclass(frozen=True)
 class World:
     client: MlflowClient
     tracking_uri: str
     public_key: Path
-    versions: dict[str, Version]
+    versions: dict[str, Logged]
     passing: dict[str, Any]
-
-
-def _log_and_register(model: nn.Module, name: str) -> Version:
-    with mlflow.start_run() as run:
-        info = mlflow.pytorch.log_model(
-            model, name="model", pip_requirements=["torch"], serialization_format="pickle"
-        )
-    registered = mlflow.register_model(info.model_uri, name)
-    return Version(name, str(registered.version), run.info.run_id)
 
 
 @pytest.fixture(scope="module")
@@ -134,27 +119,29 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
     torch.manual_seed(0)
     model = nn.Linear(4, 2)
     digest = weights_sha256(model)
-    versions: dict[str, Version] = {}
+    versions: dict[str, Logged] = {}
     try:
         for scenario in ("pass", "policy"):
-            v = versions[scenario] = _log_and_register(model, f"gate-{scenario}")
-            log_report(
-                passing, run_id=v.run_id, signing_key=private, model_sha256=digest, client=client
-            )
-        v = versions["fail"] = _log_and_register(model, "gate-fail")
-        log_report(failing, run_id=v.run_id, signing_key=private, model_sha256=digest)
+            v = versions[scenario] = log_and_register(model, f"gate-{scenario}")
+            log_report(passing, run_id=v.run_id, signing_key=private, model_sha256=digest,
+                       client=client, model_files=v.files)  # fmt: skip
+        v = versions["fail"] = log_and_register(model, "gate-fail")
+        log_report(failing, run_id=v.run_id, signing_key=private, model_sha256=digest,
+                   model_files=v.files)  # fmt: skip
 
-        v = versions["forged"] = _log_and_register(model, "gate-forged")
+        v = versions["forged"] = log_and_register(model, "gate-forged")
         client.set_tag(v.run_id, "privacy_gate.status", "pass")  # a tag is not an audit
         client.set_model_version_tag(v.name, v.version, "privacy_gate.status", "pass")
 
-        v = versions["wrong_key"] = _log_and_register(model, "gate-wrong-key")
-        log_report(passing, run_id=v.run_id, signing_key=other_private, model_sha256=digest)
+        v = versions["wrong_key"] = log_and_register(model, "gate-wrong-key")
+        log_report(passing, run_id=v.run_id, signing_key=other_private, model_sha256=digest,
+                   model_files=v.files)  # fmt: skip
 
-        v = versions["other_run"] = _log_and_register(model, "gate-other-run")
+        v = versions["other_run"] = log_and_register(model, "gate-other-run")
         moved = sign_report(
-            passing, private, run_id=versions["pass"].run_id, model_sha256=digest
-        )  # a genuine report of another version, uploaded to this run
+            passing, private, run_id=versions["pass"].run_id, model_sha256=digest,
+            model_files=versions["pass"].files,
+        )  # a genuine report of another version, uploaded to this run  # fmt: skip
         moved_dir = tmp_path_factory.mktemp("moved")
         write_json(moved, moved_dir / "report.json")
         client.log_artifact(v.run_id, str(moved_dir / "report.json"), "privacy_gate")
@@ -162,16 +149,17 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
         changed = copy.deepcopy(model)
         with torch.no_grad():
             changed.weight.add_(0.01)  # weights changed after the audit
-        v = versions["changed"] = _log_and_register(changed, "gate-changed")
-        log_report(passing, run_id=v.run_id, signing_key=private, model_sha256=digest)
+        v = versions["changed"] = log_and_register(model, "gate-changed", registered=changed)
+        log_report(passing, run_id=v.run_id, signing_key=private, model_sha256=digest,
+                   model_files=v.files)  # fmt: skip
 
-        versions["unaudited"] = _log_and_register(model, "gate-unaudited")
+        versions["unaudited"] = log_and_register(model, "gate-unaudited")
         yield World(client, mlflow_server.tracking_uri, keys / "audit.pub.pem", versions, passing)
     finally:
         mlflow.set_tracking_uri(previous)
 
 
-def _assert_refused(world: World, v: Version, result: PromotionResult, reason: str) -> None:
+def _assert_refused(world: World, v: Logged, result: PromotionResult, reason: str) -> None:
     assert not result.allowed
     assert any(reason in r for r in result.reasons), result.reasons
     tags = world.client.get_model_version(v.name, v.version).tags
@@ -265,7 +253,7 @@ def test_failing_audit_is_refused_with_its_violations(
         ("forged", "no privacy audit was found"),
         ("wrong_key", "signed by another key"),
         ("other_run", "not to this version's run"),
-        ("changed", "weights changed after the audit"),
+        ("changed", "files are not the audited ones"),
         ("unaudited", "no privacy audit was found"),
     ],
 )
