@@ -69,10 +69,23 @@ def _overlaps(target: str, location: str) -> bool:
     return target.startswith(location + "/") or location.startswith(target + "/")
 
 
+def _resolve_runs_uri(uri: str, tracking: Any, cache: dict[str, str]) -> str:
+    """``runs:/<run id>/<path>`` -> the run's artifact URI + path (MLflow stores the
+    ``runs:/`` form as the location of a version registered from a run's folder)."""
+    if not uri.startswith("runs:/"):
+        return uri
+    run_id, _, path = uri.removeprefix("runs:/").partition("/")
+    if run_id not in cache:
+        cache[run_id] = str(tracking.get_run(run_id).info.artifact_uri).rstrip("/")
+    return f"{cache[run_id]}/{path}" if path else cache[run_id]
+
+
 def _protected_holder(target: str, locations: Iterable[tuple[str, int, str]]) -> str | None:
     destination = _compat.server_artifact_destination()
+    tracking, _ = _compat.server_stores()
+    runs: dict[str, str] = {}
     for name, version, uri in locations:
-        location = relative_artifact_path(uri, destination)
+        location = relative_artifact_path(_resolve_runs_uri(uri, tracking, runs), destination)
         if location is not None and _overlaps(target, location):
             return f"{name!r} version {version}"
     return None

@@ -70,7 +70,10 @@ def read_run_report(run_id: str, tracking_uri: str | None) -> RunReport:
         _LOG.warning("no audit report for run %s: %s", run_id, exc)
         return RunReport()
     try:
-        return RunReport(data=parse_report_json(raw.decode("utf-8")))
+        data = parse_report_json(raw.decode("utf-8"))
+        if data is None:
+            return RunReport(problem="the audit report is JSON null, not an object")
+        return RunReport(data=data)
     except UnicodeDecodeError:
         return RunReport(problem="the audit report is not UTF-8 text")
     except ValueError as exc:

@@ -56,25 +56,34 @@ class Gated:
 
 @contextlib.contextmanager
 def start_gated_server(
-    tmp: Path, *, backend_store_uri: str | None = None, workers: int = 1
+    tmp: Path,
+    *,
+    backend_store_uri: str | None = None,
+    workers: int = 1,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Gated]:
-    """A gated server (tracking and registry on one backend) with `MODEL` registered."""
-    write_keypair(tmp / "audit.pem", tmp / "audit.pub.pem")
-    write_keypair(tmp / "other.pem", tmp / "other.pub.pem")
+    """A gated server (tracking and registry on one backend) with `MODEL` registered; the
+    keys are made once per folder, so a restarted server verifies the same audits."""
+    if not (tmp / "audit.pem").exists():
+        write_keypair(tmp / "audit.pem", tmp / "audit.pub.pem")
+        write_keypair(tmp / "other.pem", tmp / "other.pub.pem")
     server_dir = tmp / "server"
     backend = backend_store_uri or f"sqlite:///{server_dir / 'mlflow.db'}"
     with start_mlflow_server(
         server_dir,
         backend_store_uri=backend,
         workers=workers,
-        extra_args=["--registry-store-uri", f"privacygate+{backend}"],
+        extra_args=["--registry-store-uri", f"privacygate+{backend}", *extra_args],
         env={
             "PRIVACY_GATE_PUBLIC_KEY": str(tmp / "audit.pub.pem"),
             "PRIVACY_GATE_PROTECTED_ALIASES": "champion, production",
+            **(env or {}),
         },
     ) as server:
         client = MlflowClient(tracking_uri=server.tracking_uri, registry_uri=server.tracking_uri)
-        client.create_registered_model(MODEL)
+        if not client.search_registered_models(f"name = '{MODEL}'"):
+            client.create_registered_model(MODEL)
         try:
             yield Gated(
                 server,
