@@ -36,7 +36,13 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from mlflow.tracking import MlflowClient
 
-__all__ = ["AuditedModel", "log_audited_model", "logged_model_files", "tracking_uri_set"]
+__all__ = [
+    "AuditedModel",
+    "log_audited_model",
+    "logged_model_files",
+    "stored_model_files",
+    "tracking_uri_set",
+]
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ def logged_model_files(client: MlflowClient, model_uri: str) -> ModelFiles:
         return manifest_of(_download(client, model_uri, tmp))
 
 
-def _check_weights(client: MlflowClient, model_uri: str, expected: str) -> ModelFiles:
+def stored_model_files(client: MlflowClient, model_uri: str, expected: str) -> ModelFiles:
     """Download the stored files once; their manifest, after checking they load to the
     audited weights (this side trusts its own upload, so loading it here is safe)."""
     import mlflow.pytorch
@@ -205,6 +211,15 @@ def log_audited_model(
             f"The audit of run {run!r} names no model weights (audit.model_sha256), so no "
             "model can be bound to it. HINT: run the audit with the candidate model."
         )
+    from privacy_gate.training.weights import weights_sha256
+
+    given = weights_sha256(model)
+    if given != expected_weights_sha256:  # refused before anything is logged
+        raise ReportError(
+            f"The model given to log_audited_model is not the audited one (weights "
+            f"{given[:12]}..., audited {expected_weights_sha256[:12]}...). HINT: pass the "
+            "model the audit trained or was given (the release candidate), unchanged."
+        )
     with tracking_uri_set(str(mlflow_client.tracking_uri)), _in_run(run):
         info = mlflow.pytorch.log_model(
             model,
@@ -213,7 +228,7 @@ def log_audited_model(
             serialization_format=serialization_format,
             pip_requirements=["torch"],
         )
-    manifest = _check_weights(mlflow_client, info.model_uri, expected_weights_sha256)
+    manifest = stored_model_files(mlflow_client, info.model_uri, expected_weights_sha256)
     if resign and report is not None and key is not None:
         signed = sign_report(report, key, run_id=run, model_sha256=None, model_files=manifest)
         with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:

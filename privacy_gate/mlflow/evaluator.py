@@ -12,7 +12,9 @@ through ``evaluator_config={"privacy_gate": {...}}``:
   ``patient_ids`` and ``subgroups`` (aligned with members then holdout), ``out_dir``.
 
 The evaluated model must be a PyTorch model (its raw ``nn.Module`` is the candidate).
-Metrics, tags and artifacts go into the evaluation run through `log_report`.
+Metrics, tags and artifacts go into the evaluation run through `log_report`; a signed audit
+binds the evaluated logged model's files (checked to hold the audited weights), so a
+version registered from that model can be promoted.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
 from privacy_gate.adaptive import parse_reference_models
 from privacy_gate.config import AuditConfig, default_config, load_config, parse_config
 from privacy_gate.errors import ConfigError, check_known_keys
+from privacy_gate.mlflow.audited_model import stored_model_files
 from privacy_gate.mlflow.logging import log_report, report_metrics
+from privacy_gate.model_files import ModelFiles
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
 from privacy_gate.signals import Task
 from privacy_gate.training.audit import run_audit
@@ -56,6 +60,18 @@ def _policy(value: Any) -> AuditConfig:
 def _tensor(values: Any, *, labels: bool) -> torch.Tensor:
     array = np.asarray(values.to_numpy() if hasattr(values, "to_numpy") else values)
     return torch.as_tensor(array, dtype=torch.int64 if labels else torch.float32)
+
+
+def _evaluated_files(model: Any, digest: str | None) -> ModelFiles | None:
+    """The evaluated logged model's stored files, checked to hold the audited weights
+    (the signed audit binds them, so a version registered from this model can be promoted);
+    None for a model that is not a logged model (then the audit cannot be promoted)."""
+    model_id = getattr(getattr(model, "metadata", None), "model_id", None)
+    if not model_id or digest is None:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    return stored_model_files(MlflowClient(), f"models:/{model_id}", digest)
 
 
 class PrivacyGateEvaluator(ModelEvaluator):
@@ -122,7 +138,8 @@ class PrivacyGateEvaluator(ModelEvaluator):
                 out_dir=out,
             )
             digest = result.report.audit.model_sha256
-            log_report(result.report, run_id=run_id, out_dir=out, model_sha256=digest)
+            log_report(result.report, run_id=run_id, out_dir=out, model_sha256=digest,
+                       model_files=_evaluated_files(model, digest))  # fmt: skip
         return EvaluationResult(  # type: ignore[no-untyped-call]
             metrics=report_metrics(result.report), artifacts={}, run_id=run_id
         )

@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tiny_audit import load_data, make_model
 
+from privacy_gate.signing import write_keypair
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.sequential import train_one
 from privacy_gate.training.weights import weights_sha256
@@ -26,7 +27,11 @@ def _restore_tracking_uri() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("_restore_tracking_uri")
-def test_evaluate_with_the_privacy_gate_evaluator(tmp_path: Path) -> None:
+def test_evaluate_with_the_privacy_gate_evaluator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    monkeypatch.setenv("PRIVACY_GATE_SIGNING_KEY", str(tmp_path / "k.pem"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.create_experiment("privacy-gate-evaluator", (tmp_path / "artifacts").as_uri())
@@ -68,3 +73,8 @@ def test_evaluate_with_the_privacy_gate_evaluator(tmp_path: Path) -> None:
     assert "privacy_gate/report.json" in artifacts
     report = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/privacy_gate/report.json")
     assert report["audit"]["model_sha256"] == weights_sha256(candidate)
+    # Signed, the audit binds the evaluated model's stored files (a pickle model here).
+    files = report["audit"]["model_files"]
+    assert files["format"] == "pickle"
+    assert "data/model.pth" in {f["path"] for f in files["files"]}
+    assert "signature" in report

@@ -285,3 +285,33 @@ def test_errors_exit_2_with_one_line(world: World, capsys: pytest.CaptureFixture
         promote("no-such-model", 1, "champion", public_key=world.public_key, client=world.client)
     bad_key = ["--public-key", str(world.tracking_uri)]  # not a file
     assert main([*base, world.tracking_uri, "--model", world.versions["pass"].name, *bad_key]) == 2
+
+
+def test_log_audited_model_binds_a_logged_audit_to_the_model_files(world: World) -> None:
+    """The Lightning callback and the evaluator log the audit first; the model is logged
+    afterwards with log_audited_model, which re-signs the run's audit with its files."""
+    from privacy_gate.errors import ReportError
+    from privacy_gate.mlflow import log_audited_model
+
+    private = load_private_key(world.public_key.with_name("audit.pem"))
+    torch.manual_seed(3)
+    model = nn.Linear(4, 2)
+    example = np.zeros((1, 4), dtype=np.float32)
+    with mlflow.start_run() as run:
+        pass
+    run_id = run.info.run_id
+    log_report(world.passing, run_id=run_id, signing_key=private,
+               model_sha256=weights_sha256(model), client=world.client)  # fmt: skip
+    with pytest.raises(ReportError, match="not the audited one"):
+        log_audited_model(nn.Linear(4, 2), run_id=run_id, input_example=example,
+                          signing_key=private, client=world.client)  # fmt: skip
+    audited = log_audited_model(
+        model, run_id=run_id, input_example=example, signing_key=private, client=world.client
+    )
+    assert audited.report is not None and audited.report["audit"]["model_files"]
+    version = mlflow.register_model(audited.model_uri, "bound-after-the-audit").version
+    result = promote(
+        "bound-after-the-audit", version, "champion", public_key=world.public_key,
+        client=world.client,
+    )  # fmt: skip
+    assert result.allowed, result.reasons
