@@ -98,6 +98,8 @@ def commit_verdict(
     set_tags: Mapping[str, str],
     delete_tags: Sequence[str] = (),
     delete_aliases: Sequence[str] = (),
+    set_stage: str | None = None,
+    archive_existing_versions: bool = False,
 ) -> bool:
     """Write a verdict in one transaction, only onto the version that was verified.
 
@@ -105,7 +107,9 @@ def commit_verdict(
     PostgreSQL the rows' foreign keys lock the version against a rename), then the
     version's row is read again with ``FOR UPDATE``: when its identity is not ``pinned``
     (renamed, deleted or replaced since it was verified) everything is rolled back and
-    False is returned. True when committed.
+    False is returned. True when committed. ``set_stage`` moves the version to a stage as
+    MLflow's own ``transition_model_version_stage`` does (archiving the stage's other
+    versions when asked), in the same transaction.
     """
     import sqlalchemy.exc
     from mlflow.exceptions import MlflowException
@@ -142,6 +146,8 @@ def commit_verdict(
                 session.query(SqlRegisteredModelAlias).filter_by(
                     name=name, alias=alias, version=version
                 ).delete()
+            if set_stage is not None:
+                _move_to_stage(store, session, row, set_stage, archive_existing_versions)
             session.flush()
             again = _version_query(store, session, name, version).with_for_update().one_or_none()
             if again is None or _identity(again) != pinned:
@@ -153,6 +159,29 @@ def commit_verdict(
             raise  # a lost race to insert the same row: the caller retries (upsert)
         return False  # the version's row went away under the writes
     return True
+
+
+def _move_to_stage(store: Any, session: Any, row: Any, stage: str, archive: bool) -> None:
+    """MLflow's stage transition on the locked row (`commit_verdict`)."""
+    from mlflow.entities.model_registry.model_version_stages import (
+        STAGE_ARCHIVED,
+        get_canonical_stage,
+    )
+    from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
+    from mlflow.utils.time import get_current_time_millis
+
+    canonical = get_canonical_stage(stage)  # type: ignore[no-untyped-call]
+    now = get_current_time_millis()  # type: ignore[no-untyped-call]
+    if archive:
+        others = store._get_query(session, SqlModelVersion).filter(
+            SqlModelVersion.name == row.name,
+            SqlModelVersion.version != row.version,
+            SqlModelVersion.current_stage == canonical,
+        )
+        for other in others.all():
+            other.current_stage, other.last_updated_time = STAGE_ARCHIVED, now
+    row.current_stage, row.last_updated_time = canonical, now
+    row.registered_model.last_updated_time = now
 
 
 def aliases_of(store: Any, name: str, version: int) -> list[str]:

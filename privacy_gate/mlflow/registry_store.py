@@ -282,16 +282,11 @@ class PrivacyGateRegistryStore:
                 stage=stage,
                 archive_existing_versions=archive_existing_versions,
             )
-        pinned = self._promote(name, number, f"stage {stage!r}", alias=None, stage=stage)
-        result = self._inner.transition_model_version_stage(
-            name=name, version=number, stage=stage,
+        self._promote(
+            name, number, f"stage {stage!r}", alias=None, stage=stage,
             archive_existing_versions=archive_existing_versions,
         )  # fmt: skip
-        if _compat.version_identity(self._inner, name, number) != pinned:
-            # renamed between the verdict and the stage write: undo the stage, refuse
-            self._inner.transition_model_version_stage(name=name, version=number, stage="None")
-            raise _denied(self._moved(name, number, f"stage {stage!r}"))
-        return result
+        return self._inner.get_model_version(name=name, version=number)
 
     def set_model_version_tag(self, name: str, version: Any, tag: Any) -> None:
         self._refuse_protected_tags([tag.key])
@@ -362,7 +357,14 @@ class PrivacyGateRegistryStore:
             )
 
     def _promote(
-        self, name: str, version: int, target: str, *, alias: str | None, stage: str | None
+        self,
+        name: str,
+        version: int,
+        target: str,
+        *,
+        alias: str | None,
+        stage: str | None,
+        archive_existing_versions: bool = False,
     ) -> Any:
         """Verify the pinned version, then write alias and verdict in one transaction that
         re-checks the pin; a refusal is recorded (and protected aliases removed) the same
@@ -385,8 +387,9 @@ class PrivacyGateRegistryStore:
             VERIFIED_BY_TAG: VERIFIED_BY,
         }
         committed = self._commit(
-            name, version, pinned, set_alias=alias, set_tags=verdict, delete_tags=[REFUSAL_TAG]
-        )
+            name, version, pinned, set_alias=alias, set_tags=verdict, delete_tags=[REFUSAL_TAG],
+            set_stage=stage, archive_existing_versions=archive_existing_versions,
+        )  # fmt: skip
         if not committed:
             raise _denied(self._moved(name, version, target))
         return pinned

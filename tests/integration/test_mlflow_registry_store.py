@@ -143,8 +143,17 @@ def test_stage_transition_is_gated(gated: Gated) -> None:
     assert gated.client.get_model_version(MODEL, version).current_stage == "None"
     gated.client.transition_model_version_stage(MODEL, version, "Archived")  # not protected
     passing = _register(gated)
-    gated.client.transition_model_version_stage(MODEL, passing, "Staging")
+    moved = gated.client.transition_model_version_stage(MODEL, passing, "Staging")
+    assert moved.current_stage == "Staging"
     assert gated.client.get_model_version(MODEL, passing).current_stage == "Staging"
+    tags = gated.client.get_model_version(MODEL, passing).tags
+    assert tags["privacy_gate.promoted_alias"] == "stage:Staging"
+    later = _register(gated)  # the stage's other versions archived, as MLflow does
+    gated.client.transition_model_version_stage(
+        MODEL, later, "staging", archive_existing_versions=True
+    )
+    assert gated.client.get_model_version(MODEL, later).current_stage == "Staging"
+    assert gated.client.get_model_version(MODEL, passing).current_stage == "Archived"
 
 
 def test_unprotected_alias_needs_no_audit(gated: Gated) -> None:
