@@ -20,8 +20,8 @@ def add_promote_command(commands: Any) -> None:
         "(exit 0 promoted, 1 refused, 2 error)",
         description=(
             "Verify the version's signed audit (signature, status, this version's run, "
-            "these weights, the policy) and only then set the alias. Needs the mlflow "
-            "package."
+            "exactly these model files, the policy) and only then set the alias. Needs the "
+            "mlflow package."
         ),
     )
     promote_cmd.add_argument("--model", required=True, help="registered model name")
@@ -37,6 +37,12 @@ def add_promote_command(commands: Any) -> None:
     )
     promote_cmd.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)"
+    )
+    promote_cmd.add_argument(
+        "--allow-pickle-models",
+        action="store_true",
+        help="accept a pickle-format model (its forward is code outside its files, which "
+        "the audit cannot bind); refused by default",
     )
     promote_cmd.set_defaults(handler=run_promote)
 
@@ -61,6 +67,7 @@ def run_promote(args: argparse.Namespace) -> int:
         public_key=public_key,
         policy_sha256=args.policy_sha256,
         client=client,
+        allow_pickle=args.allow_pickle_models,
     )
     where = f"{args.model!r} version {args.version}"
     if result.allowed:

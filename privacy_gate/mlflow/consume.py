@@ -97,7 +97,12 @@ def _public_key(public_key: Ed25519PublicKey | None) -> Ed25519PublicKey:
 
 
 def _verify_into(
-    uri: str, dst: str, *, public_key: Ed25519PublicKey, client: MlflowClient
+    uri: str,
+    dst: str,
+    *,
+    public_key: Ed25519PublicKey,
+    client: MlflowClient,
+    allow_pickle: bool = False,
 ) -> tuple[Verification, str | None]:
     """Verify the served files, downloaded into ``dst``; (verification, local folder)."""
     name, alias, version = parse_model_uri(uri)
@@ -114,7 +119,9 @@ def _verify_into(
         report = _download_report(client, run_id) if run_id else None
         local = download_version(client, name, number, dst)
     found: ModelFiles | None = manifest_of(local)
-    reasons = audit_refusals(report, public_key=public_key, run_id=run_id, model_files=found)
+    reasons = audit_refusals(
+        report, public_key=public_key, run_id=run_id, model_files=found, allow_pickle=allow_pickle
+    )
     if run_id is None:
         reasons.insert(0, "the model version names no run, so it has no audit")
     signed = signed_model_files(report) if isinstance(report, dict) else None
@@ -129,6 +136,7 @@ def verify_model(
     public_key: Ed25519PublicKey | None = None,
     client: MlflowClient | None = None,
     revoke: bool = True,
+    allow_pickle: bool = False,
 ) -> Verification:
     """Compare the files served for ``uri`` with the signed audit's manifest.
 
@@ -138,13 +146,17 @@ def verify_model(
         client: whose tracking and registry URIs to use (``MlflowClient()`` when None).
         revoke: when the files changed and the URI names an alias, take the alias away
             (module docs).
+        allow_pickle: accept a pickle-format model (refused by default: its forward is
+            code outside its files).
     """
     from mlflow.tracking import MlflowClient
 
     key = _public_key(public_key)
     mlflow_client = client if client is not None else MlflowClient()
     with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-        result, _ = _verify_into(uri, tmp, public_key=key, client=mlflow_client)
+        result, _ = _verify_into(
+            uri, tmp, public_key=key, client=mlflow_client, allow_pickle=allow_pickle
+        )
     if result.ok or not result.changed_files or not revoke or result.alias is None:
         return result
     return _revoke(mlflow_client, result)
@@ -183,6 +195,7 @@ def load_model(
     *,
     public_key: Ed25519PublicKey | None = None,
     client: MlflowClient | None = None,
+    allow_pickle: bool = False,
     **load_kwargs: Any,
 ) -> Any:
     """``mlflow.pytorch.load_model`` of ``uri`` after verifying the very bytes it loads.
@@ -197,7 +210,9 @@ def load_model(
     key = _public_key(public_key)
     mlflow_client = client if client is not None else MlflowClient()
     with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-        result, local = _verify_into(uri, tmp, public_key=key, client=mlflow_client)
+        result, local = _verify_into(
+            uri, tmp, public_key=key, client=mlflow_client, allow_pickle=allow_pickle
+        )
         if not result.ok or local is None:
             raise TamperedModelError(
                 f"Refusing to load {uri} ({result.name!r} version {result.version}): "

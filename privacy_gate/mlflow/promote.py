@@ -226,6 +226,7 @@ def promote(
     public_key: Ed25519PublicKey | str | Path | bytes | None = None,
     policy_sha256: str | None = None,
     client: MlflowClient | None = None,
+    allow_pickle: bool = False,
 ) -> PromotionResult:
     """Set ``alias`` on a registered model version if, and only if, its audit allows it.
 
@@ -237,7 +238,9 @@ def promote(
             ``PRIVACY_GATE_PUBLIC_KEY`` when None.
         policy_sha256: the policy the audit must have used (None: any policy).
         client: the client to use (its tracking and registry URIs); ``MlflowClient()``
-            when None; the weights are downloaded through its URIs too.
+            when None; the model's files are downloaded through its URIs too.
+        allow_pickle: accept a pickle-format model, whose forward is code outside its
+            files (`privacy_gate.model_files`); refused by default.
 
     Returns:
         A `PromotionResult`; when refused, the version is tagged with the reasons and the
@@ -256,7 +259,7 @@ def promote(
         "and the version.",
         error=PromotionError,
     ):
-        return _promote(mlflow_client, name, version, alias, key, policy_sha256)
+        return _promote(mlflow_client, name, version, alias, key, policy_sha256, allow_pickle)
 
 
 def _promote(
@@ -266,6 +269,7 @@ def _promote(
     alias: str,
     key: Ed25519PublicKey,
     policy_sha256: str | None,
+    allow_pickle: bool,
 ) -> PromotionResult:
     model_version = mlflow_client.get_model_version(name, version)
     run_id = model_version.run_id or None
@@ -280,6 +284,7 @@ def _promote(
             run_id=run_id,
             model_files=files,
             policy_sha256=policy_sha256,
+            allow_pickle=allow_pickle,
         )
     if report is not None and not reasons:
         denied = _denied(lambda: mlflow_client.set_registered_model_alias(name, alias, version))
