@@ -14,6 +14,7 @@ __all__ = [
     "client_registry_uri",
     "commit_verdict",
     "is_sql_registry_store",
+    "mlflow_artifact_path",
     "registered_locations",
     "registry_store_builder",
     "server_artifact_destination",
@@ -154,8 +155,12 @@ def commit_verdict(
                 raise _Moved
     except _Moved:
         return False
-    except sqlalchemy.exc.IntegrityError:
-        if version_identity(store, name, version) == pinned:
+    except (sqlalchemy.exc.IntegrityError, MlflowException) as exc:
+        # MLflow's session maker wraps database errors in MlflowException (cause kept)
+        lost = isinstance(exc, sqlalchemy.exc.IntegrityError) or isinstance(
+            exc.__cause__, sqlalchemy.exc.IntegrityError
+        )
+        if not lost or version_identity(store, name, version) == pinned:
             raise  # a lost race to insert the same row: the caller retries (upsert)
         return False  # the version's row went away under the writes
     return True
@@ -240,3 +245,12 @@ def server_stores() -> tuple[Any, Any]:
     from mlflow.server.handlers import _get_model_registry_store, _get_tracking_store
 
     return _get_tracking_store(), _get_model_registry_store()
+
+
+def mlflow_artifact_path(path: str) -> str:
+    """The artifact path MLflow's own handlers write for a routed ``path``: they decode it
+    repeatedly (``mlflow.utils.uri.validate_path_is_safe``), so a guard must judge the
+    same string. Raises ``MlflowException`` where MLflow refuses the path itself."""
+    from mlflow.utils.uri import validate_path_is_safe
+
+    return str(validate_path_is_safe(path))  # type: ignore[no-untyped-call]

@@ -87,6 +87,7 @@ try:
     import hashlib
     import inspect
     import re
+    import unicodedata
 
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED
@@ -264,7 +265,7 @@ class PrivacyGateRegistryStore:
     def set_registered_model_alias(self, name: str, alias: str, version: Any) -> None:
         number = _version_number(version)
         _compat.validate_alias_name(alias)
-        if alias.strip().lower() not in self._settings.protected_aliases:
+        if _canonical(alias) not in self._settings.protected_aliases:
             return upsert(  # type: ignore[no-any-return]
                 self._inner.set_registered_model_alias, name=name, alias=alias, version=number
             )
@@ -413,7 +414,7 @@ class PrivacyGateRegistryStore:
         held = [
             a
             for a in _compat.aliases_of(self._inner, name, version)
-            if a.lower() in self._settings.protected_aliases
+            if _canonical(a) in self._settings.protected_aliases
         ]
         try:
             committed = self._commit(
@@ -435,4 +436,13 @@ class PrivacyGateRegistryStore:
 
 
 def _is_protected_tag(key: Any) -> bool:
-    return str(key).strip().lower().startswith(PROTECTED_TAG_PREFIX)
+    return _canonical(str(key)).startswith(PROTECTED_TAG_PREFIX)
+
+
+def _canonical(name: str) -> str:
+    """A name as a case- and accent-insensitive database collation may compare it (MySQL's
+    default matches 'chámpion' and 'ＣＨＡＭＰＩＯＮ' with 'champion'): compatibility-
+    decomposed, accents dropped, case-folded."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return plain.casefold().strip()

@@ -20,16 +20,18 @@ not direct access to the storage behind it.
 
 from __future__ import annotations
 
+import json
 import logging
-import posixpath
 import re
+import tempfile
 import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
 from privacy_gate.mlflow import _compat
+from privacy_gate.mlflow.server_audit import clean_artifact_path, relative_artifact_path
 
-__all__ = ["create_app", "refusal_for", "relative_artifact_path"]
+__all__ = ["ArtifactGuard", "create_app", "refusal_for"]
 
 _LOG = logging.getLogger(__name__)
 _PROXY_WRITE = re.compile(
@@ -37,28 +39,6 @@ _PROXY_WRITE = re.compile(
 )
 _UI_UPLOAD = re.compile(r"/ajax-api/2\.0/mlflow/upload-artifact$")
 _WRITES = frozenset({"PUT", "POST", "DELETE", "PATCH"})
-
-
-def relative_artifact_path(uri: str, destination: str | None) -> str | None:
-    """Where ``uri`` lies in the proxy's namespace (``1/models/m-1/artifacts``), or None
-    when the proxy cannot reach it."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme == "mlflow-artifacts":
-        return _clean(parsed.path)
-    if destination:
-        base = destination.rstrip("/")
-        for candidate in (uri, parsed.path if parsed.scheme == "file" else None):
-            if candidate and (candidate == base or candidate.startswith(base + "/")):
-                return _clean(candidate[len(base) :])
-        base_path = urllib.parse.urlparse(destination).path.rstrip("/")
-        if parsed.scheme in ("", "file") and base_path and parsed.path.startswith(base_path + "/"):
-            return _clean(parsed.path[len(base_path) :])
-    return None
-
-
-def _clean(path: str) -> str:
-    normal = posixpath.normpath("/" + path.strip("/"))
-    return normal.lstrip("/")
 
 
 def _overlaps(target: str, location: str) -> bool:
@@ -91,26 +71,40 @@ def _protected_holder(target: str, locations: Iterable[tuple[str, int, str]]) ->
     return None
 
 
+def _as_mlflow_writes(raw: str) -> list[str]:
+    """``raw`` as routed and as MLflow's handlers decode it before writing (repeatedly:
+    ``%25256D`` is ``m`` to them)."""
+    return list(
+        dict.fromkeys(
+            [clean_artifact_path(raw), clean_artifact_path(_compat.mlflow_artifact_path(raw))]
+        )
+    )
+
+
 def _targets(method: str, path: str, query: str) -> list[str]:
-    """The proxy paths a write request may change (the path as routed, and decoded once
-    more in case a layer decodes again); empty for a request that writes nothing."""
+    """The proxy paths a write request may change; empty for a request that writes
+    nothing. A path MLflow itself refuses raises (and the guard refuses it too)."""
     if method not in _WRITES:
         return []
     match = _PROXY_WRITE.search(path)
     if match is not None:
-        raw = match.group(1)
-        return list(dict.fromkeys([_clean(raw), _clean(urllib.parse.unquote(raw))]))
+        return _as_mlflow_writes(match.group(1))
     if _UI_UPLOAD.search(path) is not None:
         args = urllib.parse.parse_qs(query)
         run_id, relative = args.get("run_uuid", [""])[0], args.get("path", [""])[0]
         if not run_id:
             return []  # MLflow answers 400 itself
         tracking, _ = _compat.server_stores()
-        root = tracking.get_run(run_id).info.artifact_uri
-        where = relative_artifact_path(
-            f"{root.rstrip('/')}/{relative}", _compat.server_artifact_destination()
-        )
-        return [] if where is None else [where]
+        root = str(tracking.get_run(run_id).info.artifact_uri).rstrip("/")
+        found = []
+        for decoded in _as_mlflow_writes(relative):
+            where = relative_artifact_path(
+                f"{root}/{decoded}", _compat.server_artifact_destination()
+            )
+            if where is None:
+                raise ValueError(f"the run's artifact root {root!r} is not served by the proxy")
+            found.append(where)
+        return found
     return []
 
 
@@ -168,19 +162,76 @@ def create_app(app: Any = None) -> Any:
     _LOG.warning("privacy-gate artifact guard active: registered versions' files are read-only")
     if _compat.server_gateway_interface() != "uvicorn":
         return flask_app
-    from fastapi.responses import JSONResponse
     from mlflow.server.fastapi_app import create_fastapi_app
-    from starlette.concurrency import run_in_threadpool
 
     fastapi_app = create_fastapi_app(flask_app)
-
-    @fastapi_app.middleware("http")  # type: ignore[untyped-decorator]
-    async def artifact_guard(request: Any, call_next: Any) -> Any:
-        refusal = await run_in_threadpool(
-            refusal_for, request.method, request.url.path, request.url.query
-        )
-        if refusal is not None:
-            return JSONResponse(_body(refusal), status_code=403)
-        return await call_next(request)
-
+    fastapi_app.add_middleware(ArtifactGuard)
     return fastapi_app
+
+
+class ArtifactGuard:
+    """ASGI middleware: a write under a registered version's files is refused before the
+    app sees it. The request body is spooled first (to disk past 8 MiB) and the check is
+    made again once it is complete, so a slow upload started before the model was
+    registered cannot finish over it; only then is the body replayed to MLflow."""
+
+    SPOOL_BYTES = 8 * 1024 * 1024
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        if scope["type"] != "http" or scope["method"].upper() not in _WRITES:
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        query = scope.get("query_string", b"").decode("latin-1")
+        refusal = await run_in_threadpool(refusal_for, method, path, query)
+        if refusal is None and await run_in_threadpool(_writes_artifacts, method, path, query):
+            with tempfile.SpooledTemporaryFile(max_size=self.SPOOL_BYTES) as body:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body.write(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+                refusal = await run_in_threadpool(refusal_for, method, path, query)
+                if refusal is None:
+                    body.seek(0)
+                    await self.app(scope, _replay(body), send)
+                    return
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        payload = json.dumps(_body(refusal)).encode()
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(payload)).encode())]  # fmt: skip
+        await send({"type": "http.response.start", "status": 403, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _writes_artifacts(method: str, path: str, query: str) -> bool:
+    try:
+        return bool(_targets(method.upper(), path, query))
+    except Exception:
+        return True
+
+
+def _replay(body: Any) -> Any:
+    """An ASGI ``receive`` that hands the spooled body back in chunks, then waits."""
+    import anyio
+
+    async def receive() -> dict[str, Any]:
+        chunk = body.read(1 << 20)
+        if chunk:
+            return {"type": "http.request", "body": chunk, "more_body": True}
+        if not getattr(receive, "done", False):
+            receive.done = True  # type: ignore[attr-defined]
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await anyio.sleep_forever()  # as a client that stays connected
+        return {"type": "http.disconnect"}  # pragma: no cover
+
+    return receive

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import posixpath
 import tempfile
 import urllib.parse
 from collections.abc import Callable
@@ -24,8 +25,11 @@ from privacy_gate.signing import PUBLIC_KEY_ENVIRONMENT_VARIABLE, public_key_fro
 
 __all__ = [
     "RunReport",
+    "clean_artifact_path",
     "download",
+    "location_problem",
     "read_run_report",
+    "relative_artifact_path",
     "upsert",
     "version_model_files",
     "version_refusals",
@@ -57,8 +61,15 @@ def read_run_report(run_id: str, tracking_uri: str | None) -> RunReport:
 
     try:
         run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+        uri = f"{run.info.artifact_uri}/{REPORT_ARTIFACT}"
+        listed = _listed_size(uri)
+        if listed is not None and listed > MAX_REPORT_BYTES:  # refused before download
+            return RunReport(
+                problem=f"the audit report is {listed} bytes, over the "
+                f"{MAX_REPORT_BYTES}-byte limit"
+            )
         with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-            local = Path(download(f"{run.info.artifact_uri}/{REPORT_ARTIFACT}", tmp))
+            local = Path(download(uri, tmp))
             size = local.stat().st_size
             if size > MAX_REPORT_BYTES:
                 return RunReport(
@@ -125,8 +136,91 @@ def version_refusals(
     if reasons:
         return reasons, found.data
     where = location or source
-    files = version_model_files(where) if where else None
-    return check(model_files=files), found.data
+    problem = location_problem(where)
+    if problem is not None:
+        return [problem], found.data
+    return check(model_files=version_model_files(str(where))), found.data
+
+
+_INDIRECT = ("runs", "models")
+
+
+def location_problem(where: str | None) -> str | None:
+    """Why a version's files cannot be bound where they are named, or None.
+
+    ``runs:/`` and ``models:/`` name files indirectly: MLflow resolves them again at each
+    download (a ``runs:/`` location also serves the newest logged model of that name in the
+    run), so the bytes served could change while the version stays the same. Inside a
+    server, files outside its own artifact store cannot be kept read-only by the artifact
+    guard (`privacy_gate.mlflow.server_app`).
+    """
+    if not where:
+        return "the model version names no files"
+    scheme = urllib.parse.urlparse(where).scheme
+    if scheme in _INDIRECT:
+        return (
+            f"the model version names its files indirectly ({where[:120]}), so what it "
+            "serves could change without the version changing. HINT: register the logged "
+            "model itself (models:/<model id>, as mlflow.register_model of a logged model's "
+            "URI does), whose files have a fixed location"
+        )
+    destination = server_artifact_destination()
+    if destination and relative_artifact_path(where, destination) is None:
+        return (
+            f"the model version's files ({where[:120]}) are outside this server's artifact "
+            "store, where they cannot be kept unchanged. HINT: log the model through this "
+            "tracking server"
+        )
+    return None
+
+
+def relative_artifact_path(uri: str, destination: str | None) -> str | None:
+    """Where ``uri`` lies in the artifact proxy's namespace (``1/models/m-1/artifacts``),
+    or None when the proxy cannot reach it."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "mlflow-artifacts":
+        return clean_artifact_path(parsed.path)
+    if destination:
+        base = destination.rstrip("/")
+        for candidate in (uri, parsed.path if parsed.scheme == "file" else None):
+            if candidate and (candidate == base or candidate.startswith(base + "/")):
+                return clean_artifact_path(candidate[len(base) :])
+        base_path = urllib.parse.urlparse(destination).path.rstrip("/")
+        if parsed.scheme in ("", "file") and base_path and parsed.path.startswith(base_path + "/"):
+            return clean_artifact_path(parsed.path[len(base_path) :])
+    return None
+
+
+def clean_artifact_path(path: str) -> str:
+    """A relative POSIX path without dot segments or doubled slashes."""
+    return posixpath.normpath("/" + path.strip("/")).lstrip("/")
+
+
+def _repository(artifact_uri: str) -> tuple[Any, str | None]:
+    """The artifact repository that serves ``artifact_uri`` here, and the path in it."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    parsed = urllib.parse.urlparse(artifact_uri)
+    destination = server_artifact_destination()
+    if parsed.scheme == "mlflow-artifacts" and destination:
+        relative = parsed.path.lstrip("/")
+        if ".." in relative.split("/"):
+            raise ValueError(f"refusing artifact path with '..': {artifact_uri!r}")
+        return get_artifact_repository(destination), relative
+    return get_artifact_repository(artifact_uri), None
+
+
+def _listed_size(artifact_uri: str) -> int | None:
+    """The size the store lists for a file, without downloading it (None: not listed)."""
+    parent, _, name = artifact_uri.rpartition("/")
+    try:
+        repo, relative = _repository(parent)
+        for info in repo.list_artifacts(relative):
+            if posixpath.basename(info.path) == name and info.file_size is not None:
+                return int(info.file_size)
+    except Exception as exc:  # the download that follows says what is wrong
+        _LOG.info("cannot list %s: %s", parent, exc)
+    return None
 
 
 def download(artifact_uri: str, dst: str) -> str:
@@ -137,16 +231,9 @@ def download(artifact_uri: str, dst: str) -> str:
     """
     from mlflow.artifacts import download_artifacts
 
-    parsed = urllib.parse.urlparse(artifact_uri)
-    destination = server_artifact_destination()
-    if parsed.scheme == "mlflow-artifacts" and destination:
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        relative = parsed.path.lstrip("/")
-        if ".." in relative.split("/"):
-            raise ValueError(f"refusing artifact path with '..': {artifact_uri!r}")
-        repo = get_artifact_repository(destination)
-        return str(repo.download_artifacts(relative, dst))  # type: ignore[no-untyped-call]
+    repo, relative = _repository(artifact_uri)
+    if relative is not None:
+        return str(repo.download_artifacts(relative, dst))
     return str(download_artifacts(artifact_uri=artifact_uri, dst_path=dst))
 
 

@@ -14,12 +14,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("mlflow")
 pytest.importorskip("torch")
 
+import mlflow
 import mlflow.pytorch
 import requests
 import torch
@@ -141,10 +143,18 @@ def test_the_guard_refuses_every_write_to_a_registered_version(guarded: Gated) -
         "dot segments": requests.put(
             _proxy(gated, path.replace("/data/", "/data/./")), data=b"x", timeout=30
         ),
+        # MLflow decodes a path up to 10 times before writing: %25256D is 'm' to it
+        "encoded thrice": requests.put(
+            _proxy(gated, path.replace("/models/", "/%25256Dodels/")), data=b"x", timeout=30
+        ),
+        "encoded slash": requests.put(
+            _proxy(gated, path.replace("/data/", "%252Fdata%252F")), data=b"x", timeout=30
+        ),
     }
     for what, response in attempts.items():
         assert response.status_code == 403, (what, response.status_code, response.text[:200])
-        assert "registered model" in response.json()["message"], what
+        message = response.json()["message"]
+        assert "registered model" in message or "could not check" in message, what
     assert _verify(gated, f"models:/{MODEL}@champion") == 0
     # Unregistered artifacts are written as before.
     free = requests.put(_proxy(gated, "0/scratch/notes.txt"), data=b"ok", timeout=30)
@@ -199,3 +209,81 @@ def test_the_guard_app_is_an_mlflow_app_plugin() -> None:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "privacy-gate" in listed.stdout
+
+
+def test_a_slow_upload_cannot_finish_over_a_model_registered_meanwhile(guarded: Gated) -> None:
+    """The upload starts while the audited model is not yet registered; it is registered
+    and promoted before the body ends. The guard checks again once the body is complete."""
+    import json
+    import threading
+
+    from gated_registry import report as passing_report
+    from logged_models import log_pt2
+    from mlflow.tracking import MlflowClient
+
+    from privacy_gate.mlflow.audited_model import logged_model_files
+    from privacy_gate.signing import sign_report
+
+    gated = guarded
+    torch.manual_seed(5)
+    model = torch.nn.Linear(4, 2)
+    mlflow.set_experiment("slow-upload")
+    with mlflow.start_run() as run:
+        info = log_pt2(model)
+    files = logged_model_files(MlflowClient(gated.server.tracking_uri), info.model_uri)
+    signed = sign_report(passing_report(), gated.private, run_id=run.info.run_id,
+                         model_sha256=None, model_files=files)  # fmt: skip
+    gated.client.log_text(run.info.run_id, json.dumps(signed), "privacy_gate/report.json")
+    location = gated.client.get_logged_model(info.model_id).artifact_location
+    target = f"{location.removeprefix('mlflow-artifacts:').lstrip('/')}/data/model.pt2"
+    release = threading.Event()
+
+    def body() -> Any:
+        yield b"not the audited "
+        release.wait(60)
+        yield b"program"
+
+    answers: list[requests.Response] = []
+    upload = threading.Thread(
+        target=lambda: answers.append(requests.put(_proxy(gated, target), data=body(), timeout=120))
+    )
+    upload.start()
+    version = gated.client.create_model_version(
+        MODEL, info.model_uri, run_id=run.info.run_id, model_id=info.model_id
+    ).version
+    assert rest_alias(gated, str(version)).status_code == 200
+    release.set()
+    upload.join(120)
+    assert answers[0].status_code == 403, answers[0].text[:200]
+    assert _verify(gated, f"models:/{MODEL}/{version}") == 0
+
+
+def test_a_version_naming_its_files_through_runs_is_not_promoted(guarded: Gated) -> None:
+    """``runs:/R/model`` also serves the newest logged model named 'model' in run R, which
+    anyone may add later: such a version is refused, with the way to register instead."""
+    gated = guarded
+    version = register(gated)
+    run_id = gated.client.get_model_version(MODEL, version).run_id
+    indirect = gated.client.create_model_version(MODEL, f"runs:/{run_id}/model", run_id=run_id)
+    response = rest_alias(gated, str(indirect.version))
+    assert response.status_code == 403
+    assert "indirectly" in response.json()["message"]
+
+
+@pytest.mark.parametrize("alias", ["Champion", "chámpion", "ＣＨＡＭＰＩＯＮ"])
+def test_lookalike_protected_aliases_are_gated(guarded: Gated, alias: str) -> None:
+    """A case- or accent-insensitive database collation (MySQL's default) would match these
+    with 'champion': they are gated as 'champion' is."""
+    version = register(guarded, status=None)
+    response = requests.post(
+        f"{guarded.server.tracking_uri}/api/2.0/mlflow/registered-models/alias",
+        json={"name": MODEL, "alias": alias, "version": version},
+        timeout=60,
+    )
+    assert response.status_code in (400, 403), response.text[:200]
+    tag = requests.post(
+        f"{guarded.server.tracking_uri}/api/2.0/mlflow/model-versions/set-tag",
+        json={"name": MODEL, "version": version, "key": "privacy_gäte.status", "value": "pass"},
+        timeout=60,
+    )
+    assert tag.status_code == 403
