@@ -13,10 +13,13 @@ Settling a fail (each rule, violated at the look):
   at ``alpha / (looks * attacks)``, is above the limit;
 - ``max_subgroup_relative_change``: a group over the limit has a Bonferroni p-value below
   ``subgroup_alpha / looks``;
-- ``max_patient_auc`` (a point estimate, with no level to spend): only at a K whose noise
-  floor (95% null maximum) lies below every patient-level limit of the policy, the
-  fixed-K audit's own power condition (a look at a K where noise alone reaches the
-  limits never settles it).
+- ``max_patient_auc`` (a point estimate): only when a lower confidence bound of the worst
+  patient's AUC is above the limit (`patient_auc_lower_bound`: probit scale, delta-method
+  variance of ``d`` at the audit's IN/OUT counts), its level ``alpha`` spent over the
+  looks, that patient's records and the patients (the worst is the maximum of them all,
+  so its estimate is biased upwards). The noise floor is no evidence here: it bounds
+  records at AUC 0.5, not records just below a limit (measured: 200 records at AUC 0.90
+  settled a false fail at K = 64 in 150 of 150 runs, while K = 256 passed 76%).
 
 The power rules (``noise_floor``, ``max_detectable_auc``, ``min_reference_models``) and
 ``max_aggregate_tpr_at_fpr`` never settle a fail: more models can change them. A pass is
@@ -48,6 +51,7 @@ __all__ = [
     "LookOutcome",
     "auc_lower_bound",
     "parse_reference_models",
+    "patient_auc_lower_bound",
     "settle",
 ]
 
@@ -159,6 +163,24 @@ def auc_lower_bound(auc: float, positives: int, negatives: int, alpha: float) ->
     return auc - z * float(se[0])
 
 
+def patient_auc_lower_bound(auc: float, n_in: int, n_out: int, alpha: float) -> float:
+    """One-sided ``1 - alpha`` lower confidence bound of a record AUC ``Phi(d)`` on the
+    probit scale: ``d - z sqrt(var)``, with the delta-method variance of
+    ``d = (mu_in - mu_out) / sqrt(sd_in^2 + sd_out^2)`` under Gaussian scores of equal
+    variance, ``(1/n_in + 1/n_out) (1/2 + d^2/8)`` (``1/h + d^2/(4h)`` at
+    ``n_in = n_out = h``). Unlike the SE at the estimate it does not collapse near AUC 1.
+
+    >>> round(patient_auc_lower_bound(0.9, 32, 32, 0.05), 3)
+    0.825
+    """
+    if n_in < 2 or n_out < 2 or not math.isfinite(auc):
+        return -math.inf
+    d = float(special.ndtri(min(max(auc, 0.5), 1.0 - 1e-10)))
+    variance = (1.0 / n_in + 1.0 / n_out) * (0.5 + d * d / 8.0)
+    z = float(special.ndtri(1.0 - alpha))
+    return float(special.ndtr(d - z * math.sqrt(variance)))
+
+
 def _settled(
     rule: Rule, report: AuditReport, config: AuditConfig, n_looks: int, alpha: float
 ) -> bool:
@@ -176,16 +198,13 @@ def _settled(
             gate.max_fraction_at_risk is not None and count / n_patients > gate.max_fraction_at_risk
         )
     if rule is Rule.MAX_PATIENT_AUC:
-        # A point estimate has no level to spend: it settles only where the noise floor
-        # is below every patient-level limit (the fixed-K audit's own power condition).
-        limits = gate.patient_auc_limits(config.risk.at_risk_auc)
-        floor, worst = summary.noise_floor.max_patient_auc_q95, summary.patient_auc.max
-        return (
-            gate.max_patient_auc is not None
-            and worst is not None
-            and floor < min(limits)
-            and worst > gate.max_patient_auc
-        )
+        worst, limit = summary.patient_auc.max, gate.max_patient_auc
+        if worst is None or limit is None or not summary.top_patients:
+            return False
+        records = max(1, summary.top_patients[0].n_records)
+        level = alpha / (n_looks * records * max(1, n_patients))
+        lower = patient_auc_lower_bound(worst, summary.power.n_in, summary.power.n_out, level)
+        return worst > limit and lower > limit
     if rule is Rule.MAX_AGGREGATE_AUC:
         aggregate, limit = report.aggregate, gate.max_aggregate_auc
         if aggregate is None or limit is None or not aggregate.attacks:

@@ -44,7 +44,7 @@ from privacy_gate.report_model import AuditReport
 from privacy_gate.signals import Signals, Task, load_signals
 from privacy_gate.subgroups import GroupStatus, SubgroupResult, analyse_subgroups, patient_values
 from privacy_gate.summary import AuditFacts, build_report
-from privacy_gate.variance import auc_estimator, shrink_moments
+from privacy_gate.variance import auc_estimator, never_lower
 
 __all__ = [
     "AuditResult",
@@ -127,7 +127,7 @@ def audit(
     risk, gate = config.risk, config.gate
     shrunk = risk.variance is VarianceEstimator.SHRUNK
     stats = compute_record_stats(
-        signals.scores, signals.masks, risk.fpr, estimate=shrink_moments if shrunk else None
+        signals.scores, signals.masks, risk.fpr, estimate=never_lower if shrunk else None
     )
     patient_index, patient_ids = records.patient_index()
     n_patients = len(patient_ids)

@@ -14,8 +14,9 @@ variances share a distribution, so each can borrow strength from the others (Smy
 - the posterior variance is ``(d0 s0^2 + d_i s2_i) / (d0 + d_i)``.
 
 IN and OUT variances get separate priors: membership changes the spread of the IN
-scores. Only the AUC point estimates use the shrunk variances; the at-risk test keeps
-the plain sample variances, whose noncentral-t law holds its size (`privacy_gate.at_risk`).
+scores. Only the AUC point estimates use the shrunk variances, and only where they do not
+lower a record's AUC (`never_lower`); the at-risk test keeps the plain sample variances,
+whose noncentral-t law holds its size (`privacy_gate.at_risk`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from scipy import special
 
 from privacy_gate.record_stats import SD_FLOOR, RecordMoments, binormal_auc, plain_auc
 
-__all__ = ["VariancePrior", "auc_estimator", "fit_f_dist", "shrink_moments", "trigamma_inverse"]
+__all__ = [
+    "VariancePrior",
+    "auc_estimator",
+    "fit_f_dist",
+    "never_lower",
+    "shrink_moments",
+    "trigamma_inverse",
+]
 
 FloatArray = NDArray[np.float64]
 
@@ -114,12 +122,33 @@ def shrink_moments(moments: RecordMoments) -> RecordMoments:
     )
 
 
+def never_lower(moments: RecordMoments) -> RecordMoments:
+    """The moments the gate reads with ``variance: shrunk``: per record, the posterior
+    standard deviations where they do not lower its AUC, the sample ones where they would.
+
+    Shrinking pulls a record's small variances up towards the bulk's, and so pulls down the
+    AUC of exactly the record that leaks with little spread (measured: a record at true AUC
+    0.97 with half the bulk's SDs crossed 0.95 in 18% of draws shrunk, 87.5% plain). The
+    gate's point estimates must never be lowered by the estimator, so each record's AUC is
+    ``max(plain, shrunk)``; shrinkage still lowers the noise floor it is compared with."""
+    shrunk = shrink_moments(moments)
+    keep = binormal_auc(shrunk.mu_in, shrunk.sd_in, shrunk.mu_out, shrunk.sd_out) >= plain_auc(
+        moments
+    )
+    return replace(
+        moments,
+        sd_in=np.where(keep, shrunk.sd_in, moments.sd_in),
+        sd_out=np.where(keep, shrunk.sd_out, moments.sd_out),
+    )
+
+
 def _shrunk_auc(m: RecordMoments) -> FloatArray:
-    s = shrink_moments(m)
+    s = never_lower(m)
     return binormal_auc(s.mu_in, s.sd_in, s.mu_out, s.sd_out)
 
 
 def auc_estimator(shrunk: bool) -> Callable[[RecordMoments], FloatArray]:
-    """The record-AUC estimator from moments: plain, or with shrunk variances. The audit
-    applies the same one to the null replicates, so the noise floor matches it."""
+    """The record-AUC estimator from moments: plain, or with shrunk variances where they do
+    not lower it (`never_lower`). The audit applies the same one to the null replicates,
+    so the noise floor matches it."""
     return _shrunk_auc if shrunk else plain_auc

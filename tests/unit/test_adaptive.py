@@ -248,3 +248,36 @@ def test_the_looks_are_rendered_and_logged_as_metrics() -> None:
     assert metrics["privacy_gate/adaptive/looks"] == len(adaptive.looks)
     assert metrics["privacy_gate/adaptive/reference_models_saved"] == 256 - last.reference_models
     assert metrics["privacy_gate/adaptive/settled"] == 1.0
+
+
+WORST_ONLY = parse_config({"risk": {"null_replicates": 20}, "gate": {"max_patient_auc": 0.95}})
+"""One point-estimate rule: what settles it is the worst patient's lower bound alone."""
+
+
+def test_records_just_below_the_limit_settle_no_fail_on_the_worst_patient() -> None:
+    """200 records at true AUC 0.90, limit 0.95: the largest estimate passes the limit by
+    noise at K = 64 (the old noise-floor rule settled a fail there in 150 of 150 runs), but
+    its lower confidence bound does not, so no look settles a fail."""
+    plan = AdaptivePlan(round_size=16, max_reference_models=256)
+    records = _records(200)
+    violated = 0
+    for seed in range(4):
+        reveal, _ = _revealer(np.full(200, D_BOUNDARY), 256, seed)
+        for k in plan.schedule:
+            report = audit(reveal(k), records, WORST_ONLY, pseudonymizer=PSEUDONYMS).report
+            look = settle(report, WORST_ONLY, plan)
+            violated += "max_patient_auc" in look.violated
+            assert "max_patient_auc" not in look.settled, (seed, k, report.summary.patient_auc)
+    assert violated >= 4  # the point estimate did cross the limit: the case is real
+
+
+def test_a_strong_leak_settles_the_worst_patient_rule_early() -> None:
+    plan = AdaptivePlan(round_size=16, max_reference_models=256)
+    shift = np.r_[np.full(3, 6.0), np.zeros(197)]
+    reveal, _ = _revealer(shift, 256, 2)
+    looks = [
+        settle(audit(reveal(k), _records(200), WORST_ONLY, pseudonymizer=PSEUDONYMS).report,
+               WORST_ONLY, plan)
+        for k in plan.schedule[:2]
+    ]  # fmt: skip
+    assert any("max_patient_auc" in look.settled for look in looks), looks

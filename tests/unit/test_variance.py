@@ -161,3 +161,30 @@ def test_analytic_null_is_refused_and_never_chosen_with_shrunk_variances() -> No
     )
     assert floor.method is NullMethod.PERMUTATION and floor.replicates is not None
     assert floor.replicates < 1000  # the budget stopped it, analytic was not an option
+
+
+def test_shrinkage_never_hides_a_low_variance_leaker() -> None:
+    """A record at true AUC 0.97 whose IN and OUT SDs are half the bulk's: shrinking its
+    variances towards the bulk's would pull its AUC below 0.95 in most draws; the gate's
+    estimate is max(plain, shrunk), so it crosses 0.95 at least as often as plain."""
+    from scipy import stats as sstats
+
+    rng = np.random.default_rng(11)
+    k, n, reps = 64, 400, 200
+    delta = float(sstats.norm.ppf(0.97)) * np.sqrt(2 * 0.5**2)  # AUC 0.97 at SD 0.5
+    crossed_gate = crossed_plain = crossed_posterior = 0
+    for _ in range(reps):
+        masks = np.argsort(rng.random((k, n)), axis=0) < k // 2
+        scores = rng.standard_normal((k, n))
+        scores[:, 0] = 0.5 * rng.standard_normal(k) + masks[:, 0] * delta
+        moments = record_moments(scores, masks)
+        gate = auc_estimator(True)(moments)[0]
+        plain = auc_estimator(False)(moments)[0]
+        s = shrink_moments(moments)
+        posterior = binormal_auc(s.mu_in[:1], s.sd_in[:1], s.mu_out[:1], s.sd_out[:1])[0]
+        assert gate >= plain and gate >= posterior
+        crossed_gate += gate > 0.95
+        crossed_plain += plain > 0.95
+        crossed_posterior += posterior > 0.95
+    assert crossed_posterior / reps < 0.5  # the plain posterior would hide it ...
+    assert crossed_gate >= crossed_plain and crossed_gate / reps > 0.8  # ... the gate does not
