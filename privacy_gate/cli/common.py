@@ -17,6 +17,7 @@ from privacy_gate.render.comparison import comparison_section
 from privacy_gate.render.formatting import fmt_auc
 from privacy_gate.render.recommendation import recommendation_lines
 from privacy_gate.report_model import AuditReport
+from privacy_gate.signing import PUBLIC_KEY_ENVIRONMENT_VARIABLE, load_public_key
 
 EXIT_ERROR = Status.ERROR.exit_code
 
@@ -88,6 +89,40 @@ def gate_outcome(
         source=source,
         signature=signature,
     )
+
+
+def add_registry_options(command: argparse.ArgumentParser) -> None:
+    """The options of the commands that verify a registered model's signed audit."""
+    command.add_argument(
+        "--public-key",
+        type=Path,
+        help=f"public key PEM (default: ${PUBLIC_KEY_ENVIRONMENT_VARIABLE})",
+    )
+    command.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)"
+    )
+    command.add_argument(
+        "--allow-pickle-models",
+        action="store_true",
+        help="accept a pickle-format model (its forward is code outside its files, which "
+        "the audit cannot bind); refused by default",
+    )
+
+
+def registry_client(args: argparse.Namespace, command: str) -> tuple[Any, Any]:
+    """(MlflowClient for ``--tracking-uri``, the ``--public-key`` or None); an error naming
+    the command where mlflow is not installed."""
+    tracking_uri = resolve_tracking_uri(args, command)
+    public_key = load_public_key(args.public_key) if args.public_key else None
+    from privacy_gate.mlflow.promote import client_for  # imports mlflow lazily
+
+    try:
+        return client_for(tracking_uri), public_key
+    except ImportError:
+        raise InputError(
+            f"'privacy-gate {command}' needs the mlflow package. "
+            "HINT: pip install 'privacy-gate[mlflow]'."
+        ) from None
 
 
 def resolve_tracking_uri(args: argparse.Namespace, command: str) -> str:

@@ -4,12 +4,9 @@ passing audit."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from privacy_gate import signing
-from privacy_gate.cli.common import resolve_tracking_uri
-from privacy_gate.errors import InputError
+from privacy_gate.cli.common import add_registry_options, registry_client
 from privacy_gate.render.recommendation import recommendation_lines
 
 
@@ -28,38 +25,17 @@ def add_promote_command(commands: Any) -> None:
     promote_cmd.add_argument("--version", required=True, help="model version")
     promote_cmd.add_argument("--alias", required=True, help="alias to set, e.g. champion")
     promote_cmd.add_argument(
-        "--public-key",
-        type=Path,
-        help=f"public key PEM (default: ${signing.PUBLIC_KEY_ENVIRONMENT_VARIABLE})",
-    )
-    promote_cmd.add_argument(
         "--policy-sha256", help="require the audit to have used this policy digest"
     )
-    promote_cmd.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)"
-    )
-    promote_cmd.add_argument(
-        "--allow-pickle-models",
-        action="store_true",
-        help="accept a pickle-format model (its forward is code outside its files, which "
-        "the audit cannot bind); refused by default",
-    )
+    add_registry_options(promote_cmd)
     promote_cmd.set_defaults(handler=run_promote)
 
 
 def run_promote(args: argparse.Namespace) -> int:
     """``privacy-gate promote``: 0 promoted, 1 refused, 2 error (raised)."""
-    tracking_uri = resolve_tracking_uri(args, "promote")
-    public_key = signing.load_public_key(args.public_key) if args.public_key else None
-    from privacy_gate.mlflow.promote import client_for, promote  # imports mlflow lazily
+    from privacy_gate.mlflow.promote import promote  # imports mlflow lazily
 
-    try:
-        client = client_for(tracking_uri)
-    except ImportError:
-        raise InputError(
-            "'privacy-gate promote' needs the mlflow package. "
-            "HINT: pip install 'privacy-gate[mlflow]'."
-        ) from None
+    client, public_key = registry_client(args, "promote")
     result = promote(
         args.model,
         args.version,

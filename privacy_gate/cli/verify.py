@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from privacy_gate import signing
-from privacy_gate.cli.common import resolve_tracking_uri
-from privacy_gate.errors import InputError
+from privacy_gate.cli.common import add_registry_options, registry_client
 
 
 def add_verify_command(commands: Any) -> None:
@@ -25,14 +22,7 @@ def add_verify_command(commands: Any) -> None:
         ),
     )
     verify_cmd.add_argument("model_uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
-    verify_cmd.add_argument(
-        "--public-key",
-        type=Path,
-        help=f"public key PEM (default: ${signing.PUBLIC_KEY_ENVIRONMENT_VARIABLE})",
-    )
-    verify_cmd.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)"
-    )
+    add_registry_options(verify_cmd)
     verify_cmd.add_argument(
         "--no-revoke",
         dest="revoke",
@@ -44,20 +34,17 @@ def add_verify_command(commands: Any) -> None:
 
 def run_verify(args: argparse.Namespace) -> int:
     """0 verified, 1 not (the differing files named), 2 error (raised)."""
-    tracking_uri = resolve_tracking_uri(args, "verify")
-    public_key = signing.load_public_key(args.public_key) if args.public_key else None
     from privacy_gate.mlflow.consume import parse_model_uri, verify_model
-    from privacy_gate.mlflow.promote import client_for  # imports mlflow lazily
 
     parse_model_uri(args.model_uri)  # a bad URI is an error before any request
-    try:
-        client = client_for(tracking_uri)
-    except ImportError:
-        raise InputError(
-            "'privacy-gate verify' needs the mlflow package. HINT: pip install "
-            "'privacy-gate[mlflow]'."
-        ) from None
-    result = verify_model(args.model_uri, public_key=public_key, client=client, revoke=args.revoke)
+    client, public_key = registry_client(args, "verify")
+    result = verify_model(
+        args.model_uri,
+        public_key=public_key,
+        client=client,
+        revoke=args.revoke,
+        allow_pickle=args.allow_pickle_models,
+    )
     where = f"{args.model_uri} ({result.name!r} version {result.version})"
     if result.ok:
         print(f"privacy-gate: VERIFIED {where}: its files are the audited ones.")
