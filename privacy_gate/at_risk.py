@@ -233,6 +233,11 @@ class AuditPower:
         detectable_auc: the smallest true AUC of a one-record patient found with
             ``power``, at the least favourable IN/OUT counts of the audit.
         n_in, n_out: those counts.
+        max_records: the most records one patient of the pool has.
+        detectable_auc_max_records: the same for one leaking record of such a patient,
+            whose p-value is multiplied by its record count (Bonferroni within the
+            patient), so it must reach ``alpha / max_records``; None when every patient
+            has one record.
     """
 
     alpha: float
@@ -240,6 +245,8 @@ class AuditPower:
     detectable_auc: float
     n_in: int
     n_out: int
+    max_records: int = 1
+    detectable_auc_max_records: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -252,12 +259,15 @@ def audit_power(
     at_risk_auc: float,
     fdr: float,
     power: float = DEFAULT_DETECTION_POWER,
+    max_records: int = 1,
 ) -> AuditPower:
-    """The audit's detectable AUC: the worst over its distinct IN/OUT count pairs.
+    """The audit's detectable AUC: the worst over its distinct IN/OUT count pairs, for a
+    one-record patient and for a patient with ``max_records`` records of which one leaks.
 
     Args:
         pairs: ``[n_in, n_out, n_records]`` triples (`count_pairs`).
         n_patients: patients in the audit pool (the Benjamini-Hochberg family).
+        max_records: the most records of one patient in the pool.
     """
     alpha = fdr / max(n_patients, 1)
     worst = (1.0, 0, 0) if not pairs else (-1.0, 0, 0)
@@ -265,6 +275,15 @@ def audit_power(
         auc = detectable_auc(at_risk_auc, int(n_in), int(n_out), alpha, power)
         if auc > worst[0]:
             worst = (auc, int(n_in), int(n_out))
+    multi = None
+    if max_records > 1 and worst[1] >= 2 and worst[2] >= 2:
+        multi = detectable_auc(at_risk_auc, worst[1], worst[2], alpha / max_records, power)
     return AuditPower(
-        alpha=alpha, power=power, detectable_auc=worst[0], n_in=worst[1], n_out=worst[2]
+        alpha=alpha,
+        power=power,
+        detectable_auc=worst[0],
+        n_in=worst[1],
+        n_out=worst[2],
+        max_records=max(1, int(max_records)),
+        detectable_auc_max_records=multi,
     )

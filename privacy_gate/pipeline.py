@@ -157,6 +157,7 @@ def audit(
         at_risk_auc=risk.at_risk_auc,
         fdr=gate.fdr,
         power=gate.detection_power,
+        max_records=int(np.bincount(patient_index, minlength=1).max()),
     )
     subgroups = analyse_subgroups(
         patients.auc_max,

@@ -165,6 +165,8 @@ def build_report(
             detectable_auc=power.detectable_auc,
             n_in=power.n_in,
             n_out=power.n_out,
+            max_records=power.max_records if power.detectable_auc_max_records else None,
+            detectable_auc_max_records=power.detectable_auc_max_records,
             count_pairs=tuple(tuple(int(c) for c in pair) for pair in count_pairs),
             reference_models_needed=reference_models_needed,
         ),

@@ -183,6 +183,17 @@ def _key_figures(report: AuditReport) -> list[Block]:
             f"{fmt_percent(power.power, digits=0)} power at this K",
             fmt_float(power.detectable_auc, 4),  # 0.9994 vs 0.9999 matters
         ),
+        *(
+            [
+                (
+                    f"The same for one leaking record of a patient with {power.max_records} "
+                    "records (the most in the pool)",
+                    fmt_float(power.detectable_auc_max_records, 4),
+                )
+            ]
+            if power.detectable_auc_max_records is not None
+            else []
+        ),
         (
             "Reference models the policy's power rules need",
             fmt_int(power.reference_models_needed),

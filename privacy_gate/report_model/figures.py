@@ -61,6 +61,9 @@ class Power:
             favourable IN/OUT counts ``n_in``, ``n_out``.
         count_pairs: every distinct ``[n_in, n_out, n_records]`` of the audit.
         reference_models_needed: None when no K up to 4096 suffices.
+        max_records, detectable_auc_max_records: the most records of one patient, and the
+            detectable AUC of one leaking record of such a patient (its p-value is
+            multiplied by the record count); absent when every patient has one record.
     """
 
     alpha: float
@@ -70,6 +73,8 @@ class Power:
     n_out: int
     count_pairs: tuple[tuple[int, ...], ...]
     reference_models_needed: int | None
+    max_records: int | None = field(default=None, metadata=OMIT_NONE)
+    detectable_auc_max_records: float | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True)

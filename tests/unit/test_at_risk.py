@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
+from privacy_gate import audit, make_signals, records_from_columns
 from privacy_gate.at_risk import (
     audit_power,
     count_pairs,
@@ -17,8 +18,10 @@ from privacy_gate.at_risk import (
     patient_p_values,
     record_p_values,
 )
+from privacy_gate.config import parse_config
 from privacy_gate.patients import benjamini_hochberg_count
 from privacy_gate.record_stats import record_moments
+from privacy_gate.render.markdown import render_markdown
 
 N_EHR = 9105
 BH_FIRST_STEP = 0.05 / N_EHR
@@ -213,3 +216,36 @@ def test_audit_power_takes_the_least_favourable_counts() -> None:
 def test_a_patient_without_records_gets_p_one_not_nan() -> None:
     p = patient_p_values(np.array([0.01, 0.2]), np.array([0, 0]), 2)
     assert p.tolist() == [0.02, 1.0]
+
+
+def test_power_is_stated_for_the_patient_with_the_most_records() -> None:
+    """A 20-record patient's p-value is its smallest record p-value times 20, so one
+    leaking record of it must reach alpha / 20: a higher detectable AUC, stated beside the
+    one-record figure (DESIGN.md, "Power")."""
+    pairs = [[16, 16, 400]]
+    one = audit_power(pairs, 100, at_risk_auc=0.9, fdr=0.05)
+    many = audit_power(pairs, 100, at_risk_auc=0.9, fdr=0.05, max_records=20)
+    assert one.detectable_auc_max_records is None and one.max_records == 1
+    assert many.detectable_auc == one.detectable_auc
+    expected = detectable_auc(0.9, 16, 16, 0.05 / 100 / 20)
+    assert many.detectable_auc_max_records == expected
+    assert expected > one.detectable_auc
+    # the power of the multi-record figure at the one-record figure's AUC is below 80%
+    power = detection_power(one.detectable_auc, 0.9, 16, 16, 0.05 / 100 / 20)
+    assert float(power) < 0.8 - 1e-6
+
+
+def test_the_report_states_both_figures_for_multi_record_patients() -> None:
+    rng = np.random.default_rng(4)
+    k, n = 16, 120
+    masks = np.argsort(rng.random((k, n)), axis=0) < k // 2
+    patients = [f"p{i // 6}" if i < 60 else f"q{i}" for i in range(n)]  # ten 6-record patients
+    signals = make_signals(rng.standard_normal((k, n)), masks)
+    records = records_from_columns([f"r{i}" for i in range(n)], patients, {})
+    policy = parse_config({"risk": {"null_replicates": 20}, "gate": {"max_patient_auc": 1.0}})
+    result = audit(signals, records, policy)
+    power = result.report.summary.power
+    assert power.max_records == 6
+    assert power.detectable_auc_max_records is not None
+    assert power.detectable_auc_max_records > power.detectable_auc
+    assert "a patient with 6 records" in render_markdown(result.report)
