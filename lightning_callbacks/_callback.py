@@ -24,6 +24,7 @@ from lightning_callbacks._audit_core import (
     decide_action,
     run_fit_audit,
 )
+from lightning_callbacks._releases import check_releases
 from lightning_callbacks._settings import AuditSettings, Metadata, validate_settings
 from privacy_gate.adaptive import AdaptivePlan
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
@@ -102,6 +103,7 @@ class PrivacyAuditBehaviour:
         ray: Any = None,
     ) -> None:
         super().__init__()
+        check_releases(type(self).__name__)
         self.settings: AuditSettings = validate_settings(
             config=config,
             holdout=holdout,

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_callbacks._compat import release_grad_sample_module, train_data_source
+from lightning_callbacks._releases import check_releases
 from privacy_gate.errors import ConfigError, InputError, invalid_value
 from privacy_gate.training.recipe import DPSettings
 
@@ -88,6 +89,7 @@ class DPSGDBehaviour:
         log_epsilon: bool = True,
     ) -> None:
         super().__init__()
+        check_releases(type(self).__name__)
         try:
             self.settings = DPSettings(
                 noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm
