@@ -13,6 +13,7 @@ __all__ = [
     "aliases_of",
     "client_registry_uri",
     "commit_verdict",
+    "default_copy_model_version",
     "is_sql_registry_store",
     "mlflow_artifact_path",
     "registered_locations",
@@ -254,3 +255,12 @@ def mlflow_artifact_path(path: str) -> str:
     from mlflow.utils.uri import validate_path_is_safe
 
     return str(validate_path_is_safe(path))  # type: ignore[no-untyped-call]
+
+
+def default_copy_model_version(store: Any, src_mv: Any, dst_name: str) -> Any:
+    """MLflow's own ``copy_model_version`` (``AbstractStore``'s, which the SQL store does
+    not override) run on ``store``, so that its registered-model and version creation go
+    through ``store``'s methods (the gated store's checks) rather than the inner store's."""
+    from mlflow.store.model_registry.abstract_store import AbstractStore
+
+    return AbstractStore.copy_model_version(store, src_mv, dst_name)  # type: ignore[no-untyped-call]

@@ -337,14 +337,10 @@ class PrivacyGateRegistryStore:
         return self._inner.create_prompt_version(*args, **kwargs)
 
     def copy_model_version(self, src_mv: Any, dst_name: str) -> Any:
-        """The copy is a new version: the source's verdict tags do not carry over."""
-        copy = self._inner.copy_model_version(src_mv=src_mv, dst_name=dst_name)
-        protected = [k for k in copy.tags if _is_protected_tag(k)]
-        for key in protected:
-            self._inner.delete_model_version_tag(name=copy.name, version=copy.version, key=key)
-        if protected:
-            copy = self._inner.get_model_version(name=copy.name, version=copy.version)
-        return copy
+        """The copy is a new version: MLflow's own copy (``AbstractStore``), routed through
+        this store's `create_model_version`, which leaves the source's verdict tags out
+        when the version is created (never written, then deleted)."""
+        return _compat.default_copy_model_version(self, src_mv, dst_name)
 
     # ---------------------------------------------------------------- checks
 

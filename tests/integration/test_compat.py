@@ -85,3 +85,29 @@ def test_the_private_registry_helpers_the_gated_store_forwards_exist() -> None:
 
     for name in FORWARDED_PRIVATE:
         assert callable(getattr(AbstractStore, name, None)), name
+
+
+def test_the_gated_stores_sql_and_server_internals_exist() -> None:
+    """What `privacy_gate.mlflow._compat` reaches for the pinned verdict transaction, the
+    artifact guard and the copy: each fails here first when an MLflow upgrade moves it."""
+    from mlflow.environment_variables import _MLFLOW_SGI_NAME
+    from mlflow.store.model_registry.abstract_store import AbstractStore
+    from mlflow.store.model_registry.dbmodels.models import (
+        SqlModelVersion,
+        SqlModelVersionTag,
+        SqlRegisteredModelAlias,
+    )
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    from privacy_gate.mlflow import _compat
+
+    for column in ("run_id", "source", "storage_location", "creation_time", "current_stage"):
+        assert hasattr(SqlModelVersion, column), column
+    for model in (SqlModelVersionTag, SqlRegisteredModelAlias):
+        assert {"name", "version"} <= set(model.__table__.columns.keys())
+    assert callable(getattr(SqlAlchemyStore, "_get_query", None))  # workspace-scoped query
+    # the gated store's copy relies on the SQL store NOT overriding MLflow's default copy
+    assert SqlAlchemyStore.copy_model_version is AbstractStore.copy_model_version
+    assert _MLFLOW_SGI_NAME.name == "_MLFLOW_SGI_NAME"
+    # MLflow decodes an artifact path repeatedly before writing; the guard judges the same
+    assert _compat.mlflow_artifact_path("1/%25256Dodels/x") == "1/models/x"
