@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from privacy_gate.errors import InputError, ReportError
-from privacy_gate.mlflow._compat import client_registry_uri
 from privacy_gate.mlflow.logging import ARTIFACT_PATH, REPORT_ARTIFACT
+from privacy_gate.mlflow.promote import _download_report, client_download
 from privacy_gate.model_files import PT2, ModelFiles, manifest_of
-from privacy_gate.report import REPORT_FILE, parse_report_json, write_json
+from privacy_gate.report import REPORT_FILE, write_json
 from privacy_gate.signing import sign_report, signing_key_from_environment, verify_report
 
 if TYPE_CHECKING:
@@ -89,16 +89,7 @@ def _stored_location(client: MlflowClient, model_uri: str) -> str:
 
 
 def _download(client: MlflowClient, model_uri: str, dst: str) -> str:
-    from mlflow.artifacts import download_artifacts
-
-    return str(
-        download_artifacts(
-            artifact_uri=_stored_location(client, model_uri),
-            dst_path=dst,
-            tracking_uri=str(client.tracking_uri),
-            registry_uri=client_registry_uri(client),
-        )
-    )
+    return client_download(client, _stored_location(client, model_uri), dst)
 
 
 def logged_model_files(client: MlflowClient, model_uri: str) -> ModelFiles:
@@ -128,19 +119,14 @@ def stored_model_files(client: MlflowClient, model_uri: str, expected: str) -> M
 
 
 def _run_report(client: MlflowClient, run_id: str) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="privacy_gate_") as tmp:
-        try:
-            path = client.download_artifacts(run_id, REPORT_ARTIFACT, tmp)
-        except Exception as exc:
-            raise InputError(
-                f"MLflow run {run_id!r} holds no {REPORT_ARTIFACT} ({exc}). HINT: log the audit "
-                "into the run first (the Lightning callback with an MLFlowLogger, "
-                "privacy_gate.mlflow.log_report, or the privacy_gate evaluator)."
-            ) from None
-        data = parse_report_json(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ReportError(f"The audit report of run {run_id!r} is not a JSON object.")
-    return data
+    report = _download_report(client, run_id)
+    if report is None:
+        raise InputError(
+            f"MLflow run {run_id!r} holds no readable {REPORT_ARTIFACT} (a JSON object). HINT: "
+            "log the audit into the run first (the Lightning callback with an MLFlowLogger, "
+            "privacy_gate.mlflow.log_report, or the privacy_gate evaluator)."
+        )
+    return report
 
 
 def log_audited_model(

@@ -145,20 +145,24 @@ def _download_report(client: MlflowClient, run_id: str) -> dict[str, Any] | None
     return report if isinstance(report, dict) else None
 
 
-def download_version(client: MlflowClient, name: str, version: str, dst: str) -> str:
-    """Download a registered version's files into ``dst`` through the client's own URIs
-    (never MLflow's global ones, which would outlive the call); the local model folder."""
+def client_download(client: MlflowClient, artifact_uri: str, dst: str) -> str:
+    """Download ``artifact_uri`` into ``dst`` through the client's own URIs (never MLflow's
+    global ones, which would outlive the call); the local path."""
     from mlflow.artifacts import download_artifacts
 
-    uri = client.get_model_version_download_uri(name, version)
     return str(
         download_artifacts(
-            artifact_uri=uri,
+            artifact_uri=artifact_uri,
             dst_path=dst,
             tracking_uri=str(client.tracking_uri),
             registry_uri=client_registry_uri(client),
         )
     )
+
+
+def download_version(client: MlflowClient, name: str, version: str, dst: str) -> str:
+    """Download a registered version's files into ``dst``; the local model folder."""
+    return client_download(client, client.get_model_version_download_uri(name, version), dst)
 
 
 def registered_model_files(client: MlflowClient, name: str, version: str) -> ModelFiles | None:
