@@ -83,6 +83,26 @@ def _identity(row: Any) -> VersionIdentity:
     return (row.run_id, row.source, row.storage_location, row.creation_time)
 
 
+def _identity_in_database(
+    store: Any, session: Any, name: str, version: int
+) -> VersionIdentity | None:
+    """The version's identity as the database holds it now, its row locked (``FOR
+    UPDATE``). Columns, not the ORM entity: an entity query answers a (name, version) the
+    session already loaded from its identity map, so a version renamed in under the same
+    address would look like the one read before."""
+    from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
+
+    columns = (
+        SqlModelVersion.run_id,
+        SqlModelVersion.source,
+        SqlModelVersion.storage_location,
+        SqlModelVersion.creation_time,
+    )
+    query = _version_query(store, session, name, version).with_entities(*columns)
+    row = query.with_for_update().one_or_none()
+    return None if row is None else (row[0], row[1], row[2], row[3])
+
+
 def version_identity(store: Any, name: str, version: int) -> VersionIdentity | None:
     """The identity of the live version at (name, version), or None when there is none."""
     with store.ManagedSessionMaker() as session:
@@ -151,8 +171,7 @@ def commit_verdict(
             if set_stage is not None:
                 _move_to_stage(store, session, row, set_stage, archive_existing_versions)
             session.flush()
-            again = _version_query(store, session, name, version).with_for_update().one_or_none()
-            if again is None or _identity(again) != pinned:
+            if _identity_in_database(store, session, name, version) != pinned:
                 raise _Moved
     except _Moved:
         return False

@@ -355,6 +355,40 @@ def test_a_verdict_never_lands_on_a_version_that_moved_in(local_store: Any, tmp_
     assert local_store.get_registered_model("m-away").aliases == {"champion": 1}
 
 
+def test_a_rename_inside_the_verdict_transaction_is_seen(
+    local_store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renames land after the transaction's first read of the version and before its
+    re-read (here: while the stage moves). The re-read must see the database, not the
+    session's cached row of the same (name, version): a CI run once committed a pass onto
+    the version renamed in, because the cache answered."""
+    import threading
+
+    from privacy_gate.mlflow import _compat
+
+    pinned = _compat.version_identity(local_store.inner, "m", 1)
+    local_store.create_registered_model("other")
+    local_store.create_model_version("other", source=str(tmp_path / "x"), run_id=None)
+    move = _compat._move_to_stage
+
+    def rename_then_move(*args: Any) -> None:
+        def renames() -> None:  # another connection, as another request would
+            local_store.rename_registered_model("m", "m-away")
+            local_store.rename_registered_model("other", "m")
+
+        worker = threading.Thread(target=renames)
+        worker.start()
+        worker.join(60)
+        move(*args)
+
+    monkeypatch.setattr(_compat, "_move_to_stage", rename_then_move)
+    committed = local_store._commit("m", 1, pinned, set_alias=None, set_tags={},
+                                    set_stage="Production")  # fmt: skip
+    assert not committed
+    assert local_store.get_model_version("m", 1).current_stage == "None"
+    assert local_store.get_model_version("m-away", 1).current_stage == "None"
+
+
 @pytest.mark.parametrize(
     ("value", "problem"),
     [("", "names none"), (" , ", "names none"), ("champion;prod", "not alias names")],
