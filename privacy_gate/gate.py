@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from privacy_gate.at_risk import AuditPower, audit_power, detectable_auc
+from privacy_gate.at_risk import AuditPower, audit_power, berger_boos_beta, detectable_auc
 from privacy_gate.config import AuditConfig, GateConfig
 from privacy_gate.errors import ReportError
 from privacy_gate.noise_floor import MAX_REFERENCE_MODELS_SEARCHED, reference_models_needed
@@ -41,9 +41,11 @@ def _detectable_need(
 ) -> int | None:
     """Smallest even K whose balanced at-risk test detects ``limit`` (None: beyond 4096)."""
     alpha = gate.fdr / max(n_patients, 1)
+    beta = berger_boos_beta(gate.fdr, n_patients)
 
     def ok(k: int) -> bool:
-        return detectable_auc(at_risk_auc, k // 2, k // 2, alpha, gate.detection_power) <= limit
+        found = detectable_auc(at_risk_auc, k // 2, k // 2, alpha, gate.detection_power, beta=beta)
+        return found <= limit
 
     lo, hi = 4, MAX_REFERENCE_MODELS_SEARCHED
     if not ok(hi):
@@ -135,15 +137,17 @@ def _power(
 def _audit_power(
     gate: GateConfig, at_risk_auc: float, report: AuditReport, n_patients: int
 ) -> AuditPower | None:
-    pairs = report.summary.power.count_pairs
-    if not pairs:
+    stated = report.summary.power
+    if not stated.count_pairs:
         return None
     return audit_power(
-        [list(p) for p in pairs],
+        [list(p) for p in stated.count_pairs],
         n_patients,
         at_risk_auc=at_risk_auc,
         fdr=gate.fdr,
         power=gate.detection_power,
+        max_records=stated.max_records or 1,
+        beta=stated.beta,  # the p-values' own beta; None (older reports): this pool's
     )
 
 

@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from privacy_gate.at_risk import audit_power, count_pairs, patient_p_values, record_p_values
+from privacy_gate.at_risk import (
+    audit_power,
+    berger_boos_beta,
+    count_pairs,
+    patient_p_values,
+    record_p_values,
+)
 from privacy_gate.attacks import run_attacks
 from privacy_gate.config import (
     AuditConfig,
@@ -132,8 +138,10 @@ def audit(
     patient_index, patient_ids = records.patient_index()
     n_patients = len(patient_ids)
     patients = aggregate_patients(stats.auc, stats.auc_se, patient_index, n_patients)
+    max_records = int(np.bincount(patient_index, minlength=1).max())
+    beta = berger_boos_beta(gate.fdr, n_patients, max_records)
     p_values = patient_p_values(
-        record_p_values(stats.moments, risk.at_risk_auc), patient_index, n_patients
+        record_p_values(stats.moments, risk.at_risk_auc, beta), patient_index, n_patients
     )
     limits = gate.patient_auc_limits(risk.at_risk_auc)
     floor: NoiseFloor = compute_noise_floor(
@@ -157,7 +165,8 @@ def audit(
         at_risk_auc=risk.at_risk_auc,
         fdr=gate.fdr,
         power=gate.detection_power,
-        max_records=int(np.bincount(patient_index, minlength=1).max()),
+        max_records=max_records,
+        beta=beta,
     )
     subgroups = analyse_subgroups(
         patients.auc_max,

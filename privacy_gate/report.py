@@ -35,7 +35,7 @@ __all__ = [
     "write_table",
 ]
 
-SCHEMA_VERSION = "2.3"
+SCHEMA_VERSION = "2.4"
 REPORT_FILE = "report.json"
 _REQUIRED_SECTIONS = ("schema_version", "audit", "summary", "subgroups", "decision")
 

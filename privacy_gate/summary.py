@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from privacy_gate._version import __version__
-from privacy_gate.at_risk import AuditPower
+from privacy_gate.at_risk import AT_RISK_TEST, AuditPower
 from privacy_gate.attacks import AggregateResult
 from privacy_gate.config import AuditConfig
 from privacy_gate.noise_floor import NoiseFloor
@@ -150,7 +150,7 @@ def build_report(
         patients_at_risk=patients_at_risk,
         patients_at_risk_raw=int(np.count_nonzero(patients.auc_max > at_risk_auc)),
         fraction_at_risk=patients_at_risk / facts.patients,
-        at_risk_test="noncentral_t",
+        at_risk_test=AT_RISK_TEST,
         at_risk_p_values=tuple(np.sort(p_values[p_values <= MAX_STORED_P_VALUE]).tolist()),
         tail=Tail(
             quantile=subgroups.tail_quantile,
@@ -161,6 +161,7 @@ def build_report(
         noise_floor=floor,
         power=Power(
             alpha=power.alpha,
+            beta=power.beta,
             power=power.power,
             detectable_auc=power.detectable_auc,
             n_in=power.n_in,

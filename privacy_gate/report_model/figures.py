@@ -64,6 +64,8 @@ class Power:
         max_records, detectable_auc_max_records: the most records of one patient, and the
             detectable AUC of one leaking record of such a patient (its p-value is
             multiplied by the record count); absent when every patient has one record.
+        beta: the Berger-Boos ``beta`` of the at-risk p-values (`privacy_gate.at_risk`);
+            absent in reports of schema 2.3 and older (their test used Welch's df).
     """
 
     alpha: float
@@ -75,6 +77,7 @@ class Power:
     reference_models_needed: int | None
     max_records: int | None = field(default=None, metadata=OMIT_NONE)
     detectable_auc_max_records: float | None = field(default=None, metadata=OMIT_NONE)
+    beta: float | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,9 @@ def test_a_planted_leak_settles_as_a_fail_in_the_first_round_or_two() -> None:
     assert adaptive is not None
     assert adaptive.stopped == "fail_settled"
     assert [look.reference_models for look in adaptive.looks] in ([16], [16, 32])
-    assert "max_patients_at_risk" in adaptive.looks[-1].settled
+    # settled on evidence: the at-risk count or the worst patient's lower bound (at K =
+    # 16-32 the at-risk test, valid for any variance ratio, needs AUC ~0.99999 at 1e-5)
+    assert set(adaptive.looks[-1].settled) & {"max_patients_at_risk", "max_patient_auc"}
     used = adaptive.looks[-1].reference_models
     assert adaptive.reference_models_saved == 256 - used
     assert result.report.audit.reference_models == used
