@@ -41,7 +41,7 @@ from privacy_gate.errors import ConfigError, invalid_value
 from privacy_gate.patients import benjamini_hochberg_count
 from privacy_gate.record_stats import hanley_mcneil_se
 from privacy_gate.report_model import Adaptive, AuditReport, Look, Rule
-from privacy_gate.subgroups import GroupStatus
+from privacy_gate.subgroups import HIDDEN, GroupStatus
 
 __all__ = [
     "AUTO",
@@ -218,11 +218,18 @@ def _settled(
     if rule is Rule.MAX_SUBGROUP_RELATIVE_CHANGE:
         limit = gate.max_subgroup_relative_change
         return limit is not None and any(
-            g.status is GroupStatus.TESTED
-            and g.relative_change is not None
-            and g.p_value_adjusted is not None
-            and g.relative_change > limit
-            and g.p_value_adjusted < gate.subgroup_alpha / n_looks
+            (
+                g.status is GroupStatus.TESTED
+                and g.relative_change is not None
+                and g.p_value_adjusted is not None
+                and g.relative_change > limit
+                and g.p_value_adjusted < gate.subgroup_alpha / n_looks
+            )
+            or (
+                g.status in HIDDEN
+                and g.p_value_bound is not None
+                and g.p_value_bound <= gate.subgroup_alpha / n_looks
+            )
             for column in report.subgroups.values()
             for g in column.groups.values()
         )

@@ -121,9 +121,11 @@ class GateConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class AuditConfig:
-    """The whole config: subgroup columns, risk definitions and gate policy."""
+    """The whole config: subgroup columns (patient- and record-level), risk definitions
+    and gate policy."""
 
     subgroups: tuple[str, ...] = ()
+    record_columns: tuple[str, ...] = ()
     risk: RiskConfig = field(default_factory=RiskConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
@@ -131,6 +133,9 @@ class AuditConfig:
         """A JSON-safe dict that `parse_config` turns back into an equal config."""
         data = asdict(self)
         data["subgroups"] = list(self.subgroups)
+        data["record_columns"] = list(self.record_columns)
+        if not self.record_columns:  # absent as before, so existing policy digests hold
+            del data["record_columns"]
         data["risk"]["fpr"] = list(self.risk.fpr)
         data["risk"]["null"] = self.risk.null.value
         data["risk"]["variance"] = self.risk.variance.value
@@ -379,24 +384,14 @@ def parse_config(data: Any, *, source: str = "config") -> AuditConfig:
             f"The {source} must be a YAML mapping with keys 'subgroups', 'risk'"
             f" and 'gate'. Got {type(data).__name__} instead."
         )
-    _check_keys(source, data, ("subgroups", "risk", "gate"))
-    subgroups_raw = data.get("subgroups") or []
-    if not isinstance(subgroups_raw, list) or not all(
-        isinstance(s, str) and s for s in subgroups_raw
-    ):
+    _check_keys(source, data, ("subgroups", "record_columns", "risk", "gate"))
+    subgroups_raw = _column_list(source, data, "subgroups", "e.g. subgroups: [sex, race]")
+    record_raw = _column_list(source, data, "record_columns", "e.g. record_columns: [scanner]")
+    if set(subgroups_raw) & set(record_raw):
         raise ConfigError(
-            invalid_value(
-                "subgroups",
-                source,
-                "a list of column names",
-                subgroups_raw,
-                "e.g. subgroups: [sex, race]",
-            )
-        )
-    if len(set(subgroups_raw)) != len(subgroups_raw):
-        raise ConfigError(
-            invalid_value("subgroups", source, "a list without duplicates", subgroups_raw)
-        )
+            invalid_value("record_columns", source, "columns not also in 'subgroups'",
+                          sorted(set(subgroups_raw) & set(record_raw)),
+                          "a column is an attribute of the patient or of the record"))  # fmt: skip
     for section in ("risk", "gate"):
         if data.get(section) is not None and not isinstance(data[section], Mapping):
             raise ConfigError(invalid_value(section, source, "a mapping", data[section]))
@@ -408,7 +403,18 @@ def parse_config(data: Any, *, source: str = "config") -> AuditConfig:
             f"Valid rules are: {list(_RULE_KEYS)}. HINT: a given config is the whole "
             "policy; copy the default policy (privacy-gate policy) and edit it."
         )
-    return AuditConfig(subgroups=tuple(subgroups_raw), risk=risk, gate=gate)
+    return AuditConfig(
+        subgroups=tuple(subgroups_raw), record_columns=tuple(record_raw), risk=risk, gate=gate
+    )
+
+
+def _column_list(source: str, data: Mapping[str, Any], key: str, example: str) -> list[str]:
+    raw = data.get(key) or []
+    if not isinstance(raw, list) or not all(isinstance(s, str) and s for s in raw):
+        raise ConfigError(invalid_value(key, source, "a list of column names", raw, example))
+    if len(set(raw)) != len(raw):
+        raise ConfigError(invalid_value(key, source, "a list without duplicates", raw))
+    return list(raw)
 
 
 def read_config_yaml(path: str | Path) -> Any:

@@ -24,7 +24,7 @@ from privacy_gate.patients import benjamini_hochberg_count
 from privacy_gate.report_model import AuditReport, Decision, Rule, Status, Violation
 from privacy_gate.report_model.figures import Summary
 from privacy_gate.report_model.sections import Aggregate
-from privacy_gate.subgroups import ColumnResult, GroupStatus
+from privacy_gate.subgroups import HIDDEN, ColumnResult, GroupResult, GroupStatus
 
 __all__ = [
     "Decision",
@@ -279,19 +279,20 @@ def _untestable_reason(
     limit = gate.max_subgroup_relative_change
     assert limit is not None
     tested = {v: g for v, g in result.groups.items() if g.status is GroupStatus.TESTED}
-    small = f" of at least {min_size} patients" if min_size is not None else ""
-    if len(tested) < 2:
+    hidden = [g for g in result.groups.values() if g.status in HIDDEN]
+    if len(tested) + len(hidden) < 2:
         return (
-            f"column {column!r} has {len(tested)} tested group(s){small}; a test needs two. "
-            "HINT: lower risk.min_group_size, merge small groups, or remove the column"
+            f"column {column!r} has {len(tested) + len(hidden)} tested group(s); a test "
+            "needs two. HINT: merge values into fewer groups, or remove the column"
         )
+    if hidden:
+        return None  # a hidden group can fail the rule on its own exact test
     n_tail = result.tail_patients
     if n_tail == 0:
         return f"the exposed tail holds no patient of a tested group of column {column!r}"
-    total = sum(g.size or 0 for g in tested.values())
     for value, group in tested.items():
         size = group.size or 0
-        share = size / total
+        share = (group.expected or 0.0) / n_tail  # the null's expected share
         most = min(n_tail, size)  # a group cannot hold more tail patients than it has
         if most / (n_tail * share) - 1.0 <= limit:
             continue  # even its most extreme outcome stays within the limit
@@ -324,7 +325,7 @@ def _subgroups(
             )
         ]
     n_tests = sum(
-        g.status is GroupStatus.TESTED
+        g.status is GroupStatus.TESTED or g.status in HIDDEN
         for result in subgroups.values()
         for g in result.groups.values()
     )
@@ -342,6 +343,8 @@ def _subgroups(
             )
             continue
         for value, group in result.groups.items():
+            if group.status in HIDDEN and group.significant_at(gate.subgroup_alpha, n_tests):
+                violations.append(_hidden_violation(column, group, limit, min_size))
             if group.status is not GroupStatus.TESTED:
                 continue
             change, p_adjusted = group.relative_change, group.p_value_adjusted
@@ -361,6 +364,25 @@ def _subgroups(
                     )
                 )
     return violations
+
+
+def _hidden_violation(
+    column: str, group: GroupResult, limit: float, min_size: int | None
+) -> Violation:
+    """A hidden group over-represented: the column and a bound, never its figures."""
+    which = (
+        f"a group of fewer than {min_size} patients"
+        if group.status is GroupStatus.TOO_SMALL
+        else "a group whose figures are withheld to protect a smaller one"
+    )
+    return Violation(
+        Rule.MAX_SUBGROUP_RELATIVE_CHANGE,
+        None,
+        limit,
+        f"In subgroup column {column!r}, {which} is over-represented in the exposed tail "
+        f"(exact one-sided test, Bonferroni p < {group.p_value_bound:g}); its figures are "
+        "suppressed.",
+    )
 
 
 def evaluate_gate(report: AuditReport, config: AuditConfig) -> Decision:

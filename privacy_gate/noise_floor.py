@@ -297,15 +297,17 @@ class _Permuter:
                     )
         return RecordMoments(mu_in, sd_in, mu_out, sd_out, self.n_in, self.n_out)
 
-    def replicate(self, at_risk_auc: float) -> tuple[float, int]:
-        """One replicate: the null maximum patient AUC and the null at-risk count."""
+    def replicate(self, at_risk_auc: float) -> tuple[float, int, FloatArray]:
+        """One replicate: the null maximum patient AUC, the null at-risk count and the
+        null patient AUCs."""
         keys = self.rng.random((self.n_models, self.n_records))
         if self.record_rank is not None:
             keys = keys[:, self.record_rank]
         order = np.argsort(keys, axis=0)
         is_in = self.masks[order, self.columns].astype(np.float64)
         patient_auc = _patient_max(self.auc_of(self._moments(is_in)), self.order, self.starts)
-        return float(patient_auc.max()), int(np.count_nonzero(patient_auc > at_risk_auc))
+        at_risk = int(np.count_nonzero(patient_auc > at_risk_auc))
+        return float(patient_auc.max()), at_risk, patient_auc
 
 
 def _analytic(
@@ -336,6 +338,7 @@ def compute_noise_floor(
     record_rank: NDArray[np.intp] | None = None,
     auc_of: AucOfMoments = plain_auc,
     clock: Callable[[], float] = time.perf_counter,
+    on_replicate: Callable[[FloatArray], None] | None = None,
 ) -> NoiseFloor:
     """The noise floor of an audit.
 
@@ -357,6 +360,8 @@ def compute_noise_floor(
             its id) that makes the permutation null independent of the input order.
         auc_of: the record-AUC estimator of the audit (`risk.variance`).
         clock: seconds, for the time budget.
+        on_replicate: called with each permutation replicate's null patient AUCs
+            (`privacy_gate.null_tail` counts the null tail from them).
     """
     started = clock()
     n_models, n_records = masks.shape
@@ -387,7 +392,9 @@ def compute_noise_floor(
     else:
         permuter = _Permuter(scores, masks, patient_index, n_patients, seed, record_rank, auc_of)
         while done < replicates:
-            maximum, count = permuter.replicate(at_risk_auc)
+            maximum, count, null_patient_auc = permuter.replicate(at_risk_auc)
+            if on_replicate is not None:
+                on_replicate(null_patient_auc)
             maxima.append(maximum)
             counts.append(count)
             done += 1

@@ -34,6 +34,7 @@ from privacy_gate.config import (
 from privacy_gate.errors import ConfigError, InputError, ReportError
 from privacy_gate.gate import Decision, evaluate_gate, reference_models_for_policy
 from privacy_gate.noise_floor import NoiseFloor, compute_noise_floor
+from privacy_gate.null_tail import NullTailCounter, null_tail_chance
 from privacy_gate.patients import PatientStats, aggregate_patients, benjamini_hochberg_count
 from privacy_gate.pseudonyms import Pseudonymizer
 from privacy_gate.record_stats import RecordStats, compute_record_stats
@@ -48,7 +49,14 @@ from privacy_gate.report import (
 )
 from privacy_gate.report_model import AuditReport
 from privacy_gate.signals import Signals, Task, load_signals
-from privacy_gate.subgroups import GroupStatus, SubgroupResult, analyse_subgroups, patient_values
+from privacy_gate.subgroups import (
+    GroupStatus,
+    SubgroupColumn,
+    SubgroupResult,
+    analyse_subgroups,
+    patient_level,
+    record_level,
+)
 from privacy_gate.summary import AuditFacts, build_report
 from privacy_gate.variance import auc_estimator, never_lower
 
@@ -80,6 +88,24 @@ class AuditResult:
         return self.report.decision
 
 
+def _subgroup_columns(
+    config: AuditConfig,
+    records: RecordTable,
+    record_auc: np.ndarray[Any, np.dtype[np.float64]],
+    patient_index: np.ndarray[Any, np.dtype[np.intp]],
+    n_patients: int,
+) -> dict[str, SubgroupColumn]:
+    """Each configured column's labels: patient-level, then record-level columns."""
+    columns = {
+        name: patient_level(records.subgroup_column(name), patient_index, n_patients)
+        for name in config.subgroups
+    }
+    for name in config.record_columns:
+        values = records.subgroup_column(name)
+        columns[name] = record_level(values, patient_index, n_patients, record_auc)
+    return columns
+
+
 def _subgroup_warnings(result: SubgroupResult, min_group_size: int) -> list[str]:
     warnings = []
     for column, col in result.columns.items():
@@ -87,12 +113,13 @@ def _subgroup_warnings(result: SubgroupResult, min_group_size: int) -> list[str]
         if small:
             warnings.append(
                 f"Subgroup column {column!r}: {len(small)} group(s) with fewer than "
-                f"{min_group_size} patients are suppressed and not tested."
+                f"{min_group_size} patients are tested with figures suppressed."
             )
-        if col.several_values:
+        if col.several_values:  # None where pooled with hidden groups
             warnings.append(
                 f"Subgroup column {column!r}: {col.several_values} patient(s) whose records "
-                "carry different values are excluded from its tests."
+                "carry different values are excluded from its tests (a patient-level "
+                "column; declare it under record_columns if it describes records)."
             )
     return warnings
 
@@ -104,7 +131,7 @@ def _check_alignment(signals: Signals, records: RecordTable, config: AuditConfig
             f"{signals.n_records} records. HINT: records.csv needs one row per "
             "signal column, in the same order."
         )
-    for column in config.subgroups:
+    for column in (*config.subgroups, *config.record_columns):
         records.subgroup_column(column)  # raises with the available columns
 
 
@@ -144,6 +171,7 @@ def audit(
         record_p_values(stats.moments, risk.at_risk_auc, beta), patient_index, n_patients
     )
     limits = gate.patient_auc_limits(risk.at_risk_auc)
+    null_tail = NullTailCounter(n_patients, risk.tail_quantile)
     floor: NoiseFloor = compute_noise_floor(
         signals.scores,
         signals.masks,
@@ -157,6 +185,7 @@ def audit(
         time_budget_s=risk.null_time_budget_s,
         record_rank=records.id_rank(),
         auc_of=auc_estimator(shrunk),
+        on_replicate=null_tail,
     )
     pairs = count_pairs(stats.moments.n_in, stats.moments.n_out)
     power = audit_power(
@@ -170,12 +199,13 @@ def audit(
     )
     subgroups = analyse_subgroups(
         patients.auc_max,
-        {
-            name: patient_values(records.subgroup_column(name), patient_index, n_patients)
-            for name in config.subgroups
-        },
+        _subgroup_columns(config, records, stats.auc, patient_index, n_patients),
         tail_quantile=risk.tail_quantile,
         min_group_size=risk.min_group_size,
+        null_share=null_tail_chance(
+            floor, null_tail, signals.masks, patient_index, n_patients, risk.tail_quantile
+        ),
+        alpha=gate.subgroup_alpha,
     )
     aggregate = None
     if signals.target_scores is not None and signals.target_members is not None:
@@ -324,6 +354,7 @@ def policy_for_check(report: AuditReport, config_path: str | Path | None) -> Aud
     merged = dict(raw)
     merged.setdefault("risk", report.audit.config["risk"])
     merged.setdefault("subgroups", list(audited.subgroups))
+    merged.setdefault("record_columns", list(audited.record_columns))
     given = parse_config(merged, source=f"config {Path(config_path).name}")
     if given.risk != audited.risk:
         raise ReportError(
@@ -332,11 +363,12 @@ def policy_for_check(report: AuditReport, config_path: str | Path | None) -> Aud
             "('privacy-gate score') with this config; 'check' re-evaluates only "
             "gate.* rules."
         )
-    if set(given.subgroups) != set(audited.subgroups):
-        raise ReportError(
-            f"The config's subgroups {list(given.subgroups)} differ from the "
-            f"audited ones {list(audited.subgroups)}. HINT: run a new audit."
-        )
+    for key in ("subgroups", "record_columns"):
+        if set(getattr(given, key)) != set(getattr(audited, key)):
+            raise ReportError(
+                f"The config's {key} {list(getattr(given, key))} differ from the "
+                f"audited ones {list(getattr(audited, key))}. HINT: run a new audit."
+            )
     return replace(audited, gate=given.gate)
 
 

@@ -15,12 +15,13 @@ from privacy_gate.render.view import (
     tested_rows,
 )
 from privacy_gate.report_model import AuditReport, Status
-from privacy_gate.subgroups import GroupStatus
+from privacy_gate.subgroups import HIDDEN, GroupStatus
 
 _NOT_TESTED = {
     GroupStatus.MISSING: "missing values (not tested)",
     GroupStatus.SEVERAL_VALUES: "patients with several values (not tested)",
     GroupStatus.TOO_SMALL: GroupStatus.TOO_SMALL.value,
+    GroupStatus.SUPPRESSED: GroupStatus.SUPPRESSED.value,
 }
 
 
@@ -29,7 +30,7 @@ def subgroups_section(report: AuditReport) -> list[Block]:
         return []
     minimum = min_group_size(report)
     rows_all = subgroup_rows(report)
-    n_tests = len(tested_rows(report))
+    n_tests = len(tested_rows(report)) + sum(r.group.status in HIDDEN for r in rows_all)
     alpha = subgroup_alpha(report)
     suppressed_text = f"suppressed (< {minimum} patients)"
     blocks: list[Block] = [
@@ -37,11 +38,15 @@ def subgroups_section(report: AuditReport) -> list[Block]:
         Paragraph(
             (
                 "Observed against expected patients of each group in the exposed patient "
-                "tail; each patient counts once. A group is significant when its p-value × "
+                "tail; each patient counts once, and the expected counts come from the "
+                "null (a patient with more records reaches the tail more often by chance). "
+                "A group is significant when its p-value × "
                 f"{n_tests} tested groups is below the policy's subgroup_alpha {alpha:g} "
-                "(Bonferroni). Groups with fewer patients than the minimum are not tested and "
-                "their figures are suppressed, since small counts can single out patients. "
-                "Patients whose records disagree on the value are left out of the column.",
+                "(Bonferroni). Groups with fewer patients than the minimum are tested too "
+                "(an exact one-sided test; only a bound of its p-value is shown) and their "
+                "figures are suppressed, since small counts can single out patients; with "
+                "them the missing and several-valued patients form one pooled cell. A "
+                "record-level column counts each patient under its highest-AUC record.",
             )
         ),
     ]
@@ -70,13 +75,27 @@ def subgroups_section(report: AuditReport) -> list[Block]:
         )
         rows: list[tuple[Span, ...]] = []
         for r in (r for r in rows_all if r.column == column):
-            if is_suppressed(r, minimum):
+            if r.group.status in HIDDEN:
+                rows.append((r.value, "—", "—", "—", "—", "—", "—", _hidden_text(r, alpha)))
+            elif is_suppressed(r, minimum):
                 rows.append((r.value, "—", "—", "—", "—", "—", "—", suppressed_text))
             else:
                 rows.append(_group_cells(r, _group_status(r, n_tests, alpha)))
+        if col.other_patients is not None:
+            rows.append(("pooled: missing, several values, suppressed", fmt_int(
+                col.other_patients), fmt_int(col.other_tail_patients), "—", "—", "—", "—",
+                "not published separately"))  # fmt: skip
         if rows:
             blocks.append(Table(header, tuple(rows), numeric))
     return blocks
+
+
+def _hidden_text(row: GroupRow, alpha: float) -> str:
+    bound = row.group.p_value_bound
+    why = "< minimum size" if row.group.status is GroupStatus.TOO_SMALL else "protects a smaller"
+    if bound is not None and bound <= alpha:
+        return f"suppressed ({why}); OVER-REPRESENTED, Bonferroni p < {bound:g}"
+    return f"suppressed ({why}); exact test not significant"
 
 
 def _group_status(row: GroupRow, n_tests: int, alpha: float) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from privacy_gate.config import AuditConfig, parse_config
 from privacy_gate.report_model import AuditReport
-from privacy_gate.subgroups import GroupResult, GroupStatus
+from privacy_gate.subgroups import HIDDEN, GroupResult, GroupStatus
 
 __all__ = [
     "GroupRow",
@@ -61,7 +61,7 @@ def is_suppressed(row: GroupRow, minimum: int) -> bool:
 
     Small groups are suppressed because their counts can single out patients.
     """
-    if row.group.status is GroupStatus.TOO_SMALL:
+    if row.group.status in HIDDEN:
         return True
     return row.group.size is not None and row.group.size < minimum
 
