@@ -290,9 +290,12 @@ def _untestable_reason(
     n_tail = result.tail_patients
     if n_tail == 0:
         return f"the exposed tail holds no patient of a tested group of column {column!r}"
+    total_expected = sum(g.expected or 0.0 for g in tested.values())
     for value, group in tested.items():
         size = group.size or 0
-        share = (group.expected or 0.0) / n_tail  # the null's expected share
+        share = (group.expected or 0.0) / total_expected if total_expected > 0 else 0.0
+        if share <= 0.0:
+            continue  # no expected tail patient: the rule's relative change is undefined
         most = min(n_tail, size)  # a group cannot hold more tail patients than it has
         if most / (n_tail * share) - 1.0 <= limit:
             continue  # even its most extreme outcome stays within the limit

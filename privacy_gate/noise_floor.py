@@ -229,11 +229,13 @@ def _patient_max(
 class _Permuter:
     """Permutation replicates of the null, vectorised over records.
 
-    Record i draws the random keys of position ``record_rank[i]``, so the same records get
-    the same permutations whatever order they come in. The IN/OUT moments of a replicate
-    come from sums over the permuted IN set of the centred scores and their squares (the
-    OUT sums are the totals minus the IN sums): two multiply-adds per score instead of a
-    fresh two-pass moment computation.
+    The records of one patient share one permutation of the models (the keys of their
+    patient's first position by ``record_rank``): a patient's records keep their masks
+    together and their score correlation, as in the audit (DESIGN.md). Positions follow
+    ``record_rank``, so the same records get the same permutations in any input order.
+    The IN/OUT moments of a replicate come from sums over the permuted IN set of the
+    centred scores and their squares (the OUT sums are the totals minus the IN sums): two
+    multiply-adds per score instead of a fresh two-pass moment computation.
     """
 
     def __init__(
@@ -258,7 +260,10 @@ class _Permuter:
         self.n_in = masks.sum(axis=0, dtype=np.int64)
         self.n_out = self.n_models - self.n_in
         self.rng = np.random.default_rng(seed)
-        self.record_rank = record_rank
+        rank = np.arange(self.n_records) if record_rank is None else np.asarray(record_rank)
+        first = np.full(n_patients, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, patient_index, rank)
+        self.key_column = first[patient_index]
         self.columns = np.arange(self.n_records)[None, :]
         self.auc_of = auc_of
         if n_patients == self.n_records and np.array_equal(
@@ -301,8 +306,7 @@ class _Permuter:
         """One replicate: the null maximum patient AUC, the null at-risk count and the
         null patient AUCs."""
         keys = self.rng.random((self.n_models, self.n_records))
-        if self.record_rank is not None:
-            keys = keys[:, self.record_rank]
+        keys = keys[:, self.key_column]
         order = np.argsort(keys, axis=0)
         is_in = self.masks[order, self.columns].astype(np.float64)
         patient_auc = _patient_max(self.auc_of(self._moments(is_in)), self.order, self.starts)

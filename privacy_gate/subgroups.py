@@ -357,18 +357,18 @@ def analyse_subgroups(
             (`privacy_gate.null_tail`); None: equal chances (pool shares).
         alpha: the gate's ``subgroup_alpha``, one of the bounds a hidden group publishes.
     """
-    columns = {
+    made = {
         name: c if isinstance(c, SubgroupColumn) else SubgroupColumn(tuple(c))
         for name, c in columns.items()
     }
     in_tail, threshold, target = tail_patients(patient_auc, tail_quantile)
     share = np.ones(len(patient_auc)) if null_share is None else np.asarray(null_share)
-    n_tests = sum(sum(1 for v in set(c.labels) if v not in _UNTESTED) for c in columns.values())
+    n_tests = sum(len({v for v in c.labels if v not in _UNTESTED}) for c in made.values())
     results = {
         name: _column_result(c, in_tail, patient_auc, share, min_group_size, n_tests, alpha)
-        for name, c in columns.items()
+        for name, c in made.items()
     }
-    n_chi = sum(has_chi for _, has_chi in results.values())
+    n_chi = sum(int(has_chi) for _, has_chi in results.values())
     return SubgroupResult(
         tail_quantile=tail_quantile,
         tail_target=target,

@@ -76,7 +76,9 @@ def subgroups_section(report: AuditReport) -> list[Block]:
         rows: list[tuple[Span, ...]] = []
         for r in (r for r in rows_all if r.column == column):
             if r.group.status in HIDDEN:
-                rows.append((r.value, "—", "—", "—", "—", "—", "—", _hidden_text(r, alpha)))
+                rows.append(
+                    (r.value, "—", "—", "—", "—", "—", "—", _hidden_text(r, alpha, suppressed_text))
+                )
             elif is_suppressed(r, minimum):
                 rows.append((r.value, "—", "—", "—", "—", "—", "—", suppressed_text))
             else:
@@ -90,12 +92,16 @@ def subgroups_section(report: AuditReport) -> list[Block]:
     return blocks
 
 
-def _hidden_text(row: GroupRow, alpha: float) -> str:
+def _hidden_text(row: GroupRow, alpha: float, suppressed_text: str) -> str:
     bound = row.group.p_value_bound
-    why = "< minimum size" if row.group.status is GroupStatus.TOO_SMALL else "protects a smaller"
+    why = (
+        suppressed_text
+        if row.group.status is GroupStatus.TOO_SMALL
+        else "suppressed (protects a smaller group)"
+    )
     if bound is not None and bound <= alpha:
-        return f"suppressed ({why}); OVER-REPRESENTED, Bonferroni p < {bound:g}"
-    return f"suppressed ({why}); exact test not significant"
+        return f"{why}; OVER-REPRESENTED (exact test, Bonferroni p < {bound:g})"
+    return f"{why}; exact test: no over-representation shown"
 
 
 def _group_status(row: GroupRow, n_tests: int, alpha: float) -> str:

@@ -303,6 +303,13 @@ def test_missing_power_fails_closed(power: Any) -> None:
 
 
 def _column(tail: int, **groups: dict[str, Any]) -> dict[str, Any]:
+    """A column whose published groups expect the tail in proportion to their sizes."""
+    tested = [g for g in groups.values() if g["status"] == "tested"]
+    total = sum(g["size"] for g in tested)
+    groups = {
+        v: {**g, "expected": tail * g["size"] / total} if g["status"] == "tested" else g
+        for v, g in groups.items()
+    }
     return {"tail_patients": tail, "groups": groups}
 
 
@@ -313,7 +320,8 @@ SMALL_AND_LARGE = {"rare": _group(0.5, 0.5, size=500), "common": _group(-0.05, 0
     ("subgroups", "reason"),
     [
         ({}, "analysed no subgroup column"),
-        ({"sex": _column(50, F=_group(5.0, 1e-9, status="too_small"))}, "0 tested group(s)"),
+        # a hidden group is tested too (an exact test), but one group alone is no test
+        ({"sex": _column(50, F=_group(5.0, 1e-9, status="too_small"))}, "1 tested group(s)"),
         ({"sex": _column(50, F=_group(5.0, 1e-9))}, "1 tested group(s)"),
         ({"site": _column(0, **SMALL_AND_LARGE)}, "holds no patient"),
         # One tail patient: even all of it in "rare" (share 0.1) has p = 0.1 * 2 tests.

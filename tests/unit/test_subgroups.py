@@ -117,7 +117,7 @@ def test_per_group_figures_by_hand() -> None:
     auc, columns = _hand_pool()
     result = analyse_subgroups(auc, columns, tail_quantile=0.9, min_group_size=5)
     assert (result.tail_patients, result.tail_target, result.tail_threshold) == (10, 10, 0.95)
-    assert result.tested_groups == 4  # F, M, A, B
+    assert result.tested_groups == 5  # F, M, X (hidden: 4 < 5 patients), A, B
     sex = result.columns["sex"]
     f, m = sex.groups["F"], sex.groups["M"]
     assert f.status is GroupStatus.TESTED and m.status is GroupStatus.TESTED
@@ -131,7 +131,14 @@ def test_per_group_figures_by_hand() -> None:
     assert m.pearson_residual == pytest.approx((2 - 16 / 3) / math.sqrt(16 / 3))
     assert f.p_value == pytest.approx(stats.binomtest(6, 8, 1 / 3).pvalue, rel=1e-12)
     assert m.p_value == pytest.approx(stats.binomtest(2, 8, 2 / 3).pvalue, rel=1e-12)
-    assert f.p_value_adjusted == pytest.approx(min(1.0, 4 * f.p_value))  # type: ignore[operator]
+    assert f.p_value_adjusted == pytest.approx(min(1.0, 5 * f.p_value))  # type: ignore[operator]
+    # X is tested too: one-sided exact test on the 9 non-missing tail patients, share 4/94;
+    # only a bound of its Bonferroni p is published
+    x_p = 5 * stats.binomtest(1, 9, 4 / 94, alternative="greater").pvalue
+    bound = sex.groups["X"].p_value_bound
+    assert bound is None if x_p >= 0.1 else x_p < bound <= 10 * x_p
+    # pooled: missing (6, 1 in the tail) with X (4, 1): no separate figure of either
+    assert (sex.other_patients, sex.other_tail_patients, sex.several_values) == (10, 2, None)
     assert f.tail_rate == pytest.approx(6 / 30)
     assert f.max_patient_auc == 0.95 and m.max_patient_auc == 0.95
     assert sex.chi_square == pytest.approx(6.25)  # 3.333^2 / 2.667 + 3.333^2 / 5.333
@@ -145,7 +152,7 @@ def test_missing_and_too_small_groups_are_untested_and_small_ones_suppressed() -
     result = analyse_subgroups(auc, columns, tail_quantile=0.9, min_group_size=5)
     groups = result.columns["sex"].groups
     assert groups[MISSING].status is GroupStatus.MISSING
-    assert groups[MISSING].size == 6  # a missing group's size is a pool fact, not a figure
+    assert groups[MISSING].size is None  # pooled with X: its size would give X's away
     assert groups["X"].status is GroupStatus.TOO_SMALL
     assert groups["X"].size is None  # suppressed: a count of 4 can single patients out
     for name in (MISSING, "X"):
@@ -153,6 +160,7 @@ def test_missing_and_too_small_groups_are_untested_and_small_ones_suppressed() -
             assert getattr(groups[name], figure) is None, (name, figure)
     relaxed = analyse_subgroups(auc, columns, tail_quantile=0.9, min_group_size=4)
     x = relaxed.columns["sex"].groups["X"]
+    assert relaxed.columns["sex"].groups[MISSING].size == 6  # nothing hidden: published
     assert x.status is GroupStatus.TESTED
     assert x.expected == pytest.approx(9 * 4 / 94)
     assert relaxed.columns["sex"].df == 2
@@ -205,10 +213,10 @@ def test_bonferroni_across_testable_columns_and_groups() -> None:
     sex, site = result.columns["sex"], result.columns["site"]
     assert sex.p_value_bonferroni == pytest.approx(min(1.0, 2 * sex.p_value))  # type: ignore[operator]
     assert site.chi_square == pytest.approx(0.0) and site.p_value_bonferroni == 1.0
-    # Five tested groups in all (F, M, A, B, only): each group's p is adjusted by 5.
-    assert result.tested_groups == 5
+    # Six tested groups in all (F, M, X, A, B, only): each group's p is adjusted by 6.
+    assert result.tested_groups == 6
     f = sex.groups["F"]
-    assert f.p_value_adjusted == pytest.approx(min(1.0, 5 * f.p_value))  # type: ignore[operator]
+    assert f.p_value_adjusted == pytest.approx(min(1.0, 6 * f.p_value))  # type: ignore[operator]
 
 
 def test_chi_square_and_binomial_match_scipy_on_random_columns() -> None:
@@ -294,5 +302,7 @@ def test_analysis_is_order_invariant_and_consistent(
             assert g.status is GroupStatus.MISSING
         elif size < min_group_size:
             assert g.status is GroupStatus.TOO_SMALL
+        elif g.status is GroupStatus.SUPPRESSED:  # hidden to protect a smaller group
+            assert any(h.status is GroupStatus.TOO_SMALL for h in groups.values())
         else:
             assert g.status is GroupStatus.TESTED and g.size == size
