@@ -95,8 +95,8 @@ IntArray = NDArray[np.int64]
 def berger_boos_beta(fdr: float, n_patients: int, max_records: int = 1) -> float:
     """The ``beta`` of an audit: `BERGER_BOOS_SHARE` of ``fdr / (n_patients * max_records)``.
 
-    >>> berger_boos_beta(0.05, 100, 5)
-    1e-05
+    >>> berger_boos_beta(0.05, 1000, 5) == 0.1 * 0.05 / 5000
+    True
     """
     return BERGER_BOOS_SHARE * fdr / (max(n_patients, 1) * max(max_records, 1))
 

@@ -89,12 +89,14 @@ def _records(n_records: int) -> Any:
     )
 
 
-def _revealer(shift: np.ndarray, k_max: int, seed: int) -> tuple[Any, np.ndarray]:
-    """``reveal(k)`` of nested rounds: IN scores N(shift, 1), OUT N(0, 1), per record."""
+def _revealer(
+    shift: np.ndarray, k_max: int, seed: int, sd_in: float = 1.0
+) -> tuple[Any, np.ndarray]:
+    """``reveal(k)`` of nested rounds: IN scores N(shift, sd_in^2), OUT N(0, 1), per record."""
     n = shift.size
     rng = np.random.default_rng(seed)
     masks = draw_plan(np.arange(n), k_max, seed=seed)
-    scores = rng.standard_normal((k_max, n)) + masks * shift
+    scores = rng.standard_normal((k_max, n)) * np.where(masks, sd_in, 1.0) + masks * shift
 
     def reveal(k: int) -> Signals:
         return make_signals(scores[:k], masks[:k], task="binary")
@@ -113,17 +115,21 @@ COUNT_POLICY = parse_config(
 
 
 @pytest.mark.slow
-def test_at_risk_fdr_holds_across_looks_at_the_boundary() -> None:
+@pytest.mark.parametrize("sd_ratio", [1.0, 3.0])
+def test_at_risk_fdr_holds_across_looks_at_the_boundary(sd_ratio: float) -> None:
     """Every record sits exactly at the at-risk AUC, so any confident patient is a false
-    discovery. Over 1,000 audits with three looks (K = 16/32/64), the rate of audits where
-    some look settles a fail stays at most the FDR (0.1; measured 0.071); counting each
-    look at the full FDR instead (no spending over looks) inflates it (measured 0.211)."""
+    discovery. Over 300 audits with three looks (K = 16/32/64), at equal IN/OUT variances
+    and at an SD ratio of 3, the rate of audits where some look settles a fail stays at
+    most the FDR (0.1). Counting each look at the full FDR instead (no spending over
+    looks) settles more (measured at equal variances, 1,000 audits: 0.009 spent, 0.052
+    not; with Welch's df, before the Berger-Boos test: 0.071 and 0.211)."""
     plan = AdaptivePlan(round_size=16, max_reference_models=64)
-    n, seeds = 40, 1000
+    n, seeds = 40, 300
     records = _records(n)
     settled = naive = 0
+    shift = float(special.ndtri(AT_RISK)) * math.sqrt(1.0 + sd_ratio**2)  # AUC exactly 0.9
     for seed in range(seeds):
-        reveal, _ = _revealer(np.full(n, D_BOUNDARY), 64, seed)
+        reveal, _ = _revealer(np.full(n, shift), 64, seed, sd_in=sd_ratio)
         reports = [
             audit(reveal(k), records, COUNT_POLICY, pseudonymizer=PSEUDONYMS).report
             for k in plan.schedule
@@ -131,7 +137,7 @@ def test_at_risk_fdr_holds_across_looks_at_the_boundary() -> None:
         settled += any(settle(r, COUNT_POLICY, plan).outcome == "fail_settled" for r in reports)
         naive += any(r.summary.patients_at_risk > 0 for r in reports)
     assert settled / seeds <= 0.1 + 2 * math.sqrt(0.1 * 0.9 / seeds)
-    assert naive >= 1.5 * settled and naive / seeds > 0.1 + 2 * math.sqrt(0.1 * 0.9 / seeds)
+    assert naive >= 1.5 * settled and naive > settled, (settled, naive)
 
 
 def test_no_leak_never_settles_a_fail() -> None:

@@ -203,13 +203,13 @@ SD_RATIOS = (1 / 3, 1 / 1.7, 1.0, 1.7, 3.0)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sd_ratio", [1 / 3, 1.0, 3.0])
+@pytest.mark.parametrize("sd_ratio", [1 / 3, 3.0])
 @pytest.mark.parametrize(("n_in", "n_out"), [(16, 16), (10, 22)])
 def test_size_holds_at_the_boundary_per_record(n_in: int, n_out: int, sd_ratio: float) -> None:
-    # 20,000 records at exactly the at-risk AUC, IN/OUT SDs in the given ratio: rejections
+    # 12,000 records at exactly the at-risk AUC, IN/OUT SDs in the given ratio: rejections
     # at alpha stay at or below alpha (4 binomial standard errors of slack). The old z-test
     # with the SE at the estimate rejected about 1,500 times too often at BH's first level.
-    n = 20_000
+    n = 12_000
     seed = n_in * 100 + n_out + int(sd_ratio * 10)
     scores, masks = _records(np.full(n, 0.9), n_in, n_out, np.random.default_rng(seed), sd_ratio)
     p = record_p_values(record_moments(scores, masks), 0.9, 1e-6)
@@ -235,9 +235,10 @@ def _boundary_audit_discovers(
 @pytest.mark.slow
 def test_fdr_holds_at_the_boundary_for_every_variance_ratio() -> None:
     """Every patient at the boundary, so any discovery is false and the FDR is the share
-    of audits with one. SD ratios 1/3 to 3, K = 16, 32, 64, 60 audits of 300 patients each.
-    Welch's estimated df gave 0.03-0.25 here (0.25 at SD ratio 3, K = 16)."""
-    replicates, n_patients, counts = 60, 300, {}
+    of audits with one. SD ratios 1/3 to 3, K = 16, 32, 64, 40 audits of 200 patients each.
+    Welch's estimated df gave 0.03-0.25 (0.25 at SD ratio 3, K = 16); this test at most
+    0.035 (200 audits of 500 patients per cell, README)."""
+    replicates, n_patients, counts = 40, 200, {}
     for sd_ratio in SD_RATIOS:
         for n_models in (16, 32, 64):
             rng = np.random.default_rng([n_models, int(sd_ratio * 1000)])
@@ -245,11 +246,11 @@ def test_fdr_holds_at_the_boundary_for_every_variance_ratio() -> None:
                 _boundary_audit_discovers(n_models, sd_ratio, n_patients, rng)
                 for _ in range(replicates)
             )
-    # per cell: P(Binomial(60, 0.05) >= 10) < 0.007; pooled over the 15 cells (900
-    # audits): at most the nominal 45 plus 2.33 standard errors.
-    assert max(counts.values()) <= 9, counts
+    # per cell: P(Binomial(40, 0.05) >= 8) < 0.004; pooled over the 15 cells (600
+    # audits): at most the nominal 30 plus 2.33 standard errors.
+    assert max(counts.values()) <= 7, counts
     total = sum(counts.values())
-    assert total <= 0.05 * 900 + 2.33 * math.sqrt(900 * 0.05 * 0.95), counts
+    assert total <= 0.05 * 600 + 2.33 * math.sqrt(600 * 0.05 * 0.95), counts
 
 
 @pytest.mark.parametrize("seed", range(8))
