@@ -231,8 +231,9 @@ class _Permuter:
 
     The records of one patient share one permutation of the models (the keys of their
     patient's first position by ``record_rank``): a patient's records keep their masks
-    together and their score correlation, as in the audit (DESIGN.md). Positions follow
-    ``record_rank``, so the same records get the same permutations in any input order.
+    together and their score correlation, as in the audit (DESIGN.md). Records are taken
+    in ``record_rank`` order, so the same records get the same permutations and the same
+    floating-point sums in any input order.
     The IN/OUT moments of a replicate come from sums over the permuted IN set of the
     centred scores and their squares (the OUT sums are the totals minus the IN sums): two
     multiply-adds per score instead of a fresh two-pass moment computation.
@@ -248,6 +249,10 @@ class _Permuter:
         record_rank: NDArray[np.intp] | None,
         auc_of: AucOfMoments,
     ) -> None:
+        if record_rank is not None:  # canonical order: the same sums in any input order
+            canonical = np.argsort(record_rank, kind="stable")
+            scores, masks = scores[:, canonical], masks[:, canonical]
+            patient_index = patient_index[canonical]
         self.masks = masks
         self.n_models, self.n_records = masks.shape
         scores64 = np.asarray(scores, dtype=np.float64)
@@ -260,9 +265,8 @@ class _Permuter:
         self.n_in = masks.sum(axis=0, dtype=np.int64)
         self.n_out = self.n_models - self.n_in
         self.rng = np.random.default_rng(seed)
-        rank = np.arange(self.n_records) if record_rank is None else np.asarray(record_rank)
         first = np.full(n_patients, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(first, patient_index, rank)
+        np.minimum.at(first, patient_index, np.arange(self.n_records))
         self.key_column = first[patient_index]
         self.columns = np.arange(self.n_records)[None, :]
         self.auc_of = auc_of

@@ -280,8 +280,13 @@ def test_summary_subgroup_table(failing: dict[str, Any]) -> None:
     md = summary_markdown(_outcome(failing))
     groups = failing["subgroups"]["site"]["groups"]
     tested = {value: g for value, g in groups.items() if g["status"] == "tested"}
-    assert set(tested) == {"A", "B"}
+    # RARE (3 patients) is hidden, and with no missing values to pool it with, the
+    # smaller published group B is hidden too, so that no total gives RARE away
+    assert set(tested) == {"A"} and groups["B"]["status"] == "suppressed"
     section = md[md.index("#### Subgroup column: site") :]
+    hidden = _row(section, "B")
+    assert "protects a smaller group" in hidden
+    assert re.search(r"\d", hidden.split("|", 2)[2]) is None  # no counts
     for value, group in tested.items():
         row = _row(section, value)
         cells = [c.strip() for c in row.strip("|").split("|")]
