@@ -31,6 +31,8 @@ from privacy_gate.report import REPORT_FILE
 from privacy_gate.report_model import AuditReport
 from privacy_gate.training.audit import Backend, run_audit
 from privacy_gate.training.backends import make_backend
+from privacy_gate.training.data import AuditData
+from privacy_gate.training.inputs import check_model_outputs
 
 __all__ = [
     "Action",
@@ -38,6 +40,7 @@ __all__ = [
     "PrivacyGateFailed",
     "check_fit",
     "decide_action",
+    "prepare_fit",
     "run_fit_audit",
 ]
 
@@ -128,6 +131,16 @@ def check_fit(trainer: Any, module: Any, settings: AuditSettings) -> None:
         check_picklable(f"{OWNER}'s model factory ({type(module).__name__})", factory)
 
 
+def prepare_fit(trainer: Any, module: Any, settings: AuditSettings) -> AuditData:
+    """The audit pool of this fit, checked before the first training step: labels against
+    the task, finite inputs, metadata aligned with the pool, the module's outputs against
+    the labels (`privacy_gate.training.inputs`). A long fit is never lost to bad input."""
+    data = build_audit_data(trainer, settings)
+    inputs, labels = data.pool()
+    check_model_outputs(module, inputs, labels, data.task, f"The module ({type(module).__name__})")
+    return data
+
+
 def _summary(result: AuditResult, metrics: dict[str, float], report: Path) -> str:
     figures = [
         f"worst patient AUC {metrics[join_key('patient_auc', 'max')]:.3f}",
@@ -140,11 +153,16 @@ def _summary(result: AuditResult, metrics: dict[str, float], report: Path) -> st
 
 
 def run_fit_audit(
-    trainer: Any, module: Any, settings: AuditSettings, trainer_class: Any
+    trainer: Any,
+    module: Any,
+    settings: AuditSettings,
+    trainer_class: Any,
+    data: AuditData | None = None,
 ) -> Outcome:
-    """Audit the module ``fit`` just trained (its final weights). Rank zero only."""
+    """Audit the module ``fit`` just trained (its final weights), on the pool `prepare_fit`
+    built before training (built now when None). Rank zero only."""
     out = settings.output_dir or Path(trainer.default_root_dir) / "privacy_audit"
-    data = build_audit_data(trainer, settings)
+    data = build_audit_data(trainer, settings) if data is None else data
     factory = module_factory(module, settings.model_factory)
     trainer_settings = TrainerSettings.of(trainer)
     loader = train_loader(trainer)

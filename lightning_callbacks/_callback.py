@@ -22,12 +22,14 @@ from lightning_callbacks._audit_core import (
     Outcome,
     check_fit,
     decide_action,
+    prepare_fit,
     run_fit_audit,
 )
 from lightning_callbacks._releases import check_releases
 from lightning_callbacks._settings import AuditSettings, Metadata, validate_settings
 from privacy_gate.adaptive import AdaptivePlan
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
+from privacy_gate.training.data import AuditData
 
 __all__ = ["CALLBACK_DOC", "PrivacyAuditBehaviour"]
 
@@ -123,11 +125,19 @@ class PrivacyAuditBehaviour:
         self.status_: str | None = None
         self.report_sha256_: str | None = None
         self.outcome_: Outcome | None = None
+        self._data: AuditData | None = None  # the pool, built and checked before training
 
     # Hooks: one guard, one call.
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
             check_fit(trainer, pl_module, self.settings)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """The first hook with the train loader set up and before the first step: the
+        pool, its labels, metadata and the module's outputs are checked here, so bad
+        input stops the fit before it trains, not after."""
+        if not self.audited_ and not trainer.fast_dev_run and trainer.is_global_zero:
+            self._data = prepare_fit(trainer, pl_module, self.settings)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """After the last optimizer step: the audit sees the final weights, and a
@@ -151,7 +161,8 @@ class PrivacyAuditBehaviour:
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without what the Trainer attached (``log``/``log_dict``, bound methods of
         the LightningModule): the callback keeps no reference to the trainer or module."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("log", "log_dict")}
+        dropped = ("log", "log_dict", "_data")  # _data: the pool, rebuilt when needed
+        return {k: v for k, v in self.__dict__.items() if k not in dropped}
 
     def _audit_once(self, trainer: Any, pl_module: Any) -> None:
         if self.audited_:
@@ -168,7 +179,14 @@ class PrivacyAuditBehaviour:
         error: Exception | None = None
         if trainer.is_global_zero:  # heavy work on global rank zero only
             try:
-                outcome = run_fit_audit(trainer, pl_module, self.settings, self.trainer_class)
+                outcome = run_fit_audit(
+                    trainer,
+                    pl_module,
+                    self.settings,
+                    self.trainer_class,
+                    getattr(self, "_data", None),
+                )
+                self._data = None
             except Exception as exc:
                 error = exc
         shared = trainer.strategy.broadcast(

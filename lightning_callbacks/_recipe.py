@@ -99,19 +99,36 @@ def module_factory(
         module_class: Callable[..., nn.Module] = type(module)
         factory = functools.partial(module_class, **dict(module.hparams))
     try:
-        fresh = factory()
+        with torch.random.fork_rng(devices=[]):  # the fit's own randomness stays as it was
+            fresh = factory()
     except Exception as exc:
         raise InputError(
             f"{OWNER} cannot build a fresh {type(module).__name__} for the reference models "
             f"({type(exc).__name__}: {exc}). HINT: call self.save_hyperparameters() in its "
             "__init__, or pass model_factory=<callable returning an untrained module>."
         ) from exc
+    base = _lightning_module_class(module)
+    if base is not None and not isinstance(fresh, base):
+        raise InputError(
+            f"The 'model_factory' parameter of {OWNER} must return a {base.__module__}."
+            f"{base.__qualname__}, like the module being fit: the reference models train "
+            f"with its configure_optimizers and training_step. Got {type(fresh).__name__} "
+            "instead. HINT: return the LightningModule that wraps the network, untrained."
+        )
     if not isinstance(fresh, nn.Module):
         raise InputError(
             f"The 'model_factory' parameter of {OWNER} must return an nn.Module. Got "
             f"{type(fresh).__name__} instead."
         )
     return factory
+
+
+def _lightning_module_class(module: Any) -> type | None:
+    """The ``LightningModule`` base of the module being fit (either namespace)."""
+    for cls in type(module).__mro__:
+        if cls.__name__ == "LightningModule" and cls.__module__.endswith("core.module"):
+            return cls
+    return None
 
 
 def _unpack_optimizers(configured: Any) -> tuple[Any, str | None]:

@@ -33,6 +33,7 @@ from privacy_gate.training.backends import make_backend, train_reference_models
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.device import AUTO, resolve_device
 from privacy_gate.training.dp_sections import dp_recommendation, dp_training
+from privacy_gate.training.inputs import check_model_outputs, check_recipe_loss
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.reference import (
     Augmentation,
@@ -75,9 +76,8 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def model_identity(factory: ModelFactory) -> dict[str, Any]:
-    """Name and architecture (parameter names and shapes) of the factory's model."""
-    model = init_model(factory, 0)
+def model_identity(factory: ModelFactory, model: nn.Module) -> dict[str, Any]:
+    """Name and architecture (parameter names and shapes) of the factory's ``model``."""
     target: Any = factory
     keywords: dict[str, Any] = {}
     while isinstance(target, functools.partial):
@@ -204,8 +204,8 @@ def run_audit(
     )
     plan = TrainingPlan(masks, tuple(derived_seed(seed, k) for k in range(n_planned)), seed)
     inputs, labels = data.pool()
+    identity = _preflight(factory, data, recipe, candidate)
     data_digest = tensor_digest(inputs, labels)
-    identity = model_identity(factory)
     key = {
         "recipe": recipe.to_dict(),
         "model": identity,
@@ -281,6 +281,25 @@ def run_audit(
             out / "membership.npz", masks=masks[:used], sha256=np.array(plan_digest(masks[:used]))
         )
     return result
+
+
+def _preflight(
+    factory: ModelFactory, data: AuditData, recipe: Recipe, candidate: nn.Module | None
+) -> dict[str, Any]:
+    """Before any model trains: the recipe's loss and the models' outputs fit the task
+    and the labels (`privacy_gate.training.inputs`; the pool was checked when built).
+    The factory's model identity, from the one model built here."""
+    check_recipe_loss(recipe.loss, data.task)
+    model = init_model(factory, 0)
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            f"The model factory must return an nn.Module. Got {type(model).__name__} instead."
+        )
+    inputs, labels = data.pool()
+    check_model_outputs(model, inputs, labels, data.task, f"The model ({type(model).__name__})")
+    if candidate is not None:
+        check_model_outputs(candidate, inputs, labels, data.task, "The candidate")
+    return model_identity(factory, model)
 
 
 def _reference_models(

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from privacy_gate.errors import InputError, coerce_choice
 from privacy_gate.records import RecordTable, records_from_columns
 from privacy_gate.signals import Task
+from privacy_gate.training.inputs import check_finite, check_labels, check_same_record_shape
 
 __all__ = ["AuditData"]
 
@@ -72,6 +73,7 @@ class AuditData:
                 "AuditData needs at least one training and one held-out record "
                 "(the pool needs members and non-members)."
             )
+        self._check_values()
         n = self.n_records
         aligned = {
             "patient_ids": self.patient_ids,
@@ -86,6 +88,22 @@ class AuditData:
                     f"{len(self.holdout_inputs)} holdout). HINT: metadata is "
                     "aligned with the train records followed by the holdout."
                 )
+
+    def _check_values(self) -> None:
+        """Labels against the task, finite features, one record shape for both splits
+        (`privacy_gate.training.inputs`): before any model trains."""
+        for split in ("train", "holdout"):
+            check_labels(getattr(self, f"{split}_labels"), self.task, f"AuditData.{split}_labels")
+            check_finite(getattr(self, f"{split}_inputs"), f"AuditData.{split}_inputs")
+        check_same_record_shape(
+            self.train_inputs, self.holdout_inputs, "AuditData.train_inputs and holdout_inputs"
+        )
+        check_same_record_shape(
+            self.train_labels,
+            self.holdout_labels,
+            "AuditData.train_labels and holdout_labels",
+            dtype=False,
+        )
 
     @property
     def n_records(self) -> int:
