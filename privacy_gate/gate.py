@@ -417,4 +417,5 @@ def evaluate_gate(report: AuditReport, config: AuditConfig) -> Decision:
         violations=tuple(violations),
         warnings=tuple(warnings),
         patients_at_risk=confident,
+        policy_sha256=config.sha256(),
     )

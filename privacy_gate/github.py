@@ -297,15 +297,26 @@ def _verdict(outcome: Outcome) -> list[Block]:
         where.append(["Report: ", Code(outcome.report_path), "."])
     if outcome.signature:
         where.append([f"Signature: {outcome.signature}."])
-    policy = "" if outcome.report is None else outcome.report.audit.policy_sha256
-    if policy and status is not Status.ERROR:
-        where.append(["Policy SHA-256: ", Code(policy), "."])
+    if outcome.report is not None and status is not Status.ERROR:
+        where.append(_policy_spans(outcome.report))
     if where:
         spans: list[Span] = []
         for i, part in enumerate(where):
             spans += ([" "] if i else []) + part
         blocks.append(Paragraph(tuple(spans)))
     return blocks
+
+
+def _policy_spans(report: AuditReport) -> list[Span]:
+    """The digest of the policy the decision was evaluated under (the one the console
+    printed), and whether it is the audit's own."""
+    applied = report.decision.policy_sha256 or report.audit.policy_sha256
+    own = applied == report.audit.policy_sha256
+    return [
+        "Policy SHA-256: ",
+        Code(applied),
+        " (the audit's own)." if own else f" (not the audit's own, {report.audit.policy_sha256}).",
+    ]
 
 
 def summary_markdown(outcome: Outcome) -> str:

@@ -49,6 +49,7 @@ from privacy_gate.report import (
 )
 from privacy_gate.report_model import AuditReport
 from privacy_gate.signals import Signals, Task, load_signals
+from privacy_gate.signing import sign_report, signing_key_from_environment
 from privacy_gate.subgroups import (
     GroupStatus,
     SubgroupColumn,
@@ -267,6 +268,16 @@ def audit(
     )
 
 
+def signed_if_key(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as written to disk: signed when the environment holds the signing key
+    (``PRIVACY_GATE_SIGNING_KEY``), so ``privacy-gate keys verify report.json`` answers
+    for the file as for its MLflow copy; unchanged without one."""
+    key = signing_key_from_environment()
+    if key is None:
+        return report
+    return sign_report(report, key, run_id=None, model_sha256=None)
+
+
 def write_outputs(
     result: AuditResult, out_dir: str | Path, *, plots: bool = True
 ) -> dict[str, Path]:
@@ -292,7 +303,7 @@ def write_outputs(
         ["patient_key", "n_records", "auc_max", "auc_mean"],
         [result.patient_keys, patients.n_records, patients.auc_max, patients.auc_mean],
     )
-    write_json(result.report.to_dict(), out / REPORT_FILE)
+    write_json(signed_if_key(result.report.to_dict()), out / REPORT_FILE)
     written = {
         "report.json": out / REPORT_FILE,
         "records.csv": out / "records.csv",
@@ -340,14 +351,14 @@ def score(
 
 
 def policy_for_check(report: AuditReport, config_path: str | Path | None) -> AuditConfig:
-    """The policy `check` applies: the given gate rules over the audit's risk definitions.
+    """The policy `check` applies: the audit's own policy, or the given config's gate rules
+    over the audit's risk definitions (an organisation's policy in CI).
 
     A config that changes the ``risk`` section or the subgroup columns needs a new audit.
-    Without a config the packaged default gate applies.
     """
     audited = parse_config(report.audit.config, source="report's audit config")
     if config_path is None:
-        return replace(audited, gate=default_config().gate)
+        return audited
     raw = read_config_yaml(config_path)
     if not isinstance(raw, Mapping):
         raise ConfigError(f"The config {str(config_path)!r} must be a YAML mapping.")

@@ -378,8 +378,10 @@ def verify_report(report: Mapping[str, Any], public_key: Ed25519PublicKey) -> No
     signature = report.get(SIGNATURE_FIELD)
     if signature is None:
         raise SignatureError(
-            "The report is unsigned: a tag set by hand is not an audit. HINT: sign it on the "
-            "auditing side ('privacy-gate keys sign') or run a new audit."
+            "The report is unsigned: nothing shows that the auditing side wrote it. HINT: "
+            "audit with PRIVACY_GATE_SIGNING_KEY set (the report file and its MLflow copy are "
+            "then signed), or sign this file on the auditing side with 'privacy-gate keys "
+            "sign'."
         )
     if not isinstance(signature, Mapping):
         raise SignatureError("The report's 'signature' field is malformed (not an object).")

@@ -20,12 +20,12 @@ from privacy_gate.cli.common import (
     write_pages,
 )
 from privacy_gate.comparison import AuditComparison, compare_reports
-from privacy_gate.config import default_config
 from privacy_gate.errors import InputError, OutdatedReportError
 from privacy_gate.gate import Status
 from privacy_gate.pipeline import check_report
 from privacy_gate.render.comparison import comparison_lines
 from privacy_gate.report import REPORT_FILE, load_report, read_audit_report, write_json
+from privacy_gate.report_model import AuditReport, Decision
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -49,7 +49,11 @@ def add_check_command(commands: Any) -> None:
     check_cmd.add_argument(
         "report", nargs="?", type=Path, help="report.json written by score or audit"
     )
-    check_cmd.add_argument("--config", type=Path, help="policy YAML (gate.* rules)")
+    check_cmd.add_argument(
+        "--config",
+        type=Path,
+        help="policy YAML whose gate.* rules apply (default: the audit's own policy)",
+    )
     check_cmd.add_argument(
         "--mlflow-run", metavar="RUN_ID", help="check the signed audit logged in this run"
     )
@@ -265,12 +269,23 @@ def _against_champion(
     return diff
 
 
+def policy_line(decision: Decision, report: AuditReport, config: Path | None) -> str:
+    """Which policy `check` applied, named by the digest every output of the run shows
+    (`Decision.policy_sha256`), and whether it is the one the audit was run with."""
+    applied = decision.policy_sha256
+    if config is None:
+        return f"Policy: the audit's own (policy_sha256 {applied})."
+    own = "the audit's own" if applied == report.audit.policy_sha256 else "not the audit's own"
+    return (
+        f"Policy: the gate rules of {str(config)!r} over the audit's risk definitions "
+        f"(policy_sha256 {applied}; {own}, which is {report.audit.policy_sha256})."
+    )
+
+
 def run_check(args: argparse.Namespace) -> github.Outcome:
     """``privacy-gate check``: a report file, or the signed audit of an MLflow run/version."""
     source = _check_source(args)
     _check_against(args, source)
-    if args.config is None and not args.quiet:
-        print(f"Using the packaged default gate (policy_sha256 {default_config().sha256()}).")
     if source == "report":
         public_key = _public_key(args, "check", required=False) if args.public_key else None
         if not Path(args.report).exists():  # a missing audit is a failed gate, never an error
@@ -306,6 +321,8 @@ def run_check(args: argparse.Namespace) -> github.Outcome:
             signature = f"valid, key {signing.public_key_fingerprint(public_key)[:16]}"
         typed = read_audit_report(report, source=f"The report {str(args.report)!r}")
         decision = check_report(typed, args.config)
+        if not args.quiet:
+            print(policy_line(decision, typed, args.config))
         print_decision(decision, typed, quiet=args.quiet)
         return gate_outcome(
             typed,
@@ -353,6 +370,7 @@ def run_check(args: argparse.Namespace) -> github.Outcome:
             f"Verified the signed audit of {fetched.source} "
             f"(key {signing.public_key_fingerprint(public_key)[:16]})."
         )
+        print(policy_line(decision, typed, args.config))
     print_decision(decision, typed, quiet=args.quiet)
     comparison = (
         _against_champion(args, client, public_key, typed, fetched.run_id)

@@ -59,6 +59,9 @@ class Decision:
     violations: tuple[Violation, ...] = ()
     warnings: tuple[str, ...] = ()
     patients_at_risk: int | None = field(default=None, metadata=TRANSIENT)
+    #: SHA-256 of the policy this decision was evaluated under (`AuditConfig.sha256`): the
+    #: one digest every output of a run shows (not stored: the report holds its own).
+    policy_sha256: str | None = field(default=None, metadata=TRANSIENT)
 
     @property
     def passed(self) -> bool:

@@ -75,7 +75,9 @@ def test_the_callback_leaves_the_fits_randomness_alone(tmp_path: Path) -> None:
     def weights(callbacks: list[Any], root: Path) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         module = classes["module"](hidden=16)
-        loader = DataLoader(TensorDataset(inputs[:half], labels[:half]), batch_size=16, shuffle=True)
+        loader = DataLoader(
+            TensorDataset(inputs[:half], labels[:half]), batch_size=16, shuffle=True
+        )
         trainer = _trainer(classes, callbacks, root)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
