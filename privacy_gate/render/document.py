@@ -327,6 +327,14 @@ def _top_patients(
             return "(not a pseudonym; hidden)"
         return Code(patient.patient_key)
 
+    confident = report.summary.at_risk_patients
+    marks = set(confident or ())
+
+    def mark(patient: TopPatient) -> tuple[Span, ...]:
+        if confident is None:
+            return ()
+        return ("yes" if patient.patient_key in marks else "no",)
+
     rows = tuple(
         (
             str(rank),
@@ -335,18 +343,26 @@ def _top_patients(
             fmt_auc(p.auc_max),
             fmt_auc(p.auc_mean),
             fmt_float(p.auc_se),
+            *mark(p),
         )
         for rank, p in enumerate(top[:limit], start=1)
     )
-    return [
-        Heading("Most exposed patients", 2),
-        Paragraph(note),
-        Table(
-            ("Rank", "Patient key", "Records", "Max AUC", "Mean AUC", "SE"),
-            rows,
-            (True, False, True, True, True, True),
-        ),
-    ]
+    header: tuple[str, ...] = ("Rank", "Patient key", "Records", "Max AUC", "Mean AUC", "SE")
+    numeric: tuple[bool, ...] = (True, False, True, True, True, True)
+    blocks: list[Block] = [Heading("Most exposed patients", 2), Paragraph(note)]
+    if confident is not None:
+        header, numeric = (*header, "Confidently at risk"), (*numeric, False)
+        blocks.append(
+            Paragraph(
+                (
+                    "Confidently at risk: the patient's AUC is above the at-risk AUC "
+                    f"{fmt_auc(report.summary.at_risk_auc)} by the audit's test at its FDR "
+                    "(Benjamini-Hochberg), not by the point estimate alone: a high Max AUC "
+                    "with a large SE may be noise.",
+                )
+            )
+        )
+    return [*blocks, Table(header, rows, numeric)]
 
 
 def _caveats(report: AuditReport) -> list[Block]:
@@ -399,6 +415,15 @@ def _caveats(report: AuditReport) -> list[Block]:
     return [Heading("Caveats", 2), Bullets(tuple(items))]
 
 
+#: the input digests an audit records (``audit.inputs``), each shown where it exists: a
+#: `score` audit has signals and records files, a training audit the pool's tensors.
+_INPUT_DIGESTS = (
+    ("signals_sha256", "Signals SHA-256"),
+    ("records_sha256", "Records SHA-256"),
+    ("data_sha256", "Data SHA-256 (the pool's inputs and labels)"),
+)
+
+
 def _provenance(report: AuditReport) -> list[Block]:
     audit = report.audit
     rows: tuple[tuple[Span, ...], ...] = (
@@ -407,8 +432,12 @@ def _provenance(report: AuditReport) -> list[Block]:
         ("Created", audit.created_at),
         ("Release candidate attacked", "yes" if audit.target else "no"),
         ("Patient identifiers", audit.pseudonyms),
-        ("Signals SHA-256", Code(audit.inputs.get("signals_sha256", "n/a"))),
-        ("Records SHA-256", Code(audit.inputs.get("records_sha256", "n/a"))),
+        *(
+            (label, Code(str(audit.inputs[key])))
+            for key, label in _INPUT_DIGESTS
+            if key in audit.inputs
+        ),
+        *((("Model weights SHA-256", Code(audit.model_sha256)),) if audit.model_sha256 else ()),
         ("Policy SHA-256", Code(audit.policy_sha256)),
     )
     return [Heading("Audit provenance", 2), Table(("Item", "Value"), rows, (False, False))]

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from numpy.typing import NDArray
 
-from privacy_gate.render.view import is_significant, subgroup_alpha, tested_rows
+from privacy_gate.render.view import n_subgroup_tests, representation, subgroup_alpha, tested_rows
 from privacy_gate.report_model import AuditReport
 
 __all__ = ["render_plots"]
@@ -27,6 +27,7 @@ _AT_RISK_COLOR = "tab:red"
 _FLOOR_COLOR = "tab:gray"
 _SIGNIFICANT_COLOR = "tab:red"
 _OTHER_COLOR = "tab:gray"
+_UNDER_COLOR = "tab:blue"  # significant, but fewer tail patients than expected: no violation
 
 
 def _floats(values: Sequence[float]) -> NDArray[np.float64]:
@@ -192,16 +193,15 @@ def _short(label: str, limit: int = 40) -> str:
 
 
 def _subgroups(report: AuditReport, path: Path) -> Path | None:
-    rows = tested_rows(report)
-    n_tests = len(rows)
-    rows = [r for r in rows if r.group.relative_change is not None]
+    n_tests = n_subgroup_tests(report)
+    rows = [r for r in tested_rows(report) if r.group.relative_change is not None]
     if not rows:
         return None
     labels = [_plain(_short(f"{r.column} = {r.value}")) for r in rows]
     values = np.array([r.group.relative_change for r in rows], dtype=np.float64) * 100.0
     alpha = subgroup_alpha(report)
-    significant = [is_significant(r, n_tests, alpha) for r in rows]
-    colors = [_SIGNIFICANT_COLOR if s else _OTHER_COLOR for s in significant]
+    shades = {"over": _SIGNIFICANT_COLOR, "under": _UNDER_COLOR, None: _OTHER_COLOR}
+    colors = [shades[representation(r, n_tests, alpha)] for r in rows]
     figure = _new_figure(7.0, 1.8 + 0.32 * len(rows))
     axes = figure.add_subplot()
     positions = np.arange(len(rows))[::-1]
@@ -210,7 +210,8 @@ def _subgroups(report: AuditReport, path: Path) -> Path | None:
     axes.axvline(0.0, color="black", linewidth=0.8)
     axes.legend(
         handles=[
-            Patch(color=_SIGNIFICANT_COLOR, label=f"significant (p × {n_tests} < {alpha:g})"),
+            Patch(color=_SIGNIFICANT_COLOR, label=f"over-represented (p × {n_tests} < {alpha:g})"),
+            Patch(color=_UNDER_COLOR, label="under-represented (significant)"),
             Patch(color=_OTHER_COLOR, label="not significant"),
         ],
         loc="best",

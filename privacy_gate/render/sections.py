@@ -7,12 +7,12 @@ from privacy_gate.render.formatting import fmt_auc, fmt_float, fmt_int, fmt_p, f
 from privacy_gate.render.recommendation import recommendation_rows
 from privacy_gate.render.view import (
     GroupRow,
-    is_significant,
     is_suppressed,
     min_group_size,
+    n_subgroup_tests,
+    representation,
     subgroup_alpha,
     subgroup_rows,
-    tested_rows,
 )
 from privacy_gate.report_model import AuditReport, Status
 from privacy_gate.subgroups import HIDDEN, GroupStatus
@@ -30,7 +30,7 @@ def subgroups_section(report: AuditReport) -> list[Block]:
         return []
     minimum = min_group_size(report)
     rows_all = subgroup_rows(report)
-    n_tests = len(tested_rows(report)) + sum(r.group.status in HIDDEN for r in rows_all)
+    n_tests = n_subgroup_tests(report)
     alpha = subgroup_alpha(report)
     suppressed_text = f"suppressed (< {minimum} patients)"
     blocks: list[Block] = [
@@ -107,7 +107,12 @@ def _hidden_text(row: GroupRow, alpha: float, suppressed_text: str) -> str:
 def _group_status(row: GroupRow, n_tests: int, alpha: float) -> str:
     if row.group.status is not GroupStatus.TESTED:
         return _NOT_TESTED[row.group.status]
-    return "tested, significant" if is_significant(row, n_tests, alpha) else "tested"
+    direction = representation(row, n_tests, alpha)
+    if direction == "over":
+        return "tested, OVER-REPRESENTED (significant)"
+    if direction == "under":
+        return "tested, under-represented (significant; the gate tests over-representation)"
+    return "tested"
 
 
 def _group_cells(row: GroupRow, status: str) -> tuple[Span, ...]:

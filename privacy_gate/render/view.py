@@ -15,7 +15,9 @@ __all__ = [
     "is_significant",
     "is_suppressed",
     "min_group_size",
+    "n_subgroup_tests",
     "policy",
+    "representation",
     "subgroup_alpha",
     "subgroup_rows",
     "tested_rows",
@@ -80,3 +82,22 @@ def is_significant(row: GroupRow, n_tests: int, alpha: float) -> bool:
     """Bonferroni over all tested groups of all columns: ``p * n_tests < alpha``
     (`GroupResult.significant_at`: the adjusted p-value the audit stored when present)."""
     return row.group.significant_at(alpha, n_tests)
+
+
+def n_subgroup_tests(report: AuditReport) -> int:
+    """The Bonferroni family the gate used: every tested group, published or hidden."""
+    return sum(
+        r.group.status is GroupStatus.TESTED or r.group.status in HIDDEN
+        for r in subgroup_rows(report)
+    )
+
+
+def representation(row: GroupRow, n_tests: int, alpha: float) -> str | None:
+    """ "over" or "under" for a group significantly over- or under-represented in the tail
+    (only over-representation can violate the gate), None when not significant."""
+    if not is_significant(row, n_tests, alpha):
+        return None
+    if row.group.status in HIDDEN:  # hidden groups are tested one-sided, for excess
+        return "over"
+    change = row.group.relative_change
+    return None if change is None or change == 0 else ("over" if change > 0 else "under")

@@ -259,7 +259,7 @@ def test_summary_of_a_pass(passing: dict[str, Any]) -> None:
         _row(md, "Strongest aggregate attack") == f"| Strongest aggregate attack | `{strongest}` |"
     )
     assert _row(md, "Strongest attack AUC") == f"| Strongest attack AUC | {auc:.3f} |"
-    assert f"Policy SHA-256: `{audit_['policy_sha256']}`." in md
+    assert f"Policy SHA-256: `{audit_['policy_sha256']}` (the audit's own)." in md
     # The job summary is the report's own document: the same sections as report.md.
     for heading in ("Key figures", "Subgroups", "Most exposed patients", "Caveats"):
         assert f"\n### {heading}\n" in md

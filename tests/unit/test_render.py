@@ -416,7 +416,7 @@ def test_markdown_escapes_subgroup_values_in_tables() -> None:
 def test_markdown_marks_significant_groups() -> None:
     markdown = render_markdown(_audit_report(aggregate=False))
     rare = next(line for line in markdown.splitlines() if line.startswith("| rare"))
-    assert "tested, significant" in rare and "+371%" in rare and "2.1e-05" in rare
+    assert "OVER-REPRESENTED (significant)" in rare and "+371%" in rare and "2.1e-05" in rare
     sex_f = next(line for line in markdown.splitlines() if line.startswith("| F |"))
     assert "significant" not in sex_f
 
@@ -598,3 +598,44 @@ def test_a_failed_report_without_a_recommendation_says_why() -> None:
     )
     passed = replace(report, decision=Decision(Status.PASS))
     assert "Remedy" not in render_markdown(passed)
+
+
+def test_under_representation_is_told_apart_from_over_representation() -> None:
+    """A significant group with fewer tail patients than expected is labelled and drawn
+    as under-represented (no violation), never as the over-represented one is."""
+    from privacy_gate.render.view import n_subgroup_tests, representation, subgroup_rows
+
+    data = _report(aggregate=False)
+    data["subgroups"]["sex"]["groups"]["F"] = _tested(1010, 4, 10.1, -0.604, 2e-6, 0.004, 0.97)
+    report = _typed(data)
+    markdown = render_markdown(report)
+    female = next(line for line in markdown.splitlines() if line.startswith("| F |"))
+    assert "under-represented (significant" in female and "OVER" not in female
+    rare = next(line for line in markdown.splitlines() if line.startswith("| rare"))
+    assert "OVER-REPRESENTED" in rare
+    rows = {r.value: r for r in subgroup_rows(report)}
+    n_tests = n_subgroup_tests(report)
+    assert representation(rows["F"], n_tests, 0.05) == "under"
+    assert representation(rows["rare | sub-type"], n_tests, 0.05) == "over"
+
+
+def test_top_patients_mark_who_is_confidently_at_risk() -> None:
+    """The second-ranked patient is confidently at risk, the first is not (a high point
+    estimate with a large SE): the table says so for each."""
+    data = _report(aggregate=False)
+    data["summary"]["at_risk_patients"] = ["a07be3c95d11f0e2"]
+    markdown = render_markdown(_typed(data))
+    first = next(line for line in markdown.splitlines() if "3f9a1c0b7d2e4a51" in line)
+    second = next(line for line in markdown.splitlines() if "a07be3c95d11f0e2" in line)
+    assert first.rstrip().endswith("| no |") and second.rstrip().endswith("| yes |")
+    assert "| Confidently at risk |" in markdown
+
+
+def test_provenance_shows_the_digests_the_report_holds() -> None:
+    """A training audit records the pool's data digest, a score audit its files': each is
+    shown where it exists, none as "n/a"."""
+    data = _report(aggregate=False)
+    data["audit"]["inputs"] = {"data_sha256": "d" * 64}
+    markdown = render_markdown(_typed(data))
+    assert f"| Data SHA-256 (the pool's inputs and labels) | `{'d' * 64}` |" in markdown
+    assert "Signals SHA-256" not in markdown and "n/a`" not in markdown
