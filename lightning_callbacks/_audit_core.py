@@ -100,15 +100,24 @@ class Outcome:
     mlflow_run: str | None = None
 
     def failure(self) -> PrivacyGateFailed:
-        rules = "; ".join(
-            f"{rule}: {message}"
+        """The exception of ``on_fail="raise"``: one line per violated rule, then where the
+        report is and what to do."""
+        rules = [
+            f"  - {rule}: {message}"
             for rule, message in zip(self.violations, self.messages, strict=True)
-        )
-        rules = rules or "not stored in this checkpoint, see the report"
+        ] or ["  (not stored in this checkpoint; see the report)"]
         return PrivacyGateFailed(
-            f"The model failed the privacy gate ({self.status}). Violated rules: {rules}."
-            f" Report: {self.report}. HINT: retrain with DP-SGD as the report recommends, or "
-            "pass on_fail='warn' to keep training pipelines running while you investigate.",
+            "\n".join(
+                [
+                    f"The model failed the privacy gate ({self.status}). Violated rules:",
+                    *rules,
+                    f"Report: {self.report}",
+                    "HINT: retrain with DP-SGD at the settings of the report's DP-SGD "
+                    "recommendation (add lightning_callbacks.DPSGD with them to the Trainer), "
+                    "or pass on_fail='warn' to keep the pipeline running while you "
+                    "investigate.",
+                ]
+            ),
             status=self.status,
             violations=self.violations,
             report=self.report,
@@ -221,7 +230,10 @@ def run_fit_audit(
     )
     metrics = trainer_metrics(result.report)
     decision = result.decision
-    mlflow_run = _log_to_mlflow(trainer, result.report, out)
+    example = data.pool()[0][:1].detach().cpu().numpy()
+    mlflow_run = _log_to_mlflow(
+        trainer, result.report, out, module if settings.log_model else None, example
+    )
     return Outcome(
         status=decision.status.value,
         metrics=metrics,
@@ -243,13 +255,19 @@ def _mlflow_logger(trainer: Any) -> Any:
     return None
 
 
-def _log_to_mlflow(trainer: Any, report: AuditReport, out: Path) -> str | None:
-    """Log the audit into the Trainer's MLflow run (signed when the environment holds
-    the signing key); the run's id, or None without an MLFlowLogger."""
+def _log_to_mlflow(
+    trainer: Any, report: AuditReport, out: Path, module: Any, example: Any
+) -> str | None:
+    """Log the audit into the Trainer's MLflow run (signed when the environment holds the
+    signing key) and, unless ``module`` is None, the audited module itself, bound to the
+    audit by its files (`log_audited_model`); the run's id, or None without an
+    MLFlowLogger."""
     logger = _mlflow_logger(trainer)
     if logger is None:
         return None
+    from privacy_gate.mlflow.audited_model import log_audited_model
     from privacy_gate.mlflow.logging import log_report
+    from privacy_gate.signing import signing_key_from_environment
 
     log_report(
         report,
@@ -259,6 +277,26 @@ def _log_to_mlflow(trainer: Any, report: AuditReport, out: Path) -> str | None:
         model_sha256=report.audit.model_sha256,
     )
     _LOG.info("privacy-gate: the audit is logged into MLflow run %s.", logger.run_id)
+    if module is not None:
+        signed = signing_key_from_environment() is not None
+        was_training = module.training
+        module.eval()  # the export fixes the forward: inference behaviour, as audited
+        try:
+            logged = log_audited_model(
+                module,
+                input_example=example,
+                run_id=logger.run_id,
+                client=logger.experiment,
+                expected_weights_sha256=None if signed else report.audit.model_sha256,
+            )
+        finally:
+            module.train(was_training)
+        _LOG.info(
+            "privacy-gate: the audited %s is logged into the run as %s%s.",
+            type(module).__name__,
+            logged.model_uri,
+            ", its files bound to the signed audit" if signed else " (unsigned audit)",
+        )
     return str(logger.run_id)
 
 

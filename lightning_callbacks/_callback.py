@@ -72,6 +72,11 @@ Args:
     ray: options of the ray backend, a ``RayOptions`` or a mapping of its fields
         (address, num_cpus, num_gpus, memory, models_per_task, max_retries,
         runtime_env); None: the defaults.
+    log_model: with an MLFlowLogger, also log the audited module itself (the whole
+        LightningModule, pt2 export) into its run, bound to the audit: the signed report
+        names its files, so that version can be promoted through the gated registry.
+        Logging another object (the inner network, say) gives other weights digests and
+        is refused as "weights changed after the audit".
 
 Example:
     >>> callback = PrivacyAuditCallback(reference_models=32, on_fail="warn")
@@ -103,6 +108,7 @@ class PrivacyAuditBehaviour:
         task: str = "multiclass",
         plots: bool = True,
         ray: Any = None,
+        log_model: bool = True,
     ) -> None:
         super().__init__()
         check_releases(type(self).__name__)
@@ -120,6 +126,7 @@ class PrivacyAuditBehaviour:
             task=task,
             plots=plots,
             ray=ray,
+            log_model=log_model,
         )
         self.audited_ = False
         self.status_: str | None = None
@@ -200,11 +207,13 @@ class PrivacyAuditBehaviour:
         self.report_sha256_, self.outcome_ = shared.report_sha256, shared
         for name, value in shared.metrics.items():
             trainer.callback_metrics[name] = torch.tensor(value)
+        action = decide_action(shared.status, self.settings.on_fail)
         if trainer.is_global_zero:
-            _LOG.info("%s", shared.summary)
+            if action is Action.NONE:  # otherwise the action states the verdict, once
+                _LOG.info("%s", shared.summary)
             for caveat in shared.warnings:
                 _LOG.warning("privacy-gate: %s", caveat)
-        self._act(decide_action(shared.status, self.settings.on_fail), shared)
+        self._act(action, shared)
 
     def _act(self, action: Action, outcome: Outcome | None) -> None:
         if action is Action.NONE:

@@ -64,6 +64,7 @@ class AuditSettings:
     task: Task
     plots: bool
     ray: RayOptions | None = None
+    log_model: bool = True
 
 
 def _error(name: str, expected: str, got: Any, hint: str | None = None) -> ConfigError:
@@ -148,6 +149,7 @@ def validate_settings(
     task: Any,
     plots: Any,
     ray: Any = None,
+    log_model: Any = True,
 ) -> AuditSettings:
     """Check every argument; return them normalised (enums, paths, a parsed policy)."""
     if holdout is not None and not isinstance(holdout, Dataset | DataLoader):
@@ -198,6 +200,8 @@ def validate_settings(
         )
     if not isinstance(plots, bool):
         raise _error("plots", "a bool", plots)
+    if not isinstance(log_model, bool):
+        raise _error("log_model", "a bool", log_model)
     parsed = _config(config, subgroups)
     missing = [column for column in parsed.subgroups if column not in subgroups]
     if missing:
@@ -222,4 +226,5 @@ def validate_settings(
         task=_choice("task", Task, task),
         plots=plots,
         ray=_ray_options(ray, chosen),
+        log_model=log_model,
     )

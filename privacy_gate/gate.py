@@ -72,6 +72,28 @@ def reference_models_for_policy(
     return None if -1 in needs else max(needs)
 
 
+POWER_HINT = " HINT: with this policy an audit of"
+"""How a power rule's message starts its advice to train more reference models."""
+
+
+def settled_power_message(message: str, settled_by: str, k: int) -> str:
+    """A power rule's message after an adaptive audit settled a fail on ``settled_by``: the
+    advice to train more models is dropped, since more would not change the verdict.
+
+    >>> message = settled_power_message("Under-powered. HINT: with this policy an audit of "
+    ...     "9 records (9 patients) needs at least 48 reference models.", "max_patient_auc", 32)
+    >>> message[:60]
+    'Under-powered. The fail is settled at K = 32 by max_patient_'
+    >>> "48" in message
+    False
+    """
+    head = message.split(POWER_HINT, 1)[0]
+    return (
+        f"{head} The fail is settled at K = {k} by {settled_by}: more reference models would "
+        "not change the verdict."
+    )
+
+
 def _power(
     gate: GateConfig,
     at_risk_auc: float,
@@ -84,7 +106,7 @@ def _power(
     limits = gate.patient_auc_limits(at_risk_auc)
     needed = reference_models_for_policy(gate, at_risk_auc, n_records, n_patients)
     need_text = (
-        f" HINT: with this policy an audit of {n_records} records ({n_patients} patients) "
+        f"{POWER_HINT} {n_records} records ({n_patients} patients) "
         f"needs at least {needed} reference models."
         if needed
         else ""

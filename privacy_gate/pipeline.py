@@ -275,7 +275,7 @@ def signed_if_key(report: dict[str, Any]) -> dict[str, Any]:
     key = signing_key_from_environment()
     if key is None:
         return report
-    return sign_report(report, key, run_id=None, model_sha256=None)
+    return sign_report(report, key, run_id=None, model_sha256=None, record_nulls=False)
 
 
 def write_outputs(

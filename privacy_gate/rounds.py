@@ -16,9 +16,10 @@ from typing import Any
 from privacy_gate.adaptive import AdaptivePlan, LookOutcome, settle
 from privacy_gate.config import AuditConfig
 from privacy_gate.errors import InputError
+from privacy_gate.gate import POWER_HINT, settled_power_message
 from privacy_gate.pipeline import AuditResult, audit
 from privacy_gate.records import RecordTable
-from privacy_gate.report_model import Look
+from privacy_gate.report_model import Decision, Look
 from privacy_gate.signals import Signals
 
 __all__ = ["audit_in_rounds", "look_line"]
@@ -82,6 +83,8 @@ def audit_in_rounds(
     assert result is not None  # a schedule has at least one look
     record = plan.record(tuple(looks), config)
     decision = result.decision
+    if record.stopped == LookOutcome.FAIL_SETTLED.value:
+        decision = _settled_fail(decision, looks[-1])
     if record.stopped == "unsettled":
         decision = replace(
             decision,
@@ -94,3 +97,16 @@ def audit_in_rounds(
         )
     report = replace(result.report, adaptive=record, decision=decision)
     return replace(result, report=report)
+
+
+def _settled_fail(decision: Decision, look: Look) -> Decision:
+    """The final decision of a settled fail: power violations keep their finding but not
+    the advice to train more models (the messages reflect the final state)."""
+    settled_by = ", ".join(look.settled)
+    violations = tuple(
+        replace(v, message=settled_power_message(v.message, settled_by, look.reference_models))
+        if POWER_HINT in v.message
+        else v
+        for v in decision.violations
+    )
+    return replace(decision, violations=violations)

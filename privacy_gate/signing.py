@@ -327,13 +327,16 @@ def sign_report(
     run_id: str | None,
     model_sha256: str | None,
     model_files: ModelFiles | None = None,
+    record_nulls: bool = True,
 ) -> dict[str, Any]:
     """A signed copy of ``report`` (the input is not changed).
 
     ``audit.run_id``, ``audit.model_sha256`` and ``audit.model_files`` (the manifest of the
     logged model's bytes, `privacy_gate.model_files`) are set first so they are signed with
-    the rest; None keeps the value already in the report (or records null). A previous
-    signature is replaced. Figures that are not finite are signed as null, as written.
+    the rest; None keeps the value already in the report (or records null; with
+    ``record_nulls=False`` a key the report lacks stays absent, so the signed file has the
+    report's own content, as the report file written on disk must). A previous signature
+    is replaced. Figures that are not finite are signed as null, as written.
     """
     if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
         raise InputError(f"The 'run_id' of sign_report must be a non-empty string. Got {run_id!r}.")
@@ -352,11 +355,10 @@ def sign_report(
             "'privacy-gate score' or 'privacy-gate audit'."
         )
     body = {k: v for k, v in report.items() if k != SIGNATURE_FIELD}  # shallow: not mutated
-    body["audit"] = {
-        **audit,
-        "run_id": run_id if run_id is not None else audit.get("run_id"),
-        "model_sha256": model_sha256 if model_sha256 is not None else audit.get("model_sha256"),
-    }
+    body["audit"] = dict(audit)
+    for name, value in (("run_id", run_id), ("model_sha256", model_sha256)):
+        if value is not None or record_nulls or name in audit:
+            body["audit"][name] = value if value is not None else audit.get(name)
     if model_files is not None:
         body["audit"]["model_files"] = model_files.to_dict()
     try:  # plain JSON values; a NaN figure is signed as the null it is written as

@@ -182,8 +182,12 @@ def test_raise_names_every_violated_rule(tmp_path: Path, write_config: Any) -> N
     assert set(failure.value.violations) == {
         v["rule"] for v in report(tmp_path)["decision"]["violations"]
     }
-    for rule in failure.value.violations:
-        assert rule in str(failure.value)
+    message = str(failure.value)
+    lines = message.splitlines()
+    for rule in failure.value.violations:  # one readable line per rule
+        assert sum(line.startswith(f"  - {rule}: ") for line in lines) == 1, message
+    assert ".;" not in message and ".." not in message.replace("...", "")
+    assert any(line.startswith("Report: ") for line in lines) and lines[-1].startswith("HINT:")
 
 
 @pytest.mark.parametrize("on_fail", ["warn", "tag"])
@@ -388,8 +392,21 @@ def test_stored_failing_audit_still_raises_on_resume(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("namespace", NAMESPACES)
 def test_audit_goes_into_the_mlflow_logger_run_and_tag_does_not_raise(
-    tmp_path: Path, write_config: Any, namespace: str
+    tmp_path: Path,
+    write_config: Any,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The audit and the audited module itself go into the logger's run; with the signing
+    key the run's signed report binds the logged model's files; the FAIL line is logged
+    once."""
+    from privacy_gate.signing import (
+        SIGNING_KEY_ENVIRONMENT_VARIABLE,
+        load_public_key,
+        verify_report,
+        write_keypair,
+    )
     from mlflow.tracking import MlflowClient
 
     classes = namespace_classes(namespace)
@@ -408,10 +425,26 @@ def test_audit_goes_into_the_mlflow_logger_run_and_tag_does_not_raise(
         max_epochs=1, callbacks=[callback], logger=logger, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
-    with warnings.catch_warnings():
+    write_keypair(tmp_path / "signing.pem", tmp_path / "public.pem")
+    monkeypatch.setenv(SIGNING_KEY_ENVIRONMENT_VARIABLE, str(tmp_path / "signing.pem"))
+    module = classes["module"]()
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="lightning_callbacks"):
         warnings.filterwarnings("error", message=".*privacy-gate.*")  # tag: no warning
-        trainer.fit(classes["module"](), datamodule=classes["data"]())
-    run = MlflowClient(tracking_uri=uri).get_run(logger.run_id)
+        trainer.fit(module, datamodule=classes["data"]())
+    fail_lines = [r for r in caplog.records if "privacy-gate: FAIL" in r.getMessage()]
+    assert len(fail_lines) == 1, [r.getMessage() for r in caplog.records]
+    client = MlflowClient(tracking_uri=uri)
+    signed = json.loads(
+        Path(client.download_artifacts(logger.run_id, "privacy_gate/report.json", str(tmp_path)))
+        .read_text("utf-8")
+    )  # fmt: skip
+    verify_report(signed, load_public_key(tmp_path / "public.pem"))
+    files = signed["audit"]["model_files"]  # the logged module's files, bound by the audit
+    assert files["format"] == "pt2" and signed["audit"]["run_id"] == logger.run_id
+    from privacy_gate.training.weights import weights_sha256
+
+    assert signed["audit"]["model_sha256"] == weights_sha256(module)
+    run = client.get_run(logger.run_id)
     assert run.data.tags["privacy_gate.status"] == "fail"
     assert "max_patient_auc" in run.data.tags["privacy_gate.violations"]
     assert run.data.metrics["privacy_gate/patient_auc/max"] == pytest.approx(

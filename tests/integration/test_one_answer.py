@@ -98,3 +98,25 @@ def test_the_report_file_is_signed_and_verifies(
     assert code == 1
     said = capsys.readouterr()
     assert "tag" not in (said.out + said.err) and "unsigned" in (said.out + said.err)
+
+
+def test_signing_the_file_keeps_the_reports_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_report: dict[str, Any]
+) -> None:
+    """The signed file is the report plus a signature, key for key (log_report compares
+    the two): a `score` audit has no run or model digest, and signing adds no null ones."""
+    from privacy_gate.pipeline import signed_if_key
+    from privacy_gate.report import canonical_json
+
+    report = {k: v for k, v in own_report.items() if k != "_path"}
+    report["audit"] = {
+        k: v for k, v in report["audit"].items() if k not in ("run_id", "model_sha256")
+    }
+    private, public = tmp_path / "signing.pem", tmp_path / "public.pem"
+    write_keypair(private, public)
+    monkeypatch.setenv(SIGNING_KEY_ENVIRONMENT_VARIABLE, str(private))
+    signed = signed_if_key(report)
+    assert "signature" in signed and "run_id" not in signed["audit"]
+    assert canonical_json(signed) == canonical_json(report)
+    monkeypatch.delenv(SIGNING_KEY_ENVIRONMENT_VARIABLE)
+    assert signed_if_key(report) is report

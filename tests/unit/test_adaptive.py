@@ -179,6 +179,16 @@ def test_a_planted_leak_settles_as_a_fail_in_the_first_round_or_two() -> None:
     assert adaptive.reference_models_saved == 256 - used
     assert result.report.audit.reference_models == used
     assert not result.decision.passed
+    # at K = 16-32 the power rules are violated too; their messages reflect the final
+    # state: the fail is settled, so no advice to train the K the power rules need
+    power = [v for v in result.decision.violations if v.rule.value in _POWER_RULES]
+    assert power, [v.rule.value for v in result.decision.violations]
+    for violation in power:
+        assert "needs at least" not in violation.message
+        assert f"The fail is settled at K = {used} by" in violation.message
+
+
+_POWER_RULES = {"noise_floor", "max_detectable_auc", "min_reference_models"}
 
 
 NO_AGGREGATE = dataclasses.replace(
