@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pytest.importorskip("pytorch_lightning")
 
-from test_lightning_callback import N, PATIENTS, _tensors, callback_class, namespace_classes
+from test_lightning_callback import PATIENTS, N, _tensors, callback_class, namespace_classes
 
 from privacy_gate.errors import InputError
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from malformed_pool import DEFECTS, load  # noqa: E402
+from malformed_pool import DEFECTS, load
 
 from privacy_gate.cli import main
 from privacy_gate.errors import InputError

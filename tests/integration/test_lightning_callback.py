@@ -401,13 +401,14 @@ def test_audit_goes_into_the_mlflow_logger_run_and_tag_does_not_raise(
     """The audit and the audited module itself go into the logger's run; with the signing
     key the run's signed report binds the logged model's files; the FAIL line is logged
     once."""
+    from mlflow.tracking import MlflowClient
+
     from privacy_gate.signing import (
         SIGNING_KEY_ENVIRONMENT_VARIABLE,
         load_public_key,
         verify_report,
         write_keypair,
     )
-    from mlflow.tracking import MlflowClient
 
     classes = namespace_classes(namespace)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
