@@ -7,7 +7,6 @@ import argparse
 from typing import Any
 
 from privacy_gate.cli.common import add_registry_options, registry_client
-from privacy_gate.render.recommendation import recommendation_lines
 
 
 def add_promote_command(commands: Any) -> None:
@@ -34,6 +33,7 @@ def add_promote_command(commands: Any) -> None:
 def run_promote(args: argparse.Namespace) -> int:
     """``privacy-gate promote``: 0 promoted, 1 refused, 2 error (raised)."""
     from privacy_gate.mlflow.promote import promote  # imports mlflow lazily
+    from privacy_gate.mlflow.remedies import refusal_message
 
     client, public_key = registry_client(args, "promote")
     result = promote(
@@ -49,12 +49,13 @@ def run_promote(args: argparse.Namespace) -> int:
     if result.allowed:
         print(f"privacy-gate: PROMOTED {where} to alias {args.alias!r}.")
         return 0
-    print(f"privacy-gate: REFUSED to promote {where} to alias {args.alias!r}:")
-    for reason in result.reasons:
-        print(f"  - {reason}")
-    for violation in result.violations:
-        print(f"  FAIL {violation.rule.value}: {violation.message}")
-    if result.audit_report is not None:
-        for line in recommendation_lines(result.audit_report):
-            print(f"  {line}")
+    print(
+        refusal_message(
+            f"privacy-gate: REFUSED to promote {where} to alias {args.alias!r}",
+            result.reasons,
+            result.report,
+            result.run_id,
+            details=[f"  FAIL {v.rule.value}: {v.message}" for v in result.violations],
+        )
+    )
     return 1

@@ -69,7 +69,7 @@ def run_audit_job(args: argparse.Namespace) -> tuple[AuditResult, Path, AuditJob
         if not args.quiet:
             print(
                 f"Logged to MLflow run {run_id} (experiment {job.mlflow.experiment!r}). "
-                f"Open the UI: mlflow ui --backend-store-uri {job.mlflow.tracking_uri}"
+                f"{ui_hint(job.mlflow.tracking_uri)}"
             )
     return result, out, job, data
 
@@ -136,12 +136,26 @@ def _release(
             print(f"  Instead: {remedy[0].strip()}")
     print(f"  {name!r} version {version} (MLflow run {released.run_id}, the candidate "
           f"logged as its model); version tags: {_tag_line(released.tags)}")  # fmt: skip
-    registry = released.registry_uri
-    ui = f"mlflow ui --backend-store-uri {target.tracking_uri}"
-    if registry != target.tracking_uri:
-        ui += f" --registry-store-uri {registry}"
-    print(f"Open the UI: {ui} (Models > {name} > Version {version})")
+    print(f"{ui_hint(target.tracking_uri, released.registry_uri)} (Models > {name} > Version "
+          f"{version})")  # fmt: skip
     return released
+
+
+def ui_hint(tracking_uri: str, registry_uri: str | None = None) -> str:
+    """How to open the MLflow UI on what the audit wrote: a tracking server's URL, or the
+    ``mlflow ui`` command for a local store (a server URI is no ``--backend-store-uri``).
+
+    >>> ui_hint("http://127.0.0.1:5000")
+    'Open the UI: http://127.0.0.1:5000'
+    >>> ui_hint("sqlite:///out/mlflow.db", "privacygate+sqlite:///out/mlflow.db")
+    'Open the UI: mlflow ui --backend-store-uri sqlite:///out/mlflow.db --registry-store-uri privacygate+sqlite:///out/mlflow.db'
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"Open the UI: {tracking_uri.rstrip('/')}"
+    ui = f"mlflow ui --backend-store-uri {tracking_uri}"
+    if registry_uri is not None and registry_uri != tracking_uri:
+        ui += f" --registry-store-uri {registry_uri}"
+    return f"Open the UI: {ui}"
 
 
 def _score(args: argparse.Namespace) -> github.Outcome:

@@ -76,11 +76,13 @@ class PromotionResult:
         allowed: True when the alias was set.
         reasons: why promotion was refused (empty when allowed).
         report: the audit report found for the version (None when there was none).
+        run_id: the version's run (None when it names none).
     """
 
     allowed: bool
     reasons: list[str] = field(default_factory=list)
     report: dict[str, Any] | None = None
+    run_id: str | None = None
 
     @functools.cached_property
     def audit_report(self) -> AuditReport | None:
@@ -300,7 +302,7 @@ def _promote(
                 {STATUS_TAG: "pass", REPORT_SHA256_TAG: report_sha256(report),
                  PROMOTED_ALIAS_TAG: alias},
             )  # fmt: skip
-            return PromotionResult(allowed=True, reasons=[], report=report)
+            return PromotionResult(allowed=True, reasons=[], report=report, run_id=run_id)
         reasons = [f"the registry refused the alias: {denied}"]
     _write_tags(
         mlflow_client,
@@ -308,4 +310,4 @@ def _promote(
         version,
         {STATUS_TAG: "refused", REFUSAL_TAG: refusal_text(reasons)},
     )
-    return PromotionResult(allowed=False, reasons=reasons, report=report)
+    return PromotionResult(allowed=False, reasons=reasons, report=report, run_id=run_id)

@@ -108,6 +108,7 @@ try:
         GateSettings,
         protected_aliases,
     )
+    from privacy_gate.mlflow.remedies import refusal_message
     from privacy_gate.mlflow.server_audit import upsert, version_refusals
     from privacy_gate.report import canonical_json
 except ImportError as _exc:  # pragma: no cover - exercised in a test through sys.modules
@@ -373,9 +374,8 @@ class PrivacyGateRegistryStore:
         reasons, report = version_refusals(pinned, self._tracking_uri, self._settings)
         prefix = f"Refused to give {name!r} version {version} the {target}"
         if reasons:
-            message = f"{prefix}: " + "; ".join(reasons) + "."
-            self._record_refusal(name, version, pinned, message)
-            raise _denied(message)
+            self._record_refusal(name, version, pinned, f"{prefix}: " + "; ".join(reasons) + ".")
+            raise _denied(refusal_message(prefix, reasons, report, pinned[0] or None))
         digest = hashlib.sha256(canonical_json(report)).hexdigest()
         verdict = {
             STATUS_TAG: "pass",

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from privacy_gate.mlflow._compat import VersionIdentity, server_artifact_destination
 from privacy_gate.mlflow.logging import REPORT_ARTIFACT
 from privacy_gate.mlflow.registry_settings import GateSettings
-from privacy_gate.mlflow.verification import audit_refusals
+from privacy_gate.mlflow.verification import audit_refusals, genuine_audit_of
 from privacy_gate.model_files import ModelFiles, manifest_of
 from privacy_gate.report import parse_report_json
 from privacy_gate.signing import PUBLIC_KEY_ENVIRONMENT_VARIABLE, public_key_from_environment
@@ -122,8 +122,8 @@ def version_refusals(
     found = read_run_report(run_id, tracking_uri)
     if found.problem is not None:
         return [found.problem], None
-    # The signature, status and run first: the files are read only for a genuine, passing
-    # audit of this run (reading them is the expensive part).
+    # The signature and run first: the files are read only for a genuine audit of this run
+    # (reading them is the expensive part); then every reason is given, the files' too.
     check = functools.partial(
         audit_refusals,
         found.data,
@@ -133,12 +133,12 @@ def version_refusals(
         allow_pickle=settings.allow_pickle,
     )
     reasons = check(model_files=None, check_files=False)
-    if reasons:
+    if reasons and not genuine_audit_of(found.data, public_key, run_id):
         return reasons, found.data
     where = location or source
     problem = location_problem(where)
     if problem is not None:
-        return [problem], found.data
+        return [*reasons, problem], found.data
     return check(model_files=version_model_files(str(where))), found.data
 
 

@@ -15,7 +15,7 @@ from privacy_gate.report import non_finite_field, outdated_schema_reason
 from privacy_gate.report_model import AuditReport
 from privacy_gate.signing import verify_report
 
-__all__ = ["audit_refusals", "signed_model_files"]
+__all__ = ["audit_refusals", "genuine_audit_of", "signed_model_files"]
 
 _SHOWN_DIFFERENCES = 5
 
@@ -53,7 +53,7 @@ def audit_refusals(
         run_name: the run the audit must belong to, in refusals ("this version's run").
     """
     if report is None:
-        return [f"no privacy audit was found for {subject} (run privacy-gate first)"]
+        return [f"no privacy audit was found for {subject}"]
     if not isinstance(report, Mapping):
         return [f"the audit report is malformed: it is a JSON {_kind(report)}, not an object"]
     bad = non_finite_field(report)
@@ -90,6 +90,20 @@ def audit_refusals(
             f"requires {policy_sha256[:12]}..."
         )
     return reasons
+
+
+def genuine_audit_of(report: Any, public_key: Any, run_id: str) -> bool:
+    """A report this key signed, of the current schema, about run ``run_id``: its other
+    claims (status, manifest) can be trusted enough to check them all."""
+    if not isinstance(report, Mapping) or non_finite_field(report) is not None:
+        return False
+    try:
+        verify_report(report, public_key)
+        if outdated_schema_reason(report) is not None:
+            return False
+        return AuditReport.from_dict(report).audit.run_id == run_id
+    except ReportError:
+        return False
 
 
 def signed_model_files(report: Mapping[str, Any]) -> ModelFiles | str:

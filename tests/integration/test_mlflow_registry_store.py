@@ -109,6 +109,21 @@ def test_changed_weights_are_refused(gated: Gated) -> None:
     _assert_refused(gated, _register(gated, tamper=True), "files are not the audited ones")
 
 
+def test_the_refusal_lists_every_reason_with_what_to_do(gated: Gated) -> None:
+    """A failing audit whose weights also changed: the 403 names both reasons, the
+    remedies (the DP-SGD remedy among them: the audit failed) and where the report is."""
+    version = _register(gated, status="fail", tamper=True)
+    _assert_refused(gated, version, "the audit did not pass")
+    message = _rest_alias(gated, version).json()["message"]
+    assert "files are not the audited ones" in message
+    lines = message.splitlines()
+    assert lines[0].endswith(":") and "What to do:" in lines
+    assert any("DP-SGD recommendation" in line for line in lines)
+    assert any("Register the model the audit logged" in line for line in lines)
+    run_id = gated.client.get_model_version(MODEL, version).run_id
+    assert f"Report: runs:/{run_id}/privacy_gate/report.html" in message
+
+
 def test_audit_of_the_weights_only_is_refused_with_a_rerun_hint(gated: Gated) -> None:
     version = _register(gated, bind_files=False)  # an older audit: state_dict digest only
     _assert_refused(gated, version, "binds only the weights' state_dict")
