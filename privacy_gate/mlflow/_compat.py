@@ -4,8 +4,9 @@ upgrade that removes one fails there first, loudly."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -283,3 +284,19 @@ def default_copy_model_version(store: Any, src_mv: Any, dst_name: str) -> Any:
     from mlflow.store.model_registry.abstract_store import AbstractStore
 
     return AbstractStore.copy_model_version(store, src_mv, dst_name)  # type: ignore[no-untyped-call]
+
+
+@contextlib.contextmanager
+def fluent_experiment_cleared() -> Iterator[None]:
+    """No fluent active experiment inside: ``mlflow.start_run(run_id=...)`` refuses a run
+    of another experiment than the one ``mlflow.set_experiment`` made active (a user's
+    session, or a Trainer's MLFlowLogger run in another experiment); the caller's choice
+    is put back afterwards. MLflow keeps it in ``fluent._active_experiment_id``."""
+    from mlflow.tracking import fluent
+
+    previous = getattr(fluent, "_active_experiment_id", None)
+    fluent._active_experiment_id = None
+    try:
+        yield
+    finally:
+        fluent._active_experiment_id = previous

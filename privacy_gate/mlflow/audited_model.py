@@ -77,7 +77,9 @@ def _in_run(run_id: str) -> Iterator[None]:
     if active is not None and active.info.run_id == run_id:
         yield
         return
-    with mlflow.start_run(run_id=run_id, nested=active is not None):
+    from privacy_gate.mlflow._compat import fluent_experiment_cleared
+
+    with fluent_experiment_cleared(), mlflow.start_run(run_id=run_id, nested=active is not None):
         yield
 
 

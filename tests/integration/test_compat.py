@@ -111,3 +111,29 @@ def test_the_gated_stores_sql_and_server_internals_exist() -> None:
     assert _MLFLOW_SGI_NAME.name == "_MLFLOW_SGI_NAME"
     # MLflow decodes an artifact path repeatedly before writing; the guard judges the same
     assert _compat.mlflow_artifact_path("1/%25256Dodels/x") == "1/models/x"
+
+
+def test_logging_into_a_run_of_another_experiment_than_the_active_one(tmp_path: Path) -> None:
+    """`log_audited_model` enters the audit's run with ``mlflow.start_run(run_id=...)``,
+    which MLflow refuses when ``set_experiment`` made another experiment active (the
+    callback's MLFlowLogger run in its own experiment); the private
+    ``fluent._active_experiment_id`` it clears must exist, and the user's choice stays."""
+    import mlflow
+    from mlflow.tracking import MlflowClient, fluent
+
+    from privacy_gate.mlflow.audited_model import _in_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("the-loggers"))
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        chosen = mlflow.set_experiment("the-users").experiment_id
+        assert hasattr(fluent, "_active_experiment_id")
+        with _in_run(run.info.run_id):
+            mlflow.log_param("inside", "yes")
+        assert fluent._active_experiment_id == chosen
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert client.get_run(run.info.run_id).data.params == {"inside": "yes"}

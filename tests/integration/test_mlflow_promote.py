@@ -243,8 +243,12 @@ def test_failing_audit_is_refused_with_its_violations(
     recommendation = recommendation_lines(result.audit_report)  # the report's own remedy
     assert recommendation[0].startswith("DP-SGD recommendation: retrain with DP-SGD")
     assert len(recommendation) > 1  # the apply snippet, line by line
-    for line in recommendation:
-        assert f"  {line}\n" in out
+    lines = out.splitlines()
+    todo = lines.index("What to do:")  # every remedy after the reasons, the DP-SGD one first
+    assert lines[todo + 1] == f"  - {recommendation[0]}"
+    for line in recommendation[1:]:  # the apply snippet, indented under it
+        assert f"  {line}" in lines[todo + 2 :]
+    assert any(line.startswith("Report: runs:/") for line in lines)
 
 
 @pytest.mark.parametrize(

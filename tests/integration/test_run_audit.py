@@ -99,14 +99,27 @@ def test_odd_or_too_small_k_is_an_error(tmp_path: Path, k: int) -> None:
         _audit(tmp_path, reference_models=k)
 
 
+class _LogShift(torch.nn.Module):
+    """``log(x + 10)``: finite for the pool's features, NaN for a feature below -10."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x + 10.0)
+
+
+def _diverging_model() -> torch.nn.Module:
+    return torch.nn.Sequential(_LogShift(), make_model())
+
+
 def test_nan_loss_is_an_error_and_finished_models_are_kept(tmp_path: Path) -> None:
+    """A record that makes the model's loss NaN (its inputs are finite: NaN or Inf inputs
+    are refused before training) stops the audit at the first model that trains on it."""
     data = load_data()
     poisoned = data.train_inputs.clone()
-    poisoned[3, 0] = float("inf")
+    poisoned[3, 0] = -1e6
     bad = AuditData(poisoned, data.train_labels, data.holdout_inputs, data.holdout_labels,
                     patient_ids=data.patient_ids, columns=data.columns)  # fmt: skip
     with pytest.raises(TrainingError, match="loss became"):
-        run_audit(make_model, bad, recipe=RECIPE, config=POLICY, reference_models=4,
+        run_audit(_diverging_model, bad, recipe=RECIPE, config=POLICY, reference_models=4,
                   backend="sequential", seed=1, out_dir=tmp_path, plots=False)  # fmt: skip
     # Reference models before the first one that trains on the poisoned record are kept.
     patient_index, _ = bad.record_table().patient_index()
