@@ -19,6 +19,8 @@ fi
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
 echo "== import-linter"; .venv/bin/lint-imports
-# The documentation site, warnings as errors, built outside the repository.
-echo "== docs"; NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$(mktemp -d)"
+# The documentation site (mkdocs.yml), warnings as errors, built outside the repository.
+site_dir="$(mktemp -d)"
+trap 'rm -rf "$site_dir"' EXIT
+echo "== docs"; NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$site_dir"
 echo "== pytest"; .venv/bin/python -m pytest -q "$@"
