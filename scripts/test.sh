@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything and run every check: ruff, mypy, import-linter, pytest (+ doctests).
+# Install everything and run every check: ruff, mypy, import-linter, the docs' strict
+# build, pytest (+ doctests).
 # This is the command CI runs (.ci/run and .github/workflows/ci.yml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +19,8 @@ fi
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
 echo "== import-linter"; .venv/bin/lint-imports
+# The documentation site (mkdocs.yml), warnings as errors, built outside the repository.
+site_dir="$(mktemp -d)"
+trap 'rm -rf "$site_dir"' EXIT
+echo "== docs"; NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$site_dir"
 echo "== pytest"; .venv/bin/python -m pytest -q "$@"
