@@ -118,7 +118,7 @@ def generate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     extra = rng.choice(n_patients, size=n - n_patients, p=propensity / propensity.sum())
     patient_of_record = np.concatenate([np.arange(n_patients), extra])
     # Release candidate: about 80% of the patients are in its training data. The audit
-    # pool lists the training records first, then the held-out ones (DESIGN.md).
+    # pool lists the training records first, then the held-out ones (docs/statistics.md).
     member_patient = rng.random(n_patients) < 0.8
     rng.shuffle(patient_of_record)
     patient_of_record = patient_of_record[

@@ -1,6 +1,6 @@
 """The audit pool of a Lightning fit: members from the train loader, then the holdout.
 
-DESIGN.md: the pool is the candidate's training records followed by held-out
+docs/statistics.md: the pool is the candidate's training records followed by held-out
 (non-member) records, each in dataset order. Records are ``(input, label)`` pairs, as a
 ``TensorDataset`` (or a ``Subset`` of one) yields them; any map-style dataset of such
 pairs works.

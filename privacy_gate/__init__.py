@@ -1,7 +1,7 @@
 """privacy-gate: patient-level membership-inference audits that gate model release.
 
 The numerical core takes reference-model signals and record metadata and returns a
-report with a gate decision; see DESIGN.md for the definitions.
+report with a gate decision; see docs/statistics.md for the definitions.
 """
 
 from __future__ import annotations

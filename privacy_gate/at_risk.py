@@ -1,7 +1,7 @@
 """The at-risk test and its power: is a record's true AUC above ``at_risk_auc``?
 
 The record AUC is ``A = Phi(d)`` with ``d = (mu_in - mu_out) / sqrt(sd_in^2 + sd_out^2)``
-(DESIGN.md). The test of ``H0: A <= A0`` must hold its size AT THE BOUNDARY ``A = A0``
+(docs/statistics.md). The test of ``H0: A <= A0`` must hold its size AT THE BOUNDARY ``A = A0``
 (``d0 = Phi^-1(A0)``) for any IN/OUT variance ratio, at the tiny levels Benjamini-Hochberg
 uses. A z-test with the SE at the estimate does not (that SE collapses near AUC 1), and
 neither does Welch's t with estimated degrees of freedom: with an SD ratio of 3 its size

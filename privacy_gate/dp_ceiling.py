@@ -1,6 +1,6 @@
 """What differential privacy guarantees about an attack's AUC, and what the gate asks of it.
 
-DESIGN.md, "DP ceiling" and "Recommendation". A DP-SGD run with privacy profile
+docs/statistics.md, "DP ceiling" and "Recommendation". A DP-SGD run with privacy profile
 ``delta(eps)`` admits a trade-off curve ``f`` (Dong, Roth and Su 2019): no test between
 "record in" and "record out" has a type-II error below ``f(type-I error)``, so no
 membership attack (and no record AUC measured by the audit) can exceed the AUC ceiling

@@ -5,7 +5,7 @@ audit was not accepted, or an error) into what GitHub shows. The functions that 
 text are pure; `write_github` appends the summary to ``$GITHUB_STEP_SUMMARY``, the
 outputs to ``$GITHUB_OUTPUT`` (never overwriting either) and prints the annotations.
 
-Per-patient outputs are membership evidence (DESIGN.md, "Pseudonyms"): only the keyed
+Per-patient outputs are membership evidence (docs/reference/report.md, "Pseudonyms"): only the keyed
 pseudonyms the report already holds reach the summary, and a report written with raw
 ids gets no patient table.
 

@@ -6,7 +6,8 @@ the model as MLflow stored it, hashed as raw bytes. Comparing a version's files 
 manifest needs no model code at all: nothing is deserialised, so the registry server can
 check a client's upload without running it.
 
-What the manifest covers depends on the serialization format (DESIGN.md, "Signed audits"):
+What the manifest covers depends on the serialization format
+(docs/explanation/registry-security.md):
 
 - ``pt2`` (``torch.export``): the exported program fixes the forward computation and the
   weights; the files are the whole model.

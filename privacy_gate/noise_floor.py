@@ -231,7 +231,7 @@ class _Permuter:
 
     The records of one patient share one permutation of the models (the keys of their
     patient's first position by ``record_rank``): a patient's records keep their masks
-    together and their score correlation, as in the audit (DESIGN.md). Records are taken
+    together and their score correlation, as in the audit (docs/statistics.md). Records are taken
     in ``record_rank`` order, so the same records get the same permutations and the same
     floating-point sums in any input order.
     The IN/OUT moments of a replicate come from sums over the permuted IN set of the

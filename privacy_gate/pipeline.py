@@ -1,6 +1,6 @@
 """The audit pipeline: signals and records in, a report with a gate decision out.
 
-Stages run in one direction (DESIGN.md): record statistics -> patient aggregation ->
+Stages run in one direction (docs/statistics.md): record statistics -> patient aggregation ->
 noise floor -> subgroups -> aggregate attack -> gate -> sinks. Only this module and the
 CLI touch the file system.
 """

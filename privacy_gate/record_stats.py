@@ -1,6 +1,6 @@
 """Per-record statistics: record AUC, its standard error, TPR at FPR and GDP mu.
 
-All formulas are the closed forms of DESIGN.md ("Definitions"): binormal record AUC from
+All formulas are the closed forms of docs/statistics.md ("Definitions"): binormal record AUC from
 the IN/OUT score moments (population std, ddof=0), Hanley & McNeil (1982) standard error,
 the binormal ROC and the empirical Gaussian-DP parameter.
 """

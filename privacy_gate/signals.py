@@ -103,7 +103,7 @@ def validate_signals(signals: Signals) -> None:
     if n_models < 2:
         raise InputError(
             f"At least 2 reference models are needed. Got {n_models} instead. "
-            "HINT: 64 is the default; see the noise floor in the README."
+            "HINT: 64 is the default; see the noise floor in docs/statistics.md."
         )
     if n_records < 2:
         raise InputError(f"At least 2 records are needed. Got {n_records} instead.")

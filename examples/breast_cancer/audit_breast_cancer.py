@@ -110,7 +110,7 @@ def build_inputs(out: Path, *, n_models: int, n_mislabeled: int, seed: int) -> l
     rng = np.random.default_rng(seed + 1)
     order = rng.permutation(len(labels))
     train, holdout = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
-    pool = np.r_[train, holdout]  # DESIGN.md: candidate's training records, then holdout
+    pool = np.r_[train, holdout]  # docs/statistics.md: candidate's training records, then holdout
     x, y = features[pool], labels[pool]
     masks = balanced_plan(len(pool), n_models, rng)
     target_members = np.r_[np.ones(len(train), bool), np.zeros(len(holdout), bool)]

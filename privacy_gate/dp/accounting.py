@@ -1,6 +1,6 @@
 """Privacy accounting of DP-SGD with Opacus' PRV accountant, turned into AUC ceilings.
 
-The edge half of "DP ceiling" (DESIGN.md): Opacus composes the Poisson-subsampled
+The edge half of "DP ceiling" (docs/statistics.md): Opacus composes the Poisson-subsampled
 Gaussian privacy loss over all steps (Gopi et al. 2021); this module reads the composed
 privacy loss distribution as a privacy profile ``delta(eps)`` with error bounds and hands
 it to :func:`privacy_gate.dp_ceiling.tradeoff_auc_ceiling`. Opacus' ``gdp`` accountant is

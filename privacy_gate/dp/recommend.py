@@ -1,7 +1,7 @@
 """The DP-SGD retraining recommendation: settings computed from the gate's own limit.
 
 From the policy's patient-AUC limit T, the per-record target is ``mu* = sqrt(2) Phi^-1(T)``
-divided by the largest number of records per patient (group privacy, DESIGN.md
+divided by the largest number of records per patient (group privacy, docs/statistics.md
 "Recommendation"). For the pipeline's own dataset size, batch size and epochs, the
 smallest noise multiplier whose PRV AUC ceiling and mu-GDP cross-check both stay within
 the target is found by bisection; epsilon is reported at delta = 1/N. The result is the

@@ -54,7 +54,7 @@ def client_registry_uri(client: Any) -> str | None:
 # The gated registry pins the version it verified and writes its verdict in ONE
 # transaction of MLflow's SQL registry store, re-reading the version's row there: MLflow's
 # public store API has a transaction per call, so a rename between two calls would move the
-# verdict to another version (ARCHITECTURE.md, DESIGN.md "the registry's security model").
+# verdict to another version (ARCHITECTURE.md, docs/explanation/registry-security.md).
 
 VersionIdentity = tuple[str | None, str | None, str | None, int | None]
 """(run id, source, storage location, creation time) of a version row: what it IS, as

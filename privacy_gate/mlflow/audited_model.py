@@ -1,4 +1,4 @@
-"""Log the audited model and bind the audit to its bytes (DESIGN.md, "Signed audits").
+"""Log the audited model and bind the audit to its bytes (docs/explanation/registry-security.md).
 
 The registry gate compares a version's files with the manifest the signed audit names
 (`privacy_gate.model_files`), so that manifest must describe the files exactly as the

@@ -6,7 +6,7 @@ point 9). MLflow is imported lazily, so the package imports without it.
 Metric keys: `privacy_gate.metrics` (one source for MLflow and the Lightning callback); a
 key over MLflow's length limit is shortened and mapped back in ``metric_keys_map.json``.
 
-Signed audits (DESIGN.md, "Signed audits"): with a signing key (the ``signing_key``
+Signed audits (docs/explanation/registry-security.md): with a signing key (the ``signing_key``
 argument, else ``PRIVACY_GATE_SIGNING_KEY``) the report is signed with ``audit.run_id`` set
 to the run it is logged to and ``audit.model_sha256`` to the audited weights' digest, and
 that signed report is the ``privacy_gate/report.json`` artifact `privacy_gate.mlflow.promote`

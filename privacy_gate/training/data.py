@@ -1,6 +1,6 @@
 """The audit pool of a PyTorch model: what a data loader returns.
 
-DESIGN.md: the pool is the candidate's training records followed by held-out
+docs/statistics.md: the pool is the candidate's training records followed by held-out
 (non-member) records of the same population, each in dataset order, with default record
 ids ``train/<i>`` and ``holdout/<j>``.
 """

@@ -486,7 +486,8 @@ def test_check_bad_config_exit_2(
 def test_check_missing_report_fails_the_gate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A missing audit is never a pass and not an input error either: exit 1 (DESIGN.md)."""
+    """A missing audit is never a pass and not an input error either: exit 1 (the gate
+    fails closed, docs/statistics.md)."""
     assert main(["check", str(tmp_path / "report.json")]) == 1
     out = capsys.readouterr().out
     assert "FAIL (audit not accepted)" in out

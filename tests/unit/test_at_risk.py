@@ -327,7 +327,7 @@ def test_a_patient_without_records_gets_p_one_not_nan() -> None:
 def test_power_is_stated_for_the_patient_with_the_most_records() -> None:
     """A 20-record patient's p-value is its smallest record p-value times 20, so one
     leaking record of it must reach alpha / 20: a higher detectable AUC, stated beside the
-    one-record figure (DESIGN.md, "Power")."""
+    one-record figure (docs/statistics.md, "Power")."""
     pairs = [[16, 16, 400]]
     one = audit_power(pairs, 100, at_risk_auc=0.9, fdr=0.05)
     many = audit_power(pairs, 100, at_risk_auc=0.9, fdr=0.05, max_records=20)

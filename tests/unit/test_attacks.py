@@ -104,7 +104,7 @@ def _rmia_brute_force(
     prior = []
     for j in range(n_records):
         p = [float(_sigmoid(np.array(scores[k, j]))) for k in range(n_models)]
-        if offline_a is None:  # balanced mixture of the IN and OUT means (DESIGN.md)
+        if offline_a is None:  # balanced mixture of the IN and OUT means (docs/statistics.md)
             p_in = [p[k] for k in range(n_models) if masks[k, j]]
             p_out = [p[k] for k in range(n_models) if not masks[k, j]]
             if p_in and p_out:
@@ -127,7 +127,7 @@ def _rmia_brute_force(
 
 
 def _independent_scores(world: World, attack: Attack) -> np.ndarray:
-    """Each attack's membership score written out from DESIGN.md."""
+    """Each attack's membership score written out from docs/statistics.md."""
     m, s = world.moments, world.target
 
     def log_normal(x: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -450,7 +450,7 @@ def test_attack_contract(attack: Attack) -> None:
 
 
 def _tuned_a_brute_force(scores: np.ndarray, masks: np.ndarray, gamma: float) -> float:
-    """DESIGN.md's tuning, written out: model 0 is the target, models 1.. give the prior,
+    """docs/statistics.md's tuning, written out: model 0 is the target, models 1.. give the prior,
     the grid's a with the highest sklearn AUC wins, the smallest on ties."""
     target, members = scores[0], masks[0]
     best_a, best_auc = None, -1.0

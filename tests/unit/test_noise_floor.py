@@ -1,4 +1,4 @@
-"""The noise floor against Monte Carlo simulation of the null and DESIGN.md's figures."""
+"""The noise floor against Monte Carlo simulation of the null and docs/statistics.md's figures."""
 
 from __future__ import annotations
 
@@ -96,12 +96,12 @@ def test_analytic_null_max_quantile_is_order_invariant_and_monotone() -> None:
     [(16, 0.97, 0.991), (32, 0.87, 0.907), (64, 0.76, 0.805)],
 )
 def test_design_noise_only_maxima(n_models: int, design_median: float, design_q95: float) -> None:
-    # DESIGN.md: 9,105 leak-free records; the largest record AUC has median about
+    # docs/statistics.md: 9,105 leak-free records; the largest record AUC has median about
     # 0.97 / 0.87 / 0.76 and 95th percentile (the floor the gate uses) 0.991 / 0.907 / 0.805.
     half = np.full(9105, n_models // 2)
     median = analytic_null_max_quantile(half, half, quantile=0.5)
     assert median == pytest.approx(design_median, abs=0.02)
-    # DESIGN.md's 95th percentiles were measured (Monte Carlo); the exact Gaussian law
+    # docs/statistics.md's 95th percentiles were measured (Monte Carlo); the exact Gaussian law
     # sits within 0.006 of them (0.994 / 0.913 / 0.805).
     assert analytic_null_max_quantile(half, half) == pytest.approx(design_q95, abs=0.01)
 

@@ -204,7 +204,7 @@ def test_real_report_tpr_rule_in_isolation() -> None:
 
 def _independent_p_values(result: AuditResult, at_risk: float) -> np.ndarray:
     """Patient p-values from the raw scores: the record p-values of the at-risk test
-    (checked against its definition in tests/unit/test_at_risk.py) at DESIGN.md's beta,
+    (checked against its definition in tests/unit/test_at_risk.py) at docs/statistics.md's beta,
     a tenth of fdr / (patients x most records), then Bonferroni within the patient."""
     signals, _ = _real_data()
     n_patients = len(result.patient_keys)

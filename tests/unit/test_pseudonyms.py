@@ -1,4 +1,4 @@
-"""Keyed pseudonyms of patient and record ids (DESIGN.md "Pseudonyms")."""
+"""Keyed pseudonyms of patient and record ids (docs/reference/report.md, "Pseudonyms")."""
 
 from __future__ import annotations
 

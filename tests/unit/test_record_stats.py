@@ -1,4 +1,4 @@
-"""Per-record statistics against independent computations and closed forms (DESIGN.md)."""
+"""Per-record statistics against independent computations and closed forms (docs/statistics.md)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _signals(
 
 
 def _loop_moments(scores: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
-    """The DESIGN.md definition, one record at a time."""
+    """The docs/statistics.md definition, one record at a time."""
     out: dict[str, list[float]] = {k: [] for k in ("mu_in", "sd_in", "mu_out", "sd_out")}
     n_in, n_out = [], []
     for j in range(scores.shape[1]):
@@ -268,7 +268,7 @@ def test_constant_scores_stay_finite_and_equal_means_give_half() -> None:
 
 @pytest.mark.parametrize("value", [0.0, 0.1, -7.3, 36.6, 1638.96434371])
 def test_equal_constant_scores_give_exactly_half(value: float) -> None:
-    # DESIGN.md: constant scores get the floor and "equal means give 0.5". Every score of
+    # docs/statistics.md: constant scores get the floor and "equal means give 0.5". Every score of
     # the record is the same number, so mu_in == mu_out == value and the AUC is 0.5, mu 0.
     scores = np.full((32, 1), value)
     masks = np.zeros((32, 1), bool)
