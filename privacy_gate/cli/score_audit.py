@@ -25,7 +25,6 @@ from privacy_gate.errors import InputError
 from privacy_gate.gate import Status
 from privacy_gate.pipeline import AuditResult, score
 from privacy_gate.render.comparison import comparison_lines
-from privacy_gate.render.recommendation import recommendation_lines
 from privacy_gate.report import REPORT_FILE
 
 if TYPE_CHECKING:
@@ -130,10 +129,6 @@ def _release(
               f"registry: {released.refusal}")  # fmt: skip
     if args.quiet:
         return released
-    if not released.allowed and result.decision.status is Status.FAIL:
-        remedy = recommendation_lines(result.report)
-        if remedy:  # the settings to apply are printed above, with the decision
-            print(f"  Instead: {remedy[0].strip()}")
     print(f"  {name!r} version {version} (MLflow run {released.run_id}, the candidate "
           f"logged as its model); version tags: {_tag_line(released.tags)}")  # fmt: skip
     print(f"{ui_hint(target.tracking_uri, released.registry_uri)} (Models > {name} > Version "

@@ -92,7 +92,9 @@ def remedies(reasons: Sequence[str], report: Any) -> list[str]:
     ]
     if any(DID_NOT_PASS in reason for reason in reasons):
         typed = _typed(report)
-        lines = recommendation_lines(typed) if typed is not None else []
+        lines = recommendation_lines(typed)[:1] if typed is not None else []
+        if lines and typed is not None and typed.dp_recommendation is not None:
+            lines[0] += " (how to apply it: the report's DP-SGD recommendation)"
         found += [*lines, f"Then audit the retrained model again (`{AUDIT_COMMAND}`)."]
     if not found and reasons:
         found.append(f"Run `{AUDIT_COMMAND}` and register the model it logs.")

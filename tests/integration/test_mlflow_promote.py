@@ -245,9 +245,8 @@ def test_failing_audit_is_refused_with_its_violations(
     assert len(recommendation) > 1  # the apply snippet, line by line
     lines = out.splitlines()
     todo = lines.index("What to do:")  # every remedy after the reasons, the DP-SGD one first
-    assert lines[todo + 1] == f"  - {recommendation[0]}"
-    for line in recommendation[1:]:  # the apply snippet, indented under it
-        assert f"  {line}" in lines[todo + 2 :]
+    assert lines[todo + 1].startswith(f"  - {recommendation[0]}")
+    assert "how to apply it: the report's DP-SGD recommendation" in lines[todo + 1]
     assert any(line.startswith("Report: runs:/") for line in lines)
 
 

@@ -161,7 +161,8 @@ def test_the_main_jobs_config_registers_a_version_and_prints_the_refusal(tmp_pat
     assert "Promotion of 'ehr-mlp' version 1 to 'champion' REFUSED by the registry" in (
         result.stdout
     )
-    assert "Instead: DP-SGD recommendation: retrain with DP-SGD" in result.stdout
+    assert "What to do:\n  - DP-SGD recommendation: retrain with DP-SGD" in result.stdout
+    assert result.stdout.count("apply (audit_yaml):") == 1  # the snippets once, with the verdict
     assert "Open the UI: mlflow ui" in result.stdout
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("ehr-mlp", "1")
