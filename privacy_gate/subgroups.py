@@ -274,9 +274,11 @@ def _column_result(
     w_all = float(weight[tested].sum())
     for g in np.flatnonzero(hidden):  # one-sided exact test on all tested groups
         share = float(weight[g] / w_all) if w_all > 0 else 0.0
-        p = float(stats.binomtest(int(observed[g]), n_all, share, "greater").pvalue)
         status = GroupStatus.TOO_SMALL if sizes[g] < min_group_size else GroupStatus.SUPPRESSED
-        bound = p_bound(min(1.0, p * n_tests), alpha) if n_all > 0 and share > 0 else None
+        bound = None  # no tested patient in the tail, or no null chance: no evidence
+        if n_all > 0 and share > 0:
+            p = float(stats.binomtest(int(observed[g]), n_all, share, "greater").pvalue)
+            bound = p_bound(min(1.0, p * n_tests), alpha)
         results[names[g]] = GroupResult(status, *(None,) * 9, p_value_bound=bound)
     n_pub = int(observed[published].sum())
     w_pub = float(weight[published].sum())

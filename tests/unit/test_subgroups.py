@@ -306,3 +306,15 @@ def test_analysis_is_order_invariant_and_consistent(
             assert any(h.status is GroupStatus.TOO_SMALL for h in groups.values())
         else:
             assert g.status is GroupStatus.TESTED and g.size == size
+
+
+def test_a_rare_group_with_no_tested_patient_in_the_tail_has_no_evidence() -> None:
+    """Hypothesis' case: the tail holds only patients with a missing value, so the exact
+    test of the rare group has no tail to count in (n = 0); it states no bound and the
+    analysis does not crash."""
+    auc = np.array([0.5, 0.5, 0.5, 0.6, 0.5, 0.6, 0.5, 0.5, 0.5])
+    labels = ["a", "a", "a", MISSING, "a", MISSING, "a", "a", "a"]
+    result = analyse_subgroups(auc, {"c": labels}, tail_quantile=0.8, min_group_size=8)
+    group = result.columns["c"].groups["a"]
+    assert group.status is GroupStatus.TOO_SMALL and group.p_value_bound is None
+    assert not group.significant_at(0.05, 1)
