@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 from scipy import special
@@ -40,7 +39,7 @@ from privacy_gate.config import AuditConfig
 from privacy_gate.errors import ConfigError, invalid_value
 from privacy_gate.patients import benjamini_hochberg_count
 from privacy_gate.record_stats import hanley_mcneil_se
-from privacy_gate.report_model import Adaptive, AuditReport, Look, Rule
+from privacy_gate.report_model import Adaptive, AdaptiveStop, AuditReport, Look, LookOutcome, Rule
 from privacy_gate.subgroups import HIDDEN, GroupStatus
 
 __all__ = [
@@ -59,12 +58,6 @@ DEFAULT_ROUND_SIZE = 16
 """Reference models of the first look (one batched group)."""
 DEFAULT_MAX_REFERENCE_MODELS = 256
 DEFAULT_ALPHA = 0.05
-
-
-class LookOutcome(str, Enum):
-    FAIL_SETTLED = "fail_settled"
-    PASS_SETTLED = "pass_settled"
-    OPEN = "open"
 
 
 _SETTLEABLE = {
@@ -139,7 +132,11 @@ class AdaptivePlan:
     def record(self, looks: tuple[Look, ...], config: AuditConfig) -> Adaptive:
         """The report's ``adaptive`` section for the looks taken."""
         last = looks[-1]
-        stopped = last.outcome if last.outcome != LookOutcome.OPEN.value else "unsettled"
+        stopped = (
+            AdaptiveStop.UNSETTLED
+            if last.outcome is LookOutcome.OPEN
+            else AdaptiveStop(last.outcome.value)
+        )
         n_looks = len(self.schedule)
         return Adaptive(
             round_size=self.round_size,
@@ -253,7 +250,7 @@ def settle(report: AuditReport, config: AuditConfig, plan: AdaptivePlan) -> Look
         outcome = LookOutcome.OPEN
     return Look(
         reference_models=report.audit.reference_models,
-        outcome=outcome.value,
+        outcome=outcome,
         violated=tuple(r.value for r in violated),
         settled=tuple(r.value for r in settled),
     )

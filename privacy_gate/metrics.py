@@ -34,7 +34,7 @@ from typing import Any
 
 from privacy_gate.comparison import AuditComparison
 from privacy_gate.metric_keys import escape_segment, join_key
-from privacy_gate.report_model import AuditReport
+from privacy_gate.report_model import AdaptiveStop, AuditReport
 from privacy_gate.subgroups import GroupStatus
 
 __all__ = ["PASSED", "TRAINER_METRICS", "comparison_metrics", "report_metrics", "trainer_metrics"]
@@ -122,7 +122,7 @@ def _report_metrics(report: AuditReport) -> Iterator[tuple[tuple[str, ...], floa
     if report.adaptive is not None:  # how an adaptive audit chose K
         yield ("adaptive", "looks"), len(report.adaptive.looks)
         yield ("adaptive", "reference_models_saved"), report.adaptive.reference_models_saved
-        yield ("adaptive", "settled"), float(report.adaptive.stopped != "unsettled")
+        yield ("adaptive", "settled"), float(report.adaptive.stopped is not AdaptiveStop.UNSETTLED)
 
     for name, column in report.subgroups.items():
         escaped = escape_segment(name)

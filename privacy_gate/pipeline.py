@@ -227,7 +227,7 @@ def audit(
         reference_models=signals.n_reference_models,
         records=signals.n_records,
         patients=n_patients,
-        task=signals.task.value,
+        task=signals.task,
         pseudonyms=pseudonymizer.scheme,
         pseudonym_key_id=pseudonymizer.key_id,
         inputs=dict(inputs or {}),

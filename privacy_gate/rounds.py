@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from privacy_gate.adaptive import AdaptivePlan, LookOutcome, settle
+from privacy_gate.adaptive import AdaptivePlan, settle
 from privacy_gate.config import AuditConfig
 from privacy_gate.errors import InputError
 from privacy_gate.gate import POWER_HINT, settled_power_message
 from privacy_gate.pipeline import AuditResult, audit
 from privacy_gate.records import RecordTable
-from privacy_gate.report_model import Decision, Look
+from privacy_gate.report_model import AdaptiveStop, Decision, Look, LookOutcome
 from privacy_gate.signals import Signals
 
 __all__ = ["audit_in_rounds", "look_line"]
@@ -30,9 +30,9 @@ _LOG = logging.getLogger("privacy_gate.adaptive")
 def look_line(look: Look, number: int, planned: int) -> str:
     """One look in words, for the progress log ("look 2/5: K = 32, open: noise_floor")."""
     head = f"look {number}/{planned}: K = {look.reference_models}"
-    if look.outcome == LookOutcome.FAIL_SETTLED.value:
+    if look.outcome is LookOutcome.FAIL_SETTLED:
         return f"{head}, fail settled by {', '.join(look.settled)}"
-    if look.outcome == LookOutcome.PASS_SETTLED.value:
+    if look.outcome is LookOutcome.PASS_SETTLED:
         return f"{head}, pass settled (every rule, the power rules included)"
     return f"{head}, open: {', '.join(look.violated) or '-'}"
 
@@ -78,14 +78,14 @@ def audit_in_rounds(
         look = settle(result.report, config, plan)
         looks.append(look)
         _LOG.info("Adaptive audit, %s.", look_line(look, len(looks), planned))
-        if look.outcome != LookOutcome.OPEN.value:
+        if look.outcome is not LookOutcome.OPEN:
             break
     assert result is not None  # a schedule has at least one look
     record = plan.record(tuple(looks), config)
     decision = result.decision
-    if record.stopped == LookOutcome.FAIL_SETTLED.value:
+    if record.stopped is AdaptiveStop.FAIL_SETTLED:
         decision = _settled_fail(decision, looks[-1])
-    if record.stopped == "unsettled":
+    if record.stopped is AdaptiveStop.UNSETTLED:
         decision = replace(
             decision,
             warnings=(

@@ -43,6 +43,7 @@ from privacy_gate.report_model import (
     Tail,
     TopPatient,
 )
+from privacy_gate.signals import Task
 from privacy_gate.subgroups import SubgroupResult
 
 __all__ = ["AuditFacts", "build_report"]
@@ -60,7 +61,7 @@ class AuditFacts:
     reference_models: int
     records: int
     patients: int
-    task: str
+    task: Task
     pseudonyms: str
     inputs: Mapping[str, str]
     pseudonym_key_id: str | None

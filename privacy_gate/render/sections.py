@@ -14,7 +14,13 @@ from privacy_gate.render.view import (
     subgroup_alpha,
     subgroup_rows,
 )
-from privacy_gate.report_model import AuditReport, Status
+from privacy_gate.report_model import (
+    AdaptiveStop,
+    AuditReport,
+    LookOutcome,
+    RecommendationStatus,
+    Status,
+)
 from privacy_gate.subgroups import HIDDEN, GroupStatus
 
 _NOT_TESTED = {
@@ -182,7 +188,7 @@ def dp_recommendation_section(report: AuditReport) -> list[Block]:
                 )
             ),
         ]
-    if rec is None or rec.status == "not_needed":
+    if rec is None or rec.status is RecommendationStatus.NOT_NEEDED:
         return []
     if not rec.recommended:
         return [
@@ -211,11 +217,15 @@ def dp_recommendation_section(report: AuditReport) -> list[Block]:
 
 
 _STOPPED = {
-    "fail_settled": "stopped: the fail was settled with error control across looks",
-    "pass_settled": "stopped: every rule passed, the power rules included",
-    "unsettled": "not settled: the maximum was reached; the verdict is the last look's",
+    AdaptiveStop.FAIL_SETTLED: "stopped: the fail was settled with error control across looks",
+    AdaptiveStop.PASS_SETTLED: "stopped: every rule passed, the power rules included",
+    AdaptiveStop.UNSETTLED: "not settled: the maximum was reached; the verdict is the last look's",
 }
-_OUTCOME = {"fail_settled": "fail settled", "pass_settled": "pass settled", "open": "open"}
+_OUTCOME = {
+    LookOutcome.FAIL_SETTLED: "fail settled",
+    LookOutcome.PASS_SETTLED: "pass settled",
+    LookOutcome.OPEN: "open",
+}
 
 
 def adaptive_section(report: AuditReport) -> list[Block]:
@@ -225,12 +235,12 @@ def adaptive_section(report: AuditReport) -> list[Block]:
     if adaptive is None:
         return []
     used = report.audit.reference_models
-    stopped = _STOPPED.get(adaptive.stopped, adaptive.stopped)
+    stopped = _STOPPED[adaptive.stopped]
     rows: tuple[tuple[Span, ...], ...] = tuple(
         (
             str(number),
             fmt_int(look.reference_models),
-            _OUTCOME.get(look.outcome, look.outcome),
+            _OUTCOME[look.outcome],
             ", ".join(look.settled) or "-",
             ", ".join(r for r in look.violated if r not in look.settled) or "-",
         )

@@ -26,13 +26,16 @@ from privacy_gate.report_model.figures import (
 )
 from privacy_gate.report_model.sections import (
     Adaptive,
+    AdaptiveStop,
     Aggregate,
     AttackFigures,
     AuditInfo,
     DPRecommendation,
     DPTraining,
     Look,
+    LookOutcome,
     Plan,
+    RecommendationStatus,
     Roc,
     TrainingInfo,
 )
@@ -41,6 +44,7 @@ from privacy_gate.subgroups import ColumnResult
 __all__ = [
     "UNDECIDED",
     "Adaptive",
+    "AdaptiveStop",
     "Aggregate",
     "AttackFigures",
     "AuditInfo",
@@ -51,8 +55,10 @@ __all__ = [
     "Distribution",
     "Histogram",
     "Look",
+    "LookOutcome",
     "Plan",
     "Power",
+    "RecommendationStatus",
     "Roc",
     "Rule",
     "Status",

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from privacy_gate.model_files import ModelFiles
 from privacy_gate.report_model.codec import OMIT_NONE, decode, encode
+from privacy_gate.signals import Task
 
 __all__ = [
     "Adaptive",
@@ -75,7 +77,7 @@ class AuditInfo:
     policy_sha256: str
     pseudonyms: str
     target: bool
-    task: str
+    task: Task
     pseudonym_key_id: str | None = field(default=None, metadata=OMIT_NONE)
     model_sha256: str | None = field(default=None, metadata=OMIT_NONE)
     model_files: ModelFiles | None = field(default=None, metadata=OMIT_NONE)
@@ -149,7 +151,7 @@ class DPRecommendation:
     """The DP-SGD retraining remedy. ``status`` is ``recommended`` (every figure set),
     ``not_needed`` (the gate passed) or ``unavailable`` (``reason`` says why)."""
 
-    status: str
+    status: RecommendationStatus
     reason: str
     auc_limit: float | None = field(default=None, metadata=OMIT_NONE)
     auc_limit_source: str | None = field(default=None, metadata=OMIT_NONE)
@@ -175,7 +177,31 @@ class DPRecommendation:
 
     @property
     def recommended(self) -> bool:
-        return self.status == "recommended"
+        return self.status is RecommendationStatus.RECOMMENDED
+
+
+class LookOutcome(str, Enum):
+    """What one look of an adaptive audit settled."""
+
+    FAIL_SETTLED = "fail_settled"
+    PASS_SETTLED = "pass_settled"
+    OPEN = "open"
+
+
+class AdaptiveStop(str, Enum):
+    """How an adaptive audit ended: a settled look, or the maximum K reached unsettled."""
+
+    FAIL_SETTLED = "fail_settled"
+    PASS_SETTLED = "pass_settled"
+    UNSETTLED = "unsettled"
+
+
+class RecommendationStatus(str, Enum):
+    """Whether the report carries a DP-SGD recommendation (``unavailable``: says why)."""
+
+    RECOMMENDED = "recommended"
+    NOT_NEEDED = "not_needed"
+    UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True)
@@ -190,7 +216,7 @@ class Look:
     """
 
     reference_models: int
-    outcome: str
+    outcome: LookOutcome
     violated: tuple[str, ...]
     settled: tuple[str, ...]
 
@@ -214,5 +240,5 @@ class Adaptive:
     fdr_per_look: float
     alpha_per_look: float
     looks: tuple[Look, ...]
-    stopped: str
+    stopped: AdaptiveStop
     reference_models_saved: int
