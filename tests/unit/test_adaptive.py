@@ -140,6 +140,7 @@ def test_at_risk_fdr_holds_across_looks_at_the_boundary(sd_ratio: float) -> None
     assert naive >= 1.5 * settled and naive > settled, (settled, naive)
 
 
+@pytest.mark.slow  # seconds of Monte Carlo or numerics: the full run (CI), not the fast lane
 def test_no_leak_never_settles_a_fail() -> None:
     """Null records (AUC 0.5) under every settle-able rule: 100 audits, no settled fail."""
     plan = AdaptivePlan(round_size=16, max_reference_models=64)

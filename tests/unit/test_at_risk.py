@@ -111,6 +111,7 @@ def _independent_p(
 KNOWN_RATIO_CASES = [(4.0, 1.0, 8, 8), (7.0, 9.0, 8, 8), (9.0, 0.2, 5, 11), (5.0, 3.0, 16, 16)]
 
 
+@pytest.mark.slow  # seconds of Monte Carlo or numerics: the full run (CI), not the fast lane
 @pytest.mark.parametrize(("t", "r", "n1", "n2"), KNOWN_RATIO_CASES)
 def test_the_exact_p_value_at_a_known_ratio_matches_a_double_integral(
     t: float, r: float, n1: int, n2: int
@@ -157,6 +158,7 @@ def test_record_p_values_match_the_definition(n_models: int, seed: int) -> None:
     assert small >= 3  # the comparison covered small p-values, not only the 1s
 
 
+@pytest.mark.slow  # seconds of Monte Carlo or numerics: the full run (CI), not the fast lane
 def test_the_supremum_lies_at_an_interval_endpoint_where_it_matters() -> None:
     """Where p <= 0.5 the exact p-value over the ratio interval peaks at an endpoint, so
     the two endpoints find the supremum a 120-point grid finds."""
@@ -262,6 +264,7 @@ def test_the_issue_example_has_no_false_discovery(seed: int) -> None:
     assert benjamini_hochberg_count(p, 0.05) == 0
 
 
+@pytest.mark.slow  # seconds of Monte Carlo or numerics: the full run (CI), not the fast lane
 def test_formula_size_is_at_most_alpha() -> None:
     for n_in, n_out in [(4, 4), (3, 5), (16, 16), (10, 22), (32, 32)]:
         for alpha in (0.05, 1e-3, BH_FIRST_STEP):

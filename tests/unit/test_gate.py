@@ -380,6 +380,7 @@ def test_too_few_reference_models_names_the_k_needed() -> None:
     assert f"needs at least {needed} reference models" in message
 
 
+@pytest.mark.slow  # seconds of Monte Carlo or numerics: the full run (CI), not the fast lane
 def test_reference_models_for_policy_is_the_largest_power_need() -> None:
     """Each power rule's need, found independently by scanning even K."""
     gate = default_config().gate
@@ -513,6 +514,7 @@ def _reports(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # seconds of Monte Carlo or numerics: the full run (CI), not the fast lane
 @PROPERTY
 @given(report=_reports(), policies=tight_and_loose(), at_risk=st.floats(0.6, 0.99))
 def test_gate_is_monotone_in_its_thresholds_on_hand_built_reports(

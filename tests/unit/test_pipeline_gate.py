@@ -246,6 +246,7 @@ def test_real_report_bh_count_grows_with_fdr() -> None:
     assert counts[1] is not None and counts[1] > 0 and counts[0] < counts[-1]
 
 
+@pytest.mark.slow  # seconds of Monte Carlo or numerics: the full run (CI), not the fast lane
 @PROPERTY
 @given(policies=tight_and_loose())
 def test_gate_is_monotone_in_its_thresholds_on_a_real_report(
@@ -396,6 +397,7 @@ def _assert_close(a: Any, b: Any, path: str = "") -> None:
         assert a == b, (path, a, b)
 
 
+@pytest.mark.slow  # seconds of Monte Carlo or numerics: the full run (CI), not the fast lane
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_audit_is_invariant_to_record_order(seed: int) -> None:
@@ -436,6 +438,7 @@ def test_audit_is_invariant_to_record_order(seed: int) -> None:
     assert other.record_keys == tuple(base.record_keys[i] for i in order)
 
 
+@pytest.mark.slow  # seconds of permutation nulls: the full run (CI), not the fast lane
 def test_noise_floor_is_invariant_to_record_order() -> None:
     """The permutation null is seeded, so a reordered but otherwise identical audit must
     give the same null figures (and hence the same gate)."""
@@ -541,6 +544,7 @@ def _correlated_null_audit(seed: int, k: int = 16) -> AuditResult:
     )
 
 
+@pytest.mark.slow  # 200 audits: the full run (CI), not the fast lane
 def test_null_subgroup_violations_stay_within_alpha_with_correlated_records() -> None:
     """Counting records made a 20-record patient 20 observations: ~15% false subgroup
     violations. By patient, the rule keeps its family-wise level (Bonferroni: at most 5%)."""
