@@ -16,7 +16,7 @@ from privacy_gate.errors import ReportError
 from privacy_gate.render.recommendation import recommendation_lines
 from privacy_gate.report_model import AuditReport
 
-__all__ = ["REMEDIES", "refusal_message", "remedies", "report_location"]
+__all__ = ["REMEDIES", "refusal_message", "remedies", "remedy_lines", "report_location"]
 
 AUDIT_COMMAND = "privacy-gate audit --config audit.yaml"
 
@@ -99,6 +99,15 @@ def remedies(reasons: Sequence[str], report: Any) -> list[str]:
     if not found and reasons:
         found.append(f"Run `{AUDIT_COMMAND}` and register the model it logs.")
     return found
+
+
+def remedy_lines(reasons: Sequence[str], report: Any) -> list[str]:
+    """The "What to do:" block of a refusal: a bullet per remedy, its own indented lines
+    (a recommendation's apply snippets) under it; empty when there is nothing to say."""
+    todo = remedies(reasons, report)
+    if not todo:
+        return []
+    return ["What to do:", *(f"  {line}" if line[:1] == " " else f"  - {line}" for line in todo)]
 
 
 def report_location(run_id: str | None) -> str | None:
