@@ -22,7 +22,7 @@ from privacy_gate.cli.common import (
 from privacy_gate.comparison import AuditComparison, compare_reports
 from privacy_gate.errors import InputError, OutdatedReportError
 from privacy_gate.gate import Status
-from privacy_gate.mlflow.remedies import remedies
+from privacy_gate.mlflow.remedies import remedy_lines
 from privacy_gate.pipeline import check_report
 from privacy_gate.render.comparison import comparison_lines
 from privacy_gate.report import REPORT_FILE, load_report, read_audit_report, write_json
@@ -211,11 +211,8 @@ def _refused(
     if not quiet:
         for reason in refusals:
             print(f"  FAIL audit: {reason}")
-        todo = remedies(refusals, None)
-        if todo:
-            print("What to do:")
-            for line in todo:
-                print(f"  {line}" if line[:1] == " " else f"  - {line}")
+        for line in remedy_lines(refusals, None):
+            print(line)
     return github.Outcome(
         status=Status.FAIL, refusals=tuple(refusals), report_path=report_path, source=source
     )

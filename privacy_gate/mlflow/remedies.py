@@ -138,12 +138,7 @@ def refusal_message(
     Report: runs:/b/privacy_gate/report.html (signed JSON: runs:/b/privacy_gate/report.json)
     """
     lines = [f"{head}:", *(f"  - {reason}" for reason in reasons), *details]
-    todo = remedies(reasons, report)
-    if todo:
-        lines += [
-            "What to do:",
-            *(f"  {line}" if line[:1] == " " else f"  - {line}" for line in todo),
-        ]
+    lines += remedy_lines(reasons, report)
     where = report_location(run_id)
     if where is not None:
         lines.append(f"Report: {where}")
