@@ -29,6 +29,7 @@ from privacy_gate.pseudonyms import Pseudonymizer
 from privacy_gate.report_model import AuditReport
 from privacy_gate.rounds import audit_in_rounds
 from privacy_gate.signals import Signals, make_signals
+from privacy_gate.signing import signing_key_from_environment
 from privacy_gate.training.backends import make_backend, train_reference_models
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.device import AUTO, resolve_device
@@ -287,9 +288,11 @@ def _preflight(
     factory: ModelFactory, data: AuditData, recipe: Recipe, candidate: nn.Module | None
 ) -> dict[str, Any]:
     """Before any model trains: the recipe's loss and the models' outputs fit the task
-    and the labels (`privacy_gate.training.inputs`; the pool was checked when built).
-    The factory's model identity, from the one model built here."""
+    and the labels (`privacy_gate.training.inputs`; the pool was checked when built), and
+    the signing key of the environment, if set, can be read (the report file is signed
+    at the end). The factory's model identity, from the one model built here."""
     check_recipe_loss(recipe.loss, data.task)
+    signing_key_from_environment()  # a key that cannot be read fails now, not after training
     model = init_model(factory, 0)
     if not isinstance(model, nn.Module):
         raise InputError(

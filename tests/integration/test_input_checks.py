@@ -114,3 +114,25 @@ def test_the_probe_forward_keeps_the_callers_rng() -> None:
     assert torch.equal(torch.rand(3), expected)
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_unreadable_signing_key_stops_the_audit_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report file is signed at the end; a key that cannot be read must not cost the
+    training first."""
+    from malformed_pool import make_model
+
+    from privacy_gate.signing import SIGNING_KEY_ENVIRONMENT_VARIABLE
+
+    (tmp_path / "key.pem").write_text("not a key", "utf-8")
+    monkeypatch.setenv(SIGNING_KEY_ENVIRONMENT_VARIABLE, str(tmp_path / "key.pem"))
+    with pytest.raises(InputError, match="not a PEM private key"):
+        run_audit(
+            make_model,
+            load("none"),
+            recipe=Recipe(epochs=1, batch_size=8),
+            reference_models=4,
+            out_dir=tmp_path / "out",
+        )
+    assert not (tmp_path / "out" / ".privacy_gate_cache").exists()
