@@ -548,3 +548,13 @@ def test_configs_are_frozen() -> None:
     config = default_config()
     with pytest.raises(AttributeError):
         config.gate.max_patient_auc = 1.0  # type: ignore[misc]
+
+
+def test_an_unquoted_null_key_is_named_with_the_fix() -> None:
+    """YAML reads `null: auto` as the key None: the error says to quote it, not that the
+    key 'None' is unknown."""
+    data = yaml.safe_load("risk:\n  null: permutation\ngate:\n  max_patient_auc: 0.95\n")
+    with pytest.raises(ConfigError, match=r"'null' in risk must be quoted.*\"null\": permutation"):
+        parse_config(data)
+    quoted = yaml.safe_load('risk:\n  "null": permutation\ngate:\n  max_patient_auc: 0.95\n')
+    assert parse_config(quoted).risk.null.value == "permutation"
