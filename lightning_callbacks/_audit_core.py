@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -289,6 +290,18 @@ def _log_to_mlflow(
                 client=logger.experiment,
                 expected_weights_sha256=None if signed else report.audit.model_sha256,
             )
+        except Exception as exc:  # the audit is logged; only the model's release is lost
+            warnings.warn(
+                f"{OWNER} logged the audit into MLflow run {logger.run_id}, but not the audited "
+                f"{type(module).__name__} ({type(exc).__name__}: {_first_line(exc)}), so no "
+                "version of this run can be promoted through the gated registry. HINT: make "
+                "forward exportable by torch.export (no data-dependent control flow), log the "
+                "module with privacy_gate.mlflow.log_audited_model yourself, or pass "
+                "log_model=False.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return str(logger.run_id)
         finally:
             module.train(was_training)
         _LOG.info(
@@ -305,3 +318,9 @@ def _recipe_device(trainer: Any) -> str:
     other accelerators train reference models with Lightning itself or on the CPU)."""
     device = trainer.strategy.root_device
     return str(device) if device.type in ("cpu", "cuda") else "cpu"
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line, for a one-paragraph warning (torch's run to pages)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__

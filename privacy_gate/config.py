@@ -164,11 +164,12 @@ def _fpr_key(fpr: float) -> str:
 
 
 def _check_keys(section: str, data: Mapping[str, Any], valid: tuple[str, ...]) -> None:
-    if None in data and "null" in valid:  # YAML reads an unquoted `null:` key as None
+    loaded: Mapping[Any, Any] = data  # YAML keys: an unquoted `null:` key is None
+    if None in loaded and "null" in valid:
         raise ConfigError(
             f"The key 'null' in {section} must be quoted in YAML: unquoted, `null:` is YAML's "
             f"empty value, not the key. Got the key None instead. HINT: write "
-            f"'\"null\": {data[None]}'."
+            f"'\"null\": {loaded[None]}'."
         )
     removed = sorted(set(data) & set(_REMOVED_KEYS) - set(valid))
     if removed:

@@ -92,3 +92,41 @@ def test_the_callback_leaves_the_fits_randomness_alone(tmp_path: Path) -> None:
     plain = weights([], tmp_path / "b")
     assert callback.audited_
     assert all(torch.equal(audited[k], plain[k]) for k in plain)
+
+
+def test_a_module_torch_export_refuses_still_has_its_audit_logged(
+    tmp_path: Path, write_config: Any
+) -> None:
+    """The callback logs the audited module for its release; where torch.export cannot
+    trace its forward, the audit is still logged into the run and a warning says that no
+    version of the run can be promoted, with the ways out."""
+    import importlib
+
+    from mlflow.tracking import MlflowClient
+
+    classes = namespace_classes("pytorch_lightning")
+
+    class DataDependent(classes["module"]):  # type: ignore[misc,name-defined]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.net(x)
+            return -y if float(y.sum().item()) > 1e30 else y  # data-dependent: no export
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    loggers = importlib.import_module("pytorch_lightning.loggers")
+    logger = loggers.MLFlowLogger(
+        experiment_name="audits", tracking_uri=uri,
+        artifact_location=(tmp_path / "artifacts").as_uri(),
+    )  # fmt: skip
+    callback = callback_class("pytorch_lightning")(
+        reference_models=4, output_dir=tmp_path / "audit", plots=False, on_fail="warn",
+        patient_ids=PATIENTS, config=write_config("gate:\n  max_patient_auc: 1.0\n"),
+    )  # fmt: skip
+    trainer = classes["pl"].Trainer(
+        max_epochs=1, callbacks=[callback], logger=logger, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"but not the audited DataDependent .*log_model=False"):
+        trainer.fit(DataDependent(), datamodule=classes["data"]())
+    run = MlflowClient(tracking_uri=uri).get_run(logger.run_id)
+    assert run.data.tags["privacy_gate.status"] == "pass"
+    assert callback.status_ == "pass"
