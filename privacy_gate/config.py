@@ -20,7 +20,14 @@ from typing import Any
 
 import yaml
 
-from privacy_gate.errors import ConfigError, check_known_keys, coerce_choice, invalid_value
+from privacy_gate.errors import (
+    ConfigError,
+    bounded_number,
+    check_known_keys,
+    coerce_choice,
+    integer_at_least,
+    invalid_value,
+)
 
 __all__ = [
     "AuditConfig",
@@ -185,49 +192,12 @@ def _check_keys(section: str, data: Mapping[str, Any], valid: tuple[str, ...]) -
     )
 
 
-def _number(
-    section: str,
-    name: str,
-    value: Any,
-    *,
-    lo: float,
-    hi: float,
-    lo_open: bool = False,
-    hi_open: bool = False,
-    expected: str | None = None,
-    hint: str | None = None,
-) -> float:
-    bracket = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
-    expected = expected or f"a number in {bracket}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(invalid_value(name, section, expected, value, hint))
-    try:
-        number = float(value)
-    except OverflowError:
-        raise ConfigError(invalid_value(name, section, expected, value, hint)) from None
-    below = number <= lo if lo_open else number < lo
-    above = number >= hi if hi_open else number > hi
-    if not math.isfinite(number) or below or above:
-        raise ConfigError(invalid_value(name, section, expected, value, hint))
-    return number
-
-
-def _choice(section: str, name: str, value: Any, choices: type[Enum]) -> Any:
-    return coerce_choice(choices, value, name, section)
-
-
-def _integer(section: str, name: str, value: Any, *, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ConfigError(invalid_value(name, section, f"an integer >= {lo}", value))
-    return int(value)
-
-
 def _parse_risk(data: Mapping[str, Any]) -> RiskConfig:
     names = tuple(f.name for f in fields(RiskConfig))
     _check_keys("risk", data, names)
     kwargs: dict[str, Any] = {}
     if "at_risk_auc" in data:
-        kwargs["at_risk_auc"] = _number(
+        kwargs["at_risk_auc"] = bounded_number(
             "risk", "at_risk_auc", data["at_risk_auc"], lo=0.5, hi=1.0, lo_open=True, hi_open=True
         )
     if "fpr" in data:
@@ -243,33 +213,36 @@ def _parse_risk(data: Mapping[str, Any]) -> RiskConfig:
                 )
             )
         values = [
-            _number("risk", "fpr", v, lo=0.0, hi=0.5, lo_open=True, hi_open=True) for v in raw
+            bounded_number("risk", "fpr", v, lo=0.0, hi=0.5, lo_open=True, hi_open=True)
+            for v in raw
         ]
         if len(set(values)) != len(values):
             raise ConfigError(invalid_value("fpr", "risk", "a list without duplicates", raw))
         kwargs["fpr"] = tuple(sorted(values))
     if "tail_quantile" in data:
-        kwargs["tail_quantile"] = _number(
+        kwargs["tail_quantile"] = bounded_number(
             "risk", "tail_quantile", data["tail_quantile"], lo=0.5, hi=1.0, hi_open=True
         )
     if "min_group_size" in data:
-        kwargs["min_group_size"] = _integer("risk", "min_group_size", data["min_group_size"], lo=1)
+        kwargs["min_group_size"] = integer_at_least(
+            "risk", "min_group_size", data["min_group_size"], lo=1
+        )
     if "null" in data:
-        kwargs["null"] = _choice("risk", "null", data["null"], NullChoice)
+        kwargs["null"] = coerce_choice(NullChoice, data["null"], "null", "risk")
     if "variance" in data:
-        kwargs["variance"] = _choice("risk", "variance", data["variance"], VarianceEstimator)
+        kwargs["variance"] = coerce_choice(VarianceEstimator, data["variance"], "variance", "risk")
     if "null_replicates" in data:
-        kwargs["null_replicates"] = _integer(
+        kwargs["null_replicates"] = integer_at_least(
             "risk", "null_replicates", data["null_replicates"], lo=20
         )
     if "null_time_budget_s" in data:
-        kwargs["null_time_budget_s"] = _number(
+        kwargs["null_time_budget_s"] = bounded_number(
             "risk", "null_time_budget_s", data["null_time_budget_s"], lo=0.0, hi=1e7, lo_open=True
         )
     if "seed" in data:
-        kwargs["seed"] = _integer("risk", "seed", data["seed"], lo=0)
+        kwargs["seed"] = integer_at_least("risk", "seed", data["seed"], lo=0)
     if data.get("rmia_offline_a", "auto") != "auto":
-        kwargs["rmia_offline_a"] = _number(
+        kwargs["rmia_offline_a"] = bounded_number(
             "risk",
             "rmia_offline_a",
             data["rmia_offline_a"],
@@ -278,7 +251,7 @@ def _parse_risk(data: Mapping[str, Any]) -> RiskConfig:
             expected="'auto' or a number in [0.0, 1.0]",
         )
     if "rmia_gamma" in data:
-        kwargs["rmia_gamma"] = _number(
+        kwargs["rmia_gamma"] = bounded_number(
             "risk",
             "rmia_gamma",
             data["rmia_gamma"],
@@ -321,7 +294,7 @@ def _parse_tpr_rule(raw: Any, fpr: tuple[float, ...]) -> tuple[tuple[float, floa
                     "add the FPR to risk.fpr or use one already listed",
                 )
             )
-        limit = _number("gate", f"max_aggregate_tpr_at_fpr[{key}]", value, lo=0.0, hi=1.0)
+        limit = bounded_number("gate", f"max_aggregate_tpr_at_fpr[{key}]", value, lo=0.0, hi=1.0)
         pairs.append((next(f for f in fpr if math.isclose(rate, f, rel_tol=1e-9)), limit))
     return tuple(sorted(pairs))
 
@@ -333,20 +306,20 @@ def _parse_gate(data: Mapping[str, Any], risk: RiskConfig) -> GateConfig:
     auc_rules = ("max_patient_auc", "max_aggregate_auc")
     for name in auc_rules:
         if data.get(name) is not None:
-            kwargs[name] = _number("gate", name, data[name], lo=0.5, hi=1.0)
+            kwargs[name] = bounded_number("gate", name, data[name], lo=0.5, hi=1.0)
     for name in ("max_fraction_at_risk",):
         if data.get(name) is not None:
-            kwargs[name] = _number("gate", name, data[name], lo=0.0, hi=1.0)
+            kwargs[name] = bounded_number("gate", name, data[name], lo=0.0, hi=1.0)
     if data.get("max_patients_at_risk") is not None:
-        kwargs["max_patients_at_risk"] = _integer(
+        kwargs["max_patients_at_risk"] = integer_at_least(
             "gate", "max_patients_at_risk", data["max_patients_at_risk"], lo=0
         )
     if data.get("min_reference_models") is not None:
-        kwargs["min_reference_models"] = _integer(
+        kwargs["min_reference_models"] = integer_at_least(
             "gate", "min_reference_models", data["min_reference_models"], lo=2
         )
     if data.get("max_subgroup_relative_change") is not None:
-        kwargs["max_subgroup_relative_change"] = _number(
+        kwargs["max_subgroup_relative_change"] = bounded_number(
             "gate",
             "max_subgroup_relative_change",
             data["max_subgroup_relative_change"],
@@ -354,7 +327,7 @@ def _parse_gate(data: Mapping[str, Any], risk: RiskConfig) -> GateConfig:
             hi=1e9,
         )
     if data.get("max_detectable_auc") is not None:
-        kwargs["max_detectable_auc"] = _number(
+        kwargs["max_detectable_auc"] = bounded_number(
             "gate",
             "max_detectable_auc",
             data["max_detectable_auc"],
@@ -364,7 +337,7 @@ def _parse_gate(data: Mapping[str, Any], risk: RiskConfig) -> GateConfig:
             hint="the smallest AUC the at-risk test must detect lies above risk.at_risk_auc",
         )
     if "detection_power" in data:
-        kwargs["detection_power"] = _number(
+        kwargs["detection_power"] = bounded_number(
             "gate", "detection_power", data["detection_power"], lo=0.5, hi=1.0, hi_open=True
         )
     if data.get("max_aggregate_tpr_at_fpr") is not None:
@@ -372,11 +345,11 @@ def _parse_gate(data: Mapping[str, Any], risk: RiskConfig) -> GateConfig:
             data["max_aggregate_tpr_at_fpr"], risk.fpr
         )
     if "subgroup_alpha" in data:
-        kwargs["subgroup_alpha"] = _number(
+        kwargs["subgroup_alpha"] = bounded_number(
             "gate", "subgroup_alpha", data["subgroup_alpha"], lo=0.0, hi=0.5, lo_open=True
         )
     if "fdr" in data:
-        kwargs["fdr"] = _number("gate", "fdr", data["fdr"], lo=0.0, hi=0.5, lo_open=True)
+        kwargs["fdr"] = bounded_number("gate", "fdr", data["fdr"], lo=0.0, hi=0.5, lo_open=True)
     return GateConfig(**kwargs)
 
 

@@ -7,6 +7,7 @@ shape: "The 'x' parameter of Y must be ... Got ... instead." plus a ``HINT:``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from enum import Enum
 from typing import Any, TypeVar
@@ -17,8 +18,10 @@ __all__ = [
     "OutdatedReportError",
     "PrivacyGateError",
     "ReportError",
+    "bounded_number",
     "check_known_keys",
     "coerce_choice",
+    "integer_at_least",
     "invalid_value",
 ]
 
@@ -94,3 +97,38 @@ def coerce_choice(
     if isinstance(value, str) and value in valid:
         return choices(value)
     raise error(invalid_value(name, owner, f"one of {valid}", value))
+
+
+def bounded_number(
+    section: str,
+    name: str,
+    value: Any,
+    *,
+    lo: float,
+    hi: float,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    expected: str | None = None,
+    hint: str | None = None,
+) -> float:
+    """A finite real number in [lo, hi] (or open ends), never a bool: YAML's `true` is 1."""
+    bracket = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
+    expected = expected or f"a number in {bracket}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(invalid_value(name, section, expected, value, hint))
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ConfigError(invalid_value(name, section, expected, value, hint)) from None
+    below = number <= lo if lo_open else number < lo
+    above = number >= hi if hi_open else number > hi
+    if not math.isfinite(number) or below or above:
+        raise ConfigError(invalid_value(name, section, expected, value, hint))
+    return number
+
+
+def integer_at_least(section: str, name: str, value: Any, *, lo: int) -> int:
+    """An int >= lo; a float such as 5.0 is refused rather than truncated."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(invalid_value(name, section, f"an integer >= {lo}", value))
+    return int(value)
