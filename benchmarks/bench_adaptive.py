@@ -81,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     factory = functools.partial(resolve(job.model, "model"), **job.model_args)
     data = resolve(job.data, "data")(**job.data_args)
     _, patients = data.record_table().patient_index()
-    need = reference_models_for_policy(
-        job.policy.gate, job.policy.risk.at_risk_auc, data.n_records, len(patients)
-    )
+    need = reference_models_for_policy(job.policy, data.n_records, len(patients))
     print(
         f"EHR pool: {data.n_records} records, {len(patients)} patients; "
         f"the power rules need K = {need}"

@@ -239,7 +239,7 @@ def run_fit_audit(
         status=decision.status.value,
         metrics=metrics,
         summary=_summary(result, metrics, out / REPORT_FILE),
-        violations=tuple(v.rule.value for v in decision.violations),
+        violations=tuple(v.rule for v in decision.violations),
         messages=tuple(v.message for v in decision.violations),
         report=str(out / REPORT_FILE),
         report_sha256=hashlib.sha256((out / REPORT_FILE).read_bytes()).hexdigest(),

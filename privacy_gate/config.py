@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from privacy_gate.errors import (
-    ConfigError,
-    bounded_number,
-    check_known_keys,
-    coerce_choice,
-    integer_at_least,
-    invalid_value,
+from privacy_gate.errors import ConfigError, bounded_number, invalid_value
+from privacy_gate.risk_config import (
+    NullChoice,
+    RiskConfig,
+    VarianceEstimator,
+    check_section_keys,
+    parse_risk,
 )
+from privacy_gate.rules import RULES, ParseContext, Policy, patient_auc_limits, policy_keys
 
 __all__ = [
     "AuditConfig",
@@ -41,89 +40,51 @@ __all__ = [
     "read_config_yaml",
 ]
 
-_RULE_KEYS = (
-    "max_patient_auc",
-    "max_patients_at_risk",
-    "max_fraction_at_risk",
-    "max_aggregate_auc",
-    "max_aggregate_tpr_at_fpr",
-    "max_subgroup_relative_change",
-    "min_reference_models",
-    "max_detectable_auc",
-)
-
-_REMOVED_KEYS = {
-    "max_tail_se": (
-        "it averaged the SE of the tail's record AUCs, which is largest where nothing leaks "
-        "(AUC 0.5), so it failed private models and passed leaky ones. HINT: use "
-        "max_detectable_auc (the smallest AUC the at-risk test detects with 80% power)"
-    ),
-}
-"""Keys of older policies, each with why it went and what replaces it."""
-
-
-class NullChoice(str, Enum):
-    """How the noise floor's null distribution is computed (``risk.null``)."""
-
-    AUTO = "auto"
-    PERMUTATION = "permutation"
-    ANALYTIC = "analytic"
-
-
-class VarianceEstimator(str, Enum):
-    """Per-record IN/OUT variances (``risk.variance``): the plain sample variances, or
-    empirical-Bayes shrinkage towards a prior fitted across records (limma's fitFDist)."""
-
-    PLAIN = "plain"
-    SHRUNK = "shrunk"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RiskConfig:
-    """How risk is measured. Changing any of these needs a new audit."""
-
-    at_risk_auc: float = 0.9
-    fpr: tuple[float, ...] = (0.001, 0.01)
-    tail_quantile: float = 0.99
-    min_group_size: int = 20
-    null: NullChoice = NullChoice.AUTO
-    null_replicates: int = 100
-    null_time_budget_s: float = 120.0
-    variance: VarianceEstimator = VarianceEstimator.PLAIN
-    seed: int = 0
-    rmia_offline_a: float | None = None
-    """None: tuned on one reference model (written ``auto``)."""
-    rmia_gamma: float = 2.0
+_SETTINGS = ("subgroup_alpha", "detection_power", "fdr")
+"""The gate section's keys that are not rules: levels the rules share."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class GateConfig:
-    """The release policy. ``None`` means the rule is not checked."""
+    """The release policy: the limit of each rule it checks, by the rule's key
+    (`privacy_gate.rules`; a rule left out is not checked), and the shared levels."""
 
-    max_patient_auc: float | None = None
-    max_patients_at_risk: int | None = None
-    max_fraction_at_risk: float | None = None
-    max_aggregate_auc: float | None = None
-    max_aggregate_tpr_at_fpr: tuple[tuple[float, float], ...] | None = None
-    max_subgroup_relative_change: float | None = None
+    limits: Mapping[str, Any] = field(default_factory=dict)
     subgroup_alpha: float = 0.05
-    min_reference_models: int | None = None
-    max_detectable_auc: float | None = None
     detection_power: float = 0.8
     fdr: float = 0.05
 
-    def active_rules(self) -> tuple[str, ...]:
-        """Names of the rules this policy checks."""
-        return tuple(name for name in _RULE_KEYS if getattr(self, name) is not None)
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.limits) - set(policy_keys()))
+        if unknown:
+            raise ConfigError(
+                invalid_value("limits", "GateConfig", f"keys among {list(policy_keys())}",
+                              unknown, "register a new rule with privacy_gate.rules.register_rule")
+            )  # fmt: skip
+        limits = {k: v for k, v in self.limits.items() if v is not None}
+        object.__setattr__(self, "limits", limits)  # a copy: the caller's dict stays its own
 
-    def patient_auc_limits(self, at_risk_auc: float) -> tuple[float, ...]:
-        """The patient-level AUC limits that the noise floor must sit below."""
-        limits: list[float] = []
-        if self.max_patient_auc is not None:
-            limits.append(self.max_patient_auc)
-        if self.max_patients_at_risk is not None or self.max_fraction_at_risk is not None:
-            limits.append(at_risk_auc)
-        return tuple(limits)
+    def __hash__(self) -> int:
+        return hash((tuple(sorted(self.limits.items())), *(getattr(self, n) for n in _SETTINGS)))
+
+    def limit(self, key: str) -> Any:
+        """The limit of rule ``key``; None when the policy does not check it."""
+        return self.limits.get(key)
+
+    def active_rules(self) -> tuple[str, ...]:
+        """Keys of the rules this policy sets, in the gate's check order."""
+        return tuple(key for key in policy_keys() if key in self.limits)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical JSON: every rule of the first policy schema listed (null when unset,
+        so existing digests hold), a later rule only when set."""
+        data: dict[str, Any] = {
+            key: rule.to_json(self.limits[key]) if key in self.limits else None
+            for key, rule in RULES.items()
+            if rule.in_policy and (rule.listed_when_unset or key in self.limits)
+        }
+        data.update({name: getattr(self, name) for name in _SETTINGS})
+        return data
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,25 +99,36 @@ class AuditConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict that `parse_config` turns back into an equal config."""
-        data = asdict(self)
-        data["subgroups"] = list(self.subgroups)
-        data["record_columns"] = list(self.record_columns)
-        if not self.record_columns:  # absent as before, so existing policy digests hold
-            del data["record_columns"]
+        data: dict[str, Any] = {"subgroups": list(self.subgroups)}
+        if self.record_columns:  # absent when empty, so existing policy digests hold
+            data["record_columns"] = list(self.record_columns)
+        data["risk"] = asdict(self.risk)
         data["risk"]["fpr"] = list(self.risk.fpr)
         data["risk"]["null"] = self.risk.null.value
         data["risk"]["variance"] = self.risk.variance.value
         if self.risk.rmia_offline_a is None:
             data["risk"]["rmia_offline_a"] = "auto"
-        tpr_rule = self.gate.max_aggregate_tpr_at_fpr
-        data["gate"]["max_aggregate_tpr_at_fpr"] = (
-            None if tpr_rule is None else {_fpr_key(f): t for f, t in tpr_rule}
-        )
+        data["gate"] = self.gate.to_dict()
         return data
 
     def sha256(self) -> str:
         """Digest of the normalised config: equal policies have equal digests."""
         return sha256_of_json(self.to_dict())
+
+    def policy(self) -> Policy:
+        """What the gate's rules read: the limits and the shared levels."""
+        return Policy(
+            limits=self.gate.limits,
+            at_risk_auc=self.risk.at_risk_auc,
+            min_group_size=self.risk.min_group_size,
+            fdr=self.gate.fdr,
+            detection_power=self.gate.detection_power,
+            subgroup_alpha=self.gate.subgroup_alpha,
+        )
+
+    def patient_auc_limits(self) -> tuple[float, ...]:
+        """The patient-level AUC limits that the noise floor must sit below."""
+        return patient_auc_limits(self.policy())
 
 
 def sha256_of_json(data: Any) -> str:
@@ -165,192 +137,26 @@ def sha256_of_json(data: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _fpr_key(fpr: float) -> str:
-    """The string key of an FPR in reports and configs ("0.001")."""
-    return repr(float(fpr))
-
-
-def _check_keys(section: str, data: Mapping[str, Any], valid: tuple[str, ...]) -> None:
-    loaded: Mapping[Any, Any] = data  # YAML keys: an unquoted `null:` key is None
-    if None in loaded and "null" in valid:
-        raise ConfigError(
-            f"The key 'null' in {section} must be quoted in YAML: unquoted, `null:` is YAML's "
-            f"empty value, not the key. Got the key None instead. HINT: write "
-            f"'\"null\": {loaded[None]}'."
-        )
-    removed = sorted(set(data) & set(_REMOVED_KEYS) - set(valid))
-    if removed:
-        key = removed[0]
-        raise ConfigError(
-            f"The key {key!r} in {section} is no longer supported: {_REMOVED_KEYS[key]}."
-        )
-    check_known_keys(
-        data,
-        sorted(valid),
-        section,
-        hint="check the spelling; a misspelt rule would silently not be checked.",
-    )
-
-
-def _parse_risk(data: Mapping[str, Any]) -> RiskConfig:
-    names = tuple(f.name for f in fields(RiskConfig))
-    _check_keys("risk", data, names)
-    kwargs: dict[str, Any] = {}
-    if "at_risk_auc" in data:
-        kwargs["at_risk_auc"] = bounded_number(
-            "risk", "at_risk_auc", data["at_risk_auc"], lo=0.5, hi=1.0, lo_open=True, hi_open=True
-        )
-    if "fpr" in data:
-        raw = data["fpr"]
-        if not isinstance(raw, list) or not raw:
-            raise ConfigError(
-                invalid_value(
-                    "fpr",
-                    "risk",
-                    "a non-empty list of numbers in (0, 0.5)",
-                    raw,
-                    "e.g. fpr: [0.001, 0.01]",
-                )
-            )
-        values = [
-            bounded_number("risk", "fpr", v, lo=0.0, hi=0.5, lo_open=True, hi_open=True)
-            for v in raw
-        ]
-        if len(set(values)) != len(values):
-            raise ConfigError(invalid_value("fpr", "risk", "a list without duplicates", raw))
-        kwargs["fpr"] = tuple(sorted(values))
-    if "tail_quantile" in data:
-        kwargs["tail_quantile"] = bounded_number(
-            "risk", "tail_quantile", data["tail_quantile"], lo=0.5, hi=1.0, hi_open=True
-        )
-    if "min_group_size" in data:
-        kwargs["min_group_size"] = integer_at_least(
-            "risk", "min_group_size", data["min_group_size"], lo=1
-        )
-    if "null" in data:
-        kwargs["null"] = coerce_choice(NullChoice, data["null"], "null", "risk")
-    if "variance" in data:
-        kwargs["variance"] = coerce_choice(VarianceEstimator, data["variance"], "variance", "risk")
-    if "null_replicates" in data:
-        kwargs["null_replicates"] = integer_at_least(
-            "risk", "null_replicates", data["null_replicates"], lo=20
-        )
-    if "null_time_budget_s" in data:
-        kwargs["null_time_budget_s"] = bounded_number(
-            "risk", "null_time_budget_s", data["null_time_budget_s"], lo=0.0, hi=1e7, lo_open=True
-        )
-    if "seed" in data:
-        kwargs["seed"] = integer_at_least("risk", "seed", data["seed"], lo=0)
-    if data.get("rmia_offline_a", "auto") != "auto":
-        kwargs["rmia_offline_a"] = bounded_number(
-            "risk",
-            "rmia_offline_a",
-            data["rmia_offline_a"],
-            lo=0.0,
-            hi=1.0,
-            expected="'auto' or a number in [0.0, 1.0]",
-        )
-    if "rmia_gamma" in data:
-        kwargs["rmia_gamma"] = bounded_number(
-            "risk",
-            "rmia_gamma",
-            data["rmia_gamma"],
-            lo=1.0,
-            hi=1e6,
-            lo_open=True,
-            hint="RMIA counts the population records z with LR(x) / LR(z) >= gamma, and x "
-            "itself must never count, so gamma > 1 (the paper uses 2)",
-        )
-    return RiskConfig(**kwargs)
-
-
-def _parse_tpr_rule(raw: Any, fpr: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
-    expected = "a mapping from an FPR listed in risk.fpr to the largest allowed TPR"
-    if not isinstance(raw, Mapping) or not raw:
-        raise ConfigError(
-            invalid_value(
-                "max_aggregate_tpr_at_fpr",
-                "gate",
-                expected,
-                raw,
-                "e.g. max_aggregate_tpr_at_fpr: {0.001: 0.01}",
-            )
-        )
-    pairs: list[tuple[float, float]] = []
-    for key, value in raw.items():
-        try:
-            rate = float(key)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                invalid_value("max_aggregate_tpr_at_fpr", "gate", expected, raw)
-            ) from None
-        if not any(math.isclose(rate, f, rel_tol=1e-9) for f in fpr):
-            raise ConfigError(
-                invalid_value(
-                    "max_aggregate_tpr_at_fpr",
-                    "gate",
-                    f"keyed by FPRs in risk.fpr {list(fpr)}",
-                    key,
-                    "add the FPR to risk.fpr or use one already listed",
-                )
-            )
-        limit = bounded_number("gate", f"max_aggregate_tpr_at_fpr[{key}]", value, lo=0.0, hi=1.0)
-        pairs.append((next(f for f in fpr if math.isclose(rate, f, rel_tol=1e-9)), limit))
-    return tuple(sorted(pairs))
-
-
 def _parse_gate(data: Mapping[str, Any], risk: RiskConfig) -> GateConfig:
-    names = tuple(f.name for f in fields(GateConfig))
-    _check_keys("gate", data, names)
-    kwargs: dict[str, Any] = {}
-    auc_rules = ("max_patient_auc", "max_aggregate_auc")
-    for name in auc_rules:
-        if data.get(name) is not None:
-            kwargs[name] = bounded_number("gate", name, data[name], lo=0.5, hi=1.0)
-    for name in ("max_fraction_at_risk",):
-        if data.get(name) is not None:
-            kwargs[name] = bounded_number("gate", name, data[name], lo=0.0, hi=1.0)
-    if data.get("max_patients_at_risk") is not None:
-        kwargs["max_patients_at_risk"] = integer_at_least(
-            "gate", "max_patients_at_risk", data["max_patients_at_risk"], lo=0
-        )
-    if data.get("min_reference_models") is not None:
-        kwargs["min_reference_models"] = integer_at_least(
-            "gate", "min_reference_models", data["min_reference_models"], lo=2
-        )
-    if data.get("max_subgroup_relative_change") is not None:
-        kwargs["max_subgroup_relative_change"] = bounded_number(
-            "gate",
-            "max_subgroup_relative_change",
-            data["max_subgroup_relative_change"],
-            lo=0.0,
-            hi=1e9,
-        )
-    if data.get("max_detectable_auc") is not None:
-        kwargs["max_detectable_auc"] = bounded_number(
-            "gate",
-            "max_detectable_auc",
-            data["max_detectable_auc"],
-            lo=risk.at_risk_auc,
-            hi=1.0,
-            lo_open=True,
-            hint="the smallest AUC the at-risk test must detect lies above risk.at_risk_auc",
-        )
+    check_section_keys("gate", data, (*policy_keys(), *_SETTINGS))
+    context = ParseContext(at_risk_auc=risk.at_risk_auc, fpr=risk.fpr)
+    limits = {
+        key: RULES[key].parse(data[key], context)
+        for key in policy_keys()
+        if data.get(key) is not None
+    }
+    settings: dict[str, Any] = {}
     if "detection_power" in data:
-        kwargs["detection_power"] = bounded_number(
+        settings["detection_power"] = bounded_number(
             "gate", "detection_power", data["detection_power"], lo=0.5, hi=1.0, hi_open=True
         )
-    if data.get("max_aggregate_tpr_at_fpr") is not None:
-        kwargs["max_aggregate_tpr_at_fpr"] = _parse_tpr_rule(
-            data["max_aggregate_tpr_at_fpr"], risk.fpr
-        )
     if "subgroup_alpha" in data:
-        kwargs["subgroup_alpha"] = bounded_number(
+        settings["subgroup_alpha"] = bounded_number(
             "gate", "subgroup_alpha", data["subgroup_alpha"], lo=0.0, hi=0.5, lo_open=True
         )
     if "fdr" in data:
-        kwargs["fdr"] = bounded_number("gate", "fdr", data["fdr"], lo=0.0, hi=0.5, lo_open=True)
-    return GateConfig(**kwargs)
+        settings["fdr"] = bounded_number("gate", "fdr", data["fdr"], lo=0.0, hi=0.5, lo_open=True)
+    return GateConfig(limits=limits, **settings)
 
 
 def parse_config(data: Any, *, source: str = "config") -> AuditConfig:
@@ -364,7 +170,7 @@ def parse_config(data: Any, *, source: str = "config") -> AuditConfig:
             f"The {source} must be a YAML mapping with keys 'subgroups', 'risk'"
             f" and 'gate'. Got {type(data).__name__} instead."
         )
-    _check_keys(source, data, ("subgroups", "record_columns", "risk", "gate"))
+    check_section_keys(source, data, ("subgroups", "record_columns", "risk", "gate"))
     subgroups_raw = _column_list(source, data, "subgroups", "e.g. subgroups: [sex, race]")
     record_raw = _column_list(source, data, "record_columns", "e.g. record_columns: [scanner]")
     if set(subgroups_raw) & set(record_raw):
@@ -375,12 +181,12 @@ def parse_config(data: Any, *, source: str = "config") -> AuditConfig:
     for section in ("risk", "gate"):
         if data.get(section) is not None and not isinstance(data[section], Mapping):
             raise ConfigError(invalid_value(section, source, "a mapping", data[section]))
-    risk = _parse_risk(data.get("risk") or {})
+    risk = parse_risk(data.get("risk") or {})
     gate = _parse_gate(data.get("gate") or {}, risk)
     if not gate.active_rules():
         raise ConfigError(
             f"The gate section of {source} defines no rule, so nothing would be checked. "
-            f"Valid rules are: {list(_RULE_KEYS)}. HINT: a given config is the whole "
+            f"Valid rules are: {list(policy_keys())}. HINT: a given config is the whole "
             "policy; copy the default policy (privacy-gate policy) and edit it."
         )
     return AuditConfig(

@@ -18,7 +18,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special
 
-from privacy_gate.config import AuditConfig
 from privacy_gate.errors import InputError
 from privacy_gate.record_stats import hanley_mcneil_se
 
@@ -28,7 +27,6 @@ __all__ = [
     "gdp_mu",
     "group_auc",
     "mu_for_auc",
-    "policy_auc_limit",
     "records_above_ceiling",
     "target_mu",
     "tradeoff_auc_ceiling",
@@ -146,22 +144,6 @@ def tradeoff_auc_ceiling(epsilons: ArrayLike, deltas: ArrayLike) -> float:
     f = np.clip(f, 0.0, 1.0)
     integral_lower = float(f[1:].sum() / (ALPHA_GRID_POINTS - 1))  # right Riemann sum
     return float(min(1.0, max(0.5, 1.0 - integral_lower)))
-
-
-def policy_auc_limit(config: AuditConfig) -> tuple[float, str] | None:
-    """The lowest patient-AUC limit the policy enforces, and the key it comes from.
-
-    A policy with ``max_patients_at_risk`` or ``max_fraction_at_risk`` limits patients
-    to ``risk.at_risk_auc``; ``max_patient_auc`` limits the worst patient. None when the
-    policy has no patient-level AUC rule.
-    """
-    candidates: list[tuple[float, str]] = []
-    gate = config.gate
-    if gate.max_patient_auc is not None:
-        candidates.append((gate.max_patient_auc, "gate.max_patient_auc"))
-    if gate.max_patients_at_risk is not None or gate.max_fraction_at_risk is not None:
-        candidates.append((config.risk.at_risk_auc, "risk.at_risk_auc"))
-    return min(candidates) if candidates else None
 
 
 def records_above_ceiling(

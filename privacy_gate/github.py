@@ -189,7 +189,7 @@ def annotation_lines(outcome: Outcome) -> list[str]:
         lines.append(workflow_command("error", reason, title="privacy-gate: audit not accepted"))
     for v in _violations(outcome):
         message = f"{v.message} (value {fmt_value(v.value)}, limit {fmt_value(v.limit)})"
-        lines.append(workflow_command("error", message, title=f"privacy-gate: {v.rule.value}"))
+        lines.append(workflow_command("error", message, title=f"privacy-gate: {v.rule}"))
     for warning in _warnings(outcome):
         lines.append(workflow_command("warning", warning, title="privacy-gate: caveat"))
     if outcome.status is Status.PASS and outcome.report is not None:
@@ -224,7 +224,7 @@ def output_values(outcome: Outcome) -> dict[str, str]:
         "patient_auc_max": _number(None if summary is None else summary.patient_auc.max),
         "patients_at_risk": "" if summary is None else str(summary.patients_at_risk),
         "report_path": outcome.report_path or "",
-        "violations": ",".join(dict.fromkeys(v.rule.value for v in _violations(outcome))),
+        "violations": ",".join(dict.fromkeys(v.rule for v in _violations(outcome))),
         "patients_at_risk_change": _count(diff.patients_at_risk.change if diff else None),
         "newly_at_risk": str(len(diff.newly_at_risk)) if diff and diff.patients_matched else "",
     }
@@ -283,8 +283,7 @@ def _verdict(outcome: Outcome) -> list[Block]:
         violations = _violations(outcome)
         n = len(violations)
         rows = tuple(
-            (Code(v.rule.value), fmt_value(v.value), fmt_value(v.limit), v.message)
-            for v in violations
+            (Code(v.rule), fmt_value(v.value), fmt_value(v.limit), v.message) for v in violations
         )
         blocks += [
             Paragraph((violations_sentence(n),)),

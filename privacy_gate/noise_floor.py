@@ -20,6 +20,7 @@ distribution keeps every record's IN/OUT counts and removes any membership effec
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -31,7 +32,6 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special, stats
 
-from privacy_gate.config import NullChoice
 from privacy_gate.errors import InputError
 from privacy_gate.record_stats import (
     RecordMoments,
@@ -39,6 +39,7 @@ from privacy_gate.record_stats import (
     masked_moments_exact,
     plain_auc,
 )
+from privacy_gate.risk_config import NullChoice
 
 __all__ = [
     "MIN_REPLICATES",
@@ -195,10 +196,12 @@ def _analytic_expected_at_risk(
     return float(np.sum(-np.expm1(per_patient)))
 
 
+@functools.lru_cache(maxsize=256)
 def reference_models_needed(
     n_records: int, limit: float, quantile: float = NULL_QUANTILE
 ) -> int | None:
-    """Smallest even K (each record IN for K/2) whose null-max quantile is below ``limit``.
+    """Smallest even K (each record IN for K/2) whose null-max quantile is below ``limit``
+    (cached: every power rule of a gate asks for it).
 
     >>> reference_models_needed(9105, 0.9)
     36

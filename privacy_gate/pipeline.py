@@ -171,7 +171,7 @@ def audit(
     p_values = patient_p_values(
         record_p_values(stats.moments, risk.at_risk_auc, beta), patient_index, n_patients
     )
-    limits = gate.patient_auc_limits(risk.at_risk_auc)
+    limits = config.patient_auc_limits()
     null_tail = NullTailCounter(n_patients, risk.tail_quantile)
     floor: NoiseFloor = compute_noise_floor(
         signals.scores,
@@ -244,9 +244,7 @@ def audit(
         floor=floor,
         power=power,
         count_pairs=pairs,
-        reference_models_needed=reference_models_for_policy(
-            gate, risk.at_risk_auc, signals.n_records, n_patients
-        ),
+        reference_models_needed=reference_models_for_policy(config, signals.n_records, n_patients),
         subgroups=subgroups,
         aggregate=aggregate,
     )

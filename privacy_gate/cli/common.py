@@ -54,7 +54,7 @@ def print_decision(decision: Decision, report: AuditReport, *, quiet: bool) -> N
     if quiet:
         return
     for violation in decision.violations:
-        print(f"  FAIL {violation.rule.value}: {violation.message}")
+        print(f"  FAIL {violation.rule}: {violation.message}")
     for warning in decision.warnings:
         print(f"  warning: {warning}")
     if decision.status is Status.FAIL:

@@ -55,7 +55,7 @@ def run_promote(args: argparse.Namespace) -> int:
             result.reasons,
             result.report,
             result.run_id,
-            details=[f"  FAIL {v.rule.value}: {v.message}" for v in result.violations],
+            details=[f"  FAIL {v.rule}: {v.message}" for v in result.violations],
         )
     )
     return 1

@@ -22,12 +22,12 @@ from privacy_gate.dp_ceiling import (
     auc_for_mu,
     gdp_auc_ceiling,
     group_auc,
-    policy_auc_limit,
     target_mu,
 )
 from privacy_gate.errors import InputError
 from privacy_gate.gate import reference_models_for_policy
 from privacy_gate.report_model import AuditReport
+from privacy_gate.rules import lowest_patient_auc_limit
 
 __all__ = [
     "dp_schedule",
@@ -138,7 +138,8 @@ def recommend_dp_sgd(
     """The recommendation section for a pipeline that trains on ``dataset_size`` records.
 
     Args:
-        auc_limit: the gate's patient-AUC limit T (see ``policy_auc_limit``).
+        auc_limit: the gate's patient-AUC limit T
+            (`privacy_gate.rules.lowest_patient_auc_limit`).
         max_records_per_patient: the most records one training patient has.
         max_grad_norm: the suggested per-sample clipping norm.
         max_grad_norm_source: how that norm was chosen (one sentence).
@@ -193,9 +194,7 @@ def reaudit_reference_models(report: AuditReport, config: AuditConfig) -> int:
     ``min_reference_models``): the least K at which the adaptive re-audit can pass. The
     report's K when the policy has no power rule or none up to 4096 suffices."""
     audit = report.audit
-    needed = reference_models_for_policy(
-        config.gate, config.risk.at_risk_auc, audit.records, audit.patients
-    )
+    needed = reference_models_for_policy(config, audit.records, audit.patients)
     return needed or audit.reference_models
 
 
@@ -211,7 +210,7 @@ def recommend_for_report(
 ) -> dict[str, Any]:
     """The recommendation for an existing report (e.g. from ``privacy-gate score``, which
     knows nothing of the training recipe): the pipeline's schedule comes from the caller."""
-    limit = policy_auc_limit(config)
+    limit = lowest_patient_auc_limit(config.policy())
     if limit is None:
         return unavailable("the policy has no patient-AUC rule to derive a target from")
     verdict = report.decision.status.value

@@ -89,7 +89,7 @@ def report_tags(report: AuditReport, document: Mapping[str, Any] | None = None) 
     ``document`` is the JSON logged (the signed copy when signed; ``report.to_dict()``
     when None): ``privacy_gate.report_sha256`` is its digest.
     """
-    rules = dict.fromkeys(v.rule.value for v in report.decision.violations)
+    rules = dict.fromkeys(v.rule for v in report.decision.violations)
     violations = ",".join(rules)
     if len(violations) > _VIOLATIONS_TAG_LENGTH:
         violations = violations[: _VIOLATIONS_TAG_LENGTH - 3] + "..."

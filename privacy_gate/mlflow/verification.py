@@ -76,7 +76,7 @@ def audit_refusals(
         return reasons
     audit, decision = typed.audit, typed.decision
     if require_pass and not decision.passed:
-        rules = ", ".join(dict.fromkeys(v.rule.value for v in decision.violations))
+        rules = ", ".join(dict.fromkeys(v.rule for v in decision.violations))
         reasons.append(
             f"the audit did not pass (status {decision.status.value!r}; violated: {rules or '-'})"
         )

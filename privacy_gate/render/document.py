@@ -128,7 +128,7 @@ def _verdict(report: AuditReport) -> Verdict:
         (
             v.message,
             f" (value {fmt_value(v.value)}, limit {fmt_value(v.limit)}; rule ",
-            Code(v.rule.value),
+            Code(v.rule),
             ")",
         )
         for v in violations

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from privacy_gate.report_model.codec import OMIT_NONE, decode, encode
-from privacy_gate.report_model.decision import Decision, Rule, Status, Violation
+from privacy_gate.report_model.decision import Decision, Status, Violation
 from privacy_gate.report_model.figures import (
     Distribution,
     Histogram,
@@ -60,7 +60,6 @@ __all__ = [
     "Power",
     "RecommendationStatus",
     "Roc",
-    "Rule",
     "Status",
     "Summary",
     "Survival",

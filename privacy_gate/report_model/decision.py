@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from privacy_gate.errors import ReportError
 from privacy_gate.report_model.codec import TRANSIENT, decode, encode
 
-__all__ = ["Decision", "Rule", "Status", "Violation"]
+__all__ = ["Decision", "Status", "Violation"]
 
 
 class Status(str, Enum):
@@ -25,26 +26,23 @@ class Status(str, Enum):
         return {Status.PASS: 0, Status.FAIL: 1, Status.ERROR: 2}[self]
 
 
-class Rule(str, Enum):
-    MIN_REFERENCE_MODELS = "min_reference_models"
-    NOISE_FLOOR = "noise_floor"
-    MAX_PATIENT_AUC = "max_patient_auc"
-    MAX_PATIENTS_AT_RISK = "max_patients_at_risk"
-    MAX_FRACTION_AT_RISK = "max_fraction_at_risk"
-    MAX_AGGREGATE_AUC = "max_aggregate_auc"
-    MAX_AGGREGATE_TPR_AT_FPR = "max_aggregate_tpr_at_fpr"
-    MAX_SUBGROUP_RELATIVE_CHANGE = "max_subgroup_relative_change"
-    MAX_DETECTABLE_AUC = "max_detectable_auc"
-
-
 @dataclass(frozen=True)
 class Violation:
-    """One violated rule with the measured value and the policy's limit."""
+    """One violated rule (its key in the registry, `privacy_gate.rules`) with the measured
+    value and the policy's limit."""
 
-    rule: Rule
+    rule: str
     value: Any
     limit: Any
     message: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rule, str) or not self.rule.isidentifier():
+            raise ReportError(
+                f"The 'rule' of a violation must be a rule key (an identifier such as "
+                f"'max_patient_auc'). Got {self.rule!r} instead. HINT: the report was not "
+                "written by privacy-gate; run a new audit."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return encode(self)  # type: ignore[no-any-return]
@@ -79,5 +77,5 @@ class Decision:
         """A one-line verdict for terminals and CI logs."""
         if self.status is Status.PASS:
             return "privacy-gate: PASS"
-        rules = ", ".join(dict.fromkeys(v.rule.value for v in self.violations))
+        rules = ", ".join(dict.fromkeys(v.rule for v in self.violations))
         return f"privacy-gate: {self.status.value.upper()} ({rules})"

@@ -22,7 +22,6 @@ from privacy_gate.config import AuditConfig
 from privacy_gate.dp_ceiling import (
     gdp_auc_ceiling,
     group_auc,
-    policy_auc_limit,
     records_above_ceiling,
 )
 from privacy_gate.errors import InputError
@@ -30,6 +29,7 @@ from privacy_gate.gate import Status
 from privacy_gate.pipeline import AuditResult
 from privacy_gate.report_model import DPRecommendation, DPTraining
 from privacy_gate.report_model.codec import decode
+from privacy_gate.rules import lowest_patient_auc_limit
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.steps import compute_loss
@@ -74,7 +74,7 @@ def _recommendation(
 
     if result.decision.status is Status.PASS:
         return {"status": "not_needed", "reason": "the gate passed"}
-    limit = policy_auc_limit(config)
+    limit = lowest_patient_auc_limit(config.policy())
     if limit is None:
         return unavailable("the policy has no patient-AUC rule to derive a target from")
     members = data.is_member()

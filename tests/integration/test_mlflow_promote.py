@@ -219,7 +219,7 @@ def test_failing_audit_is_refused_with_its_violations(
     v = world.versions["fail"]
     result = _promote(world, "fail")
     _assert_refused(world, v, result, "the audit did not pass")
-    assert "max_patient_auc" in {violation.rule.value for violation in result.violations}
+    assert "max_patient_auc" in {violation.rule for violation in result.violations}
     code = main(
         [
             "promote",

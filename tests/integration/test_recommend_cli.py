@@ -35,7 +35,7 @@ def test_recommend_reads_the_policy_and_patients_beside_the_report(
     assert section["steps"] == 50 and section["sample_rate"] == pytest.approx(0.1)
     assert section["patient_auc_ceiling"] <= 0.9 + 1e-9
     # The default policy's power rules for 200 records of 100 patients (K = 16 audited).
-    needed = reference_models_for_policy(default_config().gate, 0.9, 200, 100)
+    needed = reference_models_for_policy(default_config(), 200, 100)
     assert section["reference_models"] == needed == 40
     assert section["max_grad_norm_source"].startswith("default 1.0")
     assert main([*args, "--epochs", "5", "--max-records-per-patient", "1"]) == 0

@@ -15,17 +15,32 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 
 from privacy_gate.config import AuditConfig, GateConfig, RiskConfig
-from privacy_gate.gate import Decision, Rule, evaluate_gate
+from privacy_gate.gate import Decision, evaluate_gate
 from privacy_gate.pseudonyms import Pseudonymizer
 from privacy_gate.report_model import AuditReport
 
 PSEUDONYMS = Pseudonymizer(key=b"test-key")
 FPR_KEYS = ("0.001", "0.01")
-AGGREGATE_RULES = {Rule.MAX_AGGREGATE_AUC, Rule.MAX_AGGREGATE_TPR_AT_FPR}
+AGGREGATE_RULES = {"max_aggregate_auc", "max_aggregate_tpr_at_fpr"}
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def rules_of(decision: Decision) -> list[Rule]:
+SETTINGS = ("fdr", "subgroup_alpha", "detection_power")
+
+
+def gate_of(**values: Any) -> GateConfig:
+    """A gate policy from rule limits and settings given as keywords (None: unset)."""
+    settings = {k: values.pop(k) for k in SETTINGS if k in values}
+    return GateConfig(limits=values, **settings)
+
+
+def with_limits(config: AuditConfig, **limits: Any) -> AuditConfig:
+    """The config with these rule limits set (None: dropped)."""
+    merged = {**config.gate.limits, **limits}
+    return dataclasses.replace(config, gate=dataclasses.replace(config.gate, limits=merged))
+
+
+def rules_of(decision: Decision) -> list[str]:
     return [v.rule for v in decision.violations]
 
 
@@ -95,7 +110,7 @@ def tight_and_loose(draw: st.DrawFn) -> tuple[GateConfig, GateConfig]:
 
     def build(kwargs: dict[str, Any]) -> GateConfig:
         tpr = kwargs["max_aggregate_tpr_at_fpr"]
-        return GateConfig(
+        return gate_of(
             **{
                 **kwargs,
                 "max_aggregate_tpr_at_fpr": None if tpr is None else tuple(sorted(tpr.items())),

@@ -182,8 +182,8 @@ def test_a_planted_leak_settles_as_a_fail_in_the_first_round_or_two() -> None:
     assert not result.decision.passed
     # at K = 16-32 the power rules are violated too; their messages reflect the final
     # state: the fail is settled, so no advice to train the K the power rules need
-    power = [v for v in result.decision.violations if v.rule.value in _POWER_RULES]
-    assert power, [v.rule.value for v in result.decision.violations]
+    power = [v for v in result.decision.violations if v.rule in _POWER_RULES]
+    assert power, [v.rule for v in result.decision.violations]
     for violation in power:
         assert "needs at least" not in violation.message
         assert f"The fail is settled at K = {used} by" in violation.message
@@ -195,7 +195,12 @@ _POWER_RULES = {"noise_floor", "max_detectable_auc", "min_reference_models"}
 NO_AGGREGATE = dataclasses.replace(
     default_config(),
     gate=dataclasses.replace(
-        default_config().gate, max_aggregate_auc=None, max_aggregate_tpr_at_fpr=None
+        default_config().gate,
+        limits={
+            key: limit
+            for key, limit in default_config().gate.limits.items()
+            if not key.startswith("max_aggregate_")
+        },
     ),
 )
 """The default policy without its rules on the release candidate (no target signals here)."""
@@ -204,7 +209,7 @@ NO_AGGREGATE = dataclasses.replace(
 def test_a_private_model_settles_as_a_pass_at_the_k_the_power_rules_need() -> None:
     n = 300
     config = NO_AGGREGATE
-    needed = reference_models_for_policy(config.gate, config.risk.at_risk_auc, n, n)
+    needed = reference_models_for_policy(config, n, n)
     assert needed is not None and 32 < needed <= 64  # so the looks at 16 and 32 stay open
     reveal, _ = _revealer(np.zeros(n), 256, 1)
     result = audit_in_rounds(reveal, _records(n), config, AdaptivePlan(), pseudonymizer=PSEUDONYMS)

@@ -89,19 +89,19 @@ def test_default_policy_has_documented_values() -> None:
     assert config.subgroups == ()
     assert config.risk == RiskConfig()
     gate = config.gate
-    assert gate.min_reference_models is None  # the power rules derive K from the pool
-    assert gate.max_detectable_auc == 0.999
+    assert gate.limit("min_reference_models") is None  # the power rules derive K from the pool
+    assert gate.limit("max_detectable_auc") == 0.999
     assert gate.detection_power == 0.8
-    assert gate.max_patient_auc == 0.95
-    assert gate.max_patients_at_risk == 0
+    assert gate.limit("max_patient_auc") == 0.95
+    assert gate.limit("max_patients_at_risk") == 0
     assert gate.fdr == 0.05
-    assert gate.max_aggregate_auc == 0.6
-    assert gate.max_aggregate_tpr_at_fpr == ((0.001, 0.01),)
+    assert gate.limit("max_aggregate_auc") == 0.6
+    assert gate.limit("max_aggregate_tpr_at_fpr") == ((0.001, 0.01),)
     # No subgroup rule: the default names no subgroup columns, and the rule fails closed
     # without them.
-    assert gate.max_subgroup_relative_change is None
+    assert gate.limit("max_subgroup_relative_change") is None
     assert gate.subgroup_alpha == 0.05
-    assert gate.max_fraction_at_risk is None
+    assert gate.limit("max_fraction_at_risk") is None
     assert set(gate.active_rules()) == {
         "max_detectable_auc",
         "max_patient_auc",
@@ -323,7 +323,7 @@ def test_tpr_rule_keyed_by_an_fpr_not_in_risk_fpr() -> None:
     config = parse_config(
         {"risk": {"fpr": [0.05]}, "gate": {"max_aggregate_tpr_at_fpr": {0.05: 0.1}}}
     )
-    assert config.gate.max_aggregate_tpr_at_fpr == ((0.05, 0.1),)
+    assert config.gate.limit("max_aggregate_tpr_at_fpr") == ((0.05, 0.1),)
 
 
 def test_tpr_rule_bad_limit_names_the_key() -> None:
@@ -336,7 +336,7 @@ def test_tpr_rule_bad_limit_names_the_key() -> None:
 
 def test_tpr_rule_string_keys_are_accepted() -> None:
     config = parse_config({"gate": {"max_aggregate_tpr_at_fpr": {"0.01": 0.2, "1e-3": 0.05}}})
-    assert config.gate.max_aggregate_tpr_at_fpr == ((0.001, 0.05), (0.01, 0.2))
+    assert config.gate.limit("max_aggregate_tpr_at_fpr") == ((0.001, 0.05), (0.01, 0.2))
 
 
 @pytest.mark.parametrize(
@@ -431,8 +431,8 @@ def test_full_config_values() -> None:
     config = _full_config()
     assert config.subgroups == ("sex", "site")
     assert config.risk.fpr == (0.001, 0.01, 0.05)
-    assert config.gate.max_aggregate_tpr_at_fpr == ((0.001, 0.02), (0.05, 0.2))
-    assert config.gate.patient_auc_limits(config.risk.at_risk_auc) == (0.97, 0.8)
+    assert config.gate.limit("max_aggregate_tpr_at_fpr") == ((0.001, 0.02), (0.05, 0.2))
+    assert config.patient_auc_limits() == (0.97, 0.8)
 
 
 _fprs = st.lists(
@@ -547,7 +547,7 @@ def test_empty_file_is_not_a_policy(tmp_path: Path) -> None:
 def test_configs_are_frozen() -> None:
     config = default_config()
     with pytest.raises(AttributeError):
-        config.gate.max_patient_auc = 1.0  # type: ignore[misc]
+        config.gate.fdr = 1.0  # type: ignore[misc]
 
 
 def test_an_unquoted_null_key_is_named_with_the_fix() -> None:

@@ -6,19 +6,16 @@ import math
 
 import numpy as np
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
-from privacy_gate.config import parse_config
 from privacy_gate.dp_ceiling import (
     auc_for_mu,
     gdp_auc_ceiling,
     gdp_mu,
     group_auc,
     mu_for_auc,
-    policy_auc_limit,
     records_above_ceiling,
     target_mu,
     tradeoff_auc_ceiling,
@@ -102,19 +99,6 @@ def test_target_mu_undoes_group_privacy() -> None:
         target_mu(0.9, 0)
     with pytest.raises(InputError):
         mu_for_auc(1.0)
-
-
-def test_policy_auc_limit_is_the_lowest_patient_rule() -> None:
-    both = parse_config(
-        yaml.safe_load(
-            "risk: {at_risk_auc: 0.8}\ngate: {max_patient_auc: 0.95, max_patients_at_risk: 0}"
-        )
-    )
-    assert policy_auc_limit(both) == (0.8, "risk.at_risk_auc")
-    worst_only = parse_config({"gate": {"max_patient_auc": 0.92}})
-    assert policy_auc_limit(worst_only) == (0.92, "gate.max_patient_auc")
-    aggregate_only = parse_config({"gate": {"max_aggregate_auc": 0.6}})
-    assert policy_auc_limit(aggregate_only) is None
 
 
 def test_records_above_ceiling_is_a_bonferroni_score_test() -> None:

@@ -21,6 +21,7 @@ from gate_helpers import (
     rules_of,
     tight_and_loose,
     typed_report,
+    with_limits,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,9 +29,10 @@ from hypothesis import strategies as st
 from privacy_gate.at_risk import detectable_auc
 from privacy_gate.config import GateConfig, RiskConfig, default_config, parse_config
 from privacy_gate.errors import ReportError
-from privacy_gate.gate import Rule, Status, reference_models_for_policy
+from privacy_gate.gate import Status, reference_models_for_policy
 from privacy_gate.noise_floor import reference_models_needed
 from privacy_gate.report import load_report
+from privacy_gate.rules import RULES
 
 # --- hand-built reports ------------------------------------------------------------------
 
@@ -136,47 +138,45 @@ def _attacks(auc: float = 0.55, tpr_001: float = 0.002, tpr_01: float = 0.012) -
 
 
 ISOLATED = [
-    pytest.param({"audit.reference_models": 16}, Rule.MIN_REFERENCE_MODELS, 16, 32, id="min_k"),
+    pytest.param({"audit.reference_models": 16}, "min_reference_models", 16, 32, id="min_k"),
     pytest.param(
         {"summary.noise_floor": {"max_patient_auc_q95": 0.92}},
-        Rule.NOISE_FLOOR,
+        "noise_floor",
         0.92,
         0.9,
         id="noise_floor",
     ),
+    pytest.param({"summary.patient_auc": {"max": 0.97}}, "max_patient_auc", 0.97, 0.95, id="auc"),
     pytest.param(
-        {"summary.patient_auc": {"max": 0.97}}, Rule.MAX_PATIENT_AUC, 0.97, 0.95, id="auc"
-    ),
-    pytest.param(
-        {"summary.at_risk_p_values": [1e-9] * 11}, Rule.MAX_PATIENTS_AT_RISK, 11, 10, id="count"
+        {"summary.at_risk_p_values": [1e-9] * 11}, "max_patients_at_risk", 11, 10, id="count"
     ),
     pytest.param(
         {"audit.patients": 500, "audit.records": 1000, "summary.at_risk_p_values": [1e-9] * 6},
-        Rule.MAX_FRACTION_AT_RISK,
+        "max_fraction_at_risk",
         6 / 500,
         0.01,
         id="fraction",
     ),
     pytest.param(
-        {"aggregate.attacks": _attacks(auc=0.65)}, Rule.MAX_AGGREGATE_AUC, 0.65, 0.6, id="agg_auc"
+        {"aggregate.attacks": _attacks(auc=0.65)}, "max_aggregate_auc", 0.65, 0.6, id="agg_auc"
     ),
     pytest.param(
         {"aggregate.attacks": _attacks(tpr_001=0.05)},
-        Rule.MAX_AGGREGATE_TPR_AT_FPR,
+        "max_aggregate_tpr_at_fpr",
         {"0.001": 0.05},
         {"0.001": 0.01},
         id="agg_tpr",
     ),
     pytest.param(
         {"subgroups.sex.groups.F": _group(1.5, 0.001)},
-        Rule.MAX_SUBGROUP_RELATIVE_CHANGE,
+        "max_subgroup_relative_change",
         1.5,
         1.0,
         id="subgroup",
     ),
     pytest.param(
         {"summary.power": {"count_pairs": [[8, 8, 10_000]]}},
-        Rule.MAX_DETECTABLE_AUC,
+        "max_detectable_auc",
         _detectable(16),
         0.999,
         id="detectable",
@@ -184,9 +184,14 @@ ISOLATED = [
 ]
 
 
+def test_every_registered_rule_has_an_isolated_case() -> None:
+    """A rule added to the registry needs its case here (the contract the gate keeps)."""
+    assert {case.values[1] for case in ISOLATED} == set(RULES)
+
+
 @pytest.mark.parametrize(("changes", "rule", "value", "limit"), ISOLATED)
 def test_each_rule_violated_in_isolation(
-    changes: dict[str, Any], rule: Rule, value: Any, limit: Any
+    changes: dict[str, Any], rule: str, value: Any, limit: Any
 ) -> None:
     decision = decide(_report(**changes), ALL_RULES)
     assert decision.status is Status.FAIL
@@ -198,8 +203,8 @@ def test_each_rule_violated_in_isolation(
     assert violation.message
     as_dict = decision.to_dict()
     assert as_dict["status"] == "fail"
-    assert as_dict["violations"][0]["rule"] == rule.value
-    assert decision.one_line() == f"privacy-gate: FAIL ({rule.value})"
+    assert as_dict["violations"][0]["rule"] == rule
+    assert decision.one_line() == f"privacy-gate: FAIL ({rule})"
 
 
 def test_a_rule_left_out_is_not_checked() -> None:
@@ -221,10 +226,10 @@ def test_every_violation_is_collected() -> None:
     )
     decision = decide(report, ALL_RULES)
     assert set(rules_of(decision)) == {
-        Rule.MIN_REFERENCE_MODELS,
-        Rule.MAX_PATIENT_AUC,
-        Rule.MAX_DETECTABLE_AUC,
-        Rule.MAX_AGGREGATE_AUC,
+        "min_reference_models",
+        "max_patient_auc",
+        "max_detectable_auc",
+        "max_aggregate_auc",
     }
 
 
@@ -252,19 +257,19 @@ def test_evaluate_gate_does_not_mutate_the_report() -> None:
 @pytest.mark.parametrize(
     ("gate", "expected"),
     [
-        ({"max_aggregate_auc": 0.6}, {Rule.MAX_AGGREGATE_AUC: 0.6}),
+        ({"max_aggregate_auc": 0.6}, {"max_aggregate_auc": 0.6}),
         (
             {"max_aggregate_tpr_at_fpr": {0.001: 0.01}},
-            {Rule.MAX_AGGREGATE_TPR_AT_FPR: {"0.001": 0.01}},
+            {"max_aggregate_tpr_at_fpr": {"0.001": 0.01}},
         ),
         (
             {"max_aggregate_auc": 0.6, "max_aggregate_tpr_at_fpr": {0.001: 0.01}},
-            {Rule.MAX_AGGREGATE_AUC: 0.6, Rule.MAX_AGGREGATE_TPR_AT_FPR: {"0.001": 0.01}},
+            {"max_aggregate_auc": 0.6, "max_aggregate_tpr_at_fpr": {"0.001": 0.01}},
         ),
     ],
     ids=["auc", "tpr", "both"],
 )
-def test_missing_aggregate_fails_closed(gate: dict[str, Any], expected: dict[Rule, Any]) -> None:
+def test_missing_aggregate_fails_closed(gate: dict[str, Any], expected: dict[str, Any]) -> None:
     """Every aggregate rule the policy checks is reported, each with its own limit."""
     decision = decide(_report(aggregate=None), parse_config({"gate": gate}))
     assert decision.status is Status.FAIL
@@ -282,7 +287,7 @@ def test_missing_aggregate_without_aggregate_rule_passes() -> None:
 def test_tpr_at_an_fpr_the_audit_lacks_fails_closed() -> None:
     attacks = {"lira_online": {"auc": 0.55, "tpr_at_fpr": {"0.01": 0.0}}}
     decision = decide(_report(**{"aggregate.attacks": attacks}), ALL_RULES)
-    assert rules_of(decision) == [Rule.MAX_AGGREGATE_TPR_AT_FPR]
+    assert rules_of(decision) == ["max_aggregate_tpr_at_fpr"]
     assert decision.violations[0].value is None
     assert "0.001" in decision.violations[0].message
 
@@ -297,7 +302,7 @@ def test_missing_power_fails_closed(power: Any) -> None:
     else:
         report["summary"]["power"] = power
     decision = decide(report, ALL_RULES)
-    assert rules_of(decision) == [Rule.MAX_DETECTABLE_AUC]
+    assert rules_of(decision) == ["max_detectable_auc"]
     assert decision.violations[0].value is None
     assert "does not state its IN/OUT counts" in decision.violations[0].message
 
@@ -331,7 +336,7 @@ SMALL_AND_LARGE = {"rare": _group(0.5, 0.5, size=500), "common": _group(-0.05, 0
 )
 def test_subgroup_rule_without_evidence_fails_closed(subgroups: Any, reason: str) -> None:
     decision = decide(_report(subgroups=subgroups), ALL_RULES)
-    assert rules_of(decision) == [Rule.MAX_SUBGROUP_RELATIVE_CHANGE]
+    assert rules_of(decision) == ["max_subgroup_relative_change"]
     assert decision.violations[0].value is None
     assert reason in decision.violations[0].message
     assert "HINT" in decision.violations[0].message or reason == "holds no patient"
@@ -354,7 +359,7 @@ def test_subgroup_needs_significance_after_bonferroni() -> None:
         }
 
     assert rules_of(decide(_report(subgroups=column(3.0, 0.04)), ALL_RULES)) == [
-        Rule.MAX_SUBGROUP_RELATIVE_CHANGE
+        "max_subgroup_relative_change"
     ]
     assert decide(_report(subgroups=column(3.0, 0.06)), ALL_RULES).passed
     # A large change that is not significant passes; a significant small one too.
@@ -371,9 +376,9 @@ def test_subgroup_needs_significance_after_bonferroni() -> None:
 def test_too_few_reference_models_names_the_k_needed() -> None:
     report = _report(**{"audit.reference_models": 8, "audit.records": 3000})
     decision = decide(report, ALL_RULES)
-    assert rules_of(decision) == [Rule.MIN_REFERENCE_MODELS]
+    assert rules_of(decision) == ["min_reference_models"]
     message = decision.violations[0].message
-    needed = reference_models_for_policy(ALL_RULES.gate, 0.9, 3000, 5000)
+    needed = reference_models_for_policy(ALL_RULES, 3000, 5000)
     assert needed is not None and needed % 2 == 0 and 32 <= needed <= 4096
     assert needed >= reference_models_needed(3000, 0.9)  # type: ignore[operator]
     assert "requires 32" in message
@@ -383,20 +388,22 @@ def test_too_few_reference_models_names_the_k_needed() -> None:
 @pytest.mark.slow  # seconds of Monte Carlo or numerics: the full run (CI), not the fast lane
 def test_reference_models_for_policy_is_the_largest_power_need() -> None:
     """Each power rule's need, found independently by scanning even K."""
-    gate = default_config().gate
+    config = default_config()
+    gate = config.gate
     for n in (500, 9105, 20_000):
         floor_need = reference_models_needed(n, 0.9)
         detect_need = next(
-            k for k in range(4, 4097, 2) if _detectable(k, n) <= gate.max_detectable_auc
+            k for k in range(4, 4097, 2) if _detectable(k, n) <= gate.limit("max_detectable_auc")
         )
-        assert reference_models_for_policy(gate, 0.9, n, n) == max(floor_need, detect_need)
+        assert reference_models_for_policy(config, n, n) == max(floor_need, detect_need)
     # The issue's pool: K = 64 suffices for 9,105 patients under the default policy.
-    assert reference_models_for_policy(gate, 0.9, 9105, 9105) <= 64  # type: ignore[operator]
-    assert reference_models_for_policy(replace(gate, max_detectable_auc=None), 0.9, 9105, 9105) == (
+    assert reference_models_for_policy(config, 9105, 9105) <= 64  # type: ignore[operator]
+    no_detectable = with_limits(config, max_detectable_auc=None)
+    assert reference_models_for_policy(no_detectable, 9105, 9105) == (
         reference_models_needed(9105, 0.9)
     )
-    looser = GateConfig(max_aggregate_auc=0.6)  # no patient-level and no power rule
-    assert reference_models_for_policy(looser, 0.9, 9105, 9105) == 0
+    looser = parse_config({"gate": {"max_aggregate_auc": 0.6}})  # no patient or power rule
+    assert reference_models_for_policy(looser, 9105, 9105) == 0
 
 
 def test_reference_models_needed_grows_with_the_pool_and_a_stricter_limit() -> None:
@@ -413,7 +420,7 @@ def test_reference_models_needed_grows_with_the_pool_and_a_stricter_limit() -> N
 def test_noise_floor_at_or_above_the_lowest_limit_fails(floor: float, fails: bool) -> None:
     report = _report(**{"summary.noise_floor": {"max_patient_auc_q95": floor}})
     decision = decide(report, ALL_RULES)  # limits 0.95 and at_risk_auc 0.9
-    assert (rules_of(decision) == [Rule.NOISE_FLOOR]) is fails
+    assert (rules_of(decision) == ["noise_floor"]) is fails
     assert decision.passed is not fails
     if fails:
         violation = decision.violations[0]
@@ -426,13 +433,13 @@ def test_noise_floor_limit_is_the_lowest_patient_limit() -> None:
     report = _report(**{"summary.noise_floor": {"max_patient_auc_q95": 0.86}})
     config = parse_config({"risk": {"at_risk_auc": 0.9}, "gate": {"max_patient_auc": 0.85}})
     decision = decide(report, config)
-    assert rules_of(decision) == [Rule.NOISE_FLOOR]
+    assert rules_of(decision) == ["noise_floor"]
     assert decision.violations[0].limit == 0.85
     # at_risk_auc counts only when a rule uses it.
     config = parse_config({"risk": {"at_risk_auc": 0.8}, "gate": {"max_patient_auc": 0.9}})
     assert decide(report, config).passed
     config = parse_config({"risk": {"at_risk_auc": 0.8}, "gate": {"max_fraction_at_risk": 0.5}})
-    assert rules_of(decide(report, config)) == [Rule.NOISE_FLOOR]
+    assert rules_of(decide(report, config)) == ["noise_floor"]
 
 
 def test_noise_floor_is_not_checked_without_patient_level_rules() -> None:
@@ -528,10 +535,10 @@ def test_a_small_group_cannot_hold_the_whole_tail() -> None:
     can show is 10 of 30 (+33%, binomial p = 0.29 x 2 tests), never significant, so the
     column is untestable and the rule fails closed. Assuming all 30 tail patients in the
     group (p = 0.25^30) called it testable and passed it."""
-    strict = replace(ALL_RULES, gate=replace(ALL_RULES.gate, max_subgroup_relative_change=0.2))
+    strict = with_limits(ALL_RULES, max_subgroup_relative_change=0.2)
     groups = {"rare": _group(0.3, 0.5, size=10), "common": _group(-0.1, 0.9, size=30)}
     decision = decide(_report(subgroups={"site": _column(30, **groups)}), strict)
-    assert rules_of(decision) == [Rule.MAX_SUBGROUP_RELATIVE_CHANGE]
+    assert rules_of(decision) == ["max_subgroup_relative_change"]
     assert "even 10 of them in group 'rare' would not be significant" in (
         decision.violations[0].message
     )
@@ -540,14 +547,14 @@ def test_a_small_group_cannot_hold_the_whole_tail() -> None:
 @pytest.mark.parametrize(
     ("changes", "rule"),
     [
-        ({"summary.noise_floor": {"max_patient_auc_q95": math.nan}}, Rule.NOISE_FLOOR),
-        ({"summary.patient_auc": {"max": math.nan}}, Rule.MAX_PATIENT_AUC),
-        ({"aggregate.attacks": _attacks(auc=math.nan)}, Rule.MAX_AGGREGATE_AUC),
-        ({"aggregate.attacks": _attacks(tpr_001=math.nan)}, Rule.MAX_AGGREGATE_TPR_AT_FPR),
+        ({"summary.noise_floor": {"max_patient_auc_q95": math.nan}}, "noise_floor"),
+        ({"summary.patient_auc": {"max": math.nan}}, "max_patient_auc"),
+        ({"aggregate.attacks": _attacks(auc=math.nan)}, "max_aggregate_auc"),
+        ({"aggregate.attacks": _attacks(tpr_001=math.nan)}, "max_aggregate_tpr_at_fpr"),
     ],
     ids=["floor", "patient", "aggregate-auc", "aggregate-tpr"],
 )
-def test_a_nan_figure_never_passes_its_rule(changes: dict[str, Any], rule: Rule) -> None:
+def test_a_nan_figure_never_passes_its_rule(changes: dict[str, Any], rule: str) -> None:
     """NaN compares False with every limit; written as "value > limit" it would pass."""
     assert rule in rules_of(decide(_report(**changes), ALL_RULES))
 
@@ -556,7 +563,7 @@ def test_a_nan_attack_cannot_hide_a_stronger_one() -> None:
     attacks = {"a": {"auc": math.nan, "tpr_at_fpr": {}}, "b": {"auc": 0.9, "tpr_at_fpr": {}}}
     config = parse_config({"gate": {"max_aggregate_auc": 0.6}})
     (violation,) = decide(_report(**{"aggregate.attacks": attacks}), config).violations
-    assert violation.rule is Rule.MAX_AGGREGATE_AUC and math.isnan(violation.value)
+    assert violation.rule == "max_aggregate_auc" and math.isnan(violation.value)
 
 
 def test_a_report_without_patients_is_an_error_not_a_division() -> None:

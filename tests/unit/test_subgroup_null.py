@@ -15,10 +15,9 @@ from privacy_gate.config import parse_config
 from privacy_gate.metrics import report_metrics
 from privacy_gate.null_tail import NullTailCounter, analytic_tail_chance, pooled_by_records
 from privacy_gate.records import MISSING
-from privacy_gate.report_model import Rule
 from privacy_gate.subgroups import GroupStatus, analyse_subgroups, record_level
 
-RULE = Rule.MAX_SUBGROUP_RELATIVE_CHANGE
+RULE = "max_subgroup_relative_change"
 
 
 def _policy(columns: dict[str, list[str]], **risk: Any) -> Any:
