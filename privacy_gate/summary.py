@@ -83,11 +83,11 @@ def _aggregate(result: AggregateResult | None) -> Aggregate | None:
     return Aggregate(
         members=result.members,
         non_members=result.non_members,
-        strongest=result.strongest.value,
-        rmia_offline_a=result.rmia_offline_a,
-        rmia_offline_a_source=result.rmia_offline_a_source,
+        strongest=result.strongest,
+        rmia_offline_a=result.parameters.get("rmia_offline_a"),
+        rmia_offline_a_source=result.parameters.get("rmia_offline_a_source"),
         attacks={
-            attack.value: AttackFigures(
+            attack: AttackFigures(
                 auc=_finite(r.auc),
                 tpr_at_fpr={repr(f): _finite(t) for f, t in r.tpr_at_fpr.items()},
                 roc=Roc(tuple(r.roc_fpr.tolist()), tuple(r.roc_tpr.tolist())),
