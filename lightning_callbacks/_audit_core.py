@@ -30,8 +30,8 @@ from privacy_gate.metrics import trainer_metrics
 from privacy_gate.pipeline import AuditResult
 from privacy_gate.report import REPORT_FILE
 from privacy_gate.report_model import AuditReport
-from privacy_gate.training.audit import Backend, run_audit
-from privacy_gate.training.backends import make_backend
+from privacy_gate.training.audit import run_audit
+from privacy_gate.training.backends import BACKENDS, backend_spec, make_backend
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.inputs import check_model_outputs
 
@@ -135,10 +135,8 @@ def check_fit(trainer: Any, module: Any, settings: AuditSettings) -> None:
             "single-device Trainer with this callback) in one process."
         )
     factory = module_factory(module, settings.model_factory)
-    if settings.backend is Backend.RAY:  # fail before training, not after it
-        from privacy_gate.training.ray_backend import check_picklable
-
-        check_picklable(f"{OWNER}'s model factory ({type(module).__name__})", factory)
+    spec = backend_spec(settings.backend, OWNER, ConfigError)  # fail before training
+    spec.check_factory(factory, f"{OWNER}'s model factory ({type(module).__name__})")
 
 
 def prepare_fit(trainer: Any, module: Any, settings: AuditSettings) -> AuditData:
@@ -186,17 +184,12 @@ def run_fit_audit(
     )
     if dp is not None:  # reference models train with the same DP-SGD recipe
         recipe = dataclasses.replace(recipe, dp=dp.settings)
-    backend = settings.backend
-    if reason is not None and backend not in (Backend.SEQUENTIAL, Backend.RAY):
-        if backend is Backend.BATCHED:
-            raise ConfigError(
-                f"The 'backend' parameter of {OWNER} is 'batched' but this fit cannot be "
-                f"trained as a batched ensemble: {reason}. HINT: use backend='auto'."
-            )
-        _LOG.info("Training reference models with Lightning, one at a time: %s.", reason)
-        backend = Backend.SEQUENTIAL
-    # On Ray, the recipe's batched groups when it allows, else one Trainer per task.
-    lightning_fit = backend is not Backend.RAY or reason is not None
+    plan = backend_spec(settings.backend, OWNER, ConfigError).fit_plan(reason, OWNER)
+    options = {  # an 'auto' fit that trains one model at a time keeps what applies
+        name: value
+        for name, value in settings.backend_options.items()
+        if name in BACKENDS[plan.backend].options
+    }
     train_fn = make_train_fn(
         trainer_class,
         trainer_settings,
@@ -205,10 +198,10 @@ def run_fit_audit(
         batch_size=recipe.batch_size,
         root_dir=out,
         callbacks=None if dp is None else (lambda seed: [dp.reference_copy(seed)]),
-    ) if lightning_fit else None  # fmt: skip
+    ) if plan.train_fn else None  # fmt: skip
     _LOG.info(
         "Auditing %s: %s reference models on %d records (backend %s); report in %s.",
-        type(module).__name__, settings.reference_models, data.n_records, backend.value, out,
+        type(module).__name__, settings.reference_models, data.n_records, plan.backend, out,
     )  # fmt: skip
     result = run_audit(
         factory,
@@ -216,7 +209,7 @@ def run_fit_audit(
         recipe=recipe,
         config=settings.config,
         reference_models=settings.reference_models,
-        backend=make_backend(backend, ray=settings.ray),
+        backend=make_backend(plan.backend, **options),
         seed=settings.seed,
         candidate=module,
         out_dir=out,

@@ -9,7 +9,6 @@ a ``HINT:``.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,8 +26,7 @@ from privacy_gate.config import AuditConfig, default_config, load_config
 from privacy_gate.errors import ConfigError, PrivacyGateError, invalid_value
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
 from privacy_gate.signals import Task
-from privacy_gate.training.audit import Backend
-from privacy_gate.training.ray_backend import RayOptions, parse_ray_options
+from privacy_gate.training.backends import backend_spec, parse_backend_options
 
 __all__ = ["AuditSettings", "Metadata", "OnFail", "validate_settings"]
 
@@ -56,14 +54,16 @@ class AuditSettings:
     patient_ids: Metadata | None
     subgroups: Mapping[str, Metadata]
     reference_models: int | AdaptivePlan
-    backend: Backend
+    backend: str
+    """A registered backend's name (`privacy_gate.training.backends`)."""
     seed: int
     on_fail: OnFail
     output_dir: Path | None
     model_factory: Callable[[], nn.Module] | None
     task: Task
     plots: bool
-    ray: RayOptions | None = None
+    backend_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """The backend's options, parsed by the backend."""
     log_model: bool = True
 
 
@@ -115,23 +115,19 @@ def _metadata(name: str, value: Any) -> Metadata:
     )
 
 
-def _ray_options(value: Any, backend: Backend) -> RayOptions | None:
-    if backend is Backend.RAY and importlib.util.find_spec("ray") is None:
-        raise _error("backend", "a backend whose packages are installed", backend.value,
-                     "pip install 'privacy-gate[ray]'.")  # fmt: skip
-    if value is None:
-        return RayOptions() if backend is Backend.RAY else None
-    if backend is not Backend.RAY:
-        raise _error("ray", "None unless backend='ray'", value, "pass backend='ray'.")
-    if isinstance(value, RayOptions):
-        return value
-    if isinstance(value, Mapping):
-        try:
-            return parse_ray_options(value)
-        except ConfigError as exc:
-            raise _error("ray", "RayOptions or a mapping of its fields", dict(value),
-                         str(exc)) from None  # fmt: skip
-    raise _error("ray", "a RayOptions, a mapping of its fields, or None", value)
+def _backend_options(backend: str, options: Any, ray: Any) -> dict[str, Any]:
+    """``backend_options``, with ``ray=`` (the shortcut of ``backend_options={"ray": ...}``)
+    folded in; each option parsed by the backend."""
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise _error("backend_options", "a mapping from option name to value, or None", options)
+    given = {k: v for k, v in options.items() if v is not None}
+    if ray is not None:
+        if "ray" in given:
+            raise _error("ray", "given once", ray, "pass it as ray= or in backend_options.")
+        given["ray"] = ray
+    return parse_backend_options(backend, given, OWNER, ConfigError)
 
 
 def validate_settings(
@@ -149,6 +145,7 @@ def validate_settings(
     task: Any,
     plots: Any,
     ray: Any = None,
+    backend_options: Any = None,
     log_model: Any = True,
 ) -> AuditSettings:
     """Check every argument; return them normalised (enums, paths, a parsed policy)."""
@@ -211,7 +208,7 @@ def validate_settings(
             sorted(subgroups),
             f"add the column(s) {missing}, or remove them from the policy's 'subgroups'.",
         )
-    chosen = _choice("backend", Backend, backend)
+    chosen = backend_spec(backend, OWNER, ConfigError).name
     return AuditSettings(
         config=parsed,
         holdout=holdout,
@@ -225,6 +222,6 @@ def validate_settings(
         model_factory=model_factory,
         task=_choice("task", Task, task),
         plots=plots,
-        ray=_ray_options(ray, chosen),
+        backend_options=_backend_options(chosen, backend_options, ray),
         log_model=log_model,
     )

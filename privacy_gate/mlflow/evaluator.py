@@ -8,7 +8,8 @@ through ``evaluator_config={"privacy_gate": {...}}``:
 - ``holdout``: ``(features, labels)`` of non-member records of the same population;
 - optional: ``recipe`` (mapping, the model's own training recipe), ``reference_models``
   (default 64, or ``"auto"`` with optional ``max_reference_models`` and ``round_size``:
-  an adaptive audit), ``seed``, ``backend``, ``task``, ``policy`` (mapping or YAML path),
+  an adaptive audit), ``seed``, ``backend`` (and its ``backend_options``), ``task``,
+  ``policy`` (mapping or YAML path),
   ``patient_ids`` and ``subgroups`` (aligned with members then holdout), ``out_dir``.
 
 The evaluated model must be a PyTorch model (its raw ``nn.Module`` is the candidate).
@@ -31,22 +32,36 @@ from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
 
 from privacy_gate.adaptive import parse_reference_models
 from privacy_gate.config import AuditConfig, default_config, load_config, parse_config
-from privacy_gate.errors import ConfigError, check_known_keys
+from privacy_gate.errors import ConfigError, check_known_keys, integer_at_least, invalid_value
 from privacy_gate.mlflow.audited_model import stored_model_files
 from privacy_gate.mlflow.logging import log_report, report_metrics
 from privacy_gate.model_files import ModelFiles
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
 from privacy_gate.signals import Task
 from privacy_gate.training.audit import run_audit
+from privacy_gate.training.backends import backend_spec, make_backend, parse_backend_options
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.job import resolve
 from privacy_gate.training.recipe import parse_recipe
+from privacy_gate.training.reference import TrainingBackend
 
 __all__ = ["PrivacyGateEvaluator"]
 
 _CONFIG_KEYS = ("model_factory", "holdout", "recipe", "reference_models", "max_reference_models",
-                "round_size", "seed", "backend", "task", "policy", "patient_ids", "subgroups",
-                "out_dir")  # fmt: skip
+                "round_size", "seed", "backend", "backend_options", "task", "policy",
+                "patient_ids", "subgroups", "out_dir")  # fmt: skip
+
+
+def _backend(config: Mapping[str, Any]) -> TrainingBackend:
+    """``backend`` and ``backend_options``, each option parsed by the backend."""
+    name = backend_spec(config.get("backend", "auto"), "evaluator_config", ConfigError).name
+    options = config.get("backend_options") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(
+            invalid_value("backend_options", "evaluator_config", "a mapping", options)
+        )
+    parsed = parse_backend_options(name, dict(options), "evaluator_config", ConfigError)
+    return make_backend(name, **parsed)
 
 
 def _policy(value: Any) -> AuditConfig:
@@ -132,8 +147,8 @@ class PrivacyGateEvaluator(ModelEvaluator):
                     max_reference_models=config.get("max_reference_models"),
                     round_size=config.get("round_size"),
                 ),
-                backend=config.get("backend", "auto"),
-                seed=int(config.get("seed", 0)),
+                backend=_backend(config),
+                seed=integer_at_least("evaluator_config", "seed", config.get("seed", 0), lo=0),
                 candidate=candidate,
                 out_dir=out,
             )

@@ -30,7 +30,7 @@ from privacy_gate.report_model import AuditReport
 from privacy_gate.rounds import audit_in_rounds
 from privacy_gate.signals import Signals, make_signals
 from privacy_gate.signing import signing_key_from_environment
-from privacy_gate.training.backends import make_backend, train_reference_models
+from privacy_gate.training.backends import make_backend, merge_rounds, train_reference_models
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.device import AUTO, resolve_device
 from privacy_gate.training.dp_sections import dp_recommendation, dp_training
@@ -38,7 +38,6 @@ from privacy_gate.training.inputs import check_model_outputs, check_recipe_loss
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.reference import (
     Augmentation,
-    Backend,
     ReferenceJob,
     TrainFunction,
     TrainingBackend,
@@ -52,7 +51,6 @@ from privacy_gate.training.weights import weights_sha256
 
 __all__ = [
     "CACHE_DIR_ENVIRONMENT_VARIABLE",
-    "Backend",
     "TrainFunction",
     "TrainingPlan",
     "default_cache_root",
@@ -146,7 +144,7 @@ def run_audit(
     recipe: Recipe,
     config: AuditConfig | None = None,
     reference_models: int | str | AdaptivePlan = DEFAULT_REFERENCE_MODELS,
-    backend: TrainingBackend | Backend | str = Backend.AUTO,
+    backend: TrainingBackend | str = "auto",
     seed: int = 0,
     candidate: nn.Module | None = None,
     out_dir: str | Path | None = None,
@@ -315,11 +313,7 @@ def _reference_models(
     if isinstance(parsed, int):
         return parsed
     group = int(getattr(trainer, "group_size", 1))
-    if (
-        trainer.kind is not Backend.SEQUENTIAL
-        and group > 1
-        and any(k % group for k in parsed.schedule)
-    ):
+    if group > 1 and any(k % group for k in parsed.schedule):
         raise InputError(
             f"The 'round_size' of the adaptive audit ({parsed.round_size}) and its "
             f"'max_reference_models' ({parsed.max_reference_models}) must be multiples of "
@@ -343,31 +337,12 @@ class _Rounds:
             return self._last[1]
         job = replace(self._job, plan=self._job.plan.first(k))
         scores, training = train_reference_models(job, self._trainer)
-        self._provenance = _sum_rounds(self._provenance, training)
+        self._provenance = merge_rounds(self._provenance, training)
         self._last = (k, scores)
         return scores
 
     def provenance(self) -> dict[str, Any]:
         return dict(self._provenance)
-
-
-def _sum_rounds(before: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
-    """The provenance of all rounds so far: counts and seconds add up, the first fallback
-    reason stays, Ray's tasks add up."""
-    if not before:
-        return dict(training)
-    merged = dict(before)
-    for name in ("trained_now", "training_seconds"):
-        merged[name] = round(before[name] + training[name], 3)
-    merged["fallback_reason"] = before.get("fallback_reason") or training.get("fallback_reason")
-    ray, more = before.get("ray"), training.get("ray")
-    if isinstance(ray, dict) and isinstance(more, dict):
-        merged["ray"] = {
-            **ray,
-            **{k: v for k, v in more.items() if v is not None},
-            "tasks": ray.get("tasks", 0) + more.get("tasks", 0),
-        }
-    return merged
 
 
 def _candidate_scores(

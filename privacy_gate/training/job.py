@@ -3,8 +3,9 @@
 The YAML names the model factory and the data loader by import path
 (``package.module:callable``), the recipe, K (or ``reference_models: auto`` with optional
 ``max_reference_models`` and ``round_size``: an adaptive audit), backend, seed, the policy,
-the output directory and the ``device`` (auto | cpu | cuda[:i]); ``backend: ray`` takes
-its cluster and per-task resources from a ``ray:`` section
+the output directory and the ``device`` (auto | cpu | cuda[:i]). The backend's own options
+are top-level keys that the backend parses (`privacy_gate.training.backends`): ``workers``,
+``group_size``, and ``backend: ray``'s ``ray:`` section
 (`privacy_gate.training.ray_backend.RayOptions`).
 Factory: ``make_model(**model_args) -> torch.nn.Module`` (untrained).
 Loader: ``load_data(**data_args) -> privacy_gate.training.AuditData``.
@@ -31,12 +32,16 @@ from privacy_gate.errors import ConfigError, check_known_keys, invalid_value
 from privacy_gate.pipeline import AuditResult
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
 from privacy_gate.report_model import AuditReport
-from privacy_gate.training.audit import Backend, run_audit, store_root, trained_candidate_state
+from privacy_gate.training.audit import run_audit, store_root, trained_candidate_state
 from privacy_gate.training.augment import parse_augmentations
-from privacy_gate.training.backends import make_backend
+from privacy_gate.training.backends import (
+    BACKENDS,
+    backend_spec,
+    make_backend,
+    parse_backend_options,
+)
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.device import AUTO, resolve_device
-from privacy_gate.training.ray_backend import RayOptions, parse_ray_options
 from privacy_gate.training.recipe import Recipe, parse_recipe
 from privacy_gate.training.steps import ModelFactory
 from privacy_gate.training.weights import weights_sha256
@@ -44,6 +49,7 @@ from privacy_gate.training.weights import weights_sha256
 __all__ = [
     "AuditJob",
     "MlflowTarget",
+    "audit_yaml_keys",
     "job_factory",
     "load_data",
     "load_job",
@@ -64,11 +70,9 @@ _KEYS = (
     "backend",
     "seed",
     "out",
-    "workers",
     "policy",
     "candidate",
     "mlflow",
-    "ray",
     "device",
     "augmentations",
 )
@@ -162,13 +166,13 @@ class AuditJob:
     model_args: Mapping[str, Any] = field(default_factory=dict)
     data_args: Mapping[str, Any] = field(default_factory=dict)
     reference_models: int | AdaptivePlan = DEFAULT_REFERENCE_MODELS
-    backend: Backend = Backend.AUTO
+    backend: str = "auto"
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    """The backend's options, parsed by the backend (``workers``, ``ray``, ...)."""
     seed: int = 0
     out: Path | None = None
-    workers: int = 1
     candidate: Path | None = None
     mlflow: MlflowTarget | None = None
-    ray: RayOptions | None = None
     device: str = AUTO
     augmentations: tuple[str, ...] = ()
 
@@ -214,11 +218,23 @@ def _policy(value: Any, base: Path) -> AuditConfig:
     return parse_config(value, source="policy")
 
 
+def _backend_option_keys() -> tuple[str, ...]:
+    """Every registered backend's option keys (top-level keys of audit.yaml)."""
+    return tuple(sorted({key for spec in BACKENDS.values() for key in spec.options}))
+
+
+def audit_yaml_keys() -> tuple[str, ...]:
+    """Every top-level key audit.yaml takes: the job's own and the backends' options."""
+    return (*_KEYS, *_backend_option_keys())
+
+
 def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
     """Validate an audit config mapping; relative paths are resolved against ``base``."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"The audit config must be a YAML mapping with keys {list(_KEYS)}.")
-    check_known_keys(data, _KEYS, "the audit config")
+        raise ConfigError(
+            f"The audit config must be a YAML mapping with keys {list(audit_yaml_keys())}."
+        )
+    check_known_keys(data, audit_yaml_keys(), "the audit config")
     for required in ("model", "data"):
         if not isinstance(data.get(required), str):
             raise ConfigError(
@@ -235,38 +251,16 @@ def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
         max_reference_models=data.get("max_reference_models"),
         round_size=data.get("round_size"),
     )
-    try:
-        backend = Backend(data.get("backend", "auto"))
-    except ValueError:
-        raise ConfigError(
-            invalid_value(
-                "backend",
-                "audit config",
-                f"one of {[b.value for b in Backend]}",
-                data.get("backend"),
-            )
-        ) from None
-    for name in ("seed", "workers"):
-        value = data.get(name, 0 if name == "seed" else 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < (name == "workers"):
-            raise ConfigError(
-                invalid_value(
-                    name,
-                    "audit config",
-                    "a non-negative integer" if name == "seed" else "an integer >= 1",
-                    value,
-                )
-            )
-    if data.get("ray") is not None and backend is not Backend.RAY:
-        raise ConfigError(
-            invalid_value(
-                "backend",
-                "audit config",
-                "'ray' when the config has a 'ray' section",
-                backend.value,
-                "set backend: ray, or remove the ray section",
-            )
-        )
+    backend = backend_spec(data.get("backend", "auto"), "audit config", ConfigError).name
+    value = data.get("seed", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(invalid_value("seed", "audit config", "a non-negative integer", value))
+    backend_options = parse_backend_options(
+        backend,
+        {key: data[key] for key in _backend_option_keys() if data.get(key) is not None},
+        "audit config",
+        ConfigError,
+    )
     if data.get("recipe") is not None and not isinstance(data["recipe"], Mapping):
         raise ConfigError(invalid_value("recipe", "audit config", "a mapping", data["recipe"]))
     out = data.get("out")
@@ -283,12 +277,11 @@ def parse_job(data: Any, *, base: Path = Path(".")) -> AuditJob:
         data_args=_mapping(data, "data_args"),
         reference_models=k,
         backend=backend,
+        backend_options=backend_options,
         seed=data.get("seed", 0),
         out=Path(out) if out is not None else None,
-        workers=data.get("workers", 1),
         candidate=(base / candidate) if isinstance(candidate, str) else None,
         mlflow=_parse_mlflow(data.get("mlflow")),
-        ray=parse_ray_options(data.get("ray")) if backend is Backend.RAY else None,
         device=str(device),
         augmentations=tuple(data.get("augmentations") or ()),
     )
@@ -353,7 +346,7 @@ def run_job(
         recipe=job.recipe,
         config=job.policy,
         reference_models=job.reference_models,
-        backend=make_backend(job.backend, workers=job.workers, ray=job.ray),
+        backend=make_backend(job.backend, **job.backend_options),
         seed=job.seed,
         candidate=candidate,
         out_dir=destination,

@@ -25,7 +25,6 @@ from privacy_gate.training.store import ScoreStore
 __all__ = [
     "DEFAULT_GROUP_SIZE",
     "Augmentation",
-    "Backend",
     "Fallback",
     "ReferenceJob",
     "TrainFunction",
@@ -45,16 +44,6 @@ TrainFunction = Callable[[NDArray[np.intp], int], nn.Module]
 
 DEFAULT_GROUP_SIZE = 16
 """Models per batched ensemble (and per Ray task of batched models)."""
-
-
-class Backend(str, Enum):
-    """The training backends by name (audit.yaml's ``backend``); `privacy_gate.training.
-    backends.make_backend` turns a name and its options into a `TrainingBackend`."""
-
-    AUTO = "auto"
-    BATCHED = "batched"
-    SEQUENTIAL = "sequential"
-    RAY = "ray"  # Ray tasks on a cluster (privacy_gate.training.ray_backend)
 
 
 class Fallback(str, Enum):
@@ -155,6 +144,6 @@ class TrainingBackend(Protocol):
     (worker processes, a Ray cluster) are fields of that backend, not of `run_audit`.
     """
 
-    kind: ClassVar[Backend]
+    name: ClassVar[str]
 
     def train(self, job: ReferenceJob) -> dict[str, Any]: ...

@@ -74,7 +74,7 @@ def test_ihc_patches_load_offline_and_split_by_tile(no_network: None) -> None:
 @pytest.mark.parametrize("name", ["ecg", "imaging"])
 def test_example_configs_are_valid(name: str) -> None:
     job = load_job(ROOT / "examples" / name / "audit.yaml")
-    assert job.device == "auto" and job.backend.value == "auto"
+    assert job.device == "auto" and job.backend == "auto"
 
 
 def _medmnist(path: Path, **overrides: object) -> Path:

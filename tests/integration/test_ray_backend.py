@@ -33,10 +33,11 @@ from privacy_gate.cli import main
 from privacy_gate.config import parse_config
 from privacy_gate.errors import ConfigError
 from privacy_gate.plan import draw_plan
-from privacy_gate.training.audit import Backend, run_audit
+from privacy_gate.training.audit import run_audit
 from privacy_gate.training.backends import make_backend, train_reference_models
 from privacy_gate.training.job import parse_job
 from privacy_gate.training.ray_backend import (
+    RayBackend,
     RayOptions,
     parse_ray_options,
     training_bytes_per_model,
@@ -148,17 +149,18 @@ def test_ray_section_is_validated_like_the_rest_of_the_config() -> None:
     job = {"model": "m:f", "data": "d:g", "backend": "ray",
            "ray": {"num_cpus": 2, "memory": "2GiB", "models_per_task": 4, "max_retries": 1,
                    "runtime_env": {"working_dir": "."}}}  # fmt: skip
-    options = parse_job(job).ray
+    options = parse_job(job).backend_options["ray"]
     assert options == RayOptions(num_cpus=2, memory=2 * 2**30, models_per_task=4,
                                  max_retries=1, runtime_env={"working_dir": "."})  # fmt: skip
-    assert parse_job({**job, "ray": None}).ray == RayOptions()  # backend: ray alone
+    alone = parse_job({**job, "ray": None})  # backend: ray alone takes the defaults
+    assert make_backend(alone.backend, **alone.backend_options) == RayBackend(RayOptions())
     with pytest.raises(ConfigError, match=r"Unknown key\(s\) \['gpus'\] in ray. Valid keys"):
         parse_job({**job, "ray": {"gpus": 1}})
     with pytest.raises(ConfigError, match="'models_per_task' parameter of ray"):
         parse_job({**job, "ray": {"models_per_task": 0}})
     with pytest.raises(ConfigError, match=r"'memory' parameter of ray.*Got '2 lots'"):
         parse_job({**job, "ray": {"memory": "2 lots"}})
-    with pytest.raises(ConfigError, match=r"'backend' parameter.*HINT: set backend: ray"):
+    with pytest.raises(ConfigError, match=r"option 'ray' does not apply to the 'auto' backend"):
         parse_job({**job, "backend": "auto"})
     with pytest.raises(ConfigError, match="'max_retries'"):
         parse_ray_options({"max_retries": -1})
@@ -234,10 +236,10 @@ def test_groups_are_the_local_batched_groups(local_ray: Any, tmp_path: Path) -> 
         return scores
 
     with one_thread():
-        local = train("local", backend=Backend.BATCHED)
-    on_ray = train("ray", backend=Backend.RAY, ray=RayOptions(models_per_task=2))
+        local = train("local", backend="batched")
+    on_ray = train("ray", backend="ray", ray=RayOptions(models_per_task=2))
     np.testing.assert_allclose(on_ray, local, rtol=1e-5, atol=1e-6)
-    regrouped = train("ray4", backend=Backend.RAY, ray=RayOptions(models_per_task=4))
+    regrouped = train("ray4", backend="ray", ray=RayOptions(models_per_task=4))
     assert not np.allclose(regrouped, local, rtol=1e-5, atol=1e-6)  # other groups, other masks
 
 

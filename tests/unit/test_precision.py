@@ -13,7 +13,7 @@ from privacy_gate.errors import ConfigError, InputError
 from privacy_gate.training.backends import choose_backend
 from privacy_gate.training.batched import BatchingUnsupported, train_batched
 from privacy_gate.training.recipe import DPSettings, Precision, Recipe, parse_recipe
-from privacy_gate.training.reference import Backend, Fallback
+from privacy_gate.training.reference import Fallback
 from privacy_gate.training.sequential import train_one
 
 SEEN: list[torch.dtype] = []
@@ -82,9 +82,9 @@ def test_fp16_mixed_trains_one_at_a_time_with_the_reason() -> None:
     recipe = Recipe(epochs=2, batch_size=8, learning_rate=0.01, precision=Precision.FP16_MIXED)
     model = train_one(_conv, inputs, labels, subsets[0], recipe, seed=1)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert choose_backend(_conv, Backend.AUTO, recipe) == (Backend.SEQUENTIAL, Fallback.FP16.value)
+    assert choose_backend(_conv, "auto", recipe) == ("sequential", Fallback.FP16.value)
     with pytest.raises(InputError, match="float16 mixed precision"):
-        choose_backend(_conv, Backend.BATCHED, recipe)
+        choose_backend(_conv, "batched", recipe)
     with pytest.raises(BatchingUnsupported, match="float16 mixed precision"):
         train_batched(_conv, inputs, labels, subsets, recipe, seeds=(1, 2))
 

@@ -33,7 +33,6 @@ from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.reference import (
     DEFAULT_GROUP_SIZE,
     Augmentation,
-    Backend,
     ReferenceJob,
     TrainFunction,
     TrainingPlan,
@@ -331,7 +330,7 @@ class RayBackend:
 
     options: RayOptions = field(default_factory=RayOptions)
     group_size: int = DEFAULT_GROUP_SIZE
-    kind: ClassVar[Backend] = Backend.RAY
+    name: ClassVar[str] = "ray"
 
     def train(self, job: ReferenceJob) -> dict[str, Any]:
         return train_on_ray(

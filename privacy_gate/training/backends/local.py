@@ -1,12 +1,10 @@
-"""The training backends behind one protocol (`reference.TrainingBackend`), and the
-registry that turns audit.yaml's ``backend:`` name and its options into one.
+"""The backends that train in this process (or in worker processes of this machine):
 
 - `SequentialBackend`: one model at a time with the recipe's loop (or the caller's
   ``train_fn``), optionally in worker processes;
 - `BatchedBackend`: fixed groups of models as batched ensembles (`training.batched`);
 - `AutoBackend`: batched when the model and recipe allow it, else sequential, with the
-  reason in the report;
-- `privacy_gate.training.ray_backend.RayBackend`: the same work as Ray tasks.
+  reason in the report.
 
 Every backend writes each finished model's scores into the job's store at once, so an
 interrupted audit resumes with what is done, whichever backend trained it.
@@ -16,23 +14,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from numpy.typing import NDArray
 
-from privacy_gate.errors import InputError, coerce_choice
+from privacy_gate.errors import ConfigError, InputError, integer_at_least
+from privacy_gate.training.backends.registry import BackendSpec, FitPlan, OptionParser
 from privacy_gate.training.progress import Progress
-from privacy_gate.training.ray_backend import RayBackend, RayOptions
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.reference import (
     DEFAULT_GROUP_SIZE,
-    Backend,
     ReferenceJob,
     TrainingBackend,
     recipe_fallback,
@@ -43,16 +37,18 @@ from privacy_gate.training.scoring import score_model
 from privacy_gate.training.steps import ModelFactory, init_model
 
 __all__ = [
-    "BACKENDS",
+    "AUTO",
+    "BATCHED",
+    "SEQUENTIAL",
+    "SPECS",
     "AutoBackend",
     "BatchedBackend",
     "SequentialBackend",
     "choose_backend",
-    "make_backend",
-    "train_reference_models",
 ]
 
 _LOG = logging.getLogger("privacy_gate.training")
+AUTO, BATCHED, SEQUENTIAL = "auto", "batched", "sequential"
 
 
 def _worker_init() -> None:
@@ -117,35 +113,36 @@ def _train_batched(job: ReferenceJob, todo: list[int], progress: Progress, group
 
 
 def choose_backend(
-    factory: ModelFactory, backend: Backend, recipe: Recipe | None = None
-) -> tuple[Backend, str | None]:
-    """The backend to use, and why batching was not (None when it was)."""
-    if backend is Backend.SEQUENTIAL:
+    factory: ModelFactory, backend: str, recipe: Recipe | None = None
+) -> tuple[str, str | None]:
+    """The local backend to use (``batched`` or ``sequential``) for ``backend`` (``auto``,
+    ``batched`` or ``sequential``), and why batching was not (None when it was)."""
+    if backend == SEQUENTIAL:
         return backend, None
     fallback = None if recipe is None else recipe_fallback(recipe)
     if fallback is not None:
-        if backend is Backend.BATCHED:
+        if backend == BATCHED:
             raise InputError(
                 f"backend 'batched' cannot train this recipe: {fallback.value}. HINT: use "
                 "backend 'auto' or 'sequential'."
             )
-        return Backend.SEQUENTIAL, fallback.value
+        return SEQUENTIAL, fallback.value
     from privacy_gate.training.batched import batching_problem
 
     problem = batching_problem(init_model(factory, 0))
     if problem is None:
-        return Backend.BATCHED, None
-    if backend is Backend.BATCHED:
+        return BATCHED, None
+    if backend == BATCHED:
         raise InputError(
             f"backend 'batched' cannot train this model: {problem}. HINT: use "
             "backend 'auto' or 'sequential'."
         )
     _LOG.warning("Training reference models one at a time: %s", problem)
-    return Backend.SEQUENTIAL, problem
+    return SEQUENTIAL, problem
 
 
 def _train_locally(
-    job: ReferenceJob, asked: Backend, *, workers: int, group_size: int
+    job: ReferenceJob, asked: str, *, workers: int, group_size: int
 ) -> dict[str, Any]:
     """The local backends: batched where ``asked`` and the model allow, else sequential."""
     todo = job.todo()
@@ -153,21 +150,21 @@ def _train_locally(
     used, reason = choose_backend(job.factory, asked, job.recipe)
     started = time.perf_counter()
     with Progress(n_models, initial=n_models - len(todo)) as progress:
-        if todo and used is Backend.BATCHED:
+        if todo and used == BATCHED:
             from privacy_gate.training.batched import BatchingUnsupported
 
             try:
                 _train_batched(job, todo, progress, group_size)
             except BatchingUnsupported as exc:
-                if asked is Backend.BATCHED:
+                if asked == BATCHED:
                     raise InputError(f"backend 'batched' cannot train this model: {exc}") from None
                 _LOG.warning("Training reference models one at a time: %s", exc)
-                used, reason = Backend.SEQUENTIAL, str(exc)
+                used, reason = SEQUENTIAL, str(exc)
         remaining = job.todo()
-        if remaining and used is Backend.SEQUENTIAL:
+        if remaining and used == SEQUENTIAL:
             _train_sequential(job, remaining, progress, workers)
     return {
-        "backend": used.value,
+        "backend": used,
         "fallback_reason": reason,
         "trained_now": len(todo),
         "resumed": n_models - len(todo),
@@ -182,10 +179,10 @@ class SequentialBackend:
     must pickle). The only backend that takes a ``train_fn`` (e.g. a Lightning Trainer)."""
 
     workers: int = 1
-    kind: ClassVar[Backend] = Backend.SEQUENTIAL
+    name: ClassVar[str] = SEQUENTIAL
 
     def train(self, job: ReferenceJob) -> dict[str, Any]:
-        return _train_locally(job, self.kind, workers=self.workers, group_size=1)
+        return _train_locally(job, self.name, workers=self.workers, group_size=1)
 
 
 @dataclass(frozen=True)
@@ -194,10 +191,10 @@ class BatchedBackend:
     cannot be batched is an error (use `AutoBackend` to fall back)."""
 
     group_size: int = DEFAULT_GROUP_SIZE
-    kind: ClassVar[Backend] = Backend.BATCHED
+    name: ClassVar[str] = BATCHED
 
     def train(self, job: ReferenceJob) -> dict[str, Any]:
-        return _train_locally(job, self.kind, workers=1, group_size=self.group_size)
+        return _train_locally(job, self.name, workers=1, group_size=self.group_size)
 
 
 @dataclass(frozen=True)
@@ -207,69 +204,59 @@ class AutoBackend:
 
     group_size: int = DEFAULT_GROUP_SIZE
     workers: int = 1
-    kind: ClassVar[Backend] = Backend.AUTO
+    name: ClassVar[str] = AUTO
 
     def train(self, job: ReferenceJob) -> dict[str, Any]:
-        return _train_locally(job, self.kind, workers=self.workers, group_size=self.group_size)
+        return _train_locally(job, self.name, workers=self.workers, group_size=self.group_size)
 
 
-def _ray(*, ray: RayOptions | None = None, group_size: int = DEFAULT_GROUP_SIZE) -> RayBackend:
-    return RayBackend(options=ray or RayOptions(), group_size=group_size)
+def _positive(name: str) -> OptionParser:
+    def parse(value: Any, owner: str) -> int:
+        return integer_at_least(owner, name, value, lo=1)
+
+    return parse
 
 
-BACKENDS: dict[Backend, tuple[Callable[..., TrainingBackend], frozenset[str]]] = {
-    Backend.AUTO: (AutoBackend, frozenset({"workers", "group_size"})),
-    Backend.BATCHED: (BatchedBackend, frozenset({"group_size"})),
-    Backend.SEQUENTIAL: (SequentialBackend, frozenset({"workers"})),
-    Backend.RAY: (_ray, frozenset({"ray", "group_size"})),
-}
-"""Backend name -> (builder, the options it takes as keywords), as Opacus registers its
-accountants."""
+_WORKERS, _GROUP_SIZE = _positive("workers"), _positive("group_size")
 
 
-def make_backend(
-    backend: TrainingBackend | Backend | str = Backend.AUTO,
-    *,
-    workers: int | None = None,
-    ray: RayOptions | None = None,
-    group_size: int | None = None,
-) -> TrainingBackend:
-    """A `TrainingBackend` from a name and its options (audit.yaml, the Lightning
-    callback), or the backend itself. An option the backend does not take is an error:
-    it would silently do nothing."""
-    if not isinstance(backend, (str, Backend)):
-        if workers is not None or ray is not None or group_size is not None:
-            raise InputError(
-                "Options were given beside a backend object; they travel with the backend. "
-                "HINT: e.g. SequentialBackend(workers=4) or RayBackend(RayOptions(...))."
+class _Sequential(BackendSpec):
+    name = SEQUENTIAL
+    options: ClassVar[dict[str, OptionParser]] = {"workers": _WORKERS}
+
+    def build(self, **options: Any) -> TrainingBackend:
+        return SequentialBackend(**options)
+
+
+class _Batched(BackendSpec):
+    name = BATCHED
+    options: ClassVar[dict[str, OptionParser]] = {"group_size": _GROUP_SIZE}
+
+    def build(self, **options: Any) -> TrainingBackend:
+        return BatchedBackend(**options)
+
+    def fit_plan(self, unbatchable: str | None, owner: str) -> FitPlan:
+        if unbatchable is not None:
+            raise ConfigError(
+                f"The 'backend' parameter of {owner} is 'batched' but this fit cannot be "
+                f"trained as a batched ensemble: {unbatchable}. HINT: use backend='auto'."
             )
-        return backend
-    name = coerce_choice(Backend, backend, "backend", "the audit", InputError)
-    build, accepted = BACKENDS[name]
-    given = {
-        option: value
-        for option, value in (("workers", workers), ("ray", ray), ("group_size", group_size))
-        if value is not None
-    }
-    unused = sorted(set(given) - accepted - ({"workers"} if workers == 1 else set()))
-    if unused:
-        hint = (
-            "use backend 'ray', or drop the Ray options"
-            if "ray" in unused
-            else (f"the {name.value} backend takes {sorted(accepted) or 'no options'}")
-        )
-        raise InputError(
-            f"The option(s) {unused} do not apply to the {name.value!r} backend. HINT: {hint}."
-        )
-    return build(**{option: value for option, value in given.items() if option in accepted})
+        return FitPlan(BATCHED, False)
 
 
-def train_reference_models(
-    job: ReferenceJob, backend: TrainingBackend | Backend | str = Backend.AUTO
-) -> tuple[NDArray[np.float64], dict[str, Any]]:
-    """Train (or resume) every reference model of ``job``; scores ``(K, N)`` and the
-    training provenance."""
-    provenance = make_backend(backend).train(job)
-    names = [reference_name(k) for k in range(job.plan.n_models)]
-    scores = np.stack([job.store.load(name) for name in names])  # type: ignore[misc]
-    return scores, provenance
+class _Auto(BackendSpec):
+    name = AUTO
+    options: ClassVar[dict[str, OptionParser]] = {"workers": _WORKERS, "group_size": _GROUP_SIZE}
+
+    def build(self, **options: Any) -> TrainingBackend:
+        return AutoBackend(**options)
+
+    def fit_plan(self, unbatchable: str | None, owner: str) -> FitPlan:
+        if unbatchable is not None:
+            _LOG.info("Training reference models with Lightning, one at a time: %s.", unbatchable)
+            return FitPlan(SEQUENTIAL, True)
+        return FitPlan(AUTO, True)
+
+
+SPECS: tuple[BackendSpec, ...] = (_Auto(), _Batched(), _Sequential())
+"""The local backends, registered by `privacy_gate.training.backends`."""

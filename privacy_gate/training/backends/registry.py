@@ -1,0 +1,177 @@
+"""The training backends by name, each one `BackendSpec`: the options it takes (parsed by
+the backend itself), how it is built, what it supports, and how a Lightning fit uses it.
+audit.yaml, `run_audit`, the Lightning callback and the MLflow evaluator pass a backend's
+name and options through this registry and name no backend themselves. A new backend is
+one `register_backend` call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from privacy_gate.errors import ConfigError, InputError, invalid_value
+from privacy_gate.training.reference import ReferenceJob, TrainingBackend, reference_name
+
+__all__ = [
+    "BACKENDS",
+    "BackendSpec",
+    "FitPlan",
+    "backend_spec",
+    "make_backend",
+    "merge_rounds",
+    "parse_backend_options",
+    "register_backend",
+    "train_reference_models",
+    "unregister_backend",
+]
+
+OptionParser = Callable[[Any, str], Any]
+"""``parse(value, owner) -> value``: validates one option, naming ``owner`` in its error."""
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """How a Lightning fit's reference models train: on which backend, and whether each
+    goes through the caller's own loop (``train_fn``: one Trainer per model)."""
+
+    backend: str
+    train_fn: bool
+
+
+class BackendSpec:
+    """One training backend. Subclasses set ``name`` and ``options`` and implement
+    `build`; the defaults describe a backend that trains in this process.
+
+    Attributes:
+        name: audit.yaml's ``backend:`` value and the callback's ``backend=``.
+        options: option name -> its parser; audit.yaml takes them as top-level keys, the
+            callback and `make_backend` as keywords.
+    """
+
+    name: str = ""
+    options: ClassVar[Mapping[str, OptionParser]] = {}
+
+    def build(self, **options: Any) -> TrainingBackend:
+        """The backend, from its parsed options."""
+        raise NotImplementedError
+
+    def check_factory(self, factory: Callable[[], Any], what: str) -> None:
+        """Before training: whether this backend can use the model factory (one that
+        travels to other processes must pickle). Default: any factory."""
+
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run here (a missing package), with the fix; None when
+        it can."""
+        return None
+
+    def fit_plan(self, unbatchable: str | None, owner: str) -> FitPlan:
+        """How a Lightning fit trains on this backend, given why its recipe cannot be
+        batched (None: it can). Default: one model at a time through the fit's loop."""
+        return FitPlan(self.name, True)
+
+    def merge_rounds(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        """The provenance of two rounds of an adaptive audit: counts and seconds add up,
+        the first fallback reason stays."""
+        merged = dict(before)
+        for name in ("trained_now", "training_seconds"):
+            merged[name] = round(before[name] + after[name], 3)
+        merged["fallback_reason"] = before.get("fallback_reason") or after.get("fallback_reason")
+        return merged
+
+
+BACKENDS: dict[str, BackendSpec] = {}
+"""Every backend, by name."""
+
+
+def register_backend(spec: BackendSpec) -> BackendSpec:
+    """Add a backend (its name must be new and an identifier)."""
+    if not spec.name.isidentifier() or spec.name in BACKENDS:
+        raise ValueError(f"A backend needs a new identifier as its name; got {spec.name!r}.")
+    BACKENDS[spec.name] = spec
+    return spec
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a backend (for tests that register a throwaway one)."""
+    del BACKENDS[name]
+
+
+def backend_spec(name: Any, owner: str, error: type[ValueError] = InputError) -> BackendSpec:
+    """The registered backend ``name``, or an error that lists the registered ones."""
+    value = getattr(name, "value", name)  # an Enum member of an older caller
+    if not isinstance(value, str) or value not in BACKENDS:
+        raise error(
+            invalid_value("backend", owner, f"one of {sorted(BACKENDS)}", name,
+                          "'auto' trains batched ensembles when the model allows it")
+        )  # fmt: skip
+    spec = BACKENDS[value]
+    reason = spec.unavailable()
+    if reason is not None:
+        raise error(invalid_value("backend", owner, "a backend that can run here", value, reason))
+    return spec
+
+
+def parse_backend_options(
+    name: str, given: Mapping[str, Any], owner: str, error: type[ValueError] = InputError
+) -> dict[str, Any]:
+    """The options given for backend ``name``, each parsed by the backend; an option it
+    does not take is an error (it would silently do nothing), naming the backends that
+    take it."""
+    spec = backend_spec(name, owner, error)
+    parsed: dict[str, Any] = {}
+    for option, value in given.items():
+        if option not in spec.options:
+            takers = sorted(n for n, s in BACKENDS.items() if option in s.options)
+            hint = (
+                f"it applies to backend {' or '.join(map(repr, takers))}; drop it or change "
+                "the backend"
+                if takers
+                else f"the {name!r} backend takes {sorted(spec.options) or 'no options'}"
+            )
+            raise error(
+                f"The option {option!r} does not apply to the {name!r} backend of {owner}. "
+                f"HINT: {hint}."
+            )
+        try:
+            parsed[option] = spec.options[option](value, owner)
+        except (ConfigError, InputError) as exc:
+            raise error(str(exc)) from None
+    return parsed
+
+
+def make_backend(backend: TrainingBackend | str = "auto", **options: Any) -> TrainingBackend:
+    """A `TrainingBackend` from a name and its options (audit.yaml, the Lightning
+    callback, the evaluator), or the backend itself, whose options travel with it."""
+    if not isinstance(backend, str) and not hasattr(backend, "value"):
+        if options:
+            raise InputError(
+                "Options were given beside a backend object; they travel with the backend. "
+                "HINT: e.g. SequentialBackend(workers=4) or RayBackend(RayOptions(...))."
+            )
+        return backend
+    spec = backend_spec(backend, "the audit")
+    given = {option: value for option, value in options.items() if value is not None}
+    return spec.build(**parse_backend_options(spec.name, given, "the audit"))
+
+
+def merge_rounds(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The provenance of all rounds so far, merged by the backend that trained them."""
+    if not before:
+        return dict(after)
+    spec = BACKENDS.get(str(after.get("backend")))
+    return (spec or BackendSpec()).merge_rounds(before, after)
+
+
+def train_reference_models(
+    job: ReferenceJob, backend: TrainingBackend | str = "auto"
+) -> tuple[NDArray[np.float64], dict[str, Any]]:
+    """Train (or resume) every reference model of ``job``; scores ``(K, N)`` and the
+    training provenance."""
+    provenance = make_backend(backend).train(job)
+    names = [reference_name(k) for k in range(job.plan.n_models)]
+    scores = np.stack([job.store.load(name) for name in names])  # type: ignore[misc]
+    return scores, provenance
