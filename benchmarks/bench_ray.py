@@ -50,7 +50,6 @@ if str(ROOT) not in sys.path:
 from ehr_pool import load_ehr_pool  # noqa: E402  (benchmarks/, the script's own folder)
 
 from privacy_gate.plan import draw_plan  # noqa: E402
-from privacy_gate.training.audit import Backend  # noqa: E402
 from privacy_gate.training.backends import make_backend, train_reference_models  # noqa: E402
 from privacy_gate.training.ray_backend import RayOptions  # noqa: E402
 from privacy_gate.training.recipe import Optimizer, Recipe  # noqa: E402
@@ -78,7 +77,7 @@ def run_child(args: argparse.Namespace, scores_file: Path) -> dict[str, Any]:
     start_s = 0.0
     if mode.startswith("local"):
         torch.set_num_threads(1 if mode == "local-1t" else 2)
-        backend, options = Backend.BATCHED, None
+        backend, options = "batched", None
     else:
         import ray
 
@@ -89,7 +88,7 @@ def run_child(args: argparse.Namespace, scores_file: Path) -> dict[str, Any]:
         ray.init(address="local", num_cpus=1 if mode == "ray-1w" else 2,
                  include_dashboard=False, logging_level=logging.ERROR)  # fmt: skip
         start_s = time.perf_counter() - started
-        backend = Backend.RAY
+        backend = "ray"
         options = RayOptions(models_per_task=1 if mode.endswith("single") else "auto")
     walls = []
     for _ in range(args.repeat):

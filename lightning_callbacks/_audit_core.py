@@ -185,6 +185,8 @@ def run_fit_audit(
     if dp is not None:  # reference models train with the same DP-SGD recipe
         recipe = dataclasses.replace(recipe, dp=dp.settings)
     plan = backend_spec(settings.backend, OWNER, ConfigError).fit_plan(reason, OWNER)
+    if plan.note is not None:
+        _LOG.info("%s", plan.note)
     options = {  # an 'auto' fit that trains one model at a time keeps what applies
         name: value
         for name, value in settings.backend_options.items()

@@ -253,8 +253,8 @@ class _Auto(BackendSpec):
 
     def fit_plan(self, unbatchable: str | None, owner: str) -> FitPlan:
         if unbatchable is not None:
-            _LOG.info("Training reference models with Lightning, one at a time: %s.", unbatchable)
-            return FitPlan(SEQUENTIAL, True)
+            note = f"Training reference models with Lightning, one at a time: {unbatchable}."
+            return FitPlan(SEQUENTIAL, True, note)
         return FitPlan(AUTO, True)
 
 

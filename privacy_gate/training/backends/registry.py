@@ -40,6 +40,8 @@ class FitPlan:
 
     backend: str
     train_fn: bool
+    note: str | None = None
+    """Why the fit trains otherwise than asked, for the caller's log (None: as asked)."""
 
 
 class BackendSpec:
