@@ -10,9 +10,12 @@ violations, never a pass.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from privacy_gate.caveats import caveats
 from privacy_gate.config import AuditConfig
 from privacy_gate.errors import ReportError
-from privacy_gate.report_model import AuditReport, Decision, Status, Violation
+from privacy_gate.report_model import AdaptiveStop, AuditReport, Decision, Status, Violation
 from privacy_gate.rules import (
     POWER_HINT,
     RULES,
@@ -25,6 +28,7 @@ __all__ = [
     "Decision",
     "Status",
     "Violation",
+    "decided",
     "evaluate_gate",
     "reference_models_for_policy",
     "settled_power_message",
@@ -57,9 +61,21 @@ def settled_power_message(message: str, settled_by: str, k: int) -> str:
     )
 
 
+def _settled_by(report: AuditReport) -> tuple[str, int] | None:
+    """The rules and the K an adaptive audit settled its fail on (None: not settled)."""
+    adaptive = report.adaptive
+    if adaptive is None or adaptive.stopped is not AdaptiveStop.FAIL_SETTLED:
+        return None
+    last = adaptive.looks[-1]
+    return ", ".join(last.settled), last.reference_models
+
+
 def evaluate_gate(report: AuditReport, config: AuditConfig) -> Decision:
     """Evaluate ``config.gate`` on a report's figures (its ``audit``, ``summary``,
-    ``aggregate`` and ``subgroups`` sections). Pure: reads the report, writes nothing.
+    ``aggregate``, ``subgroups`` and ``adaptive`` sections), with the caveats the figures
+    carry (`privacy_gate.caveats`). Pure: reads the report, writes nothing. After a
+    settled adaptive fail, power violations keep their finding but not the advice to
+    train more models.
     """
     audit = report.audit
     if audit.patients < 1:
@@ -74,6 +90,14 @@ def evaluate_gate(report: AuditReport, config: AuditConfig) -> Decision:
         if rule.active(policy)
         for violation in rule.check(report, policy)
     ]
+    settled = _settled_by(report)
+    if settled is not None:
+        violations = [
+            replace(v, message=settled_power_message(v.message, *settled))
+            if POWER_HINT in v.message
+            else v
+            for v in violations
+        ]
     needed = models_needed(policy, audit.records, audit.patients)
     warnings = []
     if needed and audit.reference_models < needed and not violations:
@@ -82,6 +106,9 @@ def evaluate_gate(report: AuditReport, config: AuditConfig) -> Decision:
             "pool needs under the policy's power rules: patient-level figures are noisy (see "
             "the noise floor)."
         )
+    warnings += caveats(
+        report, at_risk_auc=config.risk.at_risk_auc, min_group_size=config.risk.min_group_size
+    )
     return Decision(
         status=Status.FAIL if violations else Status.PASS,
         violations=tuple(violations),
@@ -89,3 +116,18 @@ def evaluate_gate(report: AuditReport, config: AuditConfig) -> Decision:
         patients_at_risk=confident_count(report, config.gate.fdr),
         policy_sha256=config.sha256(),
     )
+
+
+def decided(report: AuditReport, config: AuditConfig) -> AuditReport:
+    """The report with its decision under ``config`` (and the confident at-risk count at
+    the policy's FDR): the one evaluation a written report gets, and what ``check`` and
+    the GitHub mode show when they re-evaluate a stored report under another policy."""
+    decision = evaluate_gate(report, config)
+    summary = report.summary
+    if decision.patients_at_risk is not None:
+        summary = replace(
+            summary,
+            patients_at_risk=decision.patients_at_risk,
+            fraction_at_risk=decision.patients_at_risk / report.audit.patients,
+        )
+    return replace(report, decision=decision, summary=summary)

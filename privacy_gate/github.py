@@ -26,12 +26,12 @@ import re
 import sys
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TextIO
 
 from privacy_gate.comparison import AuditComparison
-from privacy_gate.gate import Decision, Status, Violation
+from privacy_gate.gate import Status, Violation
 from privacy_gate.render.blocks import Block, Bullets, Code, Heading, Paragraph, Span, Strong, Table
 from privacy_gate.render.comparison import comparison_section
 from privacy_gate.render.document import summary_sections, violations_sentence
@@ -54,7 +54,6 @@ __all__ = [
     "enabled",
     "escape_data",
     "escape_property",
-    "evaluated_report",
     "format_outputs",
     "output_values",
     "summary_markdown",
@@ -130,7 +129,7 @@ class Outcome:
 
     Attributes:
         status: pass, fail or error (the exit code follows it).
-        report: the report with the decision as evaluated (see `evaluated_report`);
+        report: the report as decided (`privacy_gate.gate.decided`);
             None when there is none to show (an error, or an audit not accepted).
         refusals: why the audit itself was not accepted (missing, unsigned, stale); a
             non-empty list means ``status`` is fail whatever the report says.
@@ -151,22 +150,6 @@ class Outcome:
     signature: str | None = None
     comparison: AuditComparison | None = None
     against: str = "champion"
-
-
-def evaluated_report(report: AuditReport, decision: Decision) -> AuditReport:
-    """``report`` with ``decision`` and its confident at-risk count.
-
-    ``check`` re-evaluates the gate, possibly at another FDR, so the stored decision and
-    count may be stale.
-    """
-    summary = report.summary
-    if decision.patients_at_risk is not None:
-        summary = replace(
-            summary,
-            patients_at_risk=decision.patients_at_risk,
-            fraction_at_risk=decision.patients_at_risk / report.audit.patients,
-        )
-    return replace(report, decision=decision, summary=summary)
 
 
 def _violations(outcome: Outcome) -> tuple[Violation, ...]:

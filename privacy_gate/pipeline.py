@@ -32,7 +32,7 @@ from privacy_gate.config import (
     read_config_yaml,
 )
 from privacy_gate.errors import ConfigError, InputError, ReportError
-from privacy_gate.gate import Decision, evaluate_gate, reference_models_for_policy
+from privacy_gate.gate import Decision, decided, reference_models_for_policy
 from privacy_gate.noise_floor import NoiseFloor, compute_noise_floor
 from privacy_gate.null_tail import NullTailCounter, null_tail_chance
 from privacy_gate.patients import PatientStats, aggregate_patients, benjamini_hochberg_count
@@ -51,9 +51,7 @@ from privacy_gate.report_model import AuditReport
 from privacy_gate.signals import Signals, Task, load_signals
 from privacy_gate.signing import sign_report, signing_key_from_environment
 from privacy_gate.subgroups import (
-    GroupStatus,
     SubgroupColumn,
-    SubgroupResult,
     analyse_subgroups,
     patient_level,
     record_level,
@@ -66,6 +64,7 @@ __all__ = [
     "audit",
     "check",
     "check_report",
+    "recheck",
     "score",
     "write_outputs",
 ]
@@ -105,24 +104,6 @@ def _subgroup_columns(
         values = records.subgroup_column(name)
         columns[name] = record_level(values, patient_index, n_patients, record_auc)
     return columns
-
-
-def _subgroup_warnings(result: SubgroupResult, min_group_size: int) -> list[str]:
-    warnings = []
-    for column, col in result.columns.items():
-        small = [v for v, g in col.groups.items() if g.status is GroupStatus.TOO_SMALL]
-        if small:
-            warnings.append(
-                f"Subgroup column {column!r}: {len(small)} group(s) with fewer than "
-                f"{min_group_size} patients are tested with figures suppressed."
-            )
-        if col.several_values:  # None where pooled with hidden groups
-            warnings.append(
-                f"Subgroup column {column!r}: {col.several_values} patient(s) whose records "
-                "carry different values are excluded from its tests (a patient-level "
-                "column; declare it under record_columns if it describes records)."
-            )
-    return warnings
 
 
 def _check_alignment(signals: Signals, records: RecordTable, config: AuditConfig) -> None:
@@ -248,21 +229,8 @@ def audit(
         subgroups=subgroups,
         aggregate=aggregate,
     )
-    decision = evaluate_gate(report, config)
-    extra_warnings = _subgroup_warnings(subgroups, risk.min_group_size)
-    if floor.expected_at_risk >= 0.5:
-        extra_warnings.append(
-            f"Noise alone is expected to put {floor.expected_at_risk:.1f} patient(s) above AUC "
-            f"{risk.at_risk_auc} (raw count); rely on the confident count."
-        )
-    if floor.replicates is not None and floor.replicates < floor.replicates_requested:
-        extra_warnings.append(
-            f"Noise floor: {floor.reason}; its 95th percentile rests on fewer replicates "
-            "than asked for (raise risk.null_time_budget_s to run them all)."
-        )
-    decision = replace(decision, warnings=decision.warnings + tuple(extra_warnings))
     return AuditResult(
-        report.with_decision(decision), stats, patients, record_keys, patient_keys, patient_index
+        decided(report, config), stats, patients, record_keys, patient_keys, patient_index
     )
 
 
@@ -388,6 +356,13 @@ def check(report_path: str | Path, config_path: str | Path | None = None) -> Dec
     )
 
 
+def recheck(report: AuditReport, config_path: str | Path | None = None) -> AuditReport:
+    """A stored report decided again, under its own policy or the given config's gate
+    rules (`policy_for_check`): what ``check`` prints, its GitHub summary and its
+    pages show."""
+    return decided(report, policy_for_check(report, config_path))
+
+
 def check_report(
     report: Mapping[str, Any] | AuditReport,
     config_path: str | Path | None = None,
@@ -397,4 +372,4 @@ def check_report(
     """Re-evaluate the gate on a report already in memory (e.g. fetched from MLflow)."""
     if not isinstance(report, AuditReport):
         report = read_audit_report(report, source=source)
-    return evaluate_gate(report, policy_for_check(report, config_path))
+    return recheck(report, config_path).decision

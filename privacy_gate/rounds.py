@@ -16,10 +16,10 @@ from typing import Any
 from privacy_gate.adaptive import AdaptivePlan, settle
 from privacy_gate.config import AuditConfig
 from privacy_gate.errors import InputError
-from privacy_gate.gate import POWER_HINT, settled_power_message
+from privacy_gate.gate import decided
 from privacy_gate.pipeline import AuditResult, audit
 from privacy_gate.records import RecordTable
-from privacy_gate.report_model import AdaptiveStop, Decision, Look, LookOutcome
+from privacy_gate.report_model import Look, LookOutcome
 from privacy_gate.signals import Signals
 
 __all__ = ["audit_in_rounds", "look_line"]
@@ -82,31 +82,6 @@ def audit_in_rounds(
             break
     assert result is not None  # a schedule has at least one look
     record = plan.record(tuple(looks), config)
-    decision = result.decision
-    if record.stopped is AdaptiveStop.FAIL_SETTLED:
-        decision = _settled_fail(decision, looks[-1])
-    if record.stopped is AdaptiveStop.UNSETTLED:
-        decision = replace(
-            decision,
-            warnings=(
-                *decision.warnings,
-                f"Adaptive audit unsettled: max_reference_models ({plan.max_reference_models}) "
-                f"was reached without a settled verdict; this is the verdict of the last look "
-                f"(violated: {', '.join(looks[-1].violated) or 'none'}).",
-            ),
-        )
-    report = replace(result.report, adaptive=record, decision=decision)
-    return replace(result, report=report)
-
-
-def _settled_fail(decision: Decision, look: Look) -> Decision:
-    """The final decision of a settled fail: power violations keep their finding but not
-    the advice to train more models (the messages reflect the final state)."""
-    settled_by = ", ".join(look.settled)
-    violations = tuple(
-        replace(v, message=settled_power_message(v.message, settled_by, look.reference_models))
-        if POWER_HINT in v.message
-        else v
-        for v in decision.violations
-    )
-    return replace(decision, violations=violations)
+    # The final report: the last look's figures and the looks, decided once on them
+    # (a settled fail's power messages, an unsettled audit's caveat: `gate.evaluate_gate`).
+    return replace(result, report=decided(replace(result.report, adaptive=record), config))

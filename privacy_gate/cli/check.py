@@ -23,7 +23,7 @@ from privacy_gate.comparison import AuditComparison, compare_reports
 from privacy_gate.errors import InputError, OutdatedReportError
 from privacy_gate.gate import Status
 from privacy_gate.mlflow.remedies import remedy_lines
-from privacy_gate.pipeline import check_report
+from privacy_gate.pipeline import recheck
 from privacy_gate.render.comparison import comparison_lines
 from privacy_gate.report import REPORT_FILE, load_report, read_audit_report, write_json
 from privacy_gate.report_model import AuditReport, Decision
@@ -322,14 +322,15 @@ def run_check(args: argparse.Namespace) -> github.Outcome:
                     source=f"report {args.report}",
                 )
             signature = f"valid, key {signing.public_key_fingerprint(public_key)[:16]}"
-        typed = read_audit_report(report, source=f"The report {str(args.report)!r}")
-        decision = check_report(typed, args.config)
+        typed = recheck(
+            read_audit_report(report, source=f"The report {str(args.report)!r}"), args.config
+        )
+        decision = typed.decision
         if not args.quiet:
             print(policy_line(decision, typed, args.config))
         print_decision(decision, typed, quiet=args.quiet)
         return gate_outcome(
             typed,
-            decision,
             report_path=str(args.report),
             source=f"report {args.report}",
             signature=signature,
@@ -366,8 +367,8 @@ def run_check(args: argparse.Namespace) -> github.Outcome:
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(report, args.out / REPORT_FILE)
         report_path = str(args.out / REPORT_FILE)
-    typed = read_audit_report(report, source=f"The audit of {fetched.source}")
-    decision = check_report(typed, args.config)
+    typed = recheck(read_audit_report(report, source=f"The audit of {fetched.source}"), args.config)
+    decision = typed.decision
     if not args.quiet:
         print(
             f"Verified the signed audit of {fetched.source} "
@@ -383,7 +384,6 @@ def run_check(args: argparse.Namespace) -> github.Outcome:
     outcome = replace(
         gate_outcome(
             typed,
-            decision,
             report_path=report_path,
             source=fetched.source,
             signature=f"valid, key {signing.public_key_fingerprint(public_key)[:16]}",

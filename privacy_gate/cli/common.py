@@ -76,15 +76,14 @@ def print_summary(report: AuditReport, out: Path, *, plots: bool) -> None:
 
 def gate_outcome(
     report: AuditReport,
-    decision: Decision,
     *,
     report_path: str,
     source: str | None = None,
     signature: str | None = None,
 ) -> github.Outcome:
     return github.Outcome(
-        status=decision.status,
-        report=github.evaluated_report(report, decision),
+        status=report.decision.status,
+        report=report,
         report_path=report_path,
         source=source,
         signature=signature,

@@ -188,7 +188,7 @@ def _audit(args: argparse.Namespace) -> github.Outcome:
 
 def _decided(args: argparse.Namespace, result: AuditResult, out: Path) -> github.Outcome:
     print_decision(result.decision, result.report, quiet=args.quiet)
-    return gate_outcome(result.report, result.decision, report_path=str(out / REPORT_FILE))
+    return gate_outcome(result.report, report_path=str(out / REPORT_FILE))
 
 
 def add_score_command(commands: Any) -> None:

@@ -135,7 +135,7 @@ def assert_monotone(
     assert lenient.patients_at_risk <= strict.patients_at_risk
 
     def kinds(decision: Decision) -> set[str]:
-        return {"aggregate" if r in AGGREGATE_RULES else r.value for r in rules_of(decision)}
+        return {"aggregate" if r in AGGREGATE_RULES else r for r in rules_of(decision)}
 
     assert kinds(lenient) <= kinds(strict)
 

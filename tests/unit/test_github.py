@@ -32,7 +32,6 @@ from privacy_gate.github import (
     enabled,
     escape_data,
     escape_property,
-    evaluated_report,
     format_outputs,
     output_values,
     summary_markdown,
@@ -380,14 +379,14 @@ def test_summary_escapes_subgroup_values(failing: dict[str, Any]) -> None:
 # --- evaluated report, enabling, writing -----------------------------------------------------
 
 
-def test_evaluated_report_takes_the_new_decision(failing: dict[str, Any]) -> None:
-    from privacy_gate import evaluate_gate
+def test_a_decided_report_takes_the_new_decision(failing: dict[str, Any]) -> None:
+    from privacy_gate.gate import decided, evaluate_gate
 
     before = copy.deepcopy(failing)
     policy = parse_config({**FAILING, "gate": {**FAILING["gate"], "fdr": 0.001}})
     report = AuditReport.from_dict(failing)
     decision = evaluate_gate(report, policy)
-    evaluated = evaluated_report(report, decision).to_dict()
+    evaluated = decided(report, policy).to_dict()
     assert failing == before  # not mutated
     assert evaluated["decision"] == decision.to_dict()
     assert evaluated["summary"]["patients_at_risk"] == decision.patients_at_risk
