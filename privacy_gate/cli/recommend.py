@@ -11,8 +11,7 @@ from typing import Any
 from privacy_gate.errors import InputError
 from privacy_gate.render.recommendation import dp_recommendation_lines
 from privacy_gate.report import load_audit_report
-from privacy_gate.report_model import DPRecommendation
-from privacy_gate.report_model.codec import decode
+from privacy_gate.report_model.codec import encode
 
 
 def add_recommend_command(commands: Any) -> None:
@@ -74,8 +73,7 @@ def run_recommend(args: argparse.Namespace) -> int:
         max_grad_norm=args.max_grad_norm,
     )
     if args.json:
-        print(json.dumps(section, indent=2, sort_keys=True))
+        print(json.dumps(encode(section), indent=2, sort_keys=True))
     else:
-        typed = decode(DPRecommendation, section, "dp_recommendation")
-        print("\n".join(dp_recommendation_lines(typed)))
-    return 0 if section.get("status") == "recommended" else 2
+        print("\n".join(dp_recommendation_lines(section)))
+    return 0 if section.recommended else 2

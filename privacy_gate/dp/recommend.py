@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
 
 from privacy_gate.adaptive import DEFAULT_MAX_REFERENCE_MODELS
 from privacy_gate.config import AuditConfig
@@ -26,7 +25,7 @@ from privacy_gate.dp_ceiling import (
 )
 from privacy_gate.errors import InputError
 from privacy_gate.gate import reference_models_for_policy
-from privacy_gate.report_model import AuditReport
+from privacy_gate.report_model import AuditReport, DPRecommendation, RecommendationStatus
 from privacy_gate.rules import lowest_patient_auc_limit
 
 __all__ = [
@@ -45,9 +44,9 @@ RELATIVE_TOLERANCE = 0.005
 MAX_NOISE_MULTIPLIER = 1e3
 
 
-def unavailable(reason: str) -> dict[str, Any]:
+def unavailable(reason: str) -> DPRecommendation:
     """A ``dp_recommendation`` section that says why no settings were computed."""
-    return {"status": "unavailable", "reason": reason}
+    return DPRecommendation(status=RecommendationStatus.UNAVAILABLE, reason=reason)
 
 
 def dp_schedule(dataset_size: int, batch_size: int, epochs: int) -> tuple[float, int]:
@@ -134,7 +133,7 @@ def recommend_dp_sgd(
     max_grad_norm_source: str,
     reason: str,
     reference_models: int | None = None,
-) -> dict[str, Any]:
+) -> DPRecommendation:
     """The recommendation section for a pipeline that trains on ``dataset_size`` records.
 
     Args:
@@ -161,31 +160,31 @@ def recommend_dp_sgd(
     delta = 1.0 / dataset_size
     eps = accounting.epsilon(sigma, sample_rate, steps, delta=delta)
     clip = float(f"{max_grad_norm:.3g}")
-    return {
-        "status": "recommended",
-        "reason": reason,
-        "auc_limit": auc_limit,
-        "auc_limit_source": auc_limit_source,
-        "max_records_per_patient": max_records_per_patient,
-        "target_mu": mu,
-        "target_record_auc": record_auc,
-        "noise_multiplier": sigma,
-        "max_grad_norm": clip,
-        "max_grad_norm_source": max_grad_norm_source,
-        "epsilon": eps,
-        "delta": delta,
-        "sample_rate": sample_rate,
-        "batch_size": batch_size,
-        "dataset_size": dataset_size,
-        "epochs": epochs,
-        "steps": steps,
-        "accountant": "prv",
-        "auc_ceiling": ceiling,
-        "auc_ceiling_gdp": gdp_auc_ceiling(sigma, sample_rate, steps),
-        "patient_auc_ceiling": group_auc(ceiling, max_records_per_patient),
-        "reference_models": reference_models,
-        "apply": apply_snippets(sigma, clip, reference_models),
-    }
+    return DPRecommendation(
+        status=RecommendationStatus.RECOMMENDED,
+        reason=reason,
+        auc_limit=auc_limit,
+        auc_limit_source=auc_limit_source,
+        max_records_per_patient=max_records_per_patient,
+        target_mu=mu,
+        target_record_auc=record_auc,
+        noise_multiplier=sigma,
+        max_grad_norm=clip,
+        max_grad_norm_source=max_grad_norm_source,
+        epsilon=eps,
+        delta=delta,
+        sample_rate=sample_rate,
+        batch_size=batch_size,
+        dataset_size=dataset_size,
+        epochs=epochs,
+        steps=steps,
+        accountant="prv",
+        auc_ceiling=ceiling,
+        auc_ceiling_gdp=gdp_auc_ceiling(sigma, sample_rate, steps),
+        patient_auc_ceiling=group_auc(ceiling, max_records_per_patient),
+        reference_models=reference_models,
+        apply=apply_snippets(sigma, clip, reference_models),
+    )
 
 
 def reaudit_reference_models(report: AuditReport, config: AuditConfig) -> int:
@@ -207,7 +206,7 @@ def recommend_for_report(
     epochs: int,
     max_records_per_patient: int,
     max_grad_norm: float | None = None,
-) -> dict[str, Any]:
+) -> DPRecommendation:
     """The recommendation for an existing report (e.g. from ``privacy-gate score``, which
     knows nothing of the training recipe): the pipeline's schedule comes from the caller."""
     limit = lowest_patient_auc_limit(config.policy())

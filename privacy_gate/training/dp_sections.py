@@ -27,8 +27,7 @@ from privacy_gate.dp_ceiling import (
 from privacy_gate.errors import InputError
 from privacy_gate.gate import Status
 from privacy_gate.pipeline import AuditResult
-from privacy_gate.report_model import DPRecommendation, DPTraining
-from privacy_gate.report_model.codec import decode
+from privacy_gate.report_model import DPRecommendation, DPTraining, RecommendationStatus
 from privacy_gate.rules import lowest_patient_auc_limit
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.recipe import Recipe
@@ -55,12 +54,7 @@ def dp_recommendation(
     """The report's ``dp_recommendation`` for a model trained with ``recipe`` on ``data``'s
     members; ``initial_model()`` builds the untrained model that sets the clipping
     suggestion (only when one is needed: a passing audit builds none)."""
-    section: DPRecommendation = decode(
-        DPRecommendation,
-        _recommendation(result, data, recipe, config, initial_model),
-        "dp_recommendation",
-    )
-    return section
+    return _recommendation(result, data, recipe, config, initial_model)
 
 
 def _recommendation(
@@ -69,11 +63,11 @@ def _recommendation(
     recipe: Recipe,
     config: AuditConfig,
     initial_model: Callable[[], nn.Module],
-) -> dict[str, Any]:
+) -> DPRecommendation:
     from privacy_gate.dp.recommend import reaudit_reference_models, recommend_dp_sgd, unavailable
 
     if result.decision.status is Status.PASS:
-        return {"status": "not_needed", "reason": "the gate passed"}
+        return DPRecommendation(status=RecommendationStatus.NOT_NEEDED, reason="the gate passed")
     limit = lowest_patient_auc_limit(config.policy())
     if limit is None:
         return unavailable("the policy has no patient-AUC rule to derive a target from")

@@ -84,18 +84,18 @@ def test_recommendation_reaches_its_target(limit: float, records: int) -> None:
         max_grad_norm_source="test",
         reason="test",
     )
-    sigma, q, steps = rec["noise_multiplier"], rec["sample_rate"], rec["steps"]
+    sigma, q, steps = rec.noise_multiplier, rec.sample_rate, rec.steps
     target_mu = math.sqrt(2) * stats.norm.ppf(limit) / records
-    assert rec["target_mu"] == pytest.approx(target_mu)
-    assert rec["delta"] == pytest.approx(1 / N)
+    assert rec.target_mu == pytest.approx(target_mu)
+    assert rec.delta == pytest.approx(1 / N)
     # mu: Opacus' GDP accountant (Poisson) agrees that the target is reached
     assert compute_mu_poisson(steps=steps, noise_multiplier=sigma, sample_rate=q) <= target_mu
     # epsilon: Opacus' PRV accountant, recomputed; and its own noise search for that epsilon
     accountant = PRVAccountant()
     accountant.history = [(sigma, q, steps)]
-    assert accountant.get_epsilon(delta=1 / N) == pytest.approx(rec["epsilon"], rel=1e-6)
+    assert accountant.get_epsilon(delta=1 / N) == pytest.approx(rec.epsilon, rel=1e-6)
     sigma_for_eps = get_noise_multiplier(
-        target_epsilon=rec["epsilon"],
+        target_epsilon=rec.epsilon,
         target_delta=1 / N,
         sample_rate=q,
         steps=steps,
@@ -104,15 +104,15 @@ def test_recommendation_reaches_its_target(limit: float, records: int) -> None:
     )
     assert sigma_for_eps == pytest.approx(sigma, rel=0.03)
     # the ceilings keep the largest patient within the gate's limit
-    assert rec["auc_ceiling"] <= rec["target_record_auc"] + 1e-12
-    assert rec["patient_auc_ceiling"] <= limit + 1e-9
+    assert rec.auc_ceiling <= rec.target_record_auc + 1e-12
+    assert rec.patient_auc_ceiling <= limit + 1e-9
     # and it is the least noise that does: 2% less misses the target
     less = 0.98 * sigma
     misses = gdp_mu(less, q, steps) > target_mu or (
-        accounting.auc_ceiling(less, q, steps) > rec["target_record_auc"]
+        accounting.auc_ceiling(less, q, steps) > rec.target_record_auc
     )
     assert misses
-    assert "noise_multiplier=" + str(sigma) in rec["apply"]["lightning"]
+    assert "noise_multiplier=" + str(sigma) in rec.apply["lightning"]
 
 
 def test_recommendation_validates_its_inputs() -> None:
