@@ -27,6 +27,7 @@ from privacy_gate.pipeline import recheck
 from privacy_gate.render.comparison import comparison_lines
 from privacy_gate.report import REPORT_FILE, load_report, read_audit_report, write_json
 from privacy_gate.report_model import AuditReport, Decision
+from privacy_gate.verified import verify_signed
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -313,7 +314,7 @@ def run_check(args: argparse.Namespace) -> github.Outcome:
         signature = None
         if public_key is not None:
             try:
-                signing.verify_report(report, public_key)
+                verified = verify_signed(report, public_key)
             except signing.SignatureError as exc:
                 return _refused(
                     [f"the audit signature is not valid: {exc}"],
@@ -321,7 +322,7 @@ def run_check(args: argparse.Namespace) -> github.Outcome:
                     report_path=str(args.report),
                     source=f"report {args.report}",
                 )
-            signature = f"valid, key {signing.public_key_fingerprint(public_key)[:16]}"
+            signature = f"valid, key {verified.key_fingerprint[:16]}"
         typed = recheck(
             read_audit_report(report, source=f"The report {str(args.report)!r}"), args.config
         )

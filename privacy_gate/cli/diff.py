@@ -11,7 +11,7 @@ from typing import Any
 from privacy_gate import github, signing
 from privacy_gate.cli.common import add_github_option
 from privacy_gate.comparison import compare_reports, comparison_to_dict
-from privacy_gate.errors import InputError, OutdatedReportError
+from privacy_gate.errors import InputError, OutdatedReportError, ReportError
 from privacy_gate.render.comparison import (
     comparison_document,
     comparison_lines,
@@ -21,6 +21,7 @@ from privacy_gate.render.html import html_page
 from privacy_gate.render.markdown import markdown_page, render_blocks
 from privacy_gate.report import load_report, read_audit_report
 from privacy_gate.report_model import AuditReport
+from privacy_gate.verified import verify_signed
 
 __all__ = ["add_diff_command"]
 
@@ -65,9 +66,11 @@ def _read(path: Path, which: str, public_key: Any) -> AuditReport:
         raise InputError(f"{where} cannot be compared: {exc}") from None
     if public_key is not None:
         try:
-            signing.verify_report(report, public_key)
+            return verify_signed(report, public_key).report
         except signing.SignatureError as exc:
             raise InputError(f"{where} is not signed by the given key: {exc}") from None
+        except ReportError as exc:
+            raise ReportError(f"{where}: {exc}") from None
     return read_audit_report(report, source=where)
 
 

@@ -11,9 +11,8 @@ from typing import Any
 
 from privacy_gate.errors import ReportError
 from privacy_gate.model_files import NOT_AUDITED, PT2, ModelFiles, differences
-from privacy_gate.report import non_finite_field, outdated_schema_reason
-from privacy_gate.report_model import AuditReport
-from privacy_gate.signing import verify_report
+from privacy_gate.signing import SignatureError
+from privacy_gate.verified import verify_signed
 
 __all__ = ["audit_refusals", "genuine_audit_of", "signed_model_files"]
 
@@ -54,26 +53,13 @@ def audit_refusals(
     """
     if report is None:
         return [f"no privacy audit was found for {subject}"]
-    if not isinstance(report, Mapping):
-        return [f"the audit report is malformed: it is a JSON {_kind(report)}, not an object"]
-    bad = non_finite_field(report)
-    if bad is not None:
-        return [f"the audit report holds a non-finite number at {bad!r}"]
+    try:
+        typed = verify_signed(report, public_key).report
+    except SignatureError as exc:
+        return [f"the audit signature is not valid: {exc}"]  # nothing else can be trusted
+    except ReportError as exc:  # outdated (its figures answer other rules) or malformed
+        return [str(exc)]
     reasons: list[str] = []
-    try:
-        verify_report(report, public_key)
-    except ReportError as exc:
-        reasons.append(f"the audit signature is not valid: {exc}")
-        return reasons  # nothing else in an unverified report can be trusted
-    outdated = outdated_schema_reason(report)
-    if outdated is not None:
-        reasons.append(outdated)
-        return reasons  # its figures and decision answer rules that no longer exist
-    try:
-        typed = AuditReport.from_dict(report)
-    except ReportError as exc:
-        reasons.append(f"the audit report is malformed: {exc}")
-        return reasons
     audit, decision = typed.audit, typed.decision
     if require_pass and not decision.passed:
         rules = ", ".join(dict.fromkeys(v.rule for v in decision.violations))
@@ -95,13 +81,8 @@ def audit_refusals(
 def genuine_audit_of(report: Any, public_key: Any, run_id: str) -> bool:
     """A report this key signed, of the current schema, about run ``run_id``: its other
     claims (status, manifest) can be trusted enough to check them all."""
-    if not isinstance(report, Mapping) or non_finite_field(report) is not None:
-        return False
     try:
-        verify_report(report, public_key)
-        if outdated_schema_reason(report) is not None:
-            return False
-        return AuditReport.from_dict(report).audit.run_id == run_id
+        return verify_signed(report, public_key).report.audit.run_id == run_id
     except ReportError:
         return False
 
@@ -158,9 +139,3 @@ def _file_refusals(
             + ")"
         )
     return reasons
-
-
-def _kind(value: Any) -> str:
-    return {list: "array", str: "string", type(None): "null", bool: "boolean"}.get(
-        type(value), "number"
-    )
