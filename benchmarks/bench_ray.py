@@ -106,8 +106,8 @@ def run_child(args: argparse.Namespace, scores_file: Path) -> dict[str, Any]:
         "start_s": start_s,
         "source": source,
         "records": data.n_records,
-        "per_task": (training.get("ray") or {}).get("models_per_task"),
-        "tasks": (training.get("ray") or {}).get("tasks"),
+        "per_task": (training.details.get("ray") or {}).get("models_per_task"),
+        "tasks": (training.details.get("ray") or {}).get("tasks"),
     }
 
 

@@ -42,6 +42,7 @@ from privacy_gate.training.reference import (
     TrainFunction,
     TrainingBackend,
     TrainingPlan,
+    TrainingRun,
     derived_seed,
 )
 from privacy_gate.training.scoring import score_model
@@ -329,7 +330,7 @@ class _Rounds:
 
     def __init__(self, job: ReferenceJob, trainer: TrainingBackend) -> None:
         self._job, self._trainer = job, trainer
-        self._provenance: dict[str, Any] = {}
+        self._run: TrainingRun | None = None
         self._last: tuple[int, NDArray[np.float64]] | None = None
 
     def scores(self, k: int) -> NDArray[np.float64]:
@@ -337,12 +338,12 @@ class _Rounds:
             return self._last[1]
         job = replace(self._job, plan=self._job.plan.first(k))
         scores, training = train_reference_models(job, self._trainer)
-        self._provenance = merge_rounds(self._provenance, training)
+        self._run = merge_rounds(self._run, training)
         self._last = (k, scores)
         return scores
 
     def provenance(self) -> dict[str, Any]:
-        return dict(self._provenance)
+        return {} if self._run is None else self._run.provenance()
 
 
 def _candidate_scores(

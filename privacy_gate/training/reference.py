@@ -4,7 +4,7 @@ agree on which model is which and a resumed audit finds what is done."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, Protocol
@@ -30,6 +30,7 @@ __all__ = [
     "TrainFunction",
     "TrainingBackend",
     "TrainingPlan",
+    "TrainingRun",
     "derived_seed",
     "recipe_fallback",
     "reference_name",
@@ -136,14 +137,44 @@ class ReferenceJob:
         return [k for k in range(self.plan.n_models) if not self.store.has(reference_name(k))]
 
 
-class TrainingBackend(Protocol):
-    """Trains the reference models of a `ReferenceJob` into its store.
+@dataclass(frozen=True)
+class TrainingRun:
+    """What one backend's training did: the report's ``audit.training`` entries that the
+    backend knows (`run_audit` adds the recipe, the model and the cache key).
 
-    ``train`` returns the provenance the report keeps (``backend``, ``fallback_reason``,
-    ``trained_now``, ``resumed``, ``training_seconds``). Options that only one backend has
-    (worker processes, a Ray cluster) are fields of that backend, not of `run_audit`.
+    Attributes:
+        backend: the backend that trained (``auto`` reports ``batched`` or ``sequential``).
+        fallback_reason: why models trained one at a time though batching was allowed.
+        trained_now, resumed: models trained by this call, and found in the store.
+        training_seconds: wall time of this call's training.
+        details: the backend's own entries, by name (``device``, Ray's ``ray`` section).
+    """
+
+    backend: str
+    fallback_reason: str | None
+    trained_now: int
+    resumed: int
+    training_seconds: float
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def provenance(self) -> dict[str, Any]:
+        """The entries as the report's ``audit.training`` holds them (details flat)."""
+        return {
+            "backend": self.backend,
+            "fallback_reason": self.fallback_reason,
+            "trained_now": self.trained_now,
+            "resumed": self.resumed,
+            "training_seconds": self.training_seconds,
+            **self.details,
+        }
+
+
+class TrainingBackend(Protocol):
+    """Trains the reference models of a `ReferenceJob` into its store and says what it
+    did (`TrainingRun`). Options that only one backend has (worker processes, a Ray
+    cluster) are fields of that backend, not of `run_audit`.
     """
 
     name: ClassVar[str]
 
-    def train(self, job: ReferenceJob) -> dict[str, Any]: ...
+    def train(self, job: ReferenceJob) -> TrainingRun: ...

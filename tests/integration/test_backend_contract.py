@@ -33,6 +33,7 @@ from privacy_gate.training.progress import Progress
 from privacy_gate.training.reference import (
     ReferenceJob,
     TrainingBackend,
+    TrainingRun,
     reference_name,
     train_and_score,
 )
@@ -83,7 +84,7 @@ class NewestFirst:
     pause_s: float = 0.0
     name: ClassVar[str] = "newest_first"
 
-    def train(self, job: ReferenceJob) -> dict[str, Any]:
+    def train(self, job: ReferenceJob) -> TrainingRun:
         inputs, labels = job.data.pool()
         todo = job.todo()
         started = time.perf_counter()
@@ -97,14 +98,14 @@ class NewestFirst:
                 job.store.save(reference_name(k), scores)
                 time.sleep(self.pause_s)
                 progress.update()
-        return {
-            "backend": self.name,
-            "fallback_reason": None,
-            "trained_now": len(todo),
-            "resumed": job.plan.n_models - len(todo),
-            "training_seconds": round(time.perf_counter() - started, 3),
-            "device": str(job.device),
-        }
+        return TrainingRun(
+            backend=self.name,
+            fallback_reason=None,
+            trained_now=len(todo),
+            resumed=job.plan.n_models - len(todo),
+            training_seconds=round(time.perf_counter() - started, 3),
+            details={"device": str(job.device)},
+        )
 
 
 def _pause(value: Any, owner: str) -> float:

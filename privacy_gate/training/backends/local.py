@@ -29,6 +29,7 @@ from privacy_gate.training.reference import (
     DEFAULT_GROUP_SIZE,
     ReferenceJob,
     TrainingBackend,
+    TrainingRun,
     recipe_fallback,
     reference_name,
     train_and_score,
@@ -141,9 +142,7 @@ def choose_backend(
     return SEQUENTIAL, problem
 
 
-def _train_locally(
-    job: ReferenceJob, asked: str, *, workers: int, group_size: int
-) -> dict[str, Any]:
+def _train_locally(job: ReferenceJob, asked: str, *, workers: int, group_size: int) -> TrainingRun:
     """The local backends: batched where ``asked`` and the model allow, else sequential."""
     todo = job.todo()
     n_models = job.plan.n_models
@@ -163,14 +162,14 @@ def _train_locally(
         remaining = job.todo()
         if remaining and used == SEQUENTIAL:
             _train_sequential(job, remaining, progress, workers)
-    return {
-        "backend": used,
-        "fallback_reason": reason,
-        "trained_now": len(todo),
-        "resumed": n_models - len(todo),
-        "training_seconds": round(time.perf_counter() - started, 3),
-        "device": str(job.device),
-    }
+    return TrainingRun(
+        backend=used,
+        fallback_reason=reason,
+        trained_now=len(todo),
+        resumed=n_models - len(todo),
+        training_seconds=round(time.perf_counter() - started, 3),
+        details={"device": str(job.device)},
+    )
 
 
 @dataclass(frozen=True)
@@ -181,7 +180,7 @@ class SequentialBackend:
     workers: int = 1
     name: ClassVar[str] = SEQUENTIAL
 
-    def train(self, job: ReferenceJob) -> dict[str, Any]:
+    def train(self, job: ReferenceJob) -> TrainingRun:
         return _train_locally(job, self.name, workers=self.workers, group_size=1)
 
 
@@ -193,7 +192,7 @@ class BatchedBackend:
     group_size: int = DEFAULT_GROUP_SIZE
     name: ClassVar[str] = BATCHED
 
-    def train(self, job: ReferenceJob) -> dict[str, Any]:
+    def train(self, job: ReferenceJob) -> TrainingRun:
         return _train_locally(job, self.name, workers=1, group_size=self.group_size)
 
 
@@ -206,7 +205,7 @@ class AutoBackend:
     workers: int = 1
     name: ClassVar[str] = AUTO
 
-    def train(self, job: ReferenceJob) -> dict[str, Any]:
+    def train(self, job: ReferenceJob) -> TrainingRun:
         return _train_locally(job, self.name, workers=self.workers, group_size=self.group_size)
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from privacy_gate.errors import ConfigError, InputError, invalid_value
 from privacy_gate.training.backends.local import _GROUP_SIZE
 from privacy_gate.training.backends.registry import BackendSpec, FitPlan, OptionParser
 from privacy_gate.training.ray_backend import RayBackend, RayOptions, parse_ray_options
-from privacy_gate.training.reference import TrainingBackend
+from privacy_gate.training.reference import TrainingBackend, TrainingRun
 
 __all__ = ["SPEC"]
 
@@ -54,16 +55,17 @@ class _Ray(BackendSpec):
         task."""
         return FitPlan(self.name, unbatchable is not None)
 
-    def merge_rounds(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    def merge_rounds(self, before: TrainingRun, after: TrainingRun) -> TrainingRun:
         """Also the Ray section: the latest cluster figures, the tasks added up."""
         merged = super().merge_rounds(before, after)
-        ray, more = before.get("ray"), after.get("ray")
+        ray, more = before.details.get("ray"), after.details.get("ray")
         if isinstance(ray, dict) and isinstance(more, dict):
-            merged["ray"] = {
+            section = {
                 **ray,
                 **{k: v for k, v in more.items() if v is not None},
                 "tasks": ray.get("tasks", 0) + more.get("tasks", 0),
             }
+            merged = replace(merged, details={**merged.details, "ray": section})
         return merged
 
 

@@ -7,14 +7,19 @@ one `register_backend` call."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from privacy_gate.errors import ConfigError, InputError, invalid_value
-from privacy_gate.training.reference import ReferenceJob, TrainingBackend, reference_name
+from privacy_gate.training.reference import (
+    ReferenceJob,
+    TrainingBackend,
+    TrainingRun,
+    reference_name,
+)
 
 __all__ = [
     "BACKENDS",
@@ -75,14 +80,15 @@ class BackendSpec:
         batched (None: it can). Default: one model at a time through the fit's loop."""
         return FitPlan(self.name, True)
 
-    def merge_rounds(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-        """The provenance of two rounds of an adaptive audit: counts and seconds add up,
-        the first fallback reason stays."""
-        merged = dict(before)
-        for name in ("trained_now", "training_seconds"):
-            merged[name] = round(before[name] + after[name], 3)
-        merged["fallback_reason"] = before.get("fallback_reason") or after.get("fallback_reason")
-        return merged
+    def merge_rounds(self, before: TrainingRun, after: TrainingRun) -> TrainingRun:
+        """Two rounds of an adaptive audit as one: counts and seconds add up, the first
+        fallback reason and the first round's details stay."""
+        return replace(
+            before,
+            trained_now=before.trained_now + after.trained_now,
+            training_seconds=round(before.training_seconds + after.training_seconds, 3),
+            fallback_reason=before.fallback_reason or after.fallback_reason,
+        )
 
 
 BACKENDS: dict[str, BackendSpec] = {}
@@ -160,20 +166,19 @@ def make_backend(backend: TrainingBackend | str = "auto", **options: Any) -> Tra
     return spec.build(**parse_backend_options(spec.name, given, "the audit"))
 
 
-def merge_rounds(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The provenance of all rounds so far, merged by the backend that trained them."""
-    if not before:
-        return dict(after)
-    spec = BACKENDS.get(str(after.get("backend")))
-    return (spec or BackendSpec()).merge_rounds(before, after)
+def merge_rounds(before: TrainingRun | None, after: TrainingRun) -> TrainingRun:
+    """All rounds so far as one run, merged by the backend that trained them."""
+    if before is None:
+        return after
+    return BACKENDS.get(after.backend, BackendSpec()).merge_rounds(before, after)
 
 
 def train_reference_models(
     job: ReferenceJob, backend: TrainingBackend | str = "auto"
-) -> tuple[NDArray[np.float64], dict[str, Any]]:
-    """Train (or resume) every reference model of ``job``; scores ``(K, N)`` and the
-    training provenance."""
-    provenance = make_backend(backend).train(job)
+) -> tuple[NDArray[np.float64], TrainingRun]:
+    """Train (or resume) every reference model of ``job``; scores ``(K, N)`` and what the
+    training did."""
+    run = make_backend(backend).train(job)
     names = [reference_name(k) for k in range(job.plan.n_models)]
     scores = np.stack([job.store.load(name) for name in names])  # type: ignore[misc]
-    return scores, provenance
+    return scores, run

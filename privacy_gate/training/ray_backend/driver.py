@@ -36,6 +36,7 @@ from privacy_gate.training.reference import (
     ReferenceJob,
     TrainFunction,
     TrainingPlan,
+    TrainingRun,
     recipe_fallback,
     reference_name,
 )
@@ -128,9 +129,9 @@ def train_on_ray(
     group_size: int = DEFAULT_GROUP_SIZE,
     augmentations: Sequence[Augmentation] = (),
     train_fn: TrainFunction | None = None,
-) -> dict[str, Any]:
-    """Train (or resume) every reference model as Ray tasks into ``store``; the training
-    provenance (`reference.TrainingBackend.train`: the caller reads the scores from the
+) -> TrainingRun:
+    """Train (or resume) every reference model as Ray tasks into ``store``; what the
+    training did (`reference.TrainingBackend.train`: the caller reads the scores from the
     store once).
 
     Each task trains one model with ``train_fn`` when it is given; otherwise a fixed
@@ -176,14 +177,14 @@ def train_on_ray(
                 train_fn=train_fn,
                 reason=reason,
             )
-    return {
-        "backend": "ray",
-        "fallback_reason": reason,
-        "trained_now": len(todo),
-        "resumed": plan.n_models - len(todo),
-        "training_seconds": round(time.perf_counter() - started, 3),
-        "ray": details,
-    }
+    return TrainingRun(
+        backend="ray",
+        fallback_reason=reason,
+        trained_now=len(todo),
+        resumed=plan.n_models - len(todo),
+        training_seconds=round(time.perf_counter() - started, 3),
+        details={"ray": details},
+    )
 
 
 def _run_tasks(
@@ -332,7 +333,7 @@ class RayBackend:
     group_size: int = DEFAULT_GROUP_SIZE
     name: ClassVar[str] = "ray"
 
-    def train(self, job: ReferenceJob) -> dict[str, Any]:
+    def train(self, job: ReferenceJob) -> TrainingRun:
         return train_on_ray(
             job.factory,
             job.data,
