@@ -29,8 +29,7 @@ Figures that are None (not finite in the audit) are left out.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator
 
 from privacy_gate.comparison import AuditComparison
 from privacy_gate.metric_keys import escape_segment, join_key
@@ -135,14 +134,11 @@ def _report_metrics(report: AuditReport) -> Iterator[tuple[tuple[str, ...], floa
                 yield ("subgroup", escaped, escape_segment(value), stat), getattr(group, stat)
 
 
-def report_metrics(report: AuditReport | Mapping[str, Any]) -> dict[str, float]:
-    """The report's figures by full metric key (before `shorten_key`); None skipped.
-
-    ``report`` is the typed report or the JSON of a report.json (read strictly).
-    """
-    typed = report if isinstance(report, AuditReport) else AuditReport.from_dict(report)
+def report_metrics(report: AuditReport) -> dict[str, float]:
+    """The report's figures by full metric key (before `shorten_key`); None skipped (a
+    report.json is read with `AuditReport.from_dict` first)."""
     metrics: dict[str, float] = {}
-    for segments, value in _report_metrics(typed):
+    for segments, value in _report_metrics(report):
         if value is not None and math.isfinite(value):
             metrics[join_key(*segments)] = float(value)
     return metrics

@@ -29,6 +29,7 @@ from tiny_audit import SubclassedBatchNorm1d
 
 from lightning_callbacks import PrivacyGateFailed
 from privacy_gate.metrics import PASSED, TRAINER_METRICS, report_metrics
+from privacy_gate.report_model import AuditReport
 
 N, FEATURES, K, EPOCHS = 120, 6, 4, 2
 NAMESPACES = ("pytorch_lightning", "lightning.pytorch")
@@ -160,7 +161,7 @@ def test_audit_runs_after_fit_batched(tmp_path: Path, namespace: str, lenient: P
     assert data["decision"]["status"] == "pass"
     metrics = trainer.callback_metrics
     # The same keys, and values, as the MLflow run gets (one source: privacy_gate.metrics).
-    logged = report_metrics(data)
+    logged = report_metrics(AuditReport.from_dict(data))
     for key in (*TRAINER_METRICS, PASSED):
         assert isinstance(metrics[key], torch.Tensor), key
         if key != PASSED:
