@@ -11,7 +11,7 @@ py=.venv/bin/python
 [ -x "$py" ] || py=python3
 "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: nothing to check')"
 echo "== CUDA equivalence tests"
-"$py" -m pytest -q tests/unit/test_device.py -k cuda
+"$py" -m pytest -q tests/unit/training/test_device.py -k cuda
 echo "== K=64 small ResNet, 64x64 images (goal: faster than 8 sequential trainings)"
 "$py" benchmarks/bench_conv.py --device cuda --models 64 --sequential 8 --only images64
 echo "== the examples' CNNs, K=16"
