@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from privacy_gate.auc_bounds import auc_lower_bound
 from privacy_gate.errors import ConfigError, bounded_number, invalid_value
 from privacy_gate.report_model import AuditReport, Violation
-from privacy_gate.rules.base import GateRule, ParseContext, Policy, as_number
+from privacy_gate.rules.base import AucLimitRule, GateRule, ParseContext, Policy, as_number
 
 __all__ = ["MaxAggregateAuc", "MaxAggregateTprAtFpr"]
 
@@ -32,7 +32,7 @@ def _no_candidate(key: str, limit: Any) -> Violation:
     )
 
 
-class MaxAggregateAuc(GateRule):
+class MaxAggregateAuc(AucLimitRule):
     """The strongest attack's AUC; settles when its lower bound (at ``alpha`` spent over
     the looks and the attacks) is above the limit."""
 
@@ -40,9 +40,6 @@ class MaxAggregateAuc(GateRule):
     example = 0.6
     listed_when_unset = True
     settles = True
-
-    def parse(self, value: Any, context: ParseContext) -> float:
-        return bounded_number("gate", self.key, value, lo=0.5, hi=1.0)
 
     def check(self, report: AuditReport, policy: Policy) -> list[Violation]:
         limit = policy.limit(self.key)

@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from privacy_gate.errors import bounded_number
 from privacy_gate.report_model import AuditReport, Violation
 
-__all__ = ["GateRule", "ParseContext", "Policy", "as_number"]
+__all__ = ["AucLimitRule", "GateRule", "ParseContext", "Policy", "as_number"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +108,10 @@ class GateRule:
         """The least K an audit of this pool needs for this rule (0: no demand; None: no K
         up to the search's end suffices)."""
         return 0
+
+
+class AucLimitRule(GateRule):
+    """A rule whose limit is an AUC in [0.5, 1] (the worst patient's, an attack's)."""
+
+    def parse(self, value: Any, context: ParseContext) -> float:
+        return bounded_number("gate", self.key, value, lo=0.5, hi=1.0)

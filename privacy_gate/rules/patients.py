@@ -11,7 +11,7 @@ from privacy_gate.auc_bounds import patient_auc_lower_bound
 from privacy_gate.errors import bounded_number, integer_at_least
 from privacy_gate.patients import benjamini_hochberg_count
 from privacy_gate.report_model import AuditReport, Violation
-from privacy_gate.rules.base import GateRule, ParseContext, Policy, as_number
+from privacy_gate.rules.base import AucLimitRule, GateRule, ParseContext, Policy, as_number
 
 __all__ = ["MaxFractionAtRisk", "MaxPatientAuc", "MaxPatientsAtRisk", "confident_count"]
 
@@ -25,16 +25,13 @@ def confident_count(report: AuditReport, fdr: float) -> int:
     )
 
 
-class MaxPatientAuc(GateRule):
+class MaxPatientAuc(AucLimitRule):
     """The most exposed patient's AUC (a point estimate over all patients)."""
 
     key = "max_patient_auc"
     example = 0.95
     listed_when_unset = True
     settles = True
-
-    def parse(self, value: Any, context: ParseContext) -> float:
-        return bounded_number("gate", self.key, value, lo=0.5, hi=1.0)
 
     def check(self, report: AuditReport, policy: Policy) -> list[Violation]:
         limit = policy.limit(self.key)
