@@ -239,14 +239,18 @@ def registered_locations(store: Any) -> list[tuple[str, int, str]]:
 
 
 def validate_alias_name(alias: str) -> None:
-    """MLflow's own alias-name rules (private validators), before any work is done."""
-    from mlflow.utils.validation import (
-        _validate_model_alias_name,
-        _validate_model_alias_name_reserved,
-    )
+    """MLflow's own alias-name rules (private validators), before any work is done.
+    MLflow 3.18 renamed them (``_validate_model_alias_name`` -> ``_validate_alias_name``,
+    ``..._reserved`` likewise); either name is taken."""
+    from mlflow.utils import validation
 
-    _validate_model_alias_name(alias)  # type: ignore[no-untyped-call]
-    _validate_model_alias_name_reserved(alias)  # type: ignore[no-untyped-call]
+    names = (
+        ("_validate_model_alias_name", "_validate_alias_name"),
+        ("_validate_model_alias_name_reserved", "_validate_alias_name_reserved"),
+    )
+    for old, new in names:
+        validate: Any = getattr(validation, old, None) or getattr(validation, new)
+        validate(alias)
 
 
 # ------------------------------------------------------------------ the server app
