@@ -57,10 +57,9 @@ Args:
     reference_models: K, even (default 64), or ``"auto"`` (or a
         `privacy_gate.adaptive.AdaptivePlan`): train rounds of reference models and stop
         at the first look that settles the verdict.
-    backend: a registered backend (`privacy_gate.training.backends`): "auto" (batched
-        when the recipe allows, else one Lightning Trainer per reference model),
-        "batched", "sequential" or "ray" (the same work as Ray tasks; the module's class
-        must be importable or picklable on the workers).
+    backend: a registered backend (`privacy_gate.training.backends`), e.g. "auto"
+        (batched when the recipe allows, else one Lightning Trainer per reference
+        model); docs/how-to lists the others and their options.
     seed: seeds the plan and the reference models.
     on_fail: "raise" (`PrivacyGateFailed`), "warn", or "tag" (``privacy_gate.status``
         on the Trainer's MLFlowLogger run, which gets the whole audit in any case; a
@@ -70,11 +69,9 @@ Args:
         ``type(module)(**module.hparams)``).
     task: "multiclass" (default), "binary" or "multilabel"; forward returns logits.
     plots: also write report.md / report.html with plots.
-    ray: options of the ray backend, a ``RayOptions`` or a mapping of its fields
-        (address, num_cpus, num_gpus, memory, models_per_task, max_retries,
-        runtime_env); None: the defaults. The same as ``backend_options={"ray": ...}``.
     backend_options: the backend's options by name, parsed by the backend (e.g.
-        ``{"group_size": 8}``); an option the backend does not take is an error.
+        ``{"group_size": 8}``, or a cluster's settings); an option the backend does not
+        take is an error.
     log_model: with an MLFlowLogger, also log the audited module itself (the whole
         LightningModule, pt2 export) into its run, bound to the audit: the signed report
         names its files, so that version can be promoted through the gated registry.
@@ -110,7 +107,6 @@ class PrivacyAuditBehaviour:
         model_factory: Callable[[], nn.Module] | None = None,
         task: str = "multiclass",
         plots: bool = True,
-        ray: Any = None,
         backend_options: Mapping[str, Any] | None = None,
         log_model: bool = True,
     ) -> None:
@@ -129,7 +125,6 @@ class PrivacyAuditBehaviour:
             model_factory=model_factory,
             task=task,
             plots=plots,
-            ray=ray,
             backend_options=backend_options,
             log_model=log_model,
         )

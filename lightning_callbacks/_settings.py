@@ -115,21 +115,6 @@ def _metadata(name: str, value: Any) -> Metadata:
     )
 
 
-def _backend_options(backend: str, options: Any, ray: Any) -> dict[str, Any]:
-    """``backend_options``, with ``ray=`` (the shortcut of ``backend_options={"ray": ...}``)
-    folded in; each option parsed by the backend."""
-    if options is None:
-        options = {}
-    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
-        raise _error("backend_options", "a mapping from option name to value, or None", options)
-    given = {k: v for k, v in options.items() if v is not None}
-    if ray is not None:
-        if "ray" in given:
-            raise _error("ray", "given once", ray, "pass it as ray= or in backend_options.")
-        given["ray"] = ray
-    return parse_backend_options(backend, given, OWNER, ConfigError)
-
-
 def validate_settings(
     *,
     config: Any,
@@ -144,7 +129,6 @@ def validate_settings(
     model_factory: Any,
     task: Any,
     plots: Any,
-    ray: Any = None,
     backend_options: Any = None,
     log_model: Any = True,
 ) -> AuditSettings:
@@ -222,6 +206,6 @@ def validate_settings(
         model_factory=model_factory,
         task=_choice("task", Task, task),
         plots=plots,
-        backend_options=_backend_options(chosen, backend_options, ray),
+        backend_options=parse_backend_options(chosen, backend_options, OWNER, ConfigError),
         log_model=log_model,
     )

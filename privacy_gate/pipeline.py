@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,13 @@ from privacy_gate.config import (
     read_config_yaml,
 )
 from privacy_gate.errors import ConfigError, InputError, ReportError
+from privacy_gate.finish import AuditResult, Sections, SectionsOf, finish
 from privacy_gate.gate import Decision, decided, reference_models_for_policy
 from privacy_gate.noise_floor import NoiseFloor, compute_noise_floor
 from privacy_gate.null_tail import NullTailCounter, null_tail_chance
-from privacy_gate.patients import PatientStats, aggregate_patients, benjamini_hochberg_count
+from privacy_gate.patients import aggregate_patients, benjamini_hochberg_count
 from privacy_gate.pseudonyms import Pseudonymizer
-from privacy_gate.record_stats import RecordStats, compute_record_stats
+from privacy_gate.record_stats import compute_record_stats
 from privacy_gate.records import RecordTable, load_records
 from privacy_gate.report import (
     REPORT_FILE,
@@ -61,6 +62,8 @@ from privacy_gate.variance import auc_estimator, never_lower
 
 __all__ = [
     "AuditResult",
+    "Sections",
+    "assess",
     "audit",
     "check",
     "check_report",
@@ -70,22 +73,6 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AuditResult:
-    """A finished audit: the typed report and the per-record/per-patient figures."""
-
-    report: AuditReport
-    records: RecordStats
-    patients: PatientStats
-    record_keys: tuple[str, ...]
-    patient_keys: tuple[str, ...]
-    patient_index: np.ndarray[Any, np.dtype[np.intp]]
-
-    @property
-    def decision(self) -> Decision:
-        return self.report.decision
 
 
 def _subgroup_columns(
@@ -125,6 +112,7 @@ def audit(
     pseudonymizer: Pseudonymizer | None = None,
     inputs: Mapping[str, str] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    sections_of: SectionsOf | None = None,
 ) -> AuditResult:
     """Run the numerical audit and the gate on in-memory signals.
 
@@ -135,8 +123,28 @@ def audit(
         pseudonymizer: how ids appear in outputs (default: keyed from the environment).
         inputs: input file digests to record in the report.
         provenance: where the signals came from (plan, training), kept in ``audit``.
+        sections_of: what the caller adds to the figures before the gate decides
+            (`privacy_gate.finish.Sections`: provenance known only after the audit, the
+            DP sections).
     """
     config = config or default_config()
+    figures = assess(
+        signals, records, config, pseudonymizer=pseudonymizer, inputs=inputs, provenance=provenance
+    )
+    return finish(figures, config, sections_of=sections_of)
+
+
+def assess(
+    signals: Signals,
+    records: RecordTable,
+    config: AuditConfig,
+    *,
+    pseudonymizer: Pseudonymizer | None = None,
+    inputs: Mapping[str, str] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> AuditResult:
+    """The numerical stages of `audit`: the figures, in a report the gate has not decided
+    (`privacy_gate.finish.finish` decides it; an adaptive audit assesses each look)."""
     pseudonymizer = pseudonymizer or Pseudonymizer.from_environment()
     _check_alignment(signals, records, config)
     risk, gate = config.risk, config.gate
@@ -229,9 +237,7 @@ def audit(
         subgroups=subgroups,
         aggregate=aggregate,
     )
-    return AuditResult(
-        decided(report, config), stats, patients, record_keys, patient_keys, patient_index
-    )
+    return AuditResult(report, stats, patients, record_keys, patient_keys, patient_index)
 
 
 def signed_if_key(report: dict[str, Any]) -> dict[str, Any]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from privacy_gate.adaptive import AdaptivePlan, settle
 from privacy_gate.config import AuditConfig
 from privacy_gate.errors import InputError
-from privacy_gate.gate import decided
-from privacy_gate.pipeline import AuditResult, audit
+from privacy_gate.finish import AuditResult, SectionsOf, finish
+from privacy_gate.pipeline import assess
 from privacy_gate.records import RecordTable
 from privacy_gate.report_model import Look, LookOutcome
 from privacy_gate.signals import Signals
@@ -42,6 +41,8 @@ def audit_in_rounds(
     records: RecordTable,
     config: AuditConfig,
     plan: AdaptivePlan,
+    *,
+    sections_of: SectionsOf | None = None,
     **audit_options: Any,
 ) -> AuditResult:
     """Audit at each look of ``plan`` until one settles the verdict (or the maximum).
@@ -50,7 +51,9 @@ def audit_in_rounds(
         reveal: ``reveal(k)`` gives the signals of the first ``k`` reference models
             (trained on demand); ``k`` runs through ``plan.schedule``.
         records, config: as for `privacy_gate.pipeline.audit`.
-        audit_options: passed to `privacy_gate.pipeline.audit` at every look.
+        sections_of: what the caller adds to the last look's figures
+            (`privacy_gate.finish.Sections`), as for `privacy_gate.pipeline.audit`.
+        audit_options: passed to `privacy_gate.pipeline.assess` at every look.
 
     Returns:
         The last look's audit, with the ``adaptive`` section; an audit that reached the
@@ -58,7 +61,7 @@ def audit_in_rounds(
     """
     looks: list[Look] = []
     planned = len(plan.schedule)
-    result: AuditResult | None = None
+    figures: AuditResult | None = None
     for k in plan.schedule:
         if looks:
             _LOG.info(
@@ -74,14 +77,14 @@ def audit_in_rounds(
                 f"reveal({k}) must give the signals of {k} reference models. Got "
                 f"{signals.n_reference_models} instead."
             )
-        result = audit(signals, records, config, **audit_options)
-        look = settle(result.report, config, plan)
+        figures = assess(signals, records, config, **audit_options)
+        look = settle(finish(figures, config).report, config, plan)
         looks.append(look)
         _LOG.info("Adaptive audit, %s.", look_line(look, len(looks), planned))
         if look.outcome is not LookOutcome.OPEN:
             break
-    assert result is not None  # a schedule has at least one look
+    assert figures is not None  # a schedule has at least one look
+    # The report: the last look's figures with the looks, decided once on them (a settled
+    # fail's power messages, an unsettled audit's caveat: `gate.evaluate_gate`).
     record = plan.record(tuple(looks), config)
-    # The final report: the last look's figures and the looks, decided once on them
-    # (a settled fail's power messages, an unsettled audit's caveat: `gate.evaluate_gate`).
-    return replace(result, report=decided(replace(result.report, adaptive=record), config))
+    return finish(figures, config, sections_of=sections_of, adaptive=record)

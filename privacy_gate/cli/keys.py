@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from privacy_gate import signing
-from privacy_gate.errors import InputError
+from privacy_gate.errors import InputError, ReportError
 from privacy_gate.report import load_report, parse_report_json, write_json
+from privacy_gate.verified import verify_signed
 
 
 def add_keys_commands(commands: Any) -> None:
@@ -123,17 +124,17 @@ def run_keys(args: argparse.Namespace) -> int:
         )
     report = _read_report_object(args.report)
     try:
-        signing.verify_report(report, public_key)
+        verified = verify_signed(report, public_key)  # what the registry gate reads too
     except signing.SignatureError as exc:
         print(f"privacy-gate: INVALID signature: {exc}")
         return 1
-    audit = report.get("audit")
-    audit = audit if isinstance(audit, dict) else {}
-    decision = report.get("decision")
-    status = decision.get("status") if isinstance(decision, dict) else None
+    except ReportError as exc:  # signed, but no audit the gate can use (outdated schema too)
+        print(f"privacy-gate: VALID signature, but not a usable audit: {exc}")
+        return 1
+    audit = verified.report.audit
     print(
-        f"privacy-gate: VALID signature by {signing.public_key_fingerprint(public_key)} "
-        f"(run_id {audit.get('run_id')}, model_sha256 {audit.get('model_sha256')}, "
-        f"status {status})"
+        f"privacy-gate: VALID signature by {verified.key_fingerprint} "
+        f"(run_id {audit.run_id}, model_sha256 {audit.model_sha256}, "
+        f"status {verified.report.decision.status.value})"
     )
     return 0

@@ -32,7 +32,7 @@ from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
 
 from privacy_gate.adaptive import parse_reference_models
 from privacy_gate.config import AuditConfig, default_config, load_config, parse_config
-from privacy_gate.errors import ConfigError, check_known_keys, integer_at_least, invalid_value
+from privacy_gate.errors import ConfigError, check_known_keys, integer_at_least
 from privacy_gate.mlflow.audited_model import stored_model_files
 from privacy_gate.mlflow.logging import log_report, report_metrics
 from privacy_gate.model_files import ModelFiles
@@ -55,12 +55,8 @@ _CONFIG_KEYS = ("model_factory", "holdout", "recipe", "reference_models", "max_r
 def _backend(config: Mapping[str, Any]) -> TrainingBackend:
     """``backend`` and ``backend_options``, each option parsed by the backend."""
     name = backend_spec(config.get("backend", "auto"), "evaluator_config", ConfigError).name
-    options = config.get("backend_options") or {}
-    if not isinstance(options, Mapping):
-        raise ConfigError(
-            invalid_value("backend_options", "evaluator_config", "a mapping", options)
-        )
-    parsed = parse_backend_options(name, dict(options), "evaluator_config", ConfigError)
+    options = config.get("backend_options")
+    parsed = parse_backend_options(name, options, "evaluator_config", ConfigError)
     return make_backend(name, **parsed)
 
 

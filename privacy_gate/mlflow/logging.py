@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from privacy_gate._version import __version__
 from privacy_gate.comparison import AuditComparison
-from privacy_gate.errors import ReportError
+from privacy_gate.errors import InputError, ReportError, invalid_value
 from privacy_gate.metric_keys import shorten_key
 from privacy_gate.metrics import comparison_metrics, report_metrics
 from privacy_gate.model_files import ModelFiles
@@ -156,7 +156,7 @@ def _check_report_file(report: Mapping[str, Any], out_dir: Path) -> None:
 
 
 def log_report(
-    report: AuditReport | Mapping[str, Any],
+    report: AuditReport,
     *,
     run_id: str | None = None,
     out_dir: str | Path | None = None,
@@ -175,8 +175,8 @@ def log_report(
     with other settings into the same run fails.
 
     Args:
-        report: the report (``AuditResult.report``, or the JSON of
-            `privacy_gate.report.load_report`).
+        report: the typed report (``AuditResult.report``; a ``report.json`` is read with
+            `privacy_gate.report.load_audit_report`).
         run_id: the run to log into; the active run when None.
         out_dir: the directory the audit was written to; no artifacts when None.
         client: the client to use (its tracking URI); ``MlflowClient()`` when None.
@@ -198,12 +198,17 @@ def log_report(
 
     Raises:
         ReportError: ``out_dir`` does not hold this report's ``report.json``.
+        InputError: ``report`` is not an `AuditReport` (e.g. the JSON of a file).
         InputError: the signing key in the environment cannot be loaded, or
             ``model_sha256`` is not a SHA-256.
         ValueError: no ``run_id`` and no active run.
     """
-    typed = report if isinstance(report, AuditReport) else AuditReport.from_dict(report)
-    document: Mapping[str, Any] = typed.to_dict() if isinstance(report, AuditReport) else report
+    if not isinstance(report, AuditReport):
+        raise InputError(
+            invalid_value("report", "log_report", "an AuditReport", type(report).__name__,
+                          "read a report.json with privacy_gate.report.load_audit_report")
+        )  # fmt: skip
+    document: Mapping[str, Any] = report.to_dict()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         _check_report_file(document, out)  # before signing: that sets run_id and model_sha256
@@ -218,14 +223,14 @@ def log_report(
     from mlflow.entities import Metric, Param, RunTag
 
     timestamp = int(time.time() * 1000)
-    full_keys = report_metrics(typed)
+    full_keys = report_metrics(report)
     shortened = {shorten_key(k): k for k in full_keys if shorten_key(k) != k}
     metrics = [
         Metric(key=shorten_key(k), value=v, timestamp=timestamp, step=0)
         for k, v in full_keys.items()
     ]
-    params = [Param(key=k, value=v) for k, v in report_params(typed).items()]
-    tags = [RunTag(key=k, value=v) for k, v in report_tags(typed, document).items()]
+    params = [Param(key=k, value=v) for k, v in report_params(report).items()]
+    tags = [RunTag(key=k, value=v) for k, v in report_tags(report, document).items()]
     tags.append(RunTag(key=SIGNED_TAG, value="true" if key is not None else "false"))
     mlflow_client.log_batch(run, metrics=metrics, params=params, tags=tags)
 
@@ -280,7 +285,7 @@ def experiment_id_for(client: MlflowClient, experiment: str, tracking_uri: str) 
 
 
 def log_audit_run(
-    report: AuditReport | Mapping[str, Any],
+    report: AuditReport,
     *,
     tracking_uri: str,
     experiment: str = "privacy-gate",

@@ -23,6 +23,7 @@ from torch import nn
 from privacy_gate.adaptive import AdaptivePlan, parse_reference_models
 from privacy_gate.config import AuditConfig, default_config
 from privacy_gate.errors import InputError
+from privacy_gate.finish import Sections
 from privacy_gate.pipeline import AuditResult, audit, write_outputs
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS, PLAN_ROUND, draw_plan, plan_digest
 from privacy_gate.pseudonyms import Pseudonymizer
@@ -30,7 +31,12 @@ from privacy_gate.report_model import AuditReport
 from privacy_gate.rounds import audit_in_rounds
 from privacy_gate.signals import Signals, make_signals
 from privacy_gate.signing import signing_key_from_environment
-from privacy_gate.training.backends import make_backend, merge_rounds, train_reference_models
+from privacy_gate.training.backends import (
+    check_supported,
+    make_backend,
+    merge_rounds,
+    train_reference_models,
+)
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.device import AUTO, resolve_device
 from privacy_gate.training.dp_sections import dp_recommendation, dp_training
@@ -190,8 +196,15 @@ def run_audit(
     config = config or default_config()
     place = resolve_device(device, "run_audit")
     trainer = make_backend(backend)
-    planned = _reference_models(reference_models, trainer)
+    planned = parse_reference_models(reference_models, owner="run_audit", error=InputError)
     adaptive = planned if isinstance(planned, AdaptivePlan) else None
+    check_supported(
+        trainer,
+        dp_sgd=recipe.dp is not None,
+        rounds=adaptive.schedule if adaptive else None,
+        device_type=place.type,
+        owner="run_audit",
+    )
     n_planned = planned.max_reference_models if isinstance(planned, AdaptivePlan) else planned
     out = Path(out_dir) if out_dir is not None else None
     records = data.record_table()
@@ -237,44 +250,41 @@ def run_audit(
             task=data.task,
         )
 
+    def sections_of(figures: AuditResult) -> Sections:
+        """The provenance, named for the K the audit used, and the DP sections."""
+        used = figures.report.audit.reference_models
+        training = rounds.provenance()
+        for name, value in (provenance or {}).items():
+            if training.get(name) is None:
+                training[name] = value
+        audited = {
+            "model_sha256": model_sha256,
+            "plan": {"seed": seed, "sha256": plan_digest(masks[:used]), "file": "membership.npz"},
+            "training": {
+                **training,
+                "recipe": recipe.to_dict(),
+                "model": identity["factory"],
+                "candidate": "given" if candidate is not None else TRAINED_BY_AUDIT,
+                "cache_key": store.key,
+            },
+        }
+        initial_model = functools.partial(init_model, factory, derived_seed(seed, -1))
+        return Sections(
+            provenance=audited,
+            dp_training=dp_training(figures, data, recipe),
+            remedy=lambda decided: dp_recommendation(decided, data, recipe, config, initial_model),
+        )
+
     options: dict[str, Any] = {
         "pseudonymizer": Pseudonymizer.from_environment(raw=raw_ids),
         "inputs": {"data_sha256": data_digest},
+        "sections_of": sections_of,
     }
     if adaptive is None:
         result = audit(reveal(n_planned), records, config, **options)
     else:
         result = audit_in_rounds(reveal, records, config, adaptive, **options)
     used = result.report.audit.reference_models
-    training = rounds.provenance()
-    for name, value in (provenance or {}).items():
-        if training.get(name) is None:
-            training[name] = value
-    audit_provenance = {
-        "model_sha256": model_sha256,
-        "plan": {"seed": seed, "sha256": plan_digest(masks[:used]), "file": "membership.npz"},
-        "training": {
-            **training,
-            "recipe": recipe.to_dict(),
-            "model": identity["factory"],
-            "candidate": "given" if candidate is not None else TRAINED_BY_AUDIT,
-            "cache_key": store.key,
-        },
-    }
-    report = replace(result.report, audit=result.report.audit.with_provenance(audit_provenance))
-    result = replace(result, report=report)
-    report = replace(
-        result.report,
-        dp_training=dp_training(result, data, recipe),
-        dp_recommendation=dp_recommendation(
-            result,
-            data,
-            recipe,
-            config,
-            functools.partial(init_model, factory, derived_seed(seed, -1)),
-        ),
-    )
-    result = replace(result, report=report)
     if out is not None:
         write_outputs(result, out, plots=plots)
         np.savez(
@@ -302,26 +312,6 @@ def _preflight(
     if candidate is not None:
         check_model_outputs(candidate, inputs, labels, data.task, "The candidate")
     return model_identity(factory, model)
-
-
-def _reference_models(
-    reference_models: int | str | AdaptivePlan, trainer: TrainingBackend
-) -> int | AdaptivePlan:
-    """A fixed K, or the adaptive plan of ``reference_models="auto"`` checked against the
-    backend: rounds must hold whole batched groups, or a later look would retrain the
-    models of an earlier one."""
-    parsed = parse_reference_models(reference_models, owner="run_audit", error=InputError)
-    if isinstance(parsed, int):
-        return parsed
-    group = int(getattr(trainer, "group_size", 1))
-    if group > 1 and any(k % group for k in parsed.schedule):
-        raise InputError(
-            f"The 'round_size' of the adaptive audit ({parsed.round_size}) and its "
-            f"'max_reference_models' ({parsed.max_reference_models}) must be multiples of "
-            f"the batched group size ({group}): a look would split a group. HINT: use "
-            f"round_size {group} (the default) or backend 'sequential'."
-        )
-    return parsed
 
 
 class _Rounds:

@@ -84,7 +84,7 @@ def test_an_interrupted_adaptive_audit_resumes_at_the_model_where_it_stopped(
 
 
 def test_rounds_must_hold_whole_batched_groups(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="multiples of the batched group size"):
+    with pytest.raises(InputError, match=r"multiples of the .batched. backend.s group size"):
         _audit(tmp_path, reference_models=AdaptivePlan(round_size=8, max_reference_models=32),
                backend="batched")  # fmt: skip
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 from test_ray_backend import (  # the helpers and the module's local Ray instance
+    RECIPE,
     _assert_same_report,
     _audit,
     _records,
@@ -25,11 +26,14 @@ from privacy_gate.errors import ConfigError, InputError
 from privacy_gate.training.backends import (
     BACKENDS,
     BackendSpec,
+    Supports,
+    check_supported,
     register_backend,
     unregister_backend,
 )
 from privacy_gate.training.job import parse_job
 from privacy_gate.training.progress import Progress
+from privacy_gate.training.recipe import DPSettings
 from privacy_gate.training.reference import (
     ReferenceJob,
     TrainingBackend,
@@ -37,6 +41,8 @@ from privacy_gate.training.reference import (
     reference_name,
     train_and_score,
 )
+
+DP_RECIPE = replace(RECIPE, dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0))
 
 __all__ = ["_stable_pseudonyms", "local_ray"]  # fixtures: used by name, one autouse
 
@@ -152,3 +158,56 @@ def test_a_backend_name_must_be_new_and_an_identifier(newest_first: BackendSpec)
     with pytest.raises(ValueError, match="newest_first"):
         register_backend(_NewestFirstSpec())
     assert "newest_first" in BACKENDS
+
+
+@dataclass(frozen=True)
+class CpuOnce(NewestFirst):
+    name: ClassVar[str] = "cpu_once"
+
+
+class _CpuOnceSpec(_NewestFirstSpec):
+    """The same backend, declaring less: no DP-SGD, no rounds, CPU only."""
+
+    name = "cpu_once"
+
+    def build(self, **options: Any) -> TrainingBackend:
+        return CpuOnce(**options)
+
+    supports: ClassVar[Supports] = Supports(
+        dp_sgd=False, adaptive=False, devices=frozenset({"cpu"})
+    )
+
+
+def test_what_a_backend_does_not_support_is_refused_before_training(tmp_path: Path) -> None:
+    spec = register_backend(_CpuOnceSpec())
+    try:
+        backend = spec.build()
+        asked = {
+            "dp_sgd": "a backend that trains with DP-SGD",
+            "rounds": "a backend that trains in rounds",
+        }
+        with pytest.raises(InputError, match=asked["dp_sgd"]) as refused:
+            check_supported(backend, dp_sgd=True, rounds=None, device_type="cpu", owner="x")
+        assert "'cpu_once'" in str(refused.value)
+        with pytest.raises(InputError, match=asked["rounds"]):
+            check_supported(backend, dp_sgd=False, rounds=(8, 16), device_type="cpu", owner="x")
+        with pytest.raises(InputError, match="one of \\['cpu'\\] for backend 'cpu_once'"):
+            check_supported(backend, dp_sgd=False, rounds=None, device_type="cuda", owner="x")
+        # Through run_audit: refused before a model trains (nothing stored).
+        with pytest.raises(InputError, match=asked["rounds"]):
+            _audit(tmp_path / "auto", backend="cpu_once", reference_models="auto")
+        with pytest.raises(InputError, match=asked["dp_sgd"]):
+            _audit(tmp_path / "dp", backend="cpu_once", recipe=DP_RECIPE)
+        assert not (tmp_path / "auto").exists() and not (tmp_path / "dp").exists()
+        check_supported(backend, dp_sgd=False, rounds=None, device_type="cpu", owner="x")
+    finally:
+        unregister_backend(spec.name)
+
+
+def test_the_built_in_backends_declare_what_they_support() -> None:
+    """Every built-in trains DP-SGD recipes and adaptive rounds; the local ones train on
+    the audit's device, Ray's tasks place their own models."""
+    for name, spec in BACKENDS.items():
+        assert spec.supports.dp_sgd and spec.supports.adaptive, name
+        expected = frozenset() if name == "ray" else frozenset({"cpu", "cuda"})
+        assert spec.supports.devices == expected, name

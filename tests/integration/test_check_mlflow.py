@@ -38,6 +38,7 @@ from privacy_gate.cli import main
 from privacy_gate.config import default_policy_text, parse_config
 from privacy_gate.mlflow import REPORT_ARTIFACT, log_report
 from privacy_gate.report import write_json
+from privacy_gate.report_model import AuditReport
 from privacy_gate.signing import (
     PUBLIC_KEY_ENVIRONMENT_VARIABLE,
     load_private_key,
@@ -47,6 +48,8 @@ from privacy_gate.signing import (
     write_keypair,
 )
 from privacy_gate.training.weights import weights_sha256
+
+typed = AuditReport.from_dict  # log_report takes the typed report
 
 mlflow_server = mlflow_server_fixture()
 
@@ -112,9 +115,9 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
         name: client.create_run(experiment, run_name=name).info.run_id
         for name in ("pass", "fail", "unsigned", "wrong_key", "other_run", "tampered", "empty")
     }
-    log_report(passing, run_id=runs["pass"], signing_key=private, client=client)
-    log_report(failing, run_id=runs["fail"], signing_key=private, client=client)
-    log_report(passing, run_id=runs["wrong_key"], signing_key=other, client=client)
+    log_report(typed(passing), run_id=runs["pass"], signing_key=private, client=client)
+    log_report(typed(failing), run_id=runs["fail"], signing_key=private, client=client)
+    log_report(typed(passing), run_id=runs["wrong_key"], signing_key=other, client=client)
     _upload(client, runs["unsigned"], passing, tmp)
     moved = sign_report(passing, private, run_id=runs["pass"], model_sha256=None)
     _upload(client, runs["other_run"], moved, tmp)  # genuine, but of another run
@@ -130,14 +133,14 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
     models: dict[str, tuple[str, str]] = {}
     try:
         v = log_and_register(model, "check-pass")
-        log_report(passing, run_id=v.run_id, signing_key=private, model_sha256=digest,
+        log_report(typed(passing), run_id=v.run_id, signing_key=private, model_sha256=digest,
                    model_files=v.files)  # fmt: skip
         models["pass"] = (v.name, v.version)
         changed = copy.deepcopy(model)
         with torch.no_grad():
             changed.bias.add_(0.5)  # weights changed after the audit
         v = log_and_register(model, "check-changed", registered=changed)
-        log_report(passing, run_id=v.run_id, signing_key=private, model_sha256=digest,
+        log_report(typed(passing), run_id=v.run_id, signing_key=private, model_sha256=digest,
                    model_files=v.files)  # fmt: skip
         models["changed"] = (v.name, v.version)
         # A champion and a candidate of one registered model, audited on the same pool.
@@ -147,7 +150,7 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
             ("other-pool", _report(LENIENT, pool="pool-2")),
         ):
             v = log_and_register(model, "check-vs")
-            log_report(report, run_id=v.run_id, signing_key=private, model_sha256=digest,
+            log_report(typed(report), run_id=v.run_id, signing_key=private, model_sha256=digest,
                        model_files=v.files)  # fmt: skip
             models[label] = (v.name, v.version)
         client.set_registered_model_alias("check-vs", "champion", models["champion"][1])

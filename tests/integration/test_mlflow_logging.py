@@ -32,6 +32,7 @@ from privacy_gate import (
     records_from_columns,
     write_outputs,
 )
+from privacy_gate.errors import InputError
 from privacy_gate.metric_keys import (
     escape_segment,
     join_key,
@@ -43,6 +44,8 @@ from privacy_gate.mlflow import log_report
 from privacy_gate.mlflow.logging import report_metrics, report_sha256
 from privacy_gate.report import canonical_json
 from privacy_gate.report_model import AuditReport
+
+typed = AuditReport.from_dict  # log_report takes the typed report
 
 mlflow_server = mlflow_server_fixture()
 
@@ -96,7 +99,9 @@ def logged_run(mlflow_server: MlflowServer, audited: Audit) -> Iterator[tuple[Ml
     writer = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
     experiment = writer.create_experiment("privacy-gate-logging")
     run = writer.create_run(experiment)
-    log_report(audited.report, run_id=run.info.run_id, out_dir=audited.out_dir, client=writer)
+    log_report(
+        typed(audited.report), run_id=run.info.run_id, out_dir=audited.out_dir, client=writer
+    )
     writer.set_terminated(run.info.run_id)
     yield MlflowClient(tracking_uri=mlflow_server.tracking_uri), run.info.run_id
 
@@ -145,7 +150,7 @@ def test_metrics_hold_the_report_figures(
         assert key in metrics, key
         assert metrics[key] == pytest.approx(float(value), rel=1e-12, abs=0), key
     # Exactly the figures report_metrics selects: none lost, none invented.
-    assert set(metrics) == set(report_metrics(AuditReport.from_dict(audited.report)))
+    assert set(metrics) == set(report_metrics(typed(audited.report)))
     assert all(math.isfinite(v) for v in metrics.values())
 
 
@@ -222,7 +227,7 @@ def test_active_run_and_long_keys(
     mlflow.set_tracking_uri(mlflow_server.tracking_uri)  # over any other module's choice
     mlflow.set_experiment("privacy-gate-logging")  # not another server's active experiment
     with mlflow.start_run() as run:
-        log_report(report)  # no out_dir: no artifacts besides the key map
+        log_report(typed(report))  # no out_dir: no artifacts besides the key map
     client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
     metrics = client.get_run(run.info.run_id).data.metrics
     assert all(len(key) <= 250 for key in metrics)
@@ -242,11 +247,17 @@ def test_active_run_and_long_keys(
 def test_no_run_is_an_error(audited: Audit) -> None:
     assert mlflow.active_run() is None
     with pytest.raises(ValueError, match="run_id"):
-        log_report(audited.report)
+        log_report(typed(audited.report))
 
 
 def test_out_dir_of_another_audit_is_refused(audited: Audit, tmp_path: Path) -> None:
     other = dict(audited.report, schema_version="1.9")
     (tmp_path / "report.json").write_text(json.dumps(other), encoding="utf-8")
     with pytest.raises(ValueError, match="another audit"):
-        log_report(audited.report, run_id="x", out_dir=tmp_path)
+        log_report(typed(audited.report), run_id="x", out_dir=tmp_path)
+
+
+def test_the_json_of_a_report_is_refused_with_the_reader_to_use(audited: Audit) -> None:
+    """log_report signs and logs the typed report it is given; a dict is read first."""
+    with pytest.raises(InputError, match="load_audit_report"):
+        log_report(audited.report, run_id="x")  # type: ignore[arg-type]

@@ -44,6 +44,7 @@ from privacy_gate.mlflow import (
 from privacy_gate.mlflow.promote import PromotionError
 from privacy_gate.render.recommendation import recommendation_lines
 from privacy_gate.report import write_json
+from privacy_gate.report_model import AuditReport
 from privacy_gate.signing import (
     PUBLIC_KEY_ENVIRONMENT_VARIABLE,
     load_private_key,
@@ -52,6 +53,8 @@ from privacy_gate.signing import (
     write_keypair,
 )
 from privacy_gate.training.weights import weights_sha256
+
+typed = AuditReport.from_dict  # log_report takes the typed report
 
 mlflow_server = mlflow_server_fixture()
 
@@ -123,10 +126,10 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
     try:
         for scenario in ("pass", "policy"):
             v = versions[scenario] = log_and_register(model, f"gate-{scenario}")
-            log_report(passing, run_id=v.run_id, signing_key=private, model_sha256=digest,
+            log_report(typed(passing), run_id=v.run_id, signing_key=private, model_sha256=digest,
                        client=client, model_files=v.files)  # fmt: skip
         v = versions["fail"] = log_and_register(model, "gate-fail")
-        log_report(failing, run_id=v.run_id, signing_key=private, model_sha256=digest,
+        log_report(typed(failing), run_id=v.run_id, signing_key=private, model_sha256=digest,
                    model_files=v.files)  # fmt: skip
 
         v = versions["forged"] = log_and_register(model, "gate-forged")
@@ -134,8 +137,8 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
         client.set_model_version_tag(v.name, v.version, "privacy_gate.status", "pass")
 
         v = versions["wrong_key"] = log_and_register(model, "gate-wrong-key")
-        log_report(passing, run_id=v.run_id, signing_key=other_private, model_sha256=digest,
-                   model_files=v.files)  # fmt: skip
+        log_report(typed(passing), run_id=v.run_id, signing_key=other_private,
+                   model_sha256=digest, model_files=v.files)  # fmt: skip
 
         v = versions["other_run"] = log_and_register(model, "gate-other-run")
         moved = sign_report(
@@ -150,7 +153,7 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
         with torch.no_grad():
             changed.weight.add_(0.01)  # weights changed after the audit
         v = versions["changed"] = log_and_register(model, "gate-changed", registered=changed)
-        log_report(passing, run_id=v.run_id, signing_key=private, model_sha256=digest,
+        log_report(typed(passing), run_id=v.run_id, signing_key=private, model_sha256=digest,
                    model_files=v.files)  # fmt: skip
 
         versions["unaudited"] = log_and_register(model, "gate-unaudited")
@@ -303,7 +306,7 @@ def test_log_audited_model_binds_a_logged_audit_to_the_model_files(world: World)
     with mlflow.start_run() as run:
         pass
     run_id = run.info.run_id
-    log_report(world.passing, run_id=run_id, signing_key=private,
+    log_report(typed(world.passing), run_id=run_id, signing_key=private,
                model_sha256=weights_sha256(model), client=world.client)  # fmt: skip
     with pytest.raises(ReportError, match="not the audited one"):
         log_audited_model(nn.Linear(4, 2), run_id=run_id, input_example=example,

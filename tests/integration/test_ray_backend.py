@@ -380,7 +380,8 @@ def test_lightning_trainer_per_task_when_the_recipe_cannot_be_batched(
     function, sent by value) with a fresh Trainer on the worker."""
     lenient = write_config("gate:\n  max_patient_auc: 1.0\n")
     lightning_fit(tmp_path, config=lenient, backend="ray",
-                  module_kwargs={"norm_layer": "subclassed"}, ray={"max_retries": 1})  # fmt: skip
+                  module_kwargs={"norm_layer": "subclassed"},
+                  backend_options={"ray": {"max_retries": 1}})  # fmt: skip
     training = json.loads((tmp_path / "audit" / "report.json").read_text())["audit"]["training"]
     assert training["backend"] == "ray" and training["trained_now"] == 4
     assert "BatchNorm" in training["fallback_reason"] and training["ray"]["tasks"] == 4
@@ -390,9 +391,9 @@ def test_lightning_callback_refuses_what_ray_cannot_run(tmp_path: Path, lightnin
     with pytest.raises(
         ConfigError, match="option 'ray' does not apply to the 'auto' backend of Priv"
     ):
-        lightning_fit(tmp_path, backend="auto", ray={"num_cpus": 1})
+        lightning_fit(tmp_path, backend="auto", backend_options={"ray": {"num_cpus": 1}})
     with pytest.raises(ConfigError, match=r"Unknown key\(s\) \['cpus'\] in ray"):
-        lightning_fit(tmp_path, backend="ray", ray={"cpus": 1})
+        lightning_fit(tmp_path, backend="ray", backend_options={"ray": {"cpus": 1}})
     from test_lightning_callback import namespace_classes
 
     module_class = namespace_classes("pytorch_lightning")["module"]

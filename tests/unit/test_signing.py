@@ -410,3 +410,19 @@ def test_cli_encrypted_key_passphrase_from_environment(
     monkeypatch.delenv(PASSPHRASE_ENVIRONMENT_VARIABLE)
     assert main(["keys", "fingerprint", str(private)]) == 2
     assert PASSPHRASE_ENVIRONMENT_VARIABLE in capsys.readouterr().err
+
+
+def test_cli_verify_reads_a_report_as_the_gate_does(
+    report: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A valid signature over a report the gate cannot use (an older schema) exits 1 and
+    says why, as the registry gate would refuse it."""
+    private, public = tmp_path / "audit.pem", tmp_path / "audit.pub.pem"
+    write_keypair(private, public)
+    older = dict(report, schema_version="1.9")
+    path = tmp_path / "older.json"
+    write_json(sign_report(older, load_private_key(private), run_id=RUN_ID,
+                           model_sha256=MODEL_SHA256), path)  # fmt: skip
+    assert main(["keys", "verify", str(path), "--public-key", str(public)]) == 1
+    out = capsys.readouterr().out
+    assert "VALID signature, but not a usable audit" in out and "1.9" in out

@@ -219,6 +219,11 @@ def _positive(name: str) -> OptionParser:
 _WORKERS, _GROUP_SIZE = _positive("workers"), _positive("group_size")
 
 
+def group_size_of(backend: TrainingBackend) -> int:
+    """The models a backend with a ``group_size`` option trains as one batched group."""
+    return int(getattr(backend, "group_size", DEFAULT_GROUP_SIZE))
+
+
 class _Sequential(BackendSpec):
     name = SEQUENTIAL
     options: ClassVar[dict[str, OptionParser]] = {"workers": _WORKERS}
@@ -233,6 +238,9 @@ class _Batched(BackendSpec):
 
     def build(self, **options: Any) -> TrainingBackend:
         return BatchedBackend(**options)
+
+    def round_multiple(self, backend: TrainingBackend) -> int:
+        return group_size_of(backend)
 
     def fit_plan(self, unbatchable: str | None, owner: str) -> FitPlan:
         if unbatchable is not None:
@@ -249,6 +257,9 @@ class _Auto(BackendSpec):
 
     def build(self, **options: Any) -> TrainingBackend:
         return AutoBackend(**options)
+
+    def round_multiple(self, backend: TrainingBackend) -> int:
+        return group_size_of(backend)
 
     def fit_plan(self, unbatchable: str | None, owner: str) -> FitPlan:
         if unbatchable is not None:

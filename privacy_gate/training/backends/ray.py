@@ -9,8 +9,8 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from privacy_gate.errors import ConfigError, InputError, invalid_value
-from privacy_gate.training.backends.local import _GROUP_SIZE
-from privacy_gate.training.backends.registry import BackendSpec, FitPlan, OptionParser
+from privacy_gate.training.backends.local import _GROUP_SIZE, group_size_of
+from privacy_gate.training.backends.registry import BackendSpec, FitPlan, OptionParser, Supports
 from privacy_gate.training.ray_backend import RayBackend, RayOptions, parse_ray_options
 from privacy_gate.training.reference import TrainingBackend, TrainingRun
 
@@ -34,6 +34,7 @@ def _ray_options(value: Any, owner: str) -> RayOptions:
 
 class _Ray(BackendSpec):
     name = "ray"
+    supports: ClassVar[Supports] = Supports(devices=frozenset())  # RayOptions place models
     options: ClassVar[dict[str, OptionParser]] = {"ray": _ray_options, "group_size": _GROUP_SIZE}
 
     def check_factory(self, factory: Callable[[], Any], what: str) -> None:
@@ -54,6 +55,9 @@ class _Ray(BackendSpec):
         """The recipe's batched groups as tasks when it allows them, else one Trainer per
         task."""
         return FitPlan(self.name, unbatchable is not None)
+
+    def round_multiple(self, backend: TrainingBackend) -> int:
+        return group_size_of(backend)
 
     def merge_rounds(self, before: TrainingRun, after: TrainingRun) -> TrainingRun:
         """Also the Ray section: the latest cluster figures, the tasks added up."""

@@ -25,7 +25,9 @@ __all__ = [
     "BACKENDS",
     "BackendSpec",
     "FitPlan",
+    "Supports",
     "backend_spec",
+    "check_supported",
     "make_backend",
     "merge_rounds",
     "parse_backend_options",
@@ -49,6 +51,22 @@ class FitPlan:
     """Why the fit trains otherwise than asked, for the caller's log (None: as asked)."""
 
 
+@dataclass(frozen=True)
+class Supports:
+    """What a backend can train, checked before any model trains (`check_supported`).
+
+    Attributes:
+        dp_sgd: recipes that train with DP-SGD.
+        adaptive: ``reference_models: auto`` (training in rounds, resumed per look).
+        devices: the device types it trains on in this process; empty when it places
+            its models itself (Ray tasks), so an audit's ``device`` does not apply.
+    """
+
+    dp_sgd: bool = True
+    adaptive: bool = True
+    devices: frozenset[str] = frozenset({"cpu", "cuda"})
+
+
 class BackendSpec:
     """One training backend. Subclasses set ``name`` and ``options`` and implement
     `build`; the defaults describe a backend that trains in this process.
@@ -57,10 +75,12 @@ class BackendSpec:
         name: audit.yaml's ``backend:`` value and the callback's ``backend=``.
         options: option name -> its parser; audit.yaml takes them as top-level keys, the
             callback and `make_backend` as keywords.
+        supports: what it can train (DP-SGD, adaptive rounds, devices).
     """
 
     name: str = ""
     options: ClassVar[Mapping[str, OptionParser]] = {}
+    supports: ClassVar[Supports] = Supports()
 
     def build(self, **options: Any) -> TrainingBackend:
         """The backend, from its parsed options."""
@@ -79,6 +99,11 @@ class BackendSpec:
         """How a Lightning fit trains on this backend, given why its recipe cannot be
         batched (None: it can). Default: one model at a time through the fit's loop."""
         return FitPlan(self.name, True)
+
+    def round_multiple(self, backend: TrainingBackend) -> int:
+        """The number of models an adaptive round must be a multiple of on ``backend``
+        (a batched group: a look must not split one). Default: 1."""
+        return 1
 
     def merge_rounds(self, before: TrainingRun, after: TrainingRun) -> TrainingRun:
         """Two rounds of an adaptive audit as one: counts and seconds add up, the first
@@ -124,14 +149,24 @@ def backend_spec(name: Any, owner: str, error: type[ValueError] = InputError) ->
 
 
 def parse_backend_options(
-    name: str, given: Mapping[str, Any], owner: str, error: type[ValueError] = InputError
+    name: str, given: object, owner: str, error: type[ValueError] = InputError
 ) -> dict[str, Any]:
-    """The options given for backend ``name``, each parsed by the backend; an option it
-    does not take is an error (it would silently do nothing), naming the backends that
-    take it."""
+    """The options given for backend ``name`` (``backend_options``: a mapping from option
+    name to value, or None), each parsed by the backend; an option left None takes the
+    backend's default. An option it does not take is an error (it would silently do
+    nothing), naming the backends that take it."""
     spec = backend_spec(name, owner, error)
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping) or not all(isinstance(key, str) for key in given):
+        raise error(
+            invalid_value("backend_options", owner, "a mapping from option name to value, "
+                          "or None", given)
+        )  # fmt: skip
     parsed: dict[str, Any] = {}
     for option, value in given.items():
+        if value is None:
+            continue
         if option not in spec.options:
             takers = sorted(n for n, s in BACKENDS.items() if option in s.options)
             hint = (
@@ -162,8 +197,46 @@ def make_backend(backend: TrainingBackend | str = "auto", **options: Any) -> Tra
             )
         return backend
     spec = backend_spec(backend, "the audit")
-    given = {option: value for option, value in options.items() if value is not None}
-    return spec.build(**parse_backend_options(spec.name, given, "the audit"))
+    return spec.build(**parse_backend_options(spec.name, options, "the audit"))
+
+
+def check_supported(
+    backend: TrainingBackend,
+    *,
+    dp_sgd: bool,
+    rounds: tuple[int, ...] | None,
+    device_type: str,
+    owner: str,
+) -> None:
+    """Refuse, before any model trains, what ``backend`` cannot train: a DP-SGD recipe,
+    adaptive ``rounds`` (the K of each look; None: a fixed K) that it cannot resume or
+    that split its groups, or a device type it does not train on."""
+    spec = BACKENDS.get(backend.name, BackendSpec())
+    supports, name = spec.supports, backend.name
+    if dp_sgd and not supports.dp_sgd:
+        raise InputError(
+            invalid_value("backend", owner, "a backend that trains with DP-SGD", name,
+                          "use backend 'auto' or 'sequential', or a recipe without 'dp'")
+        )  # fmt: skip
+    if rounds is not None:
+        if not supports.adaptive:
+            raise InputError(
+                invalid_value("backend", owner, "a backend that trains in rounds", name,
+                              "use a fixed reference_models K, or backend 'auto'")
+            )  # fmt: skip
+        group = spec.round_multiple(backend)
+        if group > 1 and any(k % group for k in rounds):
+            raise InputError(
+                f"The adaptive audit's looks (K = {list(rounds)}) must be multiples of the "
+                f"{name!r} backend's group size ({group}): a look would split a group. HINT: "
+                f"use round_size {group} (the default) with a max_reference_models that is "
+                "a multiple of it, or backend 'sequential'."
+            )
+    if supports.devices and device_type not in supports.devices:
+        raise InputError(
+            invalid_value("device", owner, f"one of {sorted(supports.devices)} for backend "
+                          f"{name!r}", device_type, "choose another device or backend")
+        )  # fmt: skip
 
 
 def merge_rounds(before: TrainingRun | None, after: TrainingRun) -> TrainingRun:

@@ -14,6 +14,7 @@ from privacy_gate.training.backends import (
     BatchedBackend,
     SequentialBackend,
     make_backend,
+    parse_backend_options,
 )
 from privacy_gate.training.ray_backend import RayBackend, RayOptions
 
@@ -55,3 +56,18 @@ def test_an_option_the_backend_does_not_take_is_refused(
 def test_an_unknown_backend_names_the_valid_ones() -> None:
     with pytest.raises(InputError, match=r"'backend' parameter .* one of \['auto', 'batched'"):
         make_backend("gpu-cluster")
+
+
+@pytest.mark.parametrize("given", [["workers", 2], {1: 2}, "workers=2"])
+def test_backend_options_must_be_a_mapping_by_name(given: object) -> None:
+    """One check for audit.yaml, the callback and the evaluator (each passes its own
+    ``backend_options`` through `parse_backend_options`)."""
+    with pytest.raises(InputError, match="'backend_options' parameter of the callback"):
+        parse_backend_options("auto", given, "the callback")
+
+
+def test_an_option_left_none_takes_the_default() -> None:
+    assert parse_backend_options("auto", None, "x") == {}
+    assert parse_backend_options("auto", {"workers": None, "group_size": 4}, "x") == {
+        "group_size": 4
+    }

@@ -184,8 +184,8 @@ def test_uniform_dropout_keeps_one_minus_p_and_rescales() -> None:
 
 
 def test_batchnorm_subclasses_are_reported_and_refused() -> None:
-    """Plain BatchNorm layers are batched (tests/unit/training/batched/test_batch_norm.py); a subclass may
-    have a forward of its own, which the masked replacement would drop silently."""
+    """Plain BatchNorm layers are batched (training/batched/test_batch_norm.py); a subclass
+    may have a forward of its own, which the masked replacement would drop silently."""
 
     class _MyNorm(nn.BatchNorm1d):
         pass
