@@ -39,3 +39,21 @@ def test_the_extras_exclude_the_compromised_releases() -> None:
         for requirement in requirements:
             if requirement.split(">")[0].split("=")[0].strip() in COMPROMISED:
                 assert "!=2.6.2" in requirement and "!=2.6.3" in requirement, (name, requirement)
+
+
+def test_the_ci_constraints_pin_no_compromised_release() -> None:
+    """constraints/ci.txt (what setup installs) pins every distribution exactly, and none
+    of them to a known-compromised release."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "constraints" / "ci.txt").read_text("utf-8")
+    pins = dict(
+        line.split("==", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert pins and all(version.strip() for version in pins.values())
+    assert {"lightning", "pytorch-lightning"} <= set(pins)
+    assert compromised_releases(lambda name: pins.get(name)) == []
+    bad = {**pins, "lightning": "2.6.2"}
+    assert compromised_releases(lambda name: bad.get(name)) == [
+        "lightning 2.6.2 (GHSA-w37p-236h-pfx3)"
+    ]

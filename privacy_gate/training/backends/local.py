@@ -12,6 +12,7 @@ interrupted audit resumes with what is done, whichever backend trained it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -80,6 +81,10 @@ def _train_sequential(job: ReferenceJob, todo: list[int], progress: Progress, wo
             progress.update()
 
 
+def _epoch_done(progress: Progress, models: int, epoch: int) -> None:
+    progress.epoch_done(models)
+
+
 def _train_batched(job: ReferenceJob, todo: list[int], progress: Progress, group_size: int) -> None:
     """Train fixed groups of models (0..g-1, g..2g-1, ...) as batched ensembles.
 
@@ -104,6 +109,7 @@ def _train_batched(job: ReferenceJob, todo: list[int], progress: Progress, group
             job.recipe,
             seeds=[plan.seeds[k] for k in group],
             device=job.device,
+            on_epoch_done=functools.partial(_epoch_done, progress, len(group)),
         )
         for k, model in zip(group, models, strict=True):
             job.store.save(
@@ -148,7 +154,7 @@ def _train_locally(job: ReferenceJob, asked: str, *, workers: int, group_size: i
     n_models = job.plan.n_models
     used, reason = choose_backend(job.factory, asked, job.recipe)
     started = time.perf_counter()
-    with Progress(n_models, initial=n_models - len(todo)) as progress:
+    with Progress(n_models, initial=n_models - len(todo), epochs=job.recipe.epochs) as progress:
         if todo and used == BATCHED:
             from privacy_gate.training.batched import BatchingUnsupported
 

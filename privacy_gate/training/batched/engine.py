@@ -56,6 +56,7 @@ def train_batched(
     *,
     seeds: Sequence[int],
     on_model_done: Callable[[int], None] | None = None,
+    on_epoch_done: Callable[[int], None] | None = None,
     fast_path: bool = True,
     device: torch.device | str | None = None,
 ) -> list[nn.Module]:
@@ -77,6 +78,8 @@ def train_batched(
         seeds: per model, its initialisation and data-order seed.
         on_model_done: called with ``k`` as soon as model ``k`` has finished its last
             epoch (models with smaller subsets finish earlier).
+        on_epoch_done: called with the epoch's index after every epoch of the ensemble
+            (progress inside a long round).
         fast_path: False trains every model with the general vmap path, even those the
             MLP or conv fast path could take (for comparisons).
         device: where the ensemble trains (default: the inputs' device); models are
@@ -147,6 +150,8 @@ def train_batched(
                 trainer.export(j)
                 if on_model_done is not None:
                     on_model_done(ids[j])
+        if on_epoch_done is not None:
+            on_epoch_done(epoch)
     for model in models:
         model.eval()
     return models

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from privacy_gate.training.batched.chain import layer_chain
 from privacy_gate.training.batched.dp_clip import clip_factors
 from privacy_gate.training.batched.eligibility import _global_hooks, _has_hooks
 from privacy_gate.training.batched.losses import _raise_if_nonfinite
@@ -24,38 +25,28 @@ from privacy_gate.training.recipe import Loss, Recipe
 _DROPOUT_TAG = 0x64726F706F7574  # "dropout": keeps the mask stream apart from data orders
 
 
-def _sequential_leaves(model: nn.Module) -> list[nn.Module] | str:
-    """The layers of a (nested) plain ``nn.Sequential``, or why ``model`` is not one."""
-    if type(model) is not nn.Sequential:
-        return f"the model is a {type(model).__name__}, not a plain nn.Sequential"
-    leaves: list[nn.Module] = []
-    for child in model:
-        if type(child) is nn.Sequential:
-            inner = _sequential_leaves(child)
-            if isinstance(inner, str):
-                return inner
-            leaves += inner
-        else:
-            leaves.append(child)
-    return leaves
-
-
 def mlp_fast_path_problem(
     model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss: Loss
 ) -> str | None:
     """Why `train_batched` trains ``model`` with the general ``vmap`` path rather than
     the MLP fast path, or None when the fast path applies.
 
-    The fast path takes a plain ``nn.Sequential`` (nesting allowed) of ``Linear``,
-    ``ReLU``, ``LeakyReLU``, ``GELU``, ``Tanh``, ``Sigmoid``, ``SiLU``, ``Dropout``,
-    ``Identity`` and ``Flatten`` layers (exactly these classes, no hooks), all
-    parameters trainable, on CPU, whose output is one vector of logits per record.
+    The fast path takes a network whose forward is a chain (`chain.layer_chain`: a plain
+    ``nn.Sequential``, nesting allowed, or any module whose traced forward applies its
+    layers one after another, such as a LightningModule with ``self.net``) of
+    ``Linear``, ``ReLU``, ``LeakyReLU``, ``GELU``, ``Tanh``, ``Sigmoid``, ``SiLU``,
+    ``Dropout``, ``Identity`` and ``Flatten`` layers or the same activations as
+    functions (exactly these classes, no hooks), all parameters trainable, on CPU, whose
+    output is one vector of logits per record.
     """
-    leaves = _sequential_leaves(model)
-    if isinstance(leaves, str):
-        return leaves
     if _global_hooks():
         return "global module hooks are registered"
+    for name, module in model.named_modules():
+        if _has_hooks(module):
+            return f"{name or type(model).__name__} ({type(module).__name__}) has hooks"
+    leaves = layer_chain(model)
+    if isinstance(leaves, str):
+        return f"the model is a {type(model).__name__}: {leaves}"
     params = list(model.parameters())
     if not params or not all(p.requires_grad for p in params):
         return "it has frozen parameters"
@@ -128,7 +119,7 @@ class _MLPEnsemble:
             self.labels = labels.detach().long()
         else:
             self.labels = labels.detach().reshape(len(labels), -1).to(inputs.dtype).contiguous()
-        layer_lists = [_sequential_leaves(m) for m in models]
+        layer_lists = [layer_chain(m) for m in models]
         lists = [layers for layers in layer_lists if not isinstance(layers, str)]
         shapes = {tuple((type(layer), *(tuple(p.shape) for p in layer.parameters()))
                         for layer in layers) for layers in lists}  # fmt: skip
