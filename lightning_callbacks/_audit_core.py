@@ -34,13 +34,18 @@ from privacy_gate.training.audit import run_audit
 from privacy_gate.training.backends import BACKENDS, backend_spec, make_backend
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.inputs import check_model_outputs
+from privacy_gate.training.recipe import Recipe
+from privacy_gate.training.reference import TrainingBackend
+from privacy_gate.training.shares import store_shares
 
 __all__ = [
     "Action",
+    "FitInputs",
     "Outcome",
     "PrivacyGateFailed",
     "check_fit",
     "decide_action",
+    "fit_inputs",
     "prepare_fit",
     "run_fit_audit",
 ]
@@ -126,14 +131,8 @@ class Outcome:
 
 
 def check_fit(trainer: Any, module: Any, settings: AuditSettings) -> None:
-    """Checks that need the Trainer, run before training starts."""
-    if trainer.world_size > 1:
-        raise ConfigError(
-            f"{OWNER} runs in single-process training only (world size "
-            f"{trainer.world_size}). HINT: under multi-process training, audit after fit(): "
-            "train without the callback, then run privacy_gate.training.run_audit (or a "
-            "single-device Trainer with this callback) in one process."
-        )
+    """Checks that need the Trainer, run before training starts (a multi-process fit's:
+    `_distributed.check_distributed`)."""
     factory = module_factory(module, settings.model_factory)
     spec = backend_spec(settings.backend, OWNER, ConfigError)  # fail before training
     spec.check_factory(factory, f"{OWNER}'s model factory ({type(module).__name__})")
@@ -160,33 +159,57 @@ def _summary(result: AuditResult, metrics: dict[str, float], report: Path) -> st
     return f"{result.decision.one_line()}: {', '.join(figures)}. Report: {report}"
 
 
-def run_fit_audit(
-    trainer: Any,
-    module: Any,
-    settings: AuditSettings,
-    trainer_class: Any,
-    data: AuditData | None = None,
-) -> Outcome:
-    """Audit the module ``fit`` just trained (its final weights), on the pool `prepare_fit`
-    built before training (built now when None). Rank zero only."""
+@dataclass(frozen=True)
+class FitInputs:
+    """What every process of a fit audit reads from the Trainer and the module: the
+    pool, the factory and recipe, the backend and its Trainer fallback, the device."""
+
+    out: Path
+    data: AuditData
+    factory: Any
+    recipe: Recipe
+    backend: TrainingBackend
+    train_fn: Any
+    reason: str | None
+    cache_key: dict[str, Any]
+    device: str
+
+
+def fit_inputs(
+    trainer: Any, module: Any, settings: AuditSettings, trainer_class: Any, data: AuditData | None
+) -> FitInputs:
+    """The audit's inputs from this fit (the pool `prepare_fit` built, or built now).
+
+    Under multi-process training the candidate's batch is the loader's times the world
+    size (each rank steps on its own batch, the gradients averaged), and the reference
+    models train with privacy-gate's own loops: a Lightning Trainer per model inside a
+    rank would start a distributed job of its own.
+    """
     out = settings.output_dir or Path(trainer.default_root_dir) / "privacy_audit"
     data = build_audit_data(trainer, settings) if data is None else data
     factory = module_factory(module, settings.model_factory)
     trainer_settings = TrainerSettings.of(trainer)
     loader = train_loader(trainer)
     dp = find_dpsgd(trainer)
+    world = int(trainer.world_size)
+    batch_size = None if dp is None else dp.batch_size_
+    if world > 1:
+        batch_size = _loader_batch(loader) * world
     recipe, reason = extract_recipe(
-        trainer_settings,
-        loader,
-        factory(),
-        settings.task,
-        batch_size=None if dp is None else dp.batch_size_,
+        trainer_settings, loader, factory(), settings.task, batch_size=batch_size
     )
     if dp is not None:  # reference models train with the same DP-SGD recipe
         recipe = dataclasses.replace(recipe, dp=dp.settings)
     plan = backend_spec(settings.backend, OWNER, ConfigError).fit_plan(reason, OWNER)
-    if plan.note is not None:
+    if plan.note is not None and world == 1:
         _LOG.info("%s", plan.note)
+    if world > 1 and plan.train_fn and reason is not None:
+        raise ConfigError(
+            f"{OWNER} under multi-process training trains the reference models with "
+            f"privacy-gate's own loops, but this fit needs a Lightning Trainer per model: "
+            f"{reason}. HINT: audit after fit() in one process (privacy_gate.training."
+            "run_audit, or a single-device Trainer with this callback)."
+        )
     options = {  # an 'auto' fit that trains one model at a time keeps what applies
         name: value
         for name, value in settings.backend_options.items()
@@ -200,29 +223,77 @@ def run_fit_audit(
         batch_size=recipe.batch_size,
         root_dir=out,
         callbacks=None if dp is None else (lambda seed: [dp.reference_copy(seed)]),
-    ) if plan.train_fn else None  # fmt: skip
-    _LOG.info(
-        "Auditing %s: %s reference models on %d records (backend %s); report in %s.",
-        type(module).__name__, settings.reference_models, data.n_records, plan.backend, out,
-    )  # fmt: skip
-    result = run_audit(
-        factory,
-        data,
+    ) if plan.train_fn and world == 1 else None  # fmt: skip
+    return FitInputs(
+        out=out,
+        data=data,
+        factory=factory,
         recipe=recipe,
-        config=settings.config,
-        reference_models=settings.reference_models,
         backend=make_backend(plan.backend, **options),
-        seed=settings.seed,
-        candidate=module,
-        out_dir=out,
         train_fn=train_fn,
-        plots=settings.plots,
+        reason=reason,
         cache_key={"trainer": dataclasses.asdict(trainer_settings)},
         device=_recipe_device(trainer),
-        provenance={
-            "fallback_reason": reason,  # why the fast path was not taken
-            "trainer": {"class": f"{trainer_class.__module__}.{trainer_class.__qualname__}"},
-        },
+    )
+
+
+def _loader_batch(loader: Any) -> int:
+    batch = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None)
+    if not isinstance(batch, int) or batch < 1:
+        raise ConfigError(
+            f"{OWNER} needs the train loader's batch size. Got {batch!r} instead. HINT: "
+            "build the loader with DataLoader(dataset, batch_size=...)."
+        )
+    return batch
+
+
+def run_fit_audit(
+    trainer: Any,
+    module: Any,
+    settings: AuditSettings,
+    trainer_class: Any,
+    data: AuditData | None = None,
+    shares: list[dict[int, Any]] | None = None,
+) -> Outcome:
+    """Audit the module ``fit`` just trained (its final weights), on the pool `prepare_fit`
+    built before training (built now when None). Rank zero only; under multi-process
+    training ``shares`` holds the scores each rank trained (`_distributed`)."""
+    inputs = fit_inputs(trainer, module, settings, trainer_class, data)
+    data, out = inputs.data, inputs.out
+    common: dict[str, Any] = {
+        "recipe": inputs.recipe,
+        "reference_models": settings.reference_models,
+        "backend": inputs.backend,
+        "seed": settings.seed,
+        "candidate": module,
+        "out_dir": out,
+        "train_fn": inputs.train_fn,
+        "cache_key": inputs.cache_key,
+        "device": inputs.device,
+    }
+    provenance: dict[str, Any] = {
+        "fallback_reason": inputs.reason,  # why the fast path was not taken
+        "trainer": {"class": f"{trainer_class.__module__}.{trainer_class.__qualname__}"},
+    }
+    if shares is not None:  # every model is in the store once these are saved
+        trained = store_shares(inputs.factory, data, shares, **common)
+        provenance["distributed"] = {
+            "world_size": len(shares),
+            "reference_models_by_rank": trained,
+            "strategy": type(trainer.strategy).__name__,
+        }
+    _LOG.info(
+        "Auditing %s: %s reference models on %d records (backend %s); report in %s.",
+        type(module).__name__, settings.reference_models, data.n_records,
+        inputs.backend.name, out,
+    )  # fmt: skip
+    result = run_audit(
+        inputs.factory,
+        data,
+        config=settings.config,
+        plots=settings.plots,
+        provenance=provenance,
+        **common,
     )
     metrics = trainer_metrics(result.report)
     decision = result.decision

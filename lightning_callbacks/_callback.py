@@ -25,6 +25,7 @@ from lightning_callbacks._audit_core import (
     prepare_fit,
     run_fit_audit,
 )
+from lightning_callbacks._distributed import check_distributed, train_and_gather
 from lightning_callbacks._releases import check_releases
 from lightning_callbacks._settings import AuditSettings, Metadata, validate_settings
 from privacy_gate.adaptive import AdaptivePlan
@@ -44,7 +45,9 @@ figures into ``trainer.callback_metrics`` under the keys MLflow gets too
 (`privacy_gate.metrics.TRAINER_METRICS`: ``privacy_gate/patient_auc/max``,
 ``privacy_gate/patients_at_risk``, ``privacy_gate/noise_floor/max_patient_auc_q95``,
 ``privacy_gate/power/detectable_auc``, ``privacy_gate/aggregate/auc``), and
-``privacy_gate/passed``.
+``privacy_gate/passed``. Under a multi-process strategy (DDP) every rank trains its
+share of the reference models and rank zero audits; the verdict reaches every rank
+(docs: the Lightning tutorial, "Multi-process (DDP) training").
 
 Args:
     config: an ``AuditConfig`` or the path of a YAML policy (default: the packaged
@@ -138,12 +141,18 @@ class PrivacyAuditBehaviour:
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
             check_fit(trainer, pl_module, self.settings)
+            check_distributed(trainer, self.settings)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         """The first hook with the train loader set up and before the first step: the
         pool, its labels, metadata and the module's outputs are checked here, so bad
         input stops the fit before it trains, not after."""
-        if not self.audited_ and not trainer.fast_dev_run and trainer.is_global_zero:
+        every_rank = trainer.world_size > 1  # each trains its share of the models
+        if (
+            not self.audited_
+            and not trainer.fast_dev_run
+            and (every_rank or trainer.is_global_zero)
+        ):
             self._data = prepare_fit(trainer, pl_module, self.settings)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
@@ -184,7 +193,12 @@ class PrivacyAuditBehaviour:
             return
         outcome: Outcome | None = None
         error: Exception | None = None
-        if trainer.is_global_zero:  # heavy work on global rank zero only
+        shares = None
+        if trainer.world_size > 1:  # every rank trains its share of the reference models
+            shares, error = train_and_gather(
+                trainer, pl_module, self.settings, self.trainer_class, getattr(self, "_data", None)
+            )
+        if trainer.is_global_zero and error is None:  # scoring and the report: rank zero
             try:
                 outcome = run_fit_audit(
                     trainer,
@@ -192,10 +206,11 @@ class PrivacyAuditBehaviour:
                     self.settings,
                     self.trainer_class,
                     getattr(self, "_data", None),
+                    shares,
                 )
-                self._data = None
             except Exception as exc:
                 error = exc
+        self._data = None
         shared = trainer.strategy.broadcast(
             outcome if error is None else f"{type(error).__name__}: {error}", src=0
         )

@@ -15,7 +15,7 @@ if [ "${1:-}" = "--fast" ]; then
     if ! .venv/bin/python -c "import privacy_gate, torch, mlflow" 2>/dev/null; then
         bash scripts/setup.sh all,dev
     fi
-    echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
+    echo "== ruff"; .venv/bin/ruff check .; .venv/bin/ruff format --check .  # separate: set -e ignores a failure inside a && list
     echo "== import-linter"; .venv/bin/lint-imports
     echo "== pytest (fast lane: not slow; unit tests and doctests)"
     exec .venv/bin/python -m pytest -q -m "not slow" tests/unit privacy_gate lightning_callbacks "$@"
@@ -32,7 +32,7 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
         echo "WARNING: no PostgreSQL under /usr/lib/postgresql: the PostgreSQL tests will skip" >&2
     fi
 fi
-echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== ruff"; .venv/bin/ruff check .; .venv/bin/ruff format --check .  # separate: set -e ignores a failure inside a && list
 echo "== mypy"; .venv/bin/mypy
 echo "== import-linter"; .venv/bin/lint-imports
 # The documentation site (mkdocs.yml), warnings as errors, built outside the repository.

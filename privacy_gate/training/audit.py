@@ -7,9 +7,7 @@ ensemble or sequential, resumable) -> signals -> the numerical core -> report fi
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,27 +18,28 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from privacy_gate.adaptive import AdaptivePlan, parse_reference_models
+from privacy_gate.adaptive import AdaptivePlan
 from privacy_gate.config import AuditConfig, default_config
-from privacy_gate.errors import InputError
 from privacy_gate.finish import Sections
 from privacy_gate.pipeline import AuditResult, audit, write_outputs
-from privacy_gate.plan import DEFAULT_REFERENCE_MODELS, PLAN_ROUND, draw_plan, plan_digest
+from privacy_gate.plan import DEFAULT_REFERENCE_MODELS, plan_digest
 from privacy_gate.pseudonyms import Pseudonymizer
 from privacy_gate.report_model import AuditReport
 from privacy_gate.rounds import audit_in_rounds
 from privacy_gate.signals import Signals, make_signals
-from privacy_gate.signing import signing_key_from_environment
 from privacy_gate.training.backends import (
-    check_supported,
-    make_backend,
     merge_rounds,
     train_reference_models,
 )
 from privacy_gate.training.data import AuditData
-from privacy_gate.training.device import AUTO, resolve_device
+from privacy_gate.training.device import AUTO
 from privacy_gate.training.dp_sections import dp_recommendation, dp_training
-from privacy_gate.training.inputs import check_model_outputs, check_recipe_loss
+from privacy_gate.training.prepared import (
+    CACHE_DIR_ENVIRONMENT_VARIABLE,
+    default_cache_root,
+    prepare_audit,
+    store_root,
+)
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.reference import (
     Augmentation,
@@ -67,36 +66,8 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger("privacy_gate.training")
-CACHE_DIR_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_CACHE_DIR"
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    """SHA-256 over the tensors' shapes, dtypes and bytes."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        array = tensor.detach().cpu().contiguous().numpy()
-        digest.update(f"{array.shape}{array.dtype}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def model_identity(factory: ModelFactory, model: nn.Module) -> dict[str, Any]:
-    """Name and architecture (parameter names and shapes) of the factory's ``model``."""
-    target: Any = factory
-    keywords: dict[str, Any] = {}
-    while isinstance(target, functools.partial):
-        keywords = {**target.keywords, **keywords}
-        target = target.func
-    name = getattr(target, "__qualname__", None) or type(target).__qualname__
-    module = getattr(target, "__module__", None) or type(target).__module__
-    return {
-        "factory": f"{module}:{name}",
-        "factory_args": keywords,
-        "architecture": [[n, list(p.shape)] for n, p in model.state_dict().items()],
-        "modules": str(model),
-    }
 
 
 def keeps_user_rng(function: Callable[P, R]) -> Callable[P, R]:
@@ -118,11 +89,6 @@ TRAINED_BY_AUDIT = "trained by audit"
 """``training.candidate`` of an audit that trained the candidate itself (and stored it)."""
 
 
-def store_root(out: Path | None) -> Path:
-    """Where an audit writing to ``out`` keeps its finished models' scores."""
-    return out / ".privacy_gate_cache" if out is not None else default_cache_root()
-
-
 def trained_candidate_state(out: Path | None, report: AuditReport) -> Mapping[str, Any] | None:
     """The state dict of the candidate the audit of ``report`` trained (None when it was
     given, or its store holds none)."""
@@ -130,17 +96,6 @@ def trained_candidate_state(out: Path | None, report: AuditReport) -> Mapping[st
     if training is None or training.candidate != TRAINED_BY_AUDIT:
         return None
     return load_weights(folder_of(store_root(out), training.cache_key), "candidate")
-
-
-def default_cache_root() -> Path:
-    """Where an audit without ``out_dir`` keeps finished reference models, so a rerun
-    resumes: ``$PRIVACY_GATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/privacy-gate``, else
-    ``~/.cache/privacy-gate``; never the working directory."""
-    explicit = os.environ.get(CACHE_DIR_ENVIRONMENT_VARIABLE)
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "privacy-gate"
 
 
 @keeps_user_rng
@@ -194,48 +149,25 @@ def run_audit(
             place their models themselves.
     """
     config = config or default_config()
-    place = resolve_device(device, "run_audit")
-    trainer = make_backend(backend)
-    planned = parse_reference_models(reference_models, owner="run_audit", error=InputError)
-    adaptive = planned if isinstance(planned, AdaptivePlan) else None
-    check_supported(
-        trainer,
-        dp_sgd=recipe.dp is not None,
-        rounds=adaptive.schedule if adaptive else None,
-        device_type=place.type,
+    prepared = prepare_audit(
+        factory,
+        data,
+        recipe=recipe,
+        reference_models=reference_models,
+        backend=backend,
+        seed=seed,
+        candidate=candidate,
+        out_dir=out_dir,
+        augmentations=augmentations,
+        train_fn=train_fn,
+        cache_key=cache_key,
+        device=device,
         owner="run_audit",
     )
-    n_planned = planned.max_reference_models if isinstance(planned, AdaptivePlan) else planned
-    out = Path(out_dir) if out_dir is not None else None
-    records = data.record_table()
-    patient_index, _ = records.patient_index()
-    masks = draw_plan(
-        patient_index,
-        n_planned,
-        seed=seed,
-        round_size=adaptive.round_size if adaptive else PLAN_ROUND,
-    )
-    plan = TrainingPlan(masks, tuple(derived_seed(seed, k) for k in range(n_planned)), seed)
-    inputs, labels = data.pool()
-    identity = _preflight(factory, data, recipe, candidate)
-    data_digest = tensor_digest(inputs, labels)
-    key = {
-        "recipe": recipe.to_dict(),
-        "model": identity,
-        "data": data_digest,
-        "plan": plan_digest(masks),  # of every planned model: the store outlives the looks
-        "seed": seed,
-        "task": data.task.value,
-        "augmentations": len(augmentations),
-        "settings": dict(cache_key or {}),
-    }
-    store = ScoreStore(store_root(out), key, data.n_records)
-    rounds = _Rounds(
-        ReferenceJob(
-            factory, data, plan, recipe, store, tuple(augmentations), train_fn, device=place
-        ),
-        trainer,
-    )
+    adaptive, n_planned, masks = prepared.adaptive, prepared.n_planned, prepared.plan.masks
+    out, store, place = prepared.out, prepared.job.store, prepared.place
+    identity, records = prepared.identity, data.record_table()
+    rounds = _Rounds(prepared.job, prepared.trainer)
     rounds.scores(adaptive.schedule[0] if adaptive else n_planned)  # before the candidate
     target, model_sha256 = _candidate_scores(
         factory, data, recipe, store, candidate, seed, augmentations, place
@@ -277,7 +209,7 @@ def run_audit(
 
     options: dict[str, Any] = {
         "pseudonymizer": Pseudonymizer.from_environment(raw=raw_ids),
-        "inputs": {"data_sha256": data_digest},
+        "inputs": {"data_sha256": prepared.data_digest},
         "sections_of": sections_of,
     }
     if adaptive is None:
@@ -291,27 +223,6 @@ def run_audit(
             out / "membership.npz", masks=masks[:used], sha256=np.array(plan_digest(masks[:used]))
         )
     return result
-
-
-def _preflight(
-    factory: ModelFactory, data: AuditData, recipe: Recipe, candidate: nn.Module | None
-) -> dict[str, Any]:
-    """Before any model trains: the recipe's loss and the models' outputs fit the task
-    and the labels (`privacy_gate.training.inputs`; the pool was checked when built), and
-    the signing key of the environment, if set, can be read (the report file is signed
-    at the end). The factory's model identity, from the one model built here."""
-    check_recipe_loss(recipe.loss, data.task)
-    signing_key_from_environment()  # a key that cannot be read fails now, not after training
-    model = init_model(factory, 0)
-    if not isinstance(model, nn.Module):
-        raise InputError(
-            f"The model factory must return an nn.Module. Got {type(model).__name__} instead."
-        )
-    inputs, labels = data.pool()
-    check_model_outputs(model, inputs, labels, data.task, f"The model ({type(model).__name__})")
-    if candidate is not None:
-        check_model_outputs(candidate, inputs, labels, data.task, "The candidate")
-    return model_identity(factory, model)
 
 
 class _Rounds:

@@ -131,10 +131,17 @@ class ReferenceJob:
     augmentations: Sequence[Augmentation] = ()
     train_fn: TrainFunction | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # recipe loops
+    share: frozenset[int] | None = None
+    """The models this process trains (a rank's share under multi-process training,
+    `privacy_gate.training.shares`); None: every model of the plan."""
 
     def todo(self) -> list[int]:
-        """The reference models not yet in the store."""
-        return [k for k in range(self.plan.n_models) if not self.store.has(reference_name(k))]
+        """The reference models of this process's share not yet in the store."""
+        return [
+            k
+            for k in range(self.plan.n_models)
+            if (self.share is None or k in self.share) and not self.store.has(reference_name(k))
+        ]
 
 
 @dataclass(frozen=True)

@@ -51,3 +51,18 @@ def test_no_module_is_longer_than_a_newcomer_reads_in_one_sitting() -> None:
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def test_every_check_of_the_test_script_stops_it_on_failure() -> None:
+    """``set -e`` ignores a failing command inside an ``a && b`` list: a check written that
+    way would let CI pass with a lint failure (it did, until this test)."""
+    import re
+    from pathlib import Path
+
+    script = (Path(__file__).parents[2] / "scripts" / "test.sh").read_text("utf-8")
+    assert "set -euo pipefail" in script
+    code = [line.split("#", 1)[0] for line in script.splitlines()]
+    chained = [
+        line for line in code if re.search(r"(ruff|mypy|lint-imports|mkdocs|pytest).*&&", line)
+    ]
+    assert chained == []
