@@ -18,6 +18,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from lightning_callbacks._averaging import describe, fresh_copies
+from lightning_callbacks._averaging import reason as averaging_reason
 from lightning_callbacks._data import build_audit_data, train_loader
 from lightning_callbacks._dp import find_dpsgd
 from lightning_callbacks._recipe import TrainerSettings, extract_recipe, module_factory
@@ -176,7 +178,12 @@ class FitInputs:
 
 
 def fit_inputs(
-    trainer: Any, module: Any, settings: AuditSettings, trainer_class: Any, data: AuditData | None
+    trainer: Any,
+    module: Any,
+    settings: AuditSettings,
+    trainer_class: Any,
+    data: AuditData | None,
+    averaging: list[Any] | None = None,
 ) -> FitInputs:
     """The audit's inputs from this fit (the pool `prepare_fit` built, or built now).
 
@@ -198,6 +205,9 @@ def fit_inputs(
     recipe, reason = extract_recipe(
         trainer_settings, loader, factory(), settings.task, batch_size=batch_size
     )
+    averaging = averaging or []  # `_averaging.templates`: as before the fit
+    if averaging:
+        reason = "; ".join(r for r in (reason, averaging_reason(averaging)) if r)
     if dp is not None:  # reference models train with the same DP-SGD recipe
         recipe = dataclasses.replace(recipe, dp=dp.settings)
     plan = backend_spec(settings.backend, OWNER, ConfigError).fit_plan(reason, OWNER)
@@ -222,8 +232,11 @@ def fit_inputs(
         data.pool(),
         batch_size=recipe.batch_size,
         root_dir=out,
-        callbacks=None if dp is None else (lambda seed: [dp.reference_copy(seed)]),
+        callbacks=_recipe_callbacks(dp, averaging),
     ) if plan.train_fn and world == 1 else None  # fmt: skip
+    cache_key: dict[str, Any] = {"trainer": dataclasses.asdict(trainer_settings)}
+    if averaging:  # other reference models: other stored scores
+        cache_key["weight_averaging"] = [describe(c) for c in averaging]
     return FitInputs(
         out=out,
         data=data,
@@ -232,9 +245,21 @@ def fit_inputs(
         backend=make_backend(plan.backend, **options),
         train_fn=train_fn,
         reason=reason,
-        cache_key={"trainer": dataclasses.asdict(trainer_settings)},
+        cache_key=cache_key,
         device=_recipe_device(trainer),
     )
+
+
+def _recipe_callbacks(dp: Any, averaging: list[Any]) -> Any:
+    """The callbacks that are part of the recipe, fresh for each reference model's
+    Trainer (None: none)."""
+    if dp is None and not averaging:
+        return None
+
+    def callbacks(seed: int) -> list[Any]:
+        return [*([] if dp is None else [dp.reference_copy(seed)]), *fresh_copies(averaging)]
+
+    return callbacks
 
 
 def _loader_batch(loader: Any) -> int:
@@ -254,11 +279,12 @@ def run_fit_audit(
     trainer_class: Any,
     data: AuditData | None = None,
     shares: list[dict[int, Any]] | None = None,
+    averaging: list[Any] | None = None,
 ) -> Outcome:
     """Audit the module ``fit`` just trained (its final weights), on the pool `prepare_fit`
     built before training (built now when None). Rank zero only; under multi-process
     training ``shares`` holds the scores each rank trained (`_distributed`)."""
-    inputs = fit_inputs(trainer, module, settings, trainer_class, data)
+    inputs = fit_inputs(trainer, module, settings, trainer_class, data, averaging)
     data, out = inputs.data, inputs.out
     common: dict[str, Any] = {
         "recipe": inputs.recipe,
@@ -275,6 +301,8 @@ def run_fit_audit(
         "fallback_reason": inputs.reason,  # why the fast path was not taken
         "trainer": {"class": f"{trainer_class.__module__}.{trainer_class.__qualname__}"},
     }
+    if averaging:
+        provenance["weight_averaging"] = [describe(c) for c in averaging]
     if shares is not None:  # every model is in the store once these are saved
         trained = store_shares(inputs.factory, data, shares, **common)
         provenance["distributed"] = {

@@ -25,6 +25,7 @@ from lightning_callbacks._audit_core import (
     prepare_fit,
     run_fit_audit,
 )
+from lightning_callbacks._averaging import averaging_callbacks, last_in_line, templates
 from lightning_callbacks._distributed import check_distributed, train_and_gather
 from lightning_callbacks._releases import check_releases
 from lightning_callbacks._settings import AuditSettings, Metadata, validate_settings
@@ -142,6 +143,10 @@ class PrivacyAuditBehaviour:
         if stage == "fit":
             check_fit(trainer, pl_module, self.settings)
             check_distributed(trainer, self.settings)
+            # Weight averaging is part of the recipe (copies as before training), and the
+            # audit runs after every callback that changes the weights at the end.
+            self._averaging = templates(averaging_callbacks(trainer))
+            last_in_line(trainer, self)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         """The first hook with the train loader set up and before the first step: the
@@ -177,7 +182,7 @@ class PrivacyAuditBehaviour:
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without what the Trainer attached (``log``/``log_dict``, bound methods of
         the LightningModule): the callback keeps no reference to the trainer or module."""
-        dropped = ("log", "log_dict", "_data")  # _data: the pool, rebuilt when needed
+        dropped = ("log", "log_dict", "_data", "_averaging")  # rebuilt when needed
         return {k: v for k, v in self.__dict__.items() if k not in dropped}
 
     def _audit_once(self, trainer: Any, pl_module: Any) -> None:
@@ -196,7 +201,12 @@ class PrivacyAuditBehaviour:
         shares = None
         if trainer.world_size > 1:  # every rank trains its share of the reference models
             shares, error = train_and_gather(
-                trainer, pl_module, self.settings, self.trainer_class, getattr(self, "_data", None)
+                trainer,
+                pl_module,
+                self.settings,
+                self.trainer_class,
+                getattr(self, "_data", None),
+                getattr(self, "_averaging", None),
             )
         if trainer.is_global_zero and error is None:  # scoring and the report: rank zero
             try:
@@ -207,6 +217,7 @@ class PrivacyAuditBehaviour:
                     self.trainer_class,
                     getattr(self, "_data", None),
                     shares,
+                    getattr(self, "_averaging", None),
                 )
             except Exception as exc:
                 error = exc

@@ -60,7 +60,12 @@ def _gather_to_zero(value: Share | str) -> list[Share | str] | None:
 
 
 def train_and_gather(
-    trainer: Any, module: Any, settings: AuditSettings, trainer_class: Any, data: Any
+    trainer: Any,
+    module: Any,
+    settings: AuditSettings,
+    trainer_class: Any,
+    data: Any,
+    averaging: list[Any] | None = None,
 ) -> tuple[list[Share] | None, Exception | None]:
     """Train this rank's share; on rank zero, every rank's share (by rank). The error is
     this rank's own, or on rank zero also the first other rank's (the audit cannot
@@ -72,7 +77,7 @@ def train_and_gather(
     if not isinstance(k, int):  # check_distributed refused it before training
         raise ConfigError(f"{OWNER} under multi-process training needs a fixed K.")
     try:
-        inputs = fit_inputs(trainer, module, settings, trainer_class, data)
+        inputs = fit_inputs(trainer, module, settings, trainer_class, data, averaging)
         sent = train_share(
             inputs.factory,
             inputs.data,

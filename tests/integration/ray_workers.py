@@ -18,7 +18,10 @@ from torch import nn
 
 class CrashOnce(nn.Module):
     """`make_model`'s network; with a ``marker``, its training forward exits the process
-    at step ``crash_at_step`` unless the marker file exists (then it is created first)."""
+    at step ``crash_at_step`` unless the marker file exists (then it is created first).
+    It always counts its training steps: Python state, so every CrashOnce (armed or not)
+    trains on the general batched path, and a disturbed run's groups train on the same
+    path as an undisturbed run's (the MLP fast path would round differently)."""
 
     def __init__(self, net: nn.Module, marker: str, crash_at_step: int) -> None:
         super().__init__()
@@ -28,11 +31,12 @@ class CrashOnce(nn.Module):
         self.steps = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.marker and self.training:
+        if self.training:
             self.steps += 1
-            if self.steps >= self.crash_at_step and not os.path.exists(self.marker):
-                Path(self.marker).write_text(str(os.getpid()), encoding="utf-8")
-                os._exit(1)
+        due = self.steps >= self.crash_at_step and self.training
+        if self.marker and due and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()), encoding="utf-8")
+            os._exit(1)
         return self.net(x)  # type: ignore[no-any-return]
 
 

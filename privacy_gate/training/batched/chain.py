@@ -120,14 +120,46 @@ def _layer(model: nn.Module, node: fx.Node) -> nn.Module | str:
     return layer
 
 
+_MISSING = object()
+_PLAIN = (bool, int, float, str, bytes, type(None))
+
+
+def _python_state(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """Every module's attributes (a shallow copy: what a forward could reassign)."""
+    return [(module, dict(vars(module))) for module in model.modules()]
+
+
+def _changed(state: list[tuple[nn.Module, dict[str, Any]]]) -> str | None:
+    """The first attribute the traced forward changed (a step counter, a cache), or None."""
+    for module, before in state:
+        now = vars(module)
+        for key in sorted(set(before) | set(now)):
+            old, new = before.get(key, _MISSING), now.get(key, _MISSING)
+            same_value = type(old) is type(new) and isinstance(old, _PLAIN) and old == new
+            if old is not new and not same_value:
+                return (
+                    f"its forward changes the attribute {key!r} of {type(module).__name__} "
+                    "(Python state that a traced chain would not reproduce)"
+                )
+    return None
+
+
 def _traced_chain(model: nn.Module) -> list[nn.Module] | str:
     tracer = fx.Tracer()
     tracer.proxy_buffer_attributes = True  # a buffer written in forward shows in the graph
+    state = _python_state(model)
     try:
         graph = tracer.trace(model)
     except Exception as error:  # data-dependent control flow, unsupported Python
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return f"its forward cannot be traced by torch.fx ({type(error).__name__}: {first})"
+    finally:
+        changed = _changed(state)
+        for module, before in state:  # tracing ran the forward's Python once: undo it
+            vars(module).clear()
+            vars(module).update(before)
+    if changed is not None:
+        return changed
     nodes = list(graph.nodes)
     inputs = [node for node in nodes if node.op == "placeholder"]
     if len(inputs) != 1:

@@ -177,3 +177,23 @@ def test_a_hook_on_the_wrapper_keeps_it_off_the_fast_path() -> None:
     model.register_forward_hook(lambda *_: None)
     problem = mlp_fast_path_problem(model, inputs, labels, Loss.CROSS_ENTROPY)
     assert problem == "Wrapped (Wrapped) has hooks"
+
+
+class _Counting(Wrapped):
+    """Python state in forward (a step counter): the chain would skip it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        return self.net(x)
+
+
+def test_a_forward_that_changes_python_state_keeps_off_the_fast_path() -> None:
+    inputs, labels = _data(Loss.CROSS_ENTROPY, CLASSES)
+    model = _Counting()
+    problem = mlp_fast_path_problem(model, inputs, labels, Loss.CROSS_ENTROPY)
+    assert problem is not None and "changes the attribute 'steps' of _Counting" in problem
+    assert model.steps == 0  # the check's trace is undone
