@@ -38,7 +38,7 @@ from privacy_gate.training.data import AuditData
 from privacy_gate.training.inputs import check_model_outputs
 from privacy_gate.training.recipe import Recipe
 from privacy_gate.training.reference import TrainingBackend
-from privacy_gate.training.shares import store_shares
+from privacy_gate.training.shares import RankShare, store_shares
 
 __all__ = [
     "Action",
@@ -278,7 +278,7 @@ def run_fit_audit(
     settings: AuditSettings,
     trainer_class: Any,
     data: AuditData | None = None,
-    shares: list[dict[int, Any]] | None = None,
+    shares: list[RankShare] | None = None,
     averaging: list[Any] | None = None,
 ) -> Outcome:
     """Audit the module ``fit`` just trained (its final weights), on the pool `prepare_fit`
@@ -304,10 +304,10 @@ def run_fit_audit(
     if averaging:
         provenance["weight_averaging"] = [describe(c) for c in averaging]
     if shares is not None:  # every model is in the store once these are saved
-        trained = store_shares(inputs.factory, data, shares, **common)
+        account = store_shares(inputs.factory, data, shares, **common)
         provenance["distributed"] = {
             "world_size": len(shares),
-            "reference_models_by_rank": trained,
+            **account,
             "strategy": type(trainer.strategy).__name__,
         }
     _LOG.info(

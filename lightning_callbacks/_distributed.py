@@ -15,19 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch.distributed as dist
-from numpy.typing import NDArray
 
 from lightning_callbacks._audit_core import fit_inputs
 from lightning_callbacks._dp import find_dpsgd
 from lightning_callbacks._settings import OWNER, AuditSettings
 from privacy_gate.errors import ConfigError
-from privacy_gate.training.shares import train_share
+from privacy_gate.training.shares import RankShare, train_share
 
 __all__ = ["check_distributed", "train_and_gather"]
-
-Share = dict[int, NDArray[np.float64]]
 
 
 def check_distributed(trainer: Any, settings: AuditSettings) -> None:
@@ -50,7 +46,7 @@ def check_distributed(trainer: Any, settings: AuditSettings) -> None:
         raise ConfigError(f"{OWNER} needs torch.distributed under multi-process training.")
 
 
-def _gather_to_zero(value: Share | str) -> list[Share | str] | None:
+def _gather_to_zero(value: RankShare | str) -> list[RankShare | str] | None:
     """Every rank's ``value`` on rank zero (None elsewhere): one collective."""
     if not dist.is_initialized():
         raise RuntimeError("torch.distributed is not initialised in a multi-process fit")
@@ -66,13 +62,13 @@ def train_and_gather(
     trainer_class: Any,
     data: Any,
     averaging: list[Any] | None = None,
-) -> tuple[list[Share] | None, Exception | None]:
+) -> tuple[list[RankShare] | None, Exception | None]:
     """Train this rank's share; on rank zero, every rank's share (by rank). The error is
     this rank's own, or on rank zero also the first other rank's (the audit cannot
     finish either way)."""
     rank = int(trainer.global_rank)
     error: Exception | None = None
-    sent: Share | str
+    sent: RankShare | str
     k = settings.reference_models
     if not isinstance(k, int):  # check_distributed refused it before training
         raise ConfigError(f"{OWNER} under multi-process training needs a fixed K.")

@@ -13,7 +13,7 @@ audit with the same seed, figure for figure.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,16 @@ from privacy_gate.training.reference import (
 )
 from privacy_gate.training.sequential import ModelFactory
 
-__all__ = ["share_of", "store_shares", "train_share"]
+__all__ = ["RankShare", "share_of", "store_shares", "train_share"]
+
+
+@dataclass(frozen=True)
+class RankShare:
+    """What one rank sends to rank zero: its models' scores, and how many of them it
+    trained now (the others were in its store: a resumed audit)."""
+
+    scores: dict[int, NDArray[np.float64]]
+    trained_now: int
 
 
 def share_of(n_models: int, group: int, rank: int, world_size: int) -> list[int]:
@@ -85,9 +94,9 @@ def train_share(
     train_fn: TrainFunction | None = None,
     cache_key: Mapping[str, Any] | None = None,
     device: str | torch.device | None = AUTO,
-) -> dict[int, NDArray[np.float64]]:
+) -> RankShare:
     """Train (or resume) this rank's share of the reference models `run_audit` with the
-    same arguments would train, on ``device``; their scores by model index."""
+    same arguments would train, on ``device``."""
     prepared = _prepared(
         factory,
         data,
@@ -102,28 +111,26 @@ def train_share(
     group = BACKENDS.get(trainer.name, BackendSpec()).round_multiple(trainer)
     share = share_of(prepared.n_planned, group, rank, world_size)
     job = replace(prepared.job, share=frozenset(share))
-    if job.todo():
+    todo = job.todo()
+    if todo:
         trainer.train(job)
     scores = {k: job.store.load(reference_name(k)) for k in share}
     missing = [k for k, value in scores.items() if value is None]
     if missing:
         raise InputError(f"rank {rank} finished without the scores of models {missing}")
-    return {k: value for k, value in scores.items() if value is not None}
+    return RankShare({k: v for k, v in scores.items() if v is not None}, len(todo))
 
 
 def store_shares(
-    factory: ModelFactory,
-    data: AuditData,
-    shares: Sequence[Mapping[int, NDArray[np.float64]]],
-    **options: Any,
-) -> list[int]:
-    """On rank zero: save the scores every rank trained (``shares``, by rank) into the
-    store `run_audit` with these ``options`` reads; the number of models each rank
-    trained. Every planned model must be in exactly one share."""
+    factory: ModelFactory, data: AuditData, shares: Sequence[RankShare], **options: Any
+) -> dict[str, list[int]]:
+    """On rank zero: save the scores every rank sent (``shares``, by rank) into the store
+    `run_audit` with these ``options`` reads. Every planned model must be in exactly one
+    share. Returns the report's account: models and models trained now, by rank."""
     prepared = _prepared(factory, data, options)
     seen: dict[int, int] = {}
     for rank, share in enumerate(shares):
-        for k, scores in share.items():
+        for k, scores in share.scores.items():
             if k in seen:
                 raise InputError(f"model {k} came from ranks {seen[k]} and {rank}")
             seen[k] = rank
@@ -131,4 +138,7 @@ def store_shares(
     absent = sorted(set(range(prepared.n_planned)) - set(seen))
     if absent:
         raise InputError(f"no rank trained reference models {absent}")
-    return [len(share) for share in shares]
+    return {
+        "reference_models_by_rank": [len(share.scores) for share in shares],
+        "trained_now_by_rank": [share.trained_now for share in shares],
+    }

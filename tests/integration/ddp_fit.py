@@ -37,6 +37,7 @@ from privacy_gate.training.recipe import Optimizer, Recipe  # noqa: E402
 N, FEATURES, EPOCHS, BATCH, WORLD = 120, 6, 2, 16, 2
 PATIENTS = [f"p{i // 2}" for i in range(N)]
 POLICY = {"gate": {"max_patient_auc": 1.0}}
+STRICT = {"gate": {"max_patient_auc": 0.5000001, "max_patients_at_risk": 0}}
 
 
 def tensors() -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,11 +108,12 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=6)
     parser.add_argument("--group-size", type=int, default=2)
     parser.add_argument("--fail-rank", type=int, default=None)
+    parser.add_argument("--strict", action="store_true", help="a policy the model fails; raise")
     args = parser.parse_args()
     torch.set_num_threads(1)
     factory = FailsOnRank(args.fail_rank)
     callback = PrivacyAuditCallback(
-        config=parse_config(POLICY),
+        config=parse_config(STRICT if args.strict else POLICY),
         reference_models=args.models,
         backend="batched",
         backend_options={"group_size": args.group_size},
@@ -119,7 +121,7 @@ def main() -> None:
         output_dir=args.out / "audit",
         model_factory=factory,
         plots=False,
-        on_fail="warn",
+        on_fail="raise" if args.strict else "warn",
         log_model=False,
     )
     trainer = pl.Trainer(

@@ -57,13 +57,32 @@ def test_ranks_split_the_reference_models_and_rank_zero_reports_the_single_proce
     single = json.loads((tmp_path / "single" / "report.json").read_text())
     training = distributed["audit"]["training"]
     assert training["distributed"] == {
-        "world_size": 2, "reference_models_by_rank": by_rank, "strategy": "DDPStrategy"
+        "world_size": 2, "reference_models_by_rank": by_rank, "trained_now_by_rank": by_rank,
+        "strategy": "DDPStrategy",
     }  # fmt: skip
     assert training["recipe"]["batch_size"] == 32  # 16 a rank, gradients averaged over 2
     assert distributed["audit"]["reference_models"] == models
     assert _figures(distributed) == _figures(single)  # bit for bit: same groups, same streams
     outcome = json.loads((tmp_path / "outcome.json").read_text())
     assert outcome["status"] == distributed["decision"]["status"]
+    # Run again into the same directory: every rank resumes its share per model.
+    again = _run(tmp_path, "--models", str(models), "--group-size", str(group))
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads((tmp_path / "audit" / "report.json").read_text())
+    assert resumed["audit"]["training"]["distributed"]["trained_now_by_rank"] == [0, 0]
+    assert _figures(resumed) == _figures(distributed)
+
+
+def test_a_failing_verdict_raises_on_every_rank(tmp_path: Path) -> None:
+    """on_fail='raise': PrivacyGateFailed on both ranks, so no rank goes on to release."""
+    done = _run(tmp_path, "--models", "4", "--group-size", "2", "--strict")
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    for rank in (0, 1):
+        assert f"[rank{rank}]: lightning_callbacks._audit_core.PrivacyGateFailed" in output, rank
+    assert (
+        json.loads((tmp_path / "audit" / "report.json").read_text())["decision"]["status"] == "fail"
+    )
 
 
 def test_a_rank_that_fails_stops_every_rank_with_the_reason(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from privacy_gate.errors import ConfigError, InputError
 from privacy_gate.training import run_audit
 from privacy_gate.training.backends import BatchedBackend
 from privacy_gate.training.recipe import Recipe
-from privacy_gate.training.shares import share_of, store_shares, train_share
+from privacy_gate.training.shares import RankShare, share_of, store_shares, train_share
 
 RECIPE = Recipe(epochs=2, batch_size=16, learning_rate=0.05)
 
@@ -54,9 +54,15 @@ def test_the_ranks_shares_give_the_single_process_report(
         train_share(make_model, data, rank=rank, world_size=2, **_options(tmp_path / f"rank{rank}"))
         for rank in (0, 1)
     ]
-    assert [sorted(s) for s in shares] == [[0, 1, 4, 5], [2, 3]]
+    assert [sorted(s.scores) for s in shares] == [[0, 1, 4, 5], [2, 3]]
+    assert [s.trained_now for s in shares] == [4, 2]
     zero = tmp_path / "zero"
-    assert store_shares(make_model, data, shares, candidate=None, **_options(zero)) == [4, 2]
+    assert store_shares(make_model, data, shares, **_options(zero)) == {
+        "reference_models_by_rank": [4, 2],
+        "trained_now_by_rank": [4, 2],
+    }
+    again = train_share(make_model, data, rank=1, world_size=2, **_options(tmp_path / "rank1"))
+    assert again.trained_now == 0  # resumed per model from the rank's store
     gathered = run_audit(make_model, data, plots=False, **_options(zero))
     assert gathered.report.audit.training.trained_now == 0  # every model came from a rank
     single = run_audit(make_model, data, plots=False, **_options(tmp_path / "single"))
@@ -68,8 +74,9 @@ def test_the_ranks_shares_give_the_single_process_report(
 def test_a_model_missing_or_twice_is_an_error(tmp_path: Path) -> None:
     data = load_data()
     share = train_share(make_model, data, rank=1, world_size=2, **_options(tmp_path / "r1"))
+    nothing = RankShare({}, 0)
     with pytest.raises(InputError, match=r"no rank trained reference models \[0, 1, 4, 5\]"):
-        store_shares(make_model, data, [{}, share], **_options(tmp_path / "a"))
+        store_shares(make_model, data, [nothing, share], **_options(tmp_path / "a"))
     with pytest.raises(InputError, match="model 2 came from ranks 0 and 1"):
         store_shares(make_model, data, [share, share], **_options(tmp_path / "b"))
 
