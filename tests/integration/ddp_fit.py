@@ -4,6 +4,7 @@ fit, rank zero also runs the single-process `run_audit` of the same candidate wi
 same seed and recipe into ``OUT/single``, for `test_ddp_callback.py` to compare.
 
     python tests/integration/ddp_fit.py OUT --models 6 --group-size 2 [--fail-rank 1]
+    DDP_FIT_NAMESPACE=lightning.pytorch python tests/integration/ddp_fit.py OUT
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import pytorch_lightning as pl  # noqa: E402
+import importlib  # noqa: E402
 
-from lightning_callbacks.pytorch_lightning import PrivacyAuditCallback  # noqa: E402
+# The Lightning namespace (the launcher's other rank inherits the environment).
+NAMESPACE = os.environ.get("DDP_FIT_NAMESPACE", "pytorch_lightning")
+pl: Any = importlib.import_module(NAMESPACE)
+PrivacyAuditCallback = importlib.import_module(
+    {"pytorch_lightning": "lightning_callbacks.pytorch_lightning",
+     "lightning.pytorch": "lightning_callbacks.lightning"}[NAMESPACE]
+).PrivacyAuditCallback  # fmt: skip
 from privacy_gate.config import parse_config  # noqa: E402
 from privacy_gate.training import run_audit  # noqa: E402
 from privacy_gate.training.backends import BatchedBackend  # noqa: E402

@@ -22,9 +22,12 @@ VOLATILE = {"created_at", "trained_now", "resumed", "training_seconds", "cache_k
             "distributed", "trainer"}  # fmt: skip
 
 
-def _run(out: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    out: Path, *arguments: str, namespace: str = "pytorch_lightning"
+) -> subprocess.CompletedProcess[str]:
     environment = {
         **os.environ,
+        "DDP_FIT_NAMESPACE": namespace,
         "PRIVACY_GATE_PSEUDONYM_KEY": "ab" * 16,
         "PYTHONWARNINGS": "ignore",
     }
@@ -71,6 +74,16 @@ def test_ranks_split_the_reference_models_and_rank_zero_reports_the_single_proce
     resumed = json.loads((tmp_path / "audit" / "report.json").read_text())
     assert resumed["audit"]["training"]["distributed"]["trained_now_by_rank"] == [0, 0]
     assert _figures(resumed) == _figures(distributed)
+
+
+def test_the_lightning_namespace_splits_the_models_too(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    done = _run(tmp_path, "--models", "4", "--group-size", "2", namespace="lightning.pytorch")
+    assert done.returncode == 0, done.stderr[-3000:]
+    distributed = json.loads((tmp_path / "audit" / "report.json").read_text())
+    single = json.loads((tmp_path / "single" / "report.json").read_text())
+    assert distributed["audit"]["training"]["distributed"]["reference_models_by_rank"] == [2, 2]
+    assert _figures(distributed) == _figures(single)
 
 
 def test_a_failing_verdict_raises_on_every_rank(tmp_path: Path) -> None:
