@@ -85,7 +85,13 @@ def _epoch_done(progress: Progress, models: int, epoch: int) -> None:
     progress.epoch_done(models)
 
 
-def _train_batched(job: ReferenceJob, todo: list[int], progress: Progress, group_size: int) -> None:
+def _train_batched(
+    job: ReferenceJob,
+    todo: list[int],
+    progress: Progress,
+    group_size: int,
+    notes: dict[str, Any] | None = None,
+) -> None:
     """Train fixed groups of models (0..g-1, g..2g-1, ...) as batched ensembles.
 
     Groups are fixed whatever is already done, and a group with any missing model is
@@ -110,6 +116,7 @@ def _train_batched(job: ReferenceJob, todo: list[int], progress: Progress, group
             seeds=[plan.seeds[k] for k in group],
             device=job.device,
             on_epoch_done=functools.partial(_epoch_done, progress, len(group)),
+            notes=notes,
         )
         for k, model in zip(group, models, strict=True):
             job.store.save(
@@ -154,12 +161,13 @@ def _train_locally(job: ReferenceJob, asked: str, *, workers: int, group_size: i
     n_models = job.plan.n_models
     used, reason = choose_backend(job.factory, asked, job.recipe)
     started = time.perf_counter()
+    notes: dict[str, Any] = {}  # what the batched engine decided (a frozen trunk)
     with Progress(n_models, initial=n_models - len(todo), epochs=job.recipe.epochs) as progress:
         if todo and used == BATCHED:
             from privacy_gate.training.batched import BatchingUnsupported
 
             try:
-                _train_batched(job, todo, progress, group_size)
+                _train_batched(job, todo, progress, group_size, notes)
             except BatchingUnsupported as exc:
                 if asked == BATCHED:
                     raise InputError(f"backend 'batched' cannot train this model: {exc}") from None
@@ -174,7 +182,7 @@ def _train_locally(job: ReferenceJob, asked: str, *, workers: int, group_size: i
         trained_now=len(todo),
         resumed=n_models - len(todo),
         training_seconds=round(time.perf_counter() - started, 3),
-        details={"device": str(job.device)},
+        details={"device": str(job.device), **notes},
     )
 
 

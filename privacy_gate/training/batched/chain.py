@@ -144,8 +144,19 @@ def _changed(state: list[tuple[nn.Module, dict[str, Any]]]) -> str | None:
     return None
 
 
-def _traced_chain(model: nn.Module) -> list[nn.Module] | str:
-    tracer = fx.Tracer()
+class _FrozenLeaves(fx.Tracer):
+    """Traces into modules as usual, but keeps a wholly frozen module (a pretrained trunk,
+    however it is built inside) as one layer of the chain."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        weights = list(m.parameters())
+        if weights and not any(p.requires_grad for p in weights):
+            return True
+        return bool(super().is_leaf_module(m, module_qualified_name))
+
+
+def _traced_chain(model: nn.Module, frozen_leaves: bool = False) -> list[nn.Module] | str:
+    tracer = _FrozenLeaves() if frozen_leaves else fx.Tracer()
     tracer.proxy_buffer_attributes = True  # a buffer written in forward shows in the graph
     state = _python_state(model)
     try:
@@ -184,16 +195,18 @@ def _traced_chain(model: nn.Module) -> list[nn.Module] | str:
     return layers
 
 
-def layer_chain(model: nn.Module) -> list[nn.Module] | str:
+def layer_chain(model: nn.Module, *, frozen_leaves: bool = False) -> list[nn.Module] | str:
     """The layers ``model``'s forward applies one after another (the module's own
     objects, sharing its parameters), or why its forward is not such a chain.
 
     Every parameter must belong to exactly one layer of the chain: a layer used twice,
     or a parameter the forward never reaches, would train otherwise than the chain.
+    With ``frozen_leaves`` a module whose weights are all frozen is one layer, whatever
+    its inside (`frozen_prefix`); a plain ``nn.Sequential`` gives its leaves either way.
     """
     if type(model) is nn.Sequential:
         return sequential_leaves(model)
-    chain = _traced_chain(model)
+    chain = _traced_chain(model, frozen_leaves)
     if isinstance(chain, str):
         return chain
     seen: set[int] = set()

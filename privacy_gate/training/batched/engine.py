@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from privacy_gate.training.batched.chain import layer_chain
 from privacy_gate.training.batched.conv_fast_path import _ConvEnsemble, conv_fast_path_problem
 from privacy_gate.training.batched.eligibility import (
     FP16_MIXED_REASON,
     BatchingUnsupported,
     batching_problem,
+)
+from privacy_gate.training.batched.frozen_prefix import (
+    FrozenSplit,
+    frozen_features,
+    same_trunks,
+    split_frozen_prefix,
 )
 from privacy_gate.training.batched.mlp_fast_path import _MLPEnsemble, mlp_fast_path_problem
 from privacy_gate.training.batched.poisson import PoissonStreams, dp_steps_per_epoch
@@ -59,6 +67,8 @@ def train_batched(
     on_epoch_done: Callable[[int], None] | None = None,
     fast_path: bool = True,
     device: torch.device | str | None = None,
+    frozen_trunk: bool = True,
+    notes: dict[str, Any] | None = None,
 ) -> list[nn.Module]:
     """Train ``len(subsets)`` models as one batched ensemble.
 
@@ -84,6 +94,11 @@ def train_batched(
             MLP or conv fast path could take (for comparisons).
         device: where the ensemble trains (default: the inputs' device); models are
             initialised on the CPU first, so their initial weights do not depend on it.
+        frozen_trunk: compute a frozen, deterministic trunk once and train only the heads
+            (`frozen_prefix`); False trains every model whole (for comparisons).
+        notes: filled with what the engine decided that the report should say
+            (``frozen_trunk``: the trunk computed once, or why a model with frozen
+            weights trains whole).
 
     Returns:
         K ordinary modules in eval mode on ``device`` holding the trained weights.
@@ -100,13 +115,37 @@ def train_batched(
         raise BatchingUnsupported(FP16_MIXED_REASON)
     place = torch.device(device) if device is not None else inputs.device
     first = init_model(factory, seeds[0]).to(place)
-    problem = batching_problem(first)
+    split = _frozen_split(first, inputs, recipe, place) if frozen_trunk else None
+    head = nn.Sequential(*split.head) if isinstance(split, FrozenSplit) else first
+    problem = batching_problem(head)
     if problem is not None:
         raise BatchingUnsupported(problem)
     models = [first, *(init_model(factory, seed).to(place) for seed in seeds[1:])]
     if recipe.dp is not None:  # the layers Opacus replaces, as train_one_dp replaces them
         models = [make_dp_compatible(m, f"reference model {k}") for k, m in enumerate(models)]
     inputs, labels = inputs.to(place), labels.to(place)
+    full_models = models
+    if isinstance(split, FrozenSplit):
+        splits = [split, *(_same_split(m, len(split.trunk)) for m in models[1:])]
+        if same_trunks(splits):
+            _LOG.info("Batched training on the %s.", split.describe())
+            inputs = frozen_features(split, inputs)  # every model's trunk output, once
+            models = [nn.Sequential(*s.head) for s in splits]  # the models' own layers
+            split_note: str | None = split.describe()
+        else:
+            split_note = (
+                "the whole network trains: the frozen trunks differ between reference "
+                "models (the factory initialises them per seed)"
+            )
+            problem = batching_problem(first)
+            if problem is not None:
+                raise BatchingUnsupported(problem)
+    elif isinstance(split, str):
+        split_note = f"the whole network trains: {split}"
+    else:
+        split_note = None
+    if notes is not None and split_note is not None:
+        notes["frozen_trunk"] = split_note
     # Inside the ensemble the models are sorted by steps per epoch (most first), so
     # models that step together are contiguous (see `_StackedOptimizer`); ``ids[j]`` is
     # the caller's index of the model at position j.
@@ -152,9 +191,31 @@ def train_batched(
                     on_model_done(ids[j])
         if on_epoch_done is not None:
             on_epoch_done(epoch)
-    for model in models:
+    for model in full_models:
         model.eval()
-    return models
+    return full_models
+
+
+def _frozen_split(
+    model: nn.Module, inputs: torch.Tensor, recipe: Recipe, place: torch.device
+) -> FrozenSplit | str | None:
+    """The frozen trunk to compute once, why there is none (a model with frozen
+    weights), or None (every weight trains: nothing to say)."""
+    if all(p.requires_grad for p in model.parameters()):
+        return None
+    if recipe.dp is not None:
+        return "DP-SGD recipes train the whole network (per-record gradients of every layer)"
+    if recipe.precision is not Precision.FLOAT32:
+        return f"the recipe computes in {recipe.precision.value}, the trunk's cache in float32"
+    return split_frozen_prefix(model, inputs[:8].to(place))
+
+
+def _same_split(model: nn.Module, n_trunk: int) -> FrozenSplit:
+    """Another model's split at the first model's place (same architecture)."""
+    chain = layer_chain(model, frozen_leaves=True)
+    if isinstance(chain, str):  # the same architecture traced once already
+        raise BatchingUnsupported(f"the models cannot be split alike: {chain}")
+    return FrozenSplit(tuple(chain[:n_trunk]), tuple(chain[n_trunk:]))
 
 
 _TAKES = {  # (who, the fast paths' notes) per kind of recipe, for the log
