@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,9 @@ class ScoreStore:
 
     def save(self, name: str, scores: NDArray[np.float64]) -> None:
         """Write atomically: a crash leaves either the old state or the complete file."""
-        temporary = self._file(name).with_suffix(".tmp")
-        with temporary.open("wb") as handle:
-            np.save(handle, np.asarray(scores, dtype=np.float64))
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(self._file(name))
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(scores, dtype=np.float64))
+        _atomic_write(self._file(name), buffer.getvalue())
 
     def save_text(self, name: str, text: str) -> None:
         """Store a short text (e.g. a weights digest) beside the scores."""
@@ -108,7 +106,17 @@ def load_weights(folder: Path, name: str) -> Mapping[str, Any] | None:
 
 
 def _atomic_write(path: Path, content: bytes) -> None:
-    """Write a file so that a crash leaves the old state or the complete file."""
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_bytes(content)
-    temporary.replace(path)
+    """Write a file so that a crash leaves the old state or the complete file. The
+    temporary file's name is unique, so processes writing the same file at once (the
+    ranks of a multi-process fit creating one store) each replace it whole."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(content)
+            stream.flush()
+            os.fsync(stream.fileno())
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
