@@ -199,11 +199,13 @@ def fit_inputs(
     loader = train_loader(trainer)
     dp = find_dpsgd(trainer)
     world = int(trainer.world_size)
-    batch_size = None if dp is None else dp.batch_size_
-    if world > 1:
-        batch_size = _loader_batch(loader) * world
     recipe, reason = extract_recipe(
-        trainer_settings, loader, factory(), settings.task, batch_size=batch_size
+        trainer_settings,
+        loader,
+        factory(),
+        settings.task,
+        batch_size=None if dp is None else dp.batch_size_,
+        world_size=world,
     )
     averaging = averaging or []  # `_averaging.templates`: as before the fit
     if averaging:
@@ -260,16 +262,6 @@ def _recipe_callbacks(dp: Any, averaging: list[Any]) -> Any:
         return [*([] if dp is None else [dp.reference_copy(seed)]), *fresh_copies(averaging)]
 
     return callbacks
-
-
-def _loader_batch(loader: Any) -> int:
-    batch = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None)
-    if not isinstance(batch, int) or batch < 1:
-        raise ConfigError(
-            f"{OWNER} needs the train loader's batch size. Got {batch!r} instead. HINT: "
-            "build the loader with DataLoader(dataset, batch_size=...)."
-        )
-    return batch
 
 
 def run_fit_audit(

@@ -240,19 +240,24 @@ def extract_recipe(
     task: Task,
     *,
     batch_size: int | None = None,
+    world_size: int = 1,
 ) -> tuple[Recipe, str | None]:
     """The candidate's `Recipe` and why the batched fast path cannot use it (None: it can).
 
     The recipe is returned either way: it keys the cache of finished reference models.
     ``batch_size`` overrides the loader's (DP-SGD replaced the loader by a Poisson-sampled
-    one whose expected batch size is the original loader's).
+    one whose expected batch size is the original loader's). Under multi-process training
+    (``world_size`` ranks) each step averages the gradients of one loader batch per rank:
+    the recipe's batch is the loader's times ``world_size``.
     """
     problems = _trainer_problems(settings)
     if batch_size is None:
         batch_size = loader.batch_size
-    if batch_size is None:
-        batch_size = getattr(loader.batch_sampler, "batch_size", None)
-        problems.append("the train DataLoader uses a custom batch sampler")
+        if batch_size is None:
+            batch_size = getattr(loader.batch_sampler, "batch_size", None)
+            problems.append("the train DataLoader uses a custom batch sampler")
+        if isinstance(batch_size, int):
+            batch_size *= world_size
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(
             f"{OWNER} cannot read the batch size of the train DataLoader. HINT: build it "

@@ -14,13 +14,13 @@ reason is returned and the whole network trains as before.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from privacy_gate.training.batched.chain import layer_chain
+from privacy_gate.training.weights import weights_sha256
 
 __all__ = ["FrozenSplit", "frozen_features", "same_trunks", "split_frozen_prefix"]
 
@@ -92,19 +92,10 @@ def split_frozen_prefix(model: nn.Module, inputs: torch.Tensor) -> FrozenSplit |
     return FrozenSplit(trunk, head)
 
 
-def _digest(layers: tuple[nn.Module, ...]) -> str:
-    digest = hashlib.sha256()
-    for layer in layers:
-        for name, tensor in layer.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def same_trunks(splits: list[FrozenSplit]) -> bool:
     """Whether every model's trunk holds the same weights (one set of features serves
     all)."""
-    return len({_digest(split.trunk) for split in splits}) == 1
+    return len({weights_sha256(nn.ModuleList(split.trunk)) for split in splits}) == 1
 
 
 def frozen_features(split: FrozenSplit, inputs: torch.Tensor) -> torch.Tensor:
