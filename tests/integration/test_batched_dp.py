@@ -139,7 +139,9 @@ def _one_step_gradients(
     order = _Order([0, 1], [(0, 2)])
     streams = PoissonStreams(subsets, (1, 2), 8)
     ensemble = _Ensemble(models, inputs, labels, recipe, order, streams)
-    step = DPGradients(ensemble.base, recipe, dp, streams, ensemble.layout.shapes, [0, 1])
+    step = DPGradients(
+        ensemble.base, recipe, dp, streams, ensemble.layout.shapes, [0, 1], shared=ensemble.shared
+    )
     plan = streams.epoch(torch.device("cpu"))
     index = plan.index[0]
     x, y = inputs[index], labels[index]

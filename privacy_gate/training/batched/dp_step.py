@@ -32,8 +32,11 @@ class DPGradients:
         streams: PoissonStreams,
         shapes: tuple[torch.Size, ...],
         ids: list[int],
+        *,
+        shared: dict[str, torch.Tensor],
     ) -> None:
         self.base, self.recipe, self.dp, self.streams = base, recipe, dp, streams
+        self.shared = shared  # frozen weights every model holds alike (unbatched)
         self.shapes, self.ids = shapes, ids
         per_record: Callable[..., Any] = grad_and_value(self._record_loss)
         inner = vmap(per_record, in_dims=(None, None, 0, 0), randomness="different")
@@ -47,7 +50,8 @@ class DPGradients:
         y: torch.Tensor,
     ) -> torch.Tensor:
         """One record's own loss (its mean over labels for multi-label BCE)."""
-        logits = functional_call(self.base, {**params, **constants}, (x.unsqueeze(0),))
+        state = {**params, **constants, **self.shared}
+        logits = functional_call(self.base, state, (x.unsqueeze(0),))
         return _loss_terms(logits, y.unsqueeze(0), self.recipe.loss).mean()
 
     def __call__(

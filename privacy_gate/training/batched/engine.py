@@ -28,6 +28,7 @@ from privacy_gate.training.batched.frozen_prefix import (
 from privacy_gate.training.batched.mlp_fast_path import _MLPEnsemble, mlp_fast_path_problem
 from privacy_gate.training.batched.poisson import PoissonStreams, dp_steps_per_epoch
 from privacy_gate.training.batched.schedule import _Order, _plan_epoch, _step_groups
+from privacy_gate.training.batched.shared_weights import share_frozen_weights
 from privacy_gate.training.batched.vmap_ensemble import _Ensemble
 from privacy_gate.training.data_order import steps_per_epoch
 from privacy_gate.training.dp_sgd import make_dp_compatible
@@ -120,9 +121,7 @@ def train_batched(
     problem = batching_problem(head)
     if problem is not None:
         raise BatchingUnsupported(problem)
-    models = [first, *(init_model(factory, seed).to(place) for seed in seeds[1:])]
-    if recipe.dp is not None:  # the layers Opacus replaces, as train_one_dp replaces them
-        models = [make_dp_compatible(m, f"reference model {k}") for k, m in enumerate(models)]
+    models = _build_models(factory, first, seeds, place, dp=recipe.dp is not None)
     inputs, labels = inputs.to(place), labels.to(place)
     full_models = models
     if isinstance(split, FrozenSplit):
@@ -172,6 +171,12 @@ def train_batched(
         raise BatchingUnsupported(
             f"the models cannot be stacked: {type(error).__name__}: {error}"
         ) from error
+    if notes is not None and isinstance(trainer, _Ensemble) and trainer.shared:
+        held_once = sum(t.numel() for t in trainer.shared.values())
+        notes["shared_frozen_weights"] = (
+            f"{held_once} frozen parameters held once for all {len(models)} models "
+            f"({trainer.flat.shape[1]} trainable per model)"
+        )
     for epoch in range(recipe.epochs):
         if streams is not None:
             plan = streams.epoch(trainer.device)
@@ -194,6 +199,23 @@ def train_batched(
     for model in full_models:
         model.eval()
     return full_models
+
+
+def _build_models(
+    factory: ModelFactory, first: nn.Module, seeds: Sequence[int], place: torch.device, *, dp: bool
+) -> list[nn.Module]:
+    """The K models, each built after the last has given up its copy of the frozen
+    weights they share (`share_frozen_weights`): K full models never exist at once."""
+    if dp:  # the layers Opacus replaces, as train_one_dp replaces them
+        first = make_dp_compatible(first, "reference model 0")
+    models = [first]
+    for k, seed in enumerate(seeds[1:], start=1):
+        model = init_model(factory, seed).to(place)
+        if dp:
+            model = make_dp_compatible(model, f"reference model {k}")
+        share_frozen_weights(first, model)
+        models.append(model)
+    return models
 
 
 def _frozen_split(

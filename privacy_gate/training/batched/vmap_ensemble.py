@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from privacy_gate.training.batched.batch_norm import (
     masked_moments,
@@ -23,6 +23,7 @@ from privacy_gate.training.batched.losses import _loss_terms, _raise_if_nonfinit
 from privacy_gate.training.batched.optimizer import _clip_per_model, _StackedOptimizer
 from privacy_gate.training.batched.poisson import PoissonStreams
 from privacy_gate.training.batched.schedule import _EpochPlan, _Order
+from privacy_gate.training.batched.shared_weights import split_state
 from privacy_gate.training.recipe import Loss, Recipe
 from privacy_gate.training.steps import TrainingError, autocast
 
@@ -107,9 +108,18 @@ class _MaskedBatchNorm(nn.Module):
 def _functional_template(model: nn.Module, context: _RowContext) -> nn.Module:
     """A training-mode copy of ``model`` to run with stacked weights: BatchNorm layers
     become `_MaskedBatchNorm`; on CPU plain ``nn.Dropout`` layers draw masks with the
-    faster `_UniformDropout`."""
-    template = copy.deepcopy(model).train()
-    on_cpu = all(t.device.type == "cpu" for t in (*template.parameters(), *template.buffers()))
+    faster `_UniformDropout`. ``functional_call`` supplies every parameter and buffer,
+    so the copy's own are empty ``meta`` tensors: a large frozen base is not copied."""
+    on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
+    memo: dict[int, object] = {}
+    for tensor in (*model.parameters(), *model.buffers()):
+        empty = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = (
+            nn.Parameter(empty, requires_grad=tensor.requires_grad)
+            if isinstance(tensor, nn.Parameter)
+            else empty
+        )
+    template = copy.deepcopy(model, memo).train()
     for prefix, module in list(template.named_modules()):
         for name, child in module.named_children():
             if type(child) is nn.Dropout and on_cpu:
@@ -138,21 +148,21 @@ class _Ensemble:
         self.recipe = recipe
         self.inputs = inputs
         self.labels = labels.long() if recipe.loss is Loss.CROSS_ENTROPY else labels
-        params, buffers = stack_module_state(models)
-        trainable = dict(models[0].named_parameters())
-        names = tuple(n for n in params if trainable[n].requires_grad)
+        state = split_state(models)
+        params = state.trainable
+        names = tuple(params)
         self.layout = _Layout(
             names=names,
             shapes=tuple(params[n].shape[1:] for n in names),
             sizes=tuple(math.prod(params[n].shape[1:]) for n in names),
         )
-        self.flat = torch.cat([params[n].detach().flatten(1) for n in names], dim=1)
+        self.flat = torch.cat([params[n].flatten(1) for n in names], dim=1)
         self.flat.requires_grad_(True)
         self.device = self.flat.device
-        # Frozen parameters and buffers ride along unchanged.
-        self.constants: dict[str, torch.Tensor] = {
-            n: t.detach() for n, t in {**params, **buffers}.items() if n not in names
-        }
+        # Buffers and frozen parameters ride along unchanged: stacked where the models
+        # differ, once (unbatched under vmap) where they share them (`shared_weights`).
+        self.constants: dict[str, torch.Tensor] = state.constants
+        self.shared: dict[str, torch.Tensor] = state.shared
         self.optimizer = _StackedOptimizer([self.flat.detach()], order.groups, recipe)
         self.context = _RowContext()
         self.base = _functional_template(models[0], self.context)
@@ -167,8 +177,9 @@ class _Ensemble:
         self.dp_gradients: DPGradients | None = None
         if recipe.dp is not None and streams is not None:  # DP-SGD: per-record gradients
             self.dp_gradients = DPGradients(
-                self.base, recipe, recipe.dp, streams, self.layout.shapes, order.ids
-            )
+                self.base, recipe, recipe.dp, streams, self.layout.shapes, order.ids,
+                shared=self.shared,
+            )  # fmt: skip
         self.first_step = True
         self.step_moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -185,7 +196,7 @@ class _Ensemble:
         moments (vmapped over models)."""
         self.context.weight, self.context.count = weight, count
         self.context.moments = {}
-        logits = functional_call(self.base, {**params, **constants}, (x,))
+        logits = functional_call(self.base, {**params, **constants, **self.shared}, (x,))
         terms = _loss_terms(logits, y, self.recipe.loss)
         per_record = terms.reshape(terms.shape[0], -1).sum(dim=1)
         elements = terms[0].numel()
@@ -240,7 +251,8 @@ class _Ensemble:
 
     def _first_gradients(self, plan: _EpochPlan, t: int, epoch: int) -> None:
         """The first step, where an architecture that vmap cannot batch shows up."""
-        versions = {name: tensor._version for name, tensor in self.constants.items()}
+        unchanged = {**self.constants, **self.shared}
+        versions = {name: tensor._version for name, tensor in unchanged.items()}
         try:
             self._gradients(plan, t, epoch, first=True)
         except (TrainingError, BatchingUnsupported):
@@ -249,9 +261,7 @@ class _Ensemble:
             raise BatchingUnsupported(
                 f"the model fails under torch.func.vmap: {type(error).__name__}: {error}"
             ) from error
-        changed = sorted(
-            n for n, tensor in self.constants.items() if tensor._version != versions[n]
-        )
+        changed = sorted(n for n, tensor in unchanged.items() if tensor._version != versions[n])
         if changed:
             raise BatchingUnsupported(
                 f"the forward pass updates buffer(s) {', '.join(changed)} in place; padded "
