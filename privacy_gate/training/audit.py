@@ -196,6 +196,7 @@ def run_audit(
                 **training,
                 "recipe": recipe.to_dict(),
                 "model": identity["factory"],
+                "starting_point": identity["starting_point"],
                 "candidate": "given" if candidate is not None else TRAINED_BY_AUDIT,
                 "cache_key": store.key,
             },

@@ -36,6 +36,7 @@ from privacy_gate.training.reference import (
 )
 from privacy_gate.training.sequential import ModelFactory, init_model
 from privacy_gate.training.store import ScoreStore
+from privacy_gate.training.weights import weights_sha256
 
 __all__ = [
     "CACHE_DIR_ENVIRONMENT_VARIABLE",
@@ -77,6 +78,30 @@ def model_identity(factory: ModelFactory, model: nn.Module) -> dict[str, Any]:
     }
 
 
+def starting_point(factory: ModelFactory, model: nn.Module) -> dict[str, Any]:
+    """The weights every reference model starts from whatever its seed, found by building
+    a second model (seed 1) beside ``model`` (seed 0): a fine-tune's pretrained weights.
+
+    Their digest goes into the report and keys the store, so fine-tuning from another
+    pretrained file never reuses scores. For a model trained from scratch only constant
+    initialisations (zero biases, norm scales) are seed-independent.
+    """
+    first, second = model.state_dict(), init_model(factory, 1).state_dict()
+    fixed = {
+        name: tensor
+        for name, tensor in first.items()
+        if name in second
+        and second[name].shape == tensor.shape
+        and second[name].dtype == tensor.dtype
+        and torch.equal(second[name], tensor)
+    }
+    return {
+        "sha256": weights_sha256(fixed) if fixed else None,
+        "seed_independent_values": sum(t.numel() for t in fixed.values()),
+        "values": sum(t.numel() for t in first.values()),
+    }
+
+
 def store_root(out: Path | None) -> Path:
     """Where an audit writing to ``out`` keeps its finished models' scores."""
     return out / ".privacy_gate_cache" if out is not None else default_cache_root()
@@ -111,7 +136,7 @@ def preflight(
     check_model_outputs(model, inputs, labels, data.task, f"The model ({type(model).__name__})")
     if candidate is not None:
         check_model_outputs(candidate, inputs, labels, data.task, "The candidate")
-    return model_identity(factory, model)
+    return {**model_identity(factory, model), "starting_point": starting_point(factory, model)}
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ stale-model protection, bad input and exit codes."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,39 @@ def test_changed_recipe_never_reuses_models(tmp_path: Path) -> None:
     assert again.report.audit.training.trained_now == 0
     changed = _audit(tmp_path, recipe=Recipe(epochs=3, batch_size=16, learning_rate=0.01))
     assert changed.report.audit.training.trained_now == 4
+
+
+def _fine_tune(pretrained_seed: int) -> torch.nn.Module:
+    """A fine-tune: the first layer loaded from a 'pretrained file' and frozen, the head
+    initialised from the reference model's seed."""
+    model = make_model()
+    generator = torch.Generator().manual_seed(pretrained_seed)
+    with torch.no_grad():
+        for p in model[0].parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
+    model[0].requires_grad_(False)
+    return model
+
+
+def test_the_pretrained_start_is_named_and_keys_the_store(tmp_path: Path) -> None:
+    from privacy_gate.training.weights import weights_sha256
+
+    first = _audit(tmp_path, factory=functools.partial(_fine_tune, 1))
+    start = first.report.audit.training.extra["starting_point"]
+    pretrained = _fine_tune(1)[0].state_dict()
+    # Only the pretrained layer is seed-independent: its digest, under its names.
+    assert start == {
+        "sha256": weights_sha256({f"0.{n}": t for n, t in pretrained.items()}),
+        "seed_independent_values": 6 * 16 + 16,
+        "values": 6 * 16 + 16 + 16 * 2 + 2,
+    }
+    again = _audit(tmp_path, factory=functools.partial(_fine_tune, 1))
+    assert again.report.audit.training.trained_now == 0
+    other = _audit(tmp_path, factory=functools.partial(_fine_tune, 2))  # another file
+    assert other.report.audit.training.trained_now == 4
+    assert other.report.audit.training.extra["starting_point"]["sha256"] != start["sha256"]
+    scratch = _audit(tmp_path / "scratch").report.audit.training.extra["starting_point"]
+    assert scratch == {"sha256": None, "seed_independent_values": 0, "values": 146}
 
 
 @pytest.mark.parametrize("k", [3, 0, 1])
