@@ -29,7 +29,7 @@ __all__ = ["PrivacyAuditCallback"]
 _LOG = logging.getLogger("privacy_gate.integrations")
 
 
-class PrivacyAuditCallback(TrainerCallback):  # type: ignore[misc]
+class PrivacyAuditCallback(TrainerCallback):
     """Audit the model ``Trainer.train()`` just trained; gate its release.
 
     At ``on_train_end`` (the final weights), on the main process only, trains reference
