@@ -28,7 +28,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from privacy_gate.errors import ConfigError, PrivacyGateFailed
 from privacy_gate.integrations.transformers import PrivacyAuditCallback
-from privacy_gate.integrations.transformers._data import ExampleDataset
+from privacy_gate.integrations.transformers._data import ExampleDataset, LogitsModel
 from privacy_gate.integrations.transformers._reference import make_train_fn
 from privacy_gate.report import load_audit_report
 from privacy_gate.training.weights import weights_sha256
@@ -146,7 +146,7 @@ def train(
 def test_default_arguments_train_a_trainer_per_model_and_log_into_the_trainers_run(
     tmp_path: Path, data: Any, pretrained: Path, mlflow_env: str, write_config: Any
 ) -> None:
-    _, callback = train(
+    trainer, callback = train(
         tmp_path, data, pretrained, {"config": write_config(LENIENT_POLICY)}, report_to="mlflow"
     )  # HF's default schedule: linear
     assert callback.status_ == "pass" and callback.outcome_ is not None
@@ -160,6 +160,10 @@ def test_default_arguments_train_a_trainer_per_model_and_log_into_the_trainers_r
     start = weights_sha256(TinyClassifier.from_pretrained(pretrained))
     assert training.extra["trainer"]["initial_weights_sha256"] == start  # no new head here
     assert report.audit.reference_models == K and report.audit.records == N_TRAIN + N_HOLDOUT
+    # The candidate audited is the model train() trained, not the pretrained start.
+    assert report.audit.model_sha256 == weights_sha256(LogitsModel(trainer.model, "x"))
+    untrained = LogitsModel(TinyClassifier.from_pretrained(pretrained), "x")
+    assert report.audit.model_sha256 != weights_sha256(untrained)
     # The run HF's MLflowCallback opened (and ended) holds the training loss and the audit.
     run = MlflowClient(mlflow_env).get_run(callback.outcome_.mlflow_run or "")
     assert run.data.tags["privacy_gate.status"] == "pass"

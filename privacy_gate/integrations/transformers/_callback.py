@@ -131,17 +131,11 @@ class PrivacyAuditCallback(TrainerCallback):
     # Hooks: one guard, one call.
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero and not self.audited_:
-            self._prepared = prepare_fit(
-                self._find_trainer(),
-                kwargs["model"],
-                kwargs.get("optimizer"),
-                self.settings,
-                Trainer,
-            )
+            self._prepared = prepare_fit(self._find_trainer(), self.settings, Trainer)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero and self._prepared is not None:
-            self._audit(kwargs["model"])
+            self._audit()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the Trainer and the pool."""
@@ -157,10 +151,11 @@ class PrivacyAuditCallback(TrainerCallback):
             )
         return trainer
 
-    def _audit(self, model: nn.Module) -> None:
+    def _audit(self) -> None:
+        """The candidate is the Trainer's own ``model`` (unwrapped, the final weights)."""
         prepared, self._prepared = self._prepared, None
         assert prepared is not None
-        outcome = run_fit_audit(prepared, model, self.settings)
+        outcome = run_fit_audit(prepared, prepared.trainer.model, self.settings)
         self.audited_, self.status_, self.outcome_ = True, outcome.status, outcome
         action = decide_action(outcome.status, self.settings.on_fail)
         if action is Action.NONE:

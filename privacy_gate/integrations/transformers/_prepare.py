@@ -128,13 +128,12 @@ def _arguments(args: Any) -> dict[str, Any]:
     return {k: v for k, v in sorted(data.items()) if k not in _VOLATILE_ARGUMENTS}
 
 
-def prepare_fit(
-    trainer: Any, model: nn.Module, optimizer: Any, settings: HFAuditSettings, stock: type
-) -> PreparedFit:
-    """Everything checked before training; ``stock``: ``transformers.Trainer``."""
+def prepare_fit(trainer: Any, settings: HFAuditSettings, stock: type) -> PreparedFit:
+    """Everything checked before training, on the Trainer's own model and optimizer (the
+    ones ``train()`` built); ``stock``: ``transformers.Trainer``."""
     from privacy_gate.mlflow.logging import active_run_location
 
-    args = trainer.args
+    args, model, optimizer = trainer.args, trainer.model, trainer.optimizer
     factory = fresh_model_factory(trainer, settings)
     keys = forward_keys(model)
     train = trainer.train_dataset
