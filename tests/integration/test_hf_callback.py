@@ -23,7 +23,13 @@ pytest.importorskip("sklearn")
 import mlflow
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_breast_cancer
-from transformers import PretrainedConfig, PreTrainedModel, Trainer, TrainingArguments
+from transformers import (
+    PretrainedConfig,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from privacy_gate.errors import ConfigError, PrivacyGateFailed
@@ -259,3 +265,64 @@ def test_a_reference_trainer_equals_an_independent_trainer_run(
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)
     start = TinyClassifier.from_pretrained(pretrained).state_dict()
     assert not torch.equal(ours["net.0.weight"], start["net.0.weight"])  # it trained
+
+
+def test_a_lora_fine_tune_is_audited_with_its_adapters(
+    tmp_path: Path, data: Any, pretrained: Path, write_config: Any
+) -> None:
+    """A PEFT (LoRA) model from model_init: the frozen pretrained base, fresh adapters per
+    reference model; the exact recipe trains only the trainable parameters."""
+    peft = pytest.importorskip("peft")
+
+    def lora() -> nn.Module:
+        base = TinyClassifier.from_pretrained(pretrained)
+        config = peft.LoraConfig(r=4, target_modules=["net.0"], modules_to_save=["net.2"])
+        return peft.get_peft_model(base, config)  # type: ignore[no-any-return]
+
+    train_set, holdout = data
+    callback = PrivacyAuditCallback(
+        holdout=holdout,
+        reference_models=K,
+        plots=False,
+        config=write_config(LENIENT_POLICY),
+    )
+    trainer = Trainer(
+        model_init=lora,
+        args=arguments(tmp_path, lr_scheduler_type="constant"),
+        train_dataset=train_set,
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert callback.outcome_ is not None and callback.outcome_.path == "recipe"
+    report = callback.outcome_.result.report
+    assert report.audit.model_sha256 == weights_sha256(LogitsModel(trainer.model, "x"))
+    trained = trainer.model.state_dict()
+    start = TinyClassifier.from_pretrained(pretrained).state_dict()
+    frozen = [name for name in trained if name.endswith("net.0.base_layer.weight")]
+    assert frozen and torch.equal(trained[frozen[0]], start["net.0.weight"])  # base frozen
+
+
+def test_training_stopped_early_is_warned_and_recorded(
+    tmp_path: Path, data: Any, pretrained: Path, write_config: Any
+) -> None:
+    class StopAtThree(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == 3:
+                control.should_training_stop = True
+
+    train_set, holdout = data
+    callback = PrivacyAuditCallback(
+        holdout=holdout, reference_models=K, plots=False, config=write_config(LENIENT_POLICY)
+    )
+    trainer = Trainer(
+        model_init=lambda: TinyClassifier.from_pretrained(pretrained),
+        args=arguments(tmp_path, lr_scheduler_type="constant"),
+        train_dataset=train_set,
+        callbacks=[StopAtThree(), callback],
+    )
+    with pytest.warns(UserWarning, match="training stopped at step 3 of 20"):
+        trainer.train()
+    assert callback.outcome_ is not None
+    training = callback.outcome_.result.report.audit.training
+    assert training is not None
+    assert training.extra["trainer"]["stopped_early"] == {"step": 3, "max_steps": 20}

@@ -73,8 +73,15 @@ def _wrapped(factory: Any, key: str) -> nn.Module:
     return LogitsModel(factory(), key)
 
 
-def run_fit_audit(prepared: PreparedFit, model: nn.Module, settings: HFAuditSettings) -> Outcome:
-    """Audit ``model`` (the candidate's final weights) on the pool prepared before training."""
+def run_fit_audit(
+    prepared: PreparedFit,
+    model: nn.Module,
+    settings: HFAuditSettings,
+    stopped: tuple[int, int] | None = None,
+) -> Outcome:
+    """Audit ``model`` (the candidate's final weights) on the pool prepared before
+    training; ``stopped``: the step training stopped at and the planned steps, when it
+    stopped early (recorded in the report)."""
     trainer, data, key = prepared.trainer, prepared.data, prepared.input_key
     args = trainer.args
     out = settings.output_dir or Path(args.output_dir) / "privacy_audit"
@@ -100,6 +107,8 @@ def run_fit_audit(prepared: PreparedFit, model: nn.Module, settings: HFAuditSett
             "initial_weights_sha256": prepared.initial_weights_sha256,
         },
     }
+    if stopped is not None:
+        provenance["trainer"]["stopped_early"] = {"step": stopped[0], "max_steps": stopped[1]}
     _LOG.info(
         "Auditing %s: %s reference models on %d records; report in %s.",
         type(model).__name__, settings.reference_models, data.n_records, out,

@@ -135,7 +135,7 @@ class PrivacyAuditCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero and self._prepared is not None:
-            self._audit()
+            self._audit(state)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the Trainer and the pool."""
@@ -151,11 +151,22 @@ class PrivacyAuditCallback(TrainerCallback):
             )
         return trainer
 
-    def _audit(self) -> None:
+    def _audit(self, state: Any) -> None:
         """The candidate is the Trainer's own ``model`` (unwrapped, the final weights)."""
         prepared, self._prepared = self._prepared, None
         assert prepared is not None
-        outcome = run_fit_audit(prepared, prepared.trainer.model, self.settings)
+        stopped = None
+        if 0 < int(state.global_step) < int(state.max_steps):
+            stopped = (int(state.global_step), int(state.max_steps))
+            warnings.warn(
+                f"{OWNER}: training stopped at step {stopped[0]} of {stopped[1]} (an "
+                "EarlyStoppingCallback, say), but reference models train the whole schedule: "
+                "they may leak more than the candidate. HINT: for a faithful audit, retrain "
+                "the candidate with the number of epochs it stopped at.",
+                UserWarning,
+                stacklevel=3,
+            )
+        outcome = run_fit_audit(prepared, prepared.trainer.model, self.settings, stopped)
         self.audited_, self.status_, self.outcome_ = True, outcome.status, outcome
         action = decide_action(outcome.status, self.settings.on_fail)
         if action is Action.NONE:
