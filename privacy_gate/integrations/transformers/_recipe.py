@@ -99,6 +99,8 @@ def map_recipe(args: Any, *, task: Task, world_size: int = 1) -> tuple[Recipe, l
         problems.append("dataloader_drop_last=True drops the last batch")
     if args.neftune_noise_alpha is not None:
         problems.append(f"neftune_noise_alpha={args.neftune_noise_alpha} adds embedding noise")
+    if getattr(args, "auto_find_batch_size", False):
+        problems.append("auto_find_batch_size=True may train with a smaller batch")
     sampling = _value(getattr(args, "train_sampling_strategy", "random"))
     if sampling != "random":
         problems.append(f"train_sampling_strategy={sampling!r}")

@@ -79,6 +79,7 @@ def test_the_defaults_take_the_trainer_path_for_the_linear_schedule(tmp_path: An
         ({"optim": "sgd", "optim_args": "momentum=0.9"}, "optim_args"),
         ({"dataloader_drop_last": True}, "drops the last batch"),
         ({"neftune_noise_alpha": 5.0}, "neftune"),
+        ({"auto_find_batch_size": True}, "auto_find_batch_size"),
     ],
 )
 def test_what_a_recipe_cannot_hold_is_named(
