@@ -14,7 +14,6 @@ import hashlib
 import logging
 import warnings
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,8 @@ from lightning_callbacks._data import build_audit_data, train_loader
 from lightning_callbacks._dp import find_dpsgd
 from lightning_callbacks._recipe import TrainerSettings, extract_recipe, module_factory
 from lightning_callbacks._reference import make_train_fn
-from lightning_callbacks._settings import OWNER, AuditSettings, OnFail
-from privacy_gate.errors import ConfigError
-from privacy_gate.gate import Status
+from lightning_callbacks._settings import OWNER, AuditSettings
+from privacy_gate.errors import ConfigError, PrivacyGateFailed
 from privacy_gate.metric_keys import join_key
 from privacy_gate.metrics import trainer_metrics
 from privacy_gate.pipeline import AuditResult
@@ -34,6 +32,7 @@ from privacy_gate.report import REPORT_FILE
 from privacy_gate.report_model import AuditReport
 from privacy_gate.training.audit import run_audit
 from privacy_gate.training.backends import BACKENDS, backend_spec, make_backend
+from privacy_gate.training.callback_args import Action, decide_action
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.inputs import check_model_outputs
 from privacy_gate.training.recipe import Recipe
@@ -53,44 +52,6 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger("lightning_callbacks")
-
-
-class PrivacyGateFailed(RuntimeError):
-    """The audited model failed the privacy gate (``on_fail="raise"``), or the gate could
-    not decide. ``violations`` names every violated rule; ``report`` is the report path."""
-
-    def __init__(
-        self, message: str, *, status: str, violations: tuple[str, ...], report: str | None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.violations = violations
-        self.report = report
-
-
-class Action(str, Enum):
-    """What the callback does with a decision."""
-
-    NONE = "none"  # passed
-    RAISE = "raise"
-    WARN = "warn"
-    TAG = "tag"  # privacy_gate.status on the MLFlowLogger run; a warning without one
-
-
-def decide_action(status: str, on_fail: OnFail) -> Action:
-    """Pure: the action for a gate status under the ``on_fail`` policy; an undecidable
-    audit (``error``) always raises.
-
-    >>> decide_action("fail", OnFail.WARN)
-    <Action.WARN: 'warn'>
-    >>> decide_action("error", OnFail.WARN)
-    <Action.RAISE: 'raise'>
-    """
-    if status == Status.PASS.value:
-        return Action.NONE
-    if status != Status.FAIL.value:
-        return Action.RAISE
-    return Action(on_fail.value)
 
 
 @dataclass(frozen=True)

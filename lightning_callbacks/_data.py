@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from lightning_callbacks._settings import OWNER, AuditSettings, Metadata
+from lightning_callbacks._settings import OWNER, AuditSettings
 from privacy_gate.errors import InputError
+from privacy_gate.training.callback_args import pool_metadata
 from privacy_gate.training.data import AuditData
 
 __all__ = ["build_audit_data", "train_loader"]
@@ -107,37 +106,14 @@ def holdout_records(trainer: Any, settings: AuditSettings) -> Any:
     )
 
 
-def _aligned(name: str, value: Metadata, n_train: int, n_holdout: int) -> list[Any]:
-    if callable(value) and not isinstance(value, torch.Tensor | np.ndarray):
-        function: Callable[[str, int], Any] = value
-        return [function("train", i) for i in range(n_train)] + [
-            function("holdout", j) for j in range(n_holdout)
-        ]
-    values = value.tolist() if isinstance(value, torch.Tensor | np.ndarray) else list(value)
-    if len(values) != n_train + n_holdout:
-        raise InputError(
-            f"The '{name}' parameter of {OWNER} has {len(values)} values but the audit pool "
-            f"has {n_train + n_holdout} records ({n_train} train + {n_holdout} holdout). "
-            "HINT: metadata is aligned with the train records followed by the holdout."
-        )
-    return values
-
-
 def build_audit_data(trainer: Any, settings: AuditSettings) -> AuditData:
     """The audit pool of this fit, with patient ids and subgroup columns."""
     train_inputs, train_labels = dataset_tensors(train_loader(trainer).dataset, "train set")
     holdout_inputs, holdout_labels = dataset_tensors(holdout_records(trainer, settings), "holdout")
     n_train, n_holdout = len(train_inputs), len(holdout_inputs)
-    patient_ids = None
-    if settings.patient_ids is not None:
-        patient_ids = [
-            None if p is None else str(p)
-            for p in _aligned("patient_ids", settings.patient_ids, n_train, n_holdout)
-        ]
-    columns = {
-        column: [str(v) for v in _aligned(f"subgroups[{column!r}]", values, n_train, n_holdout)]
-        for column, values in settings.subgroups.items()
-    }
+    patient_ids, columns = pool_metadata(
+        settings.patient_ids, settings.subgroups, n_train, n_holdout, OWNER
+    )
     _LOG.info("Audit pool: %d train records (members) + %d held-out records.", n_train, n_holdout)
     return AuditData(
         train_inputs=train_inputs.detach().cpu(),

@@ -10,39 +10,33 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from privacy_gate.adaptive import AdaptivePlan, parse_reference_models
-from privacy_gate.config import AuditConfig, default_config, load_config
-from privacy_gate.errors import ConfigError, PrivacyGateError, invalid_value
+from privacy_gate.config import AuditConfig
+from privacy_gate.errors import ConfigError, invalid_value
 from privacy_gate.plan import DEFAULT_REFERENCE_MODELS
 from privacy_gate.signals import Task
 from privacy_gate.training.backends import backend_spec, parse_backend_options
+from privacy_gate.training.callback_args import (
+    Metadata,
+    OnFail,
+    check_metadata,
+    check_policy_columns,
+    check_subgroups,
+    parse_config,
+)
 
 __all__ = ["AuditSettings", "Metadata", "OnFail", "validate_settings"]
 
 OWNER = "PrivacyAuditCallback"
-
-#: Metadata aligned with the pool (members, then holdout), or a callable
-#: ``(split, index) -> value`` with ``split`` in {"train", "holdout"}.
-Metadata = Sequence[Any] | np.ndarray[Any, Any] | torch.Tensor | Callable[[str, int], Any]
-
-
-class OnFail(str, Enum):
-    """What a failing gate does after the audit."""
-
-    RAISE = "raise"
-    WARN = "warn"
-    TAG = "tag"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,42 +73,6 @@ def _choice(name: str, kind: type[Enum], value: Any) -> Any:
         raise _error(name, f"one of {options}", value) from None
 
 
-def _config(value: Any, subgroups: Mapping[str, Any]) -> AuditConfig:
-    if value is None:  # the packaged default policy, analysing the given subgroup columns
-        return dataclasses.replace(default_config(), subgroups=tuple(subgroups))
-    if isinstance(value, AuditConfig):
-        return value
-    if isinstance(value, (str, os.PathLike)):
-        try:
-            return load_config(os.fspath(value))
-        except PrivacyGateError as exc:
-            raise _error(
-                "config",
-                "an AuditConfig or the path of a valid YAML policy",
-                os.fspath(value),
-                str(exc),
-            ) from None
-    raise _error(
-        "config",
-        "an AuditConfig, the path of a YAML policy, or None (the packaged default policy)",
-        value,
-    )
-
-
-def _metadata(name: str, value: Any) -> Metadata:
-    if callable(value) or isinstance(value, torch.Tensor | np.ndarray):
-        return value  # type: ignore[no-any-return]
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return value
-    raise _error(
-        name,
-        "a sequence aligned with the audit pool (train records, then holdout records) or a "
-        "callable (split, index) -> value",
-        value,
-        "split is 'train' or 'holdout' and index the record's position in that split.",
-    )
-
-
 def validate_settings(
     *,
     config: Any,
@@ -141,17 +99,8 @@ def validate_settings(
             "None takes the datamodule's test set (or its validation set, with a warning).",
         )
     if patient_ids is not None:
-        patient_ids = _metadata("patient_ids", patient_ids)
-    if subgroups is None:
-        subgroups = {}
-    if not isinstance(subgroups, Mapping) or not all(isinstance(k, str) and k for k in subgroups):
-        raise _error(
-            "subgroups",
-            "a mapping from column name to a sequence or callable",
-            subgroups,
-            "e.g. subgroups={'sex': sexes, 'site': lambda split, i: ...}.",
-        )
-    subgroups = {k: _metadata(f"subgroups[{k!r}]", v) for k, v in subgroups.items()}
+        patient_ids = check_metadata("patient_ids", patient_ids, OWNER)
+    subgroups = check_subgroups(subgroups, OWNER)
     try:
         reference_models = parse_reference_models(reference_models, owner="PrivacyAuditCallback")
     except ConfigError:
@@ -183,15 +132,8 @@ def validate_settings(
         raise _error("plots", "a bool", plots)
     if not isinstance(log_model, bool):
         raise _error("log_model", "a bool", log_model)
-    parsed = _config(config, subgroups)
-    missing = [column for column in parsed.subgroups if column not in subgroups]
-    if missing:
-        raise _error(
-            "subgroups",
-            f"a mapping with the policy's subgroup columns {list(parsed.subgroups)}",
-            sorted(subgroups),
-            f"add the column(s) {missing}, or remove them from the policy's 'subgroups'.",
-        )
+    parsed = parse_config(config, subgroups, OWNER)
+    check_policy_columns(parsed, subgroups, OWNER)
     chosen = backend_spec(backend, OWNER, ConfigError).name
     return AuditSettings(
         config=parsed,

@@ -17,6 +17,7 @@ __all__ = [
     "InputError",
     "OutdatedReportError",
     "PrivacyGateError",
+    "PrivacyGateFailed",
     "ReportError",
     "bounded_number",
     "check_known_keys",
@@ -30,6 +31,20 @@ E = TypeVar("E", bound=Enum)
 
 class PrivacyGateError(Exception):
     """Base class of every error privacy-gate raises on purpose."""
+
+
+class PrivacyGateFailed(RuntimeError):
+    """The audited model failed the privacy gate (a training callback's
+    ``on_fail="raise"``), or the gate could not decide. ``violations`` names every violated
+    rule; ``report`` is the report path. Not an input error: the audit ran."""
+
+    def __init__(
+        self, message: str, *, status: str, violations: tuple[str, ...], report: str | None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.violations = violations
+        self.report = report
 
 
 class InputError(PrivacyGateError, ValueError):

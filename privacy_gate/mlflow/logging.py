@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -42,6 +43,8 @@ __all__ = [
     "KEYS_MAP_FILE",
     "REPORT_ARTIFACT",
     "SIGNED_TAG",
+    "active_run_location",
+    "client_for",
     "experiment_id_for",
     "log_comparison",
     "log_report",
@@ -112,6 +115,29 @@ def _client(client: MlflowClient | None) -> MlflowClient:
     except ImportError as exc:
         raise ImportError(f"Logging to MLflow needs the mlflow package. {_INSTALL_HINT}") from exc
     return MlflowClient()
+
+
+def active_run_location() -> tuple[str, str] | None:
+    """The active MLflow run's id and its tracking URI, or None: no active run, or mlflow
+    not imported by this process (this never imports it, so a pipeline without MLflow
+    needs no mlflow package). A framework's MLflow integration (e.g. Hugging Face's
+    ``MLflowCallback``) holds its run as the active run."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return None
+    run = mlflow.active_run()
+    if run is None:
+        return None
+    return str(run.info.run_id), str(mlflow.get_tracking_uri())
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """An MLflow client of ``tracking_uri``."""
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError as exc:
+        raise ImportError(f"Logging to MLflow needs the mlflow package. {_INSTALL_HINT}") from exc
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def _active_run_id() -> str:
