@@ -163,8 +163,9 @@ def test_default_arguments_train_a_trainer_per_model_and_log_into_the_trainers_r
         training.fallback_reason == "lr_scheduler_type='linear' changes the learning rate per step"
     )
     assert training.extra["trainer"]["reference_models_trained_by"] == "trainer"
-    start = weights_sha256(TinyClassifier.from_pretrained(pretrained))
-    assert training.extra["trainer"]["initial_weights_sha256"] == start  # no new head here
+    # Every weight of this factory is pretrained (no new head): all of it is the start.
+    start = weights_sha256(LogitsModel(TinyClassifier.from_pretrained(pretrained), "x"))
+    assert training.extra["starting_point"]["sha256"] == start
     assert report.audit.reference_models == K and report.audit.records == N_TRAIN + N_HOLDOUT
     # The candidate audited is the model train() trained, not the pretrained start.
     assert report.audit.model_sha256 == weights_sha256(LogitsModel(trainer.model, "x"))

@@ -104,7 +104,6 @@ def run_fit_audit(
             "class": f"{type(trainer).__module__}.{type(trainer).__qualname__}",
             "reference_models_trained_by": path,
             "input_key": key,
-            "initial_weights_sha256": prepared.initial_weights_sha256,
         },
     }
     if stopped is not None:
@@ -130,7 +129,6 @@ def run_fit_audit(
                 "trainer": provenance["trainer"]["class"],
                 "path": path,
                 "arguments": prepared.arguments,
-                "initial_weights_sha256": prepared.initial_weights_sha256,
             }
         },
         provenance=provenance,

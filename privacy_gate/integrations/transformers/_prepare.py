@@ -33,7 +33,6 @@ from privacy_gate.training.callback_args import pool_metadata
 from privacy_gate.training.data import AuditData
 from privacy_gate.training.inputs import check_model_outputs
 from privacy_gate.training.recipe import Recipe
-from privacy_gate.training.weights import weights_sha256
 
 __all__ = ["PreparedFit", "prepare_fit"]
 
@@ -53,7 +52,6 @@ class PreparedFit:
         recipe: the `Recipe` the arguments map to (it keys the store either way).
         problems: why the recipe is not exact (empty: it is): then each reference model
             trains with its own Trainer.
-        initial_weights_sha256: digest of the factory's model under torch seed 0.
         arguments: the Trainer's arguments that key the store of finished models.
         mlflow_run: the active MLflow run's id and tracking URI at the start, or None.
     """
@@ -64,7 +62,6 @@ class PreparedFit:
     input_key: str
     recipe: Recipe
     problems: tuple[str, ...]
-    initial_weights_sha256: str
     arguments: dict[str, Any]
     mlflow_run: tuple[str, str] | None
 
@@ -181,9 +178,6 @@ def prepare_fit(trainer: Any, settings: HFAuditSettings, stock: type) -> Prepare
             "constant learning rate without warmup, whole epochs, optim adamw_torch or sgd "
             "without weight decay."
         )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        initial = weights_sha256(factory())
     return PreparedFit(
         trainer=trainer,
         factory=factory,
@@ -191,7 +185,6 @@ def prepare_fit(trainer: Any, settings: HFAuditSettings, stock: type) -> Prepare
         input_key=key,
         recipe=recipe,
         problems=tuple(problems),
-        initial_weights_sha256=initial,
         arguments=_arguments(args),
         mlflow_run=active_run_location(),
     )

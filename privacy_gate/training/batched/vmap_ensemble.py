@@ -108,18 +108,12 @@ class _MaskedBatchNorm(nn.Module):
 def _functional_template(model: nn.Module, context: _RowContext) -> nn.Module:
     """A training-mode copy of ``model`` to run with stacked weights: BatchNorm layers
     become `_MaskedBatchNorm`; on CPU plain ``nn.Dropout`` layers draw masks with the
-    faster `_UniformDropout`. ``functional_call`` supplies every parameter and buffer,
-    so the copy's own are empty ``meta`` tensors: a large frozen base is not copied."""
+    faster `_UniformDropout`. ``functional_call`` supplies every parameter and buffer, so
+    the copy shares ``model``'s tensors instead of copying them: a large frozen base is not
+    held twice."""
     on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
-    memo: dict[int, object] = {}
-    for tensor in (*model.parameters(), *model.buffers()):
-        empty = torch.empty_like(tensor, device="meta")
-        memo[id(tensor)] = (
-            nn.Parameter(empty, requires_grad=tensor.requires_grad)
-            if isinstance(tensor, nn.Parameter)
-            else empty
-        )
-    template = copy.deepcopy(model, memo).train()
+    shared: dict[int, object] = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    template = copy.deepcopy(model, shared).train()
     for prefix, module in list(template.named_modules()):
         for name, child in module.named_children():
             if type(child) is nn.Dropout and on_cpu:
