@@ -1,0 +1,1 @@
+"""Fine-tuned models audited at a fraction of the cost: a frozen trunk, LoRA adapters."""
