@@ -133,14 +133,14 @@ def train_batched(
             split_note: str | None = split.describe()
         else:
             split_note = (
-                "the whole network trains: the frozen trunks differ between reference "
-                "models (the factory initialises them per seed)"
+                "the whole network runs in every step: the frozen trunks differ between "
+                "reference models (the factory initialises them per seed)"
             )
             problem = batching_problem(first)
             if problem is not None:
                 raise BatchingUnsupported(problem)
     elif isinstance(split, str):
-        split_note = f"the whole network trains: {split}"
+        split_note = f"the whole network runs in every step: {split}"
     else:
         split_note = None
     if notes is not None and split_note is not None:

@@ -97,7 +97,7 @@ def test_a_trunk_that_cannot_be_cached_trains_whole_with_the_reason(
     inputs, labels = _data(Loss.CROSS_ENTROPY, CLASSES)
     notes: dict[str, Any] = {}
     models = train_batched(factory, inputs, labels, _subsets(), recipe, seeds=SEEDS, notes=notes)
-    assert notes["frozen_trunk"].startswith("the whole network trains: ")
+    assert notes["frozen_trunk"].startswith("the whole network runs in every step: ")
     assert reason in notes["frozen_trunk"], notes
     assert len(models) == len(SEEDS)
 
