@@ -9,7 +9,7 @@ sequential baseline is timed on a few models and multiplied by K (it is linear i
 Peak memory is the resident set's high-water mark of a fresh process per K, minus the
 process's before training.
 
-    .venv/bin/python benchmarks/bench_lora.py                        # K = 16 and 64
+    .venv/bin/python benchmarks/bench_lora.py                        # K = 16 and 64, 10 epochs
     .venv/bin/python benchmarks/bench_lora.py --models 16 --epochs 1
 """
 
@@ -78,7 +78,7 @@ def sequential(models: int, epochs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, nargs="+", default=[16, 64])
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--sequential-models", type=int, default=4)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
