@@ -91,7 +91,7 @@ def test_batched_lora_equals_separate_peft_fine_tunes(
     # The adapters moved (a test of equal untrained weights would prove nothing) ...
     initial = _trainable(init_model(factory, SEEDS[0]))
     after = _trainable(separate[0])
-    moved = max(float((p.detach() - initial[n]).abs().max()) for n, p in after.items())
+    moved = max(float((p - initial[n]).abs().max().detach()) for n, p in after.items())
     assert moved > 1e-2
     np.testing.assert_allclose(
         _scores(batched, inputs, labels), _scores(separate, inputs, labels), rtol=1e-4, atol=1e-5
