@@ -68,10 +68,11 @@ def test_auto_passes_at_the_power_k_and_equals_the_fixed_k_audit(tmp_path: Path)
 def test_an_interrupted_adaptive_audit_resumes_at_the_model_where_it_stopped(
     tmp_path: Path,
 ) -> None:
-    """Factory calls: 1 = model identity, 2-17 the first round, 18 the candidate, then the
-    second round; the 25th call is its seventh model, so 22 models are stored."""
+    """Factory calls: 1-2 = model identity and starting point, 3-18 the first round, 19
+    the candidate, then the second round; the 26th call is its seventh model, so 22
+    models are stored."""
     with pytest.raises(KeyboardInterrupt):
-        _audit(tmp_path / "resumed", FlakyFactory(fail_at=25))
+        _audit(tmp_path / "resumed", FlakyFactory(fail_at=26))
     cache = next((tmp_path / "resumed" / ".privacy_gate_cache").iterdir())
     stored = len(list(cache.glob("reference_*.npy")))
     assert stored == 22

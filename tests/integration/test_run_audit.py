@@ -69,10 +69,11 @@ def test_audit_writes_report_and_plan(tmp_path: Path) -> None:
 
 
 def test_interrupted_audit_resumes_and_gives_the_same_report(tmp_path: Path) -> None:
-    # Factory calls: 1 = model identity, then one per reference model; the 4th call is
-    # the third reference model, so two are finished when the run is interrupted.
+    # Factory calls: 1-2 = model identity and starting point (seeds 0 and 1), then one
+    # per reference model; the 5th call is the third reference model, so two are
+    # finished when the run is interrupted.
     with pytest.raises(KeyboardInterrupt):
-        _audit(tmp_path / "resumed", FlakyFactory(fail_at=4))
+        _audit(tmp_path / "resumed", FlakyFactory(fail_at=5))
     cache = next((tmp_path / "resumed" / ".privacy_gate_cache").iterdir())
     assert sorted(p.name for p in cache.glob("reference_*.npy")) == [
         "reference_0000.npy", "reference_0001.npy"]  # fmt: skip
