@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,16 @@ class Beats(Dataset[dict[str, torch.Tensor]]):
         return {"input_values": self.inputs[index], "labels": self.labels[index]}
 
 
+def _experiment_beside(out: Path) -> None:
+    """The MLflow experiment the Trainer logs to, its artifacts under ``out`` (a SQLite
+    store's default artifact root is ./mlruns in the working directory)."""
+    import mlflow
+
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "finetune-hf-lora")
+    if mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=(out / "mlartifacts").resolve().as_uri())
+
+
 def run(out: Path, reference_models: int, epochs: int, max_records: int | None) -> Any:
     """Fine-tune and audit; the callback (its ``status_`` and ``outcome_``)."""
     data = load_finetune_pool(seed=0, max_records=max_records)
@@ -105,6 +116,7 @@ def run(out: Path, reference_models: int, epochs: int, max_records: int | None) 
         use_cpu=True,
         disable_tqdm=True,
     )
+    _experiment_beside(out)
     trainer = Trainer(model_init=model_init, args=args, train_dataset=train, callbacks=[audit])
     trainer.train()
     return audit
@@ -120,8 +132,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     tracking = f"sqlite:///{(args.out / 'mlflow.db').resolve()}"
-    import os
-
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking)
     os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "finetune-hf-lora")
     audit = run(args.out, args.reference_models, args.epochs, args.max_records)

@@ -113,3 +113,4 @@ def test_the_hugging_face_lora_example_audits_and_logs(
     assert training["shared_frozen_weights"].startswith("5824 frozen parameters held once")
     run_tags = MlflowClient(tracking).get_run(audit.outcome_.mlflow_run).data.tags
     assert run_tags["privacy_gate.status"] == audit.status_ == report["decision"]["status"]
+    assert (tmp_path / "mlartifacts").is_dir() and not (Path.cwd() / "mlruns").exists()
