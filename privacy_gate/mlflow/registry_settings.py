@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "POLICY_ENVIRONMENT_VARIABLE",
     "PROTECTED_ALIASES_ENVIRONMENT_VARIABLE",
     "GateSettings",
+    "canonical_alias",
     "protected_aliases",
 ]
 
@@ -65,6 +67,15 @@ def protected_aliases(environ: Mapping[str, str] | None = None) -> frozenset[str
             "to protect, e.g. 'champion,production'."
         )
     return frozenset(n.lower() for n in names if n)
+
+
+def canonical_alias(name: str) -> str:
+    """A name as a case- and accent-insensitive database collation may compare it (MySQL's
+    default matches 'chámpion' and 'ＣＨＡＭＰＩＯＮ' with 'champion'): compatibility-
+    decomposed, accents dropped, case-folded; what `protected_aliases` is matched with."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return plain.casefold().strip()
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

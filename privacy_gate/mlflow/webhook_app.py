@@ -1,0 +1,206 @@
+"""The webhook receiver as an ASGI app (FastAPI, run by uvicorn: both come with MLflow).
+
+``POST /webhook`` takes MLflow's deliveries: a delivery is refused with a 4xx and the
+reason (never processed) when it is unsigned, forged, altered, stale, malformed or a replay
+of a delivery id already taken (`privacy_gate.mlflow.webhook_signature`,
+`privacy_gate.mlflow.webhook_state`); a genuine one is processed at once
+(`privacy_gate.mlflow.webhook_reactor`) and answered 200 with the outcome. When the
+registry cannot be asked, the delivery id is released and the answer is 503, which MLflow
+retries. ``GET /health`` says whether the start-up reconciliation has run.
+
+On start-up, and then every ``reconcile_interval_s`` when set, every protected alias is
+reconciled: one set while the receiver was down (or whose delivery MLflow gave up on) is
+reverted then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from privacy_gate.mlflow.registry_settings import GateSettings
+from privacy_gate.mlflow.webhook_reactor import Reactor, Revert
+from privacy_gate.mlflow.webhook_signature import (
+    MAX_BODY_BYTES,
+    DeliveryRefused,
+    Refusal,
+    check_delivery,
+    parse_event,
+)
+from privacy_gate.mlflow.webhook_state import WebhookState
+
+__all__ = ["Receiver", "ReceiverConfig", "create_app", "notify_revert"]
+
+_LOG = logging.getLogger(__name__)
+REVERT_LOG = "privacy-gate webhook receiver reverted: %s"
+"""The ERROR log line of each revert (for operators; alerting can match it)."""
+NOTIFY_TIMEOUT_S = 5.0
+RETRY_RECONCILE_S = 10.0
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    """What ``privacy-gate webhook serve`` validated (`privacy_gate.cli.webhook`)."""
+
+    tracking_uri: str
+    secret: str
+    state_dir: Path
+    settings: GateSettings
+    max_age_s: float = 300.0
+    notify_url: str | None = None
+    reconcile_interval_s: float = 0.0
+
+
+def notify_revert(revert: Revert, url: str | None) -> None:
+    """The ERROR log line, and a POST to ``url`` (Slack-compatible: ``text``) in the
+    background; a notification that fails is logged, never retried into the registry."""
+    _LOG.error(REVERT_LOG, revert.message)
+    if not url:
+        return
+    payload = {
+        "text": revert.message,
+        "model": revert.model,
+        "alias": revert.alias,
+        "version": str(revert.version),
+        "restored_version": None if revert.restored is None else str(revert.restored),
+        "reasons": revert.reasons,
+    }
+
+    def send() -> None:
+        import requests
+
+        try:
+            requests.post(url, json=payload, timeout=NOTIFY_TIMEOUT_S).raise_for_status()
+        except Exception as exc:
+            _LOG.error("cannot send the notification to %s: %s", url, exc)
+
+    threading.Thread(target=send, name="privacy-gate-notify", daemon=True).start()
+
+
+class Receiver:
+    """Checks each delivery, then hands it to the `Reactor` under one lock."""
+
+    def __init__(self, config: ReceiverConfig, *, client: Any) -> None:
+        self.config = config
+        self.state = WebhookState(config.state_dir)
+        self.reactor = Reactor(
+            client=client,
+            tracking_uri=config.tracking_uri,
+            settings=config.settings,
+            state=self.state,
+            notify=lambda revert: notify_revert(revert, config.notify_url),
+        )
+        self.reconciled = threading.Event()
+        self._stop = threading.Event()
+
+    def receive(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, str]]:
+        """(HTTP status, JSON body) for one delivery."""
+        now = time.time()
+        try:
+            delivery = check_delivery(
+                headers, body, secret=self.config.secret, now=now, max_age_s=self.config.max_age_s
+            )
+            event = parse_event(delivery.body)
+            with self.reactor.lock:
+                # Ids are kept twice the window: an older one is refused by its timestamp.
+                keep = 2 * self.config.max_age_s
+                if not self.state.claim_delivery(delivery.delivery_id, now=now, keep_s=keep):
+                    raise DeliveryRefused(
+                        Refusal.REPLAYED,
+                        f"delivery {delivery.delivery_id} was already received (a replay)",
+                    )
+                try:
+                    outcome = self.reactor.handle(event, _event_time(event.sent_at, now))
+                except DeliveryRefused:
+                    raise
+                except Exception as exc:
+                    self.state.release_delivery(delivery.delivery_id)
+                    _LOG.error("delivery %s not processed: %s", delivery.delivery_id, exc)
+                    return 503, {"error": f"the registry could not be asked: {str(exc)[:300]}"}
+        except DeliveryRefused as refused:
+            _LOG.warning("refused a delivery (%s): %s", refused.kind.value, refused.reason)
+            return refused.kind.status, {"refused": refused.kind.value, "reason": refused.reason}
+        _LOG.info("%s %s: %s", event.name, delivery.delivery_id, outcome)
+        return 200, {"event": event.name, "outcome": outcome}
+
+    def reconcile_loop(self) -> None:
+        """Reconcile at start (again after a failure), then every interval when set."""
+        while not self._stop.is_set():
+            try:
+                with self.reactor.lock:
+                    outcomes = self.reactor.reconcile_all()
+            except Exception as exc:
+                _LOG.error("reconciliation failed (retried in %.0f s): %s", RETRY_RECONCILE_S, exc)
+                self._stop.wait(RETRY_RECONCILE_S)
+                continue
+            _LOG.warning("reconciled %d protected alias(es): %s", len(outcomes), outcomes)
+            self.reconciled.set()
+            if self.config.reconcile_interval_s <= 0:
+                return
+            self._stop.wait(self.config.reconcile_interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _event_time(sent_at: str, default: float) -> float:
+    """MLflow's ISO event time in Unix seconds (the receiver's clock when unreadable)."""
+    from datetime import datetime, timezone
+
+    try:
+        parsed = datetime.fromisoformat(sent_at)
+    except ValueError:
+        return default
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def create_app(receiver: Receiver) -> Any:
+    """The FastAPI app around ``receiver``; start-up reconciliation runs in a thread
+    (deliveries wait for it on the receiver's lock)."""
+    from fastapi import FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        thread = threading.Thread(
+            target=receiver.reconcile_loop, name="privacy-gate-reconcile", daemon=True
+        )
+        thread.start()
+        try:
+            yield
+        finally:
+            receiver.stop()
+
+    app = FastAPI(title="privacy-gate webhook receiver", lifespan=lifespan, docs_url=None)
+
+    @app.post("/webhook")
+    async def webhook(request: Request) -> JSONResponse:
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit():  # a chunked body of unknown size is not read
+            return JSONResponse(
+                {"refused": Refusal.MALFORMED.value, "reason": "no Content-Length"},
+                status_code=411,
+            )
+        if int(declared) > MAX_BODY_BYTES:
+            return JSONResponse(
+                {"refused": Refusal.TOO_LARGE.value, "reason": f"over {MAX_BODY_BYTES} bytes"},
+                status_code=Refusal.TOO_LARGE.status,
+            )
+        body = await request.body()
+        status, answer = await run_in_threadpool(receiver.receive, dict(request.headers), body)
+        return JSONResponse(answer, status_code=status)
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True, "reconciled": receiver.reconciled.is_set()}
+
+    return app

@@ -1,0 +1,357 @@
+"""What the webhook receiver does about a registry event: verify, revert, restore, record.
+
+A webhook cannot block: MLflow commits the alias, then sends the event. So each event is
+only a trigger, and the receiver acts on the registry as it is NOW (read back from the
+server), never on what the event says happened. That is what makes a duplicate, a late or a
+reordered delivery converge on one final state:
+
+- ``model_version_alias.created`` of a protected alias: the version it names is verified
+  (a verified one becomes a restore candidate, with the event's time); then the alias is
+  reconciled (`Reactor.reconcile`): its holder now is verified with the gated store's own
+  check (`privacy_gate.mlflow.server_audit.version_refusals`: the signed report of the
+  version's run, the bytes of its files hashed against the signed manifest, no model
+  loaded). A holder that does not verify gets the refusal tags with every reason and loses
+  the alias; the newest candidate that still verifies NOW is put in its place, or the alias
+  is left empty; an operator is notified. A holder the receiver itself put back is replaced
+  by a newer verified candidate learned later; a verified holder someone chose is kept.
+- ``model_version.created``: the version is verified and its verdict written as tags, so the
+  registry shows the status before anyone asks for an alias.
+- ``model_version_tag.set`` / ``.deleted`` of a ``privacy_gate.*`` key: on a registry without
+  the gated store, any client can write those; the receiver puts its own verdict back.
+
+The tags are the gated store's (`privacy_gate.mlflow.promote`: ``privacy_gate.status``
+``pass`` or ``refused``, ``privacy_gate.refusal``, ``privacy_gate.report_sha256``,
+``privacy_gate.promoted_alias``, ``privacy_gate.verified_by``), with ``verified_by``
+``webhook-receiver``. They are a record for people, never evidence: every decision reads the
+signed audit again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from privacy_gate.mlflow.logging import report_sha256
+from privacy_gate.mlflow.promote import (
+    PROMOTED_ALIAS_TAG,
+    REFUSAL_TAG,
+    REPORT_SHA256_TAG,
+    STATUS_TAG,
+    VERIFIED_BY_TAG,
+    refusal_text,
+)
+from privacy_gate.mlflow.registry_settings import GateSettings, canonical_alias
+from privacy_gate.mlflow.remedies import refusal_message
+from privacy_gate.mlflow.server_audit import version_refusals
+from privacy_gate.mlflow.webhook_signature import DeliveryRefused, Event, Refusal
+from privacy_gate.mlflow.webhook_state import WebhookState
+
+__all__ = ["EVENTS", "VERIFIED_BY", "Check", "Reactor", "Revert"]
+
+_LOG = logging.getLogger(__name__)
+VERIFIED_BY = "webhook-receiver"
+TAG_PREFIX = "privacy_gate."
+EVENTS = (
+    "model_version.created",
+    "model_version_alias.created",
+    "model_version_tag.set",
+    "model_version_tag.deleted",
+)
+"""The MLflow webhook events the receiver subscribes to (``webhook register``)."""
+MAX_RESTORE_CANDIDATES = 5
+_GONE = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+@dataclass(frozen=True)
+class Check:
+    """A version verified now: every reason it may not hold a protected alias."""
+
+    version: int
+    reasons: list[str]
+    report: Any
+    identity: tuple[Any, ...]
+    tags: dict[str, str]
+    aliases: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
+
+
+@dataclass(frozen=True)
+class Revert:
+    """A protected alias taken from a version that does not verify (for notifications)."""
+
+    model: str
+    alias: str
+    version: int
+    restored: int | None
+    reasons: list[str]
+    message: str = field(repr=False)
+
+
+class Reactor:
+    """Reacts to registry events through ``client`` (an ``MlflowClient`` with the rights to
+    set aliases and version tags). Not thread-safe: the receiver calls it under one lock."""
+
+    def __init__(
+        self,
+        *,
+        client: Any,
+        tracking_uri: str,
+        settings: GateSettings,
+        state: WebhookState,
+        notify: Callable[[Revert], None],
+    ) -> None:
+        self._client = client
+        self._tracking_uri = tracking_uri
+        self._settings = settings
+        self._state = state
+        self._notify = notify
+        self._checks: dict[tuple[str, int], Check | None] = {}
+        self.lock = threading.Lock()
+
+    # ------------------------------------------------------------------ events
+
+    def handle(self, event: Event, at: float) -> str:
+        """The outcome of one event, in a word or two (the answer's body).
+
+        Raises:
+            DeliveryRefused: a signed event whose data lacks what its kind needs.
+        """
+        self._checks = {}  # verified once per event at most, never across events
+        if event.name == "model_version_alias.created":
+            model, version, alias = self._require(event, "name", "version", "alias")
+            if not self.protected(alias):
+                return "ignored: not a protected alias"
+            check = self._check(model, version)
+            if check is not None and check.ok:
+                self._state.add_verified(model, alias, version, at)
+            return self.reconcile(model, alias)
+        if event.name == "model_version.created":
+            model, version, _ = self._require(event, "name", "version")
+            return self._record(model, version)
+        if event.name in ("model_version_tag.set", "model_version_tag.deleted"):
+            model, version, _ = self._require(event, "name", "version")
+            if not canonical_alias(event.tag_key or "").startswith(TAG_PREFIX):
+                return "ignored: not a privacy_gate tag"
+            return self._restore_verdict(model, version)
+        return f"ignored: {event.name}"
+
+    def protected(self, alias: str) -> bool:
+        return canonical_alias(alias) in self._settings.protected_aliases
+
+    @staticmethod
+    def _require(event: Event, *fields: str) -> tuple[str, int, str]:
+        values = {"name": event.model, "version": event.version, "alias": event.alias}
+        missing = [f for f in fields if values[f] is None]
+        if missing:
+            raise DeliveryRefused(
+                Refusal.MALFORMED, f"the {event.name} event has no data.{', data.'.join(missing)}"
+            )
+        return str(event.model), int(event.version or 0), str(event.alias or "")
+
+    # ------------------------------------------------------------------ reconciliation
+
+    def reconcile_all(self) -> list[str]:
+        """Every protected alias held in the registry, and every one the receiver emptied,
+        reconciled (start-up, and every ``--reconcile-interval``)."""
+        pairs = set(self._state.vacated())
+        token: str | None = None
+        while True:
+            page = self._client.search_registered_models(max_results=100, page_token=token)
+            for model in page:
+                aliases = getattr(model, "aliases", None) or {}
+                pairs |= {(model.name, a) for a in aliases if self.protected(a)}
+            token = page.token
+            if not token:
+                break
+        outcomes = []
+        for model_name, alias in sorted(pairs):
+            self._checks = {}
+            outcome = self.reconcile(model_name, alias)
+            outcomes.append(f"{model_name}@{alias}: {outcome}")
+        return outcomes
+
+    def reconcile(self, model: str, alias: str) -> str:
+        """Make the protected ``alias`` of ``model`` hold a version that verifies now, or
+        nothing (module docs); the outcome in a word or two."""
+        holder = self._holder(model, alias)
+        placed, placed_version = self._state.placed(model, alias)
+        if holder is None:
+            if placed and placed_version is None:  # the receiver emptied it: fill it again
+                return self._put_back(model, alias, vacant=True)
+            return "vacant"
+        check = self._check(model, holder)
+        if check is None:
+            return "vacant"
+        if not check.ok:
+            return self._revert(model, alias, check)
+        self._write_verdict(model, holder, self._pass_tags(check))
+        if placed and placed_version == holder:  # the receiver's choice: a newer one wins
+            return self._put_back(model, alias, vacant=False, current=holder)
+        self._state.clear_placed(model, alias)  # someone else's choice, verified: kept
+        self._state.add_verified(model, alias, holder, time.time())
+        return "kept"
+
+    def _revert(self, model: str, alias: str, check: Check) -> str:
+        version = check.version
+        head = f"Reverted the alias {alias!r} of {model!r} from version {version}"
+        self._write_verdict(model, version, self._refusal_tags(head, check.reasons))
+        self._state.forget_verified(model, alias, version)
+        target = self._restore_target(model, alias, exclude=version)
+        if self._holder(model, alias) != version:
+            return "moved"  # changed meanwhile: its own event reconciles again
+        if target is not None:
+            self._client.set_registered_model_alias(model, alias, str(target.version))
+            self._state.set_placed(model, alias, target.version)
+            self._write_verdict(model, target.version, self._pass_tags(target, alias))
+        else:
+            self._client.delete_registered_model_alias(model, alias)
+            self._state.set_placed(model, alias, None)
+        restored = None if target is None else target.version
+        where = f"restored version {restored}" if restored else "no verified version to restore"
+        run_id = check.identity[0]
+        message = refusal_message(f"{head} ({where})", check.reasons, check.report, run_id)
+        self._notify(Revert(model, alias, version, restored, list(check.reasons), message))
+        return f"reverted to {restored}" if restored else "reverted, alias removed"
+
+    def _put_back(self, model: str, alias: str, *, vacant: bool, current: int | None = None) -> str:
+        target = self._restore_target(model, alias, exclude=None)
+        if target is None or target.version == current:
+            return "vacant" if vacant else "kept"
+        if self._holder(model, alias) != current:
+            return "moved"
+        self._client.set_registered_model_alias(model, alias, str(target.version))
+        self._state.set_placed(model, alias, target.version)
+        self._write_verdict(model, target.version, self._pass_tags(target, alias))
+        _LOG.warning("restored %r@%s to version %s", model, alias, target.version)
+        return f"restored {target.version}"
+
+    def _restore_target(self, model: str, alias: str, *, exclude: int | None) -> Check | None:
+        """The newest restore candidate that verifies now (others are forgotten)."""
+        candidates = self._state.verified_newest_first(model, alias)
+        for version in [v for v in candidates if v != exclude][:MAX_RESTORE_CANDIDATES]:
+            check = self._check(model, version)
+            if check is not None and check.ok and self._unchanged(model, check):
+                return check
+            self._state.forget_verified(model, alias, version)
+        return None
+
+    # ------------------------------------------------------------------ one version
+
+    def _record(self, model: str, version: int) -> str:
+        check = self._check(model, version)
+        if check is None:
+            return "ignored: no such version"
+        if check.ok:
+            self._write_verdict(model, version, self._pass_tags(check))
+            return "verified"
+        head = f"Version {version} of {model!r} may not hold a protected alias"
+        self._write_verdict(model, version, self._refusal_tags(head, check.reasons))
+        return "refused"
+
+    def _restore_verdict(self, model: str, version: int) -> str:
+        written = self._state.verdict(model, version)
+        if written is None:
+            return self._record(model, version)
+        try:
+            current = dict(self._client.get_model_version(model, str(version)).tags)
+        except Exception as exc:
+            if getattr(exc, "error_code", None) in _GONE:
+                return "ignored: no such version"
+            raise
+        if _verdict_of(current) == written:
+            return "unchanged"
+        self._write_verdict(model, version, written, current)
+        _LOG.warning("put back the privacy_gate tags of %r version %s", model, version)
+        return "verdict restored"
+
+    def _check(self, model: str, version: int) -> Check | None:
+        """The version verified now with the gated store's check (cached for one event);
+        None when it does not exist."""
+        key = (model, version)
+        if key not in self._checks:
+            self._checks[key] = self._verify(model, version)
+        return self._checks[key]
+
+    def _verify(self, model: str, version: int) -> Check | None:
+        try:
+            found = self._client.get_model_version(model, str(version))
+            location = self._client.get_model_version_download_uri(model, str(version))
+        except Exception as exc:
+            if getattr(exc, "error_code", None) in _GONE:
+                return None
+            raise  # the registry cannot be asked: the delivery is retried
+        identity = (found.run_id or None, found.source, location, found.creation_timestamp)
+        reasons, report = version_refusals(identity, self._tracking_uri, self._settings)
+        return Check(version, reasons, report, identity, dict(found.tags), list(found.aliases))
+
+    def _unchanged(self, model: str, check: Check) -> bool:
+        """The version is still the one verified (not deleted and re-created in between)."""
+        now = self._client.get_model_version(model, str(check.version))
+        return (now.run_id or None, now.source, now.creation_timestamp) == (
+            check.identity[0],
+            check.identity[1],
+            check.identity[3],
+        )
+
+    def _holder(self, model: str, alias: str) -> int | None:
+        try:
+            return int(self._client.get_model_version_by_alias(model, alias).version)
+        except Exception as exc:
+            if getattr(exc, "error_code", None) in _GONE:
+                return None
+            raise
+
+    # ------------------------------------------------------------------ verdict tags
+
+    def _pass_tags(self, check: Check, placing: str | None = None) -> dict[str, str]:
+        held = {a for a in check.aliases if self.protected(a)} | ({placing} if placing else set())
+        tags = {
+            STATUS_TAG: "pass",
+            REPORT_SHA256_TAG: report_sha256(check.report),
+            VERIFIED_BY_TAG: VERIFIED_BY,
+        }
+        if held:
+            tags[PROMOTED_ALIAS_TAG] = ",".join(sorted(held))
+        return tags
+
+    @staticmethod
+    def _refusal_tags(head: str, reasons: list[str]) -> dict[str, str]:
+        text = refusal_text([f"{head}: " + "; ".join(reasons) + "."])
+        return {STATUS_TAG: "refused", REFUSAL_TAG: text, VERIFIED_BY_TAG: VERIFIED_BY}
+
+    def _write_verdict(
+        self,
+        model: str,
+        version: int,
+        tags: dict[str, str],
+        current: dict[str, str] | None = None,
+    ) -> None:
+        """Make the version's ``privacy_gate.*`` tags exactly ``tags`` (only what differs
+        is written, so the tag events of the receiver's own writes change nothing)."""
+        if current is None:
+            cached = self._checks.get((model, version))
+            current = dict(cached.tags) if cached is not None else {}
+        # The verdict is recorded first: the tag events of these writes find it.
+        self._state.set_verdict(model, version, tags)
+        for key, value in tags.items():
+            if current.get(key) != value:
+                self._client.set_model_version_tag(model, str(version), key, value)
+        for key in _verdict_of(current):
+            if key not in tags:
+                self._client.delete_model_version_tag(model, str(version), key)
+        cached = self._checks.get((model, version))
+        if cached is not None:
+            others = {k: v for k, v in cached.tags.items() if k not in _verdict_of(cached.tags)}
+            cached.tags.clear()
+            cached.tags.update({**others, **tags})
+
+
+def _verdict_of(tags: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if canonical_alias(k).startswith(TAG_PREFIX)}
