@@ -133,17 +133,8 @@ def run_serve(args: argparse.Namespace) -> int:
             f"--public-key PATH or set {PUBLIC_KEY_ENVIRONMENT_VARIABLE} to the auditing "
             "side's public key ('privacy-gate keys')."
         )
-    try:
-        import mlflow
-        import uvicorn
-        from mlflow.tracking import MlflowClient
-    except ImportError:
-        raise InputError(
-            "'privacy-gate webhook serve' needs mlflow. HINT: pip install 'privacy-gate[mlflow]'."
-        ) from None
-    from privacy_gate.mlflow.webhook_app import Receiver, ReceiverConfig, create_app
+    from privacy_gate.mlflow.webhook_app import ReceiverConfig, serve
 
-    mlflow.set_tracking_uri(tracking_uri)  # the artifact downloads resolve through it
     config = ReceiverConfig(
         tracking_uri=tracking_uri,
         secret=secret,
@@ -153,13 +144,12 @@ def run_serve(args: argparse.Namespace) -> int:
         notify_url=notify_url,
         reconcile_interval_s=args.reconcile_interval,
     )
-    receiver = Receiver(config, client=MlflowClient(tracking_uri=tracking_uri))
     print(
         f"privacy-gate: webhook receiver for {tracking_uri} on http://{args.host}:{args.port}"
         f"/webhook; {settings.banner(tracking_uri).split(': ', 1)[1]}",
         flush=True,
     )
-    uvicorn.run(create_app(receiver), host=args.host, port=args.port, log_level="warning")
+    serve(config, host=args.host, port=args.port)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The webhook receiver as an ASGI app (FastAPI, run by uvicorn: both come with MLflow).
+"""The webhook receiver as an ASGI app (Starlette, run by uvicorn: both come with MLflow).
 
 ``POST /webhook`` takes MLflow's deliveries: a delivery is refused with a 4xx and the
 reason (never processed) when it is unsigned, forged, altered, stale, malformed or a replay
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from privacy_gate.errors import InputError
 from privacy_gate.mlflow.registry_settings import GateSettings
 from privacy_gate.mlflow.webhook_reactor import Reactor, Revert
 from privacy_gate.mlflow.webhook_signature import (
@@ -35,7 +36,7 @@ from privacy_gate.mlflow.webhook_signature import (
 )
 from privacy_gate.mlflow.webhook_state import WebhookState
 
-__all__ = ["Receiver", "ReceiverConfig", "create_app", "notify_revert"]
+__all__ = ["Receiver", "ReceiverConfig", "create_app", "notify_revert", "serve"]
 
 _LOG = logging.getLogger(__name__)
 REVERT_LOG = "privacy-gate webhook receiver reverted: %s"
@@ -163,14 +164,16 @@ def _event_time(sent_at: str, default: float) -> float:
 
 
 def create_app(receiver: Receiver) -> Any:
-    """The FastAPI app around ``receiver``; start-up reconciliation runs in a thread
-    (deliveries wait for it on the receiver's lock)."""
-    from fastapi import FastAPI, Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import JSONResponse
+    """The Starlette app (the framework under FastAPI) around ``receiver``; start-up
+    reconciliation runs in a thread (deliveries wait for it on the receiver's lock)."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: Any) -> AsyncIterator[None]:
         thread = threading.Thread(
             target=receiver.reconcile_loop, name="privacy-gate-reconcile", daemon=True
         )
@@ -180,9 +183,6 @@ def create_app(receiver: Receiver) -> Any:
         finally:
             receiver.stop()
 
-    app = FastAPI(title="privacy-gate webhook receiver", lifespan=lifespan, docs_url=None)
-
-    @app.post("/webhook")
     async def webhook(request: Request) -> JSONResponse:
         declared = request.headers.get("content-length", "")
         if not declared.isdigit():  # a chunked body of unknown size is not read
@@ -199,8 +199,27 @@ def create_app(receiver: Receiver) -> Any:
         status, answer = await run_in_threadpool(receiver.receive, dict(request.headers), body)
         return JSONResponse(answer, status_code=status)
 
-    @app.get("/health")
-    async def health() -> dict[str, bool]:
-        return {"ok": True, "reconciled": receiver.reconciled.is_set()}
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"ok": True, "reconciled": receiver.reconciled.is_set()})
 
-    return app
+    routes = [
+        Route("/webhook", webhook, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def serve(config: ReceiverConfig, *, host: str, port: int) -> None:
+    """Run the receiver with uvicorn (one process: the state and the lock are its own)
+    until it is stopped."""
+    try:
+        import mlflow
+        import uvicorn
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise InputError(
+            "'privacy-gate webhook serve' needs mlflow. HINT: pip install 'privacy-gate[mlflow]'."
+        ) from None
+    mlflow.set_tracking_uri(config.tracking_uri)  # artifact downloads resolve through it
+    receiver = Receiver(config, client=MlflowClient(tracking_uri=config.tracking_uri))
+    uvicorn.run(create_app(receiver), host=host, port=port, log_level="warning")

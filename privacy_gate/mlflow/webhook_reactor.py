@@ -340,12 +340,13 @@ class Reactor:
             current = dict(cached.tags) if cached is not None else {}
         # The verdict is recorded first: the tag events of these writes find it.
         self._state.set_verdict(model, version, tags)
-        for key, value in tags.items():
-            if current.get(key) != value:
-                self._client.set_model_version_tag(model, str(version), key, value)
         for key in _verdict_of(current):
             if key not in tags:
                 self._client.delete_model_version_tag(model, str(version), key)
+        # The status last: a reader who sees it sees the rest of the verdict too.
+        for key, value in sorted(tags.items(), key=lambda item: item[0] == STATUS_TAG):
+            if current.get(key) != value:
+                self._client.set_model_version_tag(model, str(version), key, value)
         cached = self._checks.get((model, version))
         if cached is not None:
             others = {k: v for k, v in cached.tags.items() if k not in _verdict_of(cached.tags)}
