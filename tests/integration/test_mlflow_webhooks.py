@@ -137,6 +137,22 @@ def _promote_verified(setup: Setup) -> None:
     assert answer.json()["outcome"] in ("kept", f"restored {setup.passing}"), answer.text
 
 
+def test_the_receiver_checks_the_signature_mlflow_sends() -> None:
+    """The headers and the HMAC are MLflow's own (its private signer, at this version)."""
+    from mlflow.webhooks import constants, delivery
+
+    from privacy_gate.mlflow import webhook_signature as ours
+
+    assert (ours.SIGNATURE_HEADER, ours.TIMESTAMP_HEADER, ours.DELIVERY_ID_HEADER) == (
+        constants.WEBHOOK_SIGNATURE_HEADER,
+        constants.WEBHOOK_TIMESTAMP_HEADER,
+        constants.WEBHOOK_DELIVERY_ID_HEADER,
+    )
+    body = '{"entity": "model_version", "data": {"name": "é"}}'
+    theirs = delivery._generate_hmac_signature("s" * 40, "d-1", "1800000000", body)
+    assert ours.sign_delivery("s" * 40, "d-1", "1800000000", body.encode()) == theirs
+
+
 def test_a_new_version_records_whether_its_audit_verifies(setup: Setup) -> None:
     failing = register(setup.gated, status="fail")
     for version, status in ((setup.passing, "pass"), (failing, "refused")):
