@@ -106,13 +106,16 @@ class Reactor:
         settings: GateSettings,
         state: WebhookState,
         notify: Callable[[Revert], None],
+        verify: Callable[[tuple[Any, ...]], tuple[list[str], Any]] | None = None,
     ) -> None:
         self._client = client
-        self._tracking_uri = tracking_uri
         self._settings = settings
+        # The gated store's own check; another only in tests of the reactor's logic.
+        self._refusals = verify or (lambda pinned: version_refusals(pinned, tracking_uri, settings))
         self._state = state
         self._notify = notify
         self._checks: dict[tuple[str, int], Check | None] = {}
+        self._touched: set[tuple[str, int]] = set()
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ events
@@ -124,6 +127,7 @@ class Reactor:
             DeliveryRefused: a signed event whose data lacks what its kind needs.
         """
         self._checks = {}  # verified once per event at most, never across events
+        self._touched = set()  # the versions whose verdict this event wrote
         if event.name == "model_version_alias.created":
             model, version, alias = self._require(event, "name", "version", "alias")
             if not self.protected(alias):
@@ -131,7 +135,10 @@ class Reactor:
             check = self._check(model, version)
             if check is not None and check.ok:
                 self._state.add_verified(model, alias, version, at)
-            return self.reconcile(model, alias)
+            outcome = self.reconcile(model, alias)  # the alias first: it is the exposure
+            if check is not None and (model, version) not in self._touched:
+                self._record(model, version)  # every version named gets its verdict
+            return outcome
         if event.name == "model_version.created":
             model, version, _ = self._require(event, "name", "version")
             return self._record(model, version)
@@ -201,18 +208,22 @@ class Reactor:
     def _revert(self, model: str, alias: str, check: Check) -> str:
         version = check.version
         head = f"Reverted the alias {alias!r} of {model!r} from version {version}"
-        self._write_verdict(model, version, self._refusal_tags(head, check.reasons))
+        refusal = self._refusal_tags(head, check.reasons)
         self._state.forget_verified(model, alias, version)
         target = self._restore_target(model, alias, exclude=version)
         if self._holder(model, alias) != version:
+            self._write_verdict(model, version, refusal)
             return "moved"  # changed meanwhile: its own event reconciles again
+        # The alias first (it is what consumers see), then the records.
         if target is not None:
             self._client.set_registered_model_alias(model, alias, str(target.version))
             self._state.set_placed(model, alias, target.version)
-            self._write_verdict(model, target.version, self._pass_tags(target, alias))
         else:
             self._client.delete_registered_model_alias(model, alias)
             self._state.set_placed(model, alias, None)
+        self._write_verdict(model, version, refusal)
+        if target is not None:
+            self._write_verdict(model, target.version, self._pass_tags(target, alias))
         restored = None if target is None else target.version
         where = f"restored version {restored}" if restored else "no verified version to restore"
         run_id = check.identity[0]
@@ -229,6 +240,9 @@ class Reactor:
         self._client.set_registered_model_alias(model, alias, str(target.version))
         self._state.set_placed(model, alias, target.version)
         self._write_verdict(model, target.version, self._pass_tags(target, alias))
+        displaced = None if current is None else self._checks.get((model, current))
+        if displaced is not None:
+            self._write_verdict(model, current or 0, self._pass_tags(displaced, without=alias))
         _LOG.warning("restored %r@%s to version %s", model, alias, target.version)
         return f"restored {target.version}"
 
@@ -251,6 +265,9 @@ class Reactor:
         if check.ok:
             self._write_verdict(model, version, self._pass_tags(check))
             return "verified"
+        written = self._state.verdict(model, version) or {}
+        if written.get(STATUS_TAG) == "refused":
+            return "refused"  # already recorded (a revert's record is kept, in any order)
         head = f"Version {version} of {model!r} may not hold a protected alias"
         self._write_verdict(model, version, self._refusal_tags(head, check.reasons))
         return "refused"
@@ -288,7 +305,7 @@ class Reactor:
                 return None
             raise  # the registry cannot be asked: the delivery is retried
         identity = (found.run_id or None, found.source, location, found.creation_timestamp)
-        reasons, report = version_refusals(identity, self._tracking_uri, self._settings)
+        reasons, report = self._refusals(identity)
         return Check(version, reasons, report, identity, dict(found.tags), list(found.aliases))
 
     def _unchanged(self, model: str, check: Check) -> bool:
@@ -310,8 +327,11 @@ class Reactor:
 
     # ------------------------------------------------------------------ verdict tags
 
-    def _pass_tags(self, check: Check, placing: str | None = None) -> dict[str, str]:
-        held = {a for a in check.aliases if self.protected(a)} | ({placing} if placing else set())
+    def _pass_tags(
+        self, check: Check, placing: str | None = None, *, without: str | None = None
+    ) -> dict[str, str]:
+        held = {a for a in check.aliases if self.protected(a) and a != without}
+        held |= {placing} if placing else set()
         tags = {
             STATUS_TAG: "pass",
             REPORT_SHA256_TAG: report_sha256(check.report),
@@ -340,6 +360,7 @@ class Reactor:
             current = dict(cached.tags) if cached is not None else {}
         # The verdict is recorded first: the tag events of these writes find it.
         self._state.set_verdict(model, version, tags)
+        self._touched.add((model, version))
         for key in _verdict_of(current):
             if key not in tags:
                 self._client.delete_model_version_tag(model, str(version), key)

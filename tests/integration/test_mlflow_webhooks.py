@@ -154,16 +154,15 @@ def test_the_receiver_checks_the_signature_mlflow_sends() -> None:
 
 
 def test_a_new_version_records_whether_its_audit_verifies(setup: Setup) -> None:
-    failing = register(setup.gated, status="fail")
-    for version, status in ((setup.passing, "pass"), (failing, "refused")):
+    for version, status in ((setup.passing, "pass"), (setup.unaudited, "refused")):
         wait_for(
             lambda v=version, s=status: _tags(setup, v).get("privacy_gate.status") == s,
             what=f"version {version} tagged {status} on creation",
         )
     assert _tags(setup, setup.passing)["privacy_gate.verified_by"] == "webhook-receiver"
-    refusal = _tags(setup, failing)["privacy_gate.refusal"]
-    assert "the audit did not pass" in refusal
     assert "privacy_gate.promoted_alias" not in _tags(setup, setup.passing)
+    refusal = _tags(setup, setup.unaudited)["privacy_gate.refusal"]
+    assert "may not hold a protected alias: no privacy audit was found" in refusal
 
 
 def test_an_unaudited_champion_loses_it_and_the_verified_one_is_restored(setup: Setup) -> None:

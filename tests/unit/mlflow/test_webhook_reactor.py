@@ -1,0 +1,190 @@
+"""The webhook receiver's decisions (`privacy_gate.mlflow.webhook_reactor`) over every order
+of deliveries, on an in-memory registry with the client methods the reactor calls; the
+verification is replaced by a fixed verdict per version (the real one, the gated store's,
+runs against a real server in tests/integration/test_mlflow_webhooks.py)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from privacy_gate.mlflow.registry_settings import GateSettings
+from privacy_gate.mlflow.webhook_reactor import Reactor, Revert
+from privacy_gate.mlflow.webhook_signature import Event
+from privacy_gate.mlflow.webhook_state import WebhookState
+
+MODEL = "m"
+NO_AUDIT = "no privacy audit was found for this model version"
+
+
+class Missing(Exception):
+    error_code = "RESOURCE_DOES_NOT_EXIST"
+
+
+@dataclass
+class _Version:
+    version: str
+    run_id: str
+    source: str
+    creation_timestamp: int
+    tags: dict[str, str]
+    aliases: list[str]
+
+
+class Page(list):  # type: ignore[type-arg]
+    token = None
+
+
+@dataclass
+class FakeRegistry:
+    """Versions 1..n of one model, their tags and the model's aliases; `good` verify."""
+
+    good: set[int]
+    n: int = 3
+    tags: dict[int, dict[str, str]] = field(default_factory=dict)
+    aliases: dict[str, int] = field(default_factory=dict)
+
+    def get_model_version(self, name: str, version: str) -> _Version:
+        number = int(version)
+        if name != MODEL or not 1 <= number <= self.n:
+            raise Missing(version)
+        held = [a for a, v in self.aliases.items() if v == number]
+        tags = dict(self.tags.get(number, {}))
+        return _Version(version, f"run{number}", f"models:/m-{number}", number, tags, held)
+
+    def get_model_version_download_uri(self, name: str, version: str) -> str:
+        return f"mem:/{name}/{version}"
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> _Version:
+        if alias not in self.aliases:
+            raise Missing(alias)
+        return self.get_model_version(name, str(self.aliases[alias]))
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+        self.aliases[alias] = int(version)
+
+    def delete_registered_model_alias(self, name: str, alias: str) -> None:
+        del self.aliases[alias]
+
+    def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.tags.setdefault(int(version), {})[key] = value
+
+    def delete_model_version_tag(self, name: str, version: str, key: str) -> None:
+        del self.tags[int(version)][key]
+
+    def search_registered_models(self, **_: Any) -> Page:
+        return Page([type("Model", (), {"name": MODEL, "aliases": dict(self.aliases)})()])
+
+    def verify(self, pinned: tuple[Any, ...]) -> tuple[list[str], Any]:
+        number = int(pinned[0].removeprefix("run"))
+        return ([] if number in self.good else [NO_AUDIT]), {"audit": {"run_id": pinned[0]}}
+
+
+SETTINGS = GateSettings(
+    protected_aliases=frozenset({"champion"}),
+    policy_sha256=None,
+    allow_pickle=False,
+    public_key_fingerprint="f",
+    public_key_problem=None,
+)
+
+
+def _reactor(registry: FakeRegistry, directory: Path, notes: list[Revert]) -> Reactor:
+    return Reactor(
+        client=registry,
+        tracking_uri="mem:",
+        settings=SETTINGS,
+        state=WebhookState(directory),
+        notify=notes.append,
+        verify=registry.verify,
+    )
+
+
+def _alias_event(version: int) -> tuple[Event, float]:
+    event = Event("model_version_alias.created", "", MODEL, str(version), "champion", None)
+    return event, float(version)  # MLflow's event time: the order they were set in
+
+
+def test_every_order_of_deliveries_with_duplicates_ends_the_same(tmp_path: Path) -> None:
+    """Champion was set on 1, then 2 (both verify), then 3 (no audit), all committed before
+    any delivery: in every order, with the bad one delivered twice, champion ends on 2
+    (the newest verified), 3 is refused, and the tags are the same."""
+    finals = set()
+    orders = set(itertools.permutations([1, 2, 3, 3]))
+    for i, order in enumerate(sorted(orders)):
+        registry = FakeRegistry(good={1, 2}, aliases={"champion": 3})
+        notes: list[Revert] = []
+        reactor = _reactor(registry, tmp_path / str(i), notes)
+        for version in order:
+            reactor.handle(*_alias_event(version))
+        final = (
+            tuple(sorted(registry.aliases.items())),
+            tuple(sorted((v, tuple(sorted(t.items()))) for v, t in registry.tags.items())),
+        )
+        finals.add(final)
+        assert registry.aliases == {"champion": 2}, order
+        assert registry.tags[3]["privacy_gate.status"] == "refused", order
+        assert NO_AUDIT in registry.tags[3]["privacy_gate.refusal"], order
+        assert registry.tags[2]["privacy_gate.promoted_alias"] == "champion", order
+        assert [n.version for n in notes] == [3], order  # one revert, one notification
+        # Delivered all over again: nothing changes.
+        for version in order:
+            reactor.handle(*_alias_event(version))
+        assert (registry.aliases, len(notes)) == ({"champion": 2}, 1), order
+    assert len(finals) == 1, finals
+
+
+def test_a_verified_choice_is_kept_and_only_the_receivers_own_choice_is_replaced(
+    tmp_path: Path,
+) -> None:
+    registry = FakeRegistry(good={1, 2}, aliases={"champion": 2})
+    reactor = _reactor(registry, tmp_path, [])
+    assert reactor.handle(*_alias_event(2)) == "kept"
+    registry.aliases["champion"] = 1  # someone rolls back to 1, which verifies: kept
+    assert reactor.handle(*_alias_event(1)) == "kept"
+    assert reactor.handle(*_alias_event(2)) == "kept"  # a stale delivery of 2 changes nothing
+    assert registry.aliases == {"champion": 1}
+
+
+def test_no_verified_version_to_restore_removes_the_alias(tmp_path: Path) -> None:
+    registry = FakeRegistry(good=set(), aliases={"champion": 3})
+    notes: list[Revert] = []
+    reactor = _reactor(registry, tmp_path, notes)
+    assert reactor.handle(*_alias_event(3)) == "reverted, alias removed"
+    assert registry.aliases == {} and notes[0].restored is None
+    assert "What to do:" in notes[0].message
+
+
+def test_a_restore_candidate_is_verified_again_before_it_is_restored(tmp_path: Path) -> None:
+    registry = FakeRegistry(good={1, 2}, aliases={"champion": 2})
+    reactor = _reactor(registry, tmp_path, [])
+    reactor.handle(*_alias_event(1))
+    reactor.handle(*_alias_event(2))
+    registry.good.discard(2)  # 2's files changed since it was verified
+    registry.aliases["champion"] = 3
+    assert reactor.handle(*_alias_event(3)) == "reverted to 1"
+    assert registry.aliases == {"champion": 1}
+
+
+def test_forged_verdict_tags_are_put_back(tmp_path: Path) -> None:
+    registry = FakeRegistry(good={2}, aliases={})
+    reactor = _reactor(registry, tmp_path, [])
+    created = Event("model_version.created", "", MODEL, "3", None, None)
+    assert reactor.handle(created, 0.0) == "refused"
+    written = dict(registry.tags[3])
+    registry.tags[3]["privacy_gate.status"] = "pass"  # a client forges the verdict
+    forged = Event("model_version_tag.set", "", MODEL, "3", None, "privacy_gate.status")
+    assert reactor.handle(forged, 0.0) == "verdict restored"
+    assert registry.tags[3] == written
+    assert reactor.handle(forged, 0.0) == "unchanged"  # the event of its own write
+
+
+def test_start_up_reconciles_what_happened_while_it_was_down(tmp_path: Path) -> None:
+    registry = FakeRegistry(good={1}, aliases={"champion": 1})
+    _reactor(registry, tmp_path, []).handle(*_alias_event(1))
+    registry.aliases["champion"] = 3  # set while the receiver was down: no delivery
+    restarted = _reactor(registry, tmp_path, [])  # the same state directory
+    assert restarted.reconcile_all() == ["m@champion: reverted to 1"]
+    assert registry.aliases == {"champion": 1}
