@@ -209,7 +209,8 @@ class Reactor:
         version = check.version
         head = f"Reverted the alias {alias!r} of {model!r} from version {version}"
         refusal = self._refusal_tags(head, check.reasons)
-        self._state.forget_verified(model, alias, version)
+        # Still a candidate: a version refused for a passing reason (its report could not be
+        # read just now) is put back once it verifies again; a restore verifies it first.
         target = self._restore_target(model, alias, exclude=version)
         if self._holder(model, alias) != version:
             self._write_verdict(model, version, refusal)

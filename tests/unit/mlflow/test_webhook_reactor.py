@@ -188,3 +188,21 @@ def test_start_up_reconciles_what_happened_while_it_was_down(tmp_path: Path) -> 
     restarted = _reactor(registry, tmp_path, [])  # the same state directory
     assert restarted.reconcile_all() == ["m@champion: reverted to 1"]
     assert registry.aliases == {"champion": 1}
+
+
+def test_a_champion_refused_for_a_passing_reason_comes_back_once_it_verifies(
+    tmp_path: Path,
+) -> None:
+    """Fail closed, then heal: a report that cannot be read just now refuses (as in the
+    gated store); the next reconciliation puts the champion back when it verifies again."""
+    registry = FakeRegistry(good={1, 2}, aliases={"champion": 1})
+    reactor = _reactor(registry, tmp_path, [])
+    reactor.handle(*_alias_event(1))
+    registry.aliases["champion"] = 2
+    reactor.handle(*_alias_event(2))
+    registry.good.discard(2)  # e.g. the artifact store did not answer
+    assert reactor.reconcile_all() == ["m@champion: reverted to 1"]
+    registry.good.add(2)
+    assert reactor.reconcile_all() == ["m@champion: restored 2"]
+    assert registry.aliases == {"champion": 2}
+    assert registry.tags[2]["privacy_gate.status"] == "pass"
