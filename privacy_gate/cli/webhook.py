@@ -104,10 +104,27 @@ def _http_url(value: str | None, option: str) -> str | None:
     return value
 
 
+def _writable_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"The '--state-dir' option must be a folder the receiver can write. Got "
+            f"{str(path)!r}, which cannot be created ({exc.strerror}). HINT: pass a folder "
+            "on persistent storage that survives restarts."
+        ) from None
+    if not os.access(path, os.W_OK):
+        raise InputError(
+            f"The '--state-dir' option must be a folder the receiver can write. Got "
+            f"{str(path)!r}, which is not writable. HINT: fix its permissions or pass another."
+        )
+
+
 def _in_range(value: float, low: float, high: float, option: str) -> float:
     if not low <= value <= high:
         raise InputError(
-            f"The '{option}' option must be between {low:g} and {high:g}. Got {value:g} instead."
+            f"The '{option}' option must be between {low:g} and {high:g}. Got {value:g} "
+            f"instead. HINT: leave {option} out for its default (see --help)."
         )
     return value
 
@@ -122,6 +139,7 @@ def run_serve(args: argparse.Namespace) -> int:
     _in_range(args.max_age, 10, 3600, "--max-age")
     _in_range(args.reconcile_interval, 0, 7 * 86400, "--reconcile-interval")
     notify_url = _http_url(args.notify_url, "--notify-url")
+    _writable_folder(args.state_dir)
     if args.public_key is not None:
         os.environ[PUBLIC_KEY_ENVIRONMENT_VARIABLE] = str(args.public_key)
     settings = GateSettings.from_environment()

@@ -153,6 +153,45 @@ def test_the_receiver_checks_the_signature_mlflow_sends() -> None:
     assert ours.sign_delivery("s" * 40, "d-1", "1800000000", body.encode()) == theirs
 
 
+@pytest.mark.parametrize(
+    ("argv", "secret", "public_key", "named"),
+    [
+        (["serve", "--state-dir", "{tmp}/state"], "s" * 8, "{key}", "at least 32 characters"),
+        (["serve", "--state-dir", "{tmp}/state"], None, "{key}", "PRIVACY_GATE_WEBHOOK_SECRET"),
+        (["serve", "--state-dir", "{tmp}/state"], "s" * 40, None, "public key"),
+        (["serve", "--state-dir", "{tmp}/f/state"], "s" * 40, "{key}", "'--state-dir'"),
+        (["serve", "--state-dir", "{tmp}/s", "--max-age", "1"], "s" * 40, "{key}", "--max-age"),
+        (["serve", "--state-dir", "{tmp}/s", "--notify-url", "x"], "s" * 40, "{key}", "notify"),
+        (["register", "--url", "ftp://x"], "s" * 40, "{key}", "'--url'"),
+    ],
+)
+def test_unusable_settings_stop_before_anything_starts(
+    argv: list[str],
+    secret: str | None,
+    public_key: str | None,
+    named: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from privacy_gate.cli import main
+
+    write_keypair(tmp_path / "k.pem", tmp_path / "k.pub.pem")
+    (tmp_path / "f").write_text("a file, not a folder")
+    for name, value in (
+        ("PRIVACY_GATE_WEBHOOK_SECRET", secret),
+        ("PRIVACY_GATE_PUBLIC_KEY", public_key),
+    ):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value.format(key=tmp_path / "k.pub.pem"))
+    args = [a.format(tmp=tmp_path) for a in argv]
+    assert main(["webhook", *args, "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    error = capsys.readouterr().err
+    assert named in error and "HINT" in error, error
+
+
 def test_a_new_version_records_whether_its_audit_verifies(setup: Setup) -> None:
     for version, status in ((setup.passing, "pass"), (setup.unaudited, "refused")):
         wait_for(
