@@ -6,7 +6,8 @@ of a delivery id already taken (`privacy_gate.mlflow.webhook_signature`,
 `privacy_gate.mlflow.webhook_state`); a genuine one is processed at once
 (`privacy_gate.mlflow.webhook_reactor`) and answered 200 with the outcome. When the
 registry cannot be asked, the delivery id is released and the answer is 503, which MLflow
-retries. ``GET /health`` says whether the start-up reconciliation has run.
+retries. ``GET /health`` says whether the start-up reconciliation has run, and how many
+deliveries are being processed or wait for their turn (``in_flight``).
 
 On start-up, and then every ``reconcile_interval_s`` when set, every protected alias is
 reconciled: one set while the receiver was down (or whose delivery MLflow gave up on) is
@@ -99,9 +100,20 @@ class Receiver:
         )
         self.reconciled = threading.Event()
         self._stop = threading.Event()
+        self._counting = threading.Lock()
+        self.in_flight = 0  # deliveries received and not yet answered
 
     def receive(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, str]]:
         """(HTTP status, JSON body) for one delivery."""
+        with self._counting:
+            self.in_flight += 1
+        try:
+            return self._receive(headers, body)
+        finally:
+            with self._counting:
+                self.in_flight -= 1
+
+    def _receive(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, str]]:
         now = time.time()
         try:
             delivery = check_delivery(
@@ -200,7 +212,13 @@ def create_app(receiver: Receiver) -> Any:
         return JSONResponse(answer, status_code=status)
 
     async def health(_: Request) -> JSONResponse:
-        return JSONResponse({"ok": True, "reconciled": receiver.reconciled.is_set()})
+        return JSONResponse(
+            {
+                "ok": True,
+                "reconciled": receiver.reconciled.is_set(),
+                "in_flight": receiver.in_flight,
+            }
+        )
 
     routes = [
         Route("/webhook", webhook, methods=["POST"]),
