@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_PROTECTED_ALIASES",
     "POLICY_ENVIRONMENT_VARIABLE",
     "PROTECTED_ALIASES_ENVIRONMENT_VARIABLE",
+    "PROTECTED_STAGES",
     "GateSettings",
     "canonical_alias",
     "protected_aliases",
@@ -37,6 +38,8 @@ PROTECTED_ALIASES_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_PROTECTED_ALIASES"
 POLICY_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_PROMOTION_POLICY_SHA256"
 ALLOW_PICKLE_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_ALLOW_PICKLE_MODELS"
 DEFAULT_PROTECTED_ALIASES = ("champion", "production")
+PROTECTED_STAGES = ("staging", "production")
+"""The stages (lower case) only a verified version may enter, as a protected alias."""
 # MLflow's own alias rule (letters, digits, '_' and '-'); 'latest' and 'vN' are reserved.
 _ALIAS = re.compile(r"[\w\-]{1,255}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")

@@ -105,6 +105,7 @@ try:
     from privacy_gate.mlflow.registry_settings import (
         DEFAULT_PROTECTED_ALIASES,
         PROTECTED_ALIASES_ENVIRONMENT_VARIABLE,
+        PROTECTED_STAGES,
         GateSettings,
         canonical_alias,
         protected_aliases,
@@ -136,7 +137,6 @@ __all__ = [
 
 SCHEME_PREFIX = "privacygate"
 INNER_URI_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_REGISTRY_INNER_URI"
-PROTECTED_STAGES = ("staging", "production")
 PROTECTED_TAG_PREFIX = "privacy_gate."
 REFUSAL_LOG = "privacy-gate registry store refused: %s"
 """The ERROR log line of each refusal (for a server's operators)."""

@@ -239,5 +239,8 @@ def serve(config: ReceiverConfig, *, host: str, port: int) -> None:
             "'privacy-gate webhook serve' needs mlflow. HINT: pip install 'privacy-gate[mlflow]'."
         ) from None
     mlflow.set_tracking_uri(config.tracking_uri)  # artifact downloads resolve through it
-    receiver = Receiver(config, client=MlflowClient(tracking_uri=config.tracking_uri))
+    from privacy_gate.mlflow._compat import prompt_blind_registry_client
+
+    client = prompt_blind_registry_client(MlflowClient(tracking_uri=config.tracking_uri))
+    receiver = Receiver(config, client=client)
     uvicorn.run(create_app(receiver), host=host, port=port, log_level="warning")

@@ -18,6 +18,11 @@ reordered delivery converge on one final state:
   registry shows the status before anyone asks for an alias.
 - ``model_version_tag.set`` / ``.deleted`` of a ``privacy_gate.*`` key: on a registry without
   the gated store, any client can write those; the receiver puts its own verdict back.
+- The same for a model tagged as a prompt (``mlflow.prompt.is_prompt``), whose events MLflow
+  sends under other names (``prompt_alias.created``, ``prompt_version.created``,
+  ``prompt_version_tag.*``): the server still serves its aliases, so it is gated alike.
+  ``prompt_tag.*`` (a tag of such a model set or deleted, the prompt tag itself included)
+  and ``*_alias.deleted`` reconcile the model's protected aliases.
 
 The tags are the gated store's (`privacy_gate.mlflow.promote`: ``privacy_gate.status``
 ``pass`` or ``refused``, ``privacy_gate.refusal``, ``privacy_gate.report_sha256``,
@@ -47,6 +52,7 @@ from privacy_gate.mlflow.promote import (
 from privacy_gate.mlflow.registry_settings import GateSettings, canonical_alias
 from privacy_gate.mlflow.remedies import refusal_message
 from privacy_gate.mlflow.server_audit import version_refusals
+from privacy_gate.mlflow.webhook_registry import all_registered_models
 from privacy_gate.mlflow.webhook_signature import DeliveryRefused, Event, Refusal
 from privacy_gate.mlflow.webhook_state import WebhookState
 
@@ -55,13 +61,19 @@ __all__ = ["EVENTS", "VERIFIED_BY", "Check", "Reactor", "Revert"]
 _LOG = logging.getLogger(__name__)
 VERIFIED_BY = "webhook-receiver"
 TAG_PREFIX = "privacy_gate."
-EVENTS = (
-    "model_version.created",
-    "model_version_alias.created",
+ALIAS_SET = ("model_version_alias.created", "prompt_alias.created")
+ALIAS_DELETED = ("model_version_alias.deleted", "prompt_alias.deleted")
+VERSION_CREATED = ("model_version.created", "prompt_version.created")
+VERSION_TAG = (
     "model_version_tag.set",
     "model_version_tag.deleted",
+    "prompt_version_tag.set",
+    "prompt_version_tag.deleted",
 )
-"""The MLflow webhook events the receiver subscribes to (``webhook register``)."""
+MODEL_TAG = ("prompt_tag.set", "prompt_tag.deleted")
+EVENTS = (*VERSION_CREATED, *ALIAS_SET, *ALIAS_DELETED, *VERSION_TAG, *MODEL_TAG)
+"""The MLflow webhook events the receiver subscribes to (``webhook register``): a model
+tagged ``mlflow.prompt.is_prompt`` gets the ``prompt_*`` events instead of the model ones."""
 MAX_RESTORE_CANDIDATES = 5
 _GONE = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
@@ -128,7 +140,7 @@ class Reactor:
         """
         self._checks = {}  # verified once per event at most, never across events
         self._touched = set()  # the versions whose verdict this event wrote
-        if event.name == "model_version_alias.created":
+        if event.name in ALIAS_SET:
             model, version, alias = self._require(event, "name", "version", "alias")
             if not self.protected(alias):
                 return "ignored: not a protected alias"
@@ -139,10 +151,16 @@ class Reactor:
             if check is not None and (model, version) not in self._touched:
                 self._record(model, version)  # every version named gets its verdict
             return outcome
-        if event.name == "model_version.created":
+        if event.name in VERSION_CREATED:
             model, version, _ = self._require(event, "name", "version")
             return self._record(model, version)
-        if event.name in ("model_version_tag.set", "model_version_tag.deleted"):
+        if event.name in ALIAS_DELETED:
+            model, _, alias = self._require(event, "name", "alias")
+            return self.reconcile(model, alias) if self.protected(alias) else "ignored"
+        if event.name in MODEL_TAG:
+            model, _, _ = self._require(event, "name")
+            return "; ".join(self.reconcile_model(model)) or "no protected alias"
+        if event.name in VERSION_TAG:
             model, version, _ = self._require(event, "name", "version")
             if not canonical_alias(event.tag_key or "").startswith(TAG_PREFIX):
                 return "ignored: not a privacy_gate tag"
@@ -165,18 +183,26 @@ class Reactor:
     # ------------------------------------------------------------------ reconciliation
 
     def reconcile_all(self) -> list[str]:
-        """Every protected alias held in the registry, and every one the receiver emptied,
-        reconciled (start-up, and every ``--reconcile-interval``)."""
+        """Every protected alias held in the registry (prompts' too), and every one the
+        receiver emptied, reconciled (start-up, and every ``--reconcile-interval``)."""
         pairs = set(self._state.vacated())
-        token: str | None = None
-        while True:
-            page = self._client.search_registered_models(max_results=100, page_token=token)
-            for model in page:
-                aliases = getattr(model, "aliases", None) or {}
-                pairs |= {(model.name, a) for a in aliases if self.protected(a)}
-            token = page.token
-            if not token:
-                break
+        for name, aliases in all_registered_models(self._client).items():
+            pairs |= {(name, a) for a in aliases if self.protected(a)}
+        return self._reconcile_pairs(pairs)
+
+    def reconcile_model(self, model: str) -> list[str]:
+        """Every protected alias of one model (and those the receiver emptied) reconciled."""
+        pairs = {(m, a) for m, a in self._state.vacated() if m == model}
+        try:
+            aliases = getattr(self._client.get_registered_model(model), "aliases", None) or {}
+        except Exception as exc:
+            if getattr(exc, "error_code", None) not in _GONE:
+                raise
+            aliases = {}
+        pairs |= {(model, a) for a in aliases if self.protected(a)}
+        return self._reconcile_pairs(pairs)
+
+    def _reconcile_pairs(self, pairs: set[tuple[str, str]]) -> list[str]:
         outcomes = []
         for model_name, alias in sorted(pairs):
             self._checks = {}

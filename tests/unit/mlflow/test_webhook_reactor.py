@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from privacy_gate.mlflow.registry_settings import GateSettings
-from privacy_gate.mlflow.webhook_reactor import Reactor, Revert
+from privacy_gate.mlflow.webhook_reactor import EVENTS, Reactor, Revert
+from privacy_gate.mlflow.webhook_registry import PROMPT_FILTER
 from privacy_gate.mlflow.webhook_signature import Event
 from privacy_gate.mlflow.webhook_state import WebhookState
 
@@ -45,6 +46,8 @@ class FakeRegistry:
     n: int = 3
     tags: dict[int, dict[str, str]] = field(default_factory=dict)
     aliases: dict[str, int] = field(default_factory=dict)
+    stages: dict[int, str] = field(default_factory=dict)
+    prompt: bool = False  # the model is tagged mlflow.prompt.is_prompt=true
 
     def get_model_version(self, name: str, version: str) -> _Version:
         number = int(version)
@@ -74,8 +77,26 @@ class FakeRegistry:
     def delete_model_version_tag(self, name: str, version: str, key: str) -> None:
         del self.tags[int(version)][key]
 
-    def search_registered_models(self, **_: Any) -> Page:
-        return Page([type("Model", (), {"name": MODEL, "aliases": dict(self.aliases)})()])
+    def get_registered_model(self, name: str) -> Any:
+        return type("Model", (), {"name": MODEL, "aliases": dict(self.aliases)})()
+
+    def search_registered_models(self, filter_string: str | None = None, **_: Any) -> Page:
+        """As MLflow's: a model tagged as a prompt only when the filter names the tag."""
+        if self.prompt != (filter_string == PROMPT_FILTER):
+            return Page([])
+        return Page([self.get_registered_model(MODEL)])
+
+    def search_model_versions(self, filter_string: str | None = None, **_: Any) -> Page:
+        if self.prompt != (filter_string == PROMPT_FILTER):
+            return Page([])
+        found = [{"name": MODEL, "version": str(n), "current_stage": self.stages.get(n, "None")}
+                 for n in range(1, self.n + 1)]  # fmt: skip
+        return Page([type("V", (), fields)() for fields in found])
+
+    def transition_model_version_stage(
+        self, name: str, version: str, stage: str, archive_existing_versions: bool = False
+    ) -> None:
+        self.stages[int(version)] = stage
 
     def verify(self, pinned: tuple[Any, ...]) -> tuple[list[str], Any]:
         number = int(pinned[0].removeprefix("run"))
@@ -206,3 +227,31 @@ def test_a_champion_refused_for_a_passing_reason_comes_back_once_it_verifies(
     assert reactor.reconcile_all() == ["m@champion: restored 2"]
     assert registry.aliases == {"champion": 2}
     assert registry.tags[2]["privacy_gate.status"] == "pass"
+
+
+def test_a_model_tagged_as_a_prompt_is_gated_like_any_model(tmp_path: Path) -> None:
+    """MLflow sends prompt_* events for a model tagged mlflow.prompt.is_prompt=true and its
+    default searches leave it out, while the server still serves models:/m@champion."""
+    assert {"prompt_alias.created", "prompt_tag.set", "prompt_version_tag.set"} <= set(EVENTS)
+    registry = FakeRegistry(good={1}, aliases={"champion": 1}, prompt=True)
+    notes: list[Revert] = []
+    reactor = _reactor(registry, tmp_path, notes)
+    registry.aliases["champion"] = 3
+    event = Event("prompt_alias.created", "", MODEL, "3", "champion", None)
+    assert reactor.handle(event, 3.0) == "reverted, alias removed"
+    assert registry.aliases == {} and [n.version for n in notes] == [3]
+    # Set while the receiver was down: the periodic reconciliation finds the prompt too.
+    registry.aliases["champion"] = 2
+    assert reactor.reconcile_all() == ["m@champion: reverted, alias removed"]
+    assert registry.aliases == {}
+    assert registry.tags[2]["privacy_gate.status"] == "refused"
+    # Tagging the model as a prompt (a prompt_tag event) reconciles its aliases.
+    registry.aliases["champion"] = 3
+    tagged = Event("prompt_tag.set", "", MODEL, None, None, "mlflow.prompt.is_prompt")
+    assert reactor.handle(tagged, 4.0) == "m@champion: reverted, alias removed"
+    assert registry.aliases == {}
+    # A forged verdict on a prompt's version is put back.
+    registry.tags[3]["privacy_gate.status"] = "pass"
+    forged = Event("prompt_version_tag.set", "", MODEL, "3", None, "privacy_gate.status")
+    assert reactor.handle(forged, 5.0) == "verdict restored"
+    assert registry.tags[3]["privacy_gate.status"] == "refused"
