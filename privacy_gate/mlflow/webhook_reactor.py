@@ -75,6 +75,8 @@ EVENTS = (*VERSION_CREATED, *ALIAS_SET, *ALIAS_DELETED, *VERSION_TAG, *MODEL_TAG
 """The MLflow webhook events the receiver subscribes to (``webhook register``): a model
 tagged ``mlflow.prompt.is_prompt`` gets the ``prompt_*`` events instead of the model ones."""
 MAX_RESTORE_CANDIDATES = 5
+MAX_ATTEMPTS = 5
+"""Holders of one alias checked in one reconciliation before the alias is removed."""
 _GONE = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
@@ -212,7 +214,33 @@ class Reactor:
 
     def reconcile(self, model: str, alias: str) -> str:
         """Make the protected ``alias`` of ``model`` hold a version that verifies now, or
-        nothing (module docs); the outcome in a word or two."""
+        nothing (module docs); the outcome in a word or two.
+
+        When the alias moves while it is being checked, its new holder is read and checked
+        in turn: never given up. After `MAX_ATTEMPTS` holders the alias is removed (fail
+        closed); every version refused on the way is tagged and notified."""
+        refused: list[Check] = []
+        for _ in range(MAX_ATTEMPTS):
+            outcome = self._reconcile_once(model, alias, refused)
+            if outcome is not None:
+                break
+        else:
+            self._remove(model, alias)
+            outcome = f"reverted, alias removed (it moved {MAX_ATTEMPTS} times while checked)"
+        for check in refused:  # refused, but the alias had moved before it could be reverted
+            head = f"Refused version {check.version} of {model!r} for the alias {alias!r}"
+            message = refusal_message(
+                f"{head} (moved meanwhile; then: {outcome})",
+                check.reasons,
+                check.report,
+                check.identity[0],
+            )
+            self._notify(Revert(model, alias, check.version, None, list(check.reasons), message))
+        return outcome
+
+    def _reconcile_once(self, model: str, alias: str, refused: list[Check]) -> str | None:
+        """One attempt; None when the alias moved meanwhile (``refused`` gets the holder
+        refused then)."""
         holder = self._holder(model, alias)
         placed, placed_version = self._state.placed(model, alias)
         if holder is None:
@@ -221,9 +249,12 @@ class Reactor:
             return "vacant"
         check = self._check(model, holder)
         if check is None:
-            return "vacant"
+            return None  # deleted since the alias was read: read it again
         if not check.ok:
-            return self._revert(model, alias, check)
+            outcome = self._revert(model, alias, check)
+            if outcome is None:
+                refused.append(check)
+            return outcome
         self._write_verdict(model, holder, self._pass_tags(check))
         if placed and placed_version == holder:  # the receiver's choice: a newer one wins
             return self._put_back(model, alias, vacant=False, current=holder)
@@ -231,7 +262,16 @@ class Reactor:
         self._state.add_verified(model, alias, holder, time.time())
         return "kept"
 
-    def _revert(self, model: str, alias: str, check: Check) -> str:
+    def _remove(self, model: str, alias: str) -> None:
+        try:
+            self._client.delete_registered_model_alias(model, alias)
+        except Exception as exc:
+            if getattr(exc, "error_code", None) not in _GONE:
+                raise
+        self._state.set_placed(model, alias, None)
+
+    def _revert(self, model: str, alias: str, check: Check) -> str | None:
+        """None when the alias moved before it could be reverted (the version is refused)."""
         version = check.version
         head = f"Reverted the alias {alias!r} of {model!r} from version {version}"
         refusal = self._refusal_tags(head, check.reasons)
@@ -240,14 +280,13 @@ class Reactor:
         target = self._restore_target(model, alias, exclude=version)
         if self._holder(model, alias) != version:
             self._write_verdict(model, version, refusal)
-            return "moved"  # changed meanwhile: its own event reconciles again
+            return None  # moved meanwhile: the new holder is checked next
         # The alias first (it is what consumers see), then the records.
         if target is not None:
             self._client.set_registered_model_alias(model, alias, str(target.version))
             self._state.set_placed(model, alias, target.version)
         else:
-            self._client.delete_registered_model_alias(model, alias)
-            self._state.set_placed(model, alias, None)
+            self._remove(model, alias)
         self._write_verdict(model, version, refusal)
         if target is not None:
             self._write_verdict(model, target.version, self._pass_tags(target, alias))
@@ -258,12 +297,15 @@ class Reactor:
         self._notify(Revert(model, alias, version, restored, list(check.reasons), message))
         return f"reverted to {restored}" if restored else "reverted, alias removed"
 
-    def _put_back(self, model: str, alias: str, *, vacant: bool, current: int | None = None) -> str:
+    def _put_back(
+        self, model: str, alias: str, *, vacant: bool, current: int | None = None
+    ) -> str | None:
+        """None when the alias moved meanwhile."""
         target = self._restore_target(model, alias, exclude=None)
         if target is None or target.version == current:
             return "vacant" if vacant else "kept"
         if self._holder(model, alias) != current:
-            return "moved"
+            return None
         self._client.set_registered_model_alias(model, alias, str(target.version))
         self._state.set_placed(model, alias, target.version)
         self._write_verdict(model, target.version, self._pass_tags(target, alias))

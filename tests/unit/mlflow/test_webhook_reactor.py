@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from privacy_gate.mlflow.registry_settings import GateSettings
-from privacy_gate.mlflow.webhook_reactor import EVENTS, Reactor, Revert
+from privacy_gate.mlflow.webhook_reactor import EVENTS, MAX_ATTEMPTS, Reactor, Revert
 from privacy_gate.mlflow.webhook_registry import PROMPT_FILTER
 from privacy_gate.mlflow.webhook_signature import Event
 from privacy_gate.mlflow.webhook_state import WebhookState
@@ -255,3 +255,58 @@ def test_a_model_tagged_as_a_prompt_is_gated_like_any_model(tmp_path: Path) -> N
     forged = Event("prompt_version_tag.set", "", MODEL, "3", None, "privacy_gate.status")
     assert reactor.handle(forged, 5.0) == "verdict restored"
     assert registry.tags[3]["privacy_gate.status"] == "refused"
+
+
+@dataclass
+class MovingRegistry(FakeRegistry):
+    """An attacker who moves the alias to a fresh unverified version at each of the first
+    ``moves`` reads of it (every read when None)."""
+
+    moves: int | None = None
+    reads: int = 0
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> _Version:
+        self.reads += 1
+        if alias in self.aliases and (self.moves is None or self.reads <= self.moves):
+            self.n += 1  # a new version, without an audit
+            self.aliases[alias] = self.n
+        return super().get_model_version_by_alias(name, alias)
+
+
+def test_an_alias_moved_during_every_check_is_removed_and_every_refusal_notified(
+    tmp_path: Path,
+) -> None:
+    registry = MovingRegistry(good={1}, aliases={"champion": 1}, moves=0)
+    notes: list[Revert] = []
+    reactor = _reactor(registry, tmp_path, notes)
+    reactor.handle(*_alias_event(1))  # 1 verified: a restore candidate
+    registry.aliases["champion"] = 2
+    registry.moves = None  # the attack: a new unverified holder at every read
+    outcome = reactor.handle(*_alias_event(2))
+    assert outcome.startswith("reverted, alias removed (it moved"), outcome
+    assert "champion" not in registry.aliases  # fail closed
+    refused = {v for v, t in registry.tags.items() if t.get("privacy_gate.status") == "refused"}
+    notified = {n.version for n in notes}
+    # Every holder checked was refused and notified (2, named by the event, had already
+    # moved when read: it is tagged refused as every version named is).
+    assert len(notified) == MAX_ATTEMPTS and notified <= refused <= notified | {2}, notes
+    assert all(n.version not in registry.good for n in notes)
+    # Once the attacker stops, the next reconciliation puts the verified version back.
+    registry.moves = 0
+    assert reactor.reconcile_all() == ["m@champion: restored 1"]
+    assert registry.aliases == {"champion": 1}
+
+
+def test_an_alias_moved_a_few_times_ends_on_the_verified_version(tmp_path: Path) -> None:
+    registry = MovingRegistry(good={1}, aliases={"champion": 1}, moves=0)
+    notes: list[Revert] = []
+    reactor = _reactor(registry, tmp_path, notes)
+    reactor.handle(*_alias_event(1))
+    registry.aliases["champion"] = 2
+    registry.moves, registry.reads = 3, 0  # moved at the first three reads only
+    assert reactor.handle(*_alias_event(2)) == "reverted to 1"
+    assert registry.aliases == {"champion": 1}
+    refused = {v for v, t in registry.tags.items() if t.get("privacy_gate.status") == "refused"}
+    notified = {n.version for n in notes}
+    assert len(notified) >= 2 and notified <= refused <= notified | {2}, notes
+    assert [n.restored for n in notes].count(1) == 1  # the last holder reverted, to 1
