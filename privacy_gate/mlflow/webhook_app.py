@@ -16,6 +16,7 @@ reverted then.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -43,6 +44,11 @@ _LOG = logging.getLogger(__name__)
 REVERT_LOG = "privacy-gate webhook receiver reverted: %s"
 """The ERROR log line of each revert (for operators; alerting can match it)."""
 NOTIFY_TIMEOUT_S = 5.0
+BODY_TIMEOUT_S = 10.0
+"""A delivery whose body has not arrived by then is refused (408)."""
+SERVER_LIMITS: dict[str, Any] = {"limit_concurrency": 32, "timeout_keep_alive": 5}
+"""uvicorn's: connections and tasks at once (more are answered 503, which MLflow retries)
+and seconds an idle keep-alive connection stays open."""
 RETRY_RECONCILE_S = 10.0
 
 
@@ -195,19 +201,41 @@ def create_app(receiver: Receiver) -> Any:
         finally:
             receiver.stop()
 
+    def refused(kind: Refusal, reason: str, status: int | None = None) -> JSONResponse:
+        return JSONResponse(
+            {"refused": kind.value, "reason": reason}, status_code=status or kind.status
+        )
+
+    async def read_body(request: Request) -> bytes | None:
+        """The body, read up to `MAX_BODY_BYTES` (None as soon as it is longer)."""
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return None
+        return bytes(body)
+
     async def webhook(request: Request) -> JSONResponse:
+        # Transfer-Encoding overrides Content-Length (h11 reads such a body chunked, of any
+        # size): refused unread, as is any body without a Content-Length.
+        if "transfer-encoding" in request.headers:
+            return refused(
+                Refusal.MALFORMED,
+                "a Transfer-Encoding is not accepted. HINT: send the body with a Content-Length",
+                411,
+            )
         declared = request.headers.get("content-length", "")
-        if not declared.isdigit():  # a chunked body of unknown size is not read
-            return JSONResponse(
-                {"refused": Refusal.MALFORMED.value, "reason": "no Content-Length"},
-                status_code=411,
-            )
+        if not declared.isdigit():
+            return refused(Refusal.MALFORMED, "no Content-Length", 411)
         if int(declared) > MAX_BODY_BYTES:
-            return JSONResponse(
-                {"refused": Refusal.TOO_LARGE.value, "reason": f"over {MAX_BODY_BYTES} bytes"},
-                status_code=Refusal.TOO_LARGE.status,
-            )
-        body = await request.body()
+            return refused(Refusal.TOO_LARGE, f"over {MAX_BODY_BYTES} bytes")
+        try:
+            body = await asyncio.wait_for(read_body(request), BODY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            reason = f"the body did not arrive within {BODY_TIMEOUT_S:.0f} s"
+            return refused(Refusal.MALFORMED, reason, 408)
+        if body is None:
+            return refused(Refusal.TOO_LARGE, f"over {MAX_BODY_BYTES} bytes")
         status, answer = await run_in_threadpool(receiver.receive, dict(request.headers), body)
         return JSONResponse(answer, status_code=status)
 
@@ -243,4 +271,4 @@ def serve(config: ReceiverConfig, *, host: str, port: int) -> None:
 
     client = prompt_blind_registry_client(MlflowClient(tracking_uri=config.tracking_uri))
     receiver = Receiver(config, client=client)
-    uvicorn.run(create_app(receiver), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(receiver), host=host, port=port, log_level="warning", **SERVER_LIMITS)
