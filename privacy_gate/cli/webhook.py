@@ -18,6 +18,7 @@ from privacy_gate.signing import PUBLIC_KEY_ENVIRONMENT_VARIABLE
 SECRET_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_WEBHOOK_SECRET"
 DEFAULT_NAME = "privacy-gate"
 DEFAULT_PORT = 8765
+DEFAULT_RECONCILE_INTERVAL_S = 300.0
 
 
 def add_webhook_commands(commands: Any) -> None:
@@ -55,8 +56,11 @@ def add_webhook_commands(commands: Any) -> None:
     serve.add_argument(
         "--reconcile-interval",
         type=float,
-        default=0.0,
-        help="seconds between full reconciliations after the one at start-up (0: none)",
+        default=DEFAULT_RECONCILE_INTERVAL_S,
+        help="seconds between full reconciliations after the one at start-up: every "
+        "protected alias's holder and every version in Staging/Production verified again, "
+        "files included (stage transitions and overwritten files fire no webhook event); "
+        f"default {DEFAULT_RECONCILE_INTERVAL_S:g}; 0: none",
     )
     serve.set_defaults(handler=run_serve)
     register = sub.add_parser(

@@ -9,9 +9,10 @@ registry cannot be asked, the delivery id is released and the answer is 503, whi
 retries. ``GET /health`` says whether the start-up reconciliation has run, and how many
 deliveries are being processed or wait for their turn (``in_flight``).
 
-On start-up, and then every ``reconcile_interval_s`` when set, every protected alias is
-reconciled: one set while the receiver was down (or whose delivery MLflow gave up on) is
-reverted then.
+On start-up, and then every ``reconcile_interval_s`` (0: never again), every protected alias
+and every version in a protected stage is verified again, files included: one set while the
+receiver was down (or whose delivery MLflow gave up on), a stage transition (no event) or
+files overwritten in place (no event) are found then.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class ReceiverConfig:
     settings: GateSettings
     max_age_s: float = 300.0
     notify_url: str | None = None
-    reconcile_interval_s: float = 0.0
+    reconcile_interval_s: float = 300.0
 
 
 def notify_revert(revert: Revert, url: str | None) -> None:

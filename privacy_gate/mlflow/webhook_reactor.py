@@ -24,6 +24,11 @@ reordered delivery converge on one final state:
   ``prompt_tag.*`` (a tag of such a model set or deleted, the prompt tag itself included)
   and ``*_alias.deleted`` reconcile the model's protected aliases.
 
+Reconciliation (`Reactor.reconcile_all`: at start-up and every ``--reconcile-interval``)
+also verifies again the files of every protected alias's holder (bytes overwritten through
+the artifact proxy fire no event) and every version in a protected stage (a stage
+transition fires no event either): one in a stage that does not verify is archived.
+
 The tags are the gated store's (`privacy_gate.mlflow.promote`: ``privacy_gate.status``
 ``pass`` or ``refused``, ``privacy_gate.refusal``, ``privacy_gate.report_sha256``,
 ``privacy_gate.promoted_alias``, ``privacy_gate.verified_by``), with ``verified_by``
@@ -40,27 +45,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from privacy_gate.mlflow.logging import report_sha256
-from privacy_gate.mlflow.promote import (
-    PROMOTED_ALIAS_TAG,
-    REFUSAL_TAG,
-    REPORT_SHA256_TAG,
-    STATUS_TAG,
-    VERIFIED_BY_TAG,
-    refusal_text,
-)
-from privacy_gate.mlflow.registry_settings import GateSettings, canonical_alias
+from privacy_gate.mlflow.registry_settings import PROTECTED_STAGES, GateSettings, canonical_alias
 from privacy_gate.mlflow.remedies import refusal_message
 from privacy_gate.mlflow.server_audit import version_refusals
-from privacy_gate.mlflow.webhook_registry import all_registered_models
+from privacy_gate.mlflow.webhook_registry import all_registered_models, versions_in_stages
 from privacy_gate.mlflow.webhook_signature import DeliveryRefused, Event, Refusal
 from privacy_gate.mlflow.webhook_state import WebhookState
+from privacy_gate.mlflow.webhook_versions import (
+    _GONE,
+    TAG_PREFIX,
+    VERIFIED_BY,
+    Check,
+    VersionBook,
+)
 
 __all__ = ["EVENTS", "VERIFIED_BY", "Check", "Reactor", "Revert"]
 
 _LOG = logging.getLogger(__name__)
-VERIFIED_BY = "webhook-receiver"
-TAG_PREFIX = "privacy_gate."
 ALIAS_SET = ("model_version_alias.created", "prompt_alias.created")
 ALIAS_DELETED = ("model_version_alias.deleted", "prompt_alias.deleted")
 VERSION_CREATED = ("model_version.created", "prompt_version.created")
@@ -77,23 +78,6 @@ tagged ``mlflow.prompt.is_prompt`` gets the ``prompt_*`` events instead of the m
 MAX_RESTORE_CANDIDATES = 5
 MAX_ATTEMPTS = 5
 """Holders of one alias checked in one reconciliation before the alias is removed."""
-_GONE = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
-
-
-@dataclass(frozen=True)
-class Check:
-    """A version verified now: every reason it may not hold a protected alias."""
-
-    version: int
-    reasons: list[str]
-    report: Any
-    identity: tuple[Any, ...]
-    tags: dict[str, str]
-    aliases: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return not self.reasons
 
 
 @dataclass(frozen=True)
@@ -108,7 +92,7 @@ class Revert:
     message: str = field(repr=False)
 
 
-class Reactor:
+class Reactor(VersionBook):
     """Reacts to registry events through ``client`` (an ``MlflowClient`` with the rights to
     set aliases and version tags). Not thread-safe: the receiver calls it under one lock."""
 
@@ -122,14 +106,10 @@ class Reactor:
         notify: Callable[[Revert], None],
         verify: Callable[[tuple[Any, ...]], tuple[list[str], Any]] | None = None,
     ) -> None:
-        self._client = client
-        self._settings = settings
         # The gated store's own check; another only in tests of the reactor's logic.
-        self._refusals = verify or (lambda pinned: version_refusals(pinned, tracking_uri, settings))
-        self._state = state
+        refusals = verify or (lambda pinned: version_refusals(pinned, tracking_uri, settings))
+        super().__init__(client=client, settings=settings, state=state, refusals=refusals)
         self._notify = notify
-        self._checks: dict[tuple[str, int], Check | None] = {}
-        self._touched: set[tuple[str, int]] = set()
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ events
@@ -169,9 +149,6 @@ class Reactor:
             return self._restore_verdict(model, version)
         return f"ignored: {event.name}"
 
-    def protected(self, alias: str) -> bool:
-        return canonical_alias(alias) in self._settings.protected_aliases
-
     @staticmethod
     def _require(event: Event, *fields: str) -> tuple[str, int, str]:
         values = {"name": event.model, "version": event.version, "alias": event.alias}
@@ -190,7 +167,29 @@ class Reactor:
         pairs = set(self._state.vacated())
         for name, aliases in all_registered_models(self._client).items():
             pairs |= {(name, a) for a in aliases if self.protected(a)}
-        return self._reconcile_pairs(pairs)
+        outcomes = self._reconcile_pairs(pairs)
+        for model, version, stage in versions_in_stages(self._client, PROTECTED_STAGES):
+            self._checks = {}
+            outcome = self._reconcile_stage(model, version, stage)
+            outcomes.append(f"{model} version {version} in {stage}: {outcome}")
+        return outcomes
+
+    def _reconcile_stage(self, model: str, version: int, stage: str) -> str:
+        """A version in a protected stage (no webhook event announces a stage transition)
+        verified now; archived when it does not verify (fail closed: loading by that stage
+        no longer finds it), tagged refused, an operator notified."""
+        check = self._check(model, version)
+        if check is None:
+            return "gone"
+        if check.ok:
+            self._write_verdict(model, version, self._pass_tags(check))
+            return "verified"
+        self._client.transition_model_version_stage(model, str(version), "Archived", False)
+        head = f"Archived version {version} of {model!r}, which was in the stage {stage!r}"
+        self._write_verdict(model, version, self._refusal_tags(head, check.reasons))
+        message = refusal_message(head, check.reasons, check.report, check.identity[0])
+        self._notify(Revert(model, f"stage:{stage}", version, None, list(check.reasons), message))
+        return "archived"
 
     def reconcile_model(self, model: str) -> list[str]:
         """Every protected alias of one model (and those the receiver emptied) reconciled."""
@@ -324,125 +323,3 @@ class Reactor:
                 return check
             self._state.forget_verified(model, alias, version)
         return None
-
-    # ------------------------------------------------------------------ one version
-
-    def _record(self, model: str, version: int) -> str:
-        check = self._check(model, version)
-        if check is None:
-            return "ignored: no such version"
-        if check.ok:
-            self._write_verdict(model, version, self._pass_tags(check))
-            return "verified"
-        written = self._state.verdict(model, version) or {}
-        if written.get(STATUS_TAG) == "refused":
-            return "refused"  # already recorded (a revert's record is kept, in any order)
-        head = f"Version {version} of {model!r} may not hold a protected alias"
-        self._write_verdict(model, version, self._refusal_tags(head, check.reasons))
-        return "refused"
-
-    def _restore_verdict(self, model: str, version: int) -> str:
-        written = self._state.verdict(model, version)
-        if written is None:
-            return self._record(model, version)
-        try:
-            current = dict(self._client.get_model_version(model, str(version)).tags)
-        except Exception as exc:
-            if getattr(exc, "error_code", None) in _GONE:
-                return "ignored: no such version"
-            raise
-        if _verdict_of(current) == written:
-            return "unchanged"
-        self._write_verdict(model, version, written, current)
-        _LOG.warning("put back the privacy_gate tags of %r version %s", model, version)
-        return "verdict restored"
-
-    def _check(self, model: str, version: int) -> Check | None:
-        """The version verified now with the gated store's check (cached for one event);
-        None when it does not exist."""
-        key = (model, version)
-        if key not in self._checks:
-            self._checks[key] = self._verify(model, version)
-        return self._checks[key]
-
-    def _verify(self, model: str, version: int) -> Check | None:
-        try:
-            found = self._client.get_model_version(model, str(version))
-            location = self._client.get_model_version_download_uri(model, str(version))
-        except Exception as exc:
-            if getattr(exc, "error_code", None) in _GONE:
-                return None
-            raise  # the registry cannot be asked: the delivery is retried
-        identity = (found.run_id or None, found.source, location, found.creation_timestamp)
-        reasons, report = self._refusals(identity)
-        return Check(version, reasons, report, identity, dict(found.tags), list(found.aliases))
-
-    def _unchanged(self, model: str, check: Check) -> bool:
-        """The version is still the one verified (not deleted and re-created in between)."""
-        now = self._client.get_model_version(model, str(check.version))
-        return (now.run_id or None, now.source, now.creation_timestamp) == (
-            check.identity[0],
-            check.identity[1],
-            check.identity[3],
-        )
-
-    def _holder(self, model: str, alias: str) -> int | None:
-        try:
-            return int(self._client.get_model_version_by_alias(model, alias).version)
-        except Exception as exc:
-            if getattr(exc, "error_code", None) in _GONE:
-                return None
-            raise
-
-    # ------------------------------------------------------------------ verdict tags
-
-    def _pass_tags(
-        self, check: Check, placing: str | None = None, *, without: str | None = None
-    ) -> dict[str, str]:
-        held = {a for a in check.aliases if self.protected(a) and a != without}
-        held |= {placing} if placing else set()
-        tags = {
-            STATUS_TAG: "pass",
-            REPORT_SHA256_TAG: report_sha256(check.report),
-            VERIFIED_BY_TAG: VERIFIED_BY,
-        }
-        if held:
-            tags[PROMOTED_ALIAS_TAG] = ",".join(sorted(held))
-        return tags
-
-    @staticmethod
-    def _refusal_tags(head: str, reasons: list[str]) -> dict[str, str]:
-        text = refusal_text([f"{head}: " + "; ".join(reasons) + "."])
-        return {STATUS_TAG: "refused", REFUSAL_TAG: text, VERIFIED_BY_TAG: VERIFIED_BY}
-
-    def _write_verdict(
-        self,
-        model: str,
-        version: int,
-        tags: dict[str, str],
-        current: dict[str, str] | None = None,
-    ) -> None:
-        """Make the version's ``privacy_gate.*`` tags exactly ``tags`` (only what differs
-        is written, so the tag events of the receiver's own writes change nothing)."""
-        if current is None:
-            cached = self._checks.get((model, version))
-            current = dict(cached.tags) if cached is not None else {}
-        # The verdict is recorded first: the tag events of these writes find it.
-        self._state.set_verdict(model, version, tags)
-        self._touched.add((model, version))
-        for key in _verdict_of(current):
-            if key not in tags:
-                self._client.delete_model_version_tag(model, str(version), key)
-        # The status last: a reader who sees it sees the rest of the verdict too.
-        for key, value in sorted(tags.items(), key=lambda item: item[0] == STATUS_TAG):
-            if current.get(key) != value:
-                self._client.set_model_version_tag(model, str(version), key, value)
-        cached = self._checks.get((model, version))
-        if cached is not None:
-            others = {k: v for k, v in cached.tags.items() if k not in _verdict_of(cached.tags)}
-            cached.tags.clear()
-            cached.tags.update({**others, **tags})
-
-
-def _verdict_of(tags: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in tags.items() if canonical_alias(k).startswith(TAG_PREFIX)}

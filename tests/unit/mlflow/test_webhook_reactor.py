@@ -310,3 +310,43 @@ def test_an_alias_moved_a_few_times_ends_on_the_verified_version(tmp_path: Path)
     notified = {n.version for n in notes}
     assert len(notified) >= 2 and notified <= refused <= notified | {2}, notes
     assert [n.restored for n in notes].count(1) == 1  # the last holder reverted, to 1
+
+
+def test_reconciliation_archives_an_unverified_version_in_a_protected_stage(
+    tmp_path: Path,
+) -> None:
+    """No webhook event announces a stage transition: reconciliation finds it."""
+    registry = FakeRegistry(good={1}, stages={1: "Staging", 3: "Production", 2: "Archived"})
+    notes: list[Revert] = []
+    reactor = _reactor(registry, tmp_path, notes)
+    assert reactor.reconcile_all() == [
+        "m version 1 in Staging: verified",
+        "m version 3 in Production: archived",
+    ]
+    assert registry.stages == {1: "Staging", 3: "Archived", 2: "Archived"}
+    assert registry.tags[3]["privacy_gate.status"] == "refused"
+    assert [(n.version, n.alias) for n in notes] == [(3, "stage:Production")]
+
+
+def test_reconciliation_verifies_the_files_of_a_kept_holder_again(tmp_path: Path) -> None:
+    """Files overwritten in place fire no event: each reconciliation verifies them."""
+    registry = FakeRegistry(good={1, 2}, aliases={"champion": 2})
+    reactor = _reactor(registry, tmp_path, [])
+    reactor.handle(*_alias_event(1))
+    registry.aliases["champion"] = 2
+    assert reactor.reconcile_all() == ["m@champion: kept"]
+    registry.good.discard(2)  # its bytes overwritten through the artifact proxy
+    assert reactor.reconcile_all() == ["m@champion: reverted to 1"]
+
+
+def test_periodic_reconciliation_is_on_by_default() -> None:
+    import argparse
+
+    from privacy_gate.cli.webhook import add_webhook_commands
+    from privacy_gate.mlflow.webhook_app import ReceiverConfig
+
+    parser = argparse.ArgumentParser()
+    add_webhook_commands(parser.add_subparsers())
+    args = parser.parse_args(["webhook", "serve", "--state-dir", "x"])
+    assert args.reconcile_interval == 300.0
+    assert ReceiverConfig.__dataclass_fields__["reconcile_interval_s"].default == 300.0
