@@ -109,6 +109,26 @@ class VersionBook:
         return self._checks[key]
 
     def _verify(self, model: str, version: int) -> Check | None:
+        """The version read, verified on the identity read, then read again: a version
+        whose identity changed meanwhile (renamed, or deleted and re-created, between two
+        of MLflow's calls) is refused (fail closed), so a bad version's run is never paired
+        with a good version's files."""
+        read = self._read(model, version)
+        if read is None:
+            return None
+        found, identity = read
+        reasons, report = self._refusals(identity)
+        again = self._read(model, version)
+        if again is None:
+            return None  # deleted meanwhile
+        if again[1] != identity:
+            reasons = [*reasons, _changed(model, version, identity, again[1])]
+        return Check(version, reasons, report, identity, dict(found.tags), list(found.aliases))
+
+    def _read(self, model: str, version: int) -> tuple[Any, tuple[Any, ...]] | None:
+        """The version and its identity (run id, source, download location, creation time);
+        None when there is none. MLflow's REST API gives the download location (which may
+        differ from the source) only by a second call."""
         try:
             found = self._client.get_model_version(model, str(version))
             location = self._client.get_model_version_download_uri(model, str(version))
@@ -116,18 +136,12 @@ class VersionBook:
             if getattr(exc, "error_code", None) in _GONE:
                 return None
             raise  # the registry cannot be asked: the delivery is retried
-        identity = (found.run_id or None, found.source, location, found.creation_timestamp)
-        reasons, report = self._refusals(identity)
-        return Check(version, reasons, report, identity, dict(found.tags), list(found.aliases))
+        return found, (found.run_id or None, found.source, location, found.creation_timestamp)
 
     def _unchanged(self, model: str, check: Check) -> bool:
         """The version is still the one verified (not deleted and re-created in between)."""
-        now = self._client.get_model_version(model, str(check.version))
-        return (now.run_id or None, now.source, now.creation_timestamp) == (
-            check.identity[0],
-            check.identity[1],
-            check.identity[3],
-        )
+        now = self._read(model, check.version)
+        return now is not None and now[1] == check.identity
 
     def _holder(self, model: str, alias: str) -> int | None:
         try:
@@ -189,3 +203,13 @@ class VersionBook:
 
 def _verdict_of(tags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in tags.items() if canonical_alias(k).startswith(TAG_PREFIX)}
+
+
+def _changed(model: str, version: int, before: tuple[Any, ...], after: tuple[Any, ...]) -> str:
+    fields = ("run id", "source", "download location", "creation time")
+    what = ", ".join(f for f, a, b in zip(fields, before, after, strict=True) if a != b)
+    return (
+        f"version {version} of {model!r} changed while it was verified ({what}: renamed, or "
+        "deleted and re-created), so what was verified may not be what it serves; refused "
+        "until it is verified again unchanged"
+    )

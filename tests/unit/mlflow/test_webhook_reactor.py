@@ -350,3 +350,34 @@ def test_periodic_reconciliation_is_on_by_default() -> None:
     args = parser.parse_args(["webhook", "serve", "--state-dir", "x"])
     assert args.reconcile_interval == 300.0
     assert ReceiverConfig.__dataclass_fields__["reconcile_interval_s"].default == 300.0
+
+
+@dataclass
+class SwappingRegistry(FakeRegistry):
+    """Between two reads of version 3, another version (the good 1's run and files) is
+    renamed into its place: a rename race."""
+
+    swap_after: int = 1
+    reads: int = 0
+
+    def get_model_version(self, name: str, version: str) -> _Version:
+        found = super().get_model_version(name, version)
+        if int(version) == 3:
+            self.reads += 1
+            if self.reads > self.swap_after:
+                found.run_id, found.source, found.creation_timestamp = "run1", "models:/m-1", 1
+        return found
+
+
+def test_a_version_whose_identity_changes_while_it_is_verified_is_refused(
+    tmp_path: Path,
+) -> None:
+    registry = SwappingRegistry(good={1, 3}, aliases={"champion": 3})
+    notes: list[Revert] = []
+    reactor = _reactor(registry, tmp_path, notes)
+    assert reactor.handle(*_alias_event(3)) == "reverted, alias removed"
+    assert (
+        "changed while it was verified (run id, source, creation time"
+        in (registry.tags[3]["privacy_gate.refusal"])
+    )
+    assert [n.version for n in notes] == [3]
