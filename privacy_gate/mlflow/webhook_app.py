@@ -29,7 +29,7 @@ from typing import Any
 
 from privacy_gate.errors import InputError
 from privacy_gate.mlflow.registry_settings import GateSettings
-from privacy_gate.mlflow.webhook_reactor import Reactor, Revert
+from privacy_gate.mlflow.webhook_reactor import URGENT, Reactor, Revert
 from privacy_gate.mlflow.webhook_signature import (
     MAX_BODY_BYTES,
     DeliveryRefused,
@@ -127,7 +127,7 @@ class Receiver:
                 headers, body, secret=self.config.secret, now=now, max_age_s=self.config.max_age_s
             )
             event = parse_event(delivery.body)
-            with self.reactor.lock:
+            with self.reactor.lock.hold(urgent=event.name in URGENT):
                 # Ids are kept twice the window: an older one is refused by its timestamp.
                 keep = 2 * self.config.max_age_s
                 if not self.state.claim_delivery(delivery.delivery_id, now=now, keep_s=keep):
@@ -153,7 +153,7 @@ class Receiver:
         """Reconcile at start (again after a failure), then every interval when set."""
         while not self._stop.is_set():
             try:
-                with self.reactor.lock:
+                with self.reactor.lock.hold(urgent=False):
                     outcomes = self.reactor.reconcile_all()
             except Exception as exc:
                 _LOG.error("reconciliation failed (retried in %.0f s): %s", RETRY_RECONCILE_S, exc)

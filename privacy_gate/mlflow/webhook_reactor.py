@@ -38,10 +38,11 @@ signed audit again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +60,7 @@ from privacy_gate.mlflow.webhook_versions import (
     VersionBook,
 )
 
-__all__ = ["EVENTS", "VERIFIED_BY", "Check", "Reactor", "Revert"]
+__all__ = ["EVENTS", "URGENT", "VERIFIED_BY", "Check", "PriorityLock", "Reactor", "Revert"]
 
 _LOG = logging.getLogger(__name__)
 ALIAS_SET = ("model_version_alias.created", "prompt_alias.created")
@@ -72,12 +73,42 @@ VERSION_TAG = (
     "prompt_version_tag.deleted",
 )
 MODEL_TAG = ("prompt_tag.set", "prompt_tag.deleted")
+URGENT = (*ALIAS_SET, *ALIAS_DELETED, *MODEL_TAG)
+"""The events handled before any other waiting (they can expose a protected alias)."""
 EVENTS = (*VERSION_CREATED, *ALIAS_SET, *ALIAS_DELETED, *VERSION_TAG, *MODEL_TAG)
 """The MLflow webhook events the receiver subscribes to (``webhook register``): a model
 tagged ``mlflow.prompt.is_prompt`` gets the ``prompt_*`` events instead of the model ones."""
 MAX_RESTORE_CANDIDATES = 5
 MAX_ATTEMPTS = 5
 """Holders of one alias checked in one reconciliation before the alias is removed."""
+
+
+class PriorityLock:
+    """One holder at a time; waiters for an urgent turn (alias events: the exposure) go
+    before the others (new versions, tags, periodic reconciliation), so a flood of those
+    does not delay a revert. FIFO is not kept within a class."""
+
+    def __init__(self) -> None:
+        self._turn = threading.Condition()
+        self._held = False
+        self._urgent_waiting = 0
+
+    @contextlib.contextmanager
+    def hold(self, *, urgent: bool) -> Iterator[None]:
+        with self._turn:
+            self._urgent_waiting += urgent
+            try:
+                while self._held or (not urgent and self._urgent_waiting):
+                    self._turn.wait()
+            finally:
+                self._urgent_waiting -= urgent
+            self._held = True
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._held = False
+                self._turn.notify_all()
 
 
 @dataclass(frozen=True)
@@ -94,7 +125,8 @@ class Revert:
 
 class Reactor(VersionBook):
     """Reacts to registry events through ``client`` (an ``MlflowClient`` with the rights to
-    set aliases and version tags). Not thread-safe: the receiver calls it under one lock."""
+    set aliases and version tags). Not thread-safe: the receiver calls it under ``lock``,
+    alias events first (`PriorityLock`)."""
 
     def __init__(
         self,
@@ -110,7 +142,7 @@ class Reactor(VersionBook):
         refusals = verify or (lambda pinned: version_refusals(pinned, tracking_uri, settings))
         super().__init__(client=client, settings=settings, state=state, refusals=refusals)
         self._notify = notify
-        self.lock = threading.Lock()
+        self.lock = PriorityLock()
 
     # ------------------------------------------------------------------ events
 

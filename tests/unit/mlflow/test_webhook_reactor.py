@@ -381,3 +381,30 @@ def test_a_version_whose_identity_changes_while_it_is_verified_is_refused(
         in (registry.tags[3]["privacy_gate.refusal"])
     )
     assert [n.version for n in notes] == [3]
+
+
+def test_alias_events_go_before_other_waiting_work() -> None:
+    """A flood of version or tag events queued first does not delay an alias event."""
+    import threading
+    import time
+
+    from privacy_gate.mlflow.webhook_reactor import URGENT, PriorityLock
+
+    assert "model_version_alias.created" in URGENT and "model_version.created" not in URGENT
+    lock, order = PriorityLock(), []
+
+    def take(name: str, urgent: bool) -> None:
+        with lock.hold(urgent=urgent):
+            order.append(name)
+
+    with lock.hold(urgent=False):  # busy: everything below waits
+        waiting = [threading.Thread(target=take, args=(f"tag{i}", False)) for i in range(5)]
+        for thread in waiting:
+            thread.start()
+        time.sleep(0.2)  # the tag events are waiting first
+        alias = threading.Thread(target=take, args=("alias", True))
+        alias.start()
+        time.sleep(0.2)
+    for thread in [*waiting, alias]:
+        thread.join(timeout=10)
+    assert order[0] == "alias" and sorted(order[1:]) == [f"tag{i}" for i in range(5)], order
