@@ -16,6 +16,7 @@ from privacy_gate.errors import InputError
 from privacy_gate.signing import PUBLIC_KEY_ENVIRONMENT_VARIABLE
 
 SECRET_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_WEBHOOK_SECRET"
+NOTIFY_URL_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_WEBHOOK_NOTIFY_URL"
 DEFAULT_NAME = "privacy-gate"
 DEFAULT_PORT = 8765
 DEFAULT_RECONCILE_INTERVAL_S = 300.0
@@ -37,7 +38,10 @@ def add_webhook_commands(commands: Any) -> None:
             "gated registry store does, and revert the alias when it does not hold. The "
             f"secret comes from ${SECRET_ENVIRONMENT_VARIABLE}, the audit public key from "
             f"--public-key or ${PUBLIC_KEY_ENVIRONMENT_VARIABLE}, the protected aliases from "
-            "$PRIVACY_GATE_PROTECTED_ALIASES; MLflow credentials from MLflow's own variables."
+            "$PRIVACY_GATE_PROTECTED_ALIASES, the URL each revert is also POSTed to as JSON "
+            f"(Slack-compatible 'text'; a credential, so not an option) from "
+            f"${NOTIFY_URL_ENVIRONMENT_VARIABLE}; MLflow credentials from MLflow's own "
+            "variables."
         ),
     )
     serve.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
@@ -49,9 +53,6 @@ def add_webhook_commands(commands: Any) -> None:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
     serve.add_argument(
         "--max-age", type=float, default=300.0, help="seconds a delivery stays fresh (10-3600)"
-    )
-    serve.add_argument(
-        "--notify-url", help="also POST each revert as JSON here (Slack-compatible 'text')"
     )
     serve.add_argument(
         "--reconcile-interval",
@@ -108,6 +109,23 @@ def _http_url(value: str | None, option: str) -> str | None:
     return value
 
 
+def _notify_url() -> str | None:
+    from privacy_gate.mlflow.webhook_app import redacted_url
+
+    value = os.environ.get(NOTIFY_URL_ENVIRONMENT_VARIABLE, "").strip() or None
+    if value is None:
+        return None
+    parsed = urllib.parse.urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        shown = redacted_url(value) if parsed.hostname else f"{len(value)} characters"
+        raise InputError(
+            f"{NOTIFY_URL_ENVIRONMENT_VARIABLE} must be an http(s) URL. Got {shown} "
+            "instead. HINT: e.g. a Slack incoming-webhook URL from your secret store, or "
+            "unset it for no notifications (the ERROR log line stays)."
+        )
+    return value
+
+
 def _writable_folder(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -142,7 +160,7 @@ def run_serve(args: argparse.Namespace) -> int:
     _in_range(float(args.port), 1, 65535, "--port")
     _in_range(args.max_age, 10, 3600, "--max-age")
     _in_range(args.reconcile_interval, 0, 7 * 86400, "--reconcile-interval")
-    notify_url = _http_url(args.notify_url, "--notify-url")
+    notify_url = _notify_url()
     _writable_folder(args.state_dir)
     if args.public_key is not None:
         os.environ[PUBLIC_KEY_ENVIRONMENT_VARIABLE] = str(args.public_key)

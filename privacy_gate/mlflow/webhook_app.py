@@ -22,8 +22,9 @@ import contextlib
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,25 +56,50 @@ RETRY_RECONCILE_S = 10.0
 
 @dataclass(frozen=True)
 class ReceiverConfig:
-    """What ``privacy-gate webhook serve`` validated (`privacy_gate.cli.webhook`)."""
+    """What ``privacy-gate webhook serve`` validated (`privacy_gate.cli.webhook`). The
+    secret and the notification URL (a Slack URL is a credential) stay out of its repr."""
 
     tracking_uri: str
-    secret: str
+    secret: str = field(repr=False)
     state_dir: Path
     settings: GateSettings
     max_age_s: float = 300.0
-    notify_url: str | None = None
+    notify_url: str | None = field(default=None, repr=False)
     reconcile_interval_s: float = 300.0
 
 
-def notify_revert(revert: Revert, url: str | None) -> None:
-    """The ERROR log line, and a POST to ``url`` (Slack-compatible: ``text``) in the
-    background; a notification that fails is logged, never retried into the registry."""
-    _LOG.error(REVERT_LOG, revert.message)
-    if not url:
-        return
-    payload = {
-        "text": revert.message,
+def redacted_url(url: str) -> str:
+    """Where ``url`` points without its path, query or credentials (a webhook URL's path
+    is its secret).
+
+    >>> redacted_url("https://hooks.slack.com/services/T0/B0/XyZ")
+    'https://hooks.slack.com/...'
+    """
+    parsed = urllib.parse.urlsplit(url)
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.hostname or '?'}{port}/..."
+
+
+def _without(text: str, url: str) -> str:
+    """``text`` (an exception's message) with ``url``, and its path, redacted."""
+    parsed = urllib.parse.urlsplit(url)
+    secret_parts = [url, parsed.path + (f"?{parsed.query}" if parsed.query else ""), parsed.path]
+    for part in secret_parts:
+        if len(part) > 1:
+            text = text.replace(part, redacted_url(url) if part == url else "/...")
+    return text
+
+
+def _slack_escaped(text: str) -> str:
+    """Slack's escaping of a ``text`` (``&``, ``<`` and ``>``): names from the registry
+    cannot make links or mentions."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def notification(revert: Revert) -> dict[str, Any]:
+    """The JSON posted for a revert (Slack-compatible ``text``, escaped)."""
+    return {
+        "text": _slack_escaped(revert.message),
         "model": revert.model,
         "alias": revert.alias,
         "version": str(revert.version),
@@ -81,15 +107,27 @@ def notify_revert(revert: Revert, url: str | None) -> None:
         "reasons": revert.reasons,
     }
 
+
+def notify_revert(revert: Revert, url: str | None) -> threading.Thread | None:
+    """The ERROR log line, and a POST to ``url`` in the background (the thread); a
+    notification that fails is logged (the URL redacted), never retried into the registry."""
+    _LOG.error(REVERT_LOG, revert.message)
+    if not url:
+        return None
+    payload = notification(revert)
+
     def send() -> None:
         import requests
 
         try:
             requests.post(url, json=payload, timeout=NOTIFY_TIMEOUT_S).raise_for_status()
         except Exception as exc:
-            _LOG.error("cannot send the notification to %s: %s", url, exc)
+            reason = _without(f"{type(exc).__name__}: {exc}", url)
+            _LOG.error("cannot send the notification to %s: %s", redacted_url(url), reason)
 
-    threading.Thread(target=send, name="privacy-gate-notify", daemon=True).start()
+    thread = threading.Thread(target=send, name="privacy-gate-notify", daemon=True)
+    thread.start()
+    return thread
 
 
 class Receiver:

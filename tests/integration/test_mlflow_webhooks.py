@@ -161,7 +161,6 @@ def test_the_receiver_checks_the_signature_mlflow_sends() -> None:
         (["serve", "--state-dir", "{tmp}/state"], "s" * 40, None, "public key"),
         (["serve", "--state-dir", "{tmp}/f/state"], "s" * 40, "{key}", "'--state-dir'"),
         (["serve", "--state-dir", "{tmp}/s", "--max-age", "1"], "s" * 40, "{key}", "--max-age"),
-        (["serve", "--state-dir", "{tmp}/s", "--notify-url", "x"], "s" * 40, "{key}", "notify"),
         (["register", "--url", "ftp://x"], "s" * 40, "{key}", "'--url'"),
     ],
 )

@@ -93,14 +93,16 @@ def start_receiver(
         sys.executable, "-m", "privacy_gate", "webhook", "serve",
         "--tracking-uri", tracking_uri, "--state-dir", str(directory / "state"),
         "--port", str(port), "--max-age", "60",
-        *(["--notify-url", notify_url] if notify_url else []),
     ]  # fmt: skip
+    env = receiver_env(public_key)
+    if notify_url:
+        env["PRIVACY_GATE_WEBHOOK_NOTIFY_URL"] = notify_url
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=receiver_env(public_key),
+            env=env,
             start_new_session=True,
         )
     receiver = ReceiverProcess(f"http://127.0.0.1:{port}", directory / "state", log_path, process)

@@ -98,3 +98,48 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(port: int) -> No
     head = b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1)
     answer = _answer(port, head, b"")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_the_secret_and_the_notification_url_stay_out_of_reprs_and_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from privacy_gate.mlflow.webhook_app import notify_revert
+    from privacy_gate.mlflow.webhook_reactor import Revert
+
+    hook = "http://127.0.0.1:9/services/T0/B0/SLACKSECRET"  # nothing listens on port 9
+    config = ReceiverConfig(
+        tracking_uri="mem:", secret="S" * 40, state_dir=tmp_path, settings=SETTINGS,
+        notify_url=hook,
+    )  # fmt: skip
+    assert "S" * 40 not in repr(config) and "SLACKSECRET" not in repr(config)
+    revert = Revert("m", "champion", 3, None, ["r"], "<!channel> & <http://x|click>")
+    thread = notify_revert(revert, hook)
+    assert thread is not None
+    thread.join(timeout=30)
+    failed = [r.getMessage() for r in caplog.records if "cannot send" in r.getMessage()]
+    assert failed and all("SLACKSECRET" not in line for line in failed), failed
+    assert "127.0.0.1:9/..." in failed[0]
+
+
+def test_the_notification_text_is_escaped_for_slack() -> None:
+    from privacy_gate.mlflow.webhook_app import notification
+    from privacy_gate.mlflow.webhook_reactor import Revert
+
+    text = notification(Revert("m", "a", 3, None, [], "<!channel> & <http://x|y>"))["text"]
+    assert text == "&lt;!channel&gt; &amp; &lt;http://x|y&gt;"
+
+
+def test_the_notification_url_comes_from_the_environment_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from privacy_gate.cli import main
+
+    monkeypatch.setenv("PRIVACY_GATE_WEBHOOK_SECRET", "s" * 40)
+    monkeypatch.setenv("PRIVACY_GATE_WEBHOOK_NOTIFY_URL", "ftp://hooks.example/SECRETPATH")
+    argv = ["webhook", "serve", "--state-dir", str(tmp_path), "--tracking-uri", "http://x:9"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "PRIVACY_GATE_WEBHOOK_NOTIFY_URL" in error and "HINT" in error, error
+    assert "SECRETPATH" not in error
+    with pytest.raises(SystemExit):
+        main([*argv, "--notify-url", "https://hooks.example/x"])  # no such option
