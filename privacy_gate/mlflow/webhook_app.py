@@ -141,12 +141,15 @@ class Receiver:
             tracking_uri=config.tracking_uri,
             settings=config.settings,
             state=self.state,
-            notify=lambda revert: notify_revert(revert, config.notify_url),
+            notify=self._notify,
         )
         self.reconciled = threading.Event()
         self._stop = threading.Event()
         self._counting = threading.Lock()
         self.in_flight = 0  # deliveries received and not yet answered
+
+    def _notify(self, revert: Revert) -> None:
+        notify_revert(revert, self.config.notify_url)
 
     def receive(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, str]]:
         """(HTTP status, JSON body) for one delivery."""
