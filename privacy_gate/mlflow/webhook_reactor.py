@@ -160,7 +160,7 @@ class Reactor(VersionBook):
                 return "ignored: not a protected alias"
             check = self._check(model, version)
             if check is not None and check.ok:
-                self._state.add_verified(model, alias, version, at)
+                self._state.add_verified(model, canonical_alias(alias), version, at)
             outcome = self.reconcile(model, alias)  # the alias first: it is the exposure
             if check is not None and (model, version) not in self._touched:
                 self._record(model, version)  # every version named gets its verdict
@@ -273,7 +273,7 @@ class Reactor(VersionBook):
         """One attempt; None when the alias moved meanwhile (``refused`` gets the holder
         refused then)."""
         holder = self._holder(model, alias)
-        placed, placed_version = self._state.placed(model, alias)
+        placed, placed_version = self._state.placed(model, canonical_alias(alias))
         if holder is None:
             if placed and placed_version is None:  # the receiver emptied it: fill it again
                 return self._put_back(model, alias, vacant=True)
@@ -289,8 +289,10 @@ class Reactor(VersionBook):
         self._write_verdict(model, holder, self._pass_tags(check))
         if placed and placed_version == holder:  # the receiver's choice: a newer one wins
             return self._put_back(model, alias, vacant=False, current=holder)
-        self._state.clear_placed(model, alias)  # someone else's choice, verified: kept
-        self._state.add_verified(model, alias, holder, time.time())
+        self._state.clear_placed(
+            model, canonical_alias(alias)
+        )  # someone else's choice, verified: kept
+        self._state.add_verified(model, canonical_alias(alias), holder, time.time())
         return "kept"
 
     def _remove(self, model: str, alias: str) -> None:
@@ -299,7 +301,7 @@ class Reactor(VersionBook):
         except Exception as exc:
             if getattr(exc, "error_code", None) not in _GONE:
                 raise
-        self._state.set_placed(model, alias, None)
+        self._state.set_placed(model, canonical_alias(alias), None)
 
     def _revert(self, model: str, alias: str, check: Check) -> str | None:
         """None when the alias moved before it could be reverted (the version is refused)."""
@@ -315,7 +317,7 @@ class Reactor(VersionBook):
         # The alias first (it is what consumers see), then the records.
         if target is not None:
             self._client.set_registered_model_alias(model, alias, str(target.version))
-            self._state.set_placed(model, alias, target.version)
+            self._state.set_placed(model, canonical_alias(alias), target.version)
         else:
             self._remove(model, alias)
         self._write_verdict(model, version, refusal)
@@ -338,7 +340,7 @@ class Reactor(VersionBook):
         if self._holder(model, alias) != current:
             return None
         self._client.set_registered_model_alias(model, alias, str(target.version))
-        self._state.set_placed(model, alias, target.version)
+        self._state.set_placed(model, canonical_alias(alias), target.version)
         self._write_verdict(model, target.version, self._pass_tags(target, alias))
         displaced = None if current is None else self._checks.get((model, current))
         if displaced is not None:
@@ -348,10 +350,10 @@ class Reactor(VersionBook):
 
     def _restore_target(self, model: str, alias: str, *, exclude: int | None) -> Check | None:
         """The newest restore candidate that verifies now (others are forgotten)."""
-        candidates = self._state.verified_newest_first(model, alias)
+        candidates = self._state.verified_newest_first(model, canonical_alias(alias))
         for version in [v for v in candidates if v != exclude][:MAX_RESTORE_CANDIDATES]:
             check = self._check(model, version)
             if check is not None and check.ok and self._unchanged(model, check):
                 return check
-            self._state.forget_verified(model, alias, version)
+            self._state.forget_verified(model, canonical_alias(alias), version)
         return None

@@ -238,6 +238,10 @@ def parse_event(body: bytes) -> Event:
         envelope = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise DeliveryRefused(Refusal.MALFORMED, "the delivery is not JSON") from None
+    except RecursionError:
+        raise DeliveryRefused(
+            Refusal.MALFORMED, "the delivery's JSON is nested too deeply to be an MLflow event"
+        ) from None
     if not isinstance(envelope, dict):
         raise DeliveryRefused(Refusal.MALFORMED, "the delivery is not a JSON object")
     entity, action = envelope.get("entity"), envelope.get("action")

@@ -14,6 +14,9 @@
 - ``verdicts``: the ``privacy_gate.*`` tags the receiver last wrote on each version, so a
   client's forged or deleted verdict tag is put back without verifying again.
 
+Aliases are stored canonical (`privacy_gate.mlflow.registry_settings.canonical_alias`, as
+protection is matched): 'Champion' and 'champion' share one record.
+
 Pure standard library; one connection, used under the caller's lock.
 """
 

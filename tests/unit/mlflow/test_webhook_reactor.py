@@ -408,3 +408,16 @@ def test_alias_events_go_before_other_waiting_work() -> None:
     for thread in [*waiting, alias]:
         thread.join(timeout=10)
     assert order[0] == "alias" and sorted(order[1:]) == [f"tag{i}" for i in range(5)], order
+
+
+def test_the_state_keys_an_alias_as_protection_matches_it(tmp_path: Path) -> None:
+    """'Champion' is protected as 'champion' is: one record of candidates for both."""
+    registry = FakeRegistry(good={1}, aliases={"Champion": 1})
+    reactor = _reactor(registry, tmp_path, [])
+    event = Event("model_version_alias.created", "", MODEL, "1", "Champion", None)
+    assert reactor.handle(event, 1.0) == "kept"
+    state = WebhookState(tmp_path)
+    assert state.verified_newest_first(MODEL, "champion") == [1]
+    assert state.verified_newest_first(MODEL, "Champion") == []
+    registry.aliases = {"champion": 3}  # the lower-case one, on an unaudited version
+    assert reactor.handle(*_alias_event(3)) == "reverted to 1"

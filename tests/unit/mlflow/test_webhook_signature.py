@@ -171,3 +171,13 @@ def test_restore_candidates_are_newest_first_and_kept_across_a_restart(tmp_path:
     assert state.placed("m", "champion") == (False, None)
     assert state.verdict("m", 3) == {"privacy_gate.status": "pass"}
     assert state.verdict("m", 4) is None
+
+
+def test_a_deeply_nested_body_is_malformed_not_a_crash() -> None:
+    from privacy_gate.mlflow.webhook_signature import parse_event
+
+    depth = 200_000  # far under the 1 MiB limit; deeper than the JSON parser's recursion
+    body = b'{"entity": "x", "action": "y", "data": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(DeliveryRefused) as refused:
+        parse_event(body)
+    assert refused.value.kind is Refusal.MALFORMED and refused.value.kind.status == 400
