@@ -308,6 +308,24 @@ def test_duplicate_and_reordered_deliveries_give_the_same_final_state(setup: Set
         _webhook_status(setup, "ACTIVE")
 
 
+def test_a_model_tagged_as_a_prompt_loses_an_unverified_champion(setup: Setup) -> None:
+    """Tagged mlflow.prompt.is_prompt=true, a model's alias events are prompt_alias.*
+    and MlflowClient refuses its alias calls, yet models:/NAME@champion still resolves."""
+    client = setup.gated.client
+    client.create_registered_model("ehr-prompt")
+    bad = _copy(setup, setup.unaudited, "ehr-prompt")
+    client.set_registered_model_tag("ehr-prompt", "mlflow.prompt.is_prompt", "true")
+    client._get_registry_client().set_registered_model_alias("ehr-prompt", CHAMPION, bad)
+    wait_for(
+        lambda: (
+            _holder(setup, "ehr-prompt") is None
+            and _tags(setup, bad, "ehr-prompt").get("privacy_gate.status") == "refused"
+        ),
+        what="the prompt-tagged model's champion removed",
+    )
+
+
+# Last: it stops the module's receiver.
 def test_a_bad_alias_set_while_the_receiver_is_down_is_reverted_on_start_up(
     setup: Setup,
 ) -> None:
@@ -330,20 +348,3 @@ def test_a_bad_alias_set_while_the_receiver_is_down_is_reverted_on_start_up(
         assert f"{MODEL}@{CHAMPION}: reverted to {setup.passing}" in restarted.log_text()
         # The replay cache survived the restart.
         assert deliver(restarted, seen, delivery_id="before-restart").status_code == 409
-
-
-def test_a_model_tagged_as_a_prompt_loses_an_unverified_champion(setup: Setup) -> None:
-    """Tagged mlflow.prompt.is_prompt=true, a model's alias events are prompt_alias.*
-    and MlflowClient refuses its alias calls, yet models:/NAME@champion still resolves."""
-    client = setup.gated.client
-    client.create_registered_model("ehr-prompt")
-    bad = _copy(setup, setup.unaudited, "ehr-prompt")
-    client.set_registered_model_tag("ehr-prompt", "mlflow.prompt.is_prompt", "true")
-    client._get_registry_client().set_registered_model_alias("ehr-prompt", CHAMPION, bad)
-    wait_for(
-        lambda: (
-            _holder(setup, "ehr-prompt") is None
-            and _tags(setup, bad, "ehr-prompt").get("privacy_gate.status") == "refused"
-        ),
-        what="the prompt-tagged model's champion removed",
-    )
