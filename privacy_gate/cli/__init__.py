@@ -1,4 +1,4 @@
-"""Command line: ``privacy-gate score|check|diff|audit|policy|keys|promote|verify``.
+"""Command line: ``privacy-gate score|check|diff|audit|policy|keys|promote|verify|webhook``.
 
 Exit codes: 0 pass, 1 gate failed (an under-powered or missing audit included),
 2 error (bad input, bad config, any exception). ``promote``: 0 promoted, 1 refused, 2 error
@@ -30,6 +30,7 @@ from privacy_gate.cli.promote import add_promote_command
 from privacy_gate.cli.recommend import add_recommend_command
 from privacy_gate.cli.score_audit import add_audit_command, add_score_command
 from privacy_gate.cli.verify import add_verify_command
+from privacy_gate.cli.webhook import add_webhook_commands
 from privacy_gate.config import default_config, default_policy_text
 from privacy_gate.errors import PrivacyGateError
 from privacy_gate.gate import Status
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     add_keys_commands(commands)
     add_promote_command(commands)
     add_verify_command(commands)
+    add_webhook_commands(commands)
     return parser
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "default_copy_model_version",
     "is_sql_registry_store",
     "mlflow_artifact_path",
+    "prompt_blind_registry_client",
     "registered_locations",
     "registry_store_builder",
     "server_artifact_destination",
@@ -48,6 +49,16 @@ def client_registry_uri(client: Any) -> str | None:
     """The registry URI an ``MlflowClient`` was built with (``client._registry_uri``,
     private; MLflow has no public getter)."""
     return getattr(client, "_registry_uri", None)
+
+
+def prompt_blind_registry_client(client: Any) -> Any:
+    """The registry client under an ``MlflowClient`` (``client._get_registry_client()``,
+    private). ``MlflowClient`` answers "not found" for any model tagged
+    ``mlflow.prompt.is_prompt`` (its ``_raise_if_prompt``), whatever the tag's value, when
+    setting or deleting an alias or a version tag or asking for a download URI, while the
+    server still serves that model's aliases: the webhook receiver must see and revert
+    them too, so it talks to the registry through this client, which has no such check."""
+    return client._get_registry_client()
 
 
 # ------------------------------------------------------------------ the gated store's SQL

@@ -48,6 +48,7 @@ __all__ = [
     "REFUSAL_TAG_LENGTH",
     "REPORT_SHA256_TAG",
     "STATUS_TAG",
+    "VERIFIED_BY_TAG",
     "PromotionError",
     "PromotionResult",
     "client_for",
@@ -59,6 +60,8 @@ STATUS_TAG = "privacy_gate.status"
 REPORT_SHA256_TAG = "privacy_gate.report_sha256"
 PROMOTED_ALIAS_TAG = "privacy_gate.promoted_alias"
 REFUSAL_TAG = "privacy_gate.refusal"
+VERIFIED_BY_TAG = "privacy_gate.verified_by"
+"""Who wrote the verdict: ``registry-store`` (blocks) or ``webhook-receiver`` (reverts)."""
 REFUSAL_TAG_LENGTH = 5000
 _INSTALL_HINT = "HINT: pip install 'privacy-gate[mlflow]'."
 _log = logging.getLogger(__name__)

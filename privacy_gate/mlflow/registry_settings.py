@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,9 @@ __all__ = [
     "DEFAULT_PROTECTED_ALIASES",
     "POLICY_ENVIRONMENT_VARIABLE",
     "PROTECTED_ALIASES_ENVIRONMENT_VARIABLE",
+    "PROTECTED_STAGES",
     "GateSettings",
+    "canonical_alias",
     "protected_aliases",
 ]
 
@@ -35,6 +38,8 @@ PROTECTED_ALIASES_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_PROTECTED_ALIASES"
 POLICY_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_PROMOTION_POLICY_SHA256"
 ALLOW_PICKLE_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_ALLOW_PICKLE_MODELS"
 DEFAULT_PROTECTED_ALIASES = ("champion", "production")
+PROTECTED_STAGES = ("staging", "production")
+"""The stages (lower case) only a verified version may enter, as a protected alias."""
 # MLflow's own alias rule (letters, digits, '_' and '-'); 'latest' and 'vN' are reserved.
 _ALIAS = re.compile(r"[\w\-]{1,255}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -65,6 +70,15 @@ def protected_aliases(environ: Mapping[str, str] | None = None) -> frozenset[str
             "to protect, e.g. 'champion,production'."
         )
     return frozenset(n.lower() for n in names if n)
+
+
+def canonical_alias(name: str) -> str:
+    """A name as a case- and accent-insensitive database collation may compare it (MySQL's
+    default matches 'chámpion' and 'ＣＨＡＭＰＩＯＮ' with 'champion'): compatibility-
+    decomposed, accents dropped, case-folded; what `protected_aliases` is matched with."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return plain.casefold().strip()
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -87,7 +87,6 @@ try:
     import hashlib
     import inspect
     import re
-    import unicodedata
 
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED
@@ -99,13 +98,16 @@ try:
         REFUSAL_TAG,
         REPORT_SHA256_TAG,
         STATUS_TAG,
+        VERIFIED_BY_TAG,
         refusal_text,
     )
     from privacy_gate.mlflow.registry_methods import FORWARDED, FORWARDED_PRIVATE, GATED
     from privacy_gate.mlflow.registry_settings import (
         DEFAULT_PROTECTED_ALIASES,
         PROTECTED_ALIASES_ENVIRONMENT_VARIABLE,
+        PROTECTED_STAGES,
         GateSettings,
+        canonical_alias,
         protected_aliases,
     )
     from privacy_gate.mlflow.remedies import refusal_message
@@ -135,11 +137,9 @@ __all__ = [
 
 SCHEME_PREFIX = "privacygate"
 INNER_URI_ENVIRONMENT_VARIABLE = "PRIVACY_GATE_REGISTRY_INNER_URI"
-PROTECTED_STAGES = ("staging", "production")
 PROTECTED_TAG_PREFIX = "privacy_gate."
 REFUSAL_LOG = "privacy-gate registry store refused: %s"
 """The ERROR log line of each refusal (for a server's operators)."""
-VERIFIED_BY_TAG = "privacy_gate.verified_by"
 VERIFIED_BY = "registry-store"
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 _COPY_SOURCE = re.compile(r"models:/[^/@]+/[0-9]+")
@@ -435,10 +435,4 @@ def _is_protected_tag(key: Any) -> bool:
     return _canonical(str(key)).startswith(PROTECTED_TAG_PREFIX)
 
 
-def _canonical(name: str) -> str:
-    """A name as a case- and accent-insensitive database collation may compare it (MySQL's
-    default matches 'chámpion' and 'ＣＨＡＭＰＩＯＮ' with 'champion'): compatibility-
-    decomposed, accents dropped, case-folded."""
-    decomposed = unicodedata.normalize("NFKD", name)
-    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return plain.casefold().strip()
+_canonical = canonical_alias

@@ -137,3 +137,25 @@ def test_logging_into_a_run_of_another_experiment_than_the_active_one(tmp_path: 
     finally:
         mlflow.set_tracking_uri(previous)
     assert client.get_run(run.info.run_id).data.params == {"inside": "yes"}
+
+
+def test_the_registry_client_under_mlflow_client_ignores_the_prompt_tag(tmp_path: Path) -> None:
+    """The webhook receiver reverts aliases of models tagged as prompts through it."""
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from privacy_gate.mlflow._compat import prompt_blind_registry_client
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("ehr")
+    client.create_model_version("ehr", "file:///tmp/x", None)
+    client.set_registered_model_tag("ehr", "mlflow.prompt.is_prompt", "true")
+    with pytest.raises(Exception, match="not found"):  # what the receiver must not use
+        client.set_registered_model_alias("ehr", "champion", "1")
+    registry = prompt_blind_registry_client(client)
+    registry.set_registered_model_alias("ehr", "champion", "1")
+    assert str(registry.get_model_version_by_alias("ehr", "champion").version) == "1"
+    registry.set_model_version_tag("ehr", "1", "privacy_gate.status", "refused")
+    assert registry.get_model_version("ehr", "1").tags["privacy_gate.status"] == "refused"
+    registry.delete_registered_model_alias("ehr", "champion")
