@@ -102,11 +102,20 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def mlflow_env(
-    tracking_uri: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    tracking_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> Iterator[str]:
-    """HF's MLflowCallback reads these; each test its own experiment."""
+    """HF's MLflowCallback reads these; each test its own experiment, its artifacts in
+    the test's folder (a SQLite store's default root is ./mlruns in the working
+    directory)."""
+    name = request.node.name[:60]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", request.node.name[:60])
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+    client = MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, artifact_location=(tmp_path / "mlartifacts").as_uri())
     yield tracking_uri
     while mlflow.active_run() is not None:
         mlflow.end_run()
