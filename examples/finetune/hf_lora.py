@@ -79,11 +79,14 @@ class Beats(Dataset[dict[str, torch.Tensor]]):
 def _experiment_beside(out: Path) -> None:
     """The MLflow experiment the Trainer logs to, its artifacts under ``out`` (a SQLite
     store's default artifact root is ./mlruns in the working directory)."""
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
+    # The store HF's MLflowCallback will use: the environment's, never a process-wide
+    # URI another caller set.
+    client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "finetune-hf-lora")
-    if mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name, artifact_location=(out / "mlartifacts").resolve().as_uri())
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, artifact_location=(out / "mlartifacts").resolve().as_uri())
 
 
 def run(out: Path, reference_models: int, epochs: int, max_records: int | None) -> Any:

@@ -92,7 +92,7 @@ def test_a_failing_verdict_raises_on_every_rank(tmp_path: Path) -> None:
     assert done.returncode != 0
     output = done.stdout + done.stderr
     for rank in (0, 1):
-        assert f"[rank{rank}]: lightning_callbacks._audit_core.PrivacyGateFailed" in output, rank
+        assert f"[rank{rank}]: privacy_gate.errors.PrivacyGateFailed" in output, rank
     assert (
         json.loads((tmp_path / "audit" / "report.json").read_text())["decision"]["status"] == "fail"
     )
