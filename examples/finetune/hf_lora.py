@@ -79,11 +79,14 @@ class Beats(Dataset[dict[str, torch.Tensor]]):
 def _experiment_beside(out: Path) -> None:
     """The MLflow experiment the Trainer logs to, its artifacts under ``out`` (a SQLite
     store's default artifact root is ./mlruns in the working directory)."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
-    # The store HF's MLflowCallback will use: the environment's, never a process-wide
-    # URI another caller set.
-    client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
+    # HF's MLflowCallback uses a process-wide URI when one is set, else the environment's:
+    # make them one, so the experiment is created where the run will be.
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "finetune-hf-lora")
     if client.get_experiment_by_name(name) is None:
         client.create_experiment(name, artifact_location=(out / "mlartifacts").resolve().as_uri())

@@ -100,13 +100,15 @@ def test_the_hugging_face_lora_example_audits_and_logs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     from examples.finetune.hf_lora import run
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "finetune-hf-lora")
-    audit = run(tmp_path, reference_models=4, epochs=2, max_records=200)
+    with _use_tracking_uri(tracking):  # an earlier test's process-wide URI is restored after
+        audit = run(tmp_path, reference_models=4, epochs=2, max_records=200)
     report = json.loads((tmp_path / "privacy_audit" / "report.json").read_text())
     training = report["audit"]["training"]
     assert training["trainer"]["reference_models_trained_by"] == "recipe"  # the exact recipe

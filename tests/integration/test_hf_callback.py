@@ -22,6 +22,7 @@ pytest.importorskip("sklearn")
 
 import mlflow
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from sklearn.datasets import load_breast_cancer
 from transformers import (
     PretrainedConfig,
@@ -116,7 +117,10 @@ def mlflow_env(
     client = MlflowClient(tracking_uri)
     if client.get_experiment_by_name(name) is None:
         client.create_experiment(name, artifact_location=(tmp_path / "mlartifacts").as_uri())
-    yield tracking_uri
+    # HF's MLflowCallback takes the environment's URI only when no process-wide URI is
+    # set, and earlier tests in the same process may have set one.
+    with _use_tracking_uri(tracking_uri):
+        yield tracking_uri
     while mlflow.active_run() is not None:
         mlflow.end_run()
 
