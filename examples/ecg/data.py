@@ -30,7 +30,7 @@ from privacy_gate.errors import InputError
 from privacy_gate.signals import Task
 from privacy_gate.training.data import AuditData
 
-__all__ = ["CLASS_NAMES", "N_CLASSES", "N_SAMPLES", "load_beats", "load_ecg5000"]
+__all__ = ["CLASS_NAMES", "N_CLASSES", "N_SAMPLES", "beat_pool", "load_beats", "load_ecg5000"]
 
 N_SAMPLES = 140
 N_CLASSES = 5
@@ -70,16 +70,31 @@ def load_ecg5000(
         holdout_fraction: the share of beats held out (non-members), in (0, 1).
         max_records: keep a random subset of this many beats first (quick runs, tests).
     """
-    if not 0.0 < holdout_fraction < 1.0:
-        raise InputError(f"data_args.holdout_fraction must be in (0, 1). Got {holdout_fraction!r}.")
     beats, labels = load_beats()
     order = np.random.default_rng(seed).permutation(len(beats))
+    return beat_pool(
+        beats, labels, order, holdout_fraction=holdout_fraction, max_records=max_records
+    )
+
+
+def beat_pool(
+    beats: NDArray[np.float32],
+    labels: NDArray[np.int64],
+    rows: NDArray[np.intp],
+    *,
+    holdout_fraction: float,
+    max_records: int | None,
+) -> AuditData:
+    """The beats ``rows`` (in a random order) as a pool: the first ``max_records`` of them
+    (all when None), of which the first ``holdout_fraction`` are held out."""
+    if not 0.0 < holdout_fraction < 1.0:
+        raise InputError(f"data_args.holdout_fraction must be in (0, 1). Got {holdout_fraction!r}.")
     if max_records is not None:
         if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 4:
             raise InputError(f"data_args.max_records must be an integer >= 4. Got {max_records!r}.")
-        order = order[:max_records]
-    n_holdout = max(1, round(len(order) * holdout_fraction))
-    train, holdout = np.sort(order[n_holdout:]), np.sort(order[:n_holdout])
+        rows = rows[:max_records]
+    n_holdout = max(1, round(len(rows) * holdout_fraction))
+    train, holdout = np.sort(rows[n_holdout:]), np.sort(rows[:n_holdout])
     pool = np.concatenate([train, holdout])
     return AuditData(
         train_inputs=torch.from_numpy(beats[train]).unsqueeze(1),

@@ -14,9 +14,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from examples.ecg.data import CLASS_NAMES, load_beats
-from privacy_gate.errors import InputError
-from privacy_gate.signals import Task
+from examples.ecg.data import beat_pool, load_beats
 from privacy_gate.training.data import AuditData
 
 __all__ = ["PRETRAIN_BEATS", "load_finetune_pool", "load_pretraining_beats"]
@@ -45,26 +43,11 @@ def load_finetune_pool(
     Args:
         seed: the member/held-out split seed.
         holdout_fraction: the share of the pool held out, in (0, 1).
-        max_records: keep the first this many pool beats (quick runs, tests).
+        max_records: keep a random subset of this many pool beats (quick runs, tests).
     """
-    if not 0.0 < holdout_fraction < 1.0:
-        raise InputError(f"data_args.holdout_fraction must be in (0, 1). Got {holdout_fraction!r}.")
     beats, labels = load_beats()
     rest = _order()[PRETRAIN_BEATS:]
-    if max_records is not None:
-        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 4:
-            raise InputError(f"data_args.max_records must be an integer >= 4. Got {max_records!r}.")
-        rest = rest[:max_records]
-    rest = rest[np.random.default_rng(seed).permutation(len(rest))]
-    n_holdout = max(1, round(len(rest) * holdout_fraction))
-    train, holdout = np.sort(rest[n_holdout:]), np.sort(rest[:n_holdout])
-    pool = np.concatenate([train, holdout])
-    return AuditData(
-        train_inputs=torch.from_numpy(beats[train]).unsqueeze(1),
-        train_labels=torch.from_numpy(labels[train]),
-        holdout_inputs=torch.from_numpy(beats[holdout]).unsqueeze(1),
-        holdout_labels=torch.from_numpy(labels[holdout]),
-        task=Task.MULTICLASS,
-        columns={"rhythm": [CLASS_NAMES[c] for c in labels[pool]]},
-        record_ids=[f"beat/{i}" for i in pool],
+    rows = rest[np.random.default_rng(seed).permutation(len(rest))]
+    return beat_pool(
+        beats, labels, rows, holdout_fraction=holdout_fraction, max_records=max_records
     )
