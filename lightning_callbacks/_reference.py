@@ -9,9 +9,7 @@ reference model must not write into the user's experiment.
 from __future__ import annotations
 
 import contextlib
-import logging
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_callbacks._recipe import TrainerSettings
+from privacy_gate.training.quiet import quiet_loggers
 from privacy_gate.training.reference import TrainFunction
 
 __all__ = ["make_train_fn"]
@@ -36,22 +35,10 @@ _NOISE = (
 )
 
 
-@contextlib.contextmanager
-def quiet_lightning() -> Iterator[None]:
+def quiet_lightning() -> contextlib.AbstractContextManager[None]:
     """Silence Lightning's per-Trainer info lines and data-loader hints while the
     reference models train (dozens of Trainers would bury the audit's own log)."""
-    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
-        for pattern in _NOISE:
-            warnings.filterwarnings("ignore", message=pattern)
-        try:
-            for logger in loggers:
-                logger.setLevel(logging.WARNING)
-            yield
-        finally:
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
+    return quiet_loggers(_LIGHTNING_LOGGERS, _NOISE)
 
 
 def make_train_fn(

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +24,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from privacy_gate.integrations.transformers._data import ExampleDataset, LogitsModel
+from privacy_gate.training.quiet import quiet_loggers
 from privacy_gate.training.reference import TrainFunction
 
 __all__ = ["make_train_fn", "reference_arguments", "reference_trainer"]
@@ -103,17 +102,6 @@ def make_train_fn(
     return train
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet() -> contextlib.AbstractContextManager[None]:
     """Silence the per-Trainer info lines while dozens of reference models train."""
-    loggers = [logging.getLogger(name) for name in _QUIET]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*dataloader.*")
-        try:
-            for logger in loggers:
-                logger.setLevel(logging.WARNING)
-            yield
-        finally:
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
+    return quiet_loggers(_QUIET, (r".*dataloader.*",))
