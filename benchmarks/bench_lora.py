@@ -55,6 +55,7 @@ def measure(models: int, epochs: int) -> dict[str, Any]:
     """One batched run (in this process): seconds, peak RSS growth, the engine's note."""
     inputs, labels, subsets, seeds = _problem(models)
     recipe = Recipe(epochs=epochs, batch_size=32, learning_rate=3e-3)
+    lora_model()  # import PEFT (seconds) before the clock starts, as the baseline does
     before = _rss_mib()
     notes: dict[str, Any] = {}
     started = time.perf_counter()

@@ -12,6 +12,7 @@ general vmap path trains the model, with the reason logged.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -29,6 +30,15 @@ from privacy_gate.training.batched.eligibility import (
     _global_hooks,
     _has_hooks,
 )
+from privacy_gate.training.batched.lora_layers import (
+    SHAREABLE,
+    LoraParts,
+    SharedFrozen,
+    StackedLora,
+    active_copy_wrapper,
+    adapter_weight,
+    lora_parts,
+)
 from privacy_gate.training.batched.losses import _loss_terms, _raise_if_nonfinite
 from privacy_gate.training.batched.optimizer import _clip_per_model, _StackedOptimizer
 from privacy_gate.training.batched.poisson import PoissonStreams
@@ -39,40 +49,124 @@ from privacy_gate.training.steps import autocast
 _PROBE_RECORDS = 4
 
 
-def conv_fast_path_problem(model: nn.Module, inputs: torch.Tensor) -> str | None:
-    """Why ``model`` cannot take the conv fast path (None: it may; the probe of
-    `_ConvEnsemble` still has to agree).
+Plan = dict[str, "LoraParts | str"]
+"""Per layer the conv fast path stacks (by name): ``"stack"`` (its parameters train per
+model), ``"shared"`` (frozen, held once) or a PEFT LoRA layer's `LoraParts`."""
 
-    The path takes models with at least one ``Conv1d``/``Conv2d`` whose layers with
-    parameters or buffers are exactly ``Conv1d``, ``Conv2d`` (zero padding), ``Linear``,
-    ``BatchNorm1d``, ``BatchNorm2d`` or ``GroupNorm``, all parameters trainable, no
-    hooks, and inputs ``(N, C, L)`` or ``(N, C, H, W)`` in the parameters' dtype.
-    """
-    if _global_hooks():
-        return "global module hooks are registered"
+
+def _layer_plan(model: nn.Module) -> Plan | str:
+    """What the path does with each of ``model``'s layers, or why it cannot take it."""
+    plan: Plan = {}
+    unused: list[str] = []  # subtrees the forward never reaches or the plan covers whole
     convs = 0
     for name, module in model.named_modules():
+        if any(name == prefix or name.startswith(f"{prefix}.") for prefix in unused):
+            continue
         label = f"{name or type(model).__name__} ({type(module).__name__})"
         if _has_hooks(module):
             return f"{label} has hooks"
+        parts = lora_parts(module)
+        if isinstance(parts, str):
+            return f"{label} is a PEFT LoRA layer that the path cannot merge: {parts}"
+        if parts is not None:
+            if any(_has_hooks(inner) for inner in module.modules()):
+                return f"{label} has hooks inside"
+            plan[name] = parts
+            unused.append(name)  # its inner layers: the merge covers them
+            convs += not isinstance(parts.base, nn.Linear)
+            continue
+        uses_copy = active_copy_wrapper(module)
+        if uses_copy is False:
+            return f"{label} (PEFT's ModulesToSaveWrapper) does not use its trained copy"
+        if uses_copy:  # the frozen original and other adapters' copies never run
+            active = module.active_adapters[0]
+            unused.append(f"{name}.original_module")
+            unused += [f"{name}.modules_to_save.{key}" for key in module.modules_to_save
+                       if key != active]  # fmt: skip
+            continue
         own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         if type(module) in STACKABLE:
             if isinstance(module, (nn.Conv1d, nn.Conv2d)):
                 if module.padding_mode != "zeros":
                     return f"{label} pads with {module.padding_mode!r}"
                 convs += 1
+            weights = list(module.parameters(recurse=False))
+            frozen = [p for p in weights if not p.requires_grad]
+            if frozen and (len(frozen) != len(weights) or type(module) not in SHAREABLE):
+                return (
+                    f"{label} is partly frozen, or a frozen layer other than Conv1d, Conv2d "
+                    "or Linear"
+                )
+            plan[name] = "shared" if frozen else "stack"
         elif own:
             return f"{label} holds parameters or buffers and is not one of the path's layers"
-    if not convs:
+    if not convs and not any(isinstance(what, LoraParts) for what in plan.values()):
         return "the model has no Conv1d or Conv2d layer"
-    params = list(model.parameters())
-    if not all(p.requires_grad for p in params):
-        return "it has frozen parameters"
-    if inputs.dim() not in (3, 4):
-        return f"the inputs have shape {tuple(inputs.shape)}, not (N, C, L) or (N, C, H, W)"
-    if inputs.dtype != params[0].dtype:
-        return f"the inputs ({inputs.dtype}) and parameters ({params[0].dtype}) differ in dtype"
+    if not any(what != "shared" for what in plan.values()):
+        return "the model has no trainable parameters"
+    return plan
+
+
+def _has_convs(plan: Plan, model: nn.Module) -> bool:
+    return any(
+        isinstance(model.get_submodule(name), (nn.Conv1d, nn.Conv2d))
+        or (isinstance(what, LoraParts) and not isinstance(what.base, nn.Linear))
+        for name, what in plan.items()
+    )
+
+
+def conv_fast_path_problem(model: nn.Module, inputs: torch.Tensor) -> str | None:
+    """Why ``model`` cannot take the conv fast path (None: it may; the probe of
+    `_ConvEnsemble` still has to agree).
+
+    The path takes models with at least one ``Conv1d``/``Conv2d`` or PEFT LoRA layer,
+    whose layers with parameters or buffers are exactly ``Conv1d``, ``Conv2d`` (zero
+    padding), ``Linear``, ``BatchNorm1d``, ``BatchNorm2d`` or ``GroupNorm`` (trainable,
+    or for the first three frozen alike in every model), PEFT LoRA layers over a frozen
+    Conv1d/Conv2d/Linear (`lora_layers`) and PEFT's ``modules_to_save`` copies; no hooks;
+    inputs ``(N, C, L)`` or ``(N, C, H, W)`` (``(N, F)`` for LoRA on Linear layers only)
+    in the parameters' dtype.
+    """
+    if _global_hooks():
+        return "global module hooks are registered"
+    plan = _layer_plan(model)
+    if isinstance(plan, str):
+        return plan
+    dims = (3, 4) if _has_convs(plan, model) else (2,)
+    if inputs.dim() not in dims:
+        wanted = "(N, C, L) or (N, C, H, W)" if dims != (2,) else "(N, F)"
+        return f"the inputs have shape {tuple(inputs.shape)}, not {wanted}"
+    dtype = next(iter(model.parameters())).dtype
+    if inputs.dtype != dtype:
+        return f"the inputs ({inputs.dtype}) and parameters ({dtype}) differ in dtype"
     return None
+
+
+def _stacked_layer(
+    name: str, what: LoraParts | str, layers: list[nn.Module], rows: StackedRows
+) -> nn.Module:
+    """The stacked layer for the K models' layers ``name`` (see `Plan`)."""
+    if what == "stack":
+        return stack_layer(layers, rows)
+    first = layers[0]
+    if isinstance(what, LoraParts):
+        parts = [lora_parts(layer) for layer in layers]
+        if not all(isinstance(p, LoraParts) for p in parts):
+            raise BatchingUnsupported(f"the reference models' layer {name} differ in kind")
+        frozen = [dict(p.base.named_parameters()) for p in parts]  # type: ignore[union-attr]
+    else:
+        frozen = [dict(layer.named_parameters()) for layer in layers]
+    for other in frozen[1:]:
+        for key, tensor in frozen[0].items():
+            if other[key] is not tensor and not torch.equal(other[key], tensor):
+                raise BatchingUnsupported(
+                    f"the frozen weights of {name} differ between reference models (the "
+                    "factory initialises them per seed), so they cannot be held once"
+                )
+    if isinstance(what, LoraParts):
+        return StackedLora(parts)  # type: ignore[arg-type]
+    assert isinstance(first, nn.Conv1d | nn.Conv2d | nn.Linear)
+    return SharedFrozen(first, len(layers))
 
 
 def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -100,12 +194,15 @@ class _ConvEnsemble:
         self.rows = StackedRows()
         self.template = copy.deepcopy(models[0]).train()
         self.stacked: dict[str, nn.Module] = {}
+        plan = _layer_plan(models[0])
+        if isinstance(plan, str):
+            raise BatchingUnsupported(plan)
         by_model = [dict(m.named_modules()) for m in models]
-        for name, module in models[0].named_modules():
-            if name and type(module) in STACKABLE:
-                stacked = stack_layer([modules[name] for modules in by_model], self.rows)
-                _replace(self.template, name, stacked)
-                self.stacked[name] = stacked
+        for name, what in plan.items():
+            layers = [modules[name] for modules in by_model]
+            stacked = _stacked_layer(name, what, layers, self.rows)
+            _replace(self.template, name, stacked)
+            self.stacked[name] = stacked
         self.params: list[torch.Tensor] = [
             p for layer in self.stacked.values() for p in layer.parameters()
         ]
@@ -136,6 +233,7 @@ class _ConvEnsemble:
         x = self.inputs[:_PROBE_RECORDS]
         k = len(self.models)
         self.template.eval()
+        restore = self._perturb_adapters()
         try:
             stacked = self.template(x.repeat(1, k, *([1] * (x.dim() - 2))))
             wanted = [model.eval()(x) for model in self.models]
@@ -151,9 +249,36 @@ class _ConvEnsemble:
                 f"{str(error).splitlines()[0] if str(error) else ''}"
             ) from error
         finally:
+            restore()
             self.template.train()
             for model in self.models:
                 model.train()
+
+    @torch.no_grad()
+    def _perturb_adapters(self) -> Callable[[], None]:
+        """Give every LoRA ``B`` random values (in the stacked layer and each model alike)
+        for the probe, and return what puts the trained values back: PEFT starts ``B`` at
+        zero, where an adapter branch computed wrongly would agree with the models."""
+        generator = torch.Generator().manual_seed(0)
+        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for name, layer in self.stacked.items():
+            if not isinstance(layer, StackedLora):
+                continue
+            values = layer.perturbed(generator)
+            targets = [
+                adapter_weight(holder, "lora_B", layer.adapter)
+                for holder in (layer, *(m.get_submodule(name) for m in self.models))
+            ]
+            for target, value in zip(targets, [values, *values], strict=True):
+                saved.append((target, target.detach().clone()))
+                target.copy_(value)
+
+        @torch.no_grad()
+        def restore() -> None:
+            for target, value in saved:
+                target.copy_(value)
+
+        return restore
 
     def step(self, plan: _EpochPlan, t: int, epoch: int) -> None:
         """One optimizer step of every model that has a batch at step ``t``."""

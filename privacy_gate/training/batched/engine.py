@@ -28,7 +28,7 @@ from privacy_gate.training.batched.frozen_prefix import (
 from privacy_gate.training.batched.mlp_fast_path import _MLPEnsemble, mlp_fast_path_problem
 from privacy_gate.training.batched.poisson import PoissonStreams, dp_steps_per_epoch
 from privacy_gate.training.batched.schedule import _Order, _plan_epoch, _step_groups
-from privacy_gate.training.batched.shared_weights import share_frozen_weights
+from privacy_gate.training.batched.shared_weights import share_frozen_weights, shared_note
 from privacy_gate.training.batched.vmap_ensemble import _Ensemble
 from privacy_gate.training.data_order import steps_per_epoch
 from privacy_gate.training.dp_sgd import make_dp_compatible
@@ -171,12 +171,9 @@ def train_batched(
         raise BatchingUnsupported(
             f"the models cannot be stacked: {type(error).__name__}: {error}"
         ) from error
-    if notes is not None and isinstance(trainer, _Ensemble) and trainer.shared:
-        held_once = sum(t.numel() for t in trainer.shared.values())
-        notes["shared_frozen_weights"] = (
-            f"{held_once} frozen parameters held once for all {len(models)} models "
-            f"({trainer.flat.shape[1]} trainable per model)"
-        )
+    shared = shared_note(models) if models is full_models else None
+    if notes is not None and shared is not None:
+        notes["shared_frozen_weights"] = shared
     for epoch in range(recipe.epochs):
         if streams is not None:
             plan = streams.epoch(trainer.device)

@@ -87,13 +87,19 @@ def split_state(models: list[nn.Module]) -> EnsembleState:
     return EnsembleState(trainable, constants, shared)
 
 
-def shared_note(state: EnsembleState, n_models: int) -> str | None:
-    """The report's line on frozen weights held once, or None when there are none."""
-    shared = sum(t.numel() for t in state.shared.values())
-    if not shared:
+def shared_note(models: list[nn.Module]) -> str | None:
+    """The report's line on the frozen weights every model holds as one tensor (tied by
+    `share_frozen_weights`), or None when there are none."""
+    first = dict(models[0].named_parameters())
+    others = [dict(m.named_parameters()) for m in models[1:]]
+    held_once = sum(
+        p.numel() for n, p in first.items()
+        if not p.requires_grad and all(other[n] is p for other in others)
+    )  # fmt: skip
+    if not held_once:
         return None
-    trained = sum(t[0].numel() for t in state.trainable.values())
+    trained = sum(p.numel() for p in first.values() if p.requires_grad)
     return (
-        f"{shared} frozen parameters held once for all {n_models} models; "
-        f"{trained} trainable parameters per model"
+        f"{held_once} frozen parameters held once for all {len(models)} models "
+        f"({trained} trainable per model)"
     )

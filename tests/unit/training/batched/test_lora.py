@@ -1,6 +1,7 @@
 """K PEFT LoRA fine-tunes of one pretrained base trained as one batched ensemble: equal
 to K separate PEFT fine-tunes (`train_one`, the plain per-model loop) to float tolerance,
-with the base's weights held once (Linear and Conv2d adapters, plain and DP-SGD)."""
+with the base's weights held once (Linear, Conv1d and Conv2d adapters, plain and DP-SGD),
+on the conv fast path (merged adapters, `lora_layers`) and on the general vmap path."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from torch import nn
 
 from privacy_gate.signals import Task
 from privacy_gate.training.batched import train_batched
+from privacy_gate.training.batched.conv_fast_path import conv_fast_path_problem
+from privacy_gate.training.batched.lora_layers import StackedLora
 from privacy_gate.training.batched.shared_weights import share_frozen_weights, split_state
 from privacy_gate.training.recipe import DPSettings, Loss, Recipe
 from privacy_gate.training.scoring import score_model
@@ -58,6 +61,50 @@ def lora_conv() -> nn.Module:
     return peft.get_peft_model(_pretrained(_Conv()), config)
 
 
+class _Beats(nn.Module):
+    """The fine-tune example's shape in small: convolutions, pooling, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv1d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+            nn.Conv1d(4, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Linear(6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def lora_beats(**config: Any) -> Callable[[], nn.Module]:
+    """LoRA on both convolutions of a pretrained `_Beats`, a new head trained whole."""
+
+    def factory() -> nn.Module:
+        net = _Beats()
+        _pretrained(net.encoder)
+        settings = dict(r=2, lora_alpha=4, target_modules=["encoder.0", "encoder.3"],
+                        modules_to_save=["head"], init_lora_weights="gaussian")  # fmt: skip
+        return peft.get_peft_model(net, peft.LoraConfig(**{**settings, **config}))
+
+    return factory
+
+
+def lora_one_conv() -> nn.Module:
+    """LoRA on the first convolution only: the second stays frozen, held once."""
+    return lora_beats(target_modules=["encoder.0"])()
+
+
+def _sequences() -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, labels = _data(Loss.CROSS_ENTROPY, CLASSES)
+    return inputs.unsqueeze(1), labels  # (N, 1, 6): one channel of length 6
+
+
+def _path(caplog: pytest.LogCaptureFixture) -> str:
+    taken = [r.getMessage() for r in caplog.records if " takes the " in r.getMessage()]
+    assert len(taken) == 1, taken
+    return "conv" if "conv fast path" in taken[0].split(":")[0] else "vmap"
+
+
 def _scores(models: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     return np.stack([score_model(m, inputs, labels, Task.MULTICLASS) for m in models])
 
@@ -66,19 +113,40 @@ def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("factory", [lora_mlp, lora_conv], ids=["linear", "conv"])
+CASES = {  # factory, inputs, the path it takes
+    "linear": (lora_mlp, lambda: _data(Loss.CROSS_ENTROPY, CLASSES), "conv"),
+    "conv2d-vmap": (lora_conv, lambda: _data(Loss.CROSS_ENTROPY, CLASSES), "vmap"),
+    "conv1d": (lora_beats(), _sequences, "conv"),
+    "conv1d-one-frozen": (lora_one_conv, _sequences, "conv"),
+}
+
+
+RUNS = [  # every case as it runs, and those of the conv fast path on the vmap path too
+    pytest.param(case, fast, id=f"{case}-{'fast' if fast else 'vmap'}")
+    for case, (_, _, path) in CASES.items()
+    for fast in ([True, False] if path == "conv" else [True])
+]
+
+
+@pytest.mark.parametrize(("case", "fast_path"), RUNS)
 @pytest.mark.parametrize("dp", [False, True], ids=["plain", "dp-sgd"])
 def test_batched_lora_equals_separate_peft_fine_tunes(
-    factory: Callable[[], nn.Module], dp: bool
+    case: str, fast_path: bool, dp: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
+    factory, data, path = CASES[case]
     recipe = RECIPE
     if dp:
         recipe = Recipe(epochs=2, batch_size=8, learning_rate=0.02,
                         dp=DPSettings(noise_multiplier=0.8, max_grad_norm=0.5))  # fmt: skip
-    inputs, labels = _data(Loss.CROSS_ENTROPY, CLASSES)
+    inputs, labels = data()
     subsets = _subsets()
     notes: dict[str, Any] = {}
-    batched = train_batched(factory, inputs, labels, subsets, recipe, seeds=SEEDS, notes=notes)
+    with caplog.at_level("INFO", logger="privacy_gate.training"):
+        batched = train_batched(
+            factory, inputs, labels, subsets, recipe, seeds=SEEDS, notes=notes,
+            fast_path=fast_path,
+        )  # fmt: skip
+    assert _path(caplog) == (path if fast_path else "vmap")
     separate = [
         train_one(factory, inputs, labels, subset, recipe, seed=seed)
         for subset, seed in zip(subsets, SEEDS, strict=True)
@@ -91,6 +159,9 @@ def test_batched_lora_equals_separate_peft_fine_tunes(
     # The adapters moved (a test of equal untrained weights would prove nothing) ...
     initial = _trainable(init_model(factory, SEEDS[0]))
     after = _trainable(separate[0])
+    for name, p in after.items():
+        if "lora_B" in name:  # PEFT starts B at zero: it must have trained
+            assert float(p.detach().abs().max()) > 1e-3, name
     moved = max(float((p - initial[n]).abs().max().detach()) for n, p in after.items())
     assert moved > 1e-2
     np.testing.assert_allclose(
@@ -98,14 +169,76 @@ def test_batched_lora_equals_separate_peft_fine_tunes(
     )
     # ... and the base is held once: every model's frozen weights are the first's tensors.
     frozen = [{n: p for n, p in m.named_parameters() if not p.requires_grad} for m in batched]
-    for other in frozen[1:]:
-        assert all(other[n].data_ptr() == p.data_ptr() for n, p in frozen[0].items())
-    held_once = sum(p.numel() for p in frozen[0].values())
+    held_once = 0
+    for name, p in frozen[0].items():
+        if "original_module" in name:  # the head PEFT keeps beside the trained copy
+            continue
+        assert all(other[name].data_ptr() == p.data_ptr() for other in frozen[1:]), name
+        held_once += p.numel()
+    held_once += sum(p.numel() for n, p in frozen[0].items()
+                     if "original_module" in n and all(o[n] is p for o in frozen[1:]))  # fmt: skip
     trained = sum(p.numel() for p in _trainable(batched[0]).values())
     assert notes["shared_frozen_weights"] == (
         f"{held_once} frozen parameters held once for all {len(SEEDS)} models "
         f"({trained} trainable per model)"
     )
+
+
+def _conv_reason(factory: Callable[[], nn.Module]) -> str | None:
+    inputs, _ = _sequences()
+    return conv_fast_path_problem(init_model(factory, 0), inputs)
+
+
+def test_lora_the_merge_cannot_compute_takes_the_vmap_path_with_the_reason() -> None:
+    assert _conv_reason(lora_beats()) is None
+    assert "LoRA dropout acts on the adapters' input only" in str(
+        _conv_reason(lora_beats(lora_dropout=0.1))
+    )
+    assert "LoRA variant" in str(_conv_reason(lora_beats(use_dora=True)))
+    with_bias = _conv_reason(lora_beats(lora_bias=True, init_lora_weights=True))
+    assert "not PEFT's (A with the base's geometry, B pointwise, no bias)" in str(with_bias)
+    disabled = init_model(lora_beats(), 0)
+    with disabled.disable_adapter():
+        assert "disabled or merged" in str(conv_fast_path_problem(disabled, _sequences()[0]))
+
+
+def test_a_frozen_base_that_differs_between_models_is_not_merged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A factory that initialises the base per seed: no base to hold once, so the
+    general path trains the models (each with its own frozen weights), with the reason."""
+
+    def per_seed_base() -> nn.Module:
+        config = peft.LoraConfig(r=2, target_modules=["encoder.0", "encoder.3"])
+        return peft.get_peft_model(_Beats(), config)
+
+    inputs, labels = _sequences()
+    with caplog.at_level("INFO", logger="privacy_gate.training"):
+        batched = train_batched(per_seed_base, inputs, labels, _subsets(), RECIPE, seeds=SEEDS)
+    assert _path(caplog) == "vmap"
+    assert "the frozen weights of base_model.model.encoder.0 differ between reference" in (
+        caplog.text
+    )
+    separate = train_one(per_seed_base, inputs, labels, _subsets()[1], RECIPE, seed=SEEDS[1])
+    for name, p in _trainable(separate).items():
+        torch.testing.assert_close(_trainable(batched[1])[name], p, rtol=1e-4, atol=1e-5)
+
+
+def test_the_probe_sees_an_adapter_branch_computed_wrongly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PEFT starts every B at zero, where the adapter branch adds nothing: the probe gives
+    B random values, so a merge that dropped the branch would be refused, not trained."""
+    monkeypatch.setattr(StackedLora, "merged_weight", lambda self: self.base.weight.unsqueeze(0)
+                        .expand(self.models, *self.base.weight.shape))  # fmt: skip
+    inputs, labels = _sequences()
+    with caplog.at_level("INFO", logger="privacy_gate.training"):
+        train_batched(lora_beats(), inputs, labels, _subsets(), RECIPE, seeds=SEEDS)
+    assert _path(caplog) == "vmap"
+    assert "the conv fast path's probe found" in caplog.text
+    # The probe put the trained values back: every model's B is PEFT's zero start.
+    model = init_model(lora_beats(), SEEDS[0])
+    assert all(float(p.abs().max()) == 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
 def test_frozen_weights_are_tied_only_where_equal() -> None:
