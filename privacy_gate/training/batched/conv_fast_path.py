@@ -23,7 +23,9 @@ from privacy_gate.training.batched.conv_layers import (
     STACKABLE,
     StackedBatchNorm,
     StackedRows,
+    WindowMax1d,
     stack_layer,
+    window_max_kernel,
 )
 from privacy_gate.training.batched.eligibility import (
     BatchingUnsupported,
@@ -50,8 +52,9 @@ _PROBE_RECORDS = 4
 
 
 Plan = dict[str, "LoraParts | str"]
-"""Per layer the conv fast path stacks (by name): ``"stack"`` (its parameters train per
-model), ``"shared"`` (frozen, held once) or a PEFT LoRA layer's `LoraParts`."""
+"""Per layer the conv fast path replaces (by name): ``"stack"`` (its parameters train per
+model), ``"shared"`` (frozen, held once), ``"window-max"`` (a tiling ``MaxPool1d``,
+`WindowMax1d`) or a PEFT LoRA layer's `LoraParts`."""
 
 
 def _layer_plan(model: nn.Module) -> Plan | str:
@@ -85,7 +88,9 @@ def _layer_plan(model: nn.Module) -> Plan | str:
                        if key != active]  # fmt: skip
             continue
         own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-        if type(module) in STACKABLE:
+        if window_max_kernel(module) is not None:
+            plan[name] = "window-max"
+        elif type(module) in STACKABLE:
             if isinstance(module, (nn.Conv1d, nn.Conv2d)):
                 if module.padding_mode != "zeros":
                     return f"{label} pads with {module.padding_mode!r}"
@@ -102,7 +107,7 @@ def _layer_plan(model: nn.Module) -> Plan | str:
             return f"{label} holds parameters or buffers and is not one of the path's layers"
     if not convs and not any(isinstance(what, LoraParts) for what in plan.values()):
         return "the model has no Conv1d or Conv2d layer"
-    if not any(what != "shared" for what in plan.values()):
+    if not any(what == "stack" or isinstance(what, LoraParts) for what in plan.values()):
         return "the model has no trainable parameters"
     return plan
 
@@ -149,6 +154,10 @@ def _stacked_layer(
     if what == "stack":
         return stack_layer(layers, rows)
     first = layers[0]
+    if what == "window-max":
+        kernel = window_max_kernel(first)
+        assert kernel is not None
+        return WindowMax1d(kernel)
     if isinstance(what, LoraParts):
         parts = [lora_parts(layer) for layer in layers]
         if not all(isinstance(p, LoraParts) for p in parts):

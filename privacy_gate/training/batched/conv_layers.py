@@ -201,6 +201,46 @@ class StackedGroupNorm(nn.Module):
         _copy_row(layer, "bias", self.bias, k)
 
 
+class WindowMax1d(nn.Module):
+    """``MaxPool1d`` whose windows tile the input (kernel = stride, no padding, no
+    dilation), as a max over a view of the windows: the same values, and the gradient
+    goes to the first maximum of each window, as with ``max_pool1d``. On the CPU the
+    pooling kernel that also returns the indices autograd needs takes several times
+    longer than this view's max (benchmarks/bench_lora.py's profile: a fifth of a step)."""
+
+    def __init__(self, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[-1] // self.kernel * self.kernel
+        windows = x[..., :length].reshape(*x.shape[:-1], -1, self.kernel)
+        return windows.max(dim=-1).values
+
+    def export(self, layer: nn.Module, k: int) -> None:
+        """Nothing to copy: pooling holds no weights."""
+
+
+def _single(value: object) -> int | None:
+    """A pooling argument as one int (``2`` or ``(2,)``), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, tuple) and len(value) == 1:
+        return _single(value[0])
+    return None
+
+
+def window_max_kernel(layer: nn.Module) -> int | None:
+    """The kernel of a ``MaxPool1d`` that `WindowMax1d` computes alike, else None."""
+    if type(layer) is not nn.MaxPool1d:
+        return None
+    assert isinstance(layer, nn.MaxPool1d)
+    kernel, stride = _single(layer.kernel_size), _single(layer.stride)
+    tiles = kernel is not None and stride == kernel and _single(layer.padding) == 0
+    plain = _single(layer.dilation) == 1 and not layer.ceil_mode and not layer.return_indices
+    return kernel if tiles and plain else None
+
+
 STACKABLE: tuple[type[nn.Module], ...] = (
     nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm
 )  # fmt: skip

@@ -8,11 +8,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
 from privacy_gate.training.batched import train_batched
 from privacy_gate.training.batched.conv_fast_path import conv_fast_path_problem
+from privacy_gate.training.batched.conv_layers import WindowMax1d, window_max_kernel
 from privacy_gate.training.recipe import Loss, Optimizer, Recipe
 from privacy_gate.training.sequential import init_model, train_one
 
@@ -22,7 +24,8 @@ SEEDS = (31, 32, 33, 34)
 
 
 class _Residual1d(nn.Module):
-    """Grouped, strided and dilated convs, GroupNorm, a residual addition, pooling."""
+    """Grouped, strided and dilated convs, GroupNorm, a residual addition, pooling (a
+    tiling MaxPool1d that leaves one step over, an adaptive one)."""
 
     def __init__(self, outputs: int) -> None:
         super().__init__()
@@ -30,13 +33,14 @@ class _Residual1d(nn.Module):
         self.norm = nn.GroupNorm(2, 8)
         self.grouped = nn.Conv1d(8, 8, 3, padding="same", groups=4, bias=False)
         self.dilated = nn.Conv1d(8, 8, 3, padding=2, dilation=2)
-        self.down = nn.Conv1d(8, 4, 3, stride=2)
+        self.tile = nn.MaxPool1d(3)
+        self.down = nn.Conv1d(8, 4, 3)
         self.pool = nn.AdaptiveMaxPool1d(3)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(12, 10), nn.GELU(),
                                   nn.Linear(10, outputs))  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.norm(self.stem(x)))
+        h = self.tile(torch.relu(self.norm(self.stem(x))))
         h = h + torch.tanh(self.dilated(torch.relu(self.grouped(h))))
         return self.head(self.pool(self.down(h)))
 
@@ -115,6 +119,30 @@ def test_conv_fast_path_equals_vmap_path_and_train_one(
                 torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5,
                                            msg=f"{path} model {k}: {name}")  # fmt: skip
         assert max(float((want[n] - initial[n]).abs().max()) for n in want) > 1e-3
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_window_max_equals_max_pool_values_and_gradients_ties_included(kernel: int) -> None:
+    """Integers tie often: max_pool1d's gradient goes to each window's first maximum."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randint(-2, 3, (4, 6, 17), generator=generator).double()
+    weights = torch.randn(4, 6, 17 // kernel, generator=generator, dtype=torch.float64)
+    mine, theirs = values.clone().requires_grad_(), values.clone().requires_grad_()
+    pooled = WindowMax1d(kernel)(mine)
+    (pooled * weights).sum().backward()
+    (F.max_pool1d(theirs, kernel) * weights).sum().backward()
+    assert torch.equal(pooled, F.max_pool1d(values, kernel))
+    assert torch.equal(mine.grad, theirs.grad)  # type: ignore[arg-type]
+    assert window_max_kernel(nn.MaxPool1d(kernel)) == kernel
+
+
+def test_only_tiling_max_pools_are_replaced() -> None:
+    assert window_max_kernel(nn.MaxPool1d(2, stride=(2,))) == 2
+    others = [nn.MaxPool1d(3, stride=1), nn.MaxPool1d(2, padding=1), nn.MaxPool1d(2, dilation=2),
+              nn.MaxPool1d(2, ceil_mode=True), nn.MaxPool1d(2, return_indices=True),
+              nn.MaxPool2d(2), nn.AvgPool1d(2)]  # fmt: skip
+    for other in others:
+        assert window_max_kernel(other) is None, other
 
 
 class _MixesChannels(nn.Module):
