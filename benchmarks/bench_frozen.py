@@ -8,6 +8,7 @@ trains on half the pool for 10 epochs, batch 128, Adam lr 1e-3.
 
     .venv/bin/python benchmarks/bench_frozen.py                 # K = 64
     .venv/bin/python benchmarks/bench_frozen.py --models 16 --repeat 3
+    .venv/bin/python benchmarks/bench_frozen.py --example --device cuda   # on a GPU
 
 ``--example`` takes the fine-tune example's model and data instead
 (examples/finetune: the pretrained ECG conv encoder frozen, a new two-layer head; the
@@ -60,13 +61,21 @@ class FineTune(nn.Module):
         return self.head(self.trunk(x))
 
 
+def _synchronise(device: torch.device) -> None:
+    """Wait for queued GPU work, so the clock measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--example", action="store_true", help="the fine-tune example's model")
+    parser.add_argument("--device", default="cpu", help="where the models train (cpu, cuda)")
     args = parser.parse_args()
+    device = torch.device(args.device)
     factory: Callable[[], nn.Module] = FineTune
     if args.example:
         from examples.finetune.data import load_finetune_pool
@@ -91,18 +100,25 @@ def main() -> None:
         for _ in range(args.repeat):
             started = time.perf_counter()
             train_batched(factory, inputs, labels, subsets, recipe, seeds=seeds,
-                          frozen_trunk=cached)  # fmt: skip
+                          frozen_trunk=cached, device=device)  # fmt: skip
+            _synchronise(device)
             runs.append(time.perf_counter() - started)
         return statistics.median(runs)
 
-    split = split_frozen_prefix(factory(), inputs)
+    split = split_frozen_prefix(factory().to(device), inputs[:8].to(device))
     assert not isinstance(split, str), split
+    on_device = inputs.to(device)
+    _synchronise(device)
     started = time.perf_counter()
-    frozen_features(split, inputs)
+    frozen_features(split, on_device)
+    _synchronise(device)
     trunk_s = time.perf_counter() - started
     cached_s, whole_s = timed(True), timed(False)
-    print(f"K = {args.models}, {args.epochs} epochs, {n_records:,} records, "
-          f"{torch.get_num_threads()} threads, median of {args.repeat}")  # fmt: skip
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"{torch.get_num_threads()} CPU threads"
+    )  # fmt: skip
+    print(f"K = {args.models}, {args.epochs} epochs, {n_records:,} records, {where}, "
+          f"median of {args.repeat}")  # fmt: skip
     print(f"{'path':<44}{'seconds':>9}{'speed-up':>10}")
     print(f"{'whole networks, batched (before)':<44}{whole_s:>9.2f}{1.0:>9.1f}x")
     print(f"{'frozen trunk computed once, heads batched':<44}{cached_s:>9.2f}"

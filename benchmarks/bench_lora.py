@@ -14,6 +14,7 @@ process's before training.
 
     .venv/bin/python benchmarks/bench_lora.py               # K = 16 and 64, 10 epochs, 2 rounds
     .venv/bin/python benchmarks/bench_lora.py --models 16 --epochs 1 --rounds 1
+    .venv/bin/python benchmarks/bench_lora.py --device cuda --rounds 1     # on a GPU
 """
 
 from __future__ import annotations
@@ -54,7 +55,13 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(models: int, epochs: int) -> dict[str, Any]:
+def _synchronise(device: torch.device) -> None:
+    """Wait for queued GPU work, so the clock measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(models: int, epochs: int, device: torch.device) -> dict[str, Any]:
     """One batched run (in this process): seconds, peak RSS growth, the engine's note."""
     inputs, labels, subsets, seeds = _problem(models)
     recipe = Recipe(epochs=epochs, batch_size=32, learning_rate=3e-3)
@@ -62,26 +69,31 @@ def measure(models: int, epochs: int) -> dict[str, Any]:
     before = _rss_mib()
     notes: dict[str, Any] = {}
     started = time.perf_counter()
-    train_batched(lora_model, inputs, labels, subsets, recipe, seeds=seeds, notes=notes)
+    train_batched(
+        lora_model, inputs, labels, subsets, recipe, seeds=seeds, notes=notes, device=device
+    )
+    _synchronise(device)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "peak_mib": _rss_mib() - before, "note": notes}
 
 
-def sequential(models: int, epochs: int) -> float:
+def sequential(models: int, epochs: int, device: torch.device) -> float:
     """Seconds per separate PEFT fine-tune (the median of ``models`` runs)."""
     inputs, labels, subsets, seeds = _problem(models)
     recipe = Recipe(epochs=epochs, batch_size=32, learning_rate=3e-3)
     runs = []
     for subset, seed in zip(subsets, seeds, strict=True):
         started = time.perf_counter()
-        train_one(lora_model, inputs, labels, subset, recipe, seed=seed)
+        train_one(lora_model, inputs, labels, subset, recipe, seed=seed, device=device)
+        _synchronise(device)
         runs.append(time.perf_counter() - started)
     return float(np.median(runs))
 
 
-def _batched_child(k: int, epochs: int) -> dict[str, Any]:
+def _batched_child(k: int, epochs: int, device: torch.device) -> dict[str, Any]:
     child = subprocess.run(
-        [sys.executable, __file__, "--one", str(k), "--epochs", str(epochs)],
+        [sys.executable, __file__, "--one", str(k), "--epochs", str(epochs),
+         "--device", str(device)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     result: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
@@ -94,15 +106,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--sequential-models", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where the models train (cpu, cuda)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
+    device = torch.device(args.device)
     if args.one is not None:
-        print(json.dumps(measure(args.one, args.epochs)))
+        print(json.dumps(measure(args.one, args.epochs, device)))
         return
     base = lora_model()
     frozen = sum(p.numel() for p in base.parameters() if not p.requires_grad)
     trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
-    print(f"{args.epochs} epochs, 750 beats per model, {torch.get_num_threads()} threads; "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"{torch.get_num_threads()} CPU threads"
+    )  # fmt: skip
+    print(f"{args.epochs} epochs, 750 beats per model, {where}; "
           f"the base: {frozen:,} frozen values, {trainable:,} trainable per model; "
           f"{args.rounds} rounds")  # fmt: skip
     print(f"{'round':>5}{'K':>4}{'seq s/model':>13}{'sequential s':>14}{'batched s':>11}"
@@ -111,9 +128,9 @@ def main() -> None:
     note = ""
     for round_ in range(1, args.rounds + 1):
         for k in args.models:
-            before = sequential(args.sequential_models, args.epochs)
-            result = _batched_child(k, args.epochs)
-            after = sequential(args.sequential_models, args.epochs)
+            before = sequential(args.sequential_models, args.epochs, device)
+            result = _batched_child(k, args.epochs, device)
+            after = sequential(args.sequential_models, args.epochs, device)
             per_model = min(before, after)  # the faster neighbour: never flattering
             total = per_model * k
             ratios[k].append(total / result["seconds"])

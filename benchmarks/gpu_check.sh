@@ -4,7 +4,9 @@
 # 2. the GPU goal: K=64 reference models of a small 2D ResNet on 64x64 images against 8
 #    sequential trainings (ratios printed; > 8x means the ensemble beats 8 sequential);
 # 3. the examples' CNNs at K=16 on CUDA;
-# 4. the callback under DDP, one rank per GPU (when there are two or more), against one
+# 4. the fine-tunes (issue 28): the frozen trunk computed once at K=64, and batched LoRA
+#    at K=16 and 64 against K sequential PEFT fine-tunes, on the fine-tune example's model;
+# 5. the callback under DDP, one rank per GPU (when there are two or more), against one
 #    process: the audit's seconds with the reference models split across the ranks.
 # Usage: bash benchmarks/gpu_check.sh   (after scripts/setup.sh all,dev with a CUDA torch)
 set -euo pipefail
@@ -18,6 +20,9 @@ echo "== K=64 small ResNet, 64x64 images (goal: faster than 8 sequential trainin
 "$py" benchmarks/bench_conv.py --device cuda --models 64 --sequential 8 --only images64
 echo "== the examples' CNNs, K=16"
 "$py" benchmarks/bench_conv.py --device cuda --models 16 --sequential 4
+echo "== fine-tunes: frozen trunk at K=64; batched LoRA at K=16 and 64"
+"$py" benchmarks/bench_frozen.py --example --device cuda
+"$py" benchmarks/bench_lora.py --device cuda --rounds 1
 gpus=$("$py" -c "import torch; print(torch.cuda.device_count())")
 if [ "$gpus" -ge 2 ]; then
     echo "== the callback under DDP: $gpus ranks (one per GPU) vs one process, K=64"

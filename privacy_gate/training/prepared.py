@@ -62,12 +62,21 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
 
 
 def model_identity(factory: ModelFactory, model: nn.Module) -> dict[str, Any]:
-    """Name and architecture (parameter names and shapes) of the factory's ``model``."""
+    """Name and architecture (parameter names and shapes) of the factory's ``model``.
+
+    The name is the user's factory's: through ``functools.partial`` and through wrappers
+    that name what they wrap in ``__wrapped__`` (as ``functools.wraps`` does), such as an
+    integration's adapter around the user's function."""
     target: Any = factory
     keywords: dict[str, Any] = {}
-    while isinstance(target, functools.partial):
-        keywords = {**target.keywords, **keywords}
-        target = target.func
+    while True:
+        if callable(getattr(target, "__wrapped__", None)):  # first: a partial may name one
+            target = target.__wrapped__
+        elif isinstance(target, functools.partial):
+            keywords = {**target.keywords, **keywords}
+            target = target.func
+        else:
+            break
     name = getattr(target, "__qualname__", None) or type(target).__qualname__
     module = getattr(target, "__module__", None) or type(target).__module__
     return {

@@ -176,6 +176,7 @@ def test_default_arguments_train_a_trainer_per_model_and_log_into_the_trainers_r
         training.fallback_reason == "lr_scheduler_type='linear' changes the learning rate per step"
     )
     assert training.extra["trainer"]["reference_models_trained_by"] == "trainer"
+    assert training.model.endswith(":train.<locals>.<lambda>")  # the model_init, by name
     # Every weight of this factory is pretrained (no new head): all of it is the start.
     start = weights_sha256(LogitsModel(TinyClassifier.from_pretrained(pretrained), "x"))
     assert training.extra["starting_point"]["sha256"] == start
@@ -310,6 +311,10 @@ def test_a_lora_fine_tune_is_audited_with_its_adapters(
     assert callback.outcome_ is not None and callback.outcome_.path == "recipe"
     report = callback.outcome_.result.report
     assert report.audit.model_sha256 == weights_sha256(LogitsModel(trainer.model, "x"))
+    assert report.audit.training is not None  # the report names the user's factory
+    assert report.audit.training.model.endswith(
+        ":test_a_lora_fine_tune_is_audited_with_its_adapters.<locals>.lora"
+    )
     trained = trainer.model.state_dict()
     start = TinyClassifier.from_pretrained(pretrained).state_dict()
     frozen = [name for name in trained if name.endswith("net.0.base_layer.weight")]

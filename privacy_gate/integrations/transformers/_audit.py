@@ -4,8 +4,8 @@ MLflow run, and the verdict as an `Outcome`."""
 
 from __future__ import annotations
 
-import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +69,15 @@ class Outcome:
         )
 
 
-def _wrapped(factory: Any, key: str) -> nn.Module:
-    return LogitsModel(factory(), key)
+class _LogitsFactory:
+    """The user's factory, its model wrapped to return logits; ``__wrapped__`` names the
+    user's factory in the report (`model_identity`), not this adapter."""
+
+    def __init__(self, factory: Callable[[], nn.Module], key: str) -> None:
+        self.__wrapped__, self.key = factory, key
+
+    def __call__(self) -> nn.Module:
+        return LogitsModel(self.__wrapped__(), self.key)
 
 
 def run_fit_audit(
@@ -113,7 +120,7 @@ def run_fit_audit(
         type(model).__name__, settings.reference_models, data.n_records, out,
     )  # fmt: skip
     result = run_audit(
-        functools.partial(_wrapped, prepared.factory, key),
+        _LogitsFactory(prepared.factory, key),
         data,
         recipe=prepared.recipe,
         config=settings.config,

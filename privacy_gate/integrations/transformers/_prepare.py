@@ -77,7 +77,9 @@ def fresh_model_factory(trainer: Any, settings: HFAuditSettings) -> Callable[[],
     if settings.factory is not None:
         factory, name = settings.factory, "factory"
     elif getattr(trainer, "model_init", None) is not None:
-        factory, name = functools.partial(_call_model_init, trainer), "the Trainer's model_init"
+        init = functools.partial(_call_model_init, trainer)
+        init.__wrapped__ = trainer.model_init  # type: ignore[attr-defined]  # the report's name
+        factory, name = init, "the Trainer's model_init"
     else:
         raise ConfigError(
             f"The 'factory' parameter of {OWNER} must be given when the Trainer has no "
