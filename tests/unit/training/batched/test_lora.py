@@ -56,9 +56,17 @@ class _Conv(nn.Module):
         return self.head(torch.relu(self.conv(x.view(-1, 1, 2, 3))).flatten(1))
 
 
-def lora_conv() -> nn.Module:
+class _Image(_Conv):
+    """`_Conv` on ``(N, 1, 2, 3)`` images: no reshape by channel count in the forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+
+
+def lora_conv(images: bool = False) -> nn.Module:
+    """LoRA on a Conv2d and on the Linear head (no modules_to_save)."""
     config = peft.LoraConfig(r=2, target_modules=["conv", "head"], init_lora_weights="gaussian")
-    return peft.get_peft_model(_pretrained(_Conv()), config)
+    return peft.get_peft_model(_pretrained(_Image() if images else _Conv()), config)
 
 
 class _Beats(nn.Module):
@@ -99,6 +107,11 @@ def _sequences() -> tuple[torch.Tensor, torch.Tensor]:
     return inputs.unsqueeze(1), labels  # (N, 1, 6): one channel of length 6
 
 
+def _images() -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, labels = _data(Loss.CROSS_ENTROPY, CLASSES)
+    return inputs.view(-1, 1, 2, 3), labels  # (N, 1, 2, 3): the conv fast path takes it
+
+
 def _path(caplog: pytest.LogCaptureFixture) -> str:
     taken = [r.getMessage() for r in caplog.records if " takes the " in r.getMessage()]
     assert len(taken) == 1, taken
@@ -115,7 +128,8 @@ def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
 
 CASES = {  # factory, inputs, the path it takes
     "linear": (lora_mlp, lambda: _data(Loss.CROSS_ENTROPY, CLASSES), "conv"),
-    "conv2d-vmap": (lora_conv, lambda: _data(Loss.CROSS_ENTROPY, CLASSES), "vmap"),
+    "conv2d-reshaping-forward": (lora_conv, lambda: _data(Loss.CROSS_ENTROPY, CLASSES), "vmap"),
+    "conv2d": (lambda: lora_conv(images=True), lambda: _images(), "conv"),
     "conv1d": (lora_beats(), _sequences, "conv"),
     "conv1d-one-frozen": (lora_one_conv, _sequences, "conv"),
 }
