@@ -105,11 +105,30 @@ def _layer_plan(model: nn.Module) -> Plan | str:
             plan[name] = "shared" if frozen else "stack"
         elif own:
             return f"{label} holds parameters or buffers and is not one of the path's layers"
+    trained = _trained_names(model, plan)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and name not in trained:
+            return (
+                f"the parameter {name!r} trains but the forward does not use it (an inactive "
+                "adapter or module copy)"
+            )
     if not convs and not any(isinstance(what, LoraParts) for what in plan.values()):
         return "the model has no Conv1d or Conv2d layer"
     if not any(what == "stack" or isinstance(what, LoraParts) for what in plan.values()):
         return "the model has no trainable parameters"
     return plan
+
+
+def _trained_names(model: nn.Module, plan: Plan) -> set[str]:
+    """The names of the parameters the stacked layers train (as ``model`` names them)."""
+    names: set[str] = set()
+    for name, what in plan.items():
+        prefix = f"{name}." if name else ""
+        if isinstance(what, LoraParts):
+            names |= {f"{prefix}{side}.{what.adapter}.weight" for side in ("lora_A", "lora_B")}
+        else:
+            names |= {f"{prefix}{p}" for p, _ in model.get_submodule(name).named_parameters()}
+    return names
 
 
 def _has_convs(plan: Plan, model: nn.Module) -> bool:
@@ -147,10 +166,20 @@ def conv_fast_path_problem(model: nn.Module, inputs: torch.Tensor) -> str | None
     return None
 
 
+def _shape(layer: nn.Module) -> tuple[int, ...]:
+    return tuple(next(iter(layer.parameters())).shape)
+
+
 def _stacked_layer(
     name: str, what: LoraParts | str, layers: list[nn.Module], rows: StackedRows
 ) -> nn.Module:
     """The stacked layer for the K models' layers ``name`` (see `Plan`)."""
+    trains = [[p.requires_grad for p in layer.parameters()] for layer in layers]
+    if any(flags != trains[0] for flags in trains[1:]):
+        raise BatchingUnsupported(
+            f"the reference models' layer {name} trains different parameters (the factory "
+            "freezes them per seed)"
+        )
     if what == "stack":
         return stack_layer(layers, rows)
     first = layers[0]
@@ -162,6 +191,15 @@ def _stacked_layer(
         parts = [lora_parts(layer) for layer in layers]
         if not all(isinstance(p, LoraParts) for p in parts):
             raise BatchingUnsupported(f"the reference models' layer {name} differ in kind")
+        shapes = {
+            (p.adapter, p.scaling, _shape(p.a), _shape(p.b))
+            for p in parts
+            if isinstance(p, LoraParts)
+        }
+        if len(shapes) > 1:
+            raise BatchingUnsupported(
+                f"the reference models' LoRA layer {name} differs in adapter, scaling or rank"
+            )
         frozen = [dict(p.base.named_parameters()) for p in parts]  # type: ignore[union-attr]
     else:
         frozen = [dict(layer.named_parameters()) for layer in layers]

@@ -16,8 +16,10 @@ from torch import nn
 
 from privacy_gate.signals import Task
 from privacy_gate.training.batched import train_batched
-from privacy_gate.training.batched.conv_fast_path import conv_fast_path_problem
-from privacy_gate.training.batched.lora_layers import StackedLora
+from privacy_gate.training.batched.conv_fast_path import _stacked_layer, conv_fast_path_problem
+from privacy_gate.training.batched.conv_layers import StackedRows
+from privacy_gate.training.batched.eligibility import BatchingUnsupported
+from privacy_gate.training.batched.lora_layers import LoraParts, StackedLora, lora_parts
 from privacy_gate.training.batched.shared_weights import share_frozen_weights, split_state
 from privacy_gate.training.recipe import DPSettings, Loss, Recipe
 from privacy_gate.training.scoring import score_model
@@ -283,3 +285,33 @@ def test_frozen_weights_that_differ_are_stacked_per_model() -> None:
     state = split_state(models)
     assert not state.shared and state.constants["0.weight"].shape == (2, 3, 3)
     torch.testing.assert_close(state.constants["0.weight"][1], models[1][0].weight)
+
+
+def test_a_trainable_adapter_the_forward_never_uses_is_refused() -> None:
+    """An inactive adapter left trainable gets no gradient; DP-SGD would still noise it."""
+    model = init_model(lora_beats(), 0)
+    model.add_adapter("other", peft.LoraConfig(r=2, target_modules=["encoder.0"]))
+    model.set_adapter("default")
+    for name, p in model.named_parameters():
+        if ".other." in name:
+            p.requires_grad_(True)
+    reason = conv_fast_path_problem(model, _sequences()[0])
+    assert "lora_A.other.weight' trains but the forward does not use it" in str(reason)
+
+
+def test_models_whose_layers_differ_are_refused_not_stacked() -> None:
+    """Ranks, or which parameters train, that differ between the K models: the fast path
+    refuses (BatchingUnsupported), so the general path decides."""
+    name = "base_model.model.encoder.0"
+    ranks = [init_model(lora_beats(r=r), 0).get_submodule(name) for r in (2, 3)]
+    plan = [lora_parts(layer) for layer in ranks]
+    assert isinstance(plan[0], LoraParts)
+    with pytest.raises(BatchingUnsupported, match="differs in adapter, scaling or rank"):
+        _stacked_layer(name, plan[0], ranks, StackedRows())
+    heads = [
+        init_model(lora_beats(), seed).get_submodule("base_model.model.head") for seed in (0, 1)
+    ]
+    copies = [head.modules_to_save["default"] for head in heads]
+    copies[1].bias.requires_grad_(False)
+    with pytest.raises(BatchingUnsupported, match="trains different parameters"):
+        _stacked_layer("head", "stack", copies, StackedRows())
