@@ -3,6 +3,7 @@ is an error naming the field (exit 2 from the CLI), and CUDA cases skip cleanly 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,55 @@ def test_batched_on_cuda_equals_train_one_on_cuda(fast_path: bool) -> None:
                 assert torch.equal(got, value), name
             else:
                 torch.testing.assert_close(got, value, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def _lora_conv() -> nn.Module:
+    """A pretrained conv (the same weights at every seed) with LoRA adapters, a new head."""
+    peft = pytest.importorskip("peft")
+    net = nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+                        nn.Flatten(), nn.Linear(16, 3))  # fmt: skip
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in net[0].parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    config = peft.LoraConfig(r=2, target_modules=["0"], modules_to_save=["4"],
+                             init_lora_weights="gaussian")  # fmt: skip
+    return peft.get_peft_model(net, config)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def _full_float32() -> Iterator[None]:
+    """TF32 off for the comparison: with it, cuDNN rounds the merged LoRA weight
+    ``W + s * B @ A`` as a whole and PEFT's three convolutions separately, each about 1e-3
+    from float64, so the two would not agree to the tolerance below."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (benchmarks/gpu_check.sh runs this)")
+@pytest.mark.usefixtures("_full_float32")
+@pytest.mark.parametrize("fast_path", [True, False], ids=["conv-path", "vmap-path"])
+def test_batched_lora_on_cuda_equals_peft_fine_tunes_on_cuda(fast_path: bool) -> None:
+    _lora_equivalence(torch.device("cuda"), fast_path)
+
+
+def _lora_equivalence(device: torch.device, fast_path: bool) -> None:
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(64, 1, 8, generator=generator)
+    labels = torch.randint(0, 3, (64,), generator=generator)
+    rng = np.random.default_rng(0)
+    subsets = [np.sort(rng.choice(64, size, replace=False)) for size in (20, 30, 14)]
+    recipe = Recipe(epochs=2, batch_size=8, learning_rate=0.01)
+    models = train_batched(_lora_conv, inputs, labels, subsets, recipe, seeds=(1, 2, 3),
+                           fast_path=fast_path, device=device)  # fmt: skip
+    for k, seed in enumerate((1, 2, 3)):
+        want = train_one(_lora_conv, inputs, labels, subsets[k], recipe, seed=seed, device=device)
+        assert next(models[k].parameters()).device.type == device.type
+        got = dict(models[k].named_parameters())
+        trained = [n for n, p in want.named_parameters() if p.requires_grad]
+        assert any("lora_B" in n for n in trained)
+        for name in trained:
+            torch.testing.assert_close(got[name], dict(want.named_parameters())[name],
+                                       rtol=1e-3, atol=1e-4, msg=name)  # fmt: skip
