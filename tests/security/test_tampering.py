@@ -227,6 +227,8 @@ def test_a_slow_upload_cannot_finish_over_a_model_registered_meanwhile(guarded: 
     gated = guarded
     torch.manual_seed(5)
     model = torch.nn.Linear(4, 2)
+    mlflow.set_tracking_uri(gated.server.tracking_uri)  # the suite resets it after each test
+    mlflow.set_registry_uri(gated.server.tracking_uri)
     mlflow.set_experiment("slow-upload")
     with mlflow.start_run() as run:
         info = log_pt2(model)
