@@ -61,7 +61,6 @@ def _layer_plan(model: nn.Module) -> Plan | str:
     """What the path does with each of ``model``'s layers, or why it cannot take it."""
     plan: Plan = {}
     unused: list[str] = []  # subtrees the forward never reaches or the plan covers whole
-    convs = 0
     for name, module in model.named_modules():
         if any(name == prefix or name.startswith(f"{prefix}.") for prefix in unused):
             continue
@@ -76,7 +75,6 @@ def _layer_plan(model: nn.Module) -> Plan | str:
                 return f"{label} has hooks inside"
             plan[name] = parts
             unused.append(name)  # its inner layers: the merge covers them
-            convs += not isinstance(parts.base, nn.Linear)
             continue
         uses_copy = active_copy_wrapper(module)
         if uses_copy is False:
@@ -91,10 +89,8 @@ def _layer_plan(model: nn.Module) -> Plan | str:
         if window_max_kernel(module) is not None:
             plan[name] = "window-max"
         elif type(module) in STACKABLE:
-            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-                if module.padding_mode != "zeros":
-                    return f"{label} pads with {module.padding_mode!r}"
-                convs += 1
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.padding_mode != "zeros":
+                return f"{label} pads with {module.padding_mode!r}"
             weights = list(module.parameters(recurse=False))
             frozen = [p for p in weights if not p.requires_grad]
             if frozen and (len(frozen) != len(weights) or type(module) not in SHAREABLE):
@@ -112,7 +108,7 @@ def _layer_plan(model: nn.Module) -> Plan | str:
                 f"the parameter {name!r} trains but the forward does not use it (an inactive "
                 "adapter or module copy)"
             )
-    if not convs and not any(isinstance(what, LoraParts) for what in plan.values()):
+    if not _has_convs(plan, model) and not any(isinstance(w, LoraParts) for w in plan.values()):
         return "the model has no Conv1d or Conv2d layer"
     if not any(what == "stack" or isinstance(what, LoraParts) for what in plan.values()):
         return "the model has no trainable parameters"

@@ -163,14 +163,13 @@ class _Holder(nn.Module):
 
 class StackedLora(nn.Module):
     """K LoRA layers over one frozen base: each model's merged weight, then one grouped
-    convolution (or one batched matrix product) for all K."""
+    convolution (or one batched matrix product) for all K. The caller has checked that
+    the K layers agree in adapter, scaling, rank and base (`conv_fast_path`)."""
 
     def __init__(self, parts: list[LoraParts]) -> None:
         super().__init__()
         first = parts[0]
         self.models, self.adapter, self.scaling = len(parts), first.adapter, first.scaling
-        if any(p.scaling != self.scaling or p.adapter != self.adapter for p in parts):
-            raise ValueError("the models' LoRA layers differ in scaling or adapter name")
         self._base = (first.base,)  # a tuple: not a submodule, so not among the trained
         self.linear = isinstance(self.base, nn.Linear)
         stack = [torch.stack([_weight(getattr(p, side)).detach() for p in parts]) for side in "ab"]
