@@ -30,6 +30,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from device_clock import synchronise  # benchmarks/, the script's own folder
+
 from examples.ecg.data import load_ecg5000
 from examples.ecg.model import make_model as ecg_model
 from examples.imaging.data import load_ihc_patches
@@ -47,11 +49,11 @@ def matmul_peak(device: torch.device, size: int = 2048, repeat: int = 5) -> floa
     torch.mm(a, b)
     best = 0.0
     for _ in range(3):
-        _sync(device)
+        synchronise(device)
         started = time.perf_counter()
         for _ in range(repeat):
             torch.mm(a, b)
-        _sync(device)
+        synchronise(device)
         best = max(best, repeat * 2 * size**3 / (time.perf_counter() - started) / 1e9)
     return best
 
@@ -75,16 +77,11 @@ def step_flops(factory: Callable[[], nn.Module], x: torch.Tensor) -> float:
     return 3 * 2 * macs[0]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _time(function: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
+    synchronise(device)
     started = time.perf_counter()
     function()
-    _sync(device)
+    synchronise(device)
     return time.perf_counter() - started
 
 

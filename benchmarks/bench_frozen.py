@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from device_clock import synchronise  # noqa: E402  (benchmarks/, the script's own folder)
+
 from privacy_gate.training.batched import train_batched  # noqa: E402
 from privacy_gate.training.batched.frozen_prefix import (  # noqa: E402
     frozen_features,
@@ -59,12 +61,6 @@ class FineTune(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x))
-
-
-def _synchronise(device: torch.device) -> None:
-    """Wait for queued GPU work, so the clock measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -101,17 +97,17 @@ def main() -> None:
             started = time.perf_counter()
             train_batched(factory, inputs, labels, subsets, recipe, seeds=seeds,
                           frozen_trunk=cached, device=device)  # fmt: skip
-            _synchronise(device)
+            synchronise(device)
             runs.append(time.perf_counter() - started)
         return statistics.median(runs)
 
     split = split_frozen_prefix(factory().to(device), inputs[:8].to(device))
     assert not isinstance(split, str), split
     on_device = inputs.to(device)
-    _synchronise(device)
+    synchronise(device)
     started = time.perf_counter()
     frozen_features(split, on_device)
-    _synchronise(device)
+    synchronise(device)
     trunk_s = time.perf_counter() - started
     cached_s, whole_s = timed(True), timed(False)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else (

@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from device_clock import synchronise  # noqa: E402  (benchmarks/, the script's own folder)
+
 from examples.finetune.data import load_finetune_pool  # noqa: E402
 from examples.finetune.model import lora_model  # noqa: E402
 from privacy_gate.training.batched import train_batched  # noqa: E402
@@ -55,12 +57,6 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _synchronise(device: torch.device) -> None:
-    """Wait for queued GPU work, so the clock measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(models: int, epochs: int, device: torch.device) -> dict[str, Any]:
     """One batched run (in this process): seconds, peak RSS growth, the engine's note."""
     inputs, labels, subsets, seeds = _problem(models)
@@ -72,7 +68,7 @@ def measure(models: int, epochs: int, device: torch.device) -> dict[str, Any]:
     train_batched(
         lora_model, inputs, labels, subsets, recipe, seeds=seeds, notes=notes, device=device
     )
-    _synchronise(device)
+    synchronise(device)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "peak_mib": _rss_mib() - before, "note": notes}
 
@@ -85,7 +81,7 @@ def sequential(models: int, epochs: int, device: torch.device) -> float:
     for subset, seed in zip(subsets, seeds, strict=True):
         started = time.perf_counter()
         train_one(lora_model, inputs, labels, subset, recipe, seed=seed, device=device)
-        _synchronise(device)
+        synchronise(device)
         runs.append(time.perf_counter() - started)
     return float(np.median(runs))
 
